@@ -1,0 +1,24 @@
+"""Settings of one node agent, filled by the CLI from flags, RUNYARD_* and the config file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent_id: str
+    nats_url: str = "nats://127.0.0.1:4222"
+    # Runs the agent holds at once (for a CPU-only host; with GPUs, one per GPU by default).
+    slots: int = 1
+    # Per-run work directories live under here.
+    work_dir: str = "runyard-agent"
+    storage_root: str | None = None
+    s3_endpoint_url: str | None = None
+    # Framework name -> Python interpreter that runs it (local-process runtime).
+    # Empty: the agent's own interpreter offers "pytorch" and "python".
+    frameworks: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    heartbeat_s: float = 2.0
+    # Seconds between SIGTERM and SIGKILL on cancel.
+    cancel_grace_s: float = 10.0
