@@ -22,3 +22,5 @@ class AgentConfig:
     heartbeat_s: float = 2.0
     # Seconds between SIGTERM and SIGKILL on cancel.
     cancel_grace_s: float = 10.0
+    # Work folders of failed attempts kept for a look (newest first); ended-well ones are removed at once.
+    keep_failed_workdirs: int = 3

@@ -8,8 +8,8 @@ are stale (CI runs it), so generated code never drifts from its source.
 from __future__ import annotations
 
 import argparse
-import os
 import filecmp
+import os
 import shutil
 import sys
 import tempfile
@@ -47,7 +47,10 @@ def generate(out_root: Path) -> Path:
 def stale(generated: Path) -> list[str]:
     names = {p.name for p in generated.iterdir()} | {p.name for p in TARGET.glob("*") if p.is_file()}
     return sorted(
-        n for n in names if not (TARGET / n).exists() or not (generated / n).exists()
+        n
+        for n in names
+        if not (TARGET / n).exists()
+        or not (generated / n).exists()
         or not filecmp.cmp(generated / n, TARGET / n, shallow=False)
     )
 

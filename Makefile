@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+.PHONY: setup demo test check protos bench
+
+setup:
+	scripts/setup.sh --with-buf
+
+demo: setup
+	scripts/demo.sh
+
+test: setup
+	scripts/services.sh
+	scripts/check.sh
+	.venv/bin/pytest -q -p no:cacheprovider
+
+check:
+	scripts/check.sh
+
+protos:
+	.venv/bin/python protos/generate.py
+
+bench:
+	.venv/bin/python bench/event_log.py
+	.venv/bin/python bench/replay.py
+	.venv/bin/python bench/submit_latency.py

@@ -1,0 +1,316 @@
+"""Capture of one attempt's output: log lines and metric points, sent in batches.
+
+Lines are cut from the raw pipes (not ``readline``) so that a process printing
+a megabyte without a newline cannot stall or crash the agent: a line longer
+than `MAX_LINE_BYTES` is split. A batch goes out when it is `BatchLimits.interval_s`
+old or full (lines, bytes or points), whichever comes first, so a quiet run's
+first line shows up within ~100 ms and a chatty run ships few large messages.
+If the sink falls behind, at most `BatchLimits.max_pending_lines` lines wait;
+the rest are counted and the count is reported as an agent line instead of
+growing the agent's memory without bound.
+
+The RUNYARD_METRICS_FILE written by ``runyard.log`` is polled every
+``tail_interval_s``: the standard library has no file-change wakeup, and a
+tenth of a second is well under the batching interval anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from runyard.agent.metrics import JsonlMetricParser, JsonlSplitter, StdoutMetricParser
+from runyard.v1.common_pb2 import LogLine, LogStream, MetricPoint
+
+MAX_LINE_BYTES = 16 * 1024
+_READ_CHUNK = 64 * 1024
+
+log = structlog.get_logger("runyard.agent.capture")
+
+
+class ReportSink(Protocol):
+    """Where batches go (the attempt's reporter); each call returns once the batch is stored."""
+
+    async def logged(self, lines: Sequence[LogLine]) -> None: ...
+
+    async def metrics(self, points: Sequence[MetricPoint]) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    interval_s: float = 0.1
+    max_lines: int = 500
+    # Well under NATS's default 1 MiB max payload, with room for the envelope.
+    max_bytes: int = 256 * 1024
+    max_points: int = 500
+    max_pending_lines: int = 100_000
+
+
+class PendingBatch:
+    """Lines and points waiting to be sent; decides when a batch is due (pure, clock passed in)."""
+
+    def __init__(self, limits: BatchLimits) -> None:
+        self.limits = limits
+        self._lines: list[LogLine] = []
+        self._line_bytes: list[int] = []
+        self._bytes = 0
+        self._points: list[MetricPoint] = []
+        self._since: float | None = None
+        self.dropped = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self._lines and not self._points and not self.dropped
+
+    @property
+    def full(self) -> bool:
+        lim = self.limits
+        return len(self._lines) >= lim.max_lines or self._bytes >= lim.max_bytes or len(self._points) >= lim.max_points
+
+    def add_line(self, line: LogLine, now: float) -> None:
+        if len(self._lines) >= self.limits.max_pending_lines:
+            self.dropped += 1
+            self._mark(now)
+            return
+        size = len(line.text.encode("utf-8")) + 16
+        self._lines.append(line)
+        self._line_bytes.append(size)
+        self._bytes += size
+        self._mark(now)
+
+    def add_points(self, points: Sequence[MetricPoint], now: float) -> None:
+        if points:
+            self._points.extend(points)
+            self._mark(now)
+
+    def _mark(self, now: float) -> None:
+        if self._since is None:
+            self._since = now
+
+    def seconds_until_due(self, now: float) -> float | None:
+        """None when there is nothing to send; 0 when a batch should go now."""
+        if self.empty or self._since is None:
+            return None
+        if self.full:
+            return 0.0
+        return max(0.0, self._since + self.limits.interval_s - now)
+
+    def take(self, time_us: int) -> tuple[list[LogLine], list[MetricPoint]]:
+        """One message worth of lines and points (within the limits); call again until empty."""
+        lim = self.limits
+        n = 0
+        size = 0
+        while n < len(self._lines) and n < lim.max_lines and (n == 0 or size + self._line_bytes[n] <= lim.max_bytes):
+            size += self._line_bytes[n]
+            n += 1
+        lines, self._lines = self._lines[:n], self._lines[n:]
+        self._line_bytes = self._line_bytes[n:]
+        self._bytes -= size
+        if self.dropped:
+            lines.append(
+                LogLine(
+                    stream=LogStream.LOG_STREAM_AGENT,
+                    text=f"{self.dropped} log lines dropped: the agent could not send them fast enough",
+                    time_us=time_us,
+                )
+            )
+            self.dropped = 0
+        points, self._points = self._points[: lim.max_points], self._points[lim.max_points :]
+        self._since = None if self.empty else self._since
+        return lines, points
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Capture:
+    """Collects one attempt's lines and metrics and ships them through a ReportSink."""
+
+    def __init__(
+        self,
+        sink: ReportSink,
+        stdout_parser: StdoutMetricParser,
+        metrics_file: Path | None,
+        limits: BatchLimits | None = None,
+        tail_interval_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sink = sink
+        self._stdout_parser = stdout_parser
+        self._jsonl_parser = JsonlMetricParser()
+        self._splitter = JsonlSplitter()
+        self._metrics_file = metrics_file
+        self._metrics_offset = 0
+        self._batch = PendingBatch(limits or BatchLimits())
+        self._tail_interval_s = tail_interval_s
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+        self._readers: list[asyncio.Task[None]] = []
+        self._tail: asyncio.Task[None] | None = None
+        self.last_stderr = ""
+        self.lines_seen = 0
+        self.points_seen = 0
+
+    # -- producers ----------------------------------------------------------
+
+    def agent_line(self, text: str) -> None:
+        """A line from the agent about the run (staging, exit status, upload)."""
+        self._add_line(LogLine(stream=LogStream.LOG_STREAM_AGENT, text=text, time_us=now_us()))
+
+    def _add_line(self, line: LogLine) -> None:
+        self.lines_seen += 1
+        self._batch.add_line(line, self._clock())
+        self._signal()
+
+    def _add_points(self, points: Sequence[MetricPoint]) -> None:
+        if points:
+            self.points_seen += len(points)
+            self._batch.add_points(points, self._clock())
+            self._signal()
+
+    def _signal(self) -> None:
+        self._wake.set()
+        if self._batch.full:
+            self._full.set()
+
+    def _on_line(self, raw: bytes, stream: LogStream.ValueType) -> None:
+        text = raw.decode("utf-8", errors="replace").rstrip("\r")
+        t = now_us()
+        self._add_line(LogLine(stream=stream, text=text, time_us=t))
+        if stream == LogStream.LOG_STREAM_STDOUT:
+            self._add_points(self._stdout_parser.parse(text, t))
+        elif text.strip():
+            self.last_stderr = text.strip()
+
+    async def _read(self, reader: asyncio.StreamReader, stream: LogStream.ValueType) -> None:
+        buf = bytearray()
+        while chunk := await reader.read(_READ_CHUNK):
+            buf += chunk
+            while (i := buf.find(b"\n")) >= 0:
+                self._on_raw(bytes(buf[:i]), stream)
+                del buf[: i + 1]
+            while len(buf) >= MAX_LINE_BYTES:
+                self._on_line(bytes(buf[:MAX_LINE_BYTES]), stream)
+                del buf[:MAX_LINE_BYTES]
+        if buf:
+            self._on_raw(bytes(buf), stream)
+
+    def _on_raw(self, raw: bytes, stream: LogStream.ValueType) -> None:
+        for start in range(0, len(raw) or 1, MAX_LINE_BYTES):
+            self._on_line(raw[start : start + MAX_LINE_BYTES], stream)
+
+    def read_metrics_file(self) -> None:
+        """Pick up whatever runyard.log appended since the last look."""
+        if self._metrics_file is None:
+            return
+        try:
+            with self._metrics_file.open("rb") as f:
+                f.seek(0, 2)
+                end = f.tell()
+                if end < self._metrics_offset:  # truncated or replaced: start over
+                    self._metrics_offset = 0
+                    self._splitter = JsonlSplitter()
+                f.seek(self._metrics_offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("metrics file unreadable", path=str(self._metrics_file), error=str(e))
+            return
+        self._metrics_offset += len(data)
+        t = now_us()
+        for line in self._splitter.feed(data):
+            self._add_points(self._jsonl_parser.parse(line, t))
+
+    async def _tail_metrics(self) -> None:
+        while True:
+            self.read_metrics_file()
+            await asyncio.sleep(self._tail_interval_s)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start sending batches; agent lines may be added from now on."""
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop(), name="capture-flush")
+
+    def attach(self, stdout: asyncio.StreamReader | None, stderr: asyncio.StreamReader | None) -> None:
+        """Follow a freshly spawned process's pipes and metrics file."""
+        for reader, stream in ((stdout, LogStream.LOG_STREAM_STDOUT), (stderr, LogStream.LOG_STREAM_STDERR)):
+            if reader is not None:
+                self._readers.append(asyncio.create_task(self._read(reader, stream), name="capture-read"))
+        if self._metrics_file is not None:
+            self._tail = asyncio.create_task(self._tail_metrics(), name="capture-tail")
+
+    async def drain(self, timeout_s: float = 2.0) -> None:
+        """After the process exited: read the pipes to EOF, then the metrics file to its end.
+
+        A grandchild that escaped the process group may hold a pipe open; the
+        timeout keeps such a run from hanging the attempt forever.
+        """
+        if self._readers:
+            _done, pending = await asyncio.wait(self._readers, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            for task in self._readers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._readers = []
+        if self._tail is not None:
+            self._tail.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tail
+            self._tail = None
+        self.read_metrics_file()
+        t = now_us()
+        for line in self._splitter.rest():
+            self._add_points(self._jsonl_parser.parse(line, t))
+
+    async def flush(self) -> None:
+        """Send everything pending now; returns once it is stored (or there was nothing)."""
+        async with self._flush_lock:
+            self._wake.clear()
+            self._full.clear()
+            while not self._batch.empty:
+                lines, points = self._batch.take(now_us())
+                if lines:
+                    await self._sink.logged(lines)
+                if points:
+                    await self._sink.metrics(points)
+
+    async def close(self) -> None:
+        """Stop following and send the rest; call before reporting a terminal transition."""
+        if self._readers or self._tail is not None:
+            await self.drain(timeout_s=0.0)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            delay = self._batch.seconds_until_due(self._clock())
+            if delay is None:
+                self._wake.clear()
+                continue
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), timeout=delay)
+            try:
+                await self.flush()
+            except Exception as e:  # the sink only gives up when NATS is closed for good
+                log.error("sending run output failed", error=str(e))

@@ -1,0 +1,86 @@
+"""The environment a run's command sees (pure).
+
+Order of precedence, lowest first: the agent's own environment, the run's
+``env`` from the manifest, then the variables Runyard owns (DATA_DIR,
+RESULT_DIR, RUNYARD_*, CUDA_VISIBLE_DEVICES, PYTHONUNBUFFERED), so a manifest
+cannot point a run at another run's folders or GPUs. PATH is the one merged
+variable: the framework interpreter's folder goes first, so ``python`` in the
+command is that interpreter whatever PATH the manifest set.
+
+Hyperparameters arrive as protobuf Values, where every number is a double; a
+whole number is written without ``.0`` (``--hidden ${hidden}`` gets ``64``, not
+``64.0``), both in RUNYARD_HP_<NAME> and in the RUNYARD_HPARAMS JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Value
+
+from runyard.agent.staging import RunDirs
+from runyard.v1.agent_pb2 import WorkAssignment
+
+
+def plain_value(value: Value) -> Any:
+    """A protobuf Value as plain JSON-able Python, whole doubles as ints."""
+    return _whole_numbers(json_format.MessageToDict(value))
+
+
+def _whole_numbers(v: Any) -> Any:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    if isinstance(v, list):
+        return [_whole_numbers(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _whole_numbers(x) for k, x in v.items()}
+    return v
+
+
+def hp_env_name(name: str) -> str:
+    return "RUNYARD_HP_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def hp_env_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return json.dumps(value)
+
+
+def build_run_env(
+    base: Mapping[str, str],
+    work: WorkAssignment,
+    dirs: RunDirs,
+    python: str,
+) -> dict[str, str]:
+    spec = work.spec
+    hparams = {name: plain_value(v) for name, v in sorted(spec.hyperparameters.items())}
+    env = dict(base)
+    env.update(spec.env)
+    path = env.get("PATH", os.defpath)
+    env.update(
+        {
+            "DATA_DIR": str(dirs.data),
+            "RESULT_DIR": str(dirs.result),
+            "RUNYARD_RUN_ID": work.run_id,
+            "RUNYARD_ATTEMPT": str(work.attempt),
+            "RUNYARD_EXPERIMENT_ID": work.experiment_id,
+            "RUNYARD_METRICS_FILE": str(dirs.metrics_file),
+            "RUNYARD_HPARAMS": json.dumps(hparams, sort_keys=True),
+            "CUDA_VISIBLE_DEVICES": ",".join(work.gpu_ids),
+            "PYTHONUNBUFFERED": "1",
+            "PATH": os.pathsep.join([os.path.dirname(python), path]),
+        }
+    )
+    for name, value in hparams.items():
+        env[hp_env_name(name)] = hp_env_value(value)
+    return env

@@ -1,0 +1,449 @@
+"""The node agent: registers, heartbeats, pulls work and control, runs attempts.
+
+Wiring only; one attempt's lifecycle is `runyard.agent.worker`.
+
+Work is pulled, never pushed: the agent asks JetStream for one WorkAssignment
+only while it has a free slot, with a long-poll fetch that the server answers
+the moment work arrives (no polling delay on the submit-to-RUNNING path). A
+message is acked as soon as the attempt is accepted; an attempt seen before
+(a redelivery after a lost ack) is acked and dropped.
+
+A cancel for an attempt this agent is not running is acked and remembered
+(the newest 1000): if that attempt's WorkAssignment is still waiting in the
+work stream, because the slots were busy, it is reported RunCanceled when it
+arrives instead of being run.
+
+Stopping (the stop event, or SIGTERM/SIGINT when the caller passes none):
+fetching stops, running commands get SIGTERM then SIGKILL after
+``cancel_grace_s``, each unfinished attempt is reported AttemptFailed
+INTERNAL "agent shutting down" (the control plane re-queues it while
+restarts remain), and the connection is drained. The wait for those last
+reports is bounded (``cancel_grace_s`` + 30 s): with NATS gone for good they
+could otherwise be retried forever, and the control plane declares the agent
+lost anyway.
+
+Work folders: an attempt that completed or was canceled has its folder
+removed at once; the newest ``keep_failed_workdirs`` folders of failed
+attempts are kept for a look, older ones are removed (also at start-up,
+where every folder left over is from a previous agent process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import structlog
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from runyard import bus
+from runyard.agent.config import AgentConfig
+from runyard.agent.reporter import Reporter
+from runyard.agent.staging import prune_work_dirs
+from runyard.agent.worker import AttemptWorker, Outcome, WorkerContext
+from runyard.objectstore import open_store
+from runyard.v1.agent_pb2 import AgentControl, AgentHeartbeat, WorkAssignment
+from runyard.v1.common_pb2 import FailureReason, Framework
+from runyard.v1.events_pb2 import AgentRegistered
+
+log = structlog.get_logger("runyard.agent")
+
+# Long-poll length of one fetch; a new message ends it at once. Short enough
+# that a pull request lost in a NATS reconnect is replaced within seconds.
+FETCH_POLL_S = 5.0
+# A WorkAssignment not acked within this is redelivered (agent died between fetch and ack).
+WORK_ACK_WAIT_S = 30.0
+_REMEMBERED = 1000
+# How long a stopping agent waits (beyond the cancel grace) for its attempts' last reports.
+SHUTDOWN_REPORT_WAIT_S = 30.0
+
+T = TypeVar("T")
+Key = tuple[str, int]
+
+
+def default_frameworks() -> dict[str, str]:
+    return {"pytorch": sys.executable, "python": sys.executable}
+
+
+def configure_logging() -> None:
+    """JSON lines on stderr, unless the embedding process configured structlog already."""
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+class _Remembered:
+    """A bounded set of attempt keys, oldest forgotten first."""
+
+    def __init__(self, size: int = _REMEMBERED) -> None:
+        self._keys: OrderedDict[Key, None] = OrderedDict()
+        self._size = size
+
+    def add(self, key: Key) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > self._size:
+            self._keys.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        bus.check_agent_id(config.agent_id)
+        if config.slots < 1:
+            raise ValueError(f"agent slots must be at least 1, got {config.slots}")
+        self.config = config
+        self.frameworks = dict(config.frameworks) or default_frameworks()
+        self.work_root = Path(config.work_dir).resolve()
+        self.store = open_store(config.storage_root, config.s3_endpoint_url)
+        self.workers: dict[Key, AttemptWorker] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._seen = _Remembered()
+        self._canceled_early = _Remembered()
+        self._free_slots = config.slots
+        self._slot_freed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._log = log.bind(agent_id=config.agent_id)
+        self._reporter: Reporter | None = None
+
+    @property
+    def reporter(self) -> Reporter:
+        if self._reporter is None:
+            raise RuntimeError("agent not connected")
+        return self._reporter
+
+    # -- entry ----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        connect = asyncio.create_task(self._connect())
+        if not await self._until_stop(connect, stop):
+            self._log.info("stopped before NATS was reachable")
+            return
+        nc = connect.result()
+        try:
+            js = nc.jetstream()
+            try:
+                await bus.ensure_streams(js)
+            except Exception as e:
+                raise RuntimeError(
+                    f"cannot set up the JetStream streams at {self.config.nats_url} ({e!r}): "
+                    "is nats-server running with JetStream enabled (-js)?"
+                ) from e
+            self._reporter = Reporter(nc, js, self.config.agent_id)
+            self.ctx = WorkerContext(
+                agent_id=self.config.agent_id,
+                store=self.store,
+                reporter=self.reporter,
+                work_root=self.work_root,
+                frameworks=self.frameworks,
+                cancel_grace_s=self.config.cancel_grace_s,
+                base_env=dict(os.environ),
+            )
+            self.work_root.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(self._prune)
+            await self.reporter.registered(self._registration())
+            work_sub = await self._pull(js, bus.WORK_STREAM, bus.work_subject(self.config.agent_id))
+            control_sub = await self._pull(js, bus.CONTROL_STREAM, bus.control_subject(self.config.agent_id))
+            self._log.info("agent ready", slots=self.config.slots, frameworks=sorted(self.frameworks))
+
+            work = asyncio.create_task(self._work_loop(work_sub), name="agent-work")
+            control = asyncio.create_task(self._control_loop(control_sub), name="agent-control")
+            heartbeat = asyncio.create_task(self._heartbeat_loop(nc), name="agent-heartbeat")
+            stopped = asyncio.create_task(stop.wait())
+            loops = {stopped, work, control, heartbeat}
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            self._stop.set()
+            stopped.cancel()
+            await self._shutdown(work, control, heartbeat)
+            for task in done:  # a loop that died is a bug worth surfacing
+                if task is not stopped and not task.cancelled() and (exc := task.exception()) is not None:
+                    raise exc
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            self._log.info("agent stopped")
+
+    async def _connect(self) -> Any:
+        async def on_error(e: Exception) -> None:
+            self._log.warning("nats error", error=repr(e))
+
+        async def on_disconnected() -> None:
+            self._log.warning("nats disconnected", url=self.config.nats_url)
+
+        async def on_reconnected() -> None:
+            self._log.info("nats reconnected")
+            if self._reporter is not None:  # refresh the control plane's view of this agent
+                self._spawn(self._reporter.registered(self._registration()))
+
+        return await nats.connect(
+            servers=[self.config.nats_url],
+            name=f"runyard-agent-{self.config.agent_id}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
+
+    async def _pull(self, js: Any, stream: str, subject: str) -> Any:
+        durable = bus.agent_durable(self.config.agent_id)
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=WORK_ACK_WAIT_S,
+            filter_subject=subject,
+        )
+        return await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+
+    def _registration(self) -> AgentRegistered:
+        return AgentRegistered(
+            agent_id=self.config.agent_id,
+            hostname=socket.gethostname(),
+            slots=self.config.slots,
+            gpu_ids=[],
+            labels=self.config.labels,
+            frameworks=[Framework(name=name) for name in sorted(self.frameworks)],
+        )
+
+    # -- loops ----------------------------------------------------------------
+
+    async def _until_stop(self, task: asyncio.Task[T], stop: asyncio.Event | None = None) -> bool:
+        """Wait for task or the stop event; True when the task finished first (its result is ready)."""
+        stopped = asyncio.create_task((stop or self._stop).wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            stopped.cancel()
+        if task.done():
+            return True
+        # nats-py's connect loop can swallow one cancellation while it tears down a failed try.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.2)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            task.result()
+        return False
+
+    async def _next_msg(self, sub: Any) -> Any | None:
+        """Long-poll one message; None once stopping."""
+        backoff = 0.1
+        while not self._stop.is_set():
+            fetch = asyncio.create_task(sub.fetch(1, timeout=FETCH_POLL_S))
+            if not await self._until_stop(fetch):
+                return None
+            try:
+                return fetch.result()[0]
+            except (TimeoutError, nats.errors.TimeoutError):
+                backoff = 0.1
+            except Exception as e:  # NATS reconnecting, JetStream briefly unavailable
+                self._log.warning("fetch failed, retrying", error=repr(e), retry_in_s=backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        return None
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+    async def _work_loop(self, sub: Any) -> None:
+        while not self._stop.is_set():
+            while self._free_slots == 0:
+                self._slot_freed.clear()
+                if not await self._until_stop(asyncio.create_task(self._slot_freed.wait())):
+                    return
+            msg = await self._next_msg(sub)
+            if msg is None:
+                return
+            try:
+                await self._accept(msg)
+            except Exception:  # one bad message must not stop the agent taking work
+                self._log.exception("accepting work failed")
+
+    async def _accept(self, msg: Any) -> None:
+        try:
+            work = WorkAssignment.FromString(msg.data)
+        except Exception as e:
+            self._log.error("unreadable work message dropped", error=repr(e))
+            await msg.term()
+            return
+        key = (work.run_id, work.attempt)
+        if key in self.workers or key in self._seen:
+            self._log.info("work for an attempt already taken; dropped", run_id=key[0], attempt=key[1])
+            await msg.ack()
+            return
+        if key in self._canceled_early:
+            await msg.ack()
+            self._seen.add(key)
+            self._spawn(self.reporter.for_attempt(*key).canceled("canceled before the agent picked it up"))
+            return
+        if self._stop.is_set():
+            await msg.nak()
+            return
+        try:
+            worker = AttemptWorker(self.ctx, work)
+        except Exception as e:  # e.g. a run id that cannot name a folder
+            self._log.error("work refused", run_id=work.run_id, error=str(e))
+            await msg.ack()
+            self._seen.add(key)
+            self._spawn(self._refuse(work, str(e)))
+            return
+        self.workers[key] = worker
+        self._seen.add(key)
+        self._free_slots -= 1
+        self._spawn(self._run_worker(worker))
+        await msg.ack()
+
+    async def _refuse(self, work: WorkAssignment, message: str) -> None:
+        reports = self.reporter.for_attempt(work.run_id, work.attempt)
+        await reports.failed(FailureReason.FAILURE_REASON_INTERNAL, message)
+
+    async def _run_worker(self, worker: AttemptWorker) -> None:
+        outcome = Outcome.FAILED
+        try:
+            outcome = await worker.run()
+        except Exception:
+            self._log.exception("attempt lost", run_id=worker.key[0], attempt=worker.key[1])
+        finally:
+            self.workers.pop(worker.key, None)
+            self._free_slots += 1
+            self._slot_freed.set()
+        try:
+            if outcome is Outcome.FAILED:
+                await asyncio.to_thread(self._prune)
+            else:
+                await asyncio.to_thread(worker.remove_work_dir)
+        except OSError as e:
+            self._log.warning("work folder cleanup failed", error=repr(e))
+
+    def _prune(self) -> None:
+        active = {w.dirs.root for w in self.workers.values()}
+        for path in prune_work_dirs(self.work_root, self.config.keep_failed_workdirs, active):
+            self._log.info("removed old work folder", path=str(path))
+
+    async def _control_loop(self, sub: Any) -> None:
+        while (msg := await self._next_msg(sub)) is not None:
+            try:
+                await self._control(msg)
+            except Exception:
+                self._log.exception("control message failed")
+
+    async def _control(self, msg: Any) -> None:
+        try:
+            control = AgentControl.FromString(msg.data)
+        except Exception as e:
+            self._log.error("unreadable control message dropped", error=repr(e))
+            await msg.term()
+            return
+        if control.HasField("cancel"):
+            c = control.cancel
+            key = (c.run_id, c.attempt)
+            worker = self.workers.get(key)
+            if worker is not None:
+                self._log.info("cancel", run_id=c.run_id, attempt=c.attempt, grace_s=c.grace_seconds)
+                worker.cancel(float(c.grace_seconds) if c.grace_seconds else None)
+            else:
+                self._log.info("cancel for an attempt not here", run_id=c.run_id, attempt=c.attempt)
+                if key not in self._seen:
+                    self._canceled_early.add(key)
+        await msg.ack()
+
+    async def _heartbeat_loop(self, nc: Any) -> None:
+        subject = bus.heartbeat_subject(self.config.agent_id)
+        while not self._stop.is_set():
+            beat = AgentHeartbeat(
+                agent_id=self.config.agent_id,
+                attempts=[f"{run_id}:{attempt}" for run_id, attempt in self.workers],
+                time_us=_now_us(),
+            )
+            try:
+                await nc.publish(subject, beat.SerializeToString())
+            except Exception as e:
+                self._log.warning("heartbeat not sent", error=repr(e))
+            await self._sleep(self.config.heartbeat_s)
+
+    # -- shutdown -------------------------------------------------------------
+
+    async def _shutdown(self, *loops: asyncio.Task[None]) -> None:
+        self._log.info("stopping", attempts=[f"{r}:{a}" for r, a in self.workers])
+        for worker in list(self.workers.values()):
+            worker.shutdown()
+        for task in loops:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # Bounded: with NATS gone for good the last reports would be retried forever.
+        deadline = asyncio.get_running_loop().time() + self.config.cancel_grace_s + SHUTDOWN_REPORT_WAIT_S
+        while self._tasks:
+            left = deadline - asyncio.get_running_loop().time()
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=max(left, 0.0))
+            if pending and left <= 0:
+                self._log.error("gave up waiting for attempts to report", tasks=len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                self._log.exception("background task failed")
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
+    """Run one agent until stop is set (or SIGTERM/SIGINT when stop is None)."""
+    configure_logging()
+    agent = Agent(config)
+    handled: list[signal.Signals] = []
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                handled.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+    try:
+        await agent.run(stop)
+    finally:
+        loop = asyncio.get_running_loop()
+        for sig in handled:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,141 @@
+"""Publishing AgentReports to the control plane over JetStream.
+
+Every report carries a fresh uuid4 event_id, sent as the Nats-Msg-Id header:
+a publish that is retried after a lost ack is dropped by JetStream's duplicate
+window, and the ingest side uses the same id to make a redelivery a no-op. A
+report is retried until JetStream acknowledges it (backing off up to 2 s), so
+a NATS restart delays reports but never loses one; only a connection that is
+closed for good (agent shutting down) or a report too large to ever fit ends
+the retries, with an exception.
+
+All of an agent's reports go on one subject, so JetStream keeps them in
+publish order; `AttemptReports` serializes one attempt's publishes so its
+lines, metrics and transitions are stored in the order they happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import nats.errors
+import structlog
+
+from runyard import bus
+from runyard.v1.agent_pb2 import AgentReport, AttemptFailed
+from runyard.v1.common_pb2 import FailureReason, LogLine, MetricPoint
+from runyard.v1.events_pb2 import (
+    AgentRegistered,
+    RunCanceled,
+    RunCompleted,
+    RunLogged,
+    RunMetricsReported,
+    RunStaging,
+    RunStarted,
+    RunUploading,
+)
+
+log = structlog.get_logger("runyard.agent.reporter")
+
+
+class ReportLostError(Exception):
+    """A report could not be stored and never will be (connection closed, payload too large)."""
+
+
+class Reporter:
+    """Sends one agent's reports, retrying until JetStream has stored each one."""
+
+    def __init__(
+        self,
+        nc: Any,
+        js: Any,
+        agent_id: str,
+        publish_timeout_s: float = 5.0,
+        max_backoff_s: float = 2.0,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self.agent_id = agent_id
+        self._subject = bus.reports_subject(agent_id)
+        self._timeout = publish_timeout_s
+        self._max_backoff = max_backoff_s
+
+    async def send(self, report: AgentReport) -> None:
+        """Store one report; fills in event_id and agent_id when empty."""
+        if not report.event_id:
+            report.event_id = str(uuid.uuid4())
+        report.agent_id = self.agent_id
+        data = report.SerializeToString()
+        headers = {"Nats-Msg-Id": report.event_id}
+        delay = 0.05
+        while True:
+            try:
+                await self._js.publish(self._subject, data, timeout=self._timeout, headers=headers)
+                return
+            except nats.errors.MaxPayloadError as e:
+                raise ReportLostError(f"report {report.WhichOneof('body')} too large: {e}") from e
+            except Exception as e:
+                if self._nc.is_closed:
+                    raise ReportLostError(
+                        f"report {report.WhichOneof('body')} for run {report.run_id or '-'} lost: "
+                        "NATS connection closed"
+                    ) from e
+                log.warning(
+                    "report not stored yet, retrying",
+                    body=report.WhichOneof("body"),
+                    run_id=report.run_id,
+                    error=repr(e),
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff)
+
+    async def registered(self, registered: AgentRegistered) -> None:
+        await self.send(AgentReport(registered=registered))
+
+    def for_attempt(self, run_id: str, attempt: int) -> AttemptReports:
+        return AttemptReports(self, run_id, attempt)
+
+
+class AttemptReports:
+    """The reports of one attempt, published strictly one after another."""
+
+    def __init__(self, reporter: Reporter, run_id: str, attempt: int) -> None:
+        self._reporter = reporter
+        self.run_id = run_id
+        self.attempt = attempt
+        self._lock = asyncio.Lock()
+
+    async def _send(self, report: AgentReport) -> None:
+        report.run_id = self.run_id
+        async with self._lock:
+            await self._reporter.send(report)
+
+    async def staging(self) -> None:
+        await self._send(AgentReport(staging=RunStaging(attempt=self.attempt)))
+
+    async def started(self) -> None:
+        await self._send(AgentReport(started=RunStarted(attempt=self.attempt)))
+
+    async def uploading(self, exit_code: int) -> None:
+        await self._send(AgentReport(uploading=RunUploading(attempt=self.attempt, exit_code=exit_code)))
+
+    async def completed(self, results_uri: str) -> None:
+        await self._send(AgentReport(completed=RunCompleted(attempt=self.attempt, results_uri=results_uri)))
+
+    async def failed(self, reason: FailureReason.ValueType, message: str, exit_code: int = 0) -> None:
+        failed = AttemptFailed(attempt=self.attempt, reason=reason, exit_code=exit_code, message=message)
+        await self._send(AgentReport(failed=failed))
+
+    async def canceled(self, reason: str) -> None:
+        await self._send(AgentReport(canceled=RunCanceled(attempt=self.attempt, reason=reason)))
+
+    async def logged(self, lines: Sequence[LogLine]) -> None:
+        body = RunLogged(run_id=self.run_id, attempt=self.attempt, lines=lines)
+        await self._send(AgentReport(logged=body))
+
+    async def metrics(self, points: Sequence[MetricPoint]) -> None:
+        body = RunMetricsReported(run_id=self.run_id, attempt=self.attempt, points=points)
+        await self._send(AgentReport(metrics=body))

@@ -1,0 +1,224 @@
+"""Moving an attempt's files: code and data down, results up, work folders away.
+
+Runs in worker threads (boto3 is blocking); everything here is synchronous.
+
+Code arrives as a tar.gz made by the CLI from the user's folder. It is
+extracted only after every member has been checked: no absolute names, no
+``..``, no links pointing outside ``code/``, no device files. The checks are
+ours (clear messages) and Python's ``data`` extraction filter runs on top.
+
+Data is staged read-only (files 0444, folders 0555) so that one run cannot
+change what the next run of the experiment trains on; a process running as
+root can still write, which only a container runtime prevents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from runyard.objectstore import ObjectStore, ObjectStoreError
+
+
+class StagingError(Exception):
+    """Code or data could not be staged; the message names the URI and the cause."""
+
+
+class UnsafeArchiveError(StagingError):
+    """The code archive tried to write outside its folder or held a device file."""
+
+
+_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class RunDirs:
+    """WORK/<run_id>/<attempt>/ and what lives in it."""
+
+    root: Path
+    code: Path
+    data: Path
+    result: Path
+    metrics_file: Path
+    code_archive: Path
+
+    @classmethod
+    def under(cls, work_root: Path, run_id: str, attempt: int) -> RunDirs:
+        if not _SAFE_SEGMENT.match(run_id) or run_id in (".", ".."):
+            raise StagingError(f"run id {run_id!r} cannot name a folder")
+        root = work_root / run_id / str(attempt)
+        return cls(
+            root=root,
+            code=root / "code",
+            data=root / "data",
+            result=root / "result",
+            metrics_file=root / "metrics.jsonl",
+            code_archive=root / "code.tar.gz",
+        )
+
+    def create(self) -> None:
+        """Fresh folders; a leftover from an earlier try of the same attempt is removed first."""
+        if self.root.exists():
+            remove_tree(self.root)
+        for d in (self.code, self.data, self.result):
+            d.mkdir(parents=True)
+        self.metrics_file.touch()
+
+
+def check_members(members: list[tarfile.TarInfo]) -> None:
+    """Refuse an archive that would write outside its folder (pure: looks at names only)."""
+    for m in members:
+        name = m.name
+        if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+            raise UnsafeArchiveError(f"archive member {name!r} has an absolute path")
+        norm = posixpath.normpath(name)
+        if norm == ".." or norm.startswith("../"):
+            raise UnsafeArchiveError(f"archive member {name!r} points outside the code folder")
+        if m.isdev():
+            raise UnsafeArchiveError(f"archive member {name!r} is a device or FIFO")
+        if m.issym():
+            target = m.linkname
+            if target.startswith("/"):
+                raise UnsafeArchiveError(f"archive member {name!r} links to absolute path {target!r}")
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(norm), target))
+            if resolved == ".." or resolved.startswith("../"):
+                raise UnsafeArchiveError(f"archive member {name!r} links outside the code folder ({target!r})")
+        if m.islnk():
+            target = posixpath.normpath(m.linkname)
+            if m.linkname.startswith("/") or target == ".." or target.startswith("../"):
+                raise UnsafeArchiveError(f"archive member {name!r} hard-links outside the code folder")
+
+
+def safe_extract(archive: Path, dest: Path) -> int:
+    """Extract a tar(.gz) into dest after checking every member; returns the number of files."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            check_members(members)
+            dest.mkdir(parents=True, exist_ok=True)
+            tar.extractall(dest, members=members, filter="data")
+    except tarfile.FilterError as e:
+        raise UnsafeArchiveError(f"unsafe archive member: {e}") from e
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise StagingError(f"not a readable tar.gz archive: {e}") from e
+    return sum(1 for m in members if m.isfile())
+
+
+def stage_code(store: ObjectStore, code_uri: str, dirs: RunDirs) -> int:
+    """Download and unpack the code archive into code/; returns the number of files."""
+    if not code_uri:
+        return 0
+    try:
+        store.download_file(code_uri, dirs.code_archive)
+        return safe_extract(dirs.code_archive, dirs.code)
+    except ObjectStoreError as e:
+        raise StagingError(f"cannot stage code from {code_uri}: {e}") from e
+    except StagingError as e:
+        raise type(e)(f"cannot stage code from {code_uri}: {e}") from e
+    finally:
+        dirs.code_archive.unlink(missing_ok=True)
+
+
+def stage_data(store: ObjectStore, data_uri: str, data_dir: Path) -> tuple[int, int]:
+    """Download the data prefix into data/ and make it read-only; returns (files, bytes).
+
+    A URI naming one object (not a prefix) stages that file alone. An empty
+    prefix is an error: a typo in the manifest's data URI would otherwise train
+    on nothing and fail later with a confusing message.
+    """
+    if data_uri:
+        try:
+            n = store.download_prefix(data_uri, data_dir)
+            if n == 0 and _is_object(store, data_uri):
+                store.download_file(data_uri, data_dir / posixpath.basename(data_uri))
+                n = 1
+        except ObjectStoreError as e:
+            raise StagingError(f"cannot stage data from {data_uri}: {e}") from e
+        if n == 0:
+            raise StagingError(f"cannot stage data from {data_uri}: no objects under that prefix")
+    files, size = tree_size(data_dir)
+    make_read_only(data_dir)
+    return files, size
+
+
+def _is_object(store: ObjectStore, uri: str) -> bool:
+    try:
+        return store.exists(uri)
+    except ObjectStoreError:  # e.g. a bare bucket URI, which cannot name one object
+        return False
+
+
+def upload_results(store: ObjectStore, result_dir: Path, results_uri: str) -> tuple[int, int]:
+    """Upload result/ below results_uri; returns (files, bytes). Raises ObjectStoreError."""
+    files, size = tree_size(result_dir)
+    if results_uri and files:
+        store.upload_dir(result_dir, results_uri)
+    return files, size
+
+
+def tree_size(path: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            p = Path(dirpath) / name
+            if p.is_file():
+                files += 1
+                size += p.stat().st_size
+    return files, size
+
+
+def make_read_only(path: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o444)
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o555)
+    os.chmod(path, 0o555)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that also removes the read-only data folder (owner write is restored first)."""
+    if not path.exists():
+        return
+    for dirpath, dirnames, _files in os.walk(path):
+        os.chmod(dirpath, stat.S_IRWXU)
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, stat.S_IRWXU)
+    shutil.rmtree(path)
+
+
+def prune_work_dirs(work_root: Path, keep: int, active: set[Path]) -> list[Path]:
+    """Remove attempt folders beyond the newest `keep` (not counting active ones); returns those removed."""
+    candidates: list[tuple[float, Path]] = []
+    if not work_root.is_dir():
+        return []
+    for run_dir in work_root.iterdir():
+        if not run_dir.is_dir():
+            continue
+        for attempt_dir in run_dir.iterdir():
+            if attempt_dir.is_dir() and attempt_dir not in active:
+                candidates.append((attempt_dir.stat().st_mtime, attempt_dir))
+    candidates.sort(reverse=True)
+    removed = [p for _t, p in candidates[max(keep, 0) :]]
+    for p in removed:
+        remove_tree(p)
+        remove_empty_parent(p)
+    return removed
+
+
+def remove_empty_parent(attempt_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        attempt_dir.parent.rmdir()

@@ -1,0 +1,234 @@
+"""One attempt's lifecycle on this agent, from RunStaging to its terminal report.
+
+STAGING (framework check, code + data down) -> RUNNING (the command) ->
+UPLOADING (exit 0 only) -> COMPLETED; or AttemptFailed with the reason, or
+RunCanceled. Every terminal report is sent only after all of the attempt's
+log lines and metric points are stored, so a watcher that sees the end has
+seen everything before it.
+
+A cancel is honoured while staging (once the transfer in flight ends: a
+boto3 transfer cannot be interrupted halfway) and while running. Once the
+command has exited 0 the upload goes on and the attempt completes: the
+results exist, and storing them is what the user paid for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from runyard.agent.capture import Capture
+from runyard.agent.env import build_run_env
+from runyard.agent.metrics import StdoutMetricParser, compile_patterns
+from runyard.agent.reporter import AttemptReports, Reporter
+from runyard.agent.runtime_local import LocalProcess, describe_exit, spawn
+from runyard.agent.staging import RunDirs, StagingError, remove_tree, stage_code, stage_data, upload_results
+from runyard.objectstore import ObjectStore, ObjectStoreError
+from runyard.v1.agent_pb2 import WorkAssignment
+from runyard.v1.common_pb2 import FailureReason
+
+log = structlog.get_logger("runyard.agent.worker")
+
+SHUTDOWN_MESSAGE = "agent shutting down"
+
+USER_CODE = FailureReason.FAILURE_REASON_USER_CODE
+STAGING_ERROR = FailureReason.FAILURE_REASON_STAGING_ERROR
+UPLOAD_ERROR = FailureReason.FAILURE_REASON_UPLOAD_ERROR
+UNSUPPORTED = FailureReason.FAILURE_REASON_UNSUPPORTED
+INTERNAL = FailureReason.FAILURE_REASON_INTERNAL
+
+
+class Outcome(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What every attempt on this agent shares."""
+
+    agent_id: str
+    store: ObjectStore
+    reporter: Reporter
+    work_root: Path
+    # Framework name -> Python interpreter.
+    frameworks: Mapping[str, str]
+    cancel_grace_s: float
+    base_env: Mapping[str, str]
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+class AttemptWorker:
+    """Runs one WorkAssignment; `cancel` and `shutdown` may be called at any time."""
+
+    def __init__(self, ctx: WorkerContext, work: WorkAssignment) -> None:
+        self.ctx = ctx
+        self.work = work
+        self.key = (work.run_id, work.attempt)
+        self.dirs = RunDirs.under(ctx.work_root, work.run_id, work.attempt)
+        self.reports: AttemptReports = ctx.reporter.for_attempt(work.run_id, work.attempt)
+        self._cancel = asyncio.Event()
+        self._cancel_grace_s = ctx.cancel_grace_s
+        self._stopping = asyncio.Event()
+        self.process: LocalProcess | None = None
+        self._log = log.bind(run_id=work.run_id, attempt=work.attempt)
+
+    def cancel(self, grace_s: float | None = None) -> None:
+        if grace_s is not None:
+            self._cancel_grace_s = grace_s
+        self._cancel.set()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> Outcome:
+        """The whole attempt; never raises except CancelledError."""
+        await self.reports.staging()
+        patterns, pattern_errors = compile_patterns(p.regex for p in self.work.spec.metric_patterns)
+        capture = Capture(self.reports, StdoutMetricParser(patterns), self.dirs.metrics_file)
+        capture.start()
+        for text in pattern_errors:
+            capture.agent_line(text)
+        try:
+            return await self._run(capture)
+        except asyncio.CancelledError:
+            if self.process is not None:
+                self.process.kill_group()
+            raise
+        except Exception as e:
+            self._log.exception("attempt failed inside the agent")
+            if self.process is not None:
+                self.process.kill_group()
+            return await self._end(capture, Outcome.FAILED, INTERNAL, f"agent error: {e!r}")
+
+    async def _end(
+        self,
+        capture: Capture,
+        outcome: Outcome,
+        reason: FailureReason.ValueType = FailureReason.FAILURE_REASON_UNSPECIFIED,
+        message: str = "",
+        exit_code: int = 0,
+    ) -> Outcome:
+        """Flush everything the run said, then send the one terminal report."""
+        if message:
+            capture.agent_line(message)
+        try:
+            await capture.close()
+        except Exception as e:
+            self._log.error("could not send the last run output", error=repr(e))
+        if outcome is Outcome.CANCELED:
+            await self.reports.canceled(message)
+        elif outcome is Outcome.FAILED:
+            await self.reports.failed(reason, message, exit_code)
+        else:
+            await self.reports.completed(self.work.spec.results_uri)
+        self._log.info("attempt ended", outcome=outcome.value, reason=FailureReason.Name(reason), exit_code=exit_code)
+        return outcome
+
+    def _python(self) -> str | None:
+        return self.ctx.frameworks.get(self.work.spec.framework.name or "python")
+
+    async def _run(self, capture: Capture) -> Outcome:
+        spec = self.work.spec
+        python = self._python()
+        if python is None:
+            offered = ", ".join(sorted(self.ctx.frameworks))
+            asked = spec.framework.name + (f" {spec.framework.version}" if spec.framework.version else "")
+            msg = f"agent {self.ctx.agent_id} offers frameworks [{offered}]; run asks for {asked}"
+            return await self._end(capture, Outcome.FAILED, UNSUPPORTED, msg)
+
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(self.dirs.create)
+            code_files = await asyncio.to_thread(stage_code, self.ctx.store, spec.code_uri, self.dirs)
+            data_files, data_bytes = await asyncio.to_thread(stage_data, self.ctx.store, spec.data_uri, self.dirs.data)
+        except StagingError as e:
+            return await self._end(capture, Outcome.FAILED, STAGING_ERROR, str(e))
+        took = time.monotonic() - started
+        capture.agent_line(
+            f"staged {code_files} code files from {spec.code_uri or '(none)'} and {data_files} data files "
+            f"({human_bytes(data_bytes)}) from {spec.data_uri or '(none)'} in {took:.2f}s"
+        )
+        if self._cancel.is_set():
+            return await self._end(capture, Outcome.CANCELED, message="canceled before the command started")
+        if self._stopping.is_set():
+            return await self._end(capture, Outcome.FAILED, INTERNAL, SHUTDOWN_MESSAGE)
+
+        env = build_run_env(self.ctx.base_env, self.work, self.dirs, python)
+        self.process = proc = await spawn(spec.command, self.dirs.code, env)
+        await self.reports.started()
+        capture.attach(proc.stdout, proc.stderr)
+        self._log.info("command started", pid=proc.pid)
+
+        returncode, stopped_by = await self._wait(proc)
+        await capture.drain()
+        exit_code, how = describe_exit(returncode)
+        if stopped_by == "cancel":
+            return await self._end(capture, Outcome.CANCELED, message=f"canceled on request; command {how}")
+        if stopped_by == "shutdown":
+            return await self._end(capture, Outcome.FAILED, INTERNAL, SHUTDOWN_MESSAGE, exit_code)
+        if returncode != 0:
+            msg = f"command failed with {how}"
+            if capture.last_stderr:
+                msg += f"; last stderr line: {capture.last_stderr}"
+            return await self._end(capture, Outcome.FAILED, USER_CODE, msg, exit_code)
+
+        capture.agent_line("command finished with exit status 0")
+        await capture.flush()
+        await self.reports.uploading(exit_code=0)
+        started = time.monotonic()
+        try:
+            files, size = await asyncio.to_thread(upload_results, self.ctx.store, self.dirs.result, spec.results_uri)
+        except ObjectStoreError as e:
+            msg = f"cannot upload results to {spec.results_uri}: {e}"
+            return await self._end(capture, Outcome.FAILED, UPLOAD_ERROR, msg)
+        if spec.results_uri:
+            capture.agent_line(
+                f"uploaded {files} result files ({human_bytes(size)}) to {spec.results_uri} "
+                f"in {time.monotonic() - started:.2f}s"
+            )
+        else:
+            capture.agent_line(f"no results URI: {files} result files left unstored")
+        return await self._end(capture, Outcome.COMPLETED)
+
+    async def _wait(self, proc: LocalProcess) -> tuple[int, str]:
+        """Exit status, and what stopped the command: '' (it ended), 'cancel' or 'shutdown'."""
+        exited = asyncio.create_task(proc.wait())
+        canceled = asyncio.create_task(self._cancel.wait())
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({exited, canceled, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            canceled.cancel()
+            stopping.cancel()
+        if exited.done():
+            return exited.result(), ""
+        by = "cancel" if self._cancel.is_set() else "shutdown"
+        grace = self._cancel_grace_s if by == "cancel" else self.ctx.cancel_grace_s
+        self._log.info("stopping command", by=by, grace_s=grace)
+        returncode = await proc.terminate(grace)
+        with contextlib.suppress(asyncio.CancelledError):
+            await exited
+        return returncode, by
+
+    def remove_work_dir(self) -> None:
+        """Called for attempts that ended well; failed ones are kept for a look (see main)."""
+        remove_tree(self.dirs.root)
+        with contextlib.suppress(OSError):
+            self.dirs.root.parent.rmdir()

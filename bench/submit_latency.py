@@ -1,0 +1,104 @@
+"""Submit-to-RUNNING latency over one-run experiments with a trivial command on an idle agent.
+
+Starts a real stack (a `runyard server`, a private nats-server, file storage and
+one `runyard agent`), then for each experiment times CreateExperiment until the
+run's RUNNING update arrives on WatchRun, and lets the run finish before the
+next one. Prints JSON with p50 and p99 (goal: p50 under 100 ms).
+
+    .venv/bin/python bench/submit_latency.py [--count 100] [--database sqlite|postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from runyard.v1 import common_pb2, experiment_service_pb2, run_service_pb2
+from tests.support.services import NatsServer, postgres_database
+from tests.support.stack import Stack, Stubs
+
+MANIFEST = """\
+name: latency
+framework: {name: python}
+command: "true"
+results: s3://results/latency
+"""
+
+
+@contextlib.contextmanager
+def database(kind: str, root: Path) -> Iterator[str]:
+    if kind == "postgresql":
+        with postgres_database() as url:
+            yield url
+    else:
+        yield f"sqlite:///{root}/runyard.db"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(kind: str, count: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
+        root = Path(tmp)
+        nats = NatsServer(root / "nats").start()
+        stack = Stack(root=root, database_url=url, nats_url=nats.url, storage_root=(root / "objects").as_uri())
+        try:
+            stack.start_server()
+            stack.start_agent("bench-agent", 1)
+            latencies: list[float] = []
+            with stack.channel() as channel:
+                stubs = Stubs(channel)
+                for i in range(count + 3):
+                    started = time.perf_counter()
+                    exp = stubs.experiments.CreateExperiment(
+                        experiment_service_pb2.CreateExperimentRequest(manifest_yaml=MANIFEST), timeout=30
+                    ).experiment
+                    running_at = None
+                    for message in stubs.runs.WatchRun(
+                        run_service_pb2.WatchRunRequest(run_id=exp.runs[0].id), timeout=60
+                    ):
+                        status = message.update.status
+                        if running_at is None and status.state == common_pb2.RUN_STATE_RUNNING:
+                            running_at = time.perf_counter()
+                        if status.final:
+                            break
+                    if running_at is None:
+                        raise RuntimeError(f"run {exp.runs[0].id} never reported RUNNING:\n{stack.logs()}")
+                    if i >= 3:  # the first runs warm up connections and caches
+                        latencies.append((running_at - started) * 1000)
+            return {
+                "experiments": count,
+                "p50_ms": round(statistics.median(latencies), 1),
+                "p99_ms": round(percentile(latencies, 0.99), 1),
+                "mean_ms": round(statistics.fmean(latencies), 1),
+            }
+        finally:
+            stack.stop()
+            nats.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
+    args = parser.parse_args()
+    kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
+    result: dict[str, object] = {"benchmark": "submit_to_running", "goal_p50_ms": 100}
+    for kind in kinds:
+        result[kind] = measure(kind, args.count)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

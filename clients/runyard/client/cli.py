@@ -1,0 +1,230 @@
+"""`runyard`: the command line of Runyard.
+
+Exit status: 0 on success, 1 when something failed (one line on stderr says what),
+2 for a usage or configuration error, 130 when interrupted. `watch` (and
+`submit --watch`) exit 0 only when the run or every run of the experiment completed.
+Settings come from flags, then RUNYARD_* variables, then the config file, then
+`runyard up`'s state file (see `runyard.config`); `runyard config` shows the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from runyard import __version__
+from runyard.client import commands, daemons, stack
+from runyard.client.errors import ClientError
+from runyard.config import ConfigError, Settings, load_settings, parse_pairs, parse_size
+
+# Commands that are part of a stack read no state file and need no connection.
+_PROCESS_COMMANDS = ("server", "agent", "up", "down")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _pair(text: str) -> str:
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --endpoint and -o are accepted before or after the command: `runyard -o json list`
+    # and `runyard list -o json` both work. SUPPRESS keeps a subcommand's absent flag from
+    # overwriting the value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--endpoint", default=argparse.SUPPRESS, help="server address HOST:PORT (env RUNYARD_ENDPOINT)")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument(
+        "-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS,
+        help="table for people (default), json for scripts",
+    )  # fmt: skip
+
+    parser = argparse.ArgumentParser(
+        prog="runyard",
+        description="Runyard: submit, watch and manage experiments of training runs.",
+        parents=[common, output],
+    )
+    parser.add_argument("--version", action="version", version=f"runyard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    client = [common, output]
+
+    def add(
+        name: str, func: Callable[..., int], help_text: str, parents: Sequence[argparse.ArgumentParser] = ()
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=list(parents))
+        p.set_defaults(func=func)
+        return p
+
+    # -- the stack -----------------------------------------------------------------------
+    p = add("up", stack.cmd_up, "start the all-in-one stack: NATS, the server and one local agent")
+    p.add_argument("--data-dir", help=f"folder for all its data (default ./{stack.DEFAULT_DATA_DIR})")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=stack.DEFAULT_PORT,
+        help=f"gRPC port on 127.0.0.1 (default {stack.DEFAULT_PORT}; 0 = any free port)",
+    )
+    p.add_argument("--slots", type=int, default=2, help="runs the local agent holds at once (default 2)")
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background; stop with `runyard down`")
+
+    p = add("down", stack.cmd_down, "stop the stack that `runyard up --detach` started")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a graceful stop (default 60)")
+
+    p = add("server", daemons.cmd_server, "run one control-plane replica (until SIGTERM/Ctrl-C)")
+    p.add_argument("--listen", help="HOST:PORT to serve gRPC on (default 127.0.0.1:50051)")
+    p.add_argument("--database-url", help="sqlite:///path/runyard.db or postgresql+psycopg://user@host/db")
+    p.add_argument("--nats-url", help="NATS with JetStream (default nats://127.0.0.1:4222)")
+    p.add_argument("--storage-root", help="file:///abs/dir to keep objects in a folder instead of S3")
+    p.add_argument("--s3-endpoint-url", help="S3 API endpoint (MinIO, IBM COS, ...); default AWS")
+    p.add_argument("--code-uri-prefix", help="where uploaded code goes (default s3://runyard/code)")
+    p.add_argument("--max-code-bytes", type=_size, help="largest code package accepted, e.g. 100MiB")
+    p.add_argument("--agent-timeout", type=float, help="seconds without a heartbeat before an agent is lost")
+    p.add_argument("--shutdown-grace", type=float, help="seconds a graceful stop waits for in-flight calls")
+
+    p = add("agent", daemons.cmd_agent, "run a node agent that pulls runs from NATS (until SIGTERM/Ctrl-C)")
+    p.add_argument("--agent-id", help="unique id of this agent (default: the host name)")
+    p.add_argument("--nats-url", help="NATS with JetStream (default nats://127.0.0.1:4222)")
+    p.add_argument("--slots", type=int, help="runs held at once (default 1)")
+    p.add_argument("--work-dir", help="folder for per-run work folders")
+    p.add_argument("--storage-root", help="file:///abs/dir to keep objects in a folder instead of S3")
+    p.add_argument("--s3-endpoint-url", help="S3 API endpoint (MinIO, IBM COS, ...); default AWS")
+    p.add_argument(
+        "--framework",
+        action="append",
+        type=_pair,
+        metavar="NAME=PYTHON",
+        help="offer a framework, run by that Python interpreter (repeatable)",
+    )
+    p.add_argument("--label", action="append", type=_pair, metavar="KEY=VALUE", help="agent label (repeatable)")
+    p.add_argument("--cancel-grace", type=float, help="seconds between SIGTERM and SIGKILL when a run is canceled")
+
+    # -- experiments and runs ------------------------------------------------------------
+    p = add("submit", commands.cmd_submit, "submit an experiment: upload the code, create its runs", client)
+    p.add_argument("manifest", metavar="MANIFEST", help="the experiment's YAML manifest")
+    p.add_argument("code_dir", metavar="CODE_DIR", nargs="?", help="code to upload (default: the manifest's folder)")
+    p.add_argument("--request-id", help="client request id; resubmitting with the same id never creates twice")
+    p.add_argument("--no-code", action="store_true", help="upload no code (the command needs none)")
+    p.add_argument("-w", "--watch", action="store_true", help="then follow it to the end, like `runyard watch`")
+    p.add_argument("--no-logs", action="store_true", help="with --watch: status and metrics only")
+
+    p = add("list", commands.cmd_list, "list experiments (or runs)", client)
+    p.add_argument("what", nargs="?", choices=("experiments", "runs"), help="what to list (default experiments)")
+    p.add_argument("--experiment", metavar="EXPERIMENT_ID", help="only runs of this experiment")
+    p.add_argument("--state", action="append", metavar="STATE", help="only runs in this state (repeatable)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many (default all)")
+
+    p = add("show", commands.cmd_show, "show an experiment with its runs, or one run", client)
+    p.add_argument("id", metavar="ID", help="exp-... or run-...")
+
+    p = add("watch", commands.cmd_watch, "follow a run or experiment live until it ends", client)
+    p.add_argument("id", metavar="ID", help="exp-... or run-...")
+    p.add_argument("--no-logs", action="store_true", help="status changes and metrics only")
+
+    p = add("logs", commands.cmd_logs, "print a run's output", client)
+    p.add_argument("run", metavar="RUN", help="run-...")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the run ends")
+    p.add_argument("--tail", type=int, default=0, help="only the last N lines")
+
+    p = add("metrics", commands.cmd_metrics, "a run's metrics: latest values, or every point", client)
+    p.add_argument("run", metavar="RUN", help="run-...")
+    p.add_argument("--all", action="store_true", help="every point, one row per step")
+    p.add_argument("--name", action="append", help="only this metric (repeatable)")
+
+    p = add("cancel", commands.cmd_cancel, "cancel a run, or every unfinished run of an experiment", client)
+    p.add_argument("id", metavar="ID", help="exp-... or run-...")
+
+    p = add("download", commands.cmd_download, "download a run's results", client)
+    p.add_argument("run", metavar="RUN", help="run-...")
+    p.add_argument("dest", metavar="DEST", nargs="?", help="local folder (default ./RUN)")
+    _storage_flags(p)
+
+    # -- object storage -------------------------------------------------------------------
+    data = sub.add_parser("data", help="put training data in object storage and look at it")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    p = data_sub.add_parser("upload", help="upload a file or folder", parents=client)
+    p.set_defaults(func=commands.cmd_data_upload)
+    p.add_argument("local", metavar="LOCAL", help="file or folder")
+    p.add_argument("uri", metavar="URI", help="s3://bucket/prefix (a folder goes below it; URI/ keeps a file's name)")
+    _storage_flags(p)
+    p = data_sub.add_parser("ls", help="list objects under a prefix", parents=client)
+    p.set_defaults(func=commands.cmd_data_ls)
+    p.add_argument("uri", metavar="URI", help="s3://bucket/prefix")
+    _storage_flags(p)
+
+    # -- operations -----------------------------------------------------------------------
+    admin = sub.add_parser("admin", help="operate the control plane")
+    admin_sub = admin.add_subparsers(dest="admin_command", metavar="SUBCOMMAND", required=True)
+    for name, func, help_text in (
+        ("rebuild", commands.cmd_admin_rebuild, "replay the event log into fresh read models"),
+        ("agents", commands.cmd_admin_agents, "list the registered agents"),
+        ("info", commands.cmd_admin_info, "what the server is and its limits"),
+    ):
+        admin_sub.add_parser(name, help=help_text, parents=client).set_defaults(func=func)
+
+    add("config", commands.cmd_config, "show the settings in effect and where each comes from", client)
+    return parser
+
+
+def _storage_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-root", help="file:///abs/dir when objects live in a folder (set by `runyard up`)")
+    p.add_argument("--s3-endpoint-url", help="S3 API endpoint (MinIO, IBM COS, ...); default AWS")
+
+
+def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """Flags of this command line, resolved against environment, config file and state file."""
+    flags: dict[str, Any] = {}
+    for key in (
+        "endpoint", "database_url", "nats_url", "storage_root", "s3_endpoint_url", "code_uri_prefix",
+        "max_code_bytes", "agent_timeout", "listen", "agent_id", "work_dir", "data_dir",
+    ):  # fmt: skip
+        flags[key] = getattr(args, key, None)
+    if args.command == "agent":
+        flags["slots"] = args.slots
+        flags["frameworks"] = parse_pairs(args.framework or [], "--framework") or None
+        flags["labels"] = parse_pairs(args.label or [], "--label") or None
+    return load_settings(flags, environ=environ, use_state=args.command not in _PROCESS_COMMANDS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    err = sys.stderr
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=err)
+        return 2
+    try:
+        if args.command in _PROCESS_COMMANDS:
+            return int(args.func(args, settings))
+        ctx = commands.Context(settings, output=getattr(args, "output", "table"))
+        try:
+            return int(args.func(args, ctx))
+        finally:
+            ctx.close()
+    except ClientError as e:
+        print(f"error: {e}", file=err)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=err)
+        return stack.INTERRUPTED
+    except BrokenPipeError:
+        # `runyard logs RUN | head`: the reader left; not an error worth a traceback.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,524 @@
+"""The client-side commands of `runyard`: everything that talks to a running server.
+
+Each command takes the parsed arguments and a `Context`, prints for a person (tables,
+lines) or for a script (`-o json`), and returns the exit status. Failures are raised
+as `ClientError` and printed by `cli.main` as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.text import Text
+
+from runyard.client import render
+from runyard.client.errors import ClientError
+from runyard.client.packing import pack_code
+from runyard.client.progress import transfer_bar
+from runyard.client.sdk import Client
+from runyard.config import Settings
+from runyard.v1 import common_pb2, resources_pb2
+
+if TYPE_CHECKING:
+    from runyard.objectstore import ObjectStore
+
+RS = common_pb2.RunState
+ES = resources_pb2.ExperimentState
+
+
+@dataclass
+class Context:
+    """What every command needs: settings, output mode, consoles and one connected client."""
+
+    settings: Settings
+    output: str = "table"
+    out: Console = field(default_factory=render.make_console)
+    err: Console = field(default_factory=lambda: render.make_console(stderr=True))
+    _client: Client | None = None
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+    def client(self) -> Client:
+        """Connect on first use; a dead endpoint fails here, quickly and in one line."""
+        if self._client is None:
+            client = Client(self.settings.endpoint)
+            try:
+                client.wait_ready()
+            except ClientError:
+                client.close()
+                raise
+            self._client = client
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def notice(self, message: str) -> None:
+        """A remark for the person at the terminal (stderr), never mixed into JSON output."""
+        self.err.print(Text(message, style="dim"), highlight=False)
+
+    def line(self, text: str | Text) -> None:
+        """Print without rich markup, so run output with [brackets] prints as is."""
+        self.out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def id_kind(identifier: str) -> str:
+    """'experiment' or 'run' from the id's prefix; anything else is a usage error."""
+    if identifier.startswith("exp-"):
+        return "experiment"
+    if identifier.startswith("run-"):
+        return "run"
+    raise ClientError(f"{identifier!r} is neither an experiment id (exp-...) nor a run id (run-...)")
+
+
+def _require_run(identifier: str) -> str:
+    if not identifier.startswith("run-"):
+        raise ClientError(f"{identifier!r} is not a run id (run-...); `runyard show EXPERIMENT` lists its runs")
+    return identifier
+
+
+# -- submit ---------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace, ctx: Context) -> int:
+    manifest = Path(args.manifest)
+    try:
+        manifest_yaml = manifest.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ClientError(f"cannot read manifest {manifest}: {e.strerror}") from None
+    code_dir = Path(args.code_dir) if args.code_dir else manifest.resolve().parent
+    if args.code_dir and not code_dir.is_dir():
+        raise ClientError(f"code directory {code_dir} is not a folder")
+    client = ctx.client()
+    code_uri = ""
+    if not args.no_code:
+        code_uri = _upload_code(client, ctx, code_dir)
+    # Retries inside create_experiment reuse this id, so the experiment is created once.
+    request_id = args.request_id or str(uuid.uuid4())
+    created = client.create_experiment(manifest_yaml, code_uri, request_id)
+    experiment = client.get_experiment(created.id)
+    if ctx.json:
+        render.print_json(render.to_dict(experiment), lines=args.watch)
+    else:
+        ctx.out.print(
+            f"Submitted experiment [bold]{experiment.id}[/] ({experiment.name}) with {experiment.run_count} runs"
+        )
+        metric, _ = render.search_metric(experiment)
+        ctx.out.print(render.runs_table(list(experiment.runs), render.metric_columns(experiment.runs, metric)))
+        if not args.watch:
+            ctx.out.print(f"\nFollow it with: runyard watch {experiment.id}", markup=False, highlight=False)
+    if args.watch:
+        return _watch(ctx, experiment.id, "experiment", show_logs=not args.no_logs, json_lines=ctx.json)
+    return 0
+
+
+def _upload_code(client: Client, ctx: Context, code_dir: Path) -> str:
+    limit = int(client.server_info().max_code_bytes)
+    packed = pack_code(code_dir, limit)
+    try:
+        size = packed.stat().st_size
+        with transfer_bar(ctx.err, "uploading code", size) as advance:
+            uploaded = client.upload_code(packed, advance)
+    finally:
+        packed.unlink(missing_ok=True)
+    return uploaded.code_uri
+
+
+# -- list / show ----------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
+    what = args.what or ("runs" if args.experiment or args.state else "experiments")
+    limit = args.limit if args.limit and args.limit > 0 else None
+    client = ctx.client()
+    if what == "experiments":
+        if args.experiment or args.state:
+            raise ClientError("--experiment and --state filter runs: use `runyard list runs ...`")
+        experiments = list(_take(client.list_experiments(), limit))
+        if ctx.json:
+            render.print_json([render.to_dict(e) for e in experiments])
+        elif not experiments:
+            ctx.err.print("no experiments yet: submit one with `runyard submit MANIFEST`", markup=False)
+        else:
+            ctx.out.print(render.experiments_table(experiments))
+        return 0
+    states = []
+    for text in args.state or []:
+        for part in text.split(","):
+            try:
+                states.append(render.parse_run_state(part))
+            except ValueError as e:
+                raise ClientError(str(e)) from None
+    runs = list(_take(client.list_runs(args.experiment, states), limit))
+    if ctx.json:
+        render.print_json([render.to_dict(r) for r in runs])
+    elif not runs:
+        ctx.err.print("no runs match", markup=False)
+    else:
+        ctx.out.print(render.runs_table(runs, render.metric_columns(runs), with_experiment=not args.experiment))
+    return 0
+
+
+def _take(items: Iterator[Any], limit: int | None) -> Iterator[Any]:
+    for n, item in enumerate(items):
+        if limit is not None and n >= limit:
+            return
+        yield item
+
+
+def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
+    kind = id_kind(args.id)
+    client = ctx.client()
+    if kind == "experiment":
+        experiment = client.get_experiment(args.id)
+        if ctx.json:
+            render.print_json(render.to_dict(experiment))
+            return 0
+        _print_experiment(ctx, experiment)
+        return 0
+    run = client.get_run(args.id)
+    if ctx.json:
+        render.print_json(render.to_dict(run))
+        return 0
+    ctx.out.print(render.run_details(run))
+    if run.latest_metrics:
+        ctx.out.print()
+        ctx.out.print(
+            render.key_values([(f"  {k}", render.fmt_value(v)) for k, v in sorted(run.latest_metrics.items())]),
+        )
+    return 0
+
+
+def _print_experiment(ctx: Context, experiment: resources_pb2.Experiment) -> None:
+    metric, goal = render.search_metric(experiment)
+    ctx.out.print(
+        render.key_values(
+            [
+                ("experiment", experiment.id),
+                ("name", experiment.name),
+                ("state", render.styled_state(render.experiment_state_name(experiment.state))),
+                ("runs", f"{experiment.run_count} ({render.runs_summary(dict(experiment.runs_by_state))})"),
+                ("code", experiment.code_uri),
+                ("created", render.fmt_time(experiment.created_at)),
+                ("ended", render.fmt_time(experiment.ended_at)),
+            ]
+        )
+    )
+    runs = sorted(experiment.runs, key=lambda r: r.index)
+    if not runs:
+        return
+    ctx.out.print()
+    ctx.out.print(render.runs_table(runs, render.metric_columns(runs, metric)))
+    scored = [r for r in runs if metric and metric in r.latest_metrics]
+    if scored:
+        pick = min if goal.startswith("min") else max
+        best = pick(scored, key=lambda r: r.latest_metrics[metric])
+        ctx.out.print(
+            f"\nbest so far: {best.id} {metric}={render.fmt_value(best.latest_metrics[metric])} "
+            f"({render.fmt_hyperparameters(best)})",
+            markup=False,
+            highlight=False,
+        )
+
+
+# -- watch / logs / metrics -----------------------------------------------------------------
+
+
+def cmd_watch(args: argparse.Namespace, ctx: Context) -> int:
+    return _watch(ctx, args.id, id_kind(args.id), show_logs=not args.no_logs, json_lines=ctx.json)
+
+
+def _watch(ctx: Context, identifier: str, kind: str, show_logs: bool, json_lines: bool) -> int:
+    """Print updates until the run or experiment ends; 0 if it completed, 1 otherwise."""
+    client = ctx.client()
+    notice = ctx.notice
+    updates = (
+        client.watch_run(identifier, on_retry=notice)
+        if kind == "run"
+        else client.watch_experiment(identifier, on_retry=notice)
+    )
+    finals: dict[str, int] = {}
+    seen: set[str] = set()
+    for update in updates:
+        if json_lines:
+            render.print_json(render.to_dict(update), lines=True)
+        else:
+            for text in render.update_lines(update, with_run=kind == "experiment", show_logs=show_logs):
+                ctx.line(text)
+        seen.add(update.run_id)
+        if update.HasField("status") and update.status.final:
+            finals[update.run_id] = update.status.state
+    # The stream itself says how each run ended; ask the server only if it did not.
+    if kind == "run":
+        state = finals[identifier] if identifier in finals else client.get_run(identifier).state
+        ended_ok = state == RS.RUN_STATE_COMPLETED
+        summary = f"run {identifier} {render.run_state_name(state)}"
+    elif seen and seen == finals.keys():
+        ended_ok = all(state == RS.RUN_STATE_COMPLETED for state in finals.values())
+        by_state: dict[str, int] = {}
+        for state in finals.values():
+            by_state[RS.Name(state)] = by_state.get(RS.Name(state), 0) + 1  # type: ignore[arg-type]
+        summary = f"experiment {identifier} ended: {render.runs_summary(by_state)}"
+    else:
+        experiment = client.get_experiment(identifier)
+        ended_ok = experiment.state == ES.EXPERIMENT_STATE_COMPLETED
+        summary = (
+            f"experiment {identifier} {render.experiment_state_name(experiment.state)}: "
+            f"{render.runs_summary(dict(experiment.runs_by_state))}"
+        )
+    if not json_lines:
+        ctx.err.print(summary, markup=False, highlight=False)
+    return 0 if ended_ok else 1
+
+
+def cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
+    run_id = _require_run(args.run)
+    client = ctx.client()
+    if args.follow:
+        for update in client.watch_run(run_id, on_retry=ctx.notice):
+            if not update.HasField("logs"):
+                continue
+            for line in update.logs.lines:
+                if ctx.json:
+                    render.print_json(render.to_dict(line), lines=True)
+                else:
+                    ctx.line(render.log_line_text(line))
+        return 0
+    lines = client.get_run_logs(run_id)
+    if args.tail and args.tail > 0:
+        lines = lines[-args.tail :]
+    if ctx.json:
+        render.print_json([render.to_dict(line) for line in lines])
+        return 0
+    for line in lines:
+        ctx.line(render.log_line_text(line))
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace, ctx: Context) -> int:
+    run_id = _require_run(args.run)
+    points = ctx.client().get_run_metrics(run_id, args.name or ())
+    if ctx.json:
+        render.print_json(
+            {
+                "run_id": run_id,
+                "latest": render.latest_values(points),
+                "points": [render.to_dict(p) for p in points],
+            }
+        )
+        return 0
+    if not points:
+        ctx.err.print(f"no metric points for {run_id} yet", markup=False)
+        return 0
+    ctx.out.print(render.metrics_points_table(points) if args.all else render.metrics_latest_table(points))
+    return 0
+
+
+# -- cancel ---------------------------------------------------------------------------------
+
+
+def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
+    kind = id_kind(args.id)
+    client = ctx.client()
+    if kind == "experiment":
+        experiment = client.cancel_experiment(args.id)
+        if ctx.json:
+            render.print_json(render.to_dict(experiment))
+        else:
+            ctx.out.print(
+                f"cancel requested for {experiment.id}: {render.runs_summary(dict(experiment.runs_by_state))}",
+                markup=False,
+                highlight=False,
+            )
+        return 0
+    run = client.cancel_run(args.id)
+    if ctx.json:
+        render.print_json(render.to_dict(run))
+    else:
+        ctx.out.print(
+            f"cancel requested for {run.id} (now {render.run_state_name(run.state)})", markup=False, highlight=False
+        )
+    return 0
+
+
+# -- object storage: download, data upload, data ls ------------------------------------------
+
+
+def _store(ctx: Context) -> ObjectStore:
+    from runyard.objectstore import ObjectStoreError, open_store
+
+    try:
+        return open_store(ctx.settings.storage_root, ctx.settings.s3_endpoint_url)
+    except ObjectStoreError as e:
+        raise ClientError(str(e)) from None
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    from runyard.objectstore import ObjectStoreError
+
+    try:
+        yield
+    except ObjectStoreError as e:
+        raise ClientError(str(e)) from None
+
+
+def cmd_download(args: argparse.Namespace, ctx: Context) -> int:
+    run_id = _require_run(args.run)
+    run = ctx.client().get_run(run_id)
+    if not run.results_uri:
+        raise ClientError(f"run {run.id} has no results location")
+    dest = Path(args.dest) if args.dest else Path(run.id)
+    store = _store(ctx)
+    with _storage_errors():
+        objects = store.list(run.results_uri)
+        if not objects:
+            state = render.run_state_name(run.state)
+            hint = "" if run.state == RS.RUN_STATE_COMPLETED else "; results are stored when the run completes"
+            raise ClientError(f"no results at {run.results_uri} (run {run.id} is {state}{hint})")
+        total = sum(o.size for o in objects)
+        with transfer_bar(ctx.err, f"downloading {run.id}", total) as advance:
+            count = store.download_prefix(run.results_uri, dest, advance)
+    if ctx.json:
+        render.print_json(
+            {"run_id": run.id, "results_uri": run.results_uri, "dest": str(dest), "files": count, "bytes": total}
+        )
+    else:
+        ctx.out.print(
+            f"downloaded {count} files ({render.fmt_bytes(total)}) from {run.results_uri} to {dest}",
+            markup=False,
+            highlight=False,
+        )
+    return 0
+
+
+def cmd_data_upload(args: argparse.Namespace, ctx: Context) -> int:
+    local = Path(args.local)
+    if not local.exists():
+        raise ClientError(f"{local} does not exist")
+    store = _store(ctx)
+    uri: str = args.uri
+    with _storage_errors():
+        if local.is_dir():
+            total = sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
+            with transfer_bar(ctx.err, f"uploading {local.name}", total) as advance:
+                count = store.upload_dir(local, uri, advance)
+        else:
+            if uri.endswith("/"):
+                uri += local.name
+            total = local.stat().st_size
+            with transfer_bar(ctx.err, f"uploading {local.name}", total) as advance:
+                store.upload_file(local, uri, advance)
+            count = 1
+    if ctx.json:
+        render.print_json({"source": str(local), "uri": uri, "files": count, "bytes": total})
+    else:
+        ctx.out.print(f"uploaded {count} files ({render.fmt_bytes(total)}) to {uri}", markup=False, highlight=False)
+    return 0
+
+
+def cmd_data_ls(args: argparse.Namespace, ctx: Context) -> int:
+    store = _store(ctx)
+    with _storage_errors():
+        objects = store.list(args.uri)
+    if ctx.json:
+        render.print_json([{"uri": o.uri, "size": o.size} for o in objects])
+        return 0
+    if not objects:
+        ctx.err.print(f"no objects under {args.uri}", markup=False, highlight=False)
+        return 0
+    for o in objects:
+        ctx.line(f"{render.fmt_bytes(o.size):>10}  {o.uri}")
+    ctx.err.print(
+        f"{len(objects)} objects, {render.fmt_bytes(sum(o.size for o in objects))}", markup=False, highlight=False
+    )
+    return 0
+
+
+# -- admin ----------------------------------------------------------------------------------
+
+
+def cmd_admin_rebuild(args: argparse.Namespace, ctx: Context) -> int:
+    reply = ctx.client().rebuild_projections()
+    if ctx.json:
+        render.print_json(render.to_dict(reply))
+    else:
+        ctx.out.print(
+            f"rebuilt the read models: {reply.events_replayed} events replayed in {reply.seconds:.2f} s",
+            markup=False,
+            highlight=False,
+        )
+    return 0
+
+
+def cmd_admin_agents(args: argparse.Namespace, ctx: Context) -> int:
+    agents = ctx.client().list_agents()
+    if ctx.json:
+        render.print_json([render.to_dict(a) for a in agents])
+    elif not agents:
+        ctx.err.print("no agents registered: start one with `runyard agent`", markup=False)
+    else:
+        ctx.out.print(render.agents_table(agents))
+    return 0
+
+
+def cmd_admin_info(args: argparse.Namespace, ctx: Context) -> int:
+    info = ctx.client().server_info()
+    if ctx.json:
+        render.print_json({"endpoint": ctx.settings.endpoint, **render.to_dict(info)})
+    else:
+        ctx.out.print(
+            render.key_values(
+                [
+                    ("endpoint", ctx.settings.endpoint),
+                    ("version", info.version),
+                    ("code uri prefix", info.code_uri_prefix),
+                    ("max code size", render.fmt_bytes(info.max_code_bytes)),
+                    ("log head position", str(info.head_position)),
+                ]
+            )
+        )
+    return 0
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+def cmd_config(args: argparse.Namespace, ctx: Context) -> int:
+    """Show every setting with the layer it came from: the answer to "why does it connect there?"."""
+    import dataclasses
+
+    from runyard.config import config_path, state_path
+
+    rows = {f.name: getattr(ctx.settings, f.name) for f in dataclasses.fields(ctx.settings) if f.name != "sources"}
+    if ctx.json:
+        render.print_json(
+            {
+                "config_file": str(config_path()),
+                "state_file": str(state_path()),
+                "settings": {k: {"value": v, "source": ctx.settings.source(k)} for k, v in rows.items()},
+            }
+        )
+        return 0
+    table = render.key_values([])
+    for key, value in rows.items():
+        if value is None:
+            continue
+        table.add_row(key, Text(f"{render.fmt_value(value)}  ({ctx.settings.source(key)})"))
+    ctx.out.print(table)
+    ctx.out.print(f"\nconfig file: {config_path()}\nstate file:  {state_path()}", markup=False, highlight=False)
+    return 0
+
+
+Command = Callable[[argparse.Namespace, Context], int]

@@ -1,0 +1,421 @@
+"""The Python SDK: typed calls over the generated `runyard.v1` gRPC stubs.
+
+    from runyard.client import Client
+
+    with Client("127.0.0.1:50051") as client:
+        experiment = client.submit("examples/digits-pytorch/manifest.yaml")
+        for update in client.watch_experiment(experiment.id):
+            ...
+
+Retries. Reads, cancels and creates (which carry a client request id, so a retry
+never creates twice) are retried while the server answers UNAVAILABLE, for up to
+`retry_s` seconds with backoff: a server restart or a read model that lags a
+moment is invisible to the caller. Watches reconnect the same way (for up to
+`watch_retry_s` seconds of outage) and resume from the cursor of the last update
+they yielded, so nothing is lost or repeated.
+
+Every failure is a `ClientError` (`ApiError` for a gRPC status, `ServerUnreachable`
+when nothing answers at the endpoint) whose message is one line for a person.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from runyard.client.errors import ApiError, ClientError, ServerUnreachable
+from runyard.client.packing import pack_code
+from runyard.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    common_pb2,
+    experiment_service_pb2,
+    experiment_service_pb2_grpc,
+    resources_pb2,
+    run_service_pb2,
+    run_service_pb2_grpc,
+    watch_pb2,
+)
+
+__all__ = ["CHUNK_BYTES", "Client", "Progress"]
+
+CHUNK_BYTES = 1024 * 1024
+# Called with the number of bytes sent since the previous call.
+Progress = Callable[[int], None]
+
+T = TypeVar("T")
+
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+# gRPC details that mean "no connection", as opposed to a server that chose to say UNAVAILABLE.
+_NO_CONNECTION_HINTS = (
+    "failed to connect",
+    "connection refused",
+    "connections to all backends failing",
+    "dns resolution failed",
+    "name resolution",
+    "no address",
+)
+
+
+class Client:
+    """One channel to one Runyard endpoint; safe to share between threads."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        connect_timeout_s: float = 3.0,
+        retry_s: float = 30.0,
+        watch_retry_s: float = 120.0,
+        call_timeout_s: float = 60.0,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.endpoint = endpoint
+        self.connect_timeout_s = connect_timeout_s
+        self.retry_s = retry_s
+        self.watch_retry_s = watch_retry_s
+        self.call_timeout_s = call_timeout_s
+        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
+        if credentials is None:
+            self._channel = grpc.insecure_channel(endpoint, options=opts)
+        else:
+            self._channel = grpc.secure_channel(endpoint, credentials, options=opts)
+        self._experiments = experiment_service_pb2_grpc.ExperimentServiceStub(self._channel)
+        self._runs = run_service_pb2_grpc.RunServiceStub(self._channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Connect now, or raise ServerUnreachable (default wait: connect_timeout_s).
+
+        Calling this first turns "nothing is listening" into one quick, clear error instead
+        of a call that retries for `retry_s`. A refused connection is final at once; only a
+        host that does not answer at all uses up the whole wait.
+        """
+        timeout = self.connect_timeout_s if timeout_s is None else timeout_s
+        settled = threading.Event()
+        outcome: list[grpc.ChannelConnectivity] = []
+
+        def on_change(state: grpc.ChannelConnectivity) -> None:
+            if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+                outcome.append(state)
+                settled.set()
+
+        self._channel.subscribe(on_change, try_to_connect=True)
+        try:
+            settled.wait(timeout)
+        finally:
+            self._channel.unsubscribe(on_change)
+        if not outcome or outcome[0] != grpc.ChannelConnectivity.READY:
+            raise ServerUnreachable(self.endpoint)
+
+    # -- code and experiments -------------------------------------------------------------
+
+    def server_info(self) -> admin_service_pb2.GetServerInfoResponse:
+        return self._unary(self._admin.GetServerInfo, admin_service_pb2.GetServerInfoRequest())
+
+    def upload_code(
+        self, path_to_tar_gz: str | os.PathLike[str], progress: Progress | None = None
+    ) -> experiment_service_pb2.UploadCodeResponse:
+        """Stream a packed code directory to the server in 1 MiB chunks; returns its code URI."""
+        path = Path(path_to_tar_gz)
+        total = path.stat().st_size
+        reported = 0
+
+        def report(n: int) -> None:
+            nonlocal reported
+            reported += n
+            if progress is not None and n:
+                progress(n)
+
+        def chunks() -> Iterator[experiment_service_pb2.UploadCodeRequest]:
+            with path.open("rb") as f:
+                data = f.read(CHUNK_BYTES)
+                yield experiment_service_pb2.UploadCodeRequest(chunk=data, total_bytes=total)
+                report(len(data))
+                while data := f.read(CHUNK_BYTES):
+                    yield experiment_service_pb2.UploadCodeRequest(chunk=data)
+                    report(len(data))
+
+        def attempt() -> experiment_service_pb2.UploadCodeResponse:
+            # A retry sends the whole package again: wind the caller's progress back first.
+            report(-reported)
+            # Slow links get time in proportion to the size (at least 1 MB/s).
+            timeout = max(self.call_timeout_s, total / 1e6)
+            return self._experiments.UploadCode(chunks(), timeout=timeout)
+
+        return self._retrying(attempt)
+
+    def pack_and_upload(
+        self,
+        code_dir: str | os.PathLike[str],
+        progress_factory: Callable[[int], Progress | None] | None = None,
+    ) -> experiment_service_pb2.UploadCodeResponse:
+        """Pack `code_dir` within the server's size limit and upload it.
+
+        `progress_factory(total_bytes)` is called once the package exists and may return a
+        progress callback (the CLI opens a progress bar there).
+        """
+        limit = int(self.server_info().max_code_bytes)
+        packed = pack_code(code_dir, limit)
+        try:
+            size = packed.stat().st_size
+            progress = progress_factory(size) if progress_factory is not None else None
+            return self.upload_code(packed, progress)
+        finally:
+            packed.unlink(missing_ok=True)
+
+    def create_experiment(
+        self, manifest_yaml: str, code_uri: str = "", client_request_id: str | None = None
+    ) -> resources_pb2.Experiment:
+        """Create an experiment; every retry of this call reuses one client request id."""
+        request = experiment_service_pb2.CreateExperimentRequest(
+            manifest_yaml=manifest_yaml,
+            code_uri=code_uri,
+            client_request_id=client_request_id or str(uuid.uuid4()),
+        )
+        return self._unary(self._experiments.CreateExperiment, request).experiment
+
+    def submit(
+        self,
+        manifest_path: str | os.PathLike[str],
+        code_dir: str | os.PathLike[str] | None = None,
+        *,
+        client_request_id: str | None = None,
+        progress_factory: Callable[[int], Progress | None] | None = None,
+    ) -> resources_pb2.Experiment:
+        """Pack and upload the code (default: the manifest's folder), then create the experiment."""
+        manifest = Path(manifest_path)
+        try:
+            text = manifest.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ClientError(f"cannot read manifest {manifest}: {e.strerror}") from None
+        folder = Path(code_dir) if code_dir is not None else manifest.resolve().parent
+        uploaded = self.pack_and_upload(folder, progress_factory)
+        return self.create_experiment(text, uploaded.code_uri, client_request_id)
+
+    def get_experiment(self, experiment_id: str) -> resources_pb2.Experiment:
+        request = experiment_service_pb2.GetExperimentRequest(experiment_id=experiment_id)
+        return self._unary(self._experiments.GetExperiment, request).experiment
+
+    def list_experiments(self, page_size: int = 100) -> Iterator[resources_pb2.Experiment]:
+        """Every experiment, newest first, fetching pages as the iteration goes."""
+        token = ""
+        while True:
+            request = experiment_service_pb2.ListExperimentsRequest(page_size=page_size, page_token=token)
+            reply = self._unary(self._experiments.ListExperiments, request)
+            yield from reply.experiments
+            token = reply.next_page_token
+            if not token:
+                return
+
+    def cancel_experiment(self, experiment_id: str) -> resources_pb2.Experiment:
+        request = experiment_service_pb2.CancelExperimentRequest(experiment_id=experiment_id)
+        return self._unary(self._experiments.CancelExperiment, request).experiment
+
+    def watch_experiment(
+        self, experiment_id: str, cursor: str | None = None, on_retry: Callable[[str], None] | None = None
+    ) -> Iterator[watch_pb2.RunUpdate]:
+        """History then live updates of every run of the experiment, until all have ended."""
+
+        def open_stream(at: str) -> Iterable[experiment_service_pb2.WatchExperimentResponse]:
+            request = experiment_service_pb2.WatchExperimentRequest(experiment_id=experiment_id, cursor=at)
+            return self._experiments.WatchExperiment(request)
+
+        return self._watch(open_stream, cursor or "", on_retry)
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> resources_pb2.Run:
+        return self._unary(self._runs.GetRun, run_service_pb2.GetRunRequest(run_id=run_id)).run
+
+    def list_runs(
+        self,
+        experiment_id: str | None = None,
+        states: Iterable[common_pb2.RunState.ValueType] | None = None,
+        page_size: int = 100,
+    ) -> Iterator[resources_pb2.Run]:
+        """Runs, optionally of one experiment and in some states, fetching pages as needed."""
+        token = ""
+        while True:
+            request = run_service_pb2.ListRunsRequest(
+                experiment_id=experiment_id or "",
+                states=list(states or []),
+                page_size=page_size,
+                page_token=token,
+            )
+            reply = self._unary(self._runs.ListRuns, request)
+            yield from reply.runs
+            token = reply.next_page_token
+            if not token:
+                return
+
+    def cancel_run(self, run_id: str) -> resources_pb2.Run:
+        return self._unary(self._runs.CancelRun, run_service_pb2.CancelRunRequest(run_id=run_id)).run
+
+    def watch_run(
+        self, run_id: str, cursor: str | None = None, on_retry: Callable[[str], None] | None = None
+    ) -> Iterator[watch_pb2.RunUpdate]:
+        """History then live updates of one run, until its final status change."""
+
+        def open_stream(at: str) -> Iterable[run_service_pb2.WatchRunResponse]:
+            return self._runs.WatchRun(run_service_pb2.WatchRunRequest(run_id=run_id, cursor=at))
+
+        return self._watch(open_stream, cursor or "", on_retry)
+
+    def get_run_logs(self, run_id: str, page_size: int = 1000) -> list[common_pb2.LogLine]:
+        """Every stored output line of the run, across all pages."""
+        lines: list[common_pb2.LogLine] = []
+        token = ""
+        while True:
+            request = run_service_pb2.GetRunLogsRequest(run_id=run_id, page_size=page_size, page_token=token)
+            reply = self._unary(self._runs.GetRunLogs, request)
+            lines.extend(reply.lines)
+            token = reply.next_page_token
+            if not token:
+                return lines
+
+    def get_run_metrics(self, run_id: str, names: Sequence[str] = ()) -> list[common_pb2.MetricPoint]:
+        request = run_service_pb2.GetRunMetricsRequest(run_id=run_id, names=list(names))
+        return list(self._unary(self._runs.GetRunMetrics, request).points)
+
+    # -- admin ------------------------------------------------------------------------------
+
+    def list_agents(self, page_size: int = 100) -> list[resources_pb2.Agent]:
+        agents: list[resources_pb2.Agent] = []
+        token = ""
+        while True:
+            request = admin_service_pb2.ListAgentsRequest(page_size=page_size, page_token=token)
+            reply = self._unary(self._admin.ListAgents, request)
+            agents.extend(reply.agents)
+            token = reply.next_page_token
+            if not token:
+                return agents
+
+    def rebuild_projections(self) -> admin_service_pb2.RebuildProjectionsResponse:
+        # Replaying a long log takes a while: no per-call deadline beyond a generous hour.
+        request = admin_service_pb2.RebuildProjectionsRequest()
+        return self._unary(self._admin.RebuildProjections, request, timeout_s=3600.0)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _unary(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
+        timeout = timeout_s or self.call_timeout_s
+        return self._retrying(lambda: method(request, timeout=timeout))
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.retry_s
+        backoff = _Backoff()
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as e:
+                error = self._error(e)
+                if _code(e) not in _RETRYABLE or time.monotonic() >= deadline:
+                    raise error from None
+                self._sleep_until_ready(backoff.next(), deadline, error)
+
+    def _watch(
+        self, open_stream: Callable[[str], Iterable[Any]], cursor: str, on_retry: Callable[[str], None] | None
+    ) -> Iterator[watch_pb2.RunUpdate]:
+        """Yield updates, reconnecting on a broken stream and resuming after the last cursor yielded.
+
+        The outage budget (`watch_retry_s`) restarts whenever an update arrives, so a long watch
+        survives any number of server restarts but gives up on an outage that lasts.
+        `on_retry` hears, in words, each time the stream is reopened.
+        """
+        deadline = time.monotonic() + self.watch_retry_s
+        backoff = _Backoff()
+        while True:
+            stream = open_stream(cursor)
+            try:
+                for response in stream:
+                    update: watch_pb2.RunUpdate = response.update
+                    cursor = update.cursor or cursor
+                    deadline = time.monotonic() + self.watch_retry_s
+                    backoff.reset()
+                    yield update
+                return
+            except grpc.RpcError as e:
+                error = self._error(e)
+                if not _stream_broken(e) or time.monotonic() >= deadline:
+                    raise error from None
+                if on_retry is not None:
+                    where = f"after {cursor}" if cursor else "from the start"
+                    on_retry(f"lost the stream ({_code(e).name}); reconnecting to {self.endpoint}, resuming {where}")
+                self._sleep_until_ready(backoff.next(), deadline, error)
+            finally:
+                cancel = getattr(stream, "cancel", None)
+                if cancel is not None:
+                    cancel()
+
+    def _sleep_until_ready(self, pause_s: float, deadline: float, error: ClientError) -> None:
+        time.sleep(min(pause_s, max(0.0, deadline - time.monotonic())))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise error
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=remaining)
+        except grpc.FutureTimeoutError:
+            raise error from None
+
+    def _error(self, e: grpc.RpcError) -> ClientError:
+        if _code(e) == grpc.StatusCode.UNAVAILABLE:
+            details = (e.details() if isinstance(e, grpc.Call) else "") or ""
+            if any(hint in details.lower() for hint in _NO_CONNECTION_HINTS):
+                return ServerUnreachable(self.endpoint)
+        return ApiError.from_rpc(e)
+
+
+class _Backoff:
+    """Exponential backoff with jitter: 0.2 s doubling up to 2 s."""
+
+    def __init__(self) -> None:
+        self._next = 0.2
+
+    def reset(self) -> None:
+        self._next = 0.2
+
+    def next(self) -> float:
+        pause = self._next * random.uniform(0.8, 1.2)
+        self._next = min(self._next * 2, 2.0)
+        return pause
+
+
+def _code(e: grpc.RpcError) -> grpc.StatusCode:
+    return e.code() if isinstance(e, grpc.Call) else grpc.StatusCode.UNKNOWN
+
+
+def _stream_broken(e: grpc.RpcError) -> bool:
+    """A watch cut off by the connection (server restart, replica switch), not refused by the server.
+
+    A server shutting down may end open streams with CANCELLED or with an RST_STREAM seen as
+    INTERNAL; the watch never cancels itself mid-iteration, so those mean the same as UNAVAILABLE.
+    """
+    code = _code(e)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return True
+    details = ((e.details() if isinstance(e, grpc.Call) else "") or "").lower()
+    return code == grpc.StatusCode.INTERNAL and ("rst_stream" in details or "received" in details)

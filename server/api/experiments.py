@@ -1,0 +1,136 @@
+"""ExperimentService: submit, read, cancel and watch experiments."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+from collections.abc import AsyncIterator
+
+import grpc
+
+from runyard.server.api.errors import Context, abort, decode_page_token, page_size
+from runyard.server.api.watching import Watcher
+from runyard.server.context import ServerContext
+from runyard.v1 import experiment_service_pb2 as pb
+from runyard.v1 import experiment_service_pb2_grpc as pb_grpc
+
+
+# The account every request acts for until API keys arrive (issue: accounts).
+DEFAULT_ACCOUNT = "default"
+
+
+class ExperimentService(pb_grpc.ExperimentServiceServicer):
+    def __init__(self, ctx: ServerContext, watcher: Watcher) -> None:
+        self._ctx = ctx
+        self._watcher = watcher
+
+    async def UploadCode(
+        self, request_iterator: AsyncIterator[pb.UploadCodeRequest], context: Context
+    ) -> pb.UploadCodeResponse:
+        limit = self._ctx.config.max_code_bytes
+        digest = hashlib.sha256()
+        size = 0
+        with tempfile.NamedTemporaryFile(prefix="runyard-code-", suffix=".tar.gz") as tmp:
+            async for request in request_iterator:
+                if request.total_bytes > limit:
+                    await _too_big(context, request.total_bytes, limit)
+                size += len(request.chunk)
+                if size > limit:
+                    await _too_big(context, size, limit)
+                digest.update(request.chunk)
+                tmp.write(request.chunk)
+            tmp.flush()
+            if size == 0:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunk: the code package is empty")
+            sha = digest.hexdigest()
+            uri = f"{self._ctx.config.code_uri_prefix.rstrip('/')}/{sha}.tar.gz"
+            try:
+                await asyncio.to_thread(self._ctx.objects.upload_file, tmp.name, uri)
+            except Exception as exc:  # storage is an edge: say where it failed
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot store the code package at {uri}: {exc}")
+        return pb.UploadCodeResponse(code_uri=uri, sha256=sha, size_bytes=size)
+
+    async def CreateExperiment(
+        self, request: pb.CreateExperimentRequest, context: Context
+    ) -> pb.CreateExperimentResponse:
+        if not request.manifest_yaml.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "manifest_yaml: is empty")
+        if request.code_uri:
+            exists = await asyncio.to_thread(self._exists, request.code_uri)
+            if not exists:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"code_uri: {request.code_uri} does not exist (upload it with UploadCode first)",
+                )
+        try:
+            experiment_id, position = await asyncio.to_thread(
+                self._ctx.commands.create_experiment,
+                DEFAULT_ACCOUNT,
+                request.manifest_yaml,
+                request.code_uri,
+                request.client_request_id,
+            )
+        except Exception as exc:
+            await abort(context, exc)
+        self._ctx.scheduler_wakeup()
+        experiment = await self._ctx.read_after(position, lambda: self._ctx.queries.get_experiment(experiment_id))
+        if experiment is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the experiment was stored but the read model lags; retry")
+        return pb.CreateExperimentResponse(experiment=experiment)
+
+    def _exists(self, uri: str) -> bool:
+        try:
+            return bool(self._ctx.objects.exists(uri))
+        except Exception:
+            return False
+
+    async def GetExperiment(self, request: pb.GetExperimentRequest, context: Context) -> pb.GetExperimentResponse:
+        experiment = await asyncio.to_thread(self._ctx.queries.get_experiment, request.experiment_id)
+        if experiment is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"experiment {request.experiment_id} not found")
+        return pb.GetExperimentResponse(experiment=experiment)
+
+    async def ListExperiments(self, request: pb.ListExperimentsRequest, context: Context) -> pb.ListExperimentsResponse:
+        try:
+            before = decode_page_token(request.page_token)
+        except ValueError as exc:
+            await abort(context, exc)
+        size = page_size(request.page_size)
+        found = await asyncio.to_thread(self._ctx.queries.list_experiments, before, size)
+        token = str(found[-1][0]) if len(found) == size else ""
+        return pb.ListExperimentsResponse(experiments=[e for _, e in found], next_page_token=token)
+
+    async def CancelExperiment(
+        self, request: pb.CancelExperimentRequest, context: Context
+    ) -> pb.CancelExperimentResponse:
+        try:
+            to_stop, position = await asyncio.to_thread(
+                self._ctx.commands.cancel_experiment, request.experiment_id, "canceled by user"
+            )
+        except Exception as exc:
+            await abort(context, exc)
+        await self._ctx.stop_runs(to_stop)
+        experiment = await self._ctx.read_after(
+            position, lambda: self._ctx.queries.get_experiment(request.experiment_id)
+        )
+        return pb.CancelExperimentResponse(experiment=experiment)
+
+    async def WatchExperiment(
+        self, request: pb.WatchExperimentRequest, context: Context
+    ) -> AsyncIterator[pb.WatchExperimentResponse]:
+        exists = await asyncio.to_thread(self._ctx.queries.get_experiment, request.experiment_id, False)
+        if exists is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"experiment {request.experiment_id} not found")
+        try:
+            async for update in self._watcher.experiment(request.experiment_id, request.cursor):
+                yield pb.WatchExperimentResponse(update=update)
+        except ValueError as exc:
+            await abort(context, exc)
+
+
+async def _too_big(context: Context, size: int, limit: int) -> None:
+    await context.abort(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"code package of {size} bytes is over the server's limit of {limit} bytes (--max-code-bytes)",
+    )

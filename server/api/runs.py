@@ -1,0 +1,99 @@
+"""RunService: read, cancel and watch runs; their stored logs and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from runyard.server.api.errors import Context, abort, decode_page_token, page_size
+from runyard.server.api.watching import Watcher
+from runyard.server.context import ServerContext
+from runyard.server.domain import events as ev
+from runyard.v1 import events_pb2
+from runyard.v1 import run_service_pb2 as pb
+from runyard.v1 import run_service_pb2_grpc as pb_grpc
+
+
+
+class RunService(pb_grpc.RunServiceServicer):
+    def __init__(self, ctx: ServerContext, watcher: Watcher) -> None:
+        self._ctx = ctx
+        self._watcher = watcher
+
+    async def _run_or_404(self, run_id: str, context: Context) -> None:
+        if not run_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id: is required")
+        if await asyncio.to_thread(self._ctx.store.stream_version, ev.run_stream(run_id)) == 0:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id} not found")
+
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        run = await asyncio.to_thread(self._ctx.queries.get_run, request.run_id)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} not found")
+        return pb.GetRunResponse(run=run)
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        try:
+            after = decode_page_token(request.page_token)
+        except ValueError as exc:
+            await abort(context, exc)
+        size = page_size(request.page_size)
+        runs = await asyncio.to_thread(
+            self._ctx.queries.list_runs, request.experiment_id, list(request.states), after, size
+        )
+        token = ""
+        if len(runs) == size:
+            positions = await asyncio.to_thread(self._ctx.queries.run_positions, [runs[-1].id])
+            token = str(positions[runs[-1].id])
+        return pb.ListRunsResponse(runs=runs, next_page_token=token)
+
+    async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.CancelRunResponse:
+        await self._run_or_404(request.run_id, context)
+        try:
+            outcome = await asyncio.to_thread(self._ctx.commands.cancel_run, request.run_id, "canceled by user")
+        except Exception as exc:
+            await abort(context, exc)
+        if any(isinstance(m, events_pb2.RunCancelRequested) for m in outcome.events):
+            await self._ctx.stop_runs([request.run_id])
+        self._ctx.scheduler_wakeup()
+        run = await self._ctx.read_after(outcome.position, lambda: self._ctx.queries.get_run(request.run_id))
+        return pb.CancelRunResponse(run=run)
+
+    async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.WatchRunResponse]:
+        await self._run_or_404(request.run_id, context)
+        try:
+            async for update in self._watcher.run(request.run_id, request.cursor):
+                yield pb.WatchRunResponse(update=update)
+        except ValueError as exc:
+            await abort(context, exc)
+
+    async def GetRunLogs(self, request: pb.GetRunLogsRequest, context: Context) -> pb.GetRunLogsResponse:
+        """Pages by log batch: the token is the stream version of the last batch returned."""
+        await self._run_or_404(request.run_id, context)
+        try:
+            after = decode_page_token(request.page_token)
+        except ValueError as exc:
+            await abort(context, exc)
+        want = page_size(request.page_size, default=1000, maximum=10_000)
+        response = pb.GetRunLogsResponse()
+        stream = ev.run_logs_stream(request.run_id)
+        while len(response.lines) < want:
+            records = await asyncio.to_thread(self._ctx.store.read_stream, stream, after, 100)
+            if not records:
+                return response
+            for record in records:
+                batch = ev.decode(record.type, record.data)
+                assert isinstance(batch, events_pb2.RunLogged)
+                response.lines.extend(batch.lines)
+                after = record.version
+                if len(response.lines) >= want:
+                    break
+        response.next_page_token = str(after)
+        return response
+
+    async def GetRunMetrics(self, request: pb.GetRunMetricsRequest, context: Context) -> pb.GetRunMetricsResponse:
+        await self._run_or_404(request.run_id, context)
+        points = await asyncio.to_thread(self._ctx.queries.metric_points, request.run_id, list(request.names))
+        return pb.GetRunMetricsResponse(points=points)

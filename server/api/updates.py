@@ -1,0 +1,82 @@
+"""Turns logged events into the RunUpdate messages of WatchRun and WatchExperiment."""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from runyard.server.domain.events import decode
+from runyard.server.store import RecordedEvent
+from runyard.v1 import common_pb2, events_pb2, watch_pb2
+
+RS = common_pb2.RunState
+
+
+def encode_cursor(position: int) -> str:
+    return f"p{position}"
+
+
+def decode_cursor(cursor: str) -> int:
+    """Raises ValueError with a message naming the field when the cursor is not ours."""
+    if not cursor:
+        return 0
+    if not cursor.startswith("p") or not cursor[1:].isdigit():
+        raise ValueError(f"cursor: {cursor!r} is not a cursor from a previous update")
+    return int(cursor[1:])
+
+
+class UpdateBuilder:
+    """Builds updates for one watch; remembers each run's last state for cancel requests."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, int] = {}
+
+    def build(self, event: RecordedEvent) -> watch_pb2.RunUpdate | None:
+        kind, _, run_id = event.stream_id.partition(":")
+        if kind not in ("run", "run-logs", "run-metrics"):
+            return None
+        msg = decode(event.type, event.data)
+        update = watch_pb2.RunUpdate(cursor=encode_cursor(event.position), run_id=run_id)
+        update.time.FromDatetime(event.recorded_at)
+        if isinstance(msg, events_pb2.RunLogged):
+            update.logs.attempt = msg.attempt
+            update.logs.lines.extend(msg.lines)
+            return update
+        if isinstance(msg, events_pb2.RunMetricsReported):
+            update.metrics.attempt = msg.attempt
+            update.metrics.points.extend(msg.points)
+            return update
+        status = self._status(run_id, msg)
+        if status is None:
+            return None
+        update.status.CopyFrom(status)
+        return update
+
+    def _status(self, run_id: str, msg: Message) -> watch_pb2.RunStatusChange | None:
+        s = watch_pb2.RunStatusChange()
+        if isinstance(msg, events_pb2.RunCreated):
+            s.state = RS.RUN_STATE_QUEUED
+        elif isinstance(msg, events_pb2.RunAssigned):
+            s.state, s.attempt, s.agent_id = RS.RUN_STATE_ASSIGNED, msg.attempt, msg.agent_id
+        elif isinstance(msg, events_pb2.RunStaging):
+            s.state, s.attempt = RS.RUN_STATE_STAGING, msg.attempt
+        elif isinstance(msg, events_pb2.RunStarted):
+            s.state, s.attempt = RS.RUN_STATE_RUNNING, msg.attempt
+        elif isinstance(msg, events_pb2.RunUploading):
+            s.state, s.attempt, s.exit_code = RS.RUN_STATE_UPLOADING, msg.attempt, msg.exit_code
+        elif isinstance(msg, events_pb2.RunCompleted):
+            s.state, s.attempt, s.final = RS.RUN_STATE_COMPLETED, msg.attempt, True
+        elif isinstance(msg, events_pb2.RunFailed):
+            s.state, s.attempt, s.final = RS.RUN_STATE_FAILED, msg.attempt, True
+            s.failure_reason, s.exit_code, s.message = msg.reason, msg.exit_code, msg.message
+        elif isinstance(msg, events_pb2.RunRequeued):
+            s.state, s.attempt = RS.RUN_STATE_QUEUED, msg.attempt
+            s.failure_reason, s.message = msg.reason, msg.message
+        elif isinstance(msg, events_pb2.RunCancelRequested):
+            s.state = self.states.get(run_id, RS.RUN_STATE_UNSPECIFIED)  # type: ignore[assignment]
+            s.cancel_requested, s.message = True, msg.reason
+        elif isinstance(msg, events_pb2.RunCanceled):
+            s.state, s.attempt, s.final, s.message = RS.RUN_STATE_CANCELED, msg.attempt, True, msg.reason
+        else:
+            return None
+        self.states[run_id] = s.state
+        return s

@@ -1,0 +1,79 @@
+"""History-then-live streams of run updates, resumable from a cursor.
+
+A watch is a filtered read of the log from a position: first everything that
+is already stored, then whatever is appended, woken by the log head. The
+cursor of every update is the log position of its event, so a client that
+reconnects (to this replica or another, before or after a restart) with its
+last cursor continues with the next event: no gap, no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from runyard.server.api.head import LogHead
+from runyard.server.api.updates import UpdateBuilder, decode_cursor
+from runyard.server.domain import events as ev
+from runyard.server.queries import Queries
+from runyard.server.store import EventStore
+from runyard.v1 import watch_pb2
+
+POLL_S = 1.0
+BATCH = 500
+
+
+class Watcher:
+    def __init__(self, store: EventStore, queries: Queries, head: LogHead) -> None:
+        self._store = store
+        self._queries = queries
+        self._head = head
+
+    async def run(self, run_id: str, cursor: str) -> AsyncIterator[watch_pb2.RunUpdate]:
+        after = decode_cursor(cursor)
+        streams = [ev.run_stream(run_id), ev.run_logs_stream(run_id), ev.run_metrics_stream(run_id)]
+        builder = UpdateBuilder()
+        while True:
+            events = await self._read(after, streams, None)
+            for event in events:
+                after = event.position
+                update = builder.build(event)
+                if update is None:
+                    continue
+                yield update
+                if update.HasField("status") and update.status.final:
+                    return
+            if not events:
+                if await self._ended_before(run_id, after):
+                    return
+                await self._head.wait_beyond(after, POLL_S)
+
+    async def experiment(self, experiment_id: str, cursor: str) -> AsyncIterator[watch_pb2.RunUpdate]:
+        after = decode_cursor(cursor)
+        builder = UpdateBuilder()
+        while True:
+            events = await self._read(after, None, experiment_id)
+            for event in events:
+                after = event.position
+                update = builder.build(event)
+                if update is not None:
+                    yield update
+            if not events:
+                # Every event of the experiment is behind us; if the read model
+                # says all its runs ended, nothing more will come.
+                if await asyncio.to_thread(self._queries.all_runs_ended, experiment_id):
+                    return
+                await self._head.wait_beyond(after, POLL_S)
+
+    async def _read(self, after: int, streams: Sequence[str] | None, correlation_id: str | None) -> list:  # type: ignore[type-arg]
+        return await asyncio.to_thread(
+            self._store.read_all, after, BATCH, stream_ids=streams, correlation_id=correlation_id
+        )
+
+    async def _ended_before(self, run_id: str, after: int) -> bool:
+        """A resumed watch of a run whose final update is behind its cursor ends at once."""
+        run = await asyncio.to_thread(self._queries.get_run, run_id)
+        if run is None or not run.HasField("ended_at"):
+            return False
+        final = await asyncio.to_thread(self._store.read_stream, ev.run_stream(run_id))
+        return bool(final) and final[-1].position <= after

@@ -1,0 +1,162 @@
+"""The composition root: builds one control-plane replica from its config.
+
+Everything is wired here and handed down explicitly: the event store, the
+read-model runner, the command layer, object storage, NATS, the scheduler, the
+ingest and the gRPC servicers. Tests build a replica the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from runyard import bus
+from runyard.objectstore import open_store
+from runyard.server.api.admin import AdminService
+from runyard.server.api.experiments import ExperimentService
+from runyard.server.api.head import LogHead
+from runyard.server.api.runs import RunService
+from runyard.server.api.watching import Watcher
+from runyard.server.commands import Commands
+from runyard.server.config import ServerConfig
+from runyard.server.context import ServerContext
+from runyard.server.ingest.consumer import Ingest
+from runyard.server.projections.runner import ProjectionRunner
+from runyard.server.queries import Queries
+from runyard.server.scheduler.leader import LeaderLease
+from runyard.server.scheduler.scheduler import Scheduler
+from runyard.server.store import EventStore
+from runyard.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    experiment_service_pb2,
+    experiment_service_pb2_grpc,
+    run_service_pb2,
+    run_service_pb2_grpc,
+)
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAMES = (
+    experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"].full_name,
+    run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+@dataclass
+class Replica:
+    """A running replica; `port` is the bound gRPC port."""
+
+    ctx: ServerContext
+    server: grpc.aio.Server
+    port: int
+    scheduler: Scheduler
+    ingest: Ingest
+    tasks: list[asyncio.Task[None]]
+    stop: asyncio.Event
+    nc: Any
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
+    unsubscribe: Callable[[], None]
+
+    async def close(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.stop.set()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=grace + 2)
+        self.unsubscribe()
+        await asyncio.to_thread(self.ctx.projections.stop)
+        # Every report taken was acked or nak'ed by now; drain() would wait on the
+        # idle pull subscription, so close instead.
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+        await asyncio.to_thread(self.ctx.store.close)
+
+
+async def start_replica(config: ServerConfig) -> Replica:
+    import nats
+
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=48, thread_name_prefix="runyard-io"))
+    store = await asyncio.to_thread(EventStore.open, config.database_url)
+    projections = ProjectionRunner(store)
+    await asyncio.to_thread(projections.catch_up)
+    projections.start()
+    ctx = ServerContext(
+        config=config,
+        store=store,
+        commands=Commands(store),
+        queries=Queries(store.engine),
+        projections=projections,
+        objects=open_store(config.storage_root, config.s3_endpoint_url),
+    )
+    head = LogHead(loop, await asyncio.to_thread(store.head_position))
+    unsubscribe = store.on_commit(head.notify_threadsafe)
+
+    nc = await nats.connect(config.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5)
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+
+    stop = asyncio.Event()
+    scheduler = Scheduler(ctx, js, nc, LeaderLease(store.engine))
+    ctx.cancel_sender = scheduler.send_cancel
+    ctx.on_scheduler_wakeup(scheduler.wakeup)
+    ingest = Ingest(ctx, js)
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    watcher = Watcher(store, ctx.queries, head)
+    experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(ExperimentService(ctx, watcher), server)
+    run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(ctx, watcher), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(ctx), server)
+    aio_health: Any = health.aio  # the async servicer has no type stubs
+    health_servicer = aio_health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    tasks = [
+        asyncio.create_task(scheduler.run(stop), name="scheduler"),
+        asyncio.create_task(ingest.run(stop), name="ingest"),
+    ]
+    return Replica(ctx, server, port, scheduler, ingest, tasks, stop, nc, health_servicer, unsubscribe)
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run a replica until SIGTERM/SIGINT (or `stop`), then shut down gracefully."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    replica = await start_replica(config)
+    host = config.listen.rsplit(":", 1)[0]
+    log.info("runyard server listening", endpoint=f"{host}:{replica.port}", database=_safe_url(config.database_url))
+    print(f"runyard server listening on {host}:{replica.port}", flush=True)
+    await stop.wait()
+    log.info("shutting down", grace_s=config.shutdown_grace_s)
+    await replica.close(config.shutdown_grace_s)
+    log.info("stopped")
+
+
+def _safe_url(url: str) -> str:
+    """Never log a database password."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,0 +1,133 @@
+"""The Experiment aggregate: a manifest expanded into runs, and the cancel of them all.
+
+An experiment's decisions are few: it is created once (with all its runs, so
+a reader never sees an experiment without them) and a cancel may be asked
+once. Run ids and specs are pure functions of the experiment id and the
+manifest, so a retried create produces byte-identical events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
+
+from runyard.server.domain.command import render_command
+from runyard.server.domain.errors import DomainError, IllegalTransition
+from runyard.server.domain.ids import run_id_for
+from runyard.server.domain.manifest_model import Manifest, Scalar
+from runyard.server.domain.search import expand_trials
+from runyard.v1 import common_pb2, events_pb2
+
+
+def _value(value: Scalar) -> struct_pb2.Value:
+    if isinstance(value, bool):
+        return struct_pb2.Value(bool_value=value)
+    if isinstance(value, str):
+        return struct_pb2.Value(string_value=value)
+    return struct_pb2.Value(number_value=float(value))
+
+
+def run_spec(manifest: Manifest, values: Mapping[str, Scalar], code_uri: str, run_id: str) -> common_pb2.RunSpec:
+    """Everything an agent needs for one run: the command rendered with this run's values."""
+    return common_pb2.RunSpec(
+        command=render_command(manifest.command, values),
+        hyperparameters={name: _value(v) for name, v in values.items()},
+        framework=common_pb2.Framework(name=manifest.framework.name, version=manifest.framework.version),
+        resources=common_pb2.Resources(
+            gpus=manifest.resources.gpus,
+            cpus=manifest.resources.cpus,
+            memory_bytes=manifest.resources.memory_bytes,
+        ),
+        code_uri=code_uri,
+        data_uri=manifest.data,
+        results_uri=f"{manifest.results.rstrip('/')}/{run_id}",
+        metric_patterns=[common_pb2.MetricPattern(regex=p) for p in manifest.metric_patterns],
+        env=dict(manifest.env),
+        max_restarts=manifest.max_restarts,
+    )
+
+
+@dataclass
+class Experiment:
+    """An experiment as its stream says it is; `version` is the number of events applied."""
+
+    experiment_id: str
+    account_id: str
+    name: str
+    manifest_yaml: str
+    code_uri: str
+    client_request_id: str
+    run_ids: tuple[str, ...]
+    cancel_requested: bool = False
+    cancel_reason: str = ""
+    version: int = 0
+
+    @staticmethod
+    def create(
+        experiment_id: str,
+        account_id: str,
+        manifest: Manifest,
+        manifest_yaml: str,
+        code_uri: str,
+        client_request_id: str,
+    ) -> tuple[events_pb2.ExperimentCreated, list[tuple[str, events_pb2.RunCreated]]]:
+        """The experiment's opening event and, per run in index order, its id and RunCreated."""
+        runs: list[tuple[str, events_pb2.RunCreated]] = []
+        for index, values in enumerate(expand_trials(manifest)):
+            run_id = run_id_for(experiment_id, index)
+            spec = run_spec(manifest, values, code_uri, run_id)
+            created = events_pb2.RunCreated(
+                run_id=run_id, experiment_id=experiment_id, account_id=account_id, index=index, spec=spec
+            )
+            runs.append((run_id, created))
+        opened = events_pb2.ExperimentCreated(
+            experiment_id=experiment_id,
+            account_id=account_id,
+            name=manifest.name,
+            manifest_yaml=manifest_yaml,
+            code_uri=code_uri,
+            client_request_id=client_request_id,
+            run_ids=[run_id for run_id, _ in runs],
+        )
+        return opened, runs
+
+    @classmethod
+    def replay(cls, events: Iterable[Message]) -> Experiment:
+        stream = iter(events)
+        first = next(stream, None)
+        if not isinstance(first, events_pb2.ExperimentCreated):
+            opened = "nothing" if first is None else first.DESCRIPTOR.name
+            raise DomainError(f"an experiment stream opens with ExperimentCreated, not {opened}")
+        experiment = cls(
+            experiment_id=first.experiment_id,
+            account_id=first.account_id,
+            name=first.name,
+            manifest_yaml=first.manifest_yaml,
+            code_uri=first.code_uri,
+            client_request_id=first.client_request_id,
+            run_ids=tuple(first.run_ids),
+            version=1,
+        )
+        for event in stream:
+            experiment.apply(event)
+        return experiment
+
+    def apply(self, event: Message) -> None:
+        if not isinstance(event, events_pb2.ExperimentCancelRequested):
+            raise DomainError(
+                f"experiment {self.experiment_id}: {event.DESCRIPTOR.name} is not an experiment event here"
+            )
+        if self.cancel_requested:
+            raise IllegalTransition(self.experiment_id, "CANCEL_REQUESTED", "cancel", kind="experiment")
+        self.cancel_requested = True
+        self.cancel_reason = event.reason
+        self.version += 1
+
+    def request_cancel(self, reason: str = "") -> list[Message]:
+        """Record that every unfinished run is to stop; the runs are canceled one by one after."""
+        if self.cancel_requested:
+            raise IllegalTransition(self.experiment_id, "CANCEL_REQUESTED", "cancel", kind="experiment")
+        return [events_pb2.ExperimentCancelRequested(reason=reason)]

@@ -1,0 +1,569 @@
+"""Manifest validation: YAML text in, a `Manifest` out, or every bad field at once.
+
+A user fixing a manifest should see all of its problems in one answer, each
+under the dotted path of the field ("hyperparameters.lr.min",
+"search.runs[2].hidden"), so validation never stops at the first error: each
+check records what is wrong and returns a harmless default, and the
+ManifestError is raised at the end if anything was recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Collection, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import cast
+
+import yaml
+
+from runyard.server.domain.command import format_value, unknown_placeholders
+from runyard.server.domain.errors import FieldError, ManifestError
+from runyard.server.domain.manifest_model import (
+    EARLY_STOPPING,
+    FRAMEWORKS,
+    GOALS,
+    MAX_RUNS_PER_EXPERIMENT,
+    SEARCH_METHODS,
+    Categorical,
+    Const,
+    DoubleRange,
+    Framework,
+    Goal,
+    Hyperparameter,
+    IntRange,
+    LogRange,
+    Manifest,
+    Resources,
+    Scalar,
+    Search,
+    SearchMethod,
+)
+from runyard.server.domain.search import grid_count, grid_size, same_value, value_error
+
+_FieldParser = Callable[[str, object], str]
+_NumberParser = Callable[[str, object], float | None]
+
+TOP_LEVEL_FIELDS = (
+    "name",
+    "description",
+    "framework",
+    "command",
+    "resources",
+    "data",
+    "results",
+    "hyperparameters",
+    "search",
+    "metrics",
+    "max_restarts",
+    "env",
+)
+HYPERPARAMETER_FIELDS: dict[str, tuple[str, ...]] = {
+    "const": ("type", "value"),
+    "int": ("type", "min", "max", "step"),
+    "double": ("type", "min", "max", "count"),
+    "log": ("type", "min", "max", "base", "count"),
+    "categorical": ("type", "values"),
+}
+SEARCH_FIELDS = ("method", "max_runs", "max_parallel", "runs", "seed", "metric", "goal", "early_stopping")
+#: Set by the agent for every run; a manifest overriding them would break staging or GPU pinning.
+RESERVED_ENV = ("DATA_DIR", "RESULT_DIR", "CUDA_VISIBLE_DEVICES")
+MAX_RESTARTS = 100
+MAX_GPUS = 1024
+MAX_CPUS = 4096
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTPE]i|[KkMGTPE])?B?")
+_SIZE_UNITS: dict[str | None, int] = {
+    None: 1,
+    **{u: 1000 ** (i + 1) for i, u in enumerate("KMGTPE")},
+    "k": 1000,
+    **{u + "i": 1024 ** (i + 1) for i, u in enumerate("KMGTPE")},
+}
+
+
+def parse_manifest(text: str) -> Manifest:
+    """Validate a manifest; raises ManifestError naming every bad field."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ManifestError([FieldError("manifest", f"is not valid YAML{where}: {problem}")]) from None
+    if doc is None:
+        raise ManifestError([FieldError("manifest", "is empty")])
+    if not isinstance(doc, dict):
+        raise ManifestError([FieldError("manifest", f"must be a mapping of fields, not {_kind(doc)}")])
+    manifest = _Parser().manifest(doc)
+    return manifest
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _at(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, str | bool | int) or (isinstance(value, float) and math.isfinite(value))
+
+
+class _Parser:
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(FieldError(path, message))
+
+    # -- shapes ------------------------------------------------------------
+
+    def mapping(self, path: str, value: object, allowed: Collection[str]) -> dict[str, object]:
+        """The fields of a mapping, recording unknown keys; {} (and an error) when not a mapping."""
+        if not isinstance(value, dict):
+            self.error(path, f"must be a mapping, not {_kind(value)}")
+            return {}
+        fields: dict[str, object] = {}
+        for key, item in value.items():
+            if isinstance(key, str) and key in allowed:
+                fields[key] = item
+            else:
+                self.error(_at(path, key), f"unknown field (expected one of: {', '.join(allowed)})")
+        return fields
+
+    def string(self, path: str, value: object, default: str = "") -> str:
+        if not isinstance(value, str):
+            self.error(path, f"must be a string, not {_kind(value)}")
+            return default
+        return value
+
+    def integer(self, path: str, value: object, minimum: int | None = None, maximum: int | None = None) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(path, f"must be an integer, not {_kind(value)}")
+            return None
+        if minimum is not None and value < minimum:
+            self.error(path, f"must be at least {minimum}")
+            return None
+        if maximum is not None and value > maximum:
+            self.error(path, f"must be at most {maximum}")
+            return None
+        return value
+
+    def field_int(
+        self,
+        fields: Mapping[str, object],
+        key: str,
+        path: str,
+        default: int,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
+        """An optional integer field: `default` when absent (or wrong: the error is recorded)."""
+        if key not in fields:
+            return default
+        value = self.integer(path, fields[key], minimum, maximum)
+        return default if value is None else value
+
+    def number(self, path: str, value: object) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(path, f"must be a number, not {_kind(value)}")
+            return None
+        if not math.isfinite(value):
+            self.error(path, "must be a finite number")
+            return None
+        return float(value)
+
+    def scalar(self, path: str, value: object) -> Scalar | None:
+        if not _is_scalar(value):
+            self.error(path, f"must be a string, number or boolean, not {_kind(value)}")
+            return None
+        return cast(Scalar, value)
+
+    def choice(self, path: str, value: object, options: Collection[str]) -> str | None:
+        if not isinstance(value, str) or value not in options:
+            self.error(path, f"must be one of {', '.join(options)}")
+            return None
+        return value
+
+    # -- the manifest --------------------------------------------------------
+
+    def manifest(self, doc: dict[object, object]) -> Manifest:
+        top = self.mapping("", doc, TOP_LEVEL_FIELDS)
+        name = self.required(top, "name", self.name)
+        command = self.required(top, "command", self.command)
+        results = self.required(top, "results", self.uri)
+        data = self.uri("data", top["data"]) if top.get("data") is not None else ""
+        raw_hps = top.get("hyperparameters")
+        hyperparameters = self.hyperparameters(raw_hps)
+        # Names as written, valid or not, so that one bad hyperparameter is reported once.
+        written = [str(n) for n in raw_hps] if isinstance(raw_hps, dict) else []
+        if raw_hps is None or written:
+            for unknown in unknown_placeholders(command, written):
+                self.error("command", f"unknown placeholder ${{{unknown}}}: not a hyperparameter")
+        manifest = Manifest(
+            name=name,
+            description=self.string("description", top["description"]) if "description" in top else "",
+            command=command,
+            results=results,
+            data=data,
+            framework=self.framework(top.get("framework")),
+            resources=self.resources(top.get("resources")),
+            hyperparameters=hyperparameters,
+            search=self.search(top.get("search"), hyperparameters, written),
+            metric_patterns=self.metrics(top.get("metrics")),
+            max_restarts=self.field_int(top, "max_restarts", "max_restarts", 0, 0, MAX_RESTARTS),
+            env=self.env(top.get("env")),
+        )
+        if self.errors:
+            raise ManifestError(self.errors)
+        return manifest
+
+    def required(self, fields: Mapping[str, object], key: str, parse: _FieldParser) -> str:
+        if fields.get(key) is None:
+            self.error(key, "is required")
+            return ""
+        return parse(key, fields[key])
+
+    def name(self, path: str, value: object) -> str:
+        text = self.string(path, value)
+        if isinstance(value, str) and not _NAME.fullmatch(text):
+            self.error(path, "must be 1 to 100 characters of letters, digits, '.', '_' or '-'")
+        return text
+
+    def command(self, path: str, value: object) -> str:
+        text = self.string(path, value)
+        if isinstance(value, str) and not text.strip():
+            self.error(path, "must not be empty")
+        return text
+
+    def uri(self, path: str, value: object) -> str:
+        text = self.string(path, value)
+        if not isinstance(value, str):
+            return text
+        if any(c.isspace() or ord(c) < 32 for c in text):
+            self.error(path, "must not contain spaces or control characters")
+        elif text.startswith("s3://"):
+            bucket, _, key = text[len("s3://") :].partition("/")
+            if not _BUCKET.fullmatch(bucket):
+                self.error(path, "needs a bucket name: s3://bucket/prefix")
+            elif ".." in key.split("/"):
+                self.error(path, "must not contain '..' segments")
+        elif text.startswith("file://"):
+            where = text[len("file://") :]
+            if not where.startswith("/"):
+                self.error(path, "needs an absolute path: file:///absolute/path")
+            elif ".." in where.split("/"):
+                self.error(path, "must not contain '..' segments")
+        else:
+            self.error(path, "must be an s3://bucket/prefix or file:///absolute/path URI")
+        return text
+
+    def framework(self, value: object) -> Framework:
+        if value is None:
+            return Framework()
+        if isinstance(value, str):
+            return Framework(name=self.choice("framework", value, FRAMEWORKS) or "python")
+        fields = self.mapping("framework", value, ("name", "version"))
+        if not isinstance(value, dict):
+            return Framework()
+        name = "python"
+        if fields.get("name") is None:
+            self.error("framework.name", f"is required (one of {', '.join(FRAMEWORKS)})")
+        else:
+            name = self.choice("framework.name", fields["name"], FRAMEWORKS) or name
+        version = ""
+        raw = fields.get("version")
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            self.error("framework.version", f'must be a string: quote it, as in "{raw}"')
+        elif raw is not None:
+            version = self.string("framework.version", raw)
+        return Framework(name=name, version=version)
+
+    def resources(self, value: object) -> Resources:
+        if value is None:
+            return Resources()
+        fields = self.mapping("resources", value, ("gpus", "cpus", "memory"))
+        return Resources(
+            gpus=self.field_int(fields, "gpus", "resources.gpus", 0, 0, MAX_GPUS),
+            cpus=self.field_int(fields, "cpus", "resources.cpus", 1, 1, MAX_CPUS),
+            memory_bytes=self.memory("resources.memory", fields["memory"]) if "memory" in fields else 0,
+        )
+
+    def memory(self, path: str, value: object) -> int:
+        size: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+            try:
+                size = int(Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)])
+            except InvalidOperation:
+                size = None
+        if size is None or size < 1:
+            self.error(path, "must be a size such as 4Gi, 512Mi or 1G, or a number of bytes")
+            return 0
+        return size
+
+    # -- hyperparameters -------------------------------------------------------
+
+    def hyperparameters(self, value: object) -> dict[str, Hyperparameter]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error("hyperparameters", f"must be a mapping of name to space, not {_kind(value)}")
+            return {}
+        parsed: dict[str, Hyperparameter] = {}
+        for key, spec in value.items():
+            path = _at("hyperparameters", key)
+            if not isinstance(key, str) or not _IDENTIFIER.fullmatch(key):
+                self.error(path, "is not a valid name: use letters, digits and '_', not starting with a digit")
+                continue
+            hp = self.hyperparameter(path, spec)
+            if hp is not None:
+                parsed[key] = hp
+        return parsed
+
+    def hyperparameter(self, path: str, spec: object) -> Hyperparameter | None:
+        if isinstance(spec, list):
+            return self.categorical(path, {"values": spec}, values_path=path)
+        if not isinstance(spec, dict):
+            value = self.scalar(path, spec)
+            return None if value is None else Const(value)
+        kind = spec.get("type")
+        if kind is None:
+            self.error(_at(path, "type"), f"is required (one of {', '.join(HYPERPARAMETER_FIELDS)})")
+            return None
+        if self.choice(_at(path, "type"), kind, HYPERPARAMETER_FIELDS) is None:
+            return None
+        fields = self.mapping(path, spec, HYPERPARAMETER_FIELDS[str(kind)])
+        errors_before = len(self.errors)
+        hp: Hyperparameter | None
+        if kind == "const":
+            hp = self.const(path, fields)
+        elif kind == "categorical":
+            hp = self.categorical(path, fields, values_path=_at(path, "values"))
+        elif kind == "int":
+            hp = self.int_range(path, fields)
+        else:
+            hp = self.float_range(path, fields, log=kind == "log")
+        return hp if len(self.errors) == errors_before else None
+
+    def bound(self, path: str, fields: Mapping[str, object], key: str, parse: _NumberParser) -> float | None:
+        if fields.get(key) is None:
+            self.error(_at(path, key), "is required")
+            return None
+        return parse(_at(path, key), fields[key])
+
+    def const(self, path: str, fields: Mapping[str, object]) -> Const | None:
+        if fields.get("value") is None:
+            self.error(_at(path, "value"), "is required")
+            return None
+        value = self.scalar(_at(path, "value"), fields["value"])
+        return None if value is None else Const(value)
+
+    def categorical(self, path: str, fields: Mapping[str, object], values_path: str) -> Categorical | None:
+        raw = fields.get("values")
+        if not isinstance(raw, list) or not raw:
+            self.error(values_path, "must be a non-empty list of values")
+            return None
+        values: list[Scalar] = []
+        for i, item in enumerate(raw):
+            value = self.scalar(f"{values_path}[{i}]", item)
+            if value is None:
+                continue
+            if any(same_value(value, seen) for seen in values):
+                self.error(f"{values_path}[{i}]", f"repeats the value {value!r}")
+                continue
+            values.append(value)
+        return Categorical(tuple(values))
+
+    def int_range(self, path: str, fields: Mapping[str, object]) -> IntRange | None:
+        low = self.bound(path, fields, "min", lambda p, v: self.integer(p, v))
+        high = self.bound(path, fields, "max", lambda p, v: self.integer(p, v))
+        step = self.field_int(fields, "step", _at(path, "step"), 1, 1)
+        if low is None or high is None:
+            return None
+        if high < low:
+            self.error(_at(path, "max"), f"must be at least min ({int(low)})")
+        return IntRange(int(low), int(high), step)
+
+    def float_range(self, path: str, fields: Mapping[str, object], log: bool) -> DoubleRange | LogRange | None:
+        low = self.bound(path, fields, "min", self.number)
+        high = self.bound(path, fields, "max", self.number)
+        count = self.integer(_at(path, "count"), fields["count"], 1) if "count" in fields else None
+        base = 10.0
+        if log and "base" in fields:
+            base = self.number(_at(path, "base"), fields["base"]) or 10.0
+            if base <= 0 or base == 1:
+                self.error(_at(path, "base"), "must be greater than 0 and not 1")
+        if low is None or high is None:
+            return None
+        if log and low <= 0:
+            self.error(_at(path, "min"), "must be greater than 0 on a log scale")
+        if high < low:
+            self.error(_at(path, "max"), f"must be at least min ({low})")
+        return LogRange(low, high, base, count) if log else DoubleRange(low, high, count)
+
+    # -- search --------------------------------------------------------------
+
+    def search(self, value: object, hps: Mapping[str, Hyperparameter], written: Collection[str]) -> Search:
+        fields = self.mapping("search", value, SEARCH_FIELDS) if value is not None else {}
+        varying = [n for n, hp in hps.items() if not isinstance(hp, Const)]
+        method: str | None = "single"
+        if "method" in fields:
+            method = self.choice("search.method", fields["method"], SEARCH_METHODS)
+        elif varying and (value is None or isinstance(value, dict)):
+            self.error("search.method", "is required when hyperparameters vary (grid, list or random)")
+        max_runs = (
+            self.integer("search.max_runs", fields["max_runs"], 1, MAX_RUNS_PER_EXPERIMENT)
+            if "max_runs" in fields
+            else None
+        )
+        max_parallel = (
+            self.integer("search.max_parallel", fields["max_parallel"], 1) if "max_parallel" in fields else None
+        )
+        runs: tuple[dict[str, Scalar], ...] = ()
+        if "runs" in fields and method != "list":
+            self.error("search.runs", "is only for method list")
+        if method == "single" and "method" in fields and varying:
+            self.error("search.method", f"single needs every hyperparameter const; {', '.join(varying)} vary")
+        elif method == "grid":
+            self.grid(hps, max_runs)
+        elif method == "list":
+            runs = self.runs(fields.get("runs"), hps, written, max_runs)
+        elif method == "random" and "max_runs" not in fields:
+            self.error("search.max_runs", "is required for random search: how many runs to sample")
+        metric, goal, early_stopping = self.objective(fields)
+        return Search(
+            method=cast(SearchMethod, method or "single"),
+            max_runs=max_runs,
+            max_parallel=max_parallel,
+            runs=runs,
+            seed=self.field_int(fields, "seed", "search.seed", 0),
+            metric=metric,
+            goal=goal,
+            early_stopping=early_stopping,
+        )
+
+    def grid(self, hps: Mapping[str, Hyperparameter], max_runs: int | None) -> None:
+        for name, hp in hps.items():
+            if grid_count(hp) is None:
+                self.error(f"hyperparameters.{name}.count", "is required for grid search: how many points")
+        size = grid_size(hps)
+        if size is None:
+            return
+        if max_runs is not None and size > max_runs:
+            self.error("search.max_runs", f"the grid has {size} runs, more than max_runs ({max_runs})")
+        elif size > MAX_RUNS_PER_EXPERIMENT:
+            self.error("search.max_runs", f"the grid has {size} runs, more than {MAX_RUNS_PER_EXPERIMENT} allowed")
+
+    def runs(
+        self, value: object, hps: Mapping[str, Hyperparameter], written: Collection[str], max_runs: int | None
+    ) -> tuple[dict[str, Scalar], ...]:
+        if not isinstance(value, list) or not value:
+            self.error("search.runs", "must be a non-empty list of hyperparameter assignments for method list")
+            return ()
+        limit = min(max_runs or MAX_RUNS_PER_EXPERIMENT, MAX_RUNS_PER_EXPERIMENT)
+        if len(value) > limit:
+            self.error("search.max_runs", f"the list has {len(value)} runs, more than {limit} allowed")
+        return tuple(self.run(f"search.runs[{i}]", item, hps, written) for i, item in enumerate(value))
+
+    def run(
+        self, path: str, item: object, hps: Mapping[str, Hyperparameter], written: Collection[str]
+    ) -> dict[str, Scalar]:
+        fields = self.mapping(path, item, list(written))
+        assignment: dict[str, Scalar] = {}
+        for name, hp in hps.items():
+            if name not in fields:
+                if isinstance(hp, Const):
+                    assignment[name] = hp.value
+                elif isinstance(item, dict):
+                    self.error(_at(path, name), "is required: every run gives each hyperparameter that varies")
+                continue
+            value = self.scalar(_at(path, name), fields[name])
+            if value is None:
+                continue
+            problem = value_error(hp, value)
+            if problem is not None:
+                self.error(_at(path, name), problem)
+                continue
+            is_float = isinstance(hp, DoubleRange | LogRange) and not isinstance(value, bool)
+            assignment[name] = float(value) if is_float else value
+        return assignment
+
+    def objective(self, fields: Mapping[str, object]) -> tuple[str | None, Goal | None, str]:
+        metric: str | None = None
+        if "metric" in fields:
+            metric = self.string("search.metric", fields["metric"]) or None
+            if metric is None and isinstance(fields["metric"], str):
+                self.error("search.metric", "must not be empty")
+        goal = cast(Goal | None, self.choice("search.goal", fields["goal"], GOALS) if "goal" in fields else None)
+        early = "none"
+        if "early_stopping" in fields:
+            early = self.choice("search.early_stopping", fields["early_stopping"], EARLY_STOPPING) or "none"
+        if metric is not None and "goal" not in fields:
+            self.error("search.goal", "is required when search.metric is set (maximize or minimize)")
+        if "metric" not in fields and ("goal" in fields or early != "none"):
+            self.error("search.metric", "is required with search.goal or search.early_stopping")
+        return metric, goal, early
+
+    # -- metrics and environment ----------------------------------------------
+
+    def metrics(self, value: object) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        fields = self.mapping("metrics", value, ("patterns",))
+        raw = fields.get("patterns")
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.error("metrics.patterns", f"must be a list of regular expressions, not {_kind(raw)}")
+            return ()
+        patterns: list[str] = []
+        for i, item in enumerate(raw):
+            path = f"metrics.patterns[{i}]"
+            if not isinstance(item, str):
+                self.error(path, f"must be a regular expression string, not {_kind(item)}")
+                continue
+            try:
+                compiled = re.compile(item)
+            except re.error as exc:
+                self.error(path, f"is not a valid regular expression: {exc}")
+                continue
+            if not set(compiled.groupindex) - {"step"}:
+                self.error(path, "needs a named group for the metric value, as in (?P<loss>[0-9.eE+-]+)")
+                continue
+            patterns.append(item)
+        return tuple(patterns)
+
+    def env(self, value: object) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error("env", f"must be a mapping of variable name to value, not {_kind(value)}")
+            return {}
+        env: dict[str, str] = {}
+        for key, item in value.items():
+            path = _at("env", key)
+            if not isinstance(key, str) or not _IDENTIFIER.fullmatch(key):
+                self.error(path, "is not a valid environment variable name")
+            elif key in RESERVED_ENV or key.startswith("RUNYARD_"):
+                self.error(path, "is set by Runyard for every run")
+            elif (scalar := self.scalar(path, item)) is not None:
+                env[key] = format_value(scalar)
+        return env

@@ -1,0 +1,74 @@
+"""The run state machine of DESIGN.md as data: which event moves a run from where to where.
+
+QUEUED -> ASSIGNED -> STAGING -> RUNNING -> UPLOADING -> COMPLETED, with FAILED
+and CANCELED reachable from every state that holds slots (and CANCELED from the
+queue), and RunRequeued taking an attempt that failed for infrastructure reasons
+back to QUEUED. Both the commands (deciding) and `apply` (replaying) consult
+this one table, so the log can never hold a transition the commands refuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from google.protobuf.message import Message
+
+from runyard.v1 import common_pb2, events_pb2
+
+RunStateValue: TypeAlias = common_pb2.RunState.ValueType
+FailureReasonValue: TypeAlias = common_pb2.FailureReason.ValueType
+
+QUEUED = common_pb2.RUN_STATE_QUEUED
+ASSIGNED = common_pb2.RUN_STATE_ASSIGNED
+STAGING = common_pb2.RUN_STATE_STAGING
+RUNNING = common_pb2.RUN_STATE_RUNNING
+UPLOADING = common_pb2.RUN_STATE_UPLOADING
+COMPLETED = common_pb2.RUN_STATE_COMPLETED
+FAILED = common_pb2.RUN_STATE_FAILED
+CANCELED = common_pb2.RUN_STATE_CANCELED
+
+#: States in which an attempt holds slots (and GPUs) on an agent; billing runs in these.
+HOLDING_SLOTS: frozenset[RunStateValue] = frozenset({ASSIGNED, STAGING, RUNNING, UPLOADING})
+#: States a run never leaves.
+TERMINAL: frozenset[RunStateValue] = frozenset({COMPLETED, FAILED, CANCELED})
+
+#: Failures that are not the user's doing: the attempt is worth another try while restarts remain.
+#: USER_CODE, STAGING_ERROR (bad code or data URI) and UNSUPPORTED would fail the same way again.
+INFRASTRUCTURE_REASONS: frozenset[FailureReasonValue] = frozenset(
+    {
+        common_pb2.FAILURE_REASON_AGENT_LOST,
+        common_pb2.FAILURE_REASON_UPLOAD_ERROR,
+        common_pb2.FAILURE_REASON_INTERNAL,
+    }
+)
+
+
+def state_name(state: RunStateValue) -> str:
+    """The name a person reads: "COMPLETED", not "RUN_STATE_COMPLETED"."""
+    return common_pb2.RunState.Name(state).removeprefix("RUN_STATE_")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What an event needs and does: the states it may follow and the state it leaves.
+
+    `target` None means the event records something without moving the run.
+    """
+
+    action: str
+    sources: frozenset[RunStateValue]
+    target: RunStateValue | None
+
+
+TRANSITIONS: dict[type[Message], Transition] = {
+    events_pb2.RunAssigned: Transition("assign", frozenset({QUEUED}), ASSIGNED),
+    events_pb2.RunStaging: Transition("report staging", frozenset({ASSIGNED}), STAGING),
+    events_pb2.RunStarted: Transition("report started", frozenset({STAGING}), RUNNING),
+    events_pb2.RunUploading: Transition("report uploading", frozenset({RUNNING}), UPLOADING),
+    events_pb2.RunCompleted: Transition("report completed", frozenset({UPLOADING}), COMPLETED),
+    events_pb2.RunFailed: Transition("report failed", HOLDING_SLOTS, FAILED),
+    events_pb2.RunRequeued: Transition("requeue", HOLDING_SLOTS, QUEUED),
+    events_pb2.RunCancelRequested: Transition("cancel", HOLDING_SLOTS, None),
+    events_pb2.RunCanceled: Transition("report canceled", HOLDING_SLOTS | {QUEUED}, CANCELED),
+}

@@ -1,0 +1,84 @@
+"""Appends what agents report to the log, exactly once.
+
+Reports arrive on a JetStream work-queue stream shared by every replica, each
+taken by one of them. A report is acked only after its events are stored; a
+crash before the ack redelivers it, and the report's event id turns the second
+append into a no-op. Reports of one agent come in order on one subject, and a
+replica handles a fetched batch in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from runyard import bus
+from runyard.server.commands import NotFound
+from runyard.server.context import ServerContext
+from runyard.server.domain.errors import DomainError
+from runyard.v1 import agent_pb2
+
+log = structlog.get_logger(__name__)
+
+
+class Ingest:
+    def __init__(self, ctx: ServerContext, js: Any) -> None:
+        self._ctx = ctx
+        self._js = js
+        self.handled = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        sub = await self._js.pull_subscribe(
+            "runyard.reports.*",
+            durable=bus.INGEST_DURABLE,
+            stream=bus.REPORTS_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10_000, ack_wait=30),
+        )
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(batch=256, timeout=1.0)
+            except NatsTimeout:
+                continue
+            except Exception:
+                if stop.is_set():
+                    return
+                log.exception("fetching reports failed")
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._handle(msg)
+
+    async def _handle(self, msg: Any) -> None:
+        report = agent_pb2.AgentReport()
+        try:
+            report.ParseFromString(msg.data)
+        except Exception:
+            log.warning("dropping an unreadable report", subject=msg.subject)
+            await msg.ack()
+            return
+        try:
+            position = await asyncio.to_thread(self._ctx.commands.apply_report, report)
+        except (DomainError, NotFound) as exc:
+            # A late report of a superseded attempt, or of a run that ended: refused.
+            log.info(
+                "report refused",
+                agent_id=report.agent_id,
+                run_id=report.run_id,
+                body=report.WhichOneof("body"),
+                reason=str(exc),
+            )
+            await msg.ack()
+            return
+        except Exception:
+            log.exception("storing a report failed; it will be redelivered", run_id=report.run_id)
+            await msg.nak(delay=1.0)
+            return
+        await msg.ack()
+        self.handled += 1
+        if position and report.WhichOneof("body") not in ("logged", "metrics"):
+            self._ctx.scheduler_wakeup()

@@ -1,0 +1,106 @@
+"""Projection tables: the read models queries use.
+
+Only projectors write these tables, and they are rebuilt from the log by
+`runyard admin rebuild`. The DDL lives in the Alembic revision 0002; these
+Table objects describe the same columns for SQLAlchemy Core statements.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+checkpoints = Table(
+    "projection_checkpoints",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+)
+
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account_id", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("manifest_yaml", Text, nullable=False),
+    Column("code_uri", Text, nullable=False),
+    Column("run_count", Integer, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # Log position of ExperimentCreated: a stable, unique order for pagination.
+    Column("position", BigInteger, nullable=False, unique=True),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("experiment_id", String(64), nullable=False, index=True),
+    Column("account_id", String(64), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("state", Integer, nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("agent_id", String(64), nullable=False),
+    Column("gpu_ids", Text, nullable=False),  # JSON list
+    Column("command", Text, nullable=False),
+    Column("hyperparameters", Text, nullable=False),  # JSON object
+    Column("results_uri", Text, nullable=False),
+    Column("spec", LargeBinary, nullable=False),  # RunSpec, for dispatch
+    Column("failure_reason", Integer, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("exit_code", Integer, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("latest_metrics", Text, nullable=False),  # JSON object name -> value
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("assigned_at", DateTime(timezone=True), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    # Position of the event that (re)queued the run: FIFO order of the queue.
+    Column("queued_position", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False, unique=True),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("slots", Integer, nullable=False),
+    Column("gpu_ids", Text, nullable=False),  # JSON list
+    Column("labels", Text, nullable=False),  # JSON object
+    Column("frameworks", Text, nullable=False),  # JSON list of [name, version]
+    Column("lost", Boolean, nullable=False),
+    Column("registered_at", DateTime(timezone=True), nullable=False),
+)
+
+metric_points = Table(
+    "metric_points",
+    metadata,
+    # Log position of the RunMetricsReported event and the point's index in it:
+    # a key that a rebuild reproduces exactly.
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("run_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("time_us", BigInteger, nullable=False),
+    Column("source", String(32), nullable=False),
+)
+
+PROJECTION_TABLES = (experiments, runs, agents, metric_points)

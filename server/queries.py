@@ -1,0 +1,230 @@
+"""Reads of the projection tables, turned into API resources.
+
+Queries never touch the event log's payloads: everything they return comes
+from read models that the projector built from events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from google.protobuf import json_format, struct_pb2
+from sqlalchemy import Engine, and_, func, select
+
+from runyard.server.projections import schema
+from runyard.server.projections.read_models import is_ended, utc
+from runyard.v1 import common_pb2, resources_pb2
+
+RS = common_pb2.RunState
+ES = resources_pb2.ExperimentState
+
+
+def _ts(target: object, value: datetime | None) -> None:
+    if value is not None:
+        target.FromDatetime(utc(value))  # type: ignore[attr-defined]
+
+
+def run_from_row(row: dict[str, object]) -> resources_pb2.Run:
+    run = resources_pb2.Run(
+        id=str(row["id"]),
+        experiment_id=str(row["experiment_id"]),
+        account_id=str(row["account_id"]),
+        index=int(row["idx"]),  # type: ignore[call-overload]
+        state=int(row["state"]),  # type: ignore[call-overload]
+        attempt=int(row["attempt"]),  # type: ignore[call-overload]
+        agent_id=str(row["agent_id"]),
+        gpu_ids=json.loads(str(row["gpu_ids"])),
+        command=str(row["command"]),
+        results_uri=str(row["results_uri"]),
+        failure_reason=int(row["failure_reason"]),  # type: ignore[call-overload]
+        message=str(row["message"]),
+        exit_code=int(row["exit_code"]),  # type: ignore[call-overload]
+        cancel_requested=bool(row["cancel_requested"]),
+    )
+    for name, value in json.loads(str(row["hyperparameters"])).items():
+        json_format.ParseDict(value, run.hyperparameters[name])
+    for name, (_step, value) in json.loads(str(row["latest_metrics"])).items():
+        run.latest_metrics[name] = value
+    _ts(run.created_at, row["created_at"])  # type: ignore[arg-type]
+    _ts(run.assigned_at, row["assigned_at"])  # type: ignore[arg-type]
+    _ts(run.started_at, row["started_at"])  # type: ignore[arg-type]
+    _ts(run.ended_at, row["ended_at"])  # type: ignore[arg-type]
+    return run
+
+
+def experiment_state(cancel_requested: bool, counts: dict[int, int], run_count: int) -> int:
+    ended = sum(n for state, n in counts.items() if is_ended(state))
+    if ended < run_count:
+        return ES.EXPERIMENT_STATE_ACTIVE
+    if cancel_requested or counts.get(RS.RUN_STATE_CANCELED, 0):
+        return ES.EXPERIMENT_STATE_CANCELED
+    if counts.get(RS.RUN_STATE_FAILED, 0):
+        return ES.EXPERIMENT_STATE_FAILED
+    return ES.EXPERIMENT_STATE_COMPLETED
+
+
+class Queries:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def get_run(self, run_id: str) -> resources_pb2.Run | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(schema.runs).where(schema.runs.c.id == run_id)).mappings().first()
+        return run_from_row(dict(row)) if row else None
+
+    def list_runs(
+        self,
+        experiment_id: str = "",
+        states: Sequence[int] = (),
+        after_position: int = 0,
+        limit: int = 100,
+    ) -> list[resources_pb2.Run]:
+        t = schema.runs
+        query = select(t).where(t.c.position > after_position)
+        if experiment_id:
+            query = query.where(t.c.experiment_id == experiment_id)
+        if states:
+            query = query.where(t.c.state.in_(list(states)))
+        query = query.order_by(t.c.position).limit(limit)
+        with self._engine.connect() as conn:
+            return [run_from_row(dict(r)) for r in conn.execute(query).mappings()]
+
+    def run_positions(self, run_ids: Sequence[str]) -> dict[str, int]:
+        t = schema.runs
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(t.c.id, t.c.position).where(t.c.id.in_(list(run_ids))))
+            return {r.id: r.position for r in rows}
+
+    def get_experiment(self, experiment_id: str, with_runs: bool = True) -> resources_pb2.Experiment | None:
+        found = self._experiments(schema.experiments.c.id == experiment_id, 0, 1)
+        if not found:
+            return None
+        experiment = found[0][1]
+        if with_runs:
+            experiment.runs.extend(self.list_runs(experiment_id=experiment_id, limit=1_000_000))
+        return experiment
+
+    def list_experiments(
+        self, before_position: int = 0, limit: int = 100
+    ) -> list[tuple[int, resources_pb2.Experiment]]:
+        """Newest first; `before_position` 0 starts at the newest."""
+        return self._experiments(None, before_position, limit)
+
+    def _experiments(
+        self, where: object, before_position: int, limit: int
+    ) -> list[tuple[int, resources_pb2.Experiment]]:
+        t = schema.experiments
+        query = select(t)
+        if where is not None:
+            query = query.where(where)  # type: ignore[arg-type]
+        if before_position:
+            query = query.where(t.c.position < before_position)
+        query = query.order_by(t.c.position.desc()).limit(limit)
+        r = schema.runs
+        with self._engine.connect() as conn:
+            rows = [dict(x) for x in conn.execute(query).mappings()]
+            ids = [row["id"] for row in rows]
+            counts: dict[str, dict[int, int]] = {i: {} for i in ids}
+            ended_at: dict[str, datetime | None] = {}
+            if ids:
+                grouped = conn.execute(
+                    select(r.c.experiment_id, r.c.state, func.count(), func.max(r.c.ended_at))
+                    .where(r.c.experiment_id.in_(ids))
+                    .group_by(r.c.experiment_id, r.c.state)
+                )
+                for exp_id, state, n, last in grouped:
+                    counts[exp_id][state] = n
+                    if last is not None and (ended_at.get(exp_id) is None or utc(last) > utc(ended_at[exp_id])):  # type: ignore[arg-type]
+                        ended_at[exp_id] = last
+        out = []
+        for row in rows:
+            c = counts[row["id"]]
+            state = experiment_state(bool(row["cancel_requested"]), c, int(row["run_count"]))
+            exp = resources_pb2.Experiment(
+                id=row["id"],
+                name=row["name"],
+                account_id=row["account_id"],
+                state=state,  # type: ignore[arg-type]
+                manifest_yaml=row["manifest_yaml"],
+                code_uri=row["code_uri"],
+                run_count=row["run_count"],
+                runs_by_state={RS.Name(s): n for s, n in sorted(c.items())},  # type: ignore[arg-type]
+            )
+            _ts(exp.created_at, row["created_at"])
+            if state != ES.EXPERIMENT_STATE_ACTIVE:
+                _ts(exp.ended_at, ended_at.get(row["id"]))
+            out.append((int(row["position"]), exp))
+        return out
+
+    def all_runs_ended(self, experiment_id: str) -> bool:
+        exp = self.get_experiment(experiment_id, with_runs=False)
+        return exp is not None and exp.state != ES.EXPERIMENT_STATE_ACTIVE
+
+    def list_agents(self) -> list[resources_pb2.Agent]:
+        a, r = schema.agents, schema.runs
+        holding = (RS.RUN_STATE_ASSIGNED, RS.RUN_STATE_STAGING, RS.RUN_STATE_RUNNING, RS.RUN_STATE_UPLOADING)
+        with self._engine.connect() as conn:
+            agents = [dict(x) for x in conn.execute(select(a).order_by(a.c.id)).mappings()]
+            runs_on: dict[str, list[str]] = {}
+            for run_id, agent_id in conn.execute(
+                select(r.c.id, r.c.agent_id).where(r.c.state.in_(holding)).order_by(r.c.position)
+            ):
+                runs_on.setdefault(agent_id, []).append(run_id)
+        out = []
+        for row in agents:
+            agent = resources_pb2.Agent(
+                id=row["id"],
+                hostname=row["hostname"],
+                slots=row["slots"],
+                gpu_ids=json.loads(row["gpu_ids"]),
+                labels=json.loads(row["labels"]),
+                frameworks=[common_pb2.Framework(name=n, version=v) for n, v in json.loads(row["frameworks"])],
+                run_ids=runs_on.get(row["id"], []),
+                alive=not row["lost"],
+            )
+            _ts(agent.registered_at, row["registered_at"])
+            out.append(agent)
+        return out
+
+    def queued_runs(self, limit: int = 10_000) -> list[tuple[str, bytes]]:
+        """Queued runs in queue order with their serialized RunSpec."""
+        t = schema.runs
+        query = (
+            select(t.c.id, t.c.spec)
+            .where(and_(t.c.state == RS.RUN_STATE_QUEUED, t.c.cancel_requested.is_(False)))
+            .order_by(t.c.queued_position)
+            .limit(limit)
+        )
+        with self._engine.connect() as conn:
+            return [(row.id, row.spec) for row in conn.execute(query)]
+
+    def holding_runs(self) -> list[tuple[str, str, list[str], int, int, bool]]:
+        """(run id, agent id, gpu ids, attempt, state, cancel requested) of runs that hold slots."""
+        t = schema.runs
+        holding = (RS.RUN_STATE_ASSIGNED, RS.RUN_STATE_STAGING, RS.RUN_STATE_RUNNING, RS.RUN_STATE_UPLOADING)
+        query = select(t.c.id, t.c.agent_id, t.c.gpu_ids, t.c.attempt, t.c.state, t.c.cancel_requested).where(
+            t.c.state.in_(holding)
+        )
+        with self._engine.connect() as conn:
+            return [
+                (r.id, r.agent_id, json.loads(r.gpu_ids), r.attempt, r.state, bool(r.cancel_requested))
+                for r in conn.execute(query)
+            ]
+
+    def metric_points(self, run_id: str, names: Sequence[str] = ()) -> list[common_pb2.MetricPoint]:
+        t = schema.metric_points
+        query = select(t).where(t.c.run_id == run_id)
+        if names:
+            query = query.where(t.c.name.in_(list(names)))
+        query = query.order_by(t.c.position, t.c.idx)
+        with self._engine.connect() as conn:
+            return [
+                common_pb2.MetricPoint(name=r.name, step=r.step, value=r.value, time_us=r.time_us, source=r.source)
+                for r in conn.execute(query)
+            ]
+
+
+def value_to_python(value: struct_pb2.Value) -> object:
+    return json_format.MessageToDict(value)

@@ -1,0 +1,33 @@
+"""A live stack for API tests: PostgreSQL, a private NATS, file storage, one agent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.services import NatsServer
+from tests.support.stack import Stack, Stubs
+
+
+@pytest.fixture
+def stack(tmp_path: Path, pg_url: str, nats_server: NatsServer) -> Iterator[Stack]:
+    s = Stack(
+        root=tmp_path,
+        database_url=pg_url,
+        nats_url=nats_server.url,
+        storage_root=(tmp_path / "objects").as_uri(),
+    )
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def stubs(stack: Stack) -> Iterator[Stubs]:
+    stack.start_server()
+    stack.start_agent("agent-1", 2)
+    with stack.channel() as channel:
+        yield Stubs(channel)

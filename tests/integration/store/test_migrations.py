@@ -1,0 +1,97 @@
+"""The schema comes from Alembic only, and replicas starting together may all migrate."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import inspect
+
+from runyard.server.store import EventStore, create_store_engine, migrate
+from runyard.server.store.migrate import alembic_config, current_revisions, head_revisions
+from runyard.server.store.schema import event_log
+from tests.fixtures_db import fresh_postgres_database, sqlite_url
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path)
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
+def test_replicas_opening_a_new_database_together_all_succeed(empty_database: str) -> None:
+    opened: list[EventStore] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def start_replica() -> None:
+        barrier.wait()
+        try:
+            opened.append(EventStore.open(empty_database))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start_replica) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == []
+        assert len(opened) == 4
+        assert current_revisions(opened[0].engine) == head_revisions()
+    finally:
+        for store in opened:
+            store.close()
+
+
+def test_open_without_migrating_refuses_an_empty_database(empty_database: str) -> None:
+    with pytest.raises(RuntimeError, match="no event log"):
+        EventStore.open(empty_database, migrate=False)
+    migrate(empty_database)
+    EventStore.open(empty_database, migrate=False).close()
+
+
+def test_the_table_the_code_uses_is_the_table_the_migration_made(empty_database: str) -> None:
+    migrate(empty_database)
+    engine = create_store_engine(empty_database)
+    try:
+        with engine.connect() as conn:
+            found = inspect(conn)
+            columns = {c["name"]: c for c in found.get_columns("event_log")}
+            indexes = {i["name"] for i in found.get_indexes("event_log")}
+            uniques = {tuple(u["column_names"]) for u in found.get_unique_constraints("event_log")}
+            pk = found.get_pk_constraint("event_log")["constrained_columns"]
+    finally:
+        engine.dispose()
+    assert list(columns) == [c.name for c in event_log.columns]
+    assert {name for name, c in columns.items() if c["nullable"]} == {"correlation_id"}
+    assert pk == ["position"]
+    assert {("stream_id", "version"), ("event_id",)} <= uniques
+    assert {"ix_event_log_correlation_position", "ix_event_log_stream_position"} <= indexes
+
+
+def test_the_event_log_revision_downgrades_and_upgrades_again(empty_database: str) -> None:
+    migrate(empty_database)
+    config = alembic_config(empty_database)
+    command.downgrade(config, "base")
+    engine = create_store_engine(empty_database)
+    try:
+        assert current_revisions(engine) == ()
+        with engine.connect() as conn:
+            assert not inspect(conn).has_table("event_log")
+    finally:
+        engine.dispose()
+    store = EventStore.open(empty_database)
+    try:
+        assert store.head_position() == 0
+    finally:
+        store.close()

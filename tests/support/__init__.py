@@ -1,0 +1,1 @@
+"""Real services for integration and end-to-end tests: each test gets its own."""

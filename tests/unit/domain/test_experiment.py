@@ -1,0 +1,109 @@
+"""Creating an experiment: its runs, their ids and specs; and its cancel."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import struct_pb2
+
+from runyard.server.domain import events as ev
+from runyard.server.domain.errors import DomainError, IllegalTransition
+from runyard.server.domain.experiment import Experiment
+from runyard.server.domain.manifest import parse_manifest
+from runyard.server.domain.run import Run
+from runyard.v1 import common_pb2, events_pb2
+
+MANIFEST = """
+name: digits-mlp
+framework: {name: pytorch, version: "2.13"}
+command: python train.py --lr ${lr} --act ${act} --data ${DATA_DIR}
+resources: {gpus: 1, cpus: 2, memory: 4Gi}
+data: s3://datasets/digits
+results: s3://results/digits/
+hyperparameters:
+  lr: {type: log, min: 1.0e-3, max: 1.0e-1, count: 3}
+  act: {type: categorical, values: [relu, "leaky relu"]}
+  deep: {type: const, value: true}
+search: {method: grid}
+metrics: {patterns: ['val_acc=(?P<val_accuracy>[0-9.]+)']}
+max_restarts: 2
+env: {OMP_NUM_THREADS: 1}
+"""
+
+
+def create(
+    experiment_id: str = "exp-abc",
+) -> tuple[events_pb2.ExperimentCreated, list[tuple[str, events_pb2.RunCreated]]]:
+    return Experiment.create(experiment_id, "acct-1", parse_manifest(MANIFEST), MANIFEST, "s3://code/c.tgz", "req-1")
+
+
+def test_runs_follow_the_manifest_in_index_order() -> None:
+    opened, runs = create()
+    assert len(runs) == 6
+    assert list(opened.run_ids) == [run_id for run_id, _ in runs]
+    assert (opened.name, opened.manifest_yaml, opened.code_uri, opened.client_request_id) == (
+        "digits-mlp",
+        MANIFEST,
+        "s3://code/c.tgz",
+        "req-1",
+    )
+    for index, (run_id, created) in enumerate(runs):
+        assert run_id == ev.run_id_for("exp-abc", index) == created.run_id
+        assert (created.experiment_id, created.account_id, created.index) == ("exp-abc", "acct-1", index)
+
+
+def test_a_run_spec_carries_everything_the_agent_needs() -> None:
+    _, runs = create()
+    run_id, created = runs[1]
+    spec = created.spec
+    assert spec.command == "python train.py --lr 0.001 --act 'leaky relu' --data ${DATA_DIR}"
+    assert dict(spec.hyperparameters) == {
+        "lr": struct_pb2.Value(number_value=0.001),
+        "act": struct_pb2.Value(string_value="leaky relu"),
+        "deep": struct_pb2.Value(bool_value=True),
+    }
+    assert spec.framework == common_pb2.Framework(name="pytorch", version="2.13")
+    assert spec.resources == common_pb2.Resources(gpus=1, cpus=2, memory_bytes=4 * 2**30)
+    assert (spec.code_uri, spec.data_uri) == ("s3://code/c.tgz", "s3://datasets/digits")
+    assert spec.results_uri == f"s3://results/digits/{run_id}", "one results prefix per run"
+    assert [p.regex for p in spec.metric_patterns] == ["val_acc=(?P<val_accuracy>[0-9.]+)"]
+    assert dict(spec.env) == {"OMP_NUM_THREADS": "1"}
+    assert spec.max_restarts == 2
+
+
+def test_recreating_gives_byte_identical_events() -> None:
+    """A retried create (same request id, so same experiment id) must not differ in any byte."""
+    first_opened, first_runs = create()
+    again_opened, again_runs = create()
+    assert ev.encode(first_opened) == ev.encode(again_opened)
+    assert [ev.encode(r) for _, r in first_runs] == [ev.encode(r) for _, r in again_runs]
+
+
+def test_run_ids_differ_between_experiments() -> None:
+    _, one = create("exp-one")
+    _, two = create("exp-two")
+    assert not {r for r, _ in one} & {r for r, _ in two}
+
+
+def test_created_runs_start_queued() -> None:
+    _, runs = create()
+    run = Run.replay([runs[0][1]])
+    assert run.state == common_pb2.RUN_STATE_QUEUED
+    assert (run.attempt, run.version, run.spec) == (0, 1, runs[0][1].spec)
+
+
+def test_an_experiment_is_canceled_once() -> None:
+    opened, _ = create()
+    experiment = Experiment.replay([opened])
+    assert (experiment.version, experiment.cancel_requested) == (1, False)
+    assert experiment.run_ids == tuple(opened.run_ids)
+    (requested,) = experiment.request_cancel("not needed")
+    experiment.apply(requested)
+    assert (experiment.version, experiment.cancel_requested, experiment.cancel_reason) == (2, True, "not needed")
+    assert Experiment.replay([opened, requested]) == experiment
+    with pytest.raises(IllegalTransition, match=r"^experiment exp-abc is CANCEL_REQUESTED; cannot cancel$"):
+        experiment.request_cancel("again")
+
+
+def test_an_experiment_stream_opens_with_experiment_created() -> None:
+    with pytest.raises(DomainError, match="opens with ExperimentCreated"):
+        Experiment.replay([events_pb2.ExperimentCancelRequested()])
