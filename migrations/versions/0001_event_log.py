@@ -76,6 +76,7 @@ END
 $$
 """
 
+
 def upgrade() -> None:
     op.create_table(
         "event_log",

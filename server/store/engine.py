@@ -33,6 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 BUSY_TIMEOUT_S = 15.0
@@ -164,7 +165,11 @@ def _sqlite_engine(url: URL, *, pool_size: int, max_overflow: int) -> Engine:
             return
         dbapi_connection = conn.connection.dbapi_connection
         assert isinstance(dbapi_connection, _SQLiteConnection)
-        dbapi_connection.hold_writer_mutex()
+        try:
+            dbapi_connection.hold_writer_mutex()
+        except sqlite3.OperationalError as exc:
+            # The same error type SQLite's own busy timeout produces, as SQLAlchemy wraps it.
+            raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
         try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:

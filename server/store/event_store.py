@@ -77,9 +77,7 @@ class EventStore:
         self._closed = False
 
     @classmethod
-    def open(
-        cls, url: str | URL, *, migrate: bool = True, pool_size: int = 10, max_overflow: int = 20
-    ) -> EventStore:
+    def open(cls, url: str | URL, *, migrate: bool = True, pool_size: int = 10, max_overflow: int = 20) -> EventStore:
         """Connect to `url`; with `migrate`, first bring the schema to Alembic head."""
         engine = create_store_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         try:

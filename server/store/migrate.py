@@ -7,6 +7,7 @@ is the package's folder, not a path relative to the working directory.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -19,6 +20,8 @@ from sqlalchemy.engine import URL
 import runyard.migrations
 
 from .engine import create_store_engine, read_only
+
+_ALEMBIC_IN_USE = threading.Lock()
 
 
 def alembic_config(url: str | URL | None = None) -> Config:
@@ -37,9 +40,11 @@ def migrate_engine(engine: Engine, revision: str = "head") -> None:
     Concurrent upgrades (two replicas starting at once) are safe: env.py
     takes an advisory lock on PostgreSQL, and on SQLite the transaction starts
     with BEGIN IMMEDIATE; the second one then finds nothing left to do.
+    Within one process they also take turns, because Alembic's `context` and
+    `op` are process-wide.
     """
     config = alembic_config()
-    with engine.begin() as conn:
+    with _ALEMBIC_IN_USE, engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
 

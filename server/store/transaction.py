@@ -160,9 +160,7 @@ class Transaction:
         self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion, at: datetime
     ) -> AppendResult:
         conn = self.connection
-        probe = conn.execute(
-            _SQLITE_PROBE, {"stream_id": stream_id, "event_ids": [e.event_id for e in events]}
-        ).one()
+        probe = conn.execute(_SQLITE_PROBE, {"stream_id": stream_id, "event_ids": [e.event_id for e in events]}).one()
         head, current, stored = int(probe.head), int(probe.stream_version), int(probe.n)
         if stored:
             in_stream = probe.first_stream == probe.last_stream == stream_id

@@ -224,8 +224,9 @@ def _print_experiment(ctx: Context, experiment: resources_pb2.Experiment) -> Non
     if scored:
         pick = min if goal.startswith("min") else max
         best = pick(scored, key=lambda r: r.latest_metrics[metric])
+        label = "best so far" if experiment.state == ES.EXPERIMENT_STATE_ACTIVE else "best"
         ctx.out.print(
-            f"\nbest so far: {best.id} {metric}={render.fmt_value(best.latest_metrics[metric])} "
+            f"\n{label}: {best.id} {metric}={render.fmt_value(best.latest_metrics[metric])} "
             f"({render.fmt_hyperparameters(best)})",
             markup=False,
             highlight=False,
@@ -396,11 +397,15 @@ def cmd_download(args: argparse.Namespace, ctx: Context) -> int:
         )
     else:
         ctx.out.print(
-            f"downloaded {count} files ({render.fmt_bytes(total)}) from {run.results_uri} to {dest}",
+            f"downloaded {_files(count)} ({render.fmt_bytes(total)}) from {run.results_uri} to {dest}",
             markup=False,
             highlight=False,
         )
     return 0
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
 
 
 def cmd_data_upload(args: argparse.Namespace, ctx: Context) -> int:
@@ -424,7 +429,7 @@ def cmd_data_upload(args: argparse.Namespace, ctx: Context) -> int:
     if ctx.json:
         render.print_json({"source": str(local), "uri": uri, "files": count, "bytes": total})
     else:
-        ctx.out.print(f"uploaded {count} files ({render.fmt_bytes(total)}) to {uri}", markup=False, highlight=False)
+        ctx.out.print(f"uploaded {_files(count)} ({render.fmt_bytes(total)}) to {uri}", markup=False, highlight=False)
     return 0
 
 
@@ -441,7 +446,9 @@ def cmd_data_ls(args: argparse.Namespace, ctx: Context) -> int:
     for o in objects:
         ctx.line(f"{render.fmt_bytes(o.size):>10}  {o.uri}")
     ctx.err.print(
-        f"{len(objects)} objects, {render.fmt_bytes(sum(o.size for o in objects))}", markup=False, highlight=False
+        f"{len(objects)} object{'s' if len(objects) != 1 else ''}, {render.fmt_bytes(sum(o.size for o in objects))}",
+        markup=False,
+        highlight=False,
     )
     return 0
 

@@ -290,7 +290,9 @@ class Supervisor:
         return 0
 
     def _died(self, child: Child) -> str:
-        return f"the {child.name} exited unexpectedly (exit code {child.exit_code()}); its log: {child.log_path}"
+        code = child.exit_code() or 0
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return f"the {child.name} {how} unexpectedly; its log: {child.log_path}"
 
     def _stop_all(self) -> None:
         for child in reversed(self.children):

@@ -65,7 +65,10 @@ class Subscriber:
     def _run(self) -> None:
         try:
             for event in self._store.subscribe(
-                self._after, stop=self.stop, poll_interval=self._poll_interval, **self._filters  # type: ignore[arg-type]
+                self._after,
+                stop=self.stop,
+                poll_interval=self._poll_interval,
+                **self._filters,  # type: ignore[arg-type]
             ):
                 with self._cond:
                     self.events.append(event)

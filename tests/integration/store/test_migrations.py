@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,34 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
         yield url
 
 
-def test_replicas_opening_a_new_database_together_all_succeed(empty_database: str) -> None:
+def test_replica_processes_starting_together_on_a_new_database_all_succeed(empty_database: str) -> None:
+    """Each replica migrates at start; the database makes them take turns (advisory lock, BEGIN IMMEDIATE)."""
+    script = (
+        "import sys\n"
+        "from runyard.server.store import EventStore\n"
+        "store = EventStore.open(sys.argv[1])\n"
+        "print(store.head_position())\n"
+        "store.close()\n"
+    )
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, empty_database],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [(*p.communicate(timeout=60), p.returncode) for p in replicas]
+    assert [(code, out.strip()) for out, _, code in outcomes] == [(0, "0")] * 4, outcomes
+    engine = create_store_engine(empty_database)
+    try:
+        assert current_revisions(engine) == head_revisions()
+    finally:
+        engine.dispose()
+
+
+def test_threads_opening_a_new_database_together_all_succeed(empty_database: str) -> None:
     opened: list[EventStore] = []
     errors: list[BaseException] = []
     barrier = threading.Barrier(4)
