@@ -120,7 +120,7 @@ async def start_replica(config: ServerConfig) -> Replica:
     experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(ExperimentService(ctx, watcher), server)
     run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(ctx, watcher), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(ctx), server)
-    aio_health: Any = health.aio  # the async servicer has no type stubs
+    aio_health: Any = getattr(health, "aio")  # noqa: B009 - the async servicer has no type stubs
     health_servicer = aio_health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -22,9 +22,7 @@ _AGENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 def check_agent_id(agent_id: str) -> str:
     """Agent ids become NATS subject tokens: letters, digits, '-' and '_' only."""
     if not _AGENT_ID.match(agent_id):
-        raise ValueError(
-            f"agent id {agent_id!r} is invalid: use 1-64 letters, digits, '-' or '_'"
-        )
+        raise ValueError(f"agent id {agent_id!r} is invalid: use 1-64 letters, digits, '-' or '_'")
     return agent_id
 
 

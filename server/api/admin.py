@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
-
 import runyard
 from runyard.server.api.errors import Context
 from runyard.server.context import ServerContext
 from runyard.v1 import admin_service_pb2 as pb
 from runyard.v1 import admin_service_pb2_grpc as pb_grpc
-
 
 
 class AdminService(pb_grpc.AdminServiceServicer):

@@ -15,7 +15,6 @@ from runyard.server.context import ServerContext
 from runyard.v1 import experiment_service_pb2 as pb
 from runyard.v1 import experiment_service_pb2_grpc as pb_grpc
 
-
 # The account every request acts for until API keys arrive (issue: accounts).
 DEFAULT_ACCOUNT = "default"
 

@@ -16,7 +16,6 @@ from runyard.v1 import run_service_pb2 as pb
 from runyard.v1 import run_service_pb2_grpc as pb_grpc
 
 
-
 class RunService(pb_grpc.RunServiceServicer):
     def __init__(self, ctx: ServerContext, watcher: Watcher) -> None:
         self._ctx = ctx

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ def prepare_data(tmp_path: Path) -> Path:
     return target
 
 
-def check_experiment(shown: dict[str, object], run_count: int) -> list[dict[str, object]]:
+def check_experiment(shown: dict[str, Any], run_count: int) -> list[dict[str, Any]]:
     runs = shown["runs"]
     assert isinstance(runs, list) and len(runs) == run_count
     for run in runs:
@@ -62,7 +63,7 @@ def check_run_outputs(run_id: str, env: dict[str, str]) -> None:
 
 
 def test_digits_grid_on_postgres_nats_and_s3(tmp_path: Path, pg_url: str, moto_s3: MotoS3) -> None:
-    s3 = moto_s3.client()
+    s3: Any = moto_s3.client()
     for bucket in ("datasets", "results", "runyard"):
         s3.create_bucket(Bucket=bucket)
     stack = Stack(
@@ -82,7 +83,9 @@ def test_digits_grid_on_postgres_nats_and_s3(tmp_path: Path, pg_url: str, moto_s
         shown = json.loads(run_cli("show", experiment["id"], "-o", "json", env=env).stdout)
         runs = check_experiment(shown, 4)
         for run in runs:
-            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="results", Prefix=f"digits-mlp/{run['id']}/")["Contents"]]
+            keys = [
+                o["Key"] for o in s3.list_objects_v2(Bucket="results", Prefix=f"digits-mlp/{run['id']}/")["Contents"]
+            ]
             assert f"digits-mlp/{run['id']}/model.pt" in keys
         check_run_outputs(runs[0]["id"], env)
     except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -13,7 +14,7 @@ from runyard.v1 import (
     experiment_service_pb2,
     run_service_pb2,
 )
-from tests.integration.api.helpers import RS, code_of, details, create, manifest, wait_state, watch_all
+from tests.integration.api.helpers import RS, code_of, create, details, manifest, wait_state, watch_all
 from tests.support.stack import Stack, Stubs
 
 pytestmark = pytest.mark.integration
@@ -82,7 +83,7 @@ def test_an_invalid_manifest_is_refused_naming_the_field(stubs: Stubs, body: str
 
 
 def test_unknown_ids_are_not_found_and_name_the_id(stubs: Stubs) -> None:
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: stubs.experiments.GetExperiment(experiment_service_pb2.GetExperimentRequest(experiment_id="exp-nope")),
         lambda: stubs.experiments.CancelExperiment(
             experiment_service_pb2.CancelExperimentRequest(experiment_id="exp-nope")

@@ -27,7 +27,7 @@ def test_watch_resumes_after_a_server_restart_with_no_gap_or_duplicate(stack: St
             lines = [ln.text for u in first if u.HasField("logs") for ln in u.logs.lines]
             if len(lines) >= 5:
                 break
-        stream.cancel()
+        stream.cancel()  # type: ignore[no-untyped-call]
     assert first, "the watch delivered nothing before the restart"
 
     # The server goes away mid-run and comes back on the same port; the agent keeps reporting.
