@@ -31,7 +31,7 @@ def test_watch_resumes_after_a_server_restart_with_no_gap_or_duplicate(stack: St
     assert first, "the watch delivered nothing before the restart"
 
     # The server goes away mid-run and comes back on the same port; the agent keeps reporting.
-    stack.servers[0].stop()
+    assert stack.servers[0].stop() == 0, "SIGTERM must shut the server down cleanly"
     stack.servers.clear()
     stack.start_server(port=stack.port)
     with stack.channel() as channel:
