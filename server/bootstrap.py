@@ -90,7 +90,7 @@ async def start_replica(config: ServerConfig) -> Replica:
 
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=48, thread_name_prefix="runyard-io"))
-    store = await asyncio.to_thread(EventStore.open, config.database_url)
+    store = await asyncio.to_thread(EventStore.open, config.database_url, pool_size=20, max_overflow=40)
     projections = ProjectionRunner(store)
     await asyncio.to_thread(projections.catch_up)
     projections.start()
@@ -98,7 +98,7 @@ async def start_replica(config: ServerConfig) -> Replica:
         config=config,
         store=store,
         commands=Commands(store),
-        queries=Queries(store.engine),
+        queries=Queries(store.read_engine),
         projections=projections,
         objects=open_store(config.storage_root, config.s3_endpoint_url),
     )

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 from sqlalchemy import Engine, and_, func, select
 
 from runyard.server.projections import schema
@@ -213,6 +214,22 @@ class Queries:
                 for r in conn.execute(query)
             ]
 
+    def live_agents(self) -> list[dict[str, Any]]:
+        """Agents not declared lost, as rows."""
+        t = schema.agents
+        with self._engine.connect() as conn:
+            return [dict(r) for r in conn.execute(select(t).where(t.c.lost.is_(False))).mappings()]
+
+    def run_spec(self, run_id: str) -> common_pb2.RunSpec | None:
+        t = schema.runs
+        with self._engine.connect() as conn:
+            raw = conn.execute(select(t.c.spec).where(t.c.id == run_id)).scalar_one_or_none()
+        if raw is None:
+            return None
+        spec = common_pb2.RunSpec()
+        spec.ParseFromString(raw)
+        return spec
+
     def metric_points(self, run_id: str, names: Sequence[str] = ()) -> list[common_pb2.MetricPoint]:
         t = schema.metric_points
         query = select(t).where(t.c.run_id == run_id)
@@ -224,7 +241,3 @@ class Queries:
                 common_pb2.MetricPoint(name=r.name, step=r.step, value=r.value, time_us=r.time_us, source=r.source)
                 for r in conn.execute(query)
             ]
-
-
-def value_to_python(value: struct_pb2.Value) -> object:
-    return json_format.MessageToDict(value)

@@ -15,14 +15,12 @@ class Heartbeats:
     def __init__(self, timeout_s: float) -> None:
         self._timeout = timeout_s
         self._seen: dict[str, float] = {}
-        self._attempts: dict[str, set[str]] = {}
         self._since = time.monotonic()
 
     def record(self, beat: agent_pb2.AgentHeartbeat) -> bool:
         """Returns True when the agent was not known to be alive before."""
         new = beat.agent_id not in self._seen or not self.alive(beat.agent_id)
         self._seen[beat.agent_id] = time.monotonic()
-        self._attempts[beat.agent_id] = set(beat.attempts)
         return new
 
     def alive(self, agent_id: str) -> bool:
@@ -36,4 +34,3 @@ class Heartbeats:
 
     def forget(self, agent_id: str) -> None:
         self._seen.pop(agent_id, None)
-        self._attempts.pop(agent_id, None)

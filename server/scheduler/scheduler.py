@@ -15,13 +15,11 @@ import json
 from typing import Any
 
 import structlog
-from sqlalchemy import select
 
 from runyard import bus
 from runyard.server.context import ServerContext
 from runyard.server.domain.errors import DomainError
 from runyard.server.domain.scheduling import AgentCapacity, QueuedRun, place
-from runyard.server.projections import schema
 from runyard.server.scheduler.heartbeats import Heartbeats
 from runyard.server.scheduler.leader import LeaderLease
 from runyard.server.store import ConcurrencyError
@@ -125,9 +123,7 @@ class Scheduler:
         for _run_id, agent_id, gpu_ids, *_ in holding:
             used_slots[agent_id] = used_slots.get(agent_id, 0) + 1
             used_gpus.setdefault(agent_id, set()).update(gpu_ids)
-        t = schema.agents
-        with self._ctx.store.engine.connect() as conn:
-            rows = conn.execute(select(t).where(t.c.lost.is_(False))).mappings().all()
+        rows = self._ctx.queries.live_agents()
         agents = []
         for row in rows:
             if not self._heartbeats.alive(row["id"]):
@@ -181,21 +177,11 @@ class Scheduler:
         holding = await asyncio.to_thread(self._ctx.queries.holding_runs)
         for run_id, agent_id, gpu_ids, attempt, state, cancel_requested in holding:
             if state == RS.RUN_STATE_ASSIGNED and not cancel_requested:
-                raw = await asyncio.to_thread(self._spec_of, run_id)
+                raw = await asyncio.to_thread(self._ctx.queries.run_spec, run_id)
                 if raw is not None:
                     await self._send_work(run_id, attempt, agent_id, gpu_ids, raw)
             if cancel_requested:
                 await self.send_cancel(run_id)
-
-    def _spec_of(self, run_id: str) -> common_pb2.RunSpec | None:
-        t = schema.runs
-        with self._ctx.store.engine.connect() as conn:
-            raw = conn.execute(select(t.c.spec).where(t.c.id == run_id)).scalar_one_or_none()
-        if raw is None:
-            return None
-        spec = common_pb2.RunSpec()
-        spec.ParseFromString(raw)
-        return spec
 
     async def _handle_lost_agents(self) -> None:
         holding = await asyncio.to_thread(self._ctx.queries.holding_runs)

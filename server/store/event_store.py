@@ -58,10 +58,11 @@ class EventStore:
     """Append-only event log over SQLAlchemy 2 Core, on PostgreSQL or SQLite.
 
     Thread-safe: share one instance per process. `engine` is for the
-    projections' own tables and transactions (on SQLite its transactions take
-    the write lock: BEGIN IMMEDIATE); `read_engine` is the same pool for
-    read-only work (SQLite: DEFERRED snapshot reads that never wait for a
-    writer; PostgreSQL: autocommit, one round trip per statement).
+    projections' own tables and transactions; on SQLite every transaction on
+    it takes the write lock (BEGIN IMMEDIATE), reads included. `read_engine`
+    is the same pool for read-only work: on SQLite DEFERRED snapshot reads
+    that never wait for a writer; on PostgreSQL autocommit, one round trip
+    per statement (use `engine` where several reads must share a snapshot).
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -118,8 +119,8 @@ class EventStore:
         """A unit of work: appends to several streams (and other writes on
         `tx.connection`) commit together on exit, or not at all on an exception.
 
-        From its first append until commit it holds the log's write lock, so
-        keep it short: other appenders wait for it.
+        It holds the log's write lock until it ends (PostgreSQL: from its first
+        append; SQLite: from the start), so keep it short: other appenders wait.
         """
         with self.engine.begin() as conn:
             tx = Transaction(conn)
@@ -200,7 +201,7 @@ class EventStore:
         self._ensure_listener()
         filtered = stream_ids is not None or correlation_id is not None
         scanned = after_position  # every event up to here has been read (matching or not)
-        while not stop.is_set():
+        while not stop.is_set() and not self._closed:
             # With filters, the head read *before* the batch tells how far an
             # incomplete batch has scanned, so that we wait beyond it.
             head = self.head_position() if filtered else 0
@@ -220,6 +221,8 @@ class EventStore:
         self._ensure_listener()
         if self._tracker.head > after_position:
             return True
+        if self._closed:
+            return False
         head = self.head_position()
         self._tracker.advance(head)
         if head > after_position or self._tracker.wait_beyond(after_position, timeout):

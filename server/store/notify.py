@@ -23,6 +23,9 @@ log = structlog.get_logger(__name__)
 
 CommitCallback = Callable[[int], None]
 
+LISTENER_APPLICATION_NAME = "runyard-event-log-listener"
+"""How the listener's session shows in pg_stat_activity."""
+
 
 class HeadTracker:
     """The highest log position this process knows to be committed, and who waits for it."""
@@ -136,6 +139,7 @@ class PostgresListener:
         try:
             assert conn is not None
             conn.autocommit = True
+            conn.execute(f"SET application_name = '{LISTENER_APPLICATION_NAME}'")
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             conn.execute(f"LISTEN {self._stop_channel}")
             self._listening.set()

@@ -45,6 +45,9 @@ APPEND_LOCK_KEY = 7_216_315_100
 MAX_NAME_LENGTH = 200
 """Longest stream id, event type and correlation id (the columns' width)."""
 
+MAX_BATCH = 10_000
+"""Most events in one append (SQLite binds every event id of a batch as one parameter)."""
+
 _PG_APPEND = text(
     "SELECT outcome, last_position, last_version, stored FROM runyard_append("
     ":stream_id, :expected_version, CAST(:event_ids AS uuid[]), CAST(:types AS text[]), "
@@ -83,8 +86,8 @@ def check_batch(stream_id: str, events: Sequence[NewEvent], expected_version: Ex
     """Refuse malformed appends the same way on both databases, before they reach one."""
     if not stream_id or len(stream_id) > MAX_NAME_LENGTH:
         raise ValueError(f"stream_id must be 1 to {MAX_NAME_LENGTH} characters, not {stream_id!r}")
-    if not events:
-        raise ValueError(f"append to {stream_id!r} with no events")
+    if not events or len(events) > MAX_BATCH:
+        raise ValueError(f"append 1 to {MAX_BATCH} events to {stream_id!r}, not {len(events)}")
     if expected_version is not ANY and (
         not isinstance(expected_version, int) or isinstance(expected_version, bool) or expected_version < 0
     ):

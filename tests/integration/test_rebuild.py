@@ -29,9 +29,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore
 def dump(store: EventStore) -> dict[str, list[tuple[object, ...]]]:
     with store.engine.connect() as conn:
         return {
-            table.name: [
-                tuple(row) for row in conn.execute(select(table).order_by(*table.primary_key.columns))
-            ]
+            table.name: [tuple(row) for row in conn.execute(select(table).order_by(*table.primary_key.columns))]
             for table in schema.PROJECTION_TABLES
         }
 

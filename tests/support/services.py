@@ -8,21 +8,18 @@ own store folder; S3 is moto's HTTP server on loopback, reached through boto3.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
+from tests.support.databases import fresh_postgres_database
 
-PG_HOST = os.environ.get("RUNYARD_TEST_PG_HOST", "127.0.0.1")
-PG_USER = os.environ.get("RUNYARD_TEST_PG_USER", "postgres")
+# One way to make a fresh PostgreSQL database, shared with the store's contract suite.
+postgres_database = fresh_postgres_database
 
 
 def free_port() -> int:
@@ -38,20 +35,6 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh, empty database; yields its SQLAlchemy URL and drops it afterwards."""
-    name = f"runyard_test_{uuid.uuid4().hex[:12]}"
-    admin = f"host={PG_HOST} user={PG_USER} dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def nats_server_binary() -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from runyard.server.store import EventStore, NewEvent, RecordedEvent
-from tests.fixtures_db import database_url, pg_session_url  # noqa: F401  (fixtures)
+from tests.support.databases import database_url, pg_session_url  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from runyard.server.store import (
     NewEvent,
     RecordedEvent,
 )
+from runyard.server.store.notify import LISTENER_APPLICATION_NAME
 
 from .conftest import Subscriber, new_event, positions, stream, wait_until
 
@@ -490,11 +491,13 @@ def test_on_commit_calls_back_with_the_head_until_unsubscribed(store: EventStore
     assert after not in seen
 
 
-def test_an_append_through_another_store_wakes_subscribers_via_notify(database_url: str) -> None:
-    """Two replicas on one PostgreSQL database: LISTEN/NOTIFY carries the wake-up across."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite has no cross-process notification; other processes are seen by polling")
-    first, second = EventStore.open(database_url), EventStore.open(database_url)
+def test_an_append_through_another_store_wakes_subscribers_via_notify(pg_session_url: str) -> None:
+    """Two replicas on one PostgreSQL database: LISTEN/NOTIFY carries the wake-up across.
+
+    (SQLite is the single-process embedded default: other processes are only
+    seen by polling.)
+    """
+    first, second = EventStore.open(pg_session_url), EventStore.open(pg_session_url)
     try:
         head = first.head_position()
         seen: list[int] = []
@@ -505,6 +508,30 @@ def test_an_append_through_another_store_wakes_subscribers_via_notify(database_u
         assert positions(got) == [result.last_position]
         assert wait_until(lambda: result.last_position in seen, 5.0)
         assert first.wait_for_append(head, timeout=5)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_subscribers_keep_being_woken_after_the_listener_connection_drops(pg_session_url: str) -> None:
+    """A dropped LISTEN session reconnects by itself; nothing appended meanwhile is missed."""
+    first, second = EventStore.open(pg_session_url), EventStore.open(pg_session_url)
+    try:
+        head = first.head_position()
+        first.on_commit(lambda _position: None)  # returns once the listener is in place
+        with Subscriber(first, head, poll_interval=60) as sub:
+            with first.engine.connect() as conn:
+                dropped = conn.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": LISTENER_APPLICATION_NAME},
+                ).scalar_one()
+            assert dropped >= 1
+            result = second.append(stream("run"), [new_event()])
+            got = sub.wait_for(1, timeout=10)
+        assert positions(got) == [result.last_position]
     finally:
         first.close()
         second.close()

@@ -15,7 +15,7 @@ from sqlalchemy import inspect
 from runyard.server.store import EventStore, create_store_engine, migrate
 from runyard.server.store.migrate import alembic_config, current_revisions, head_revisions
 from runyard.server.store.schema import event_log
-from tests.fixtures_db import fresh_postgres_database, sqlite_url
+from tests.support.databases import fresh_postgres_database, sqlite_url
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from runyard.server.store import EventStore, create_store_engine
-from tests.fixtures_db import sqlite_url
+from tests.support.databases import sqlite_url
 
 from .conftest import new_event, stream
 
