@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -76,13 +76,43 @@ def _bind(name: str) -> Any:
     return bindparam(name)
 
 
-class ReadModelProjector:
-    """Turns run, experiment and agent events into the projection tables."""
+Decoded = Sequence[tuple[RecordedEvent, Message]]
 
-    tables: Sequence[Table] = schema.PROJECTION_TABLES
+
+class Projector(Protocol):
+    """One read model: its tables, and how a batch of events changes them."""
+
+    tables: Sequence[Table]
+
+    def apply(self, conn: Connection, decoded: Decoded) -> None: ...
+
+
+class ReadModelProjector:
+    """Every read model, fed the same decoded batch inside one transaction."""
+
+    def __init__(self, projectors: Sequence[Projector]) -> None:
+        self.projectors = list(projectors)
+
+    @property
+    def tables(self) -> list[Table]:
+        return [t for p in self.projectors for t in p.tables]
 
     def apply(self, conn: Connection, events: Sequence[RecordedEvent]) -> None:
         decoded = [(e, decode(e.type, e.data)) for e in events]
+        for projector in self.projectors:
+            projector.apply(conn, decoded)
+
+    def reset(self, conn: Connection) -> None:
+        for table in self.tables:
+            conn.execute(delete(table))
+
+
+class RunsProjector:
+    """Turns run, experiment and agent events into their tables."""
+
+    tables: Sequence[Table] = schema.PROJECTION_TABLES
+
+    def apply(self, conn: Connection, decoded: Decoded) -> None:
         experiments = _Rows(schema.experiments)
         runs = _Rows(schema.runs)
         agents = _Rows(schema.agents)
@@ -107,10 +137,6 @@ class ReadModelProjector:
         agents.flush(conn)
         if points:
             conn.execute(insert(schema.metric_points), points)
-
-    def reset(self, conn: Connection) -> None:
-        for table in self.tables:
-            conn.execute(delete(table))
 
     # -- experiments -------------------------------------------------------
 

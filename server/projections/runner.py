@@ -20,6 +20,7 @@ from runyard.server.store import EventStore
 
 from . import schema
 from .read_models import ReadModelProjector
+from .registry import all_projectors
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +30,7 @@ CHECKPOINT = "read_models"
 class ProjectionRunner:
     def __init__(self, store: EventStore, batch_size: int = 2000) -> None:
         self._store = store
-        self._projector = ReadModelProjector()
+        self._projector = ReadModelProjector(all_projectors())
         self._batch_size = batch_size
         self._lock = threading.Lock()
         self._cond = threading.Condition()

@@ -38,6 +38,19 @@ class AdminServiceStub:
     ListAgents: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAgentsRequest, _admin_service_pb2.ListAgentsResponse]
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetServerInfoRequest, _admin_service_pb2.GetServerInfoResponse]
     """GetServerInfo tells clients what the server is and where it keeps things."""
+    CreateAccount: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateAccountRequest, _admin_service_pb2.CreateAccountResponse]
+    ListAccounts: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]
+    SetQuota: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetQuotaRequest, _admin_service_pb2.SetQuotaResponse]
+    """SetQuota changes an account's plan."""
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]
+    """CreateApiKey returns the secret once; only its hash is stored."""
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]
+    SetExperimentPriority: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetExperimentPriorityRequest, _admin_service_pb2.SetExperimentPriorityResponse]
+    DrainAgent: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.DrainAgentRequest, _admin_service_pb2.DrainAgentResponse]
+    """DrainAgent lets the agent finish its runs and gives it no new one (undrain clears it)."""
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.WhoAmIRequest, _admin_service_pb2.WhoAmIResponse]
+    """WhoAmI names the account and role of the calling key."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -49,6 +62,19 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListAgents: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAgentsRequest, _admin_service_pb2.ListAgentsResponse]  # type: ignore[assignment]
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetServerInfoRequest, _admin_service_pb2.GetServerInfoResponse]  # type: ignore[assignment]
     """GetServerInfo tells clients what the server is and where it keeps things."""
+    CreateAccount: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateAccountRequest, _admin_service_pb2.CreateAccountResponse]  # type: ignore[assignment]
+    ListAccounts: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
+    SetQuota: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetQuotaRequest, _admin_service_pb2.SetQuotaResponse]  # type: ignore[assignment]
+    """SetQuota changes an account's plan."""
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """CreateApiKey returns the secret once; only its hash is stored."""
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RevokeApiKeyRequest, _admin_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    SetExperimentPriority: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetExperimentPriorityRequest, _admin_service_pb2.SetExperimentPriorityResponse]  # type: ignore[assignment]
+    DrainAgent: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.DrainAgentRequest, _admin_service_pb2.DrainAgentResponse]  # type: ignore[assignment]
+    """DrainAgent lets the agent finish its runs and gives it no new one (undrain clears it)."""
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.WhoAmIRequest, _admin_service_pb2.WhoAmIResponse]  # type: ignore[assignment]
+    """WhoAmI names the account and role of the calling key."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService operates the control plane."""
@@ -75,5 +101,72 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.GetServerInfoResponse, _abc.Awaitable[_admin_service_pb2.GetServerInfoResponse]]:
         """GetServerInfo tells clients what the server is and where it keeps things."""
+
+    @_abc_1.abstractmethod
+    def CreateAccount(
+        self,
+        request: _admin_service_pb2.CreateAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.CreateAccountResponse, _abc.Awaitable[_admin_service_pb2.CreateAccountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAccounts(
+        self,
+        request: _admin_service_pb2.ListAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListAccountsResponse, _abc.Awaitable[_admin_service_pb2.ListAccountsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetQuota(
+        self,
+        request: _admin_service_pb2.SetQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.SetQuotaResponse, _abc.Awaitable[_admin_service_pb2.SetQuotaResponse]]:
+        """SetQuota changes an account's plan."""
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _admin_service_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_admin_service_pb2.CreateApiKeyResponse]]:
+        """CreateApiKey returns the secret once; only its hash is stored."""
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _admin_service_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListApiKeysResponse, _abc.Awaitable[_admin_service_pb2.ListApiKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _admin_service_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_admin_service_pb2.RevokeApiKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetExperimentPriority(
+        self,
+        request: _admin_service_pb2.SetExperimentPriorityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.SetExperimentPriorityResponse, _abc.Awaitable[_admin_service_pb2.SetExperimentPriorityResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DrainAgent(
+        self,
+        request: _admin_service_pb2.DrainAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.DrainAgentResponse, _abc.Awaitable[_admin_service_pb2.DrainAgentResponse]]:
+        """DrainAgent lets the agent finish its runs and gives it no new one (undrain clears it)."""
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _admin_service_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.WhoAmIResponse, _abc.Awaitable[_admin_service_pb2.WhoAmIResponse]]:
+        """WhoAmI names the account and role of the calling key."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

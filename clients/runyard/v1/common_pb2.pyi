@@ -98,6 +98,32 @@ FAILURE_REASON_INTERNAL: FailureReason.ValueType  # 6
 """Anything else on the infrastructure side."""
 Global___FailureReason: _TypeAlias = FailureReason  # noqa: Y015
 
+class _Role:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLE_UNSPECIFIED: _Role.ValueType  # 0
+    ROLE_USER: _Role.ValueType  # 1
+    """Acts on its own account only."""
+    ROLE_ADMIN: _Role.ValueType  # 2
+    """Acts on every account and on the control plane."""
+    ROLE_AGENT: _Role.ValueType  # 3
+    """A node agent: its own reports only."""
+
+class Role(_Role, metaclass=_RoleEnumTypeWrapper):
+    """Role is what an API key may do."""
+
+ROLE_UNSPECIFIED: Role.ValueType  # 0
+ROLE_USER: Role.ValueType  # 1
+"""Acts on its own account only."""
+ROLE_ADMIN: Role.ValueType  # 2
+"""Acts on every account and on the control plane."""
+ROLE_AGENT: Role.ValueType  # 3
+"""A node agent: its own reports only."""
+Global___Role: _TypeAlias = Role  # noqa: Y015
+
 class _LogStream:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -150,27 +176,87 @@ class Resources(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AgentLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     GPUS_FIELD_NUMBER: _builtins.int
     CPUS_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    GPU_MODEL_FIELD_NUMBER: _builtins.int
+    AGENT_LABELS_FIELD_NUMBER: _builtins.int
     gpus: _builtins.int
     cpus: _builtins.int
     memory_bytes: _builtins.int
     """Memory in bytes."""
+    gpu_model: _builtins.str
+    """GPU model the run needs (e.g. "H100"); empty for any."""
+    @_builtins.property
+    def agent_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Agent labels the run needs (all must match)."""
+
     def __init__(
         self,
         *,
         gpus: _builtins.int = ...,
         cpus: _builtins.int = ...,
         memory_bytes: _builtins.int = ...,
+        gpu_model: _builtins.str = ...,
+        agent_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus", b"cpus", "gpus", b"gpus", "memory_bytes", b"memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_labels", b"agent_labels", "cpus", b"cpus", "gpu_model", b"gpu_model", "gpus", b"gpus", "memory_bytes", b"memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Resources: _TypeAlias = Resources  # noqa: Y015
+
+@_typing.final
+class GpuDevice(_message.Message):
+    """GpuDevice is one GPU of an agent, as NVML (or a declared inventory) reports it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    UUID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    uuid: _builtins.str
+    model: _builtins.str
+    memory_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        uuid: _builtins.str = ...,
+        model: _builtins.str = ...,
+        memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_bytes", b"memory_bytes", "model", b"model", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuDevice: _TypeAlias = GpuDevice  # noqa: Y015
 
 @_typing.final
 class MetricPattern(_message.Message):
@@ -253,6 +339,7 @@ class RunSpec(_message.Message):
     METRIC_PATTERNS_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     command: _builtins.str
     """The command, hyperparameters already substituted."""
     code_uri: _builtins.str
@@ -262,6 +349,8 @@ class RunSpec(_message.Message):
     results_uri: _builtins.str
     """Object storage prefix RESULT_DIR is uploaded to (already per run)."""
     max_restarts: _builtins.int
+    priority: _builtins.int
+    """Higher runs first within an account."""
     @_builtins.property
     def hyperparameters(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]: ...
     @_builtins.property
@@ -285,10 +374,11 @@ class RunSpec(_message.Message):
         metric_patterns: _abc.Iterable[Global___MetricPattern] | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         max_restarts: _builtins.int = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["framework", b"framework", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_uri", b"code_uri", "command", b"command", "data_uri", b"data_uri", "env", b"env", "framework", b"framework", "hyperparameters", b"hyperparameters", "max_restarts", b"max_restarts", "metric_patterns", b"metric_patterns", "resources", b"resources", "results_uri", b"results_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_uri", b"code_uri", "command", b"command", "data_uri", b"data_uri", "env", b"env", "framework", b"framework", "hyperparameters", b"hyperparameters", "max_restarts", b"max_restarts", "metric_patterns", b"metric_patterns", "priority", b"priority", "resources", b"resources", "results_uri", b"results_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ class ExperimentCreated(_message.Message):
     """Event payloads of the append-only log. The envelope (stream, version,
     position, event id, time) is kept by the store; these are the bodies.
     Stream naming: "experiment:<id>", "run:<id>", "run-logs:<id>",
-    "run-metrics:<id>", "agent:<id>".
+    "run-metrics:<id>", "agent:<id>", "account:<id>", "api-key:<key id>".
 
     ExperimentCreated opens an experiment stream.
     """
@@ -133,8 +133,11 @@ class RunAssigned(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
     GPU_IDS_FIELD_NUMBER: _builtins.int
+    GPU_MODEL_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     agent_id: _builtins.str
+    gpu_model: _builtins.str
+    """Model of the GPUs held, for billing ("H100"); empty for a CPU-only run."""
     @_builtins.property
     def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """GPU ids (index or UUID) on the agent, empty for a CPU-only run."""
@@ -145,10 +148,11 @@ class RunAssigned(_message.Message):
         attempt: _builtins.int = ...,
         agent_id: _builtins.str = ...,
         gpu_ids: _abc.Iterable[_builtins.str] | None = ...,
+        gpu_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "attempt", b"attempt", "gpu_ids", b"gpu_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "attempt", b"attempt", "gpu_ids", b"gpu_ids", "gpu_model", b"gpu_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -439,6 +443,7 @@ class AgentRegistered(_message.Message):
     GPU_IDS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     FRAMEWORKS_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     hostname: _builtins.str
     slots: _builtins.int
@@ -449,6 +454,10 @@ class AgentRegistered(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def frameworks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Framework]: ...
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.GpuDevice]:
+        """The GPUs in detail; gpu_ids lists the same devices by the id runs get."""
+
     def __init__(
         self,
         *,
@@ -458,10 +467,11 @@ class AgentRegistered(_message.Message):
         gpu_ids: _abc.Iterable[_builtins.str] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         frameworks: _abc.Iterable[_common_pb2.Framework] | None = ...,
+        gpus: _abc.Iterable[_common_pb2.GpuDevice] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "frameworks", b"frameworks", "gpu_ids", b"gpu_ids", "hostname", b"hostname", "labels", b"labels", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "frameworks", b"frameworks", "gpu_ids", b"gpu_ids", "gpus", b"gpus", "hostname", b"hostname", "labels", b"labels", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -487,3 +497,184 @@ class AgentLost(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentLost: _TypeAlias = AgentLost  # noqa: Y015
+
+@_typing.final
+class AgentDrainRequested(_message.Message):
+    """AgentDrainRequested: the agent finishes its current runs and gets no new one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentDrainRequested: _TypeAlias = AgentDrainRequested  # noqa: Y015
+
+@_typing.final
+class AgentDrainCleared(_message.Message):
+    """AgentDrainCleared: the agent takes new runs again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentDrainCleared: _TypeAlias = AgentDrainCleared  # noqa: Y015
+
+@_typing.final
+class ExperimentPrioritySet(_message.Message):
+    """ExperimentPrioritySet changes the priority of the experiment's queued runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    priority: _builtins.int
+    def __init__(
+        self,
+        *,
+        priority: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["priority", b"priority"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExperimentPrioritySet: _TypeAlias = ExperimentPrioritySet  # noqa: Y015
+
+@_typing.final
+class AccountCreated(_message.Message):
+    """AccountCreated opens an account stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    GPU_QUOTA_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_RUNS_FIELD_NUMBER: _builtins.int
+    RUN_QUOTA_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    name: _builtins.str
+    gpu_quota: _builtins.int
+    """Concurrent GPUs the account's runs may hold."""
+    max_queued_runs: _builtins.int
+    """Queued runs allowed at once; 0 for no cap."""
+    run_quota: _builtins.int
+    """Concurrent runs for CPU-only work; 0 for no cap."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        gpu_quota: _builtins.int = ...,
+        max_queued_runs: _builtins.int = ...,
+        run_quota: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "gpu_quota", b"gpu_quota", "max_queued_runs", b"max_queued_runs", "name", b"name", "run_quota", b"run_quota"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountCreated: _TypeAlias = AccountCreated  # noqa: Y015
+
+@_typing.final
+class AccountQuotaSet(_message.Message):
+    """AccountQuotaSet changes an account's plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPU_QUOTA_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_RUNS_FIELD_NUMBER: _builtins.int
+    RUN_QUOTA_FIELD_NUMBER: _builtins.int
+    gpu_quota: _builtins.int
+    max_queued_runs: _builtins.int
+    run_quota: _builtins.int
+    def __init__(
+        self,
+        *,
+        gpu_quota: _builtins.int = ...,
+        max_queued_runs: _builtins.int = ...,
+        run_quota: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_quota", b"gpu_quota", "max_queued_runs", b"max_queued_runs", "run_quota", b"run_quota"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountQuotaSet: _TypeAlias = AccountQuotaSet  # noqa: Y015
+
+@_typing.final
+class ApiKeyCreated(_message.Message):
+    """ApiKeyCreated stores an API key; only its hash is kept."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    SECRET_SHA256_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    account_id: _builtins.str
+    role: _common_pb2.Role.ValueType
+    secret_sha256: _builtins.str
+    """Hex SHA-256 of the secret."""
+    name: _builtins.str
+    agent_id: _builtins.str
+    """For ROLE_AGENT: the agent id the key may report as ("" for any)."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        role: _common_pb2.Role.ValueType = ...,
+        secret_sha256: _builtins.str = ...,
+        name: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "agent_id", b"agent_id", "key_id", b"key_id", "name", b"name", "role", b"role", "secret_sha256", b"secret_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyCreated: _TypeAlias = ApiKeyCreated  # noqa: Y015
+
+@_typing.final
+class ApiKeyRevoked(_message.Message):
+    """ApiKeyRevoked disables a key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyRevoked: _TypeAlias = ApiKeyRevoked  # noqa: Y015

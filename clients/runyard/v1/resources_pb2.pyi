@@ -202,6 +202,9 @@ class Run(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     WAITING_REASON_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    GPU_SECONDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     experiment_id: _builtins.str
     account_id: _builtins.str
@@ -217,6 +220,11 @@ class Run(_message.Message):
     cancel_requested: _builtins.bool
     waiting_reason: _builtins.str
     """Why a queued run waits, in words."""
+    queue_position: _builtins.int
+    """1-based place in its account's queue while QUEUED; 0 otherwise."""
+    priority: _builtins.int
+    gpu_seconds: _builtins.float
+    """GPU-seconds billed so far over all attempts."""
     @_builtins.property
     def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -257,10 +265,13 @@ class Run(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         waiting_reason: _builtins.str = ...,
+        queue_position: _builtins.int = ...,
+        priority: _builtins.int = ...,
+        gpu_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "created_at", b"created_at", "ended_at", b"ended_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "agent_id", b"agent_id", "assigned_at", b"assigned_at", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "command", b"command", "created_at", b"created_at", "ended_at", b"ended_at", "exit_code", b"exit_code", "experiment_id", b"experiment_id", "failure_reason", b"failure_reason", "gpu_ids", b"gpu_ids", "hyperparameters", b"hyperparameters", "id", b"id", "index", b"index", "latest_metrics", b"latest_metrics", "message", b"message", "results_uri", b"results_uri", "started_at", b"started_at", "state", b"state", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "agent_id", b"agent_id", "assigned_at", b"assigned_at", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "command", b"command", "created_at", b"created_at", "ended_at", b"ended_at", "exit_code", b"exit_code", "experiment_id", b"experiment_id", "failure_reason", b"failure_reason", "gpu_ids", b"gpu_ids", "gpu_seconds", b"gpu_seconds", "hyperparameters", b"hyperparameters", "id", b"id", "index", b"index", "latest_metrics", b"latest_metrics", "message", b"message", "priority", b"priority", "queue_position", b"queue_position", "results_uri", b"results_uri", "started_at", b"started_at", "state", b"state", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -301,10 +312,13 @@ class Agent(_message.Message):
     RUN_IDS_FIELD_NUMBER: _builtins.int
     ALIVE_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     hostname: _builtins.str
     slots: _builtins.int
     alive: _builtins.bool
+    draining: _builtins.bool
     @_builtins.property
     def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -317,6 +331,8 @@ class Agent(_message.Message):
 
     @_builtins.property
     def registered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.GpuDevice]: ...
     def __init__(
         self,
         *,
@@ -329,11 +345,96 @@ class Agent(_message.Message):
         run_ids: _abc.Iterable[_builtins.str] | None = ...,
         alive: _builtins.bool = ...,
         registered_at: _timestamp_pb2.Timestamp | None = ...,
+        gpus: _abc.Iterable[_common_pb2.GpuDevice] | None = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "frameworks", b"frameworks", "gpu_ids", b"gpu_ids", "hostname", b"hostname", "id", b"id", "labels", b"labels", "registered_at", b"registered_at", "run_ids", b"run_ids", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "draining", b"draining", "frameworks", b"frameworks", "gpu_ids", b"gpu_ids", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "registered_at", b"registered_at", "run_ids", b"run_ids", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class Account(_message.Message):
+    """Account is a tenant with a plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    GPU_QUOTA_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_RUNS_FIELD_NUMBER: _builtins.int
+    RUN_QUOTA_FIELD_NUMBER: _builtins.int
+    GPUS_IN_USE_FIELD_NUMBER: _builtins.int
+    RUNS_QUEUED_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    gpu_quota: _builtins.int
+    max_queued_runs: _builtins.int
+    run_quota: _builtins.int
+    gpus_in_use: _builtins.int
+    runs_queued: _builtins.int
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        gpu_quota: _builtins.int = ...,
+        max_queued_runs: _builtins.int = ...,
+        run_quota: _builtins.int = ...,
+        gpus_in_use: _builtins.int = ...,
+        runs_queued: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gpu_quota", b"gpu_quota", "gpus_in_use", b"gpus_in_use", "id", b"id", "max_queued_runs", b"max_queued_runs", "name", b"name", "run_quota", b"run_quota", "runs_queued", b"runs_queued"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Account: _TypeAlias = Account  # noqa: Y015
+
+@_typing.final
+class ApiKey(_message.Message):
+    """ApiKey describes a key without its secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    account_id: _builtins.str
+    role: _common_pb2.Role.ValueType
+    name: _builtins.str
+    agent_id: _builtins.str
+    revoked: _builtins.bool
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        role: _common_pb2.Role.ValueType = ...,
+        name: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        revoked: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "agent_id", b"agent_id", "created_at", b"created_at", "id", b"id", "name", b"name", "revoked", b"revoked", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015

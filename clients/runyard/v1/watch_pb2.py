@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from runyard.v1 import common_pb2 as runyard_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16runyard/v1/watch.proto\x12\nrunyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17runyard/v1/common.proto\"\xe5\x01\n\tRunUpdate\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06status\x18\n \x01(\x0b\x32\x1b.runyard.v1.RunStatusChangeH\x00\x12\'\n\x04logs\x18\x0b \x01(\x0b\x32\x17.runyard.v1.RunLogLinesH\x00\x12.\n\x07metrics\x18\x0c \x01(\x0b\x32\x1b.runyard.v1.RunMetricPointsH\x00\x42\x06\n\x04\x62ody\"\xd9\x01\n\x0fRunStatusChange\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.runyard.v1.RunState\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x31\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\x0e\x32\x19.runyard.v1.FailureReason\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\r\n\x05\x66inal\x18\x07 \x01(\x08\x12\x18\n\x10\x63\x61ncel_requested\x18\x08 \x01(\x08\"B\n\x0bRunLogLines\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\"\n\x05lines\x18\x02 \x03(\x0b\x32\x13.runyard.v1.LogLine\"K\n\x0fRunMetricPoints\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\'\n\x06points\x18\x02 \x03(\x0b\x32\x17.runyard.v1.MetricPointb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16runyard/v1/watch.proto\x12\nrunyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17runyard/v1/common.proto\"\x92\x02\n\tRunUpdate\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06status\x18\n \x01(\x0b\x32\x1b.runyard.v1.RunStatusChangeH\x00\x12\'\n\x04logs\x18\x0b \x01(\x0b\x32\x17.runyard.v1.RunLogLinesH\x00\x12.\n\x07metrics\x18\x0c \x01(\x0b\x32\x1b.runyard.v1.RunMetricPointsH\x00\x12+\n\x05queue\x18\r \x01(\x0b\x32\x1a.runyard.v1.RunQueueStatusH\x00\x42\x06\n\x04\x62ody\"2\n\x0eRunQueueStatus\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\"\xd9\x01\n\x0fRunStatusChange\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.runyard.v1.RunState\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x31\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\x0e\x32\x19.runyard.v1.FailureReason\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\r\n\x05\x66inal\x18\x07 \x01(\x08\x12\x18\n\x10\x63\x61ncel_requested\x18\x08 \x01(\x08\"B\n\x0bRunLogLines\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\"\n\x05lines\x18\x02 \x03(\x0b\x32\x13.runyard.v1.LogLine\"K\n\x0fRunMetricPoints\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\'\n\x06points\x18\x02 \x03(\x0b\x32\x17.runyard.v1.MetricPointb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runyard.v1.watch_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNUPDATE']._serialized_start=97
-  _globals['_RUNUPDATE']._serialized_end=326
-  _globals['_RUNSTATUSCHANGE']._serialized_start=329
-  _globals['_RUNSTATUSCHANGE']._serialized_end=546
-  _globals['_RUNLOGLINES']._serialized_start=548
-  _globals['_RUNLOGLINES']._serialized_end=614
-  _globals['_RUNMETRICPOINTS']._serialized_start=616
-  _globals['_RUNMETRICPOINTS']._serialized_end=691
+  _globals['_RUNUPDATE']._serialized_end=371
+  _globals['_RUNQUEUESTATUS']._serialized_start=373
+  _globals['_RUNQUEUESTATUS']._serialized_end=423
+  _globals['_RUNSTATUSCHANGE']._serialized_start=426
+  _globals['_RUNSTATUSCHANGE']._serialized_end=643
+  _globals['_RUNLOGLINES']._serialized_start=645
+  _globals['_RUNLOGLINES']._serialized_end=711
+  _globals['_RUNMETRICPOINTS']._serialized_start=713
+  _globals['_RUNMETRICPOINTS']._serialized_end=788
 # @@protoc_insertion_point(module_scope)

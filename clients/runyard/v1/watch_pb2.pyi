@@ -34,6 +34,7 @@ class RunUpdate(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     LOGS_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Opaque; pass it back to resume with no gap and no duplicate."""
     run_id: _builtins.str
@@ -45,6 +46,8 @@ class RunUpdate(_message.Message):
     def logs(self) -> Global___RunLogLines: ...
     @_builtins.property
     def metrics(self) -> Global___RunMetricPoints: ...
+    @_builtins.property
+    def queue(self) -> Global___RunQueueStatus: ...
     def __init__(
         self,
         *,
@@ -54,16 +57,45 @@ class RunUpdate(_message.Message):
         status: Global___RunStatusChange | None = ...,
         logs: Global___RunLogLines | None = ...,
         metrics: Global___RunMetricPoints | None = ...,
+        queue: Global___RunQueueStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "logs", b"logs", "metrics", b"metrics", "status", b"status", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "logs", b"logs", "metrics", b"metrics", "queue", b"queue", "status", b"status", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cursor", b"cursor", "logs", b"logs", "metrics", b"metrics", "run_id", b"run_id", "status", b"status", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cursor", b"cursor", "logs", b"logs", "metrics", b"metrics", "queue", b"queue", "run_id", b"run_id", "status", b"status", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["status", "logs", "metrics"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["status", "logs", "metrics", "queue"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___RunUpdate: _TypeAlias = RunUpdate  # noqa: Y015
+
+@_typing.final
+class RunQueueStatus(_message.Message):
+    """RunQueueStatus says why a queued run waits and where it stands. It is not
+    an event of the log: its cursor repeats the last event's, so resuming from
+    it loses nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    position: _builtins.int
+    """1-based place in its account's queue."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunQueueStatus: _TypeAlias = RunQueueStatus  # noqa: Y015
 
 @_typing.final
 class RunStatusChange(_message.Message):
