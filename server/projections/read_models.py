@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from sqlalchemy import Connection, Table, delete, insert, select, update
@@ -112,7 +113,11 @@ class RunsProjector:
 
     tables: Sequence[Table] = schema.PROJECTION_TABLES
 
+    def __init__(self) -> None:
+        self._priority_updates: list[tuple[str, int]] = []
+
     def apply(self, conn: Connection, decoded: Decoded) -> None:
+        self._priority_updates = []
         experiments = _Rows(schema.experiments)
         runs = _Rows(schema.runs)
         agents = _Rows(schema.agents)
@@ -135,6 +140,10 @@ class RunsProjector:
         experiments.flush(conn)
         runs.flush(conn)
         agents.flush(conn)
+        for experiment_id, priority in self._priority_updates:
+            conn.execute(
+                update(schema.runs).where(schema.runs.c.experiment_id == experiment_id).values(priority=priority)
+            )
         if points:
             conn.execute(insert(schema.metric_points), points)
 
@@ -152,6 +161,7 @@ class RunsProjector:
                     "run_count": len(msg.run_ids),
                     "cancel_requested": False,
                     "created_at": event.recorded_at,
+                    "priority": _manifest_priority(msg.manifest_yaml),
                     "position": event.position,
                 }
             )
@@ -159,6 +169,11 @@ class RunsProjector:
             row = rows.get(event.stream_id.split(":", 1)[1])
             if row is not None:
                 row["cancel_requested"] = True
+        elif isinstance(msg, events_pb2.ExperimentPrioritySet):
+            row = rows.get(event.stream_id.split(":", 1)[1])
+            if row is not None:
+                row["priority"] = msg.priority
+                self._priority_updates.append((row["id"], msg.priority))
 
     # -- agents ------------------------------------------------------------
 
@@ -173,16 +188,21 @@ class RunsProjector:
                 "frameworks": json.dumps([[f.name, f.version] for f in msg.frameworks]),
                 "lost": False,
                 "registered_at": event.recorded_at,
+                "gpus": json.dumps([json_format.MessageToDict(g, preserving_proto_field_name=True) for g in msg.gpus]),
             }
             existing = rows.get(msg.agent_id)
             if existing is None:
-                rows.add(row)
+                rows.add({**row, "draining": False})
             else:
                 existing.update(row)
-        elif isinstance(msg, events_pb2.AgentLost):
+        elif isinstance(msg, events_pb2.AgentLost | events_pb2.AgentDrainRequested | events_pb2.AgentDrainCleared):
             agent = rows.get(event.stream_id.split(":", 1)[1])
-            if agent is not None:
+            if agent is None:
+                return
+            if isinstance(msg, events_pb2.AgentLost):
                 agent["lost"] = True
+            else:
+                agent["draining"] = isinstance(msg, events_pb2.AgentDrainRequested)
 
     # -- runs --------------------------------------------------------------
 
@@ -213,6 +233,9 @@ class RunsProjector:
                     "assigned_at": None,
                     "started_at": None,
                     "ended_at": None,
+                    "priority": msg.spec.priority,
+                    "gpus": msg.spec.resources.gpus,
+                    "gpu_model": "",
                     "queued_position": event.position,
                     "position": event.position,
                 }
@@ -228,6 +251,7 @@ class RunsProjector:
                 attempt=msg.attempt,
                 agent_id=msg.agent_id,
                 gpu_ids=json.dumps(list(msg.gpu_ids)),
+                gpu_model=msg.gpu_model,
                 assigned_at=at,
                 started_at=None,
             )
@@ -254,6 +278,7 @@ class RunsProjector:
                 message=msg.message,
                 agent_id="",
                 gpu_ids="[]",
+                gpu_model="",
                 queued_position=event.position,
             )
         elif isinstance(msg, events_pb2.RunCancelRequested):
@@ -289,6 +314,16 @@ class RunsProjector:
                 if name not in current or step >= current[name][0]:
                     current[name] = [step, value]
             row["latest_metrics"] = json.dumps(dict(sorted(current.items())))
+
+
+def _manifest_priority(manifest_yaml: str) -> int:
+    """The priority a manifest asks for (0 when it names none)."""
+    try:
+        loaded = yaml.safe_load(manifest_yaml)
+    except yaml.YAMLError:
+        return 0
+    value = loaded.get("priority", 0) if isinstance(loaded, dict) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _run_id(event: RecordedEvent) -> str:

@@ -20,6 +20,9 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy import (
+    false as sql_false,
+)
 
 metadata = MetaData()
 
@@ -41,6 +44,7 @@ experiments = Table(
     Column("run_count", Integer, nullable=False),
     Column("cancel_requested", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
     # Log position of ExperimentCreated: a stable, unique order for pagination.
     Column("position", BigInteger, nullable=False, unique=True),
 )
@@ -69,6 +73,9 @@ runs = Table(
     Column("assigned_at", DateTime(timezone=True), nullable=True),
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("gpus", Integer, nullable=False, server_default="0"),  # GPUs the run asks for
+    Column("gpu_model", String(64), nullable=False, server_default=""),  # model of the GPUs it holds
     # Position of the event that (re)queued the run: FIFO order of the queue.
     Column("queued_position", BigInteger, nullable=False),
     Column("position", BigInteger, nullable=False, unique=True),
@@ -85,6 +92,8 @@ agents = Table(
     Column("frameworks", Text, nullable=False),  # JSON list of [name, version]
     Column("lost", Boolean, nullable=False),
     Column("registered_at", DateTime(timezone=True), nullable=False),
+    Column("gpus", Text, nullable=False, server_default="[]"),  # JSON list of GpuDevice dicts
+    Column("draining", Boolean, nullable=False, server_default=sql_false()),
 )
 
 metric_points = Table(
@@ -101,6 +110,46 @@ metric_points = Table(
     Column("value", Float, nullable=False),
     Column("time_us", BigInteger, nullable=False),
     Column("source", String(32), nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("gpu_quota", Integer, nullable=False),
+    Column("max_queued_runs", Integer, nullable=False),
+    Column("run_quota", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account_id", String(64), nullable=False, index=True),
+    Column("role", Integer, nullable=False),
+    Column("secret_sha256", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("agent_id", String(64), nullable=False),
+    Column("revoked", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per attempt that held slots: the billed interval (usage projection).
+attempt_usage = Table(
+    "attempt_usage",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("attempt", Integer, primary_key=True, autoincrement=False),
+    Column("account_id", String(64), nullable=False, index=True),
+    Column("experiment_id", String(64), nullable=False),
+    Column("agent_id", String(64), nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("gpu_model", String(64), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("gpu_seconds", Float, nullable=False),
 )
 
 PROJECTION_TABLES = (experiments, runs, agents, metric_points)
