@@ -26,6 +26,7 @@ from runyard.server.api.admin import AdminService
 from runyard.server.api.experiments import ExperimentService
 from runyard.server.api.head import LogHead
 from runyard.server.api.runs import RunService
+from runyard.server.api.usage import UsageService
 from runyard.server.api.watching import Watcher
 from runyard.server.commands import Commands
 from runyard.server.config import ServerConfig
@@ -43,6 +44,8 @@ from runyard.v1 import (
     experiment_service_pb2_grpc,
     run_service_pb2,
     run_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
 )
 
 log = structlog.get_logger(__name__)
@@ -51,6 +54,7 @@ SERVICE_NAMES = (
     experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"].full_name,
     run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
 )
 
 
@@ -120,6 +124,7 @@ async def start_replica(config: ServerConfig) -> Replica:
     experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(ExperimentService(ctx, watcher), server)
     run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(ctx, watcher), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(ctx), server)
+    usage_service_pb2_grpc.add_UsageServiceServicer_to_server(UsageService(ctx), server)
     aio_health: Any = getattr(health, "aio")  # noqa: B009 - the async servicer has no type stubs
     health_servicer = aio_health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
@@ -16,6 +16,7 @@ from sqlalchemy import Engine, and_, func, select
 
 from runyard.server.projections import schema
 from runyard.server.projections.read_models import is_ended, utc
+from runyard.server.usage_queries import run_gpu_seconds
 from runyard.v1 import common_pb2, resources_pb2
 
 RS = common_pb2.RunState
@@ -73,7 +74,12 @@ class Queries:
     def get_run(self, run_id: str) -> resources_pb2.Run | None:
         with self._engine.connect() as conn:
             row = conn.execute(select(schema.runs).where(schema.runs.c.id == run_id)).mappings().first()
-        return run_from_row(dict(row)) if row else None
+            if row is None:
+                return None
+            billed = run_gpu_seconds(conn, [run_id], datetime.now(UTC))
+        run = run_from_row(dict(row))
+        run.gpu_seconds = billed.get(run_id, 0.0)
+        return run
 
     def list_runs(
         self,

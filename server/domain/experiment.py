@@ -63,6 +63,8 @@ class Experiment:
     run_ids: tuple[str, ...]
     cancel_requested: bool = False
     cancel_reason: str = ""
+    #: Set by an admin after creation (ExperimentPrioritySet); None while the manifest's priority holds.
+    priority: int | None = None
     version: int = 0
 
     @staticmethod
@@ -116,6 +118,10 @@ class Experiment:
         return experiment
 
     def apply(self, event: Message) -> None:
+        if isinstance(event, events_pb2.ExperimentPrioritySet):
+            self.priority = event.priority
+            self.version += 1
+            return
         if not isinstance(event, events_pb2.ExperimentCancelRequested):
             raise DomainError(
                 f"experiment {self.experiment_id}: {event.DESCRIPTOR.name} is not an experiment event here"
@@ -125,6 +131,12 @@ class Experiment:
         self.cancel_requested = True
         self.cancel_reason = event.reason
         self.version += 1
+
+    def set_priority(self, priority: int) -> list[Message]:
+        """Reorder the experiment's queued runs; the same priority again records nothing."""
+        if self.priority == priority:
+            return []
+        return [events_pb2.ExperimentPrioritySet(priority=priority)]
 
     def request_cancel(self, reason: str = "") -> list[Message]:
         """Record that every unfinished run is to stop; the runs are canceled one by one after."""

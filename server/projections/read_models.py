@@ -61,14 +61,31 @@ class _Rows:
         return row
 
     def flush(self, conn: Connection) -> None:
-        inserts = [self.rows[k] for k in self.new]
-        if inserts:
-            conn.execute(insert(self.table), inserts)
+        insert_many(conn, self.table, [self.rows[k] for k in self.new])
         changed = [self.rows[k] for k in self.dirty - self.new]
         if changed:
             cols = [c.name for c in self.table.columns if c.name != "id"]
             stmt = update(self.table).where(self.table.c.id == _bind("b_id")).values({c: _bind(f"b_{c}") for c in cols})
             conn.execute(stmt, [{f"b_{k}": v for k, v in row.items()} for row in changed])
+
+
+def insert_many(conn: Connection, table: Table, rows: Sequence[Row]) -> None:
+    """Insert many new rows at once: the rebuild's hot path.
+
+    On PostgreSQL rows stream in through COPY inside the same transaction,
+    several times faster than one INSERT per row; elsewhere executemany.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(insert(table), list(rows))
+        return
+    columns = list(rows[0])
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    names = ", ".join(f'"{c}"' for c in columns)
+    with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in columns])
 
 
 def _bind(name: str) -> Any:
@@ -144,8 +161,7 @@ class RunsProjector:
             conn.execute(
                 update(schema.runs).where(schema.runs.c.experiment_id == experiment_id).values(priority=priority)
             )
-        if points:
-            conn.execute(insert(schema.metric_points), points)
+        insert_many(conn, schema.metric_points, points)
 
     # -- experiments -------------------------------------------------------
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from runyard.server.projections.read_models import Projector, RunsProjector
+from runyard.server.projections.usage import UsageProjector
 
 
 def all_projectors() -> list[Projector]:
-    return [RunsProjector()]
+    return [RunsProjector(), UsageProjector()]

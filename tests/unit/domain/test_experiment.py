@@ -107,3 +107,15 @@ def test_an_experiment_is_canceled_once() -> None:
 def test_an_experiment_stream_opens_with_experiment_created() -> None:
     with pytest.raises(DomainError, match="opens with ExperimentCreated"):
         Experiment.replay([events_pb2.ExperimentCancelRequested()])
+
+
+def test_a_priority_set_after_creation_replays_and_a_repeat_records_nothing() -> None:
+    opened, _runs = create()
+    experiment = Experiment.replay([opened])
+    assert experiment.priority is None
+    (changed,) = experiment.set_priority(5)
+    assert changed == events_pb2.ExperimentPrioritySet(priority=5)
+    again = Experiment.replay([opened, changed, events_pb2.ExperimentCancelRequested(reason="x")])
+    assert (again.priority, again.cancel_requested, again.version) == (5, True, 3)
+    assert again.set_priority(5) == []
+    assert again.set_priority(-1) == [events_pb2.ExperimentPrioritySet(priority=-1)]

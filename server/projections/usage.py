@@ -1,0 +1,132 @@
+"""The usage projection: one row per attempt, its billed interval and GPUs.
+
+Billing starts when an attempt is given its GPUs (RunAssigned) and ends when
+its results are stored (RunCompleted) or when it ends otherwise: RunFailed,
+RunCanceled, or RunRequeued for an attempt lost to an infrastructure failure
+(the next attempt is billed on its own, from its own RunAssigned). A run
+canceled while still queued never had GPUs and costs nothing.
+
+Every time comes from the events' `recorded_at`, never from the clock at
+projection time, so a replay from position 0 reproduces every row to the
+microsecond. An attempt still holding its GPUs has `ended_at` NULL; readers
+bill it up to "now" (or the end of the window they ask about).
+
+The run's account, experiment and requested GPUs are in its RunCreated,
+which may lie in an earlier batch: it is read back from the log (version 1 of
+the run's stream), so this projector depends on no other read model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, bindparam, insert, or_, select, update
+
+from runyard.server.domain import billing
+from runyard.server.domain.events import decode
+from runyard.server.store.schema import event_log
+from runyard.v1 import events_pb2
+
+from . import schema
+from .read_models import Decoded
+
+Row = dict[str, Any]
+Key = tuple[str, int]
+
+_ENDINGS = (events_pb2.RunCompleted, events_pb2.RunFailed, events_pb2.RunCanceled, events_pb2.RunRequeued)
+_CHUNK = 500
+
+
+class UsageProjector:
+    """Opens a usage row on RunAssigned and closes it on the event that ends the attempt."""
+
+    tables: Sequence[Table] = (schema.attempt_usage,)
+
+    def apply(self, conn: Connection, decoded: Decoded) -> None:
+        runs = [(e.stream_id.split(":", 1)[1], e.recorded_at, m) for e, m in decoded if e.stream_id.startswith("run:")]
+        if not runs:
+            return
+        created = {m.run_id: m for _, _, m in runs if isinstance(m, events_pb2.RunCreated)}
+        assigned_earlier = {r for r, _, m in runs if isinstance(m, events_pb2.RunAssigned) and r not in created}
+        created.update(_created_events(conn, assigned_earlier))
+
+        new: dict[Key, Row] = {}
+        ended: dict[Key, Any] = {}  # key -> ended_at, for rows of earlier batches
+        for run_id, at, msg in runs:
+            if isinstance(msg, events_pb2.RunAssigned):
+                opened = created.get(run_id)
+                if opened is None:  # a log without the run's opening event: nothing to bill against
+                    continue
+                new[(run_id, msg.attempt)] = {
+                    "run_id": run_id,
+                    "attempt": msg.attempt,
+                    "account_id": opened.account_id,
+                    "experiment_id": opened.experiment_id,
+                    "agent_id": msg.agent_id,
+                    "gpus": len(msg.gpu_ids) or opened.spec.resources.gpus,
+                    "gpu_model": msg.gpu_model,
+                    "started_at": at,
+                    "ended_at": None,
+                    "gpu_seconds": 0.0,
+                }
+            elif isinstance(msg, _ENDINGS) and msg.attempt > 0:
+                key = (run_id, msg.attempt)
+                row = new.get(key)
+                if row is not None:
+                    if row["ended_at"] is None:
+                        _close(row, at)
+                elif key not in ended:
+                    ended[key] = at
+        if new:
+            conn.execute(insert(schema.attempt_usage), list(new.values()))
+        if ended:
+            _close_stored(conn, ended)
+
+
+def _close(row: Row, at: Any) -> None:
+    row["ended_at"] = at
+    row["gpu_seconds"] = billing.seconds(billing.gpu_micros(row["started_at"], at, row["gpus"]))
+
+
+def _close_stored(conn: Connection, ended: dict[Key, Any]) -> None:
+    """Close rows opened by earlier batches; a row closed already keeps its first end."""
+    t = schema.attempt_usage
+    keys = list(ended)
+    changes: list[Row] = []
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        match = or_(*(and_(t.c.run_id == r, t.c.attempt == a) for r, a in chunk))
+        query = select(t.c.run_id, t.c.attempt, t.c.started_at, t.c.gpus).where(match, t.c.ended_at.is_(None))
+        for r in conn.execute(query):
+            at = ended[(r.run_id, r.attempt)]
+            changes.append(
+                {
+                    "k_run_id": r.run_id,
+                    "k_attempt": r.attempt,
+                    "b_ended_at": at,
+                    "b_gpu_seconds": billing.seconds(billing.gpu_micros(r.started_at, at, r.gpus)),
+                }
+            )
+    if changes:
+        stmt = (
+            update(t)
+            .where(t.c.run_id == bindparam("k_run_id"), t.c.attempt == bindparam("k_attempt"))
+            .values(ended_at=bindparam("b_ended_at"), gpu_seconds=bindparam("b_gpu_seconds"))
+        )
+        conn.execute(stmt, changes)
+
+
+def _created_events(conn: Connection, run_ids: Iterable[str]) -> dict[str, events_pb2.RunCreated]:
+    """The RunCreated of runs opened in earlier batches, read from the log itself."""
+    streams = [f"run:{r}" for r in run_ids]
+    found: dict[str, events_pb2.RunCreated] = {}
+    t = event_log.c
+    for start in range(0, len(streams), _CHUNK):
+        chunk = streams[start : start + _CHUNK]
+        query = select(t.type, t.data).where(t.stream_id.in_(chunk), t.version == 1)
+        for type_, data in conn.execute(query):
+            msg = decode(type_, data)
+            if isinstance(msg, events_pb2.RunCreated):
+                found[msg.run_id] = msg
+    return found
