@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runyard.agent.gpus import Gpu
+
 
 @dataclass(frozen=True)
 class AgentConfig:
     agent_id: str
     nats_url: str = "nats://127.0.0.1:4222"
-    # Runs the agent holds at once (for a CPU-only host; with GPUs, one per GPU by default).
-    slots: int = 1
+    # Runs the agent holds at once; None: one per GPU, or 1 on a host without GPUs.
+    slots: int | None = None
+    # The host's GPUs when declared (tests, development: `--gpus 4xH100`); None: detect them through NVML.
+    gpus: tuple[Gpu, ...] | None = None
     # Per-run work directories live under here.
     work_dir: str = "runyard-agent"
     storage_root: str | None = None
@@ -24,3 +28,5 @@ class AgentConfig:
     cancel_grace_s: float = 10.0
     # Work folders of failed attempts kept for a look (newest first); ended-well ones are removed at once.
     keep_failed_workdirs: int = 3
+    # A ROLE_AGENT API key: sent with every report (the control plane refuses reports without one).
+    api_key: str = field(default="", repr=False)

@@ -22,6 +22,11 @@ reports is bounded (``cancel_grace_s`` + 30 s): with NATS gone for good they
 could otherwise be retried forever, and the control plane declares the agent
 lost anyway.
 
+GPUs: the host's GPUs come from NVML or a declared inventory (`runyard.agent.gpus`)
+and are reported with the registration; each attempt gets exactly the GPUs of
+its WorkAssignment through CUDA_VISIBLE_DEVICES (by UUID), and work naming a
+GPU that another attempt here still holds waits until that attempt is gone.
+
 Work folders: an attempt that completed or was canceled has its folder
 removed at once; the newest ``keep_failed_workdirs`` folders of failed
 attempts are kept for a look, older ones are removed (also at start-up,
@@ -49,6 +54,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from runyard import bus
 from runyard.agent.config import AgentConfig
+from runyard.agent.gpus import detect_gpus, gpu_model_label
 from runyard.agent.reporter import Reporter
 from runyard.agent.staging import prune_work_dirs
 from runyard.agent.worker import AttemptWorker, Outcome, WorkerContext
@@ -67,6 +73,8 @@ WORK_ACK_WAIT_S = 30.0
 _REMEMBERED = 1000
 # How long a stopping agent waits (beyond the cancel grace) for its attempts' last reports.
 SHUTDOWN_REPORT_WAIT_S = 30.0
+# Work naming a GPU that a finishing attempt still holds comes back after this long.
+GPU_BUSY_RETRY_S = 0.5
 
 T = TypeVar("T")
 Key = tuple[str, int]
@@ -113,8 +121,15 @@ class _Remembered:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         bus.check_agent_id(config.agent_id)
-        if config.slots < 1:
-            raise ValueError(f"agent slots must be at least 1, got {config.slots}")
+        self.gpus = list(config.gpus) if config.gpus is not None else detect_gpus()
+        # With GPUs a slot per GPU by default: a one-GPU run on each.
+        self.slots = config.slots if config.slots is not None else max(1, len(self.gpus))
+        if self.slots < 1:
+            raise ValueError(f"agent slots must be at least 1, got {self.slots}")
+        self.labels = dict(config.labels)
+        if self.gpus:
+            # Manifests can ask for a model through the label too (resources.labels: {gpu_model: H100}).
+            self.labels.setdefault("gpu_model", gpu_model_label(self.gpus))
         self.config = config
         self.frameworks = dict(config.frameworks) or default_frameworks()
         self.work_root = Path(config.work_dir).resolve()
@@ -123,7 +138,7 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._seen = _Remembered()
         self._canceled_early = _Remembered()
-        self._free_slots = config.slots
+        self._free_slots = self.slots
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self._log = log.bind(agent_id=config.agent_id)
@@ -152,7 +167,9 @@ class Agent:
                     f"cannot set up the JetStream streams at {self.config.nats_url} ({e!r}): "
                     "is nats-server running with JetStream enabled (-js)?"
                 ) from e
-            self._reporter = Reporter(nc, js, self.config.agent_id)
+            self._reporter = Reporter(nc, js, self.config.agent_id, api_key=self.config.api_key)
+            if not self.config.api_key:
+                self._log.warning("no API key (--api-key, RUNYARD_API_KEY): the control plane will refuse our reports")
             self.ctx = WorkerContext(
                 agent_id=self.config.agent_id,
                 store=self.store,
@@ -167,7 +184,12 @@ class Agent:
             await self.reporter.registered(self._registration())
             work_sub = await self._pull(js, bus.WORK_STREAM, bus.work_subject(self.config.agent_id))
             control_sub = await self._pull(js, bus.CONTROL_STREAM, bus.control_subject(self.config.agent_id))
-            self._log.info("agent ready", slots=self.config.slots, frameworks=sorted(self.frameworks))
+            self._log.info(
+                "agent ready",
+                slots=self.slots,
+                gpus=[f"{g.index}:{g.model}:{g.uuid}" for g in self.gpus],
+                frameworks=sorted(self.frameworks),
+            )
 
             work = asyncio.create_task(self._work_loop(work_sub), name="agent-work")
             control = asyncio.create_task(self._control_loop(control_sub), name="agent-control")
@@ -224,10 +246,12 @@ class Agent:
         return AgentRegistered(
             agent_id=self.config.agent_id,
             hostname=socket.gethostname(),
-            slots=self.config.slots,
-            gpu_ids=[],
-            labels=self.config.labels,
+            slots=self.slots,
+            # Runs get GPUs by UUID (see runyard.agent.gpus): these ids end up in CUDA_VISIBLE_DEVICES.
+            gpu_ids=[g.uuid for g in self.gpus],
+            labels=self.labels,
             frameworks=[Framework(name=name) for name in sorted(self.frameworks)],
+            gpus=[g.to_proto() for g in self.gpus],
         )
 
     # -- loops ----------------------------------------------------------------
@@ -306,6 +330,20 @@ class Agent:
             return
         if self._stop.is_set():
             await msg.nak()
+            return
+        unknown = [g for g in work.gpu_ids if g not in {gpu.uuid for gpu in self.gpus}]
+        if unknown:
+            self._log.error("work names GPUs this agent does not have", run_id=key[0], gpus=unknown)
+            await msg.ack()
+            self._seen.add(key)
+            self._spawn(self._refuse(work, f"GPU(s) {', '.join(unknown)} are not on agent {self.config.agent_id}"))
+            return
+        held = {g for w in self.workers.values() for g in w.work.gpu_ids} & set(work.gpu_ids)
+        if held:
+            # The previous holder reported its end but is still finishing here: never share a
+            # GPU, take the work again once it is gone.
+            self._log.info("GPUs still held by a finishing attempt; retrying", run_id=key[0], gpus=sorted(held))
+            await msg.nak(delay=GPU_BUSY_RETRY_S)
             return
         try:
             worker = AttemptWorker(self.ctx, work)

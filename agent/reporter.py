@@ -8,6 +8,10 @@ a NATS restart delays reports but never loses one; only a connection that is
 closed for good (agent shutting down) or a report too large to ever fit ends
 the retries, with an exception.
 
+Every report carries the agent's API key as ``Authorization: Bearer <key>``:
+the control plane stores only reports of a ROLE_AGENT key allowed to speak
+for this agent id.
+
 All of an agent's reports go on one subject, so JetStream keeps them in
 publish order; `AttemptReports` serializes one attempt's publishes so its
 lines, metrics and transitions are stored in the order they happened.
@@ -54,6 +58,7 @@ class Reporter:
         agent_id: str,
         publish_timeout_s: float = 5.0,
         max_backoff_s: float = 2.0,
+        api_key: str = "",
     ) -> None:
         self._nc = nc
         self._js = js
@@ -61,6 +66,7 @@ class Reporter:
         self._subject = bus.reports_subject(agent_id)
         self._timeout = publish_timeout_s
         self._max_backoff = max_backoff_s
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def send(self, report: AgentReport) -> None:
         """Store one report; fills in event_id and agent_id when empty."""
@@ -68,7 +74,7 @@ class Reporter:
             report.event_id = str(uuid.uuid4())
         report.agent_id = self.agent_id
         data = report.SerializeToString()
-        headers = {"Nats-Msg-Id": report.event_id}
+        headers = {"Nats-Msg-Id": report.event_id, **self._auth}
         delay = 0.05
         while True:
             try:

@@ -13,6 +13,7 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,7 +23,9 @@ from grpc_reflection.v1alpha import reflection
 
 from runyard import bus
 from runyard.objectstore import open_store
+from runyard.server.account_queries import AccountQueries
 from runyard.server.api.admin import AdminService
+from runyard.server.api.auth import AuthInterceptor
 from runyard.server.api.experiments import ExperimentService
 from runyard.server.api.head import LogHead
 from runyard.server.api.runs import RunService
@@ -31,10 +34,14 @@ from runyard.server.api.watching import Watcher
 from runyard.server.commands import Commands
 from runyard.server.config import ServerConfig
 from runyard.server.context import ServerContext
+from runyard.server.credentials import Credentials
+from runyard.server.first_run import ensure_first_account
 from runyard.server.ingest.consumer import Ingest
 from runyard.server.projections.runner import ProjectionRunner
 from runyard.server.queries import Queries
+from runyard.server.scheduler.explainer import QueueExplainer
 from runyard.server.scheduler.leader import LeaderLease
+from runyard.server.scheduler.reads import SchedulingReads
 from runyard.server.scheduler.scheduler import Scheduler
 from runyard.server.store import EventStore
 from runyard.v1 import (
@@ -106,6 +113,16 @@ async def start_replica(config: ServerConfig) -> Replica:
         projections=projections,
         objects=open_store(config.storage_root, config.s3_endpoint_url),
     )
+    accounts = AccountQueries(store.read_engine)
+    if config.bootstrap_keys_file:
+        await asyncio.to_thread(
+            ensure_first_account, ctx.commands, accounts, Path(config.bootstrap_keys_file), config.default_gpu_quota
+        )
+        # The keys must be known to the auth path before the first call arrives.
+        await asyncio.to_thread(projections.catch_up)
+    elif await asyncio.to_thread(accounts.count_accounts) == 0:
+        log.warning("no account exists yet: start with --bootstrap-keys FILE to create one with an admin key")
+    credentials = Credentials(accounts.key_by_hash)
     head = LogHead(loop, await asyncio.to_thread(store.head_position))
     unsubscribe = store.on_commit(head.notify_threadsafe)
 
@@ -117,10 +134,12 @@ async def start_replica(config: ServerConfig) -> Replica:
     scheduler = Scheduler(ctx, js, nc, LeaderLease(store.engine))
     ctx.cancel_sender = scheduler.send_cancel
     ctx.on_scheduler_wakeup(scheduler.wakeup)
-    ingest = Ingest(ctx, js)
+    ctx.scheduling_reads = SchedulingReads(store.read_engine)
+    ctx.queue_explainer = QueueExplainer(ctx.scheduling_reads, scheduler.heartbeats.alive, lambda: projections.position)
+    ingest = Ingest(ctx, js, credentials)
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    watcher = Watcher(store, ctx.queries, head)
+    server = grpc.aio.server(interceptors=[AuthInterceptor(credentials)], options=[("grpc.so_reuseport", 0)])
+    watcher = Watcher(store, ctx.queries, head, ctx.queue_explainer)
     experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(ExperimentService(ctx, watcher), server)
     run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(ctx, watcher), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(ctx), server)

@@ -7,19 +7,23 @@ state (optimistic concurrency), so two replicas never both apply a change.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 from google.protobuf.message import Message
 
 from runyard.server.domain import events as ev
+from runyard.server.domain.account import Account, ApiKey, account_stream, api_key_stream, hash_secret
+from runyard.server.domain.errors import DomainError
 from runyard.server.domain.experiment import Experiment
 from runyard.server.domain.manifest import parse_manifest
 from runyard.server.domain.run import Run
 from runyard.server.store import ANY, NO_STREAM, ConcurrencyError, EventStore, NewEvent
-from runyard.v1 import agent_pb2, events_pb2
+from runyard.v1 import agent_pb2, common_pb2, events_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +37,45 @@ class NotFound(Exception):
         super().__init__(f"{kind} {ident} not found")
         self.kind = kind
         self.ident = ident
+
+
+class AlreadyExists(Exception):
+    """A create names an id that is taken (ALREADY_EXISTS)."""
+
+    def __init__(self, kind: str, ident: str) -> None:
+        super().__init__(f"{kind} {ident} already exists")
+        self.kind = kind
+        self.ident = ident
+
+
+#: Every API key secret starts with this, so a leaked one is easy to spot (secret scanners, logs).
+SECRET_PREFIX = "ry_"
+
+
+def new_secret() -> str:
+    """A bearer secret: 256 random bits, URL-safe; only its SHA-256 is ever stored."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_key_id() -> str:
+    return "key-" + secrets.token_hex(6)
+
+
+class CreatedKey(NamedTuple):
+    """A new API key: its id, its secret (shown once, never stored) and the log position."""
+
+    key_id: str
+    secret: str
+    position: int
+
+
+class FirstKeys(NamedTuple):
+    """What a fresh installation's bootstrap created."""
+
+    account_id: str
+    admin_key: str
+    agent_key: str
+    position: int
 
 
 @dataclass(frozen=True)
@@ -157,8 +200,8 @@ class Commands:
     def cancel_run(self, run_id: str, reason: str) -> Outcome:
         return self.update_run(run_id, lambda run: run.request_cancel(reason))
 
-    def assign_run(self, run_id: str, agent_id: str, gpu_ids: Sequence[str]) -> Outcome:
-        return self.update_run(run_id, lambda run: run.assign(agent_id, list(gpu_ids)))
+    def assign_run(self, run_id: str, agent_id: str, gpu_ids: Sequence[str], gpu_model: str = "") -> Outcome:
+        return self.update_run(run_id, lambda run: run.assign(agent_id, list(gpu_ids), gpu_model))
 
     def agent_lost(self, agent_id: str, run_ids: Sequence[str], message: str) -> int:
         position = self._store.append(
@@ -168,6 +211,144 @@ class Commands:
             outcome = self.update_run(run_id, lambda run: run.agent_lost(agent_id))
             position = max(position, outcome.position)
         return position
+
+    # -- accounts and API keys ---------------------------------------------------
+
+    def create_account(
+        self, account_id: str, name: str = "", gpu_quota: int = 1, max_queued_runs: int = 0, run_quota: int = 0
+    ) -> int:
+        """Open an account; the stream must not exist, so a taken id is AlreadyExists, never a merge."""
+        new = Account.create(account_id, name, gpu_quota, max_queued_runs, run_quota)
+        try:
+            return self._store.append(account_stream(account_id), new_events(new, None), NO_STREAM).last_position
+        except ConcurrencyError:
+            raise AlreadyExists("account", account_id) from None
+
+    def load_account(self, account_id: str) -> Account:
+        records = self._store.read_stream(account_stream(account_id))
+        if not records:
+            raise NotFound("account", account_id)
+        return Account.replay(ev.decode(r.type, r.data) for r in records)
+
+    def set_quota(self, account_id: str, gpu_quota: int, max_queued_runs: int = 0, run_quota: int = 0) -> int:
+        """Change an account's plan; returns the position (0 when the plan was already that)."""
+        for _ in range(MAX_RETRIES):
+            account = self.load_account(account_id)
+            new = account.set_quota(gpu_quota, max_queued_runs, run_quota)
+            if not new:
+                return 0
+            try:
+                return self._store.append(
+                    account_stream(account_id), new_events(new, None), account.version
+                ).last_position
+            except ConcurrencyError:
+                continue
+        raise ConcurrencyError(account_stream(account_id), -1, -1)
+
+    def create_api_key(
+        self, account_id: str, role: int = common_pb2.ROLE_USER, name: str = "", agent_id: str = ""
+    ) -> CreatedKey:
+        """A new key of an existing account; the secret is returned here and nowhere else, ever."""
+        if self._store.stream_version(account_stream(account_id)) == 0:
+            raise NotFound("account", account_id)
+        secret = new_secret()
+        key_id = new_key_id()
+        new = ApiKey.create(key_id, account_id, role, hash_secret(secret), name, agent_id)
+        position = self._store.append(api_key_stream(key_id), new_events(new, None), NO_STREAM).last_position
+        return CreatedKey(key_id, secret, position)
+
+    def load_api_key(self, key_id: str) -> ApiKey:
+        records = self._store.read_stream(api_key_stream(key_id))
+        if not records:
+            raise NotFound("API key", key_id)
+        return ApiKey.replay(ev.decode(r.type, r.data) for r in records)
+
+    def revoke_api_key(self, key_id: str, reason: str = "") -> int:
+        """Disable a key; returns the position (0 when it was revoked already)."""
+        for _ in range(MAX_RETRIES):
+            key = self.load_api_key(key_id)
+            new = key.revoke(reason)
+            if not new:
+                return 0
+            try:
+                return self._store.append(api_key_stream(key_id), new_events(new, None), key.version).last_position
+            except ConcurrencyError:
+                continue
+        raise ConcurrencyError(api_key_stream(key_id), -1, -1)
+
+    def bootstrap_first_account(
+        self,
+        account_id: str,
+        gpu_quota: int,
+        run_quota: int = 0,
+        staged: Callable[[FirstKeys], None] | None = None,
+    ) -> FirstKeys | None:
+        """Create the first account with an admin and an agent key, or None if another replica did.
+
+        Everything goes in one transaction whose account append expects NO_STREAM: of
+        several replicas starting together exactly one commits, the others roll back
+        whole (their keys included). `staged` runs inside the transaction, after the
+        appends and before the commit, so the caller can put the secrets somewhere
+        safe before they become valid.
+        """
+        admin_key, agent_key = new_secret(), new_secret()
+        admin_id, agent_id = new_key_id(), new_key_id()
+        account = Account.create(account_id, account_id, gpu_quota, 0, run_quota)
+        admin = ApiKey.create(admin_id, account_id, common_pb2.ROLE_ADMIN, hash_secret(admin_key), "bootstrap admin")
+        agent = ApiKey.create(agent_id, account_id, common_pb2.ROLE_AGENT, hash_secret(agent_key), "bootstrap agents")
+        try:
+            with self._store.transaction() as tx:
+                tx.append(account_stream(account_id), new_events(account, None), NO_STREAM)
+                tx.append(api_key_stream(admin_id), new_events(admin, None), NO_STREAM)
+                position = tx.append(api_key_stream(agent_id), new_events(agent, None), NO_STREAM).last_position
+                keys = FirstKeys(account_id, admin_key, agent_key, position)
+                if staged is not None:
+                    staged(keys)
+        except ConcurrencyError:
+            return None
+        return keys
+
+    # -- operations --------------------------------------------------------------
+
+    def set_experiment_priority(self, experiment_id: str, priority: int) -> int:
+        """Reorder an experiment's queued runs; returns the position (0 when unchanged)."""
+        for _ in range(MAX_RETRIES):
+            experiment = self.load_experiment(experiment_id)
+            new = experiment.set_priority(priority)
+            if not new:
+                return 0
+            try:
+                return self._store.append(
+                    ev.experiment_stream(experiment_id), new_events(new, experiment_id), experiment.version
+                ).last_position
+            except ConcurrencyError:
+                continue
+        raise ConcurrencyError(ev.experiment_stream(experiment_id), -1, -1)
+
+    def drain_agent(self, agent_id: str, undrain: bool = False, reason: str = "") -> int:
+        """Stop (or resume) giving the agent new runs; its current runs go on.
+
+        Returns the position, or 0 when the agent already was in that state.
+        """
+        stream = ev.agent_stream(agent_id)
+        for _ in range(MAX_RETRIES):
+            records = self._store.read_stream(stream)
+            if not records:
+                raise NotFound("agent", agent_id)
+            draining = False
+            for record in records:
+                if record.type == ev.event_type(events_pb2.AgentDrainRequested()):
+                    draining = True
+                elif record.type == ev.event_type(events_pb2.AgentDrainCleared()):
+                    draining = False
+            if draining == (not undrain):
+                return 0
+            new: Message = events_pb2.AgentDrainCleared() if undrain else events_pb2.AgentDrainRequested(reason=reason)
+            try:
+                return self._store.append(stream, new_events([new], None), records[-1].version).last_position
+            except ConcurrencyError:
+                continue
+        raise ConcurrencyError(stream, -1, -1)
 
     # -- agent reports -------------------------------------------------------
 
@@ -194,10 +375,12 @@ class Commands:
             ).last_position
         run_id = report.run_id
         if body == "logged":
-            return self._append_output(run_id, report.logged.attempt, ev.run_logs_stream(run_id), report.logged, ids(1))
+            return self._append_output(
+                run_id, report.logged.attempt, ev.run_logs_stream(run_id), report.logged, ids(1), report.agent_id
+            )
         if body == "metrics":
             return self._append_output(
-                run_id, report.metrics.attempt, ev.run_metrics_stream(run_id), report.metrics, ids(1)
+                run_id, report.metrics.attempt, ev.run_metrics_stream(run_id), report.metrics, ids(1), report.agent_id
             )
         decide: Callable[[Run], list[Message]]
         if body == "staging":
@@ -221,12 +404,28 @@ class Commands:
         else:
             log.warning("unknown report body", body=body, agent_id=report.agent_id)
             return 0
-        return self.update_run(run_id, decide, ids).position
+        reporter = report.agent_id
 
-    def _append_output(self, run_id: str, attempt: int, stream: str, msg: Message, ids: list[uuid.UUID]) -> int:
+        def held_by_reporter(run: Run) -> list[Message]:
+            _check_holder(run, reporter)
+            return decide(run)
+
+        return self.update_run(run_id, held_by_reporter, ids).position
+
+    def _append_output(
+        self, run_id: str, attempt: int, stream: str, msg: Message, ids: list[uuid.UUID], agent_id: str
+    ) -> int:
         run = self.load_run(run_id)
+        _check_holder(run, agent_id)
         run.check_attempt(attempt)
         return self._store.append(stream, new_events([msg], run.experiment_id, ids), ANY).last_position
+
+
+def _check_holder(run: Run, agent_id: str) -> None:
+    """An agent reports only on runs it was given: another agent's key cannot move them."""
+    if run.agent_id != agent_id:
+        holder = f"agent {run.agent_id}" if run.agent_id else "no agent"
+        raise DomainError(f"run {run.run_id} is held by {holder}, not by agent {agent_id}")
 
 
 def _is_uuid(text: str) -> bool:

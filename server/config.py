@@ -21,3 +21,8 @@ class ServerConfig:
     agent_timeout_s: float = 15.0
     # Seconds a graceful shutdown waits for in-flight calls.
     shutdown_grace_s: float = 5.0
+    # When set and no account exists yet: create account "default" with an admin and an agent
+    # key and write them to this file (YAML, mode 0600). See runyard.server.first_run.
+    bootstrap_keys_file: str | None = None
+    # GPU quota of that first account.
+    default_gpu_quota: int = 8

@@ -7,15 +7,20 @@ reaches for module globals.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from runyard.server.commands import Commands
 from runyard.server.config import ServerConfig
 from runyard.server.projections.runner import ProjectionRunner
 from runyard.server.queries import Queries
 from runyard.server.store import EventStore
+from runyard.v1 import common_pb2, resources_pb2
+
+if TYPE_CHECKING:
+    from runyard.server.scheduler.explainer import QueueExplainer
+    from runyard.server.scheduler.reads import SchedulingReads
 
 T = TypeVar("T")
 
@@ -30,6 +35,9 @@ class ServerContext:
     objects: Any  # runyard.objectstore.ObjectStore
     # Set by the dispatcher once NATS is connected: sends a cancel to the agent holding a run.
     cancel_sender: Callable[[str], Any] | None = None
+    # Set by the composition root: why queued runs wait (any replica), and what submit refuses.
+    queue_explainer: QueueExplainer | None = None
+    scheduling_reads: SchedulingReads | None = None
     _wakeups: list[Callable[[], None]] = field(default_factory=list)
 
     async def read_after(self, position: int, read: Callable[[], T], timeout: float = 10.0) -> T:
@@ -43,6 +51,12 @@ class ServerContext:
             return
         for run_id in run_ids:
             await self.cancel_sender(run_id)
+
+    async def explain_queue(self, runs: Iterable[resources_pb2.Run]) -> None:
+        """Fill waiting_reason and queue_position of the queued runs among `runs`."""
+        queued = [r for r in runs if r.state == common_pb2.RUN_STATE_QUEUED]
+        if queued and self.queue_explainer is not None:
+            await asyncio.to_thread(self.queue_explainer.annotate, queued)
 
     def on_scheduler_wakeup(self, callback: Callable[[], None]) -> None:
         self._wakeups.append(callback)

@@ -87,9 +87,13 @@ class Queries:
         states: Sequence[int] = (),
         after_position: int = 0,
         limit: int = 100,
+        account_id: str = "",
     ) -> list[resources_pb2.Run]:
+        """`account_id` ("" for every account) keeps a user's listing to their own runs."""
         t = schema.runs
         query = select(t).where(t.c.position > after_position)
+        if account_id:
+            query = query.where(t.c.account_id == account_id)
         if experiment_id:
             query = query.where(t.c.experiment_id == experiment_id)
         if states:
@@ -114,10 +118,11 @@ class Queries:
         return experiment
 
     def list_experiments(
-        self, before_position: int = 0, limit: int = 100
+        self, before_position: int = 0, limit: int = 100, account_id: str = ""
     ) -> list[tuple[int, resources_pb2.Experiment]]:
-        """Newest first; `before_position` 0 starts at the newest."""
-        return self._experiments(None, before_position, limit)
+        """Newest first; `before_position` 0 starts at the newest; `account_id` "" for every account."""
+        where = schema.experiments.c.account_id == account_id if account_id else None
+        return self._experiments(where, before_position, limit)
 
     def _experiments(
         self, where: object, before_position: int, limit: int
@@ -169,16 +174,20 @@ class Queries:
         exp = self.get_experiment(experiment_id, with_runs=False)
         return exp is not None and exp.state != ES.EXPERIMENT_STATE_ACTIVE
 
-    def list_agents(self) -> list[resources_pb2.Agent]:
+    def list_agents(self, agent_id: str = "") -> list[resources_pb2.Agent]:
+        """Every agent (or just `agent_id`) with its GPUs, drain state and the runs it holds."""
         a, r = schema.agents, schema.runs
         holding = (RS.RUN_STATE_ASSIGNED, RS.RUN_STATE_STAGING, RS.RUN_STATE_RUNNING, RS.RUN_STATE_UPLOADING)
+        agents_query = select(a).order_by(a.c.id)
+        runs_query = select(r.c.id, r.c.agent_id).where(r.c.state.in_(holding)).order_by(r.c.position)
+        if agent_id:
+            agents_query = agents_query.where(a.c.id == agent_id)
+            runs_query = runs_query.where(r.c.agent_id == agent_id)
         with self._engine.connect() as conn:
-            agents = [dict(x) for x in conn.execute(select(a).order_by(a.c.id)).mappings()]
+            agents = [dict(x) for x in conn.execute(agents_query).mappings()]
             runs_on: dict[str, list[str]] = {}
-            for run_id, agent_id in conn.execute(
-                select(r.c.id, r.c.agent_id).where(r.c.state.in_(holding)).order_by(r.c.position)
-            ):
-                runs_on.setdefault(agent_id, []).append(run_id)
+            for run_id, holder in conn.execute(runs_query):
+                runs_on.setdefault(holder, []).append(run_id)
         out = []
         for row in agents:
             agent = resources_pb2.Agent(
@@ -190,7 +199,10 @@ class Queries:
                 frameworks=[common_pb2.Framework(name=n, version=v) for n, v in json.loads(row["frameworks"])],
                 run_ids=runs_on.get(row["id"], []),
                 alive=not row["lost"],
+                draining=bool(row["draining"]),
             )
+            for gpu in json.loads(row["gpus"] or "[]"):
+                json_format.ParseDict(gpu, agent.gpus.add())
             _ts(agent.registered_at, row["registered_at"])
             out.append(agent)
         return out

@@ -5,10 +5,10 @@ Each setting is looked up in this order, first hit wins:
 1. a command-line flag;
 2. the environment, ``RUNYARD_<KEY>`` (``RUNYARD_ENDPOINT``, ``RUNYARD_STORAGE_ROOT``, ...);
 3. the config file, ``$RUNYARD_CONFIG`` or ``~/.config/runyard/config.yaml``: a YAML mapping
-   with the same keys in snake_case (``endpoint: ...``, ``s3_endpoint_url: ...``);
+   with the same keys in snake_case (``endpoint: ...``, ``s3_endpoint_url: ...``, ``api_key: ...``);
 4. the state file that ``runyard up`` writes (``$RUNYARD_STATE_DIR/up.yaml`` or
    ``~/.local/state/runyard/up.yaml``), so that client commands find a local stack with no
-   flags at all;
+   flags at all (its endpoint, storage root and admin API key);
 5. the built-in default (only ``endpoint`` has one here: ``127.0.0.1:50051``; the server and
    the agent fill the other gaps from their own config dataclasses).
 
@@ -73,7 +73,14 @@ class Settings:
     work_dir: str | None = None
     frameworks: dict[str, str] | None = None
     labels: dict[str, str] | None = None
+    # An agent's declared GPU inventory ("4xH100", "none"); unset: detect through NVML.
+    gpus: str | None = None
     data_dir: str | None = None
+    # The bearer secret sent with every call (a client) or every report (an agent).
+    api_key: str | None = field(default=None, repr=False)
+    # `runyard server`: where the first account's keys go on an empty database.
+    bootstrap_keys: str | None = None
+    default_gpu_quota: int | None = None
     # key -> where its value came from ("flag", "env RUNYARD_X", "config file P", "state file P", "default").
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -86,13 +93,14 @@ _KINDS = {
     "max_code_bytes": "size",
     "agent_timeout": "float",
     "slots": "int",
+    "default_gpu_quota": "int",
     "frameworks": "pairs",
     "labels": "pairs",
 }
 _KEYS: dict[str, str] = {f.name: _KINDS.get(f.name, "str") for f in dataclasses.fields(Settings) if f.name != "sources"}
 
 # Keys the `runyard up` state file may supply: what a client needs to reach that stack.
-_STATE_KEYS = ("endpoint", "storage_root")
+_STATE_KEYS = ("endpoint", "storage_root", "api_key")
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,8 @@ class UpState:
     data_dir: str
     pid: int
     nats_url: str = ""
+    # The stack's admin key, so that every command works on it with no setup.
+    api_key: str = field(default="", repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,7 +168,7 @@ def load_settings(
         same_stack = state is not None and values.get("endpoint", state.endpoint) == state.endpoint
         if state is not None and same_stack and pid_alive(state.pid):
             for key in _STATE_KEYS:
-                if key not in values:
+                if key not in values and getattr(state, key):
                     values[key] = getattr(state, key)
                     sources[key] = f"state file {state_path(env)}"
     return Settings(**values, sources=sources)
@@ -316,17 +326,20 @@ def read_state(environ: Mapping[str, str] | None = None) -> UpState | None:
             data_dir=str(data["data_dir"]),
             pid=int(data["pid"]),
             nats_url=str(data.get("nats_url") or ""),
+            api_key=str(data.get("api_key") or ""),
         )
     except (KeyError, TypeError, ValueError):
         return None
 
 
 def write_state(state: UpState, environ: Mapping[str, str] | None = None) -> Path:
-    """Write atomically, so a reader never sees half a file."""
+    """Write atomically, so a reader never sees half a file; owner-only, as it holds an API key."""
     path = state_path(environ)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(state.as_dict(), sort_keys=True), encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(yaml.safe_dump(state.as_dict(), sort_keys=True))
     os.replace(tmp, path)
     return path
 

@@ -1,19 +1,29 @@
-"""AdminService: rebuild read models, list agents, describe the server."""
+"""AdminService: operate the control plane: accounts, keys, quotas, priorities, agents, read models.
+
+Who may call what is decided by the auth interceptor (`auth.RULES`): every RPC
+here is admin-only except GetServerInfo and WhoAmI.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
+import grpc
+
 import runyard
-from runyard.server.api.errors import Context
+from runyard.server.account_queries import AccountQueries
+from runyard.server.api import auth
+from runyard.server.api.errors import Context, abort, page_size
 from runyard.server.context import ServerContext
 from runyard.v1 import admin_service_pb2 as pb
 from runyard.v1 import admin_service_pb2_grpc as pb_grpc
+from runyard.v1 import common_pb2
 
 
 class AdminService(pb_grpc.AdminServiceServicer):
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
+        self._accounts = AccountQueries(ctx.store.read_engine)
 
     async def RebuildProjections(
         self, request: pb.RebuildProjectionsRequest, context: Context
@@ -32,4 +42,106 @@ class AdminService(pb_grpc.AdminServiceServicer):
             code_uri_prefix=self._ctx.config.code_uri_prefix,
             max_code_bytes=self._ctx.config.max_code_bytes,
             head_position=head,
+        )
+
+    # -- accounts and keys -----------------------------------------------------
+
+    async def CreateAccount(self, request: pb.CreateAccountRequest, context: Context) -> pb.CreateAccountResponse:
+        try:
+            position = await asyncio.to_thread(
+                self._ctx.commands.create_account,
+                request.account_id,
+                request.name,
+                request.gpu_quota,
+                request.max_queued_runs,
+                request.run_quota,
+            )
+        except Exception as exc:
+            await abort(context, exc)
+        account = await self._ctx.read_after(position, lambda: self._accounts.get_account(request.account_id))
+        return pb.CreateAccountResponse(account=account)
+
+    async def ListAccounts(self, request: pb.ListAccountsRequest, context: Context) -> pb.ListAccountsResponse:
+        size = page_size(request.page_size)
+        accounts = await asyncio.to_thread(self._accounts.list_accounts, request.page_token, size)
+        token = accounts[-1].id if len(accounts) == size else ""
+        return pb.ListAccountsResponse(accounts=accounts, next_page_token=token)
+
+    async def SetQuota(self, request: pb.SetQuotaRequest, context: Context) -> pb.SetQuotaResponse:
+        try:
+            position = await asyncio.to_thread(
+                self._ctx.commands.set_quota,
+                request.account_id,
+                request.gpu_quota,
+                request.max_queued_runs,
+                request.run_quota,
+            )
+        except Exception as exc:
+            await abort(context, exc)
+        # A larger plan may admit queued runs at once.
+        self._ctx.scheduler_wakeup()
+        account = await self._ctx.read_after(position, lambda: self._accounts.get_account(request.account_id))
+        return pb.SetQuotaResponse(account=account)
+
+    async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Context) -> pb.CreateApiKeyResponse:
+        role = request.role or common_pb2.ROLE_USER
+        try:
+            created = await asyncio.to_thread(
+                self._ctx.commands.create_api_key, request.account_id, role, request.name, request.agent_id
+            )
+        except Exception as exc:
+            await abort(context, exc)
+        key = await self._ctx.read_after(created.position, lambda: self._accounts.get_api_key(created.key_id))
+        return pb.CreateApiKeyResponse(key=key, secret=created.secret)
+
+    async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Context) -> pb.ListApiKeysResponse:
+        keys = await asyncio.to_thread(self._accounts.list_api_keys, request.account_id)
+        return pb.ListApiKeysResponse(keys=keys)
+
+    async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: Context) -> pb.RevokeApiKeyResponse:
+        try:
+            position = await asyncio.to_thread(self._ctx.commands.revoke_api_key, request.key_id, "revoked by an admin")
+        except Exception as exc:
+            await abort(context, exc)
+        key = await self._ctx.read_after(position, lambda: self._accounts.get_api_key(request.key_id))
+        return pb.RevokeApiKeyResponse(key=key)
+
+    # -- scheduling --------------------------------------------------------------
+
+    async def SetExperimentPriority(
+        self, request: pb.SetExperimentPriorityRequest, context: Context
+    ) -> pb.SetExperimentPriorityResponse:
+        try:
+            position = await asyncio.to_thread(
+                self._ctx.commands.set_experiment_priority, request.experiment_id, request.priority
+            )
+        except Exception as exc:
+            await abort(context, exc)
+        if position:
+            await self._ctx.read_after(position, lambda: None)
+            self._ctx.scheduler_wakeup()
+        return pb.SetExperimentPriorityResponse()
+
+    async def DrainAgent(self, request: pb.DrainAgentRequest, context: Context) -> pb.DrainAgentResponse:
+        if not request.agent_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent_id: is required")
+        try:
+            position = await asyncio.to_thread(
+                self._ctx.commands.drain_agent, request.agent_id, request.undrain, "drained by an admin"
+            )
+        except Exception as exc:
+            await abort(context, exc)
+        if request.undrain:
+            self._ctx.scheduler_wakeup()
+        agents = await self._ctx.read_after(position, lambda: self._ctx.queries.list_agents(request.agent_id))
+        if not agents:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"agent {request.agent_id} not found")
+        return pb.DrainAgentResponse(agent=agents[0])
+
+    async def WhoAmI(self, request: pb.WhoAmIRequest, context: Context) -> pb.WhoAmIResponse:
+        principal = auth.current_principal()
+        return pb.WhoAmIResponse(
+            account_id=principal.account_id,
+            role=principal.role,  # type: ignore[arg-type]
+            key_id=principal.key_id,
         )

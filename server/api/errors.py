@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from runyard.server.commands import NotFound
+from runyard.server.commands import AlreadyExists, NotFound
 from runyard.server.domain.errors import IllegalTransition, ManifestError, StaleAttempt
 
 if TYPE_CHECKING:
@@ -18,6 +18,8 @@ else:
 async def abort(context: Context, exc: BaseException) -> NoReturn:
     if isinstance(exc, NotFound):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, AlreadyExists):
+        await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
     if isinstance(exc, ManifestError):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid manifest: {exc}")
     if isinstance(exc, IllegalTransition | StaleAttempt):

@@ -9,14 +9,20 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, decode_page_token, page_size
 from runyard.server.api.watching import Watcher
 from runyard.server.context import ServerContext
+from runyard.server.scheduler.admission import RefusalKind, refusal_for_yaml
 from runyard.v1 import experiment_service_pb2 as pb
 from runyard.v1 import experiment_service_pb2_grpc as pb_grpc
 
-# The account every request acts for until API keys arrive (issue: accounts).
-DEFAULT_ACCOUNT = "default"
+# Why a submit is refused when no run of it could ever start (see runyard.server.scheduler.admission).
+_REFUSAL_CODES = {
+    RefusalKind.CAPACITY: grpc.StatusCode.FAILED_PRECONDITION,
+    RefusalKind.UNKNOWN_MODEL: grpc.StatusCode.INVALID_ARGUMENT,
+    RefusalKind.QUOTA: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 class ExperimentService(pb_grpc.ExperimentServiceServicer):
@@ -62,10 +68,15 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"code_uri: {request.code_uri} does not exist (upload it with UploadCode first)",
                 )
+        refusal = await asyncio.to_thread(
+            refusal_for_yaml, self._ctx.scheduling_reads, auth.current_principal().account_id, request.manifest_yaml
+        )
+        if refusal is not None:
+            await context.abort(_REFUSAL_CODES[refusal.kind], refusal.message)
         try:
             experiment_id, position = await asyncio.to_thread(
                 self._ctx.commands.create_experiment,
-                DEFAULT_ACCOUNT,
+                auth.current_principal().account_id,
                 request.manifest_yaml,
                 request.code_uri,
                 request.client_request_id,
@@ -78,6 +89,11 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the experiment was stored but the read model lags; retry")
         return pb.CreateExperimentResponse(experiment=experiment)
 
+    async def _own(self, experiment_id: str, context: Context) -> None:
+        """NOT_FOUND unless the experiment exists and belongs to the caller's account (or the caller is an admin)."""
+        found = await asyncio.to_thread(self._ctx.queries.get_experiment, experiment_id, False)
+        await auth.require_owner(context, found and found.account_id, "experiment", experiment_id)
+
     def _exists(self, uri: str) -> bool:
         try:
             return bool(self._ctx.objects.exists(uri))
@@ -86,8 +102,9 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
 
     async def GetExperiment(self, request: pb.GetExperimentRequest, context: Context) -> pb.GetExperimentResponse:
         experiment = await asyncio.to_thread(self._ctx.queries.get_experiment, request.experiment_id)
-        if experiment is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"experiment {request.experiment_id} not found")
+        await auth.require_owner(context, experiment and experiment.account_id, "experiment", request.experiment_id)
+        if experiment is not None:
+            await self._ctx.explain_queue(experiment.runs)
         return pb.GetExperimentResponse(experiment=experiment)
 
     async def ListExperiments(self, request: pb.ListExperimentsRequest, context: Context) -> pb.ListExperimentsResponse:
@@ -96,13 +113,14 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
         except ValueError as exc:
             await abort(context, exc)
         size = page_size(request.page_size)
-        found = await asyncio.to_thread(self._ctx.queries.list_experiments, before, size)
+        found = await asyncio.to_thread(self._ctx.queries.list_experiments, before, size, auth.account_scope())
         token = str(found[-1][0]) if len(found) == size else ""
         return pb.ListExperimentsResponse(experiments=[e for _, e in found], next_page_token=token)
 
     async def CancelExperiment(
         self, request: pb.CancelExperimentRequest, context: Context
     ) -> pb.CancelExperimentResponse:
+        await self._own(request.experiment_id, context)
         try:
             to_stop, position = await asyncio.to_thread(
                 self._ctx.commands.cancel_experiment, request.experiment_id, "canceled by user"
@@ -118,9 +136,7 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
     async def WatchExperiment(
         self, request: pb.WatchExperimentRequest, context: Context
     ) -> AsyncIterator[pb.WatchExperimentResponse]:
-        exists = await asyncio.to_thread(self._ctx.queries.get_experiment, request.experiment_id, False)
-        if exists is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"experiment {request.experiment_id} not found")
+        await self._own(request.experiment_id, context)
         try:
             async for update in self._watcher.experiment(request.experiment_id, request.cursor):
                 yield pb.WatchExperimentResponse(update=update)

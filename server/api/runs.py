@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, decode_page_token, page_size
 from runyard.server.api.watching import Watcher
 from runyard.server.context import ServerContext
@@ -22,15 +23,24 @@ class RunService(pb_grpc.RunServiceServicer):
         self._watcher = watcher
 
     async def _run_or_404(self, run_id: str, context: Context) -> None:
+        """NOT_FOUND unless the run exists and the caller may see it (its account's, or an admin).
+
+        Read from the log, not a read model, so a run is found the moment it is created.
+        """
         if not run_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id: is required")
-        if await asyncio.to_thread(self._ctx.store.stream_version, ev.run_stream(run_id)) == 0:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id} not found")
+        opened = await asyncio.to_thread(self._ctx.store.read_stream, ev.run_stream(run_id), 0, 1)
+        owner = None
+        if opened:
+            created = ev.decode(opened[0].type, opened[0].data)
+            owner = created.account_id if isinstance(created, events_pb2.RunCreated) else None
+        await auth.require_owner(context, owner, "run", run_id)
 
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         run = await asyncio.to_thread(self._ctx.queries.get_run, request.run_id)
-        if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} not found")
+        await auth.require_owner(context, run and run.account_id, "run", request.run_id)
+        if run is not None:
+            await self._ctx.explain_queue([run])
         return pb.GetRunResponse(run=run)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
@@ -40,12 +50,13 @@ class RunService(pb_grpc.RunServiceServicer):
             await abort(context, exc)
         size = page_size(request.page_size)
         runs = await asyncio.to_thread(
-            self._ctx.queries.list_runs, request.experiment_id, list(request.states), after, size
+            self._ctx.queries.list_runs, request.experiment_id, list(request.states), after, size, auth.account_scope()
         )
         token = ""
         if len(runs) == size:
             positions = await asyncio.to_thread(self._ctx.queries.run_positions, [runs[-1].id])
             token = str(positions[runs[-1].id])
+        await self._ctx.explain_queue(runs)
         return pb.ListRunsResponse(runs=runs, next_page_token=token)
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.CancelRunResponse:

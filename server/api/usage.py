@@ -13,10 +13,7 @@ from datetime import UTC, datetime
 
 import grpc
 
-try:  # TEMPORARY until the AUTH helper lands server/api/auth.py
-    from runyard.server.api import auth
-except ImportError:  # pragma: no cover
-    auth = None  # type: ignore[assignment]
+from runyard.server.api import auth
 from runyard.server.api.errors import Context, page_size
 from runyard.server.context import ServerContext
 from runyard.server.domain import billing
@@ -37,13 +34,10 @@ class UsageService(pb_grpc.UsageServiceServicer):
 
     async def _scope(self, account_id: str, context: Context) -> str | None:
         """The account the caller may read here; None means every account (admins only)."""
-        if auth is None:  # TEMPORARY: no auth yet
-            return account_id or None
         if account_id:
             await auth.require_account_access(context, account_id)
             return account_id
-        principal = auth.current_principal()
-        return None if auth.is_admin(principal) else principal.account_id
+        return auth.account_scope() or None
 
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.GetUsageResponse:
         period = _PERIODS.get(request.period)

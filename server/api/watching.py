@@ -5,6 +5,15 @@ is already stored, then whatever is appended, woken by the log head. The
 cursor of every update is the log position of its event, so a client that
 reconnects (to this replica or another, before or after a restart) with its
 last cursor continues with the next event: no gap, no duplicate.
+
+An empty filtered read has still seen everything up to the head known before
+it (positions become visible in order), so the watch then waits for the log
+to grow beyond that head, not beyond its own last event: other runs' events
+do not make it spin.
+
+While a watched run is QUEUED, the watch also says why it waits and its place
+in its account's queue (RunUpdate.queue) whenever that changes. That is no
+event: its cursor repeats the last event's, so resuming from it loses nothing.
 """
 
 from __future__ import annotations
@@ -13,27 +22,33 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from runyard.server.api.head import LogHead
-from runyard.server.api.updates import UpdateBuilder, decode_cursor
+from runyard.server.api.updates import UpdateBuilder, decode_cursor, encode_cursor
 from runyard.server.domain import events as ev
 from runyard.server.queries import Queries
+from runyard.server.scheduler.explainer import QueueExplainer, QueueStatus
 from runyard.server.store import EventStore
-from runyard.v1 import watch_pb2
+from runyard.v1 import common_pb2, watch_pb2
 
 POLL_S = 1.0
 BATCH = 500
 
 
 class Watcher:
-    def __init__(self, store: EventStore, queries: Queries, head: LogHead) -> None:
+    def __init__(
+        self, store: EventStore, queries: Queries, head: LogHead, explainer: QueueExplainer | None = None
+    ) -> None:
         self._store = store
         self._queries = queries
         self._head = head
+        self._explainer = explainer
 
     async def run(self, run_id: str, cursor: str) -> AsyncIterator[watch_pb2.RunUpdate]:
         after = decode_cursor(cursor)
         streams = [ev.run_stream(run_id), ev.run_logs_stream(run_id), ev.run_metrics_stream(run_id)]
         builder = UpdateBuilder()
+        told: QueueStatus | None = None
         while True:
+            head = self._head.position
             events = await self._read(after, streams, None)
             for event in events:
                 after = event.position
@@ -43,15 +58,25 @@ class Watcher:
                 yield update
                 if update.HasField("status") and update.status.final:
                     return
+            if builder.states.get(run_id) != common_pb2.RUN_STATE_QUEUED:
+                told = None  # a re-queued run says it again
+            elif (queue := await self._queue_status(run_id)) is not None and queue != told and after:
+                told = queue
+                yield watch_pb2.RunUpdate(
+                    cursor=encode_cursor(after),
+                    run_id=run_id,
+                    queue=watch_pb2.RunQueueStatus(reason=queue.reason, position=queue.position),
+                )
             if not events:
                 if await self._ended_before(run_id, after):
                     return
-                await self._head.wait_beyond(after, POLL_S)
+                await self._head.wait_beyond(max(after, head), POLL_S)
 
     async def experiment(self, experiment_id: str, cursor: str) -> AsyncIterator[watch_pb2.RunUpdate]:
         after = decode_cursor(cursor)
         builder = UpdateBuilder()
         while True:
+            head = self._head.position
             events = await self._read(after, None, experiment_id)
             for event in events:
                 after = event.position
@@ -63,7 +88,13 @@ class Watcher:
                 # says all its runs ended, nothing more will come.
                 if await asyncio.to_thread(self._queries.all_runs_ended, experiment_id):
                     return
-                await self._head.wait_beyond(after, POLL_S)
+                await self._head.wait_beyond(max(after, head), POLL_S)
+
+    async def _queue_status(self, run_id: str) -> QueueStatus | None:
+        """None when the read models do not (yet, or any more) show the run queued."""
+        if self._explainer is None:
+            return None
+        return await asyncio.to_thread(self._explainer.status, run_id)
 
     async def _read(self, after: int, streams: Sequence[str] | None, correlation_id: str | None) -> list:  # type: ignore[type-arg]
         return await asyncio.to_thread(

@@ -40,6 +40,8 @@ def run_spec(manifest: Manifest, values: Mapping[str, Scalar], code_uri: str, ru
             gpus=manifest.resources.gpus,
             cpus=manifest.resources.cpus,
             memory_bytes=manifest.resources.memory_bytes,
+            gpu_model=manifest.resources.gpu_model,
+            agent_labels=dict(manifest.resources.labels),
         ),
         code_uri=code_uri,
         data_uri=manifest.data,
@@ -47,6 +49,7 @@ def run_spec(manifest: Manifest, values: Mapping[str, Scalar], code_uri: str, ru
         metric_patterns=[common_pb2.MetricPattern(regex=p) for p in manifest.metric_patterns],
         env=dict(manifest.env),
         max_restarts=manifest.max_restarts,
+        priority=manifest.priority,
     )
 
 

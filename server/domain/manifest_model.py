@@ -37,6 +37,10 @@ class Resources:
     cpus: int = 1
     #: 0 means no limit was asked for.
     memory_bytes: int = 0
+    #: GPU model the runs need ("H100", matched on the agent's short model or full name); "" for any.
+    gpu_model: str = ""
+    #: Agent labels the runs need, all of them (e.g. {"pool": "research"}).
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,3 +114,5 @@ class Manifest:
     max_restarts: int = 0
     env: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    #: Higher runs first within the account's queue.
+    priority: int = 0

@@ -57,6 +57,7 @@ TOP_LEVEL_FIELDS = (
     "metrics",
     "max_restarts",
     "env",
+    "priority",
 )
 HYPERPARAMETER_FIELDS: dict[str, tuple[str, ...]] = {
     "const": ("type", "value"),
@@ -71,6 +72,8 @@ RESERVED_ENV = ("DATA_DIR", "RESULT_DIR", "CUDA_VISIBLE_DEVICES")
 MAX_RESTARTS = 100
 MAX_GPUS = 1024
 MAX_CPUS = 4096
+MAX_PRIORITY = 1000
+_LABEL = re.compile(r"[A-Za-z0-9._/-]{1,63}")
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -229,6 +232,7 @@ class _Parser:
             metric_patterns=self.metrics(top.get("metrics")),
             max_restarts=self.field_int(top, "max_restarts", "max_restarts", 0, 0, MAX_RESTARTS),
             env=self.env(top.get("env")),
+            priority=self.field_int(top, "priority", "priority", 0, -MAX_PRIORITY, MAX_PRIORITY),
         )
         if self.errors:
             raise ManifestError(self.errors)
@@ -298,12 +302,37 @@ class _Parser:
     def resources(self, value: object) -> Resources:
         if value is None:
             return Resources()
-        fields = self.mapping("resources", value, ("gpus", "cpus", "memory"))
+        fields = self.mapping("resources", value, ("gpus", "cpus", "memory", "gpu_model", "labels"))
         return Resources(
             gpus=self.field_int(fields, "gpus", "resources.gpus", 0, 0, MAX_GPUS),
             cpus=self.field_int(fields, "cpus", "resources.cpus", 1, 1, MAX_CPUS),
             memory_bytes=self.memory("resources.memory", fields["memory"]) if "memory" in fields else 0,
+            gpu_model=self.gpu_model(fields["gpu_model"]) if fields.get("gpu_model") is not None else "",
+            labels=self.labels(fields.get("labels")),
         )
+
+    def gpu_model(self, value: object) -> str:
+        text = self.string("resources.gpu_model", value).strip()
+        if isinstance(value, str) and not 0 < len(text) <= 64:
+            self.error("resources.gpu_model", 'must be a GPU model such as "H100" (1 to 64 characters)')
+        return text
+
+    def labels(self, value: object) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error("resources.labels", f"must be a mapping of agent label to value, not {_kind(value)}")
+            return {}
+        labels: dict[str, str] = {}
+        for key, item in value.items():
+            path = _at("resources.labels", key)
+            if not isinstance(key, str) or not _LABEL.fullmatch(key):
+                self.error(path, "is not a label name (letters, digits, '.', '_', '/', '-')")
+            elif isinstance(item, str | int) and not isinstance(item, bool):
+                labels[key] = str(item)
+            else:
+                self.error(path, f"must be a string, not {_kind(item)}")
+        return labels
 
     def memory(self, path: str, value: object) -> int:
         size: int | None = None

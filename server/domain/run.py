@@ -169,13 +169,17 @@ class Run:
 
     # -- commands: decide, never mutate ---------------------------------------
 
-    def assign(self, agent_id: str, gpu_ids: Sequence[str]) -> list[Message]:
-        """Reserve slots on an agent for a new attempt; billing starts here."""
+    def assign(self, agent_id: str, gpu_ids: Sequence[str], gpu_model: str = "") -> list[Message]:
+        """Reserve slots on an agent for a new attempt; billing starts here (`gpu_model` is what it bills)."""
         if self.state != QUEUED:
             raise IllegalTransition(self.run_id, self.state_name, "assign")
         if self.cancel_requested:
             raise IllegalTransition(self.run_id, "QUEUED with a cancel requested", "assign")
-        return [events_pb2.RunAssigned(attempt=self.attempt + 1, agent_id=agent_id, gpu_ids=list(gpu_ids))]
+        return [
+            events_pb2.RunAssigned(
+                attempt=self.attempt + 1, agent_id=agent_id, gpu_ids=list(gpu_ids), gpu_model=gpu_model
+            )
+        ]
 
     def report_staging(self, attempt: int) -> list[Message]:
         return self._advance(

@@ -5,6 +5,12 @@ taken by one of them. A report is acked only after its events are stored; a
 crash before the ack redelivers it, and the report's event id turns the second
 append into a no-op. Reports of one agent come in order on one subject, and a
 replica handles a fetched batch in order.
+
+Only agents may report: each report must carry the header
+``Authorization: Bearer <secret>`` of a valid ROLE_AGENT key whose agent id is
+empty (any agent) or the report's agent id, arrive on that agent's subject,
+and register no other agent. Anything else is acked (never redelivered) and
+logged, and stores nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import structlog
 from runyard import bus
 from runyard.server.commands import NotFound
 from runyard.server.context import ServerContext
+from runyard.server.credentials import Credentials, may_report_as
 from runyard.server.domain.errors import DomainError
 from runyard.v1 import agent_pb2
 
@@ -24,10 +31,12 @@ log = structlog.get_logger(__name__)
 
 
 class Ingest:
-    def __init__(self, ctx: ServerContext, js: Any) -> None:
+    def __init__(self, ctx: ServerContext, js: Any, credentials: Credentials) -> None:
         self._ctx = ctx
         self._js = js
+        self._credentials = credentials
         self.handled = 0
+        self.refused = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         from nats.errors import TimeoutError as NatsTimeout
@@ -61,6 +70,18 @@ class Ingest:
             log.warning("dropping an unreadable report", subject=msg.subject)
             await msg.ack()
             return
+        refusal = await self._refusal(msg, report)
+        if refusal:
+            self.refused += 1
+            log.warning(
+                "report refused: not from an authorized agent",
+                agent_id=report.agent_id,
+                subject=msg.subject,
+                body=report.WhichOneof("body"),
+                reason=refusal,
+            )
+            await msg.ack()
+            return
         try:
             position = await asyncio.to_thread(self._ctx.commands.apply_report, report)
         except (DomainError, NotFound) as exc:
@@ -82,3 +103,24 @@ class Ingest:
         self.handled += 1
         if position and report.WhichOneof("body") not in ("logged", "metrics"):
             self._ctx.scheduler_wakeup()
+
+    async def _refusal(self, msg: Any, report: agent_pb2.AgentReport) -> str:
+        """Why the report may not be stored ("" when it may)."""
+        secret = _bearer((getattr(msg, "headers", None) or {}).get("Authorization", ""))
+        if not secret:
+            return "no 'Authorization: Bearer <agent key>' header (start the agent with --api-key)"
+        fresh, principal = self._credentials.cached(secret)
+        if not fresh:
+            principal = await asyncio.to_thread(self._credentials.principal, secret)
+        if not may_report_as(principal, report.agent_id):
+            return f"the key is not a valid agent key for agent {report.agent_id!r}"
+        if msg.subject != bus.reports_subject(report.agent_id):
+            return f"a report of agent {report.agent_id!r} arrived on {msg.subject}"
+        if report.WhichOneof("body") == "registered" and report.registered.agent_id != report.agent_id:
+            return f"agent {report.agent_id!r} may not register agent {report.registered.agent_id!r}"
+        return ""
+
+
+def _bearer(value: str) -> str:
+    scheme, _, secret = value.strip().partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, or_, select, update
 
 from runyard.server.domain import billing
 from runyard.server.domain.events import decode
@@ -29,7 +29,7 @@ from runyard.server.store.schema import event_log
 from runyard.v1 import events_pb2
 
 from . import schema
-from .read_models import Decoded
+from .read_models import Decoded, insert_many
 
 Row = dict[str, Any]
 Key = tuple[str, int]
@@ -78,8 +78,7 @@ class UsageProjector:
                         _close(row, at)
                 elif key not in ended:
                     ended[key] = at
-        if new:
-            conn.execute(insert(schema.attempt_usage), list(new.values()))
+        insert_many(conn, schema.attempt_usage, list(new.values()))
         if ended:
             _close_stored(conn, ended)
 

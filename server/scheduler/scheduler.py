@@ -1,17 +1,39 @@
-"""The scheduling loop of the leading replica: admit, place, dispatch.
+"""The scheduling loop: one leader admits, places and dispatches; every replica listens.
 
-Woken by the log (a run queued or ended), by an agent's first heartbeat, or
-by a one-second tick. Each cycle reads the read models after waiting for them
-to include everything it appended before, so it never places on stale
-capacity; the run stream's expected version makes an assignment by a second
-(e.g. deposed) leader fail instead of doubling.
+Every replica runs this loop, but only the holder of the PostgreSQL advisory
+lock (`LeaderLease`) acts; the others retry for the lock every half second,
+so when the leader dies (its connection closes and the lock goes with it)
+another takes over within about a second. A new leader first re-sends the
+work and cancels its predecessor may have lost.
+
+A cycle: bring the read models up to date, declare silent agents lost (their
+runs are re-queued or failed), read one snapshot, ask the pure policy
+(`runyard.server.domain.scheduling`), append RunAssigned for each placement
+and publish its WorkAssignment on the agent's JetStream subject, then wait
+until the read models include those assignments, so the next cycle never
+places on capacity it has already given away.
+
+Never twice. A RunAssigned is appended against the run stream's version and
+only while the run is QUEUED, so a second (deposed) leader's assignment of
+the same run fails; every RunAssigned starts a new attempt, and agents'
+reports of any other attempt are refused (attempt fencing).
+
+Lost dispatch. A WorkAssignment can be lost between the append and the
+publish (the leader died) or on the way. While a run is ASSIGNED the leader
+watches its agent's heartbeats, which list the attempts the agent holds; when
+they have not listed it for `REDISPATCH_AFTER_S`, the work is sent again
+(the agent drops a copy of an attempt it already has).
+
+Woken by commits to the log (this replica's at once, others' through
+PostgreSQL NOTIFY), by an agent's first heartbeat, or by a one-second tick.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -19,14 +41,26 @@ import structlog
 from runyard import bus
 from runyard.server.context import ServerContext
 from runyard.server.domain.errors import DomainError
-from runyard.server.domain.scheduling import AgentCapacity, QueuedRun, place
+from runyard.server.domain.scheduling import Placement, schedule
 from runyard.server.scheduler.heartbeats import Heartbeats
 from runyard.server.scheduler.leader import LeaderLease
+from runyard.server.scheduler.reads import Holding, SchedulingReads
 from runyard.server.store import ConcurrencyError
 from runyard.v1 import agent_pb2, common_pb2, events_pb2
 
 log = structlog.get_logger(__name__)
 RS = common_pb2.RunState
+
+# A run ASSIGNED this long without its agent's heartbeats listing the attempt is dispatched again.
+REDISPATCH_AFTER_S = 6.0
+# Heartbeats sent this soon after a dispatch may predate the agent taking the work.
+HEARTBEAT_GRACE_S = 2.5
+# Replicas that do not lead try for the lock this often.
+FOLLOWER_RETRY_S = 0.5
+# Cycles follow each other no faster than this, however often commits wake the loop.
+MIN_CYCLE_GAP_S = 0.02
+# Assignments appended at once (each its own run stream, so they never conflict).
+PARALLEL_ASSIGNMENTS = 8
 
 
 class Scheduler:
@@ -35,12 +69,17 @@ class Scheduler:
         self._js = js
         self._nc = nc
         self._lease = lease
-        self._heartbeats = Heartbeats(ctx.config.agent_timeout_s)
+        self.heartbeats = Heartbeats(ctx.config.agent_timeout_s)
+        self.reads = SchedulingReads(ctx.store.engine)
         self._wake = asyncio.Event()
-        self._leading = False
-        self.waiting: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.leading = False
+        self._last_try = 0.0
+        # (run id, attempt) -> (monotonic time of the last dispatch, dispatches so far)
+        self._dispatched: dict[tuple[str, int], tuple[float, int]] = {}
         self.decisions = 0
         self.decision_seconds = 0.0
+        self.assigned = 0
 
     def wakeup(self) -> None:
         self._wake.set()
@@ -48,8 +87,16 @@ class Scheduler:
     def wakeup_threadsafe(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.call_soon_threadsafe(self._wake.set)
 
+    def _on_commit(self, _position: int) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake.set)
+
     async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
         sub = await self._nc.subscribe(bus.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
+        unsubscribe = self._ctx.store.on_commit(self._on_commit)
         try:
             while not stop.is_set():
                 try:
@@ -59,103 +106,94 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
                 self._wake.clear()
+                await asyncio.sleep(MIN_CYCLE_GAP_S)
         finally:
-            await sub.unsubscribe()
+            unsubscribe()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
             await asyncio.to_thread(self._lease.release)
 
     async def _on_heartbeat(self, msg: Any) -> None:
         beat = agent_pb2.AgentHeartbeat()
         beat.ParseFromString(msg.data)
-        if self._heartbeats.record(beat):
+        if self.heartbeats.record(beat):
             self._wake.set()
 
+    # -- one cycle ----------------------------------------------------------------
+
     async def _cycle(self) -> None:
+        if not self.leading and time.monotonic() - self._last_try < FOLLOWER_RETRY_S:
+            return
+        self._last_try = time.monotonic()
         leading = await asyncio.to_thread(self._lease.try_acquire)
         if not leading:
-            self._leading = False
+            if self.leading:
+                log.warning("no longer the scheduler leader")
+            self.leading = False
+            self._dispatched.clear()
             return
-        if not self._leading:
-            self._leading = True
-            await self._redispatch()
         await asyncio.to_thread(self._ctx.projections.catch_up)
-        await self._handle_lost_agents()
-        await self._place()
-
-    async def _place(self) -> None:
-        queued_rows, agents = await asyncio.to_thread(self._read_state)
-        if not queued_rows:
-            self.waiting = {}
+        if not self.leading:
+            self.leading = True
+            await self._take_over()
+        snapshot = await asyncio.to_thread(self.reads.snapshot, self.heartbeats.alive)
+        if await self._handle_lost_agents(snapshot.holding):
+            snapshot = await asyncio.to_thread(self.reads.snapshot, self.heartbeats.alive)
+        await self._check_dispatches(snapshot.holding)
+        if not snapshot.queue:
             return
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        queue = []
-        specs: dict[str, common_pb2.RunSpec] = {}
-        for run_id, raw in queued_rows:
-            spec = common_pb2.RunSpec()
-            spec.ParseFromString(raw)
-            specs[run_id] = spec
-            queue.append(QueuedRun(run_id, spec.framework.name or "python", spec.resources.gpus))
-        placements, waiting = place(queue, agents)
-        self.decisions += len(queue)
-        self.decision_seconds += loop.time() - started
-        self.waiting = {w.run_id: w.reason for w in waiting}
-        last = 0
-        for p in placements:
-            try:
-                outcome = await asyncio.to_thread(self._ctx.commands.assign_run, p.run_id, p.agent_id, p.gpu_ids)
-            except (ConcurrencyError, DomainError) as exc:
-                log.info("assignment skipped", run_id=p.run_id, error=str(exc))
-                continue
-            for msg in outcome.events:
-                if isinstance(msg, events_pb2.RunAssigned):
-                    await self._send_work(p.run_id, msg.attempt, p.agent_id, list(p.gpu_ids), specs[p.run_id])
-            last = max(last, outcome.position)
+        started = time.perf_counter()
+        decision = schedule(snapshot.queue, snapshot.agents, snapshot.accounts)
+        self.decisions += len(snapshot.queue)
+        self.decision_seconds += time.perf_counter() - started
+        if decision.placements:
+            await self._assign(decision.placements)
+
+    async def _assign(self, placements: Sequence[Placement]) -> None:
+        specs = await asyncio.to_thread(self.reads.specs, [p.run_id for p in placements])
+        gate = asyncio.Semaphore(PARALLEL_ASSIGNMENTS)
+
+        async def one(p: Placement) -> int:
+            async with gate:
+                try:
+                    outcome = await asyncio.to_thread(
+                        self._ctx.commands.assign_run, p.run_id, p.agent_id, p.gpu_ids, p.gpu_model
+                    )
+                except (ConcurrencyError, DomainError) as exc:
+                    log.info("assignment skipped", run_id=p.run_id, error=str(exc))
+                    return 0
+                for msg in outcome.events:
+                    if isinstance(msg, events_pb2.RunAssigned) and p.run_id in specs:
+                        experiment_id, spec = specs[p.run_id]
+                        await self._send_work(p.run_id, msg.attempt, p.agent_id, p.gpu_ids, experiment_id, spec)
+                        self.assigned += 1
+                return outcome.position
+
+        positions = await asyncio.gather(*(one(p) for p in placements))
+        last = max(positions, default=0)
         if last:
             await asyncio.to_thread(self._ctx.projections.wait_for, last, 10.0)
 
-    def _read_state(self) -> tuple[list[tuple[str, bytes]], list[AgentCapacity]]:
-        queued = self._ctx.queries.queued_runs()
-        if not queued:
-            return queued, []
-        holding = self._ctx.queries.holding_runs()
-        used_slots: dict[str, int] = {}
-        used_gpus: dict[str, set[str]] = {}
-        for _run_id, agent_id, gpu_ids, *_ in holding:
-            used_slots[agent_id] = used_slots.get(agent_id, 0) + 1
-            used_gpus.setdefault(agent_id, set()).update(gpu_ids)
-        rows = self._ctx.queries.live_agents()
-        agents = []
-        for row in rows:
-            if not self._heartbeats.alive(row["id"]):
-                continue
-            gpus = [g for g in json.loads(row["gpu_ids"]) if g not in used_gpus.get(row["id"], set())]
-            agents.append(
-                AgentCapacity(
-                    agent_id=row["id"],
-                    free_slots=row["slots"] - used_slots.get(row["id"], 0),
-                    free_gpu_ids=gpus,
-                    frameworks=frozenset(name for name, _ in json.loads(row["frameworks"])),
-                    labels=json.loads(row["labels"]),
-                )
-            )
-        return queued, agents
+    # -- dispatch -------------------------------------------------------------------
 
     async def _send_work(
-        self, run_id: str, attempt: int, agent_id: str, gpu_ids: list[str], spec: common_pb2.RunSpec
+        self,
+        run_id: str,
+        attempt: int,
+        agent_id: str,
+        gpu_ids: Sequence[str],
+        experiment_id: str,
+        spec: common_pb2.RunSpec,
+        resend: int = 0,
     ) -> None:
-        run = await asyncio.to_thread(self._ctx.queries.get_run, run_id)
         work = agent_pb2.WorkAssignment(
-            run_id=run_id,
-            attempt=attempt,
-            experiment_id=run.experiment_id if run else "",
-            spec=spec,
-            gpu_ids=gpu_ids,
+            run_id=run_id, attempt=attempt, experiment_id=experiment_id, spec=spec, gpu_ids=list(gpu_ids)
         )
-        await self._js.publish(
-            bus.work_subject(agent_id),
-            work.SerializeToString(),
-            headers={"Nats-Msg-Id": f"{run_id}:{attempt}"},
-        )
+        # The first send of an attempt has a fixed id, so a new leader's re-send of work that did
+        # arrive is dropped by JetStream; a re-send after a lost dispatch must get through.
+        msg_id = f"{run_id}:{attempt}" if resend == 0 else f"{run_id}:{attempt}:resend-{resend}"
+        await self._js.publish(bus.work_subject(agent_id), work.SerializeToString(), headers={"Nats-Msg-Id": msg_id})
+        self._dispatched[(run_id, attempt)] = (time.monotonic(), resend + 1)
 
     async def send_cancel(self, run_id: str) -> None:
         run = await asyncio.to_thread(self._ctx.queries.get_run, run_id)
@@ -168,28 +206,62 @@ class Scheduler:
             headers={"Nats-Msg-Id": f"cancel:{run_id}:{run.attempt}"},
         )
 
-    async def _redispatch(self) -> None:
-        """A new leader re-sends work and cancels that a previous one may have lost.
+    async def _take_over(self) -> None:
+        """A new leader re-sends work and cancels that its predecessor may have lost.
 
         JetStream's de-duplication window and the agent's attempt bookkeeping
         make a second delivery harmless.
         """
-        holding = await asyncio.to_thread(self._ctx.queries.holding_runs)
-        for run_id, agent_id, gpu_ids, attempt, state, cancel_requested in holding:
-            if state == RS.RUN_STATE_ASSIGNED and not cancel_requested:
-                raw = await asyncio.to_thread(self._ctx.queries.run_spec, run_id)
-                if raw is not None:
-                    await self._send_work(run_id, attempt, agent_id, gpu_ids, raw)
-            if cancel_requested:
-                await self.send_cancel(run_id)
+        log.info("scheduler leader: taking over")
+        self._dispatched.clear()
+        snapshot = await asyncio.to_thread(self.reads.snapshot, None)
+        assigned = [h for h in snapshot.holding if h.state == RS.RUN_STATE_ASSIGNED and not h.cancel_requested]
+        await self._resend(assigned, fresh=True)
+        for h in snapshot.holding:
+            if h.cancel_requested:
+                await self.send_cancel(h.run_id)
 
-    async def _handle_lost_agents(self) -> None:
-        holding = await asyncio.to_thread(self._ctx.queries.holding_runs)
+    async def _resend(self, runs: Sequence[Holding], fresh: bool) -> None:
+        if not runs:
+            return
+        specs = await asyncio.to_thread(self.reads.specs, [h.run_id for h in runs])
+        for h in runs:
+            if h.run_id not in specs:
+                continue
+            experiment_id, spec = specs[h.run_id]
+            resend = 0 if fresh else self._dispatched.get((h.run_id, h.attempt), (0.0, 1))[1]
+            await self._send_work(h.run_id, h.attempt, h.agent_id, h.gpu_ids, experiment_id, spec, resend)
+
+    async def _check_dispatches(self, holding: Sequence[Holding]) -> None:
+        """Re-send work whose agent is alive but has not taken it (its heartbeats do not list it)."""
+        now = time.monotonic()
+        assigned = {(h.run_id, h.attempt): h for h in holding if h.state == RS.RUN_STATE_ASSIGNED}
+        for key in [k for k in self._dispatched if k not in assigned]:
+            del self._dispatched[key]
+        lost: list[Holding] = []
+        for key, h in assigned.items():
+            if h.cancel_requested:
+                continue
+            if key not in self._dispatched:  # assigned before this leader: watch it from now
+                self._dispatched[key] = (now, 1)
+                continue
+            sent_at, _ = self._dispatched[key]
+            if now - sent_at < REDISPATCH_AFTER_S or not self.heartbeats.alive(h.agent_id):
+                continue
+            if self.heartbeats.holds(h.agent_id, h.run_id, h.attempt, sent_at + HEARTBEAT_GRACE_S) is False:
+                lost.append(h)
+        if lost:
+            log.warning("re-sending work its agent has not taken", runs=[f"{h.run_id}:{h.attempt}" for h in lost])
+            await self._resend(lost, fresh=False)
+
+    async def _handle_lost_agents(self, holding: Sequence[Holding]) -> bool:
+        """Declare agents that hold runs but went silent lost; True when one was."""
         by_agent: dict[str, list[str]] = {}
-        for run_id, agent_id, *_ in holding:
-            by_agent.setdefault(agent_id, []).append(run_id)
+        for h in holding:
+            by_agent.setdefault(h.agent_id, []).append(h.run_id)
+        any_lost = False
         for agent_id, run_ids in by_agent.items():
-            if self._heartbeats.lost(agent_id):
+            if self.heartbeats.lost(agent_id):
                 log.warning("agent lost", agent_id=agent_id, runs=run_ids)
                 position = await asyncio.to_thread(
                     self._ctx.commands.agent_lost,
@@ -197,5 +269,7 @@ class Scheduler:
                     run_ids,
                     f"no heartbeat for {self._ctx.config.agent_timeout_s:.0f}s",
                 )
-                self._heartbeats.forget(agent_id)
+                self.heartbeats.forget(agent_id)
                 await asyncio.to_thread(self._ctx.projections.wait_for, position, 10.0)
+                any_lost = True
+        return any_lost

@@ -76,7 +76,12 @@ def test_digits_grid_on_postgres_nats_and_s3(tmp_path: Path, pg_url: str, moto_s
     try:
         stack.start_server()
         stack.start_agent(f"e2e-{uuid.uuid4().hex[:8]}", 2)
-        env = {**stack.env(), "RUNYARD_ENDPOINT": stack.endpoint, "RUNYARD_S3_ENDPOINT_URL": moto_s3.endpoint_url}
+        env = {
+            **stack.env(),
+            "RUNYARD_ENDPOINT": stack.endpoint,
+            "RUNYARD_API_KEY": stack.admin_key,
+            "RUNYARD_S3_ENDPOINT_URL": moto_s3.endpoint_url,
+        }
         run_cli("data", "upload", str(prepare_data(tmp_path)), "s3://datasets/digits/digits.npz", env=env)
         experiment = json.loads(run_cli("submit", str(EXAMPLE / "manifest.yaml"), "-o", "json", env=env).stdout)
         run_cli("watch", experiment["id"], env=env, timeout=600)
@@ -100,6 +105,10 @@ def test_digits_grid_on_the_embedded_stack(tmp_path: Path) -> None:
     env = dict(os.environ)
     run_cli("up", "--data-dir", str(data_dir), "--port", "0", "--detach", env=env, timeout=120)
     try:
+        # No setup: the state file carries the stack's admin key of account "default".
+        me = json.loads(run_cli("whoami", "-o", "json", env=env).stdout)
+        assert (me["account_id"], me["role"]) == ("default", "admin")
+        assert oct((data_dir / "keys.yaml").stat().st_mode & 0o777) == "0o600"
         run_cli("data", "upload", str(prepare_data(tmp_path)), "s3://datasets/digits/digits.npz", env=env)
         experiment = json.loads(run_cli("submit", str(EXAMPLE / "manifest.yaml"), "-o", "json", env=env).stdout)
         run_cli("watch", experiment["id"], env=env, timeout=600)
@@ -108,6 +117,11 @@ def test_digits_grid_on_the_embedded_stack(tmp_path: Path) -> None:
         for run in runs:
             assert (data_dir / "objects" / "results" / "digits-mlp" / run["id"] / "model.pt").is_file()
         check_run_outputs(runs[0]["id"], env)
+        # Billing: each run's one attempt is listed, ended; CPU-only runs cost no GPU time.
+        attempts = json.loads(run_cli("usage", "runs", "-o", "json", env=env).stdout)
+        assert sorted(a["run_id"] for a in attempts) == sorted(r["id"] for r in runs)
+        assert all(a.get("ended_at") and a["gpus"] == 0 for a in attempts)
+        assert json.loads(run_cli("usage", "-o", "json", env=env).stdout)["total_gpu_seconds"] == 0
         target = tmp_path / "downloaded"
         run_cli("download", runs[0]["id"], str(target), env=env)
         assert any(p.name == "model.pt" for p in target.rglob("*"))

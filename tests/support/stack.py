@@ -3,6 +3,11 @@
 Each process is started exactly as a user would start it (the console entry
 point with flags), logs to a file in the test's folder, and is stopped with
 SIGTERM so graceful shutdown is exercised too.
+
+The first server creates account "default" and writes its admin and agent keys
+to ``root/keys.yaml`` (``--bootstrap-keys``); the stack reads them into
+`admin_key` and `agent_key`, gives every agent the agent key, and `channel()`
+sends the admin key (or the key given) with every call.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from runyard.client.auth import with_api_key
 from runyard.v1 import (
     admin_service_pb2_grpc,
     experiment_service_pb2_grpc,
@@ -76,6 +83,8 @@ class Stack:
     servers: list[Proc] = field(default_factory=list)
     agents: list[Proc] = field(default_factory=list)
     port: int = 0
+    admin_key: str = ""
+    agent_key: str = ""
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -106,6 +115,8 @@ class Stack:
                 "--nats-url",
                 self.nats_url,
                 *self.storage_flags(),
+                "--bootstrap-keys",
+                str(self.keys_file),
                 *extra,
             ),
             self.root / f"server-{len(self.servers)}.log",
@@ -113,7 +124,18 @@ class Stack:
         ).start()
         self.servers.append(proc)
         wait_healthy(f"127.0.0.1:{port}", proc)
+        if not self.admin_key:
+            self.read_keys()
         return proc
+
+    @property
+    def keys_file(self) -> Path:
+        return self.root / "keys.yaml"
+
+    def read_keys(self) -> None:
+        """The keys the first server wrote (the database had no account before it)."""
+        keys = yaml.safe_load(self.keys_file.read_text(encoding="utf-8"))
+        self.admin_key, self.agent_key = keys["admin_key"], keys["agent_key"]
 
     def start_agent(self, agent_id: str = "agent-1", slots: int = 2, *extra: str) -> Proc:
         proc = Proc(
@@ -129,6 +151,7 @@ class Stack:
                 "--work-dir",
                 str(self.root / agent_id),
                 *self.storage_flags(),
+                *(["--api-key", self.agent_key] if self.agent_key else []),
                 *extra,
             ),
             self.root / f"{agent_id}.log",
@@ -141,8 +164,9 @@ class Stack:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.endpoint)
+    def channel(self, key: str | None = None) -> grpc.Channel:
+        """A channel whose calls carry `key` (default: the admin key); "" for no key at all."""
+        return with_api_key(grpc.insecure_channel(self.endpoint), self.admin_key if key is None else key)
 
     def stop(self) -> None:
         for proc in [*self.agents, *self.servers]:

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from runyard import __version__
-from runyard.client import commands, daemons, stack
+from runyard.client import admin as admin_commands
+from runyard.client import commands, daemons, stack, usage
 from runyard.client.errors import ClientError
 from runyard.config import ConfigError, Settings, load_settings, parse_pairs, parse_size
 
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     # overwriting the value given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--endpoint", default=argparse.SUPPRESS, help="server address HOST:PORT (env RUNYARD_ENDPOINT)")
+    common.add_argument(
+        "--api-key", default=argparse.SUPPRESS, help="API key sent with every call (env RUNYARD_API_KEY)"
+    )
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
         "-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS,
@@ -91,11 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-code-bytes", type=_size, help="largest code package accepted, e.g. 100MiB")
     p.add_argument("--agent-timeout", type=float, help="seconds without a heartbeat before an agent is lost")
     p.add_argument("--shutdown-grace", type=float, help="seconds a graceful stop waits for in-flight calls")
+    p.add_argument(
+        "--bootstrap-keys",
+        metavar="FILE",
+        help="on a database without accounts: create account default, an admin and an agent key, write them here",
+    )
+    p.add_argument("--default-gpu-quota", type=int, help="GPU quota of that first account (default 8)")
 
     p = add("agent", daemons.cmd_agent, "run a node agent that pulls runs from NATS (until SIGTERM/Ctrl-C)")
     p.add_argument("--agent-id", help="unique id of this agent (default: the host name)")
     p.add_argument("--nats-url", help="NATS with JetStream (default nats://127.0.0.1:4222)")
-    p.add_argument("--slots", type=int, help="runs held at once (default 1)")
+    p.add_argument("--slots", type=int, help="runs held at once (default: one per GPU, 1 without GPUs)")
     p.add_argument("--work-dir", help="folder for per-run work folders")
     p.add_argument("--storage-root", help="file:///abs/dir to keep objects in a folder instead of S3")
     p.add_argument("--s3-endpoint-url", help="S3 API endpoint (MinIO, IBM COS, ...); default AWS")
@@ -107,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="offer a framework, run by that Python interpreter (repeatable)",
     )
     p.add_argument("--label", action="append", type=_pair, metavar="KEY=VALUE", help="agent label (repeatable)")
+    p.add_argument(
+        "--gpus",
+        metavar="INVENTORY",
+        help="declare the GPUs instead of detecting them through NVML: 4xH100, 2xH100,2xA100 or none",
+    )
     p.add_argument("--cancel-grace", type=float, help="seconds between SIGTERM and SIGKILL when a run is canceled")
+    p.add_argument("--api-key", help="agent API key sent with every report (env RUNYARD_API_KEY)")
 
     # -- experiments and runs ------------------------------------------------------------
     p = add("submit", commands.cmd_submit, "submit an experiment: upload the code, create its runs", client)
@@ -162,15 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("uri", metavar="URI", help="s3://bucket/prefix")
     _storage_flags(p)
 
+    usage.add_parser(sub, common)
+
     # -- operations -----------------------------------------------------------------------
     admin = sub.add_parser("admin", help="operate the control plane")
     admin_sub = admin.add_subparsers(dest="admin_command", metavar="SUBCOMMAND", required=True)
     for name, func, help_text in (
         ("rebuild", commands.cmd_admin_rebuild, "replay the event log into fresh read models"),
-        ("agents", commands.cmd_admin_agents, "list the registered agents"),
+        ("agents", commands.cmd_admin_agents, "list the agents: their GPUs, drain state and the runs on each"),
         ("info", commands.cmd_admin_info, "what the server is and its limits"),
     ):
         admin_sub.add_parser(name, help=help_text, parents=client).set_defaults(func=func)
+    admin_commands.add_parsers(admin_sub, sub, client)
 
     add("config", commands.cmd_config, "show the settings in effect and where each comes from", client)
     return parser
@@ -186,13 +205,15 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
     flags: dict[str, Any] = {}
     for key in (
         "endpoint", "database_url", "nats_url", "storage_root", "s3_endpoint_url", "code_uri_prefix",
-        "max_code_bytes", "agent_timeout", "listen", "agent_id", "work_dir", "data_dir",
+        "max_code_bytes", "agent_timeout", "listen", "agent_id", "work_dir", "data_dir", "api_key",
+        "bootstrap_keys", "default_gpu_quota",
     ):  # fmt: skip
         flags[key] = getattr(args, key, None)
     if args.command == "agent":
         flags["slots"] = args.slots
         flags["frameworks"] = parse_pairs(args.framework or [], "--framework") or None
         flags["labels"] = parse_pairs(args.label or [], "--label") or None
+        flags["gpus"] = args.gpus
     return load_settings(flags, environ=environ, use_state=args.command not in _PROCESS_COMMANDS)
 
 

@@ -50,7 +50,7 @@ class Context:
     def client(self) -> Client:
         """Connect on first use; a dead endpoint fails here, quickly and in one line."""
         if self._client is None:
-            client = Client(self.settings.endpoint)
+            client = Client(self.settings.endpoint, api_key=self.settings.api_key or "")
             try:
                 client.wait_ready()
             except ClientError:
@@ -509,6 +509,8 @@ def cmd_config(args: argparse.Namespace, ctx: Context) -> int:
     from runyard.config import config_path, state_path
 
     rows = {f.name: getattr(ctx.settings, f.name) for f in dataclasses.fields(ctx.settings) if f.name != "sources"}
+    if rows.get("api_key"):
+        rows["api_key"] = mask_secret(rows["api_key"])
     if ctx.json:
         render.print_json(
             {
@@ -526,6 +528,11 @@ def cmd_config(args: argparse.Namespace, ctx: Context) -> int:
     ctx.out.print(table)
     ctx.out.print(f"\nconfig file: {config_path()}\nstate file:  {state_path()}", markup=False, highlight=False)
     return 0
+
+
+def mask_secret(secret: str) -> str:
+    """Enough of a key to tell which one it is, never enough to use it."""
+    return f"{secret[:6]}...({len(secret)} characters)" if len(secret) > 12 else "***"
 
 
 Command = Callable[[argparse.Namespace, Context], int]

@@ -35,6 +35,8 @@ def server_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[s
         "max_code_bytes": settings.max_code_bytes,
         "agent_timeout_s": settings.agent_timeout,
         "shutdown_grace_s": getattr(args, "shutdown_grace", None),
+        "bootstrap_keys_file": settings.bootstrap_keys,
+        "default_gpu_quota": settings.default_gpu_quota,
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -67,7 +69,15 @@ def agent_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[st
         "frameworks": settings.frameworks,
         "labels": settings.labels,
         "cancel_grace_s": getattr(args, "cancel_grace", None),
+        "api_key": settings.api_key,
     }
+    if settings.gpus is not None:
+        from runyard.agent.gpus import declared_gpus
+
+        try:
+            fields["gpus"] = tuple(declared_gpus(settings.gpus, fields["agent_id"]))
+        except ValueError as e:
+            raise ClientError(str(e)) from None
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -80,7 +90,7 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     except ModuleNotFoundError as e:
         _not_installed("agent", e)
     config = AgentConfig(**agent_config_kwargs(settings, args))
-    if config.slots < 1:
+    if config.slots is not None and config.slots < 1:
         raise ClientError(f"--slots must be at least 1, got {config.slots}")
 
     # run_agent stops gracefully on SIGTERM (`runyard down`, Kubernetes, systemd) and Ctrl-C.

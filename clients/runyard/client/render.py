@@ -229,11 +229,13 @@ def runs_table(runs: Sequence[resources_pb2.Run], metrics: Sequence[str] = (), w
         row: list[str | Text] = [r.id]
         if with_experiment:
             row.append(r.experiment_id)
+        queued = r.state == RS.RUN_STATE_QUEUED and r.queue_position
         row += [
             str(r.index),
-            styled_state(run_state_name(r.state)),
+            styled_state(run_state_name(r.state)) + (f" #{r.queue_position}" if queued else ""),
             str(r.attempt) if r.attempt else "",
-            r.agent_id,
+            # A queued run has no agent yet: say what it waits for instead.
+            Text(r.waiting_reason, style="dim") if queued else r.agent_id,
             fmt_hyperparameters(r),
         ]
         row += [fmt_value(r.latest_metrics[m]) if m in r.latest_metrics else "" for m in metrics]
@@ -243,23 +245,44 @@ def runs_table(runs: Sequence[resources_pb2.Run], metrics: Sequence[str] = (), w
 
 def agents_table(agents: Iterable[resources_pb2.Agent]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("AGENT", "HOST", "ALIVE", "SLOTS", "BUSY", "GPUS", "FRAMEWORKS", "LABELS", "REGISTERED"):
-        table.add_column(name, no_wrap=name in ("AGENT", "REGISTERED"))
+    for name in ("AGENT", "HOST", "STATE", "SLOTS", "GPUS", "RUNS", "FRAMEWORKS", "LABELS", "REGISTERED"):
+        table.add_column(name, no_wrap=name in ("AGENT", "STATE", "REGISTERED"))
     for a in agents:
         frameworks = ", ".join(f"{f.name} {f.version}".strip() for f in a.frameworks)
         labels = " ".join(f"{k}={v}" for k, v in sorted(a.labels.items()))
+        if not a.alive:
+            state = Text("lost", style="red")
+        elif a.draining:
+            state = Text("draining", style="yellow")
+        else:
+            state = Text("up", style="green")
         table.add_row(
             a.id,
             a.hostname,
-            Text("yes", style="green") if a.alive else Text("no", style="red"),
-            str(a.slots),
-            str(len(a.run_ids)),
-            ",".join(a.gpu_ids) or "-",
+            state,
+            f"{len(a.run_ids)}/{a.slots}",
+            fmt_gpus(a),
+            "\n".join(a.run_ids) or "-",
             frameworks,
             labels,
             fmt_time(a.registered_at),
         )
     return table
+
+
+def fmt_gpus(agent: resources_pb2.Agent) -> str:
+    """'4x H100 (80 GiB)', one part per model; the bare ids when only those are known."""
+    if not agent.gpus:
+        return ",".join(agent.gpu_ids) or "-"
+    by_model: dict[tuple[str, int], int] = {}
+    for gpu in agent.gpus:
+        key = (gpu.model or "GPU", gpu.memory_bytes)
+        by_model[key] = by_model.get(key, 0) + 1
+    parts = []
+    for (model, memory), count in sorted(by_model.items()):
+        size = f" ({memory / 1024**3:.0f} GiB)" if memory else ""
+        parts.append(f"{count}x {model}{size}")
+    return ", ".join(parts)
 
 
 def key_values(rows: Sequence[tuple[str, str | Text]]) -> Table:
@@ -288,6 +311,7 @@ def run_details(run: resources_pb2.Run) -> Table:
             ("index", str(run.index)),
             ("state", styled_state(state)),
             ("waiting", run.waiting_reason),
+            ("in queue", f"#{run.queue_position} of account {run.account_id}" if run.queue_position else ""),
             ("attempt", str(run.attempt) if run.attempt else ""),
             ("agent", run.agent_id),
             ("gpus", ",".join(run.gpu_ids)),
@@ -301,6 +325,7 @@ def run_details(run: resources_pb2.Run) -> Table:
             ("started", fmt_time(run.started_at)),
             ("ended", fmt_time(run.ended_at)),
             ("duration", fmt_duration(run.started_at, run.ended_at) if run.started_at.seconds else ""),
+            ("billed", f"{run.gpu_seconds:,.3f} GPU-seconds" if run.gpu_seconds else ""),
         ]
     )
 
@@ -361,6 +386,8 @@ def update_lines(update: watch_pb2.RunUpdate, with_run: bool, show_logs: bool = 
     body = update.WhichOneof("body")
     if body == "status":
         return [prefix + status_text(update.status)]
+    if body == "queue":
+        return [prefix + Text(f"#{update.queue.position} in the queue: {update.queue.reason}", style="yellow")]
     if body == "metrics":
         by_step: dict[int, list[str]] = {}
         for p in update.metrics.points:

@@ -16,6 +16,11 @@ they yielded, so nothing is lost or repeated.
 
 Every failure is a `ClientError` (`ApiError` for a gRPC status, `ServerUnreachable`
 when nothing answers at the endpoint) whose message is one line for a person.
+
+API key. Every call carries ``authorization: Bearer <api_key>``. Without an
+`api_key` argument the client takes the one the CLI would: RUNYARD_API_KEY, the
+config file's ``api_key``, or the admin key of a `runyard up` stack at that
+endpoint, so a script next to `runyard up` needs no setup either.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
+from runyard.client.auth import with_api_key
 from runyard.client.errors import ApiError, ClientError, ServerUnreachable
 from runyard.client.packing import pack_code
 from runyard.v1 import (
@@ -43,6 +50,8 @@ from runyard.v1 import (
     resources_pb2,
     run_service_pb2,
     run_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
     watch_pb2,
 )
 
@@ -74,6 +83,7 @@ class Client:
         endpoint: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        api_key: str | None = None,
         connect_timeout_s: float = 3.0,
         retry_s: float = 30.0,
         watch_retry_s: float = 120.0,
@@ -90,9 +100,12 @@ class Client:
             self._channel = grpc.insecure_channel(endpoint, options=opts)
         else:
             self._channel = grpc.secure_channel(endpoint, credentials, options=opts)
-        self._experiments = experiment_service_pb2_grpc.ExperimentServiceStub(self._channel)
-        self._runs = run_service_pb2_grpc.RunServiceStub(self._channel)
-        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+        # Stubs call through the key-adding channel; connectivity is watched on the raw one.
+        calls = with_api_key(self._channel, default_api_key(endpoint) if api_key is None else api_key)
+        self._experiments = experiment_service_pb2_grpc.ExperimentServiceStub(calls)
+        self._runs = run_service_pb2_grpc.RunServiceStub(calls)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(calls)
+        self._usage = usage_service_pb2_grpc.UsageServiceStub(calls)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -319,11 +332,124 @@ class Client:
         request = admin_service_pb2.RebuildProjectionsRequest()
         return self._unary(self._admin.RebuildProjections, request, timeout_s=3600.0)
 
+    def whoami(self) -> admin_service_pb2.WhoAmIResponse:
+        """The account and role of this client's API key."""
+        return self._unary(self._admin.WhoAmI, admin_service_pb2.WhoAmIRequest())
+
+    def create_account(
+        self, account_id: str, name: str = "", gpu_quota: int = 1, max_queued_runs: int = 0, run_quota: int = 0
+    ) -> resources_pb2.Account:
+        """Admin: a new account with its plan. Not retried: a second try would find it taken."""
+        request = admin_service_pb2.CreateAccountRequest(
+            account_id=account_id,
+            name=name,
+            gpu_quota=gpu_quota,
+            max_queued_runs=max_queued_runs,
+            run_quota=run_quota,
+        )
+        return self._once(self._admin.CreateAccount, request).account
+
+    def list_accounts(self, page_size: int = 100) -> Iterator[resources_pb2.Account]:
+        """Admin: every account in id order, with its GPUs in use and queued runs."""
+        token = ""
+        while True:
+            request = admin_service_pb2.ListAccountsRequest(page_size=page_size, page_token=token)
+            reply = self._unary(self._admin.ListAccounts, request)
+            yield from reply.accounts
+            token = reply.next_page_token
+            if not token:
+                return
+
+    def set_quota(
+        self, account_id: str, gpu_quota: int, max_queued_runs: int = 0, run_quota: int = 0
+    ) -> resources_pb2.Account:
+        """Admin: replace an account's plan (every limit; 0 = no cap for the run limits)."""
+        request = admin_service_pb2.SetQuotaRequest(
+            account_id=account_id, gpu_quota=gpu_quota, max_queued_runs=max_queued_runs, run_quota=run_quota
+        )
+        return self._unary(self._admin.SetQuota, request).account
+
+    def create_api_key(
+        self,
+        account_id: str,
+        role: common_pb2.Role.ValueType = common_pb2.ROLE_USER,
+        name: str = "",
+        agent_id: str = "",
+    ) -> admin_service_pb2.CreateApiKeyResponse:
+        """Admin: a new key; the reply's `secret` is shown this once and stored nowhere. Not retried."""
+        request = admin_service_pb2.CreateApiKeyRequest(account_id=account_id, role=role, name=name, agent_id=agent_id)
+        return self._once(self._admin.CreateApiKey, request)
+
+    def list_api_keys(self, account_id: str = "") -> list[resources_pb2.ApiKey]:
+        """Admin: every key (or one account's), without secrets."""
+        request = admin_service_pb2.ListApiKeysRequest(account_id=account_id)
+        return list(self._unary(self._admin.ListApiKeys, request).keys)
+
+    def revoke_api_key(self, key_id: str) -> resources_pb2.ApiKey:
+        """Admin: disable a key for good (within seconds on every replica)."""
+        request = admin_service_pb2.RevokeApiKeyRequest(key_id=key_id)
+        return self._unary(self._admin.RevokeApiKey, request).key
+
+    def set_experiment_priority(self, experiment_id: str, priority: int) -> None:
+        """Admin: higher runs first within its account's queue."""
+        request = admin_service_pb2.SetExperimentPriorityRequest(experiment_id=experiment_id, priority=priority)
+        self._unary(self._admin.SetExperimentPriority, request)
+
+    def drain_agent(self, agent_id: str, undrain: bool = False) -> resources_pb2.Agent:
+        """Admin: the agent finishes its runs and takes no new one (`undrain` reverses it)."""
+        request = admin_service_pb2.DrainAgentRequest(agent_id=agent_id, undrain=undrain)
+        return self._unary(self._admin.DrainAgent, request).agent
+
+    # -- usage ------------------------------------------------------------------------------
+
+    def get_usage(
+        self,
+        account_id: str = "",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        period: str = "day",
+    ) -> usage_service_pb2.GetUsageResponse:
+        """Billed GPU-seconds per account, UTC period ("day" or "month") and GPU model, in [start, end).
+
+        `account_id` "" means your own account (for an admin: every account).
+        """
+        periods = {"day": usage_service_pb2.USAGE_PERIOD_DAY, "month": usage_service_pb2.USAGE_PERIOD_MONTH}
+        if period not in periods:
+            raise ClientError(f"period must be day or month, not {period!r}")
+        request = usage_service_pb2.GetUsageRequest(account_id=account_id, period=periods[period])
+        if start is not None:
+            getattr(request, "from").FromDatetime(start)
+        if end is not None:
+            request.to.FromDatetime(end)
+        return self._unary(self._usage.GetUsage, request)
+
+    def list_run_usage(
+        self, account_id: str = "", experiment_id: str = "", page_size: int = 100
+    ) -> Iterator[usage_service_pb2.AttemptUsage]:
+        """Every billed attempt, oldest first, fetching pages as the iteration goes."""
+        token = ""
+        while True:
+            request = usage_service_pb2.ListRunUsageRequest(
+                account_id=account_id, experiment_id=experiment_id, page_size=page_size, page_token=token
+            )
+            reply = self._unary(self._usage.ListRunUsage, request)
+            yield from reply.attempts
+            token = reply.next_page_token
+            if not token:
+                return
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def _unary(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:
         timeout = timeout_s or self.call_timeout_s
         return self._retrying(lambda: method(request, timeout=timeout))
+
+    def _once(self, method: Callable[..., T], request: Any) -> T:
+        """One try: for creates that carry no request id, where a retry could act twice."""
+        try:
+            return method(request, timeout=self.call_timeout_s)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
 
     def _retrying(self, call: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.retry_s
@@ -387,6 +513,16 @@ class Client:
             if any(hint in details.lower() for hint in _NO_CONNECTION_HINTS):
                 return ServerUnreachable(self.endpoint)
         return ApiError.from_rpc(e)
+
+
+def default_api_key(endpoint: str) -> str:
+    """The key the CLI would use for `endpoint`: env, config file, or that stack's state file."""
+    from runyard.config import ConfigError, load_settings
+
+    try:
+        return load_settings({"endpoint": endpoint}).api_key or ""
+    except ConfigError:
+        return ""
 
 
 class _Backoff:

@@ -8,8 +8,11 @@
    at ``file://DIR/objects``;
 3. one ``runyard agent`` with ``--slots N`` and its work folders in ``DIR/agent``.
 
-Each child logs to ``DIR/<name>.log``. Once the server answers its health check the
-supervisor writes the state file (see `runyard.config`) so other commands find the stack
+The server creates account "default" with an admin and an agent key on its first start
+(``--bootstrap-keys DIR/keys.yaml``, readable by the owner only); the agent gets the agent
+key in its environment and the state file gets the admin key, so every command works on the
+stack with no setup. Each child logs to ``DIR/<name>.log``. Once the server answers its
+health check the supervisor writes the state file (see `runyard.config`) so other commands find the stack
 with no flags, prints the endpoint and stays in the foreground. Ctrl-C or SIGTERM stops the
 children in reverse order (agent, server, NATS), each gracefully, and removes the state
 file. A child that dies on its own takes the stack down: the supervisor says which one,
@@ -50,6 +53,28 @@ AGENT_TIMEOUT_S = 30.0
 STOP_GRACE_S = {"agent": 25.0, "server": 15.0, "nats": 10.0}
 # Exit status for "stopped by a signal during startup", as shells report SIGINT.
 INTERRUPTED = 130
+
+
+KEYS_FILE = "keys.yaml"
+
+
+def read_keys(data_dir: Path) -> dict[str, str]:
+    """The admin and agent keys the server wrote on the stack's first start."""
+    import yaml
+
+    path = data_dir / KEYS_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ClientError(
+            f"{path} is missing but the stack's database already has accounts, so the server will not write "
+            "new keys: restore that file, or start over with an empty --data-dir"
+        ) from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ClientError(f"cannot read the stack's keys from {path}: {e}") from None
+    if not isinstance(data, dict) or not data.get("admin_key") or not data.get("agent_key"):
+        raise ClientError(f"{path} does not hold admin_key and agent_key")
+    return {"admin_key": str(data["admin_key"]), "agent_key": str(data["agent_key"])}
 
 
 class Interrupted(Exception):
@@ -159,10 +184,10 @@ def _healthy(endpoint: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def _agent_registered(endpoint: str, agent_id: str) -> bool:
+def _agent_registered(endpoint: str, agent_id: str, api_key: str) -> bool:
     from runyard.client.sdk import Client
 
-    with Client(endpoint, retry_s=0, call_timeout_s=2.0) as client:
+    with Client(endpoint, api_key=api_key, retry_s=0, call_timeout_s=2.0) as client:
         try:
             return any(a.id == agent_id and a.alive for a in client.list_agents())
         except ClientError:
@@ -223,10 +248,12 @@ class Supervisor:
                 "--database-url", f"sqlite:///{d / 'runyard.db'}",
                 "--nats-url", nats_url,
                 "--storage-root", storage_root,
+                "--bootstrap-keys", str(d / KEYS_FILE),
             ],
             env,
         )  # fmt: skip
         self._wait(server, "the server to answer its health check", lambda: _healthy(endpoint), READY_TIMEOUT_S)
+        keys = read_keys(d)
 
         agent = self._spawn(
             "agent",
@@ -238,11 +265,15 @@ class Supervisor:
                 "--work-dir", str(d / "agent"),
                 "--storage-root", storage_root,
             ],
-            env,
+            # In the environment rather than on the command line, where `ps` would show it.
+            {**env, "RUNYARD_API_KEY": keys["agent_key"]},
         )  # fmt: skip
         try:
             self._wait(
-                agent, f"agent {agent_id} to register", lambda: _agent_registered(endpoint, agent_id), AGENT_TIMEOUT_S
+                agent,
+                f"agent {agent_id} to register",
+                lambda: _agent_registered(endpoint, agent_id, keys["admin_key"]),
+                AGENT_TIMEOUT_S,
             )
         except TimeoutError:
             self.err.print(
@@ -253,7 +284,14 @@ class Supervisor:
             )
 
         write_state(
-            UpState(endpoint=endpoint, storage_root=storage_root, data_dir=str(d), pid=os.getpid(), nats_url=nats_url)
+            UpState(
+                endpoint=endpoint,
+                storage_root=storage_root,
+                data_dir=str(d),
+                pid=os.getpid(),
+                nats_url=nats_url,
+                api_key=keys["admin_key"],
+            )
         )
         self.out.print(f"Runyard is up: endpoint {endpoint} (data in {d})", markup=False, highlight=False)
         self.out.print("Logs are in that folder; stop with Ctrl-C or `runyard down`.", markup=False, highlight=False)

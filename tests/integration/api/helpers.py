@@ -32,9 +32,12 @@ def create(stubs: Stubs, manifest_yaml: str, request_id: str = "") -> experiment
     )
 
 
-def watch_all(stubs: Stubs, run_id: str, cursor: str = "", timeout: float = 60) -> list[watch_pb2.RunUpdate]:
+def watch_all(
+    stubs: Stubs, run_id: str, cursor: str = "", timeout: float = 60, queue: bool = False
+) -> list[watch_pb2.RunUpdate]:
+    """Every update of the run to its end; queue-status updates (no event of their own) only with `queue`."""
     stream = stubs.runs.WatchRun(run_service_pb2.WatchRunRequest(run_id=run_id, cursor=cursor), timeout=timeout)
-    return [m.update for m in stream]
+    return [m.update for m in stream if queue or not m.update.HasField("queue")]
 
 
 def wait_state(stubs: Stubs, run_id: str, states: set[int], timeout: float = 60) -> run_service_pb2.GetRunResponse:

@@ -15,6 +15,7 @@ from runyard.v1 import (
     run_service_pb2,
 )
 from tests.integration.api.helpers import RS, code_of, create, details, manifest, wait_state, watch_all
+from tests.support.services import wait_until
 from tests.support.stack import Stack, Stubs
 
 pytestmark = pytest.mark.integration
@@ -45,8 +46,14 @@ def test_a_run_goes_from_queued_to_completed_and_its_history_ends(stubs: Stubs) 
     # A watcher of a finished run gets the same history and the end.
     again = watch_all(stubs, run_id)
     assert [u.cursor for u in again] == [u.cursor for u in updates]
-    got = stubs.experiments.GetExperiment(experiment_service_pb2.GetExperimentRequest(experiment_id=exp.id))
-    assert got.experiment.runs_by_state == {"RUN_STATE_COMPLETED": 1}
+
+    # The watch reads the log; the experiment's counts come from a read model a moment behind it.
+    def counts() -> dict[str, int] | None:
+        got = stubs.experiments.GetExperiment(experiment_service_pb2.GetExperimentRequest(experiment_id=exp.id))
+        by_state = dict(got.experiment.runs_by_state)
+        return by_state if by_state == {"RUN_STATE_COMPLETED": 1} else None
+
+    wait_until(counts, 10, "the experiment's read model never showed its run completed")
 
 
 def test_a_retried_create_with_the_same_request_id_creates_once(stubs: Stubs) -> None:

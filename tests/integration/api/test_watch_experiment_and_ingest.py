@@ -12,7 +12,7 @@ from runyard import bus
 from runyard.v1 import agent_pb2, common_pb2, events_pb2, experiment_service_pb2, run_service_pb2
 from tests.integration.api.helpers import RS, create, manifest, wait_state
 from tests.support.services import NatsServer, wait_until
-from tests.support.stack import Stubs
+from tests.support.stack import Stack, Stubs
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +38,12 @@ def test_watch_experiment_streams_every_run_to_its_end(stubs: Stubs) -> None:
     assert [m.update.cursor for m in rest] == [u.cursor for u in updates[middle + 1 :]]
 
 
-async def _publish(url: str, *reports: agent_pb2.AgentReport) -> None:
+async def _publish(url: str, agent_key: str, *reports: agent_pb2.AgentReport) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
+    headers = {"Authorization": f"Bearer {agent_key}"}
     for report in reports:
-        await js.publish(bus.reports_subject(report.agent_id), report.SerializeToString())
+        await js.publish(bus.reports_subject(report.agent_id), report.SerializeToString(), headers=headers)
     await nc.close()
 
 
@@ -57,7 +58,7 @@ def _log_report(run_id: str, attempt: int, text: str, event_id: str) -> agent_pb
 
 
 def test_a_redelivered_report_is_stored_once_and_a_stale_attempt_is_refused(
-    stubs: Stubs, nats_server: NatsServer
+    stubs: Stubs, stack: Stack, nats_server: NatsServer
 ) -> None:
     run_id = create(stubs, manifest('python -c "import time; time.sleep(60)"')).experiment.runs[0].id
     running = wait_state(stubs, run_id, {RS.RUN_STATE_RUNNING}).run
@@ -65,7 +66,7 @@ def test_a_redelivered_report_is_stored_once_and_a_stale_attempt_is_refused(
     duplicate = _log_report(run_id, 1, "delivered twice", str(uuid.uuid4()))
     stale = _log_report(run_id, 2, "from an attempt that is not current", str(uuid.uuid4()))
     marker = _log_report(run_id, 1, "marker", str(uuid.uuid4()))
-    asyncio.run(_publish(nats_server.url, duplicate, duplicate, stale, marker))
+    asyncio.run(_publish(nats_server.url, stack.agent_key, duplicate, duplicate, stale, marker))
 
     def stored() -> list[str] | None:
         lines = stubs.runs.GetRunLogs(run_service_pb2.GetRunLogsRequest(run_id=run_id), timeout=10).lines

@@ -61,9 +61,9 @@ def attempts_from_log(store: EventStore) -> dict[tuple[str, int], Held]:
     return held
 
 
-def bill_by_day(attempts: dict[tuple[str, int], Held], until: datetime) -> dict[tuple[str, str], int]:
-    """(account, "YYYY-MM-DD") -> GPU-microseconds; open attempts and the window end at `until`."""
-    out: dict[tuple[str, str], int] = defaultdict(int)
+def bill_by_day(attempts: dict[tuple[str, int], Held], until: datetime) -> dict[tuple[str, str, str], int]:
+    """(account, "YYYY-MM-DD", GPU model) -> GPU-microseconds; open attempts and the window end at `until`."""
+    out: dict[tuple[str, str, str], int] = defaultdict(int)
     for h in attempts.values():
         end = min(h.end or until, until)
         if h.gpus == 0 or end <= h.start:
@@ -71,9 +71,15 @@ def bill_by_day(attempts: dict[tuple[str, int], Held], until: datetime) -> dict[
         day = datetime(h.start.year, h.start.month, h.start.day, tzinfo=UTC)
         while day < end:
             overlap = min(end, day + timedelta(days=1)) - max(h.start, day)
-            out[(h.account_id, day.date().isoformat())] += (overlap // US) * h.gpus
+            out[(h.account_id, day.date().isoformat(), h.gpu_model)] += (overlap // US) * h.gpus
             day += timedelta(days=1)
     return dict(out)
+
+
+def bill_of_run(attempts: dict[tuple[str, int], Held], run_id: str, until: datetime) -> int:
+    """GPU-microseconds of every attempt of one run."""
+    mine = {k: h for k, h in attempts.items() if k[0] == run_id}
+    return sum(bill_by_day(mine, until).values())
 
 
 def total(attempts: dict[tuple[str, int], Held], until: datetime) -> int:

@@ -217,6 +217,15 @@ class Admin(admin_service_pb2_grpc.AdminServiceServicer):
             version="test", code_uri_prefix="s3://runyard/code", max_code_bytes=self.s.max_code_bytes
         )
 
+    def WhoAmI(
+        self, request: admin_service_pb2.WhoAmIRequest, context: grpc.ServicerContext
+    ) -> admin_service_pb2.WhoAmIResponse:
+        """Echoes the bearer secret it was sent as the key id, so tests see what the client sends."""
+        sent = [v for k, v in context.invocation_metadata() if k == "authorization"]
+        return admin_service_pb2.WhoAmIResponse(
+            account_id="default", role=common_pb2.ROLE_ADMIN, key_id=",".join(map(str, sent))
+        )
+
 
 class FakeServer:
     """Serves `state` on a loopback port; `restart()` keeps the port, like a restarted replica."""
@@ -234,7 +243,10 @@ class FakeServer:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)])
         experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(Experiments(self.state), server)
         run_service_pb2_grpc.add_RunServiceServicer_to_server(Runs(self.state), server)
-        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(Admin(self.state), server)
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+            Admin(self.state),  # type: ignore[abstract]  # the account RPCs are tested on a real server
+            server,
+        )
         self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         server.start()
         self._server = server

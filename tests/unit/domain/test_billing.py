@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from runyard.server.domain.billing import (
     BilledAttempt,
+    Period,
     gpu_micros,
     micros,
     next_period_start,
@@ -93,13 +95,17 @@ instants = st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2027,
 )
 
 
-@given(instants, instants, instants, st.sampled_from(["day", "month"]))
-def test_pieces_tile_the_interval_and_adjacent_windows_add_up(a: datetime, b: datetime, cut: datetime, period: str) -> None:
+PERIODS: tuple[Period, ...] = ("day", "month")
+
+
+@given(instants, instants, instants, st.sampled_from(PERIODS))
+def test_pieces_tile_the_interval_and_adjacent_windows_add_up(
+    a: datetime, b: datetime, cut: datetime, period: Period
+) -> None:
     start, end = min(a, b), max(a, b)
-    assert period in ("day", "month")
-    whole = split(start, end, period)  # type: ignore[arg-type]
+    whole = split(start, end, period)
     assert sum(p.micros for p in whole) == micros(end - start)
-    assert all(x.end == y.start and x.period < y.period for x, y in zip(whole, whole[1:], strict=False))
-    left = split(start, end, period, None, cut)  # type: ignore[arg-type]
-    right = split(start, end, period, cut, None)  # type: ignore[arg-type]
+    assert all(x.end == y.start and x.period < y.period for x, y in itertools.pairwise(whole))
+    left = split(start, end, period, None, cut)
+    right = split(start, end, period, cut, None)
     assert sum(p.micros for p in left) + sum(p.micros for p in right) == micros(end - start)

@@ -1,0 +1,65 @@
+"""Searchers: which runs an experiment starts, and which it stops early, decided from events alone.
+
+The interface (`Searcher` in `base`) is four inputs and four decisions; a new
+strategy (Bayesian, Optuna-backed, population based) implements those five
+methods and nothing in the scheduler or the store changes. Every searcher is
+pure: same inputs in the same order, same state and same decisions, which is
+how an experiment outlives a control-plane restart. See `base` for the
+contract, `sequence` for grid and random search, `asha` for early stopping.
+"""
+
+from __future__ import annotations
+
+from runyard.server.domain.manifest_model import Manifest
+from runyard.server.domain.searchers.asha import AshaConfig, AshaSearcher
+from runyard.server.domain.searchers.base import (
+    Closed,
+    Complete,
+    CreateTrial,
+    Decision,
+    MetricReported,
+    Promote,
+    RunEnded,
+    RunOutcome,
+    Searcher,
+    SearcherInput,
+    Started,
+    StopRun,
+    Trial,
+    feed,
+    replay,
+)
+from runyard.server.domain.searchers.sequence import SequenceSearcher
+
+__all__ = [
+    "AshaConfig",
+    "AshaSearcher",
+    "Closed",
+    "Complete",
+    "CreateTrial",
+    "Decision",
+    "MetricReported",
+    "Promote",
+    "RunEnded",
+    "RunOutcome",
+    "Searcher",
+    "SearcherInput",
+    "SequenceSearcher",
+    "Started",
+    "StopRun",
+    "Trial",
+    "feed",
+    "replay",
+    "searcher_for",
+]
+
+
+def searcher_for(manifest: Manifest, experiment_id: str, asha: AshaConfig | None = None) -> Searcher:
+    """The searcher a manifest asks for: ASHA over its trials when early_stopping is asha, else the plain sequence.
+
+    `asha` carries the rung ladder until the manifest grows fields for it; the
+    defaults (rungs at 1, 3, 9, ... epochs, no upper bound) apply when None.
+    """
+    if manifest.search.early_stopping == "asha" or asha is not None:
+        return AshaSearcher.from_manifest(manifest, experiment_id, asha or AshaConfig())
+    return SequenceSearcher.from_manifest(manifest, experiment_id)

@@ -1,0 +1,64 @@
+"""Refusing at submit what could never run, instead of queueing it forever.
+
+An experiment's runs all ask for the same resources (they differ only in
+hyperparameters), so one check covers them all: against every registered
+agent that is not lost (draining ones too: they come back), and against the
+account's plan. With no agent registered yet nothing is refused: agents may
+still be starting, and the runs wait with "no agent is connected".
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from runyard.server.domain.errors import ManifestError
+from runyard.server.domain.manifest import Manifest, parse_manifest
+from runyard.server.domain.scheduling import QueuedRun, can_ever_place, quota_refusal
+from runyard.server.scheduler.reads import SchedulingReads
+
+
+class RefusalKind(enum.Enum):
+    #: No agent could hold the runs (FAILED_PRECONDITION: the cluster's state).
+    CAPACITY = "capacity"
+    #: The manifest names a GPU model no agent has (INVALID_ARGUMENT: names the field).
+    UNKNOWN_MODEL = "unknown_model"
+    #: The account's plan could never admit one run (RESOURCE_EXHAUSTED: names the limit).
+    QUOTA = "quota"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    kind: RefusalKind
+    message: str
+
+
+def refusal_for_yaml(reads: SchedulingReads | None, account_id: str, manifest_yaml: str) -> Refusal | None:
+    """The refusal for a manifest as submitted; None also when it does not parse (creating it says why)."""
+    if reads is None:
+        return None
+    try:
+        manifest = parse_manifest(manifest_yaml)
+    except ManifestError:
+        return None
+    return submit_refusal(reads, account_id, manifest)
+
+
+def submit_refusal(reads: SchedulingReads, account_id: str, manifest: Manifest) -> Refusal | None:
+    res = manifest.resources
+    run = QueuedRun(
+        run_id="",
+        account_id=account_id,
+        gpus=res.gpus,
+        gpu_model=res.gpu_model,
+        labels=dict(res.labels),
+        framework=manifest.framework.name or "python",
+    )
+    quota = quota_refusal(run, reads.account(account_id))
+    if quota is not None:
+        return Refusal(RefusalKind.QUOTA, quota)
+    never = can_ever_place(run, reads.registered_agents())
+    if never is not None:
+        kind = RefusalKind.UNKNOWN_MODEL if never.startswith("resources.gpu_model") else RefusalKind.CAPACITY
+        return Refusal(kind, never)
+    return None

@@ -1,0 +1,238 @@
+"""What the scheduling policy decides on, read from the read models.
+
+One snapshot: the queue, the agents with what is taken on each, and every
+account's plan and use. Reads stay cheap with ten thousand queued runs: the
+queue query takes small columns only, and what a run needs of an agent
+(framework, GPU model, labels) is parsed from its RunSpec once and kept while
+the run stays queued, since a run's spec never changes.
+
+Accounts come from the accounts read model; an account with no row there (no
+plan set, or the accounts projection not yet built) is unlimited.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, and_, select
+
+from runyard.server.domain.scheduling import AccountState, AgentState, Gpu, QueuedRun
+from runyard.server.projections import schema
+from runyard.v1 import common_pb2
+
+RS = common_pb2.RunState
+HOLDING = (RS.RUN_STATE_ASSIGNED, RS.RUN_STATE_STAGING, RS.RUN_STATE_RUNNING, RS.RUN_STATE_UPLOADING)
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a run asks of an agent, from its spec."""
+
+    framework: str
+    gpu_model: str
+    labels: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, spec: common_pb2.RunSpec) -> Requirements:
+        return cls(
+            spec.framework.name or "python",
+            spec.resources.gpu_model,
+            tuple(sorted(spec.resources.agent_labels.items())),
+        )
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A run that holds slots (and GPUs) on an agent."""
+
+    run_id: str
+    experiment_id: str
+    account_id: str
+    agent_id: str
+    gpu_ids: tuple[str, ...]
+    gpus: int
+    attempt: int
+    state: int
+    cancel_requested: bool
+
+
+@dataclass
+class Snapshot:
+    queue: list[QueuedRun]
+    #: Agents that may take work now (alive, not lost); draining ones flagged.
+    agents: list[AgentState]
+    accounts: dict[str, AccountState]
+    holding: list[Holding]
+    experiment_of: dict[str, str] = field(default_factory=dict)
+
+
+class SchedulingReads:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._requirements: dict[str, Requirements] = {}
+        self._lock = threading.Lock()
+
+    def snapshot(self, alive: Callable[[str], bool] | None = None) -> Snapshot:
+        """The queue, live agents (those `alive` accepts) and accounts, from one read of each table."""
+        with self._engine.connect() as conn:
+            r = schema.runs
+            queued_rows = conn.execute(
+                select(r.c.id, r.c.account_id, r.c.experiment_id, r.c.gpus, r.c.priority, r.c.queued_position)
+                .where(and_(r.c.state == RS.RUN_STATE_QUEUED, r.c.cancel_requested.is_(False)))
+                .order_by(r.c.queued_position)
+            ).all()
+            holding = [
+                Holding(
+                    row.id,
+                    row.experiment_id,
+                    row.account_id,
+                    row.agent_id,
+                    tuple(json.loads(row.gpu_ids)),
+                    int(row.gpus),
+                    int(row.attempt),
+                    int(row.state),
+                    bool(row.cancel_requested),
+                )
+                for row in conn.execute(
+                    select(
+                        r.c.id,
+                        r.c.experiment_id,
+                        r.c.account_id,
+                        r.c.agent_id,
+                        r.c.gpu_ids,
+                        r.c.gpus,
+                        r.c.attempt,
+                        r.c.state,
+                        r.c.cancel_requested,
+                    ).where(r.c.state.in_(HOLDING))
+                )
+            ]
+            agent_rows = [dict(x) for x in conn.execute(select(schema.agents)).mappings()]
+            plans = {
+                row.id: (int(row.gpu_quota), int(row.run_quota))
+                for row in conn.execute(
+                    select(schema.accounts.c.id, schema.accounts.c.gpu_quota, schema.accounts.c.run_quota)
+                )
+            }
+            requirements = self._requirements_for(conn, [row.id for row in queued_rows])
+        queue = []
+        for row in queued_rows:
+            need = requirements.get(row.id)
+            if need is None:  # its row went away between the two reads (a rebuild): next time
+                continue
+            queue.append(
+                QueuedRun(
+                    run_id=row.id,
+                    account_id=row.account_id,
+                    gpus=int(row.gpus),
+                    gpu_model=need.gpu_model,
+                    labels=dict(need.labels),
+                    framework=need.framework,
+                    priority=int(row.priority),
+                    queued_position=int(row.queued_position),
+                )
+            )
+        agents = [
+            agent_state(row, holding) for row in agent_rows if not row["lost"] and (alive is None or alive(row["id"]))
+        ]
+        return Snapshot(
+            queue=queue,
+            agents=agents,
+            accounts=account_states(plans, holding, {q.account_id for q in queue}),
+            holding=holding,
+            experiment_of={row.id: row.experiment_id for row in queued_rows},
+        )
+
+    def registered_agents(self) -> list[AgentState]:
+        """Every agent not declared lost, alive or not: what "could this ever run" is judged against."""
+        with self._engine.connect() as conn:
+            rows = [
+                dict(x) for x in conn.execute(select(schema.agents).where(schema.agents.c.lost.is_(False))).mappings()
+            ]
+        return [agent_state(row, []) for row in rows]
+
+    def specs(self, run_ids: Sequence[str]) -> dict[str, tuple[str, common_pb2.RunSpec]]:
+        """Run id -> (experiment id, RunSpec): what a WorkAssignment carries."""
+        r = schema.runs
+        out: dict[str, tuple[str, common_pb2.RunSpec]] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(run_ids), _CHUNK):
+                chunk = list(run_ids[start : start + _CHUNK])
+                for row in conn.execute(select(r.c.id, r.c.experiment_id, r.c.spec).where(r.c.id.in_(chunk))):
+                    spec = common_pb2.RunSpec()
+                    spec.ParseFromString(row.spec)
+                    out[row.id] = (row.experiment_id, spec)
+        return out
+
+    def account(self, account_id: str) -> AccountState | None:
+        """The account's plan (no use), or None when it has none."""
+        a = schema.accounts
+        with self._engine.connect() as conn:
+            row = conn.execute(select(a.c.gpu_quota, a.c.run_quota).where(a.c.id == account_id)).first()
+        if row is None:
+            return None
+        return AccountState(account_id, int(row.gpu_quota), int(row.run_quota))
+
+    def _requirements_for(self, conn: Any, run_ids: Sequence[str]) -> dict[str, Requirements]:
+        with self._lock:
+            known = self._requirements
+            missing = [i for i in run_ids if i not in known]
+        found: dict[str, Requirements] = {}
+        r = schema.runs
+        for start in range(0, len(missing), _CHUNK):
+            chunk = missing[start : start + _CHUNK]
+            for row in conn.execute(select(r.c.id, r.c.spec).where(r.c.id.in_(chunk))):
+                spec = common_pb2.RunSpec()
+                spec.ParseFromString(row.spec)
+                found[row.id] = Requirements.of(spec)
+        with self._lock:
+            # Keep only what is still queued: the cache never outgrows the queue.
+            merged = {i: need for i in run_ids if (need := found.get(i) or known.get(i)) is not None}
+            self._requirements = merged
+        return merged
+
+
+def agent_state(row: dict[str, Any], holding: Sequence[Holding]) -> AgentState:
+    """An agents row, with the runs that hold slots on it, as the policy sees it."""
+    details = {g.get("uuid", ""): g for g in json.loads(row.get("gpus") or "[]")}
+    gpus = tuple(Gpu(gpu_id, str(details.get(gpu_id, {}).get("model", ""))) for gpu_id in json.loads(row["gpu_ids"]))
+    mine = [h for h in holding if h.agent_id == row["id"]]
+    return AgentState(
+        agent_id=row["id"],
+        slots=int(row["slots"]),
+        gpus=gpus,
+        busy_gpu_ids=frozenset(g for h in mine for g in h.gpu_ids),
+        running=len(mine),
+        frameworks=frozenset(name for name, _ in json.loads(row["frameworks"])),
+        labels=json.loads(row["labels"]),
+        draining=bool(row.get("draining", False)),
+    )
+
+
+def account_states(
+    plans: dict[str, tuple[int, int]], holding: Sequence[Holding], queued_accounts: set[str]
+) -> dict[str, AccountState]:
+    """Plan and use of every account that holds or waits for something."""
+    gpus: dict[str, int] = {}
+    runs: dict[str, int] = {}
+    for h in holding:
+        if h.gpus:
+            gpus[h.account_id] = gpus.get(h.account_id, 0) + h.gpus
+        else:
+            runs[h.account_id] = runs.get(h.account_id, 0) + 1
+    out = {}
+    for account_id in queued_accounts | set(gpus) | set(runs):
+        plan = plans.get(account_id)
+        out[account_id] = AccountState(
+            account_id,
+            gpu_quota=plan[0] if plan else None,
+            run_quota=plan[1] if plan else 0,
+            gpus_in_use=gpus.get(account_id, 0),
+            runs_in_use=runs.get(account_id, 0),
+        )
+    return out
