@@ -51,8 +51,10 @@ def load_split(data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray, np.
     return x_train, x_val, y_train, y_val
 
 
-def build_model(hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+def build_model(hidden: int, dropout: float = 0.0) -> nn.Module:
+    # The Dropout layer is there even at p=0, so every model has the same state_dict keys
+    # and `build_model(hidden)` loads any saved model.pt of that width.
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 10))
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -65,9 +67,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout before the output layer (0 = none)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (cuda when there is one), cpu or cuda")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -77,11 +81,16 @@ def main() -> None:
     use_helper = runyard is not None and os.environ.get("RUNYARD_USE_HELPER") == "1"
 
     x_train, x_val, y_train, y_val = load_split(os.environ.get("DATA_DIR"))
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val)
-    print(f"data: {len(xt)} train / {len(xv)} validation images; lr={args.lr} hidden={args.hidden}")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    xt, yt = torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device)
+    xv, yv = torch.from_numpy(x_val).to(device), torch.from_numpy(y_val).to(device)
+    print(
+        f"data: {len(xt)} train / {len(xv)} validation images; lr={args.lr} hidden={args.hidden} dropout={args.dropout}"
+    )
 
-    model = build_model(args.hidden)
+    model = build_model(args.hidden, args.dropout).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(args.seed)
@@ -90,7 +99,7 @@ def main() -> None:
     val_accuracy = 0.0
     for epoch in range(1, args.epochs + 1):
         model.train()
-        order = torch.randperm(len(xt), generator=gen)
+        order = torch.randperm(len(xt), generator=gen).to(device)
         total = 0.0
         for i in range(0, len(xt), args.batch_size):
             idx = order[i : i + args.batch_size]
@@ -105,13 +114,24 @@ def main() -> None:
         print(f"epoch {epoch} train_loss={train_loss:.4f} val_accuracy={val_accuracy:.4f}")
         if use_helper:
             runyard.log(step=epoch, train_loss=train_loss, val_accuracy=val_accuracy)
+        if device.type == "cuda" and epoch == 1:
+            from gpu_report import write_gpu_report
+
+            write_gpu_report(Path(os.environ.get("RESULT_DIR", "result")))
 
     result_dir = Path(os.environ.get("RESULT_DIR", "result"))
     result_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), result_dir / "model.pt")
+    torch.save(model.to("cpu").state_dict(), result_dir / "model.pt")
     summary = {
-        "hyperparameters": {"lr": args.lr, "hidden": args.hidden, "epochs": args.epochs, "seed": args.seed},
+        "hyperparameters": {
+            "lr": args.lr,
+            "hidden": args.hidden,
+            "dropout": args.dropout,
+            "epochs": args.epochs,
+            "seed": args.seed,
+        },
         "val_accuracy": val_accuracy,
+        "device": str(device),
         "train_seconds": round(time.time() - started, 3),
         "history": history,
     }
