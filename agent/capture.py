@@ -9,9 +9,20 @@ If the sink falls behind, at most `BatchLimits.max_pending_lines` lines wait;
 the rest are counted and the count is reported as an agent line instead of
 growing the agent's memory without bound.
 
-The RUNYARD_METRICS_FILE written by ``runyard.log`` is polled every
-``tail_interval_s``: the standard library has no file-change wakeup, and a
-tenth of a second is well under the batching interval anyway.
+The RUNYARD_METRICS_FILE written by ``runyard.log`` and the TensorBoard event
+files under RESULT_DIR (`TensorBoardTail`) are polled every ``tail_interval_s``:
+the standard library has no file-change wakeup, and a tenth of a second is well
+under the batching interval anyway. The reading and parsing happen in a worker
+thread (`asyncio.to_thread`), so a run writing tens of thousands of points a
+second never stalls the pipes or the sending; the points are handed to the
+batch back on the event loop. Each poll finishes before the next starts, and
+`drain` waits for the one in flight, so the file offsets have one owner at a
+time. Problems the TensorBoard reader meets (a corrupt record) become agent
+lines in the run's log.
+
+High volume: a batch carries up to `BatchLimits.max_points` points (and
+`max_point_bytes`), so a run reporting 200,000 points makes ~40 metric events,
+not thousands, and the control plane appends and projects each in one go.
 """
 
 from __future__ import annotations
@@ -27,10 +38,15 @@ from typing import Protocol
 import structlog
 
 from runyard.agent.metrics import JsonlMetricParser, JsonlSplitter, StdoutMetricParser
+from runyard.agent.tensorboard import TensorBoardTail
 from runyard.v1.common_pb2 import LogLine, LogStream, MetricPoint
 
 MAX_LINE_BYTES = 16 * 1024
 _READ_CHUNK = 64 * 1024
+# What a line adds to a batch beyond its text (stream, time, framing), for the byte limit.
+_LINE_OVERHEAD = 16
+# Looked up once: attribute access on a protobuf enum wrapper is slow in a hot loop.
+_STDOUT = LogStream.LOG_STREAM_STDOUT
 
 log = structlog.get_logger("runyard.agent.capture")
 
@@ -45,11 +61,21 @@ class ReportSink(Protocol):
 
 @dataclass(frozen=True)
 class BatchLimits:
+    """When a batch goes out, and how big one may be.
+
+    A quiet run's output goes out `interval_s` after it was read. A chatty one
+    fills batches first: up to 5,000 lines or points per message, because the
+    control plane stores each message in one transaction and projects it in one
+    COPY, so its cost is mostly per message (about 2 ms), hardly per point.
+    The byte limits keep each message well under NATS's default 1 MiB
+    max_payload, with room for the envelope.
+    """
+
     interval_s: float = 0.1
-    max_lines: int = 500
-    # Well under NATS's default 1 MiB max payload, with room for the envelope.
+    max_lines: int = 5000
     max_bytes: int = 256 * 1024
-    max_points: int = 500
+    max_points: int = 5000
+    max_point_bytes: int = 256 * 1024
     max_pending_lines: int = 100_000
 
 
@@ -62,6 +88,8 @@ class PendingBatch:
         self._line_bytes: list[int] = []
         self._bytes = 0
         self._points: list[MetricPoint] = []
+        self._point_bytes: list[int] = []
+        self._points_bytes = 0
         self._since: float | None = None
         self.dropped = 0
 
@@ -72,14 +100,21 @@ class PendingBatch:
     @property
     def full(self) -> bool:
         lim = self.limits
-        return len(self._lines) >= lim.max_lines or self._bytes >= lim.max_bytes or len(self._points) >= lim.max_points
+        return (
+            len(self._lines) >= lim.max_lines
+            or self._bytes >= lim.max_bytes
+            or len(self._points) >= lim.max_points
+            or self._points_bytes >= lim.max_point_bytes
+        )
 
-    def add_line(self, line: LogLine, now: float) -> None:
+    def add_line(self, line: LogLine, now: float, size: int | None = None) -> None:
+        """`size`: the line's bytes in a batch when the caller knows them (default: measured here)."""
         if len(self._lines) >= self.limits.max_pending_lines:
             self.dropped += 1
             self._mark(now)
             return
-        size = len(line.text.encode("utf-8")) + 16
+        if size is None:
+            size = len(line.text.encode("utf-8")) + _LINE_OVERHEAD
         self._lines.append(line)
         self._line_bytes.append(size)
         self._bytes += size
@@ -87,7 +122,11 @@ class PendingBatch:
 
     def add_points(self, points: Sequence[MetricPoint], now: float) -> None:
         if points:
+            # Serialized size plus the tag and length that frame it in the message.
+            sizes = [p.ByteSize() + 3 for p in points]
             self._points.extend(points)
+            self._point_bytes.extend(sizes)
+            self._points_bytes += sum(sizes)
             self._mark(now)
 
     def _mark(self, now: float) -> None:
@@ -105,11 +144,7 @@ class PendingBatch:
     def take(self, time_us: int) -> tuple[list[LogLine], list[MetricPoint]]:
         """One message worth of lines and points (within the limits); call again until empty."""
         lim = self.limits
-        n = 0
-        size = 0
-        while n < len(self._lines) and n < lim.max_lines and (n == 0 or size + self._line_bytes[n] <= lim.max_bytes):
-            size += self._line_bytes[n]
-            n += 1
+        n, size = _fit(self._line_bytes, lim.max_lines, lim.max_bytes)
         lines, self._lines = self._lines[:n], self._lines[n:]
         self._line_bytes = self._line_bytes[n:]
         self._bytes -= size
@@ -122,13 +157,32 @@ class PendingBatch:
                 )
             )
             self.dropped = 0
-        points, self._points = self._points[: lim.max_points], self._points[lim.max_points :]
+        n, size = _fit(self._point_bytes, lim.max_points, lim.max_point_bytes)
+        points, self._points = self._points[:n], self._points[n:]
+        self._point_bytes = self._point_bytes[n:]
+        self._points_bytes -= size
         self._since = None if self.empty else self._since
         return lines, points
 
 
+def _fit(sizes: Sequence[int], max_count: int, max_bytes: int) -> tuple[int, int]:
+    """How many of the first items fit in one message, and their bytes (at least one, however big)."""
+    n = size = 0
+    while n < len(sizes) and n < max_count and (n == 0 or size + sizes[n] <= max_bytes):
+        size += sizes[n]
+        n += 1
+    return n, size
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _within_limit(lines: list[bytes]) -> list[bytes]:
+    """Lines longer than MAX_LINE_BYTES split into pieces of at most that (an empty line stays one line)."""
+    if all(len(line) <= MAX_LINE_BYTES for line in lines):
+        return lines
+    return [line[i : i + MAX_LINE_BYTES] for line in lines for i in range(0, len(line) or 1, MAX_LINE_BYTES)]
 
 
 class Capture:
@@ -142,6 +196,8 @@ class Capture:
         limits: BatchLimits | None = None,
         tail_interval_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        tensorboard_dir: Path | None = None,
     ) -> None:
         self._sink = sink
         self._stdout_parser = stdout_parser
@@ -149,6 +205,7 @@ class Capture:
         self._splitter = JsonlSplitter()
         self._metrics_file = metrics_file
         self._metrics_offset = 0
+        self._tensorboard = TensorBoardTail(tensorboard_dir) if tensorboard_dir is not None else None
         self._batch = PendingBatch(limits or BatchLimits())
         self._tail_interval_s = tail_interval_s
         self._clock = clock
@@ -158,6 +215,7 @@ class Capture:
         self._flusher: asyncio.Task[None] | None = None
         self._readers: list[asyncio.Task[None]] = []
         self._tail: asyncio.Task[None] | None = None
+        self._tail_stop = asyncio.Event()
         self.last_stderr = ""
         self.lines_seen = 0
         self.points_seen = 0
@@ -184,36 +242,57 @@ class Capture:
         if self._batch.full:
             self._full.set()
 
-    def _on_line(self, raw: bytes, stream: LogStream.ValueType) -> None:
-        text = raw.decode("utf-8", errors="replace").rstrip("\r")
+    def _on_lines(self, raws: Sequence[bytes], stream: LogStream.ValueType) -> None:
+        """Lines cut from one read of a pipe (each at most MAX_LINE_BYTES): one arrival time, one wakeup.
+
+        This is the agent's hot path when a run prints tens of thousands of
+        metric lines a second, so the per-line work is kept to the decode, the
+        LogLine and the pattern match.
+        """
         t = now_us()
-        self._add_line(LogLine(stream=stream, text=text, time_us=t))
-        if stream == LogStream.LOG_STREAM_STDOUT:
-            self._add_points(self._stdout_parser.parse(text, t))
-        elif text.strip():
-            self.last_stderr = text.strip()
+        now = self._clock()
+        batch = self._batch
+        stdout = stream == _STDOUT
+        parse = self._stdout_parser.parse
+        points = 0
+        for raw in raws:
+            try:
+                text = raw.decode("utf-8")
+                size = len(raw) + _LINE_OVERHEAD
+            except UnicodeDecodeError:
+                text = raw.decode("utf-8", errors="replace")
+                size = len(text.encode("utf-8")) + _LINE_OVERHEAD
+            if text.endswith("\r"):
+                text = text.rstrip("\r")
+            batch.add_line(LogLine(stream=stream, text=text, time_us=t), now, size)
+            if stdout:
+                found = parse(text, t)
+                if found:
+                    points += len(found)
+                    batch.add_points(found, now)
+            elif text.strip():
+                self.last_stderr = text.strip()
+        self.lines_seen += len(raws)
+        self.points_seen += points
+        self._signal()
 
     async def _read(self, reader: asyncio.StreamReader, stream: LogStream.ValueType) -> None:
-        buf = bytearray()
+        rest = b""
         while chunk := await reader.read(_READ_CHUNK):
-            buf += chunk
-            while (i := buf.find(b"\n")) >= 0:
-                self._on_raw(bytes(buf[:i]), stream)
-                del buf[: i + 1]
-            while len(buf) >= MAX_LINE_BYTES:
-                self._on_line(bytes(buf[:MAX_LINE_BYTES]), stream)
-                del buf[:MAX_LINE_BYTES]
-        if buf:
-            self._on_raw(bytes(buf), stream)
+            *lines, rest = (rest + chunk).split(b"\n")
+            if len(rest) >= MAX_LINE_BYTES:  # no newline in sight: pass the long line on in pieces
+                cut = len(rest) - len(rest) % MAX_LINE_BYTES
+                lines.append(rest[:cut])
+                rest = rest[cut:]
+            if lines:
+                self._on_lines(_within_limit(lines), stream)
+        if rest:
+            self._on_lines(_within_limit([rest]), stream)
 
-    def _on_raw(self, raw: bytes, stream: LogStream.ValueType) -> None:
-        for start in range(0, len(raw) or 1, MAX_LINE_BYTES):
-            self._on_line(raw[start : start + MAX_LINE_BYTES], stream)
-
-    def read_metrics_file(self) -> None:
-        """Pick up whatever runyard.log appended since the last look."""
+    def _metrics_file_points(self) -> list[MetricPoint]:
+        """The points of the JSON lines runyard.log appended since the last look (runs in a worker thread)."""
         if self._metrics_file is None:
-            return
+            return []
         try:
             with self._metrics_file.open("rb") as f:
                 f.seek(0, 2)
@@ -224,19 +303,37 @@ class Capture:
                 f.seek(self._metrics_offset)
                 data = f.read()
         except FileNotFoundError:
-            return
+            return []
         except OSError as e:
             log.warning("metrics file unreadable", path=str(self._metrics_file), error=str(e))
-            return
+            return []
         self._metrics_offset += len(data)
         t = now_us()
-        for line in self._splitter.feed(data):
-            self._add_points(self._jsonl_parser.parse(line, t))
+        return [p for line in self._splitter.feed(data) for p in self._jsonl_parser.parse(line, t)]
+
+    def _file_points(self, final: bool) -> list[MetricPoint]:
+        """One look at both metrics files; `final` once the process is gone (everything, partial lines too)."""
+        points = self._metrics_file_points()
+        if final:
+            t = now_us()
+            points.extend(p for line in self._splitter.rest() for p in self._jsonl_parser.parse(line, t))
+        if self._tensorboard is not None:
+            points.extend(self._tensorboard.drain() if final else self._tensorboard.poll())
+        return points
+
+    async def _poll_files(self, final: bool = False) -> None:
+        points = await asyncio.to_thread(self._file_points, final)
+        self._add_points(points)
+        if self._tensorboard is not None and self._tensorboard.problems:
+            for text in self._tensorboard.problems:
+                self.agent_line(f"TensorBoard metrics: {text}")
+            self._tensorboard.problems.clear()
 
     async def _tail_metrics(self) -> None:
-        while True:
-            self.read_metrics_file()
-            await asyncio.sleep(self._tail_interval_s)
+        while not self._tail_stop.is_set():
+            await self._poll_files()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tail_stop.wait(), timeout=self._tail_interval_s)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -250,11 +347,12 @@ class Capture:
         for reader, stream in ((stdout, LogStream.LOG_STREAM_STDOUT), (stderr, LogStream.LOG_STREAM_STDERR)):
             if reader is not None:
                 self._readers.append(asyncio.create_task(self._read(reader, stream), name="capture-read"))
-        if self._metrics_file is not None:
+        if self._metrics_file is not None or self._tensorboard is not None:
+            self._tail_stop.clear()
             self._tail = asyncio.create_task(self._tail_metrics(), name="capture-tail")
 
     async def drain(self, timeout_s: float = 2.0) -> None:
-        """After the process exited: read the pipes to EOF, then the metrics file to its end.
+        """After the process exited: read the pipes to EOF, then the metrics files to their end.
 
         A grandchild that escaped the process group may hold a pipe open; the
         timeout keeps such a run from hanging the attempt forever.
@@ -268,14 +366,12 @@ class Capture:
                     await task
             self._readers = []
         if self._tail is not None:
-            self._tail.cancel()
+            # Let the poll in flight finish (it owns the offsets while it runs), then read the rest.
+            self._tail_stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tail
             self._tail = None
-        self.read_metrics_file()
-        t = now_us()
-        for line in self._splitter.rest():
-            self._add_points(self._jsonl_parser.parse(line, t))
+        await self._poll_files(final=True)
 
     async def flush(self) -> None:
         """Send everything pending now; returns once it is stored (or there was nothing)."""

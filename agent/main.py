@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -73,6 +74,8 @@ WORK_ACK_WAIT_S = 30.0
 _REMEMBERED = 1000
 # How long a stopping agent waits (beyond the cancel grace) for its attempts' last reports.
 SHUTDOWN_REPORT_WAIT_S = 30.0
+# Longest wait for the NATS connection to drain on the way out.
+DRAIN_TIMEOUT_S = 2.0
 # Work naming a GPU that a finishing attempt still holds comes back after this long.
 GPU_BUSY_RETRY_S = 0.5
 
@@ -81,7 +84,12 @@ Key = tuple[str, int]
 
 
 def default_frameworks() -> dict[str, str]:
-    return {"pytorch": sys.executable, "python": sys.executable}
+    """Without --framework the agent's own interpreter runs PyTorch and plain Python, and
+    TensorFlow when it is installed beside them (looked up, not imported: that takes seconds)."""
+    offered = {"pytorch": sys.executable, "python": sys.executable}
+    if importlib.util.find_spec("tensorflow") is not None:
+        offered["tensorflow"] = sys.executable
+    return offered
 
 
 def configure_logging() -> None:
@@ -204,8 +212,13 @@ class Agent:
                 if task is not stopped and not task.cancelled() and (exc := task.exception()) is not None:
                     raise exc
         finally:
+            # Every report was acked by now. A fetch cancelled while its message was arriving
+            # leaves that message in the subscription's queue, and a drain would wait its full
+            # timeout (30 s) for it: bound the drain, then close.
             with contextlib.suppress(Exception):
-                await nc.drain()
+                await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT_S)
+            with contextlib.suppress(Exception):
+                await nc.close()
             self._log.info("agent stopped")
 
     async def _connect(self) -> Any:

@@ -101,7 +101,9 @@ class AttemptWorker:
         """The whole attempt; never raises except CancelledError."""
         await self.reports.staging()
         patterns, pattern_errors = compile_patterns(p.regex for p in self.work.spec.metric_patterns)
-        capture = Capture(self.reports, StdoutMetricParser(patterns), self.dirs.metrics_file)
+        capture = Capture(
+            self.reports, StdoutMetricParser(patterns), self.dirs.metrics_file, tensorboard_dir=self.dirs.result
+        )
         capture.start()
         for text in pattern_errors:
             capture.agent_line(text)

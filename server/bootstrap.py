@@ -137,6 +137,8 @@ async def start_replica(config: ServerConfig) -> Replica:
     ctx.scheduling_reads = SchedulingReads(store.read_engine)
     ctx.queue_explainer = QueueExplainer(ctx.scheduling_reads, scheduler.heartbeats.alive, lambda: projections.position)
     ingest = Ingest(ctx, js, credentials)
+    # One ingest at a time keeps each run's reports in order: the scheduler's leader's.
+    ingest.active = lambda: scheduler.leading
 
     server = grpc.aio.server(interceptors=[AuthInterceptor(credentials)], options=[("grpc.so_reuseport", 0)])
     watcher = Watcher(store, ctx.queries, head, ctx.queue_explainer)

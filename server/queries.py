@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.protobuf import json_format
 from sqlalchemy import Engine, and_, func, select
 
+from runyard.server import run_scores
 from runyard.server.projections import schema
 from runyard.server.projections.read_models import is_ended, utc
-from runyard.server.usage_queries import run_gpu_seconds
 from runyard.v1 import common_pb2, resources_pb2
 
 RS = common_pb2.RunState
@@ -71,14 +71,14 @@ class Queries:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def get_run(self, run_id: str) -> resources_pb2.Run | None:
+    def get_run(self, run_id: str, with_best: bool = False) -> resources_pb2.Run | None:
+        """The run with its GPU time; `with_best` adds best_metric/best_step (a read of its metric points)."""
         with self._engine.connect() as conn:
             row = conn.execute(select(schema.runs).where(schema.runs.c.id == run_id)).mappings().first()
             if row is None:
                 return None
-            billed = run_gpu_seconds(conn, [run_id], datetime.now(UTC))
-        run = run_from_row(dict(row))
-        run.gpu_seconds = billed.get(run_id, 0.0)
+            run = run_from_row(dict(row))
+            run_scores.annotate(conn, [run], with_best=with_best)
         return run
 
     def list_runs(
@@ -100,7 +100,9 @@ class Queries:
             query = query.where(t.c.state.in_(list(states)))
         query = query.order_by(t.c.position).limit(limit)
         with self._engine.connect() as conn:
-            return [run_from_row(dict(r)) for r in conn.execute(query).mappings()]
+            runs = [run_from_row(dict(r)) for r in conn.execute(query).mappings()]
+            run_scores.annotate(conn, runs)
+        return runs
 
     def run_positions(self, run_ids: Sequence[str]) -> dict[str, int]:
         t = schema.runs

@@ -37,7 +37,7 @@ class RunService(pb_grpc.RunServiceServicer):
         await auth.require_owner(context, owner, "run", run_id)
 
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
-        run = await asyncio.to_thread(self._ctx.queries.get_run, request.run_id)
+        run = await asyncio.to_thread(self._ctx.queries.get_run, request.run_id, True)
         await auth.require_owner(context, run and run.account_id, "run", request.run_id)
         if run is not None:
             await self._ctx.explain_queue([run])

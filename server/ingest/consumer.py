@@ -6,6 +6,15 @@ crash before the ack redelivers it, and the report's event id turns the second
 append into a no-op. Reports of one agent come in order on one subject, and a
 replica handles a fetched batch in order.
 
+Order across replicas. Two replicas fetching from the one consumer at once
+would interleave one run's reports (RunStarted stored by one before the other
+stored RunStaging), so only the scheduler's leader ingests (`active`); a
+replica that stops leading finishes the batch in hand. A transition that still
+arrives before its predecessor (after a failover, the dead leader's unacked
+batch is redelivered only when its ack wait ends) is put back with a delay
+instead of being dropped, until the predecessor is stored or
+`EARLY_REPORT_RETRIES` deliveries have passed.
+
 Only agents may report: each report must carry the header
 ``Authorization: Bearer <secret>`` of a valid ROLE_AGENT key whose agent id is
 empty (any agent) or the report's agent id, arrive on that agent's subject,
@@ -16,6 +25,7 @@ logged, and stores nothing.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -24,10 +34,13 @@ from runyard import bus
 from runyard.server.commands import NotFound
 from runyard.server.context import ServerContext
 from runyard.server.credentials import Credentials, may_report_as
-from runyard.server.domain.errors import DomainError
+from runyard.server.domain.errors import DomainError, IllegalTransition
 from runyard.v1 import agent_pb2
 
 log = structlog.get_logger(__name__)
+
+# Deliveries of a transition that came before its predecessor, about a second apart after the first few.
+EARLY_REPORT_RETRIES = 60
 
 
 class Ingest:
@@ -37,6 +50,8 @@ class Ingest:
         self._credentials = credentials
         self.handled = 0
         self.refused = 0
+        # Whether this replica ingests now (set by the composition root: the scheduler's leader does).
+        self.active: Callable[[], bool] = lambda: True
 
     async def run(self, stop: asyncio.Event) -> None:
         from nats.errors import TimeoutError as NatsTimeout
@@ -49,6 +64,9 @@ class Ingest:
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10_000, ack_wait=30),
         )
         while not stop.is_set():
+            if not self.active():
+                await asyncio.sleep(0.1)
+                continue
             try:
                 msgs = await sub.fetch(batch=256, timeout=1.0)
             except NatsTimeout:
@@ -84,6 +102,16 @@ class Ingest:
             return
         try:
             position = await asyncio.to_thread(self._ctx.commands.apply_report, report)
+        except IllegalTransition as exc:
+            delivered = _deliveries(msg)
+            if _ahead(exc, report) and delivered < EARLY_REPORT_RETRIES:
+                # Most likely ahead of its predecessor: try again once that may be stored.
+                log.info("report out of order; retrying", run_id=report.run_id, reason=str(exc), delivered=delivered)
+                await msg.nak(delay=min(0.05 * 2**delivered, 1.0))
+                return
+            log.warning("report refused", run_id=report.run_id, body=report.WhichOneof("body"), reason=str(exc))
+            await msg.ack()
+            return
         except (DomainError, NotFound) as exc:
             # A late report of a superseded attempt, or of a run that ended: refused.
             log.info(
@@ -119,6 +147,23 @@ class Ingest:
         if report.WhichOneof("body") == "registered" and report.registered.agent_id != report.agent_id:
             return f"agent {report.agent_id!r} may not register agent {report.registered.agent_id!r}"
         return ""
+
+
+# How far along its life a run is in each state, and how far each report takes it.
+_STAGE = {"QUEUED": 0, "ASSIGNED": 1, "STAGING": 2, "RUNNING": 3, "UPLOADING": 4}
+_REPORT_STAGE = {"staging": 2, "started": 3, "uploading": 4, "completed": 5, "failed": 5, "canceled": 5}
+
+
+def _ahead(exc: IllegalTransition, report: agent_pb2.AgentReport) -> bool:
+    """Is the report ahead of the run (its predecessor not stored yet), rather than behind it (late)?"""
+    return _STAGE.get(exc.state, 5) < _REPORT_STAGE.get(report.WhichOneof("body") or "", 0)
+
+
+def _deliveries(msg: Any) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return EARLY_REPORT_RETRIES
 
 
 def _bearer(value: str) -> str:

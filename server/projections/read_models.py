@@ -88,6 +88,47 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[Row]) -> None:
             copy.write_row([row[c] for c in columns])
 
 
+#: metric_points columns in the order of a `PointRow`.
+POINT_COLUMNS = ("position", "idx", "run_id", "attempt", "name", "step", "value", "time_us", "source")
+PointRow = tuple[int, int, str, int, str, int, float, int, str]
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: str, cache: dict[str, str]) -> str:
+    """A string as COPY's text format wants it (backslash, tab and line breaks escaped); names repeat, so cached."""
+    escaped = cache.get(value)
+    if escaped is None:
+        escaped = cache[value] = value.translate(_COPY_ESCAPES)
+    return escaped
+
+
+def insert_metric_points(conn: Connection, rows: Sequence[PointRow]) -> None:
+    """Insert metric point rows: the projection's highest-volume write (a run may report 200,000 points).
+
+    On PostgreSQL the rows go in as one COPY whose text this function formats
+    itself: psycopg's per-row ``write_row`` cost about three times as much as
+    the formatting. A float is written as ``repr``, the shortest text that
+    reads back as the same double, so no value changes on the way in.
+    Elsewhere a plain executemany.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(insert(schema.metric_points), [dict(zip(POINT_COLUMNS, r, strict=True)) for r in rows])
+        return
+    cache: dict[str, str] = {}
+    text = "".join(
+        f"{pos}\t{idx}\t{_copy_text(run, cache)}\t{att}\t{_copy_text(name, cache)}\t{step}\t{value!r}\t{t}\t"
+        f"{_copy_text(src, cache)}\n"
+        for pos, idx, run, att, name, step, value, t, src in rows
+    )
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    names = ", ".join(f'"{c}"' for c in POINT_COLUMNS)
+    with cursor.copy(f'COPY "{schema.metric_points.name}" ({names}) FROM STDIN') as copy:
+        copy.write(text)
+
+
 def _bind(name: str) -> Any:
     from sqlalchemy import bindparam
 
@@ -144,7 +185,7 @@ class RunsProjector:
             conn, [e.stream_id.split(":", 1)[1] for e, _ in decoded if e.stream_id.startswith("experiment:")]
         )
         agents.load(conn, [e.stream_id.split(":", 1)[1] for e, _ in decoded if e.stream_id.startswith("agent:")])
-        points: list[Row] = []
+        points: list[PointRow] = []
         for event, msg in decoded:
             if event.stream_id.startswith("run:"):
                 self._run_event(runs, event, msg)
@@ -161,7 +202,7 @@ class RunsProjector:
             conn.execute(
                 update(schema.runs).where(schema.runs.c.experiment_id == experiment_id).values(priority=priority)
             )
-        insert_many(conn, schema.metric_points, points)
+        insert_metric_points(conn, points)
 
     # -- experiments -------------------------------------------------------
 
@@ -303,32 +344,23 @@ class RunsProjector:
             row.update(state=RS.RUN_STATE_CANCELED, message=msg.reason, ended_at=at, cancel_requested=True)
 
     def _metrics(
-        self, rows: _Rows, event: RecordedEvent, msg: events_pb2.RunMetricsReported, points: list[Row]
+        self, rows: _Rows, event: RecordedEvent, msg: events_pb2.RunMetricsReported, points: list[PointRow]
     ) -> None:
+        """One row per point (tuples in `POINT_COLUMNS` order: a batch may hold 5,000 of them) and the latest values."""
         row = rows.get(msg.run_id)
-        latest: dict[str, list[float]] = {}
+        latest: dict[str, tuple[int, float]] = {}
+        position, run_id, attempt = event.position, msg.run_id, msg.attempt
         for idx, p in enumerate(msg.points):
-            points.append(
-                {
-                    "position": event.position,
-                    "idx": idx,
-                    "run_id": msg.run_id,
-                    "attempt": msg.attempt,
-                    "name": p.name,
-                    "step": p.step,
-                    "value": p.value,
-                    "time_us": p.time_us,
-                    "source": p.source,
-                }
-            )
-            prev = latest.get(p.name)
-            if prev is None or p.step >= prev[0]:
-                latest[p.name] = [float(p.step), p.value]
+            name, step, value = p.name, p.step, p.value
+            points.append((position, idx, run_id, attempt, name, step, value, p.time_us, p.source))
+            prev = latest.get(name)
+            if prev is None or step >= prev[0]:
+                latest[name] = (step, value)
         if row is not None and latest:
             current: dict[str, list[float]] = json.loads(row["latest_metrics"])
             for name, (step, value) in latest.items():
                 if name not in current or step >= current[name][0]:
-                    current[name] = [step, value]
+                    current[name] = [float(step), value]
             row["latest_metrics"] = json.dumps(dict(sorted(current.items())))
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine, and_, func, select
 
 from runyard.server.domain.scheduling import AccountState, AgentState, Gpu, QueuedRun
 from runyard.server.projections import schema
@@ -77,15 +77,31 @@ class SchedulingReads:
         self._requirements: dict[str, Requirements] = {}
         self._lock = threading.Lock()
 
-    def snapshot(self, alive: Callable[[str], bool] | None = None) -> Snapshot:
-        """The queue, live agents (those `alive` accepts) and accounts, from one read of each table."""
+    def snapshot(self, alive: Callable[[str], bool] | None = None, per_account: int | None = None) -> Snapshot:
+        """The queue, live agents (those `alive` accepts) and accounts, from one read of each table.
+
+        `per_account` keeps only the first that many queued runs of each account (in its queue
+        order): what a placement cycle needs, read in a fraction of the time with a long queue.
+        """
         with self._engine.connect() as conn:
             r = schema.runs
-            queued_rows = conn.execute(
-                select(r.c.id, r.c.account_id, r.c.experiment_id, r.c.gpus, r.c.priority, r.c.queued_position)
-                .where(and_(r.c.state == RS.RUN_STATE_QUEUED, r.c.cancel_requested.is_(False)))
-                .order_by(r.c.queued_position)
-            ).all()
+            columns = [r.c.id, r.c.account_id, r.c.experiment_id, r.c.gpus, r.c.priority, r.c.queued_position]
+            waiting = and_(r.c.state == RS.RUN_STATE_QUEUED, r.c.cancel_requested.is_(False))
+            if per_account is None:
+                query = select(*columns).where(waiting).order_by(r.c.queued_position)
+            else:
+                rank = (
+                    func.row_number()
+                    .over(partition_by=r.c.account_id, order_by=(r.c.priority.desc(), r.c.queued_position))
+                    .label("rank")
+                )
+                ranked = select(*columns, rank).where(waiting).subquery()
+                query = (
+                    select(*(ranked.c[c.name] for c in columns))
+                    .where(ranked.c.rank <= per_account)
+                    .order_by(ranked.c.queued_position)
+                )
+            queued_rows = conn.execute(query).all()
             holding = [
                 Holding(
                     row.id,

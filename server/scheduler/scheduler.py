@@ -57,10 +57,18 @@ REDISPATCH_AFTER_S = 6.0
 HEARTBEAT_GRACE_S = 2.5
 # Replicas that do not lead try for the lock this often.
 FOLLOWER_RETRY_S = 0.5
-# Cycles follow each other no faster than this, however often commits wake the loop.
+# Cycles follow each other no faster than this, however often commits wake the loop...
 MIN_CYCLE_GAP_S = 0.02
+# ...and with at least this many times the last cycle's own duration between them, so a long
+# queue (a cycle reads and weighs all of it) never starves ingest and the read models of the CPU.
+CYCLE_GAP_FACTOR = 0.5
+# A placement cycle weighs at most this many queued runs of each account (its queue's head).
+# Runs further back wait for the next cycles; `show`/`list` still explain the whole queue.
+CYCLE_WINDOW_PER_ACCOUNT = 1000
 # Assignments appended at once (each its own run stream, so they never conflict).
 PARALLEL_ASSIGNMENTS = 8
+# While leading, the decision figures are logged this often (and when the replica stops).
+STATS_EVERY_S = 10.0
 
 
 class Scheduler:
@@ -77,9 +85,16 @@ class Scheduler:
         self._last_try = 0.0
         # (run id, attempt) -> (monotonic time of the last dispatch, dispatches so far)
         self._dispatched: dict[tuple[str, int], tuple[float, int]] = {}
+        #: Queued runs the policy looked at, the seconds it took over all cycles, runs assigned.
         self.decisions = 0
         self.decision_seconds = 0.0
+        self.cycles = 0
+        self.slowest_decision_s = 0.0
         self.assigned = 0
+        #: Seconds spent reading the snapshot (read models caught up first) and assigning + dispatching.
+        self.read_seconds = 0.0
+        self.assign_seconds = 0.0
+        self._stats_at = time.monotonic()
 
     def wakeup(self) -> None:
         self._wake.set()
@@ -99,15 +114,18 @@ class Scheduler:
         unsubscribe = self._ctx.store.on_commit(self._on_commit)
         try:
             while not stop.is_set():
+                started = time.perf_counter()
                 try:
                     await self._cycle()
                 except Exception:
                     log.exception("scheduling cycle failed")
+                took = time.perf_counter() - started
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
                 self._wake.clear()
-                await asyncio.sleep(MIN_CYCLE_GAP_S)
+                await asyncio.sleep(max(MIN_CYCLE_GAP_S, CYCLE_GAP_FACTOR * took))
         finally:
+            self._log_stats()
             unsubscribe()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -132,22 +150,48 @@ class Scheduler:
             self.leading = False
             self._dispatched.clear()
             return
+        phase = time.perf_counter()
         await asyncio.to_thread(self._ctx.projections.catch_up)
         if not self.leading:
             self.leading = True
             await self._take_over()
-        snapshot = await asyncio.to_thread(self.reads.snapshot, self.heartbeats.alive)
+        snapshot = await asyncio.to_thread(self.reads.snapshot, self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
+        self.read_seconds += time.perf_counter() - phase
         if await self._handle_lost_agents(snapshot.holding):
-            snapshot = await asyncio.to_thread(self.reads.snapshot, self.heartbeats.alive)
+            snapshot = await asyncio.to_thread(self.reads.snapshot, self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
         await self._check_dispatches(snapshot.holding)
         if not snapshot.queue:
             return
         started = time.perf_counter()
-        decision = schedule(snapshot.queue, snapshot.agents, snapshot.accounts)
+        # Off the event loop: ingest and heartbeats go on while a long queue is weighed.
+        decision = await asyncio.to_thread(schedule, snapshot.queue, snapshot.agents, snapshot.accounts)
+        took = time.perf_counter() - started
         self.decisions += len(snapshot.queue)
-        self.decision_seconds += time.perf_counter() - started
+        self.decision_seconds += took
+        self.cycles += 1
+        self.slowest_decision_s = max(self.slowest_decision_s, took)
         if decision.placements:
+            phase = time.perf_counter()
             await self._assign(decision.placements)
+            self.assign_seconds += time.perf_counter() - phase
+        if time.monotonic() - self._stats_at >= STATS_EVERY_S:
+            self._log_stats()
+
+    def _log_stats(self) -> None:
+        self._stats_at = time.monotonic()
+        if not self.cycles:
+            return
+        log.info(
+            "scheduler stats",
+            cycles=self.cycles,
+            runs_considered=self.decisions,
+            decision_us_per_run=round(1e6 * self.decision_seconds / max(self.decisions, 1), 2),
+            decision_ms_per_cycle=round(1e3 * self.decision_seconds / self.cycles, 3),
+            slowest_decision_ms=round(1e3 * self.slowest_decision_s, 3),
+            read_ms_per_cycle=round(1e3 * self.read_seconds / self.cycles, 3),
+            assign_ms_per_run=round(1e3 * self.assign_seconds / max(self.assigned, 1), 3),
+            assigned=self.assigned,
+        )
 
     async def _assign(self, placements: Sequence[Placement]) -> None:
         specs = await asyncio.to_thread(self.reads.specs, [p.run_id for p in placements])

@@ -17,7 +17,7 @@ from typing import Any
 
 from runyard import __version__
 from runyard.client import admin as admin_commands
-from runyard.client import commands, daemons, stack, usage
+from runyard.client import commands, daemons, stack, tb_export, usage, views
 from runyard.client.errors import ClientError
 from runyard.config import ConfigError, Settings, load_settings, parse_pairs, parse_size
 
@@ -156,6 +156,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN", help="run-...")
     p.add_argument("--all", action="store_true", help="every point, one row per step")
     p.add_argument("--name", action="append", help="only this metric (repeatable)")
+    p.add_argument("--plot", action="store_true", help="draw the curves in the terminal, one panel per metric")
+
+    p = add("compare", views.cmd_compare, "runs side by side: hyperparameters, state, best and final metrics", client)
+    p.add_argument("runs", metavar="RUN", nargs="+", help="run-... (two or more to compare)")
+
+    p = add("best", views.cmd_best, "download the results of an experiment's best run (by its search metric)", client)
+    p.add_argument("experiment", metavar="EXPERIMENT", help="exp-...")
+    p.add_argument("dest", metavar="DEST", nargs="?", help="local folder (default ./RUN)")
+    _storage_flags(p)
+
+    export = sub.add_parser("export", help="write an experiment's metrics in another tool's format")
+    export_sub = export.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
+    p = export_sub.add_parser(
+        "tensorboard",
+        help="every run's metrics as TensorBoard event files, one folder per run",
+        description="Write every run's metrics as TensorBoard event files under DIR, one folder per run "
+        "(run id + hyperparameters), so `tensorboard --logdir DIR` shows the experiment side by side.",
+        parents=client,
+    )
+    p.set_defaults(func=tb_export.cmd_export_tensorboard)
+    p.add_argument("experiment", metavar="EXPERIMENT", help="exp-...")
+    p.add_argument("dir", metavar="DIR", help="folder to write into (created if missing)")
 
     p = add("cancel", commands.cmd_cancel, "cancel a run, or every unfinished run of an experiment", client)
     p.add_argument("id", metavar="ID", help="exp-... or run-...")

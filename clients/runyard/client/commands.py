@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.text import Text
 
-from runyard.client import render
+from runyard.client import plots, render, views
 from runyard.client.errors import ClientError
 from runyard.client.packing import pack_code
 from runyard.client.progress import transfer_bar
@@ -27,7 +27,7 @@ from runyard.config import Settings
 from runyard.v1 import common_pb2, resources_pb2
 
 if TYPE_CHECKING:
-    from runyard.objectstore import ObjectStore
+    from runyard.objectstore import ObjectInfo, ObjectStore
 
 RS = common_pb2.RunState
 ES = resources_pb2.ExperimentState
@@ -183,7 +183,7 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
     if kind == "experiment":
         experiment = client.get_experiment(args.id)
         if ctx.json:
-            render.print_json(render.to_dict(experiment))
+            render.print_json({**render.to_dict(experiment), "leaderboard": views.leaderboard_json(experiment)})
             return 0
         _print_experiment(ctx, experiment)
         return 0
@@ -201,7 +201,7 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _print_experiment(ctx: Context, experiment: resources_pb2.Experiment) -> None:
-    metric, goal = render.search_metric(experiment)
+    metric, _ = render.search_metric(experiment)
     ctx.out.print(
         render.key_values(
             [
@@ -219,18 +219,13 @@ def _print_experiment(ctx: Context, experiment: resources_pb2.Experiment) -> Non
     if not runs:
         return
     ctx.out.print()
-    ctx.out.print(render.runs_table(runs, render.metric_columns(runs, metric)))
-    scored = [r for r in runs if metric and metric in r.latest_metrics]
-    if scored:
-        pick = min if goal.startswith("min") else max
-        best = pick(scored, key=lambda r: r.latest_metrics[metric])
-        label = "best so far" if experiment.state == ES.EXPERIMENT_STATE_ACTIVE else "best"
-        ctx.out.print(
-            f"\n{label}: {best.id} {metric}={render.fmt_value(best.latest_metrics[metric])} "
-            f"({render.fmt_hyperparameters(best)})",
-            markup=False,
-            highlight=False,
-        )
+    if not metric:
+        ctx.out.print(render.runs_table(runs, render.metric_columns(runs)))
+        return
+    # A search metric: the runs as a leaderboard, best first.
+    ctx.out.print(views.leaderboard_table(experiment))
+    if best := views.best_line(experiment):
+        ctx.out.print(f"\n{best}", markup=False, highlight=False)
 
 
 # -- watch / logs / metrics -----------------------------------------------------------------
@@ -322,6 +317,9 @@ def cmd_metrics(args: argparse.Namespace, ctx: Context) -> int:
     if not points:
         ctx.err.print(f"no metric points for {run_id} yet", markup=False)
         return 0
+    if getattr(args, "plot", False):
+        plots.print_plot(ctx.out, plots.curves_of_run(points), title=run_id)
+        return 0
     ctx.out.print(render.metrics_points_table(points) if args.all else render.metrics_latest_table(points))
     return 0
 
@@ -381,16 +379,12 @@ def cmd_download(args: argparse.Namespace, ctx: Context) -> int:
     if not run.results_uri:
         raise ClientError(f"run {run.id} has no results location")
     dest = Path(args.dest) if args.dest else Path(run.id)
-    store = _store(ctx)
-    with _storage_errors():
-        objects = store.list(run.results_uri)
-        if not objects:
-            state = render.run_state_name(run.state)
-            hint = "" if run.state == RS.RUN_STATE_COMPLETED else "; results are stored when the run completes"
-            raise ClientError(f"no results at {run.results_uri} (run {run.id} is {state}{hint})")
-        total = sum(o.size for o in objects)
-        with transfer_bar(ctx.err, f"downloading {run.id}", total) as advance:
-            count = store.download_prefix(run.results_uri, dest, advance)
+    objects = results_objects(ctx, run)
+    if not objects:
+        state = render.run_state_name(run.state)
+        hint = "" if run.state == RS.RUN_STATE_COMPLETED else "; results are stored when the run completes"
+        raise ClientError(f"no results at {run.results_uri} (run {run.id} is {state}{hint})")
+    count, total = download_results(ctx, run, dest, objects)
     if ctx.json:
         render.print_json(
             {"run_id": run.id, "results_uri": run.results_uri, "dest": str(dest), "files": count, "bytes": total}
@@ -402,6 +396,20 @@ def cmd_download(args: argparse.Namespace, ctx: Context) -> int:
             highlight=False,
         )
     return 0
+
+
+def results_objects(ctx: Context, run: resources_pb2.Run) -> list[ObjectInfo]:
+    """The objects stored under the run's results prefix (none before it completes)."""
+    with _storage_errors():
+        return list(_store(ctx).list(run.results_uri))
+
+
+def download_results(ctx: Context, run: resources_pb2.Run, dest: Path, objects: list[ObjectInfo]) -> tuple[int, int]:
+    """Download the run's results into `dest` with a progress bar; (files, bytes)."""
+    total = sum(o.size for o in objects)
+    with _storage_errors(), transfer_bar(ctx.err, f"downloading {run.id}", total) as advance:
+        count = _store(ctx).download_prefix(run.results_uri, dest, advance)
+    return count, total
 
 
 def _files(n: int) -> str:

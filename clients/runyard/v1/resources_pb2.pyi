@@ -205,6 +205,8 @@ class Run(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     GPU_SECONDS_FIELD_NUMBER: _builtins.int
+    BEST_METRIC_FIELD_NUMBER: _builtins.int
+    BEST_STEP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     experiment_id: _builtins.str
     account_id: _builtins.str
@@ -225,6 +227,13 @@ class Run(_message.Message):
     priority: _builtins.int
     gpu_seconds: _builtins.float
     """GPU-seconds billed so far over all attempts."""
+    best_metric: _builtins.float
+    """Best value of the experiment's search metric (manifest search.metric, by search.goal)
+    over all of the run's points; absent while the run has none or the search names no metric.
+    Filled by GetRun, ListRuns and GetExperiment (the leaderboard); other replies leave it out.
+    """
+    best_step: _builtins.int
+    """Step of the first point that reached best_metric."""
     @_builtins.property
     def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -268,12 +277,16 @@ class Run(_message.Message):
         queue_position: _builtins.int = ...,
         priority: _builtins.int = ...,
         gpu_seconds: _builtins.float = ...,
+        best_metric: _builtins.float | None = ...,
+        best_step: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "created_at", b"created_at", "ended_at", b"ended_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_best_metric", b"_best_metric", "assigned_at", b"assigned_at", "best_metric", b"best_metric", "created_at", b"created_at", "ended_at", b"ended_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "agent_id", b"agent_id", "assigned_at", b"assigned_at", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "command", b"command", "created_at", b"created_at", "ended_at", b"ended_at", "exit_code", b"exit_code", "experiment_id", b"experiment_id", "failure_reason", b"failure_reason", "gpu_ids", b"gpu_ids", "gpu_seconds", b"gpu_seconds", "hyperparameters", b"hyperparameters", "id", b"id", "index", b"index", "latest_metrics", b"latest_metrics", "message", b"message", "priority", b"priority", "queue_position", b"queue_position", "results_uri", b"results_uri", "started_at", b"started_at", "state", b"state", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_best_metric", b"_best_metric", "account_id", b"account_id", "agent_id", b"agent_id", "assigned_at", b"assigned_at", "attempt", b"attempt", "best_metric", b"best_metric", "best_step", b"best_step", "cancel_requested", b"cancel_requested", "command", b"command", "created_at", b"created_at", "ended_at", b"ended_at", "exit_code", b"exit_code", "experiment_id", b"experiment_id", "failure_reason", b"failure_reason", "gpu_ids", b"gpu_ids", "gpu_seconds", b"gpu_seconds", "hyperparameters", b"hyperparameters", "id", b"id", "index", b"index", "latest_metrics", b"latest_metrics", "message", b"message", "priority", b"priority", "queue_position", b"queue_position", "results_uri", b"results_uri", "started_at", b"started_at", "state", b"state", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__best_metric: _TypeAlias = _typing.Literal["best_metric"]  # noqa: Y015
+    _WhichOneofArgType__best_metric: _TypeAlias = _typing.Literal["_best_metric", b"_best_metric"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__best_metric) -> _WhichOneofReturnType__best_metric | None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
 

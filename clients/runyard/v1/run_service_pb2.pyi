@@ -252,7 +252,17 @@ class GetRunMetricsRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     NAMES_FIELD_NUMBER: _builtins.int
+    MAX_POINTS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    max_points: _builtins.int
+    """At most this many points per metric; 0 for every point. A metric with
+    more points is downsampled: its first and last point (by step), the points
+    with its smallest and largest value, and the rest picked at evenly spaced
+    steps between the first and the last (for each target step, the first
+    point at or after it), so a curve keeps its shape, ends and extremes.
+    Fewer than max_points may come back when steps cluster. Points keep the
+    order they have without max_points (the order they were logged).
+    """
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these metrics; empty for all."""
@@ -262,10 +272,11 @@ class GetRunMetricsRequest(_message.Message):
         *,
         run_id: _builtins.str = ...,
         names: _abc.Iterable[_builtins.str] | None = ...,
+        max_points: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_points", b"max_points", "names", b"names", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -275,17 +286,43 @@ Global___GetRunMetricsRequest: _TypeAlias = GetRunMetricsRequest  # noqa: Y015
 class GetRunMetricsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PointCountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     POINTS_FIELD_NUMBER: _builtins.int
+    POINT_COUNTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def points(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.MetricPoint]: ...
+    @_builtins.property
+    def point_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """How many points each returned metric has in all, before any downsampling."""
+
     def __init__(
         self,
         *,
         points: _abc.Iterable[_common_pb2.MetricPoint] | None = ...,
+        point_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["point_counts", b"point_counts", "points", b"points"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

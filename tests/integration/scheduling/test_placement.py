@@ -64,3 +64,16 @@ def test_runs_get_whole_hosts_and_exactly_their_gpus_and_impossible_runs_are_ref
         for a, b in itertools.combinations(held, 2):
             if a.agent_id == b.agent_id and overlapping(a, b):
                 assert not set(a.gpu_ids) & set(b.gpu_ids), f"{a.run_id} and {b.run_id} shared a GPU"
+
+
+def test_a_draining_agent_gets_no_new_runs(stack: Stack) -> None:
+    stack.start_server()
+    with stack.channel() as channel:
+        stubs = Stubs(channel)
+        start_gpu_agents(stack, stubs, {"gpu-a": "2xH100", "gpu-b": "2xH100"})
+        drained = stubs.admin.DrainAgent(admin_service_pb2.DrainAgentRequest(agent_id="gpu-b"), timeout=10).agent
+        assert drained.draining
+        exp = submit(stubs, manifest("drained", "sleep 0.3", gpus=1, runs=6))
+        wait_until("every run to end", lambda: all_ended(stubs, [exp.id]), timeout=120, stack=stack)
+    held = attempts(stack.database_url)
+    assert len(held) == 6 and {a.agent_id for a in held} == {"gpu-a"}, "the draining agent got work"

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from runyard.v1 import common_pb2, run_service_pb2
+from runyard.v1 import common_pb2, resources_pb2, run_service_pb2
 from tests.integration.api.helpers import watch_all
 from tests.integration.scheduling.helpers import (
     all_ended,
@@ -37,7 +37,7 @@ def test_a_free_account_holds_one_gpu_at_a_time_and_its_runs_wait_for_quota_in_o
         run_ids = [r.id for r in sorted(exp.runs, key=lambda r: r.index)]
 
         # While the first run holds the account's GPU, the others say they wait for quota, in order.
-        def waiting() -> list[run_service_pb2.GetRunResponse] | None:
+        def waiting() -> list[resources_pb2.Run] | None:
             runs = user.runs.ListRuns(run_service_pb2.ListRunsRequest(experiment_id=exp.id), timeout=10).runs
             queued = [r for r in runs if r.state == RS.RUN_STATE_QUEUED]
             holding = [r for r in runs if r.state in (RS.RUN_STATE_STAGING, RS.RUN_STATE_RUNNING)]

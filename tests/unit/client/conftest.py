@@ -32,6 +32,8 @@ def sample_run(run_id: str, index: int, state: int, lr: float, accuracy: float |
     run.hyperparameters["lr"].CopyFrom(struct_pb2.Value(number_value=lr))
     if accuracy is not None:
         run.latest_metrics["val_accuracy"] = accuracy
+        # The server's leaderboard fields: here the best value is also the last, at step 2.
+        run.best_metric, run.best_step = accuracy, 2
     run.created_at.FromSeconds(1_700_000_000)
     return run
 

@@ -196,7 +196,7 @@ def test_show_experiment_table_lists_runs_with_metric_and_best(
     code, out, _ = run_cli(capsys, "--endpoint", fake.endpoint, "show", "exp-1")
     assert code == 0
     assert "val_accuracy" in out and "run-a" in out and "run-b" in out and "lr=0.01" in out
-    assert "best: run-a val_accuracy=0.93 (lr=0.01)" in out
+    assert "best: run-a val_accuracy=0.93 at step 2 (lr=0.01)" in out
 
 
 def test_submit_prints_the_experiment_id_as_json(

@@ -1,0 +1,65 @@
+"""What the scheduler and the queue explainer read from the read models (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runyard.server.commands import Commands
+from runyard.server.projections.runner import ProjectionRunner
+from runyard.server.scheduler.explainer import QueueExplainer
+from runyard.server.scheduler.reads import SchedulingReads
+from runyard.server.store import EventStore
+from runyard.v1 import agent_pb2, common_pb2, events_pb2
+from tests.integration.scheduling.helpers import manifest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
+    url = f"sqlite:///{tmp_path}/runyard.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    opened = EventStore.open(url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_a_cycle_reads_each_accounts_queue_head_and_the_explainer_the_whole_queue(store: EventStore) -> None:
+    commands = Commands(store)
+    projections = ProjectionRunner(store)
+    commands.create_experiment("a", manifest("low", "true", gpus=1, runs=3), "", "")
+    commands.create_experiment("a", manifest("high", "true", gpus=1, runs=2, extra="priority: 5\n"), "", "")
+    commands.create_experiment("b", manifest("b", "true", gpus=2, runs=3, gpu_model="H100"), "", "")
+    agent = events_pb2.AgentRegistered(
+        agent_id="gpu-1",
+        hostname="h",
+        slots=1,
+        gpu_ids=["GPU-gpu-1-0"],
+        frameworks=[common_pb2.Framework(name="python")],
+        gpus=[common_pb2.GpuDevice(index=0, uuid="GPU-gpu-1-0", model="H100")],
+    )
+    commands.apply_report(agent_pb2.AgentReport(event_id="reg-1", agent_id="gpu-1", registered=agent))
+    projections.catch_up()
+    reads = SchedulingReads(store.engine)
+
+    head = reads.snapshot(None, per_account=2)
+    by_account: dict[str, list[int]] = {}
+    for run in head.queue:
+        by_account.setdefault(run.account_id, []).append(run.priority)
+    assert by_account == {"a": [5, 5], "b": [0, 0]}, "the two highest-priority runs of each account"
+    b_runs = [r for r in head.queue if r.account_id == "b"]
+    assert all(r.gpus == 2 and r.gpu_model == "H100" and r.framework == "python" for r in b_runs)
+    assert len(reads.snapshot(None).queue) == 8
+    assert [a.agent_id for a in head.agents] == ["gpu-1"] and head.agents[0].gpus[0].model == "H100"
+
+    explainer = QueueExplainer(reads, lambda agent_id: True, lambda: projections.position)
+    told = {r.run_id: (r.account_id, explainer.status(r.run_id)) for r in reads.snapshot(None).queue}
+    for account, status in told.values():
+        assert status is not None
+        if account == "b":  # two GPUs on one agent, but the only agent has one
+            assert "2 GPUs" in status.reason and "largest agent has 1 GPU" in status.reason
+    assert sorted(s.position for a, s in told.values() if a == "a" and s is not None) == [1, 1, 2, 3, 4]
