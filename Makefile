@@ -22,3 +22,5 @@ bench:
 	.venv/bin/python bench/event_log.py
 	.venv/bin/python bench/replay.py
 	.venv/bin/python bench/submit_latency.py
+	.venv/bin/python bench/scheduling.py
+	.venv/bin/python bench/overhead.py

@@ -20,9 +20,12 @@ batch back on the event loop. Each poll finishes before the next starts, and
 time. Problems the TensorBoard reader meets (a corrupt record) become agent
 lines in the run's log.
 
-High volume: a batch carries up to `BatchLimits.max_points` points (and
-`max_point_bytes`), so a run reporting 200,000 points makes ~40 metric events,
-not thousands, and the control plane appends and projects each in one go.
+High volume: pipe output is cut into LogLines and metric points on one
+capture thread, not on the event loop, so eight runs printing as fast as they
+can still leave the loop free to send and take acks; and a chatty run's batches
+wait `BatchLimits.busy_interval_s` and carry up to `BatchLimits.max_points`
+points, so a run reporting 200,000 points makes ~40 metric events, not
+thousands, and the control plane appends and projects each in one go.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -63,15 +67,21 @@ class ReportSink(Protocol):
 class BatchLimits:
     """When a batch goes out, and how big one may be.
 
-    A quiet run's output goes out `interval_s` after it was read. A chatty one
-    fills batches first: up to 5,000 lines or points per message, because the
-    control plane stores each message in one transaction and projects it in one
-    COPY, so its cost is mostly per message (about 2 ms), hardly per point.
-    The byte limits keep each message well under NATS's default 1 MiB
-    max_payload, with room for the envelope.
+    A quiet run's output goes out `interval_s` after it was read, so a watcher
+    sees a print within about a tenth of a second. A chatty run (its last batch
+    held `busy_items` lines or points or more: some 2,000 a second) waits
+    `busy_interval_s` instead, or until a batch is full: up to 5,000 lines or
+    points per message. The control plane stores each message in one
+    transaction and projects it in one COPY, so its cost is mostly per message
+    (a few ms), hardly per point: eight runs printing 10,000 metric lines a
+    second each make ~30 messages a second, not ~160. The byte limits keep a
+    message well under NATS's default 1 MiB max_payload, with room for the
+    envelope.
     """
 
     interval_s: float = 0.1
+    busy_interval_s: float = 0.5
+    busy_items: int = 200
     max_lines: int = 5000
     max_bytes: int = 256 * 1024
     max_points: int = 5000
@@ -91,6 +101,7 @@ class PendingBatch:
         self._point_bytes: list[int] = []
         self._points_bytes = 0
         self._since: float | None = None
+        self._busy = False
         self.dropped = 0
 
     @property
@@ -107,23 +118,28 @@ class PendingBatch:
             or self._points_bytes >= lim.max_point_bytes
         )
 
-    def add_line(self, line: LogLine, now: float, size: int | None = None) -> None:
-        """`size`: the line's bytes in a batch when the caller knows them (default: measured here)."""
-        if len(self._lines) >= self.limits.max_pending_lines:
-            self.dropped += 1
-            self._mark(now)
+    def add_line(self, line: LogLine, now: float) -> None:
+        self.add_lines([line], [len(line.text.encode("utf-8")) + _LINE_OVERHEAD], now)
+
+    def add_lines(self, lines: Sequence[LogLine], sizes: Sequence[int], now: float) -> None:
+        """Lines with their bytes in a batch; those beyond `max_pending_lines` are only counted."""
+        if not lines:
             return
-        if size is None:
-            size = len(line.text.encode("utf-8")) + _LINE_OVERHEAD
-        self._lines.append(line)
-        self._line_bytes.append(size)
-        self._bytes += size
+        room = max(0, self.limits.max_pending_lines - len(self._lines))
+        if room < len(lines):
+            self.dropped += len(lines) - room
+            lines, sizes = lines[:room], sizes[:room]
+        self._lines.extend(lines)
+        self._line_bytes.extend(sizes)
+        self._bytes += sum(sizes)
         self._mark(now)
 
-    def add_points(self, points: Sequence[MetricPoint], now: float) -> None:
+    def add_points(self, points: Sequence[MetricPoint], now: float, sizes: Sequence[int] | None = None) -> None:
+        """`sizes`: each point's bytes in a batch when the caller measured them already."""
         if points:
-            # Serialized size plus the tag and length that frame it in the message.
-            sizes = [p.ByteSize() + 3 for p in points]
+            if sizes is None:
+                # Serialized size plus the tag and length that frame it in the message.
+                sizes = [p.ByteSize() + 3 for p in points]
             self._points.extend(points)
             self._point_bytes.extend(sizes)
             self._points_bytes += sum(sizes)
@@ -139,7 +155,8 @@ class PendingBatch:
             return None
         if self.full:
             return 0.0
-        return max(0.0, self._since + self.limits.interval_s - now)
+        wait = self.limits.busy_interval_s if self._busy else self.limits.interval_s
+        return max(0.0, self._since + wait - now)
 
     def take(self, time_us: int) -> tuple[list[LogLine], list[MetricPoint]]:
         """One message worth of lines and points (within the limits); call again until empty."""
@@ -162,6 +179,7 @@ class PendingBatch:
         self._point_bytes = self._point_bytes[n:]
         self._points_bytes -= size
         self._since = None if self.empty else self._since
+        self._busy = max(len(lines), len(points)) >= lim.busy_items
         return lines, points
 
 
@@ -176,6 +194,29 @@ def _fit(sizes: Sequence[int], max_count: int, max_bytes: int) -> tuple[int, int
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+@dataclass
+class _Cut:
+    """What one read of a pipe became, built on the capture thread."""
+
+    lines: list[LogLine] = field(default_factory=list)
+    line_sizes: list[int] = field(default_factory=list)
+    points: list[MetricPoint] = field(default_factory=list)
+    point_sizes: list[int] = field(default_factory=list)
+    last_stderr: str = ""
+
+
+_CAPTURE_THREAD: ThreadPoolExecutor | None = None
+
+
+def _capture_thread() -> ThreadPoolExecutor:
+    """One thread for every attempt's line parsing: Python holds one GIL, so more would not parse faster,
+    and a thread of its own keeps parsing from queuing behind staging transfers in the default executor."""
+    global _CAPTURE_THREAD
+    if _CAPTURE_THREAD is None:
+        _CAPTURE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runyard-capture")
+    return _CAPTURE_THREAD
 
 
 def _within_limit(lines: list[bytes]) -> list[bytes]:
@@ -242,19 +283,18 @@ class Capture:
         if self._batch.full:
             self._full.set()
 
-    def _on_lines(self, raws: Sequence[bytes], stream: LogStream.ValueType) -> None:
-        """Lines cut from one read of a pipe (each at most MAX_LINE_BYTES): one arrival time, one wakeup.
+    def _cut(self, raws: Sequence[bytes], stream: LogStream.ValueType, t: int) -> _Cut:
+        """Lines cut from one read of a pipe (each at most MAX_LINE_BYTES), all with arrival time `t`.
 
-        This is the agent's hot path when a run prints tens of thousands of
-        metric lines a second, so the per-line work is kept to the decode, the
-        LogLine and the pattern match.
+        The agent's hot path when a run prints tens of thousands of metric lines a
+        second: it runs on the capture thread (see `_on_lines`), and the per-line
+        work is kept to the decode, the LogLine and the pattern match. Only the
+        stdout reader of this capture calls it, one chunk at a time, so the
+        parser's step counters see lines in order.
         """
-        t = now_us()
-        now = self._clock()
-        batch = self._batch
+        cut = _Cut()
         stdout = stream == _STDOUT
         parse = self._stdout_parser.parse
-        points = 0
         for raw in raws:
             try:
                 text = raw.decode("utf-8")
@@ -264,16 +304,32 @@ class Capture:
                 size = len(text.encode("utf-8")) + _LINE_OVERHEAD
             if text.endswith("\r"):
                 text = text.rstrip("\r")
-            batch.add_line(LogLine(stream=stream, text=text, time_us=t), now, size)
+            cut.lines.append(LogLine(stream=stream, text=text, time_us=t))
+            cut.line_sizes.append(size)
             if stdout:
-                found = parse(text, t)
-                if found:
-                    points += len(found)
-                    batch.add_points(found, now)
+                cut.points.extend(parse(text, t))
             elif text.strip():
-                self.last_stderr = text.strip()
-        self.lines_seen += len(raws)
-        self.points_seen += points
+                cut.last_stderr = text.strip()
+        cut.point_sizes = [p.ByteSize() + 3 for p in cut.points]
+        return cut
+
+    async def _on_lines(self, raws: Sequence[bytes], stream: LogStream.ValueType) -> None:
+        """Turn the lines into LogLines and points off the event loop, then add them to the batch.
+
+        A chatty run's lines take milliseconds of Python per chunk; done on the
+        event loop, with eight such runs, every publish would wait its turn
+        behind all of them, and sends would fall behind reads. On the capture
+        thread the loop gets the GIL back within the switch interval.
+        """
+        t = now_us()
+        cut = await asyncio.get_running_loop().run_in_executor(_capture_thread(), self._cut, raws, stream, t)
+        now = self._clock()
+        self._batch.add_lines(cut.lines, cut.line_sizes, now)
+        self._batch.add_points(cut.points, now, cut.point_sizes)
+        if cut.last_stderr:
+            self.last_stderr = cut.last_stderr
+        self.lines_seen += len(cut.lines)
+        self.points_seen += len(cut.points)
         self._signal()
 
     async def _read(self, reader: asyncio.StreamReader, stream: LogStream.ValueType) -> None:
@@ -285,9 +341,9 @@ class Capture:
                 lines.append(rest[:cut])
                 rest = rest[cut:]
             if lines:
-                self._on_lines(_within_limit(lines), stream)
+                await self._on_lines(_within_limit(lines), stream)
         if rest:
-            self._on_lines(_within_limit([rest]), stream)
+            await self._on_lines(_within_limit([rest]), stream)
 
     def _metrics_file_points(self) -> list[MetricPoint]:
         """The points of the JSON lines runyard.log appended since the last look (runs in a worker thread)."""
@@ -375,6 +431,14 @@ class Capture:
 
     async def flush(self) -> None:
         """Send everything pending now; returns once it is stored (or there was nothing)."""
+        await self._send(everything=True)
+
+    async def _send(self, everything: bool) -> None:
+        """Send batches until nothing is left, or (`everything` false) until what is left is not due yet.
+
+        While one batch is being stored more output arrives; sending that at once
+        too would turn a chatty run's output into a stream of small messages.
+        """
         async with self._flush_lock:
             self._wake.clear()
             self._full.clear()
@@ -384,6 +448,10 @@ class Capture:
                     await self._sink.logged(lines)
                 if points:
                     await self._sink.metrics(points)
+                if not everything and self._batch.seconds_until_due(self._clock()) != 0.0:
+                    break
+            if not self._batch.empty:
+                self._wake.set()  # the loop works out when the rest is due
 
     async def close(self) -> None:
         """Stop following and send the rest; call before reporting a terminal transition."""
@@ -407,6 +475,6 @@ class Capture:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), timeout=delay)
             try:
-                await self.flush()
+                await self._send(everything=False)
             except Exception as e:  # the sink only gives up when NATS is closed for good
                 log.error("sending run output failed", error=str(e))

@@ -76,21 +76,22 @@ class StdoutMetricParser:
     """Applies the run's metric patterns to stdout lines; remembers auto steps across lines."""
 
     def __init__(self, patterns: list[re.Pattern[str]]) -> None:
-        self._patterns = patterns
+        # Each pattern with its metric group names (in the order they appear) and whether it has a step:
+        # worked out once, as `parse` runs on every line a run prints.
+        self._patterns = [
+            (p, tuple(name for name in p.groupindex if name != "step"), "step" in p.groupindex) for p in patterns
+        ]
         self._steps = StepCounter()
 
     def parse(self, line: str, time_us: int) -> list[MetricPoint]:
         points: list[MetricPoint] = []
-        for pattern in self._patterns:
+        for pattern, names, has_step in self._patterns:
             m = pattern.search(line)
             if m is None:
                 continue
-            groups = m.groupdict()
-            step = _step(groups.get("step"))
-            for name, text in groups.items():
-                if name == "step":
-                    continue
-                value = _number(text)
+            step = _step(m.group("step")) if has_step else None
+            for name in names:
+                value = _number(m.group(name))
                 if value is None:
                     continue
                 points.append(

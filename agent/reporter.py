@@ -34,8 +34,6 @@ from runyard.v1.events_pb2 import (
     AgentRegistered,
     RunCanceled,
     RunCompleted,
-    RunLogged,
-    RunMetricsReported,
     RunStaging,
     RunStarted,
     RunUploading,
@@ -138,10 +136,17 @@ class AttemptReports:
     async def canceled(self, reason: str) -> None:
         await self._send(AgentReport(canceled=RunCanceled(attempt=self.attempt, reason=reason)))
 
+    # Output batches hold thousands of lines or points: they are copied into the report once,
+    # in place, rather than into a body message and then again into the report.
+
     async def logged(self, lines: Sequence[LogLine]) -> None:
-        body = RunLogged(run_id=self.run_id, attempt=self.attempt, lines=lines)
-        await self._send(AgentReport(logged=body))
+        report = AgentReport()
+        report.logged.run_id, report.logged.attempt = self.run_id, self.attempt
+        report.logged.lines.extend(lines)
+        await self._send(report)
 
     async def metrics(self, points: Sequence[MetricPoint]) -> None:
-        body = RunMetricsReported(run_id=self.run_id, attempt=self.attempt, points=points)
-        await self._send(AgentReport(metrics=body))
+        report = AgentReport()
+        report.metrics.run_id, report.metrics.attempt = self.run_id, self.attempt
+        report.metrics.points.extend(points)
+        await self._send(report)

@@ -203,6 +203,25 @@ class Commands:
     def assign_run(self, run_id: str, agent_id: str, gpu_ids: Sequence[str], gpu_model: str = "") -> Outcome:
         return self.update_run(run_id, lambda run: run.assign(agent_id, list(gpu_ids), gpu_model))
 
+    def assign_runs(self, placements: Sequence[tuple[str, str, Sequence[str], str]]) -> list[Outcome]:
+        """Assign many runs, (run id, agent id, gpu ids, gpu model) each, in one transaction.
+
+        The log takes one writer at a time, so a scheduling cycle's assignments
+        commit once instead of once each. All or nothing: if any run moved on
+        meanwhile this raises (ConcurrencyError, DomainError) and nothing is
+        stored; the caller then assigns one by one.
+        """
+        decided = []
+        for run_id, agent_id, gpu_ids, gpu_model in placements:
+            run = self.load_run(run_id)
+            decided.append((run, run.assign(agent_id, list(gpu_ids), gpu_model)))
+        outcomes = []
+        with self._store.transaction() as tx:
+            for run, new in decided:
+                result = tx.append(ev.run_stream(run.run_id), new_events(new, run.experiment_id), run.version)
+                outcomes.append(Outcome(new, result.last_position))
+        return outcomes
+
     def agent_lost(self, agent_id: str, run_ids: Sequence[str], message: str) -> int:
         position = self._store.append(
             ev.agent_stream(agent_id), new_events([events_pb2.AgentLost(message=message)], None)

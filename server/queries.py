@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf import json_format
 from sqlalchemy import Engine, and_, func, select
 
-from runyard.server import run_scores
+from runyard.server import downsample, run_scores
 from runyard.server.projections import schema
 from runyard.server.projections.read_models import is_ended, utc
 from runyard.v1 import common_pb2, resources_pb2
@@ -251,13 +251,34 @@ class Queries:
         return spec
 
     def metric_points(self, run_id: str, names: Sequence[str] = ()) -> list[common_pb2.MetricPoint]:
+        return self.metric_history(run_id, names)[0]
+
+    def metric_history(
+        self, run_id: str, names: Sequence[str] = (), max_points: int = 0
+    ) -> tuple[list[common_pb2.MetricPoint], dict[str, int]]:
+        """The run's points in logged order, at most `max_points` per metric (0: all; see server/downsample.py),
+        and how many points each metric has in all."""
         t = schema.metric_points
-        query = select(t).where(t.c.run_id == run_id)
+        query = select(t.c.name, t.c.step, t.c.value, t.c.time_us, t.c.source).where(t.c.run_id == run_id)
         if names:
             query = query.where(t.c.name.in_(list(names)))
         query = query.order_by(t.c.position, t.c.idx)
         with self._engine.connect() as conn:
-            return [
-                common_pb2.MetricPoint(name=r.name, step=r.step, value=r.value, time_us=r.time_us, source=r.source)
-                for r in conn.execute(query)
-            ]
+            rows = conn.execute(query).all()
+        of_metric: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            of_metric.setdefault(row.name, []).append(i)
+        counts = {name: len(indices) for name, indices in of_metric.items()}
+        if max_points > 0 and any(len(indices) > max_points for indices in of_metric.values()):
+            picked: list[int] = []
+            for indices in of_metric.values():
+                steps = [rows[i].step for i in indices]
+                values = [rows[i].value for i in indices]
+                picked.extend(indices[j] for j in downsample.keep(steps, values, max_points))
+            picked.sort()
+            rows = [rows[i] for i in picked]
+        points = [
+            common_pb2.MetricPoint(name=r.name, step=r.step, value=r.value, time_us=r.time_us, source=r.source)
+            for r in rows
+        ]
+        return points, counts

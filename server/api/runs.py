@@ -104,6 +104,9 @@ class RunService(pb_grpc.RunServiceServicer):
         return response
 
     async def GetRunMetrics(self, request: pb.GetRunMetricsRequest, context: Context) -> pb.GetRunMetricsResponse:
+        """Every point, or at most `max_points` per metric downsampled as server/downsample.py says."""
         await self._run_or_404(request.run_id, context)
-        points = await asyncio.to_thread(self._ctx.queries.metric_points, request.run_id, list(request.names))
-        return pb.GetRunMetricsResponse(points=points)
+        points, counts = await asyncio.to_thread(
+            self._ctx.queries.metric_history, request.run_id, list(request.names), request.max_points
+        )
+        return pb.GetRunMetricsResponse(points=points, point_counts=counts)

@@ -3,8 +3,10 @@
 Reports arrive on a JetStream work-queue stream shared by every replica, each
 taken by one of them. A report is acked only after its events are stored; a
 crash before the ack redelivers it, and the report's event id turns the second
-append into a no-op. Reports of one agent come in order on one subject, and a
-replica handles a fetched batch in order.
+append into a no-op. Reports of one agent come in order on one subject; a
+replica stores a fetched batch run by run, each run's reports in order and
+different runs' side by side (their streams are independent), so one slow
+append does not hold up every other run.
 
 Order across replicas. Two replicas fetching from the one consumer at once
 would interleave one run's reports (RunStarted stored by one before the other
@@ -41,6 +43,8 @@ log = structlog.get_logger(__name__)
 
 # Deliveries of a transition that came before its predecessor, about a second apart after the first few.
 EARLY_REPORT_RETRIES = 60
+# Runs whose reports are stored at once (each run's in order).
+PARALLEL_RUNS = 8
 
 
 class Ingest:
@@ -69,7 +73,7 @@ class Ingest:
                 continue
             try:
                 msgs = await sub.fetch(batch=256, timeout=1.0)
-            except NatsTimeout:
+            except (NatsTimeout, TimeoutError):  # nats-py raises either when nothing came
                 continue
             except Exception:
                 if stop.is_set():
@@ -77,8 +81,21 @@ class Ingest:
                 log.exception("fetching reports failed")
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
-                await self._handle(msg)
+            await self._handle_batch(msgs)
+
+    async def _handle_batch(self, msgs: list[Any]) -> None:
+        """Each run's reports in order; different runs' side by side (their streams are independent)."""
+        in_order: dict[str, list[Any]] = {}
+        for msg in msgs:
+            in_order.setdefault(_order_key(msg), []).append(msg)
+        gate = asyncio.Semaphore(PARALLEL_RUNS)
+
+        async def one_run(queue: list[Any]) -> None:
+            async with gate:
+                for msg in queue:
+                    await self._handle(msg)
+
+        await asyncio.gather(*(one_run(queue) for queue in in_order.values()))
 
     async def _handle(self, msg: Any) -> None:
         report = agent_pb2.AgentReport()
@@ -157,6 +174,16 @@ _REPORT_STAGE = {"staging": 2, "started": 3, "uploading": 4, "completed": 5, "fa
 def _ahead(exc: IllegalTransition, report: agent_pb2.AgentReport) -> bool:
     """Is the report ahead of the run (its predecessor not stored yet), rather than behind it (late)?"""
     return _STAGE.get(exc.state, 5) < _REPORT_STAGE.get(report.WhichOneof("body") or "", 0)
+
+
+def _order_key(msg: Any) -> str:
+    """Reports with the same key are stored in arrival order: a run's, or an agent's own."""
+    report = agent_pb2.AgentReport()
+    try:
+        report.ParseFromString(msg.data)
+    except Exception:
+        return ""
+    return f"run:{report.run_id}" if report.run_id else f"agent:{report.agent_id}"
 
 
 def _deliveries(msg: Any) -> int:

@@ -6,12 +6,14 @@ so when the leader dies (its connection closes and the lock goes with it)
 another takes over within about a second. A new leader first re-sends the
 work and cancels its predecessor may have lost.
 
-A cycle: bring the read models up to date, declare silent agents lost (their
-runs are re-queued or failed), read one snapshot, ask the pure policy
-(`runyard.server.domain.scheduling`), append RunAssigned for each placement
-and publish its WorkAssignment on the agent's JetStream subject, then wait
-until the read models include those assignments, so the next cycle never
-places on capacity it has already given away.
+A cycle: bring the read models up to date (so capacity given away by the
+last cycle, or freed since, is seen), read one snapshot (each account's first
+`CYCLE_WINDOW_PER_ACCOUNT` queued runs), declare silent agents lost (their
+runs are re-queued or failed), ask the pure policy
+(`runyard.server.domain.scheduling`), then append RunAssigned for each
+placement and publish its WorkAssignment on the agent's JetStream subject.
+Cycles are spaced by at least half their own duration, so with a long queue
+the scheduler never takes the CPU from ingest and the read models.
 
 Never twice. A RunAssigned is appended against the run stream's version and
 only while the run is QUEUED, so a second (deposed) leader's assignment of
@@ -39,12 +41,13 @@ from typing import Any
 import structlog
 
 from runyard import bus
+from runyard.server.commands import Outcome
 from runyard.server.context import ServerContext
 from runyard.server.domain.errors import DomainError
-from runyard.server.domain.scheduling import Placement, schedule
+from runyard.server.domain.scheduling import Decision, Placement, schedule
 from runyard.server.scheduler.heartbeats import Heartbeats
 from runyard.server.scheduler.leader import LeaderLease
-from runyard.server.scheduler.reads import Holding, SchedulingReads
+from runyard.server.scheduler.reads import Holding, SchedulingReads, Snapshot
 from runyard.server.store import ConcurrencyError
 from runyard.v1 import agent_pb2, common_pb2, events_pb2
 
@@ -55,18 +58,17 @@ RS = common_pb2.RunState
 REDISPATCH_AFTER_S = 6.0
 # Heartbeats sent this soon after a dispatch may predate the agent taking the work.
 HEARTBEAT_GRACE_S = 2.5
-# Replicas that do not lead try for the lock this often.
+# Replicas that do not lead try for the lock this often; the leader checks it still holds it as often.
 FOLLOWER_RETRY_S = 0.5
+LEASE_CHECK_S = 0.5
 # Cycles follow each other no faster than this, however often commits wake the loop...
-MIN_CYCLE_GAP_S = 0.02
+MIN_CYCLE_GAP_S = 0.005
 # ...and with at least this many times the last cycle's own duration between them, so a long
 # queue (a cycle reads and weighs all of it) never starves ingest and the read models of the CPU.
 CYCLE_GAP_FACTOR = 0.5
 # A placement cycle weighs at most this many queued runs of each account (its queue's head).
 # Runs further back wait for the next cycles; `show`/`list` still explain the whole queue.
 CYCLE_WINDOW_PER_ACCOUNT = 1000
-# Assignments appended at once (each its own run stream, so they never conflict).
-PARALLEL_ASSIGNMENTS = 8
 # While leading, the decision figures are logged this often (and when the replica stops).
 STATS_EVERY_S = 10.0
 
@@ -119,11 +121,13 @@ class Scheduler:
                     await self._cycle()
                 except Exception:
                     log.exception("scheduling cycle failed")
-                took = time.perf_counter() - started
+                ended = time.perf_counter()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
+                # Woken long after the last cycle: go at once; right after it: let wake-ups gather.
+                gap = max(MIN_CYCLE_GAP_S, CYCLE_GAP_FACTOR * (ended - started))
+                await asyncio.sleep(max(0.0, ended + gap - time.perf_counter()))
                 self._wake.clear()
-                await asyncio.sleep(max(MIN_CYCLE_GAP_S, CYCLE_GAP_FACTOR * took))
         finally:
             self._log_stats()
             unsubscribe()
@@ -140,42 +144,48 @@ class Scheduler:
     # -- one cycle ----------------------------------------------------------------
 
     async def _cycle(self) -> None:
-        if not self.leading and time.monotonic() - self._last_try < FOLLOWER_RETRY_S:
-            return
-        self._last_try = time.monotonic()
-        leading = await asyncio.to_thread(self._lease.try_acquire)
-        if not leading:
-            if self.leading:
-                log.warning("no longer the scheduler leader")
-            self.leading = False
-            self._dispatched.clear()
-            return
-        phase = time.perf_counter()
-        await asyncio.to_thread(self._ctx.projections.catch_up)
+        if time.monotonic() - self._last_try >= (LEASE_CHECK_S if self.leading else FOLLOWER_RETRY_S):
+            self._last_try = time.monotonic()
+            leading = await asyncio.to_thread(self._lease.try_acquire)
+            if not leading:
+                if self.leading:
+                    log.warning("no longer the scheduler leader")
+                self.leading = False
+                self._dispatched.clear()
+                return
+            if not self.leading:
+                await asyncio.to_thread(self._ctx.projections.catch_up)
+                self.leading = True
+                await self._take_over()
         if not self.leading:
-            self.leading = True
-            await self._take_over()
-        snapshot = await asyncio.to_thread(self.reads.snapshot, self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
-        self.read_seconds += time.perf_counter() - phase
-        if await self._handle_lost_agents(snapshot.holding):
-            snapshot = await asyncio.to_thread(self.reads.snapshot, self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
-        await self._check_dispatches(snapshot.holding)
-        if not snapshot.queue:
             return
-        started = time.perf_counter()
-        # Off the event loop: ingest and heartbeats go on while a long queue is weighed.
-        decision = await asyncio.to_thread(schedule, snapshot.queue, snapshot.agents, snapshot.accounts)
-        took = time.perf_counter() - started
-        self.decisions += len(snapshot.queue)
-        self.decision_seconds += took
-        self.cycles += 1
-        self.slowest_decision_s = max(self.slowest_decision_s, took)
+        # Off the event loop, in one go: ingest and heartbeats go on while a long queue is weighed.
+        snapshot, decision = await asyncio.to_thread(self._read_and_decide)
+        if await self._handle_lost_agents(snapshot.holding):
+            snapshot, decision = await asyncio.to_thread(self._read_and_decide)
+        await self._check_dispatches(snapshot.holding)
         if decision.placements:
             phase = time.perf_counter()
             await self._assign(decision.placements)
             self.assign_seconds += time.perf_counter() - phase
         if time.monotonic() - self._stats_at >= STATS_EVERY_S:
             self._log_stats()
+
+    def _read_and_decide(self) -> tuple[Snapshot, Decision]:
+        """Catch the read models up (so capacity given away or freed is seen), read, decide."""
+        started = time.perf_counter()
+        self._ctx.projections.catch_up()
+        snapshot = self.reads.snapshot(self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
+        read = time.perf_counter()
+        decision = schedule(snapshot.queue, snapshot.agents, snapshot.accounts)
+        took = time.perf_counter() - read
+        self.read_seconds += read - started
+        if snapshot.queue:
+            self.decisions += len(snapshot.queue)
+            self.decision_seconds += took
+            self.cycles += 1
+            self.slowest_decision_s = max(self.slowest_decision_s, took)
+        return snapshot, decision
 
     def _log_stats(self) -> None:
         self._stats_at = time.monotonic()
@@ -194,29 +204,29 @@ class Scheduler:
         )
 
     async def _assign(self, placements: Sequence[Placement]) -> None:
+        """Append the cycle's RunAssigned events (one commit when none conflicts), then send the work."""
         specs = await asyncio.to_thread(self.reads.specs, [p.run_id for p in placements])
-        gate = asyncio.Semaphore(PARALLEL_ASSIGNMENTS)
+        batch = [(p.run_id, p.agent_id, p.gpu_ids, p.gpu_model) for p in placements]
+        try:
+            outcomes = await asyncio.to_thread(self._ctx.commands.assign_runs, batch)
+        except (ConcurrencyError, DomainError) as exc:
+            log.info("a run moved on during the cycle; assigning one by one", error=str(exc))
+            outcomes = await asyncio.gather(*(self._assign_one(p) for p in placements))
+        sends = []
+        for p, outcome in zip(placements, outcomes, strict=True):
+            for msg in outcome.events:
+                if isinstance(msg, events_pb2.RunAssigned) and p.run_id in specs:
+                    experiment_id, spec = specs[p.run_id]
+                    sends.append(self._send_work(p.run_id, msg.attempt, p.agent_id, p.gpu_ids, experiment_id, spec))
+        await asyncio.gather(*sends)
+        self.assigned += len(sends)
 
-        async def one(p: Placement) -> int:
-            async with gate:
-                try:
-                    outcome = await asyncio.to_thread(
-                        self._ctx.commands.assign_run, p.run_id, p.agent_id, p.gpu_ids, p.gpu_model
-                    )
-                except (ConcurrencyError, DomainError) as exc:
-                    log.info("assignment skipped", run_id=p.run_id, error=str(exc))
-                    return 0
-                for msg in outcome.events:
-                    if isinstance(msg, events_pb2.RunAssigned) and p.run_id in specs:
-                        experiment_id, spec = specs[p.run_id]
-                        await self._send_work(p.run_id, msg.attempt, p.agent_id, p.gpu_ids, experiment_id, spec)
-                        self.assigned += 1
-                return outcome.position
-
-        positions = await asyncio.gather(*(one(p) for p in placements))
-        last = max(positions, default=0)
-        if last:
-            await asyncio.to_thread(self._ctx.projections.wait_for, last, 10.0)
+    async def _assign_one(self, p: Placement) -> Outcome:
+        try:
+            return await asyncio.to_thread(self._ctx.commands.assign_run, p.run_id, p.agent_id, p.gpu_ids, p.gpu_model)
+        except (ConcurrencyError, DomainError) as exc:
+            log.info("assignment skipped", run_id=p.run_id, error=str(exc))
+            return Outcome([], 0)
 
     # -- dispatch -------------------------------------------------------------------
 

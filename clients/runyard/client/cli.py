@@ -32,6 +32,16 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; 0 means every point")
+    return value
+
+
 def _pair(text: str) -> str:
     key, sep, _ = text.partition("=")
     if not sep or not key.strip():
@@ -157,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every point, one row per step")
     p.add_argument("--name", action="append", help="only this metric (repeatable)")
     p.add_argument("--plot", action="store_true", help="draw the curves in the terminal, one panel per metric")
+    p.add_argument(
+        "--max-points",
+        type=_count,
+        metavar="N",
+        help="at most N points per metric, evenly spaced by step, always with the first, last, lowest and highest "
+        f"(default {commands.METRICS_VIEW_MAX_POINTS} for the table and plot, every point with -o json; "
+        "0: every point)",
+    )
 
     p = add("compare", views.cmd_compare, "runs side by side: hyperparameters, state, best and final metrics", client)
     p.add_argument("runs", metavar="RUN", nargs="+", help="run-... (two or more to compare)")

@@ -302,14 +302,24 @@ def cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+#: Points per metric that `runyard metrics` shows in a table or plot unless --max-points says otherwise:
+#: plenty for a terminal, and a 200,000-point history comes down in a blink.
+METRICS_VIEW_MAX_POINTS = 500
+
+
 def cmd_metrics(args: argparse.Namespace, ctx: Context) -> int:
     run_id = _require_run(args.run)
-    points = ctx.client().get_run_metrics(run_id, args.name or ())
+    max_points = getattr(args, "max_points", None)
+    if max_points is None:
+        max_points = 0 if ctx.json else METRICS_VIEW_MAX_POINTS
+    reply = ctx.client().metric_history(run_id, args.name or (), max_points)
+    points, counts = list(reply.points), dict(reply.point_counts)
     if ctx.json:
         render.print_json(
             {
                 "run_id": run_id,
                 "latest": render.latest_values(points),
+                "point_counts": dict(sorted(counts.items())),
                 "points": [render.to_dict(p) for p in points],
             }
         )
@@ -320,8 +330,21 @@ def cmd_metrics(args: argparse.Namespace, ctx: Context) -> int:
     if getattr(args, "plot", False):
         plots.print_plot(ctx.out, plots.curves_of_run(points), title=run_id)
         return 0
-    ctx.out.print(render.metrics_points_table(points) if args.all else render.metrics_latest_table(points))
+    ctx.out.print(render.metrics_points_table(points) if args.all else render.metrics_latest_table(points, counts))
+    if args.all and any(counts.get(name, 0) > n for name, n in _per_metric(points).items()):
+        ctx.err.print(
+            f"at most {max_points} points per metric shown (evenly spaced by step, with the first, last, lowest "
+            "and highest); --max-points 0 shows every point",
+            markup=False,
+        )
     return 0
+
+
+def _per_metric(points: list[common_pb2.MetricPoint]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in points:
+        counts[p.name] = counts.get(p.name, 0) + 1
+    return counts
 
 
 # -- cancel ---------------------------------------------------------------------------------

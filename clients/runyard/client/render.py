@@ -333,8 +333,11 @@ def run_details(run: resources_pb2.Run) -> Table:
 _ENDED = (RS.RUN_STATE_COMPLETED, RS.RUN_STATE_FAILED, RS.RUN_STATE_CANCELED)
 
 
-def metrics_latest_table(points: Sequence[common_pb2.MetricPoint]) -> Table:
-    """One row per metric: its last step and value, and how many points it has."""
+def metrics_latest_table(points: Sequence[common_pb2.MetricPoint], totals: Mapping[str, int] | None = None) -> Table:
+    """One row per metric: its last step and value, and how many points it has.
+
+    `totals`: each metric's point count when `points` were downsampled (GetRunMetrics' point_counts).
+    """
     latest: dict[str, common_pb2.MetricPoint] = {}
     counts: dict[str, int] = {}
     for p in points:
@@ -346,7 +349,7 @@ def metrics_latest_table(points: Sequence[common_pb2.MetricPoint]) -> Table:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for name in sorted(latest):
         p = latest[name]
-        table.add_row(name, str(p.step), fmt_value(p.value), str(counts[name]))
+        table.add_row(name, str(p.step), fmt_value(p.value), str((totals or counts).get(name, counts[name])))
     return table
 
 

@@ -310,9 +310,22 @@ class Client:
             if not token:
                 return lines
 
-    def get_run_metrics(self, run_id: str, names: Sequence[str] = ()) -> list[common_pb2.MetricPoint]:
-        request = run_service_pb2.GetRunMetricsRequest(run_id=run_id, names=list(names))
-        return list(self._unary(self._runs.GetRunMetrics, request).points)
+    def get_run_metrics(
+        self, run_id: str, names: Sequence[str] = (), max_points: int = 0
+    ) -> list[common_pb2.MetricPoint]:
+        """The run's points in logged order; with `max_points`, at most that many per metric (downsampled)."""
+        return list(self.metric_history(run_id, names, max_points).points)
+
+    def metric_history(
+        self, run_id: str, names: Sequence[str] = (), max_points: int = 0
+    ) -> run_service_pb2.GetRunMetricsResponse:
+        """Points (at most `max_points` per metric when set) and each metric's total point count.
+
+        Downsampling keeps each metric's first, last, smallest and largest point and
+        picks the rest at evenly spaced steps (the rule is in run_service.proto).
+        """
+        request = run_service_pb2.GetRunMetricsRequest(run_id=run_id, names=list(names), max_points=max_points)
+        return self._unary(self._runs.GetRunMetrics, request)  # type: ignore[no-any-return]
 
     # -- admin ------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from runyard.server.commands import Commands
+from runyard.server.domain.errors import DomainError
 from runyard.server.projections.runner import ProjectionRunner
 from runyard.server.scheduler.explainer import QueueExplainer
 from runyard.server.scheduler.reads import SchedulingReads
@@ -63,3 +64,21 @@ def test_a_cycle_reads_each_accounts_queue_head_and_the_explainer_the_whole_queu
         if account == "b":  # two GPUs on one agent, but the only agent has one
             assert "2 GPUs" in status.reason and "largest agent has 1 GPU" in status.reason
     assert sorted(s.position for a, s in told.values() if a == "a" and s is not None) == [1, 1, 2, 3, 4]
+
+
+def test_a_cycles_assignments_commit_together_or_not_at_all(store: EventStore) -> None:
+    commands = Commands(store)
+    experiment_id, _ = commands.create_experiment("a", manifest("three", "true", gpus=1, runs=3), "", "")
+    run_ids = list(commands.load_experiment(experiment_id).run_ids)
+    first = commands.assign_runs(
+        [(run_ids[0], "gpu-1", ["GPU-gpu-1-0"], "H100"), (run_ids[1], "gpu-1", ["GPU-gpu-1-1"], "H100")]
+    )
+    assert [type(o.events[0]).__name__ for o in first] == ["RunAssigned", "RunAssigned"]
+    assert commands.load_run(run_ids[0]).gpu_ids == ("GPU-gpu-1-0",)
+
+    # One of them is no longer QUEUED: nothing of the batch is stored.
+    with pytest.raises(DomainError):
+        commands.assign_runs(
+            [(run_ids[2], "gpu-2", ["GPU-gpu-2-0"], "H100"), (run_ids[0], "gpu-2", ["GPU-gpu-2-1"], "H100")]
+        )
+    assert commands.load_run(run_ids[2]).attempt == 0

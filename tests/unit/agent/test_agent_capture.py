@@ -31,6 +31,20 @@ def test_batch_is_due_after_the_interval_or_when_full() -> None:
     assert batch.full and batch.seconds_until_due(10.02) == 0.0
 
 
+def test_a_chatty_runs_next_batch_waits_the_busy_interval() -> None:
+    limits = BatchLimits(interval_s=0.1, busy_interval_s=0.5, busy_items=3, max_lines=100)
+    batch = PendingBatch(limits)
+    for i in range(3):
+        batch.add_line(line(str(i)), now=0.0)
+    assert batch.seconds_until_due(0.0) == 0.1
+    assert len(batch.take(0)[0]) == 3
+    batch.add_line(line("next"), now=1.0)
+    assert batch.seconds_until_due(1.0) == 0.5  # the last batch was big: this one collects longer
+    assert len(batch.take(0)[0]) == 1
+    batch.add_line(line("quiet again"), now=3.0)
+    assert abs(batch.seconds_until_due(3.0) - 0.1) < 1e-9  # type: ignore[operator]
+
+
 def test_take_respects_line_byte_and_point_limits() -> None:
     batch = PendingBatch(BatchLimits(max_lines=2, max_bytes=1000, max_points=2))
     for i in range(5):
@@ -142,3 +156,57 @@ def test_capture_sends_a_full_batch_at_once() -> None:
 
     sizes = asyncio.run(asyncio.wait_for(scenario(), timeout=10))
     assert sizes == [500, 500, 200]
+
+
+def test_take_respects_the_point_byte_limit() -> None:
+    point = MetricPoint(name="m" * 50, step=1, value=0.5, source="stdout")
+    size = point.ByteSize() + 3
+    batch = PendingBatch(BatchLimits(max_points=100, max_point_bytes=3 * size + 1))
+    batch.add_points([point] * 10, now=0)
+    assert batch.full
+    assert [len(batch.take(0)[1]) for _ in range(4)] == [3, 3, 3, 1]
+    assert batch.empty
+
+
+def test_capture_reads_tensorboard_scalars_while_running_and_what_is_left_at_the_end(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    (tmp_path / "broken").mkdir()
+    # A length whose checksum is wrong, still wrong on the next look: a corrupt file, reported once.
+    (tmp_path / "broken" / "events.out.tfevents.1.host").write_bytes(b"\xff" * 20)
+
+    async def scenario() -> Sink:
+        sink = Sink()
+        capture = Capture(
+            sink,
+            StdoutMetricParser([]),
+            None,
+            BatchLimits(interval_s=0.01),
+            tail_interval_s=0.02,
+            tensorboard_dir=tmp_path,
+        )
+        capture.start()
+        capture.attach(None, None)
+        writer = SummaryWriter(str(tmp_path / "tb"))
+        writer.add_scalar("loss", 0.5, 1)
+        writer.flush()
+
+        def seen(kind: str, needle: str) -> bool:
+            return any(k == kind and any(needle in t for t in texts) for k, texts in sink.batches)
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not (seen("metrics", "loss@1") and seen("logged", "TensorBoard metrics:")):
+            assert asyncio.get_running_loop().time() < deadline, sink.batches
+            await asyncio.sleep(0.01)
+        writer.add_scalar("loss", 0.25, 2)
+        writer.close()  # the script exits: what it wrote last is read by drain
+        await capture.drain()
+        await capture.close()
+        return sink
+
+    sink = asyncio.run(scenario())
+    metrics = [t for kind, texts in sink.batches if kind == "metrics" for t in texts]
+    problems = [t for kind, texts in sink.batches if kind == "logged" for t in texts if "TensorBoard" in t]
+    assert metrics == ["tensorboard:loss@1=0.5", "tensorboard:loss@2=0.25"]
+    assert len(problems) == 1 and "broken/events.out.tfevents.1.host" in problems[0]
+    assert problems[0].startswith("AGENT:")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from runyard.server import downsample
 from runyard.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -48,6 +49,7 @@ class State:
     # Recorded requests.
     upload_chunks: list[experiment_service_pb2.UploadCodeRequest] = field(default_factory=list)
     create_requests: list[experiment_service_pb2.CreateExperimentRequest] = field(default_factory=list)
+    metrics_requests: list[run_service_pb2.GetRunMetricsRequest] = field(default_factory=list)
     watch_cursors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -190,8 +192,17 @@ class Runs(run_service_pb2_grpc.RunServiceServicer):
     def GetRunMetrics(
         self, request: run_service_pb2.GetRunMetricsRequest, context: grpc.ServicerContext
     ) -> run_service_pb2.GetRunMetricsResponse:
+        """Downsamples with the server's own rule, so the CLI sees what a real server would send."""
+        self.s.metrics_requests.append(request)
         points = [p for p in self.s.points if not request.names or p.name in request.names]
-        return run_service_pb2.GetRunMetricsResponse(points=points)
+        counts: dict[str, int] = {}
+        kept: list[int] = []
+        for name in dict.fromkeys(p.name for p in points):
+            indices = [i for i, p in enumerate(points) if p.name == name]
+            counts[name] = len(indices)
+            steps, values = [points[i].step for i in indices], [points[i].value for i in indices]
+            kept.extend(indices[j] for j in downsample.keep(steps, values, request.max_points))
+        return run_service_pb2.GetRunMetricsResponse(points=[points[i] for i in sorted(kept)], point_counts=counts)
 
 
 class Admin(admin_service_pb2_grpc.AdminServiceServicer):

@@ -1,0 +1,67 @@
+"""The metrics projection stores every point exactly (names with any characters, any finite double) and reads
+it back whole or downsampled, on PostgreSQL (COPY) and SQLite alike."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runyard.server.domain import events as ev
+from runyard.server.projections.runner import ProjectionRunner
+from runyard.server.queries import Queries
+from runyard.server.store import EventStore, NewEvent
+from runyard.v1 import common_pb2, events_pb2
+
+pytestmark = pytest.mark.integration
+
+NAMES = ["val_accuracy", "loss/train", "tab\there", "back\\slash", "line\nbreak\r", "ünïcode ✓", "comma,quote\"'"]
+VALUES = [0.1, -1.0, 1e-300, 1.7976931348623157e308, -2.5e-8, 1 / 3, 123456789.123456789]
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else f"sqlite:///{tmp_path}/m.db"
+    s = EventStore.open(url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def append(store: EventStore, run_id: str, points: list[common_pb2.MetricPoint]) -> None:
+    msg = events_pb2.RunMetricsReported(run_id=run_id, attempt=1, points=points)
+    type_, data = ev.encode(msg)
+    store.append(
+        ev.run_metrics_stream(run_id),
+        [NewEvent(type=type_, data=data, event_id=uuid.uuid4(), correlation_id="exp-1")],
+    )
+
+
+def test_points_read_back_exactly_then_downsampled(store: EventStore) -> None:
+    sent = [
+        common_pb2.MetricPoint(
+            name=name, step=2**62 + i, value=value, time_us=1_700_000_000_000_000 + i, source="jsonl"
+        )
+        for i, (name, value) in enumerate((n, v) for n in NAMES for v in VALUES)
+    ]
+    append(store, "run-1", sent[:20])
+    append(store, "run-1", sent[20:])
+    long = [common_pb2.MetricPoint(name="long", step=s, value=float(s % 97), source="stdout") for s in range(5000)]
+    append(store, "run-1", long)
+    append(store, "run-2", [common_pb2.MetricPoint(name="other", step=1, value=1.0)])
+    ProjectionRunner(store).catch_up()
+    queries = Queries(store.read_engine)
+
+    points, counts = queries.metric_history("run-1")
+    assert points == sent + long  # logged order, every field as sent
+    assert counts == {**{n: len(VALUES) for n in NAMES}, "long": 5000}
+
+    points, counts = queries.metric_history("run-1", ["long", "tab\there"], max_points=50)
+    assert counts == {"long": 5000, "tab\there": len(VALUES)}
+    assert [p for p in points if p.name == "tab\there"] == [p for p in sent if p.name == "tab\there"]
+    kept = [p for p in points if p.name == "long"]
+    assert len(kept) <= 50
+    assert {p.step for p in kept} >= {0, 4999} and {p.value for p in kept} >= {0.0, 96.0}
