@@ -30,10 +30,15 @@ its own venv, created on first use at ``.bench/mlflow-venv`` (git-ignored) with
 ``pip install mlflow``.
 
     .venv/bin/python bench/metrics_ingest.py [--runs 8] [--points 100000] [--database postgresql|sqlite]
-                                             [--mlflow-seconds 30] [--no-mlflow]
+                                             [--mlflow-seconds 15] [--no-mlflow]
 
-Prints one JSON document: both rates, their ratio (goal: Runyard 10x MLflow), and
-latency p50/p99 in milliseconds.
+Prints one JSON document: both rates, their ratio (goal: Runyard 10x MLflow),
+latency p50/p99 in milliseconds, the CPU seconds each Runyard process used under
+load, and the machine's load average before and after (other work on a shared
+machine moves every figure here). ``BENCH_LOGS=FILE`` keeps the server and agent
+logs. Under load, ``of_which_print_to_agent_read`` is mostly the script's own
+64 KiB buffer and the pipe's: a script printing faster than the agent reads is
+held back there, which bounds the agent's memory.
 """
 
 from __future__ import annotations
@@ -244,7 +249,7 @@ def measure_runyard(db: str, runs: int, points: int, probe_points: int) -> dict[
                 probe_ids, probe = latency_run(client, root, "latency-idle", probe_points)
                 wait_ended(client, probe_ids, 120)
                 probe.join(30)
-                idle = probe.delays
+                idle, idle_error = probe.delays, probe.error
 
                 # Throughput, with a latency probe beside it.
                 probe_ids, probe = latency_run(client, root, "latency-load", probe_points)
@@ -308,7 +313,7 @@ def measure_runyard(db: str, runs: int, points: int, probe_points: int) -> dict[
                     "latency_print_to_log_under_load": percentiles_ms(log_delays),
                     "of_which_print_to_agent_read": percentiles_ms(read_delays),
                     "cpu_seconds_during_load": cpu_used(cpu_before, cpu_after),
-                    "probe_errors": [e for e in (probe.error,) if e],
+                    "probe_errors": [e for e in (idle_error, probe.error) if e],
                 }
         except Exception:
             print(stack.logs(), file=sys.stderr)
@@ -477,7 +482,11 @@ def main() -> None:
 
     result: dict[str, object] = {
         "benchmark": "metrics_ingest",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_before": round(os.getloadavg()[0], 2),
+        },
         "goal": "Runyard points/s into the projection >= 10x MLflow's log_batch points/s",
     }
     result["runyard"] = runyard = measure_runyard(args.database, args.runs, args.points, args.probe_points)
@@ -487,6 +496,7 @@ def main() -> None:
         ours = runyard["points_per_s_projection"]
         result["ratio_vs_mlflow_same_load"] = round(ours / same, 1)  # type: ignore[operator]
         result["ratio_vs_mlflow_best_case"] = round(ours / mlflow["best_points_per_s"], 1)  # type: ignore[operator]
+    result["machine"]["load_average_after"] = round(os.getloadavg()[0], 2)  # type: ignore[index]
     print(json.dumps(result, indent=2))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import signal
 import statistics
 import sys
@@ -161,6 +162,8 @@ def main() -> None:
     # A SIGTERM (timeout, Ctrl-C in a wrapper) still stops the server, agents and NATS started here.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = {"benchmark": "bookkeeping_overhead", **measure(args.runs, args.agents, args.gpus)}
+    # Other work on the machine slows every step; say how busy it was.
+    result["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))
 
 

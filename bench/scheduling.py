@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import statistics
 import sys
@@ -268,6 +269,8 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "scheduling_throughput", "goal_decision_us_per_run": 1000}
     result["pure_policy"] = pure_policy(args.runs, args.agents, args.gpus)
     result["end_to_end"] = measure(args.runs, args.agents, args.gpus)
+    # Other work on the machine slows every step; say how busy it was.
+    result["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))
 
 
