@@ -12,7 +12,7 @@ replica commits; the others roll back whole and leave FILE alone. The winner
 writes the secrets to a private temporary file before its transaction commits
 and renames it into place after, so the keys never become valid without having
 been written down somewhere (after a crash between commit and rename they are
-in ``.FILE.<pid>.tmp`` beside FILE).
+in ``.FILE.<pid>.<thread>.tmp`` beside FILE).
 
 Once any account exists, FILE is left as it is: secrets are shown once and
 cannot be written again.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 
 import structlog
@@ -57,7 +58,8 @@ def ensure_first_account(commands: Commands, accounts: AccountQueries, path: Pat
         log.info("accounts exist; bootstrap keys file left as it is", path=str(path))
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per replica (process and thread): a losing replica removes only its own staging file.
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
     def stage(keys: FirstKeys) -> None:
         write_private(staging, keys_yaml(keys))
