@@ -43,6 +43,7 @@ from runyard.server.scheduler.explainer import QueueExplainer
 from runyard.server.scheduler.leader import LeaderLease
 from runyard.server.scheduler.reads import SchedulingReads
 from runyard.server.scheduler.scheduler import Scheduler
+from runyard.server.search.driver import SearchDriver
 from runyard.server.store import EventStore
 from runyard.v1 import (
     admin_service_pb2,
@@ -74,6 +75,7 @@ class Replica:
     port: int
     scheduler: Scheduler
     ingest: Ingest
+    driver: SearchDriver
     tasks: list[asyncio.Task[None]]
     stop: asyncio.Event
     nc: Any
@@ -139,6 +141,8 @@ async def start_replica(config: ServerConfig) -> Replica:
     ingest = Ingest(ctx, js, credentials)
     # One ingest at a time keeps each run's reports in order: the scheduler's leader's.
     ingest.active = lambda: scheduler.leading
+    # Experiments' searchers are fed and obeyed by the leader only, too.
+    driver = SearchDriver(ctx, active=lambda: scheduler.leading)
 
     server = grpc.aio.server(interceptors=[AuthInterceptor(credentials)], options=[("grpc.so_reuseport", 0)])
     watcher = Watcher(store, ctx.queries, head, ctx.queue_explainer)
@@ -159,8 +163,9 @@ async def start_replica(config: ServerConfig) -> Replica:
     tasks = [
         asyncio.create_task(scheduler.run(stop), name="scheduler"),
         asyncio.create_task(ingest.run(stop), name="ingest"),
+        asyncio.create_task(driver.run(stop), name="experiment-driver"),
     ]
-    return Replica(ctx, server, port, scheduler, ingest, tasks, stop, nc, health_servicer, unsubscribe)
+    return Replica(ctx, server, port, scheduler, ingest, driver, tasks, stop, nc, health_servicer, unsubscribe)
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:

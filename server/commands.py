@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,10 +18,13 @@ from google.protobuf.message import Message
 
 from runyard.server.domain import events as ev
 from runyard.server.domain.account import Account, ApiKey, account_stream, api_key_stream, hash_secret
+from runyard.server.domain.command import format_value
 from runyard.server.domain.errors import DomainError
-from runyard.server.domain.experiment import Experiment
+from runyard.server.domain.experiment import Experiment, new_run
 from runyard.server.domain.manifest import parse_manifest
+from runyard.server.domain.manifest_model import Scalar
 from runyard.server.domain.run import Run
+from runyard.server.domain.searchers import StopRun as StopDecision
 from runyard.server.store import ANY, NO_STREAM, ConcurrencyError, EventStore, NewEvent
 from runyard.v1 import agent_pb2, common_pb2, events_pb2
 
@@ -168,6 +171,53 @@ class Commands:
             if any(isinstance(m, events_pb2.RunCancelRequested) for m in outcome.events):
                 to_stop.append(run_id)
         return to_stop, position
+
+    # -- what an experiment's searcher decided (runyard.server.search) --------------
+
+    def add_trial(
+        self, experiment_id: str, index: int, values: Mapping[str, Scalar], event_id: uuid.UUID
+    ) -> tuple[int, bool]:
+        """Create run `index` of a searched experiment; returns (position, whether it was created now).
+
+        ExperimentRunAdded and the run's RunCreated commit together, with ids
+        derived from `event_id`, so a decision re-derived after a restart adds
+        nothing. A run added after the experiment was canceled (or its budget
+        spent) is ended at once: the cancel did not see it.
+        """
+        experiment = self.load_experiment(experiment_id)
+        manifest = parse_manifest(experiment.manifest_yaml)
+        created = new_run(experiment_id, experiment.account_id, manifest, experiment.code_uri, index, values)
+        shown = {name: format_value(value) for name, value in values.items()}
+        added = events_pb2.ExperimentRunAdded(run_id=created.run_id, index=index, hyperparameters=shown)
+        with self._store.transaction() as tx:
+            first = tx.append(ev.experiment_stream(experiment_id), new_events([added], experiment_id, [event_id]))
+            tx.append(
+                ev.run_stream(created.run_id),
+                new_events([created], experiment_id, [uuid.uuid5(event_id, "run")]),
+                NO_STREAM,
+            )
+        position = tx.last_position
+        if first.appended and (experiment.cancel_requested or experiment.budget_spent):
+            reason = experiment.cancel_reason if experiment.cancel_requested else "budget"
+            decide: Callable[[Run], list[Message]] = (
+                (lambda r: [] if r.is_terminal else r.request_cancel(reason))
+                if experiment.cancel_requested
+                else (lambda r: r.request_stop(reason))
+            )
+            position = max(position, self.update_run(created.run_id, decide).position)
+        return position or first.last_position, first.appended
+
+    def stop_run_early(self, run_id: str, stop: StopDecision, event_id: uuid.UUID) -> Outcome:
+        """Ask a run to stop for the experiment's searcher (ends STOPPED_EARLY); nothing when it has ended."""
+        return self.update_run(
+            run_id, lambda run: run.request_stop(stop.reason, stop.rung, stop.level, stop.value), lambda n: [event_id]
+        )
+
+    def record_for_experiment(self, experiment_id: str, msg: Message, event_id: uuid.UUID) -> int:
+        """Append a searcher's record (promotion, new best, budget spent, completion) to the experiment stream."""
+        return self._store.append(
+            ev.experiment_stream(experiment_id), new_events([msg], experiment_id, [event_id])
+        ).last_position
 
     # -- runs --------------------------------------------------------------
 

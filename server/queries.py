@@ -56,9 +56,13 @@ def run_from_row(row: dict[str, object]) -> resources_pb2.Run:
     return run
 
 
-def experiment_state(cancel_requested: bool, counts: dict[int, int], run_count: int) -> int:
+def experiment_state(cancel_requested: bool, counts: dict[int, int], run_count: int, searching: bool = False) -> int:
+    """ACTIVE while a run has not ended or the searcher may add runs; then how the runs ended.
+
+    A run the searcher stopped early counts as done, not failed.
+    """
     ended = sum(n for state, n in counts.items() if is_ended(state))
-    if ended < run_count:
+    if searching or ended < run_count:
         return ES.EXPERIMENT_STATE_ACTIVE
     if cancel_requested or counts.get(RS.RUN_STATE_CANCELED, 0):
         return ES.EXPERIMENT_STATE_CANCELED
@@ -155,7 +159,9 @@ class Queries:
         out = []
         for row in rows:
             c = counts[row["id"]]
-            state = experiment_state(bool(row["cancel_requested"]), c, int(row["run_count"]))
+            state = experiment_state(
+                bool(row["cancel_requested"]), c, int(row["run_count"]), bool(row.get("searching", False))
+            )
             exp = resources_pb2.Experiment(
                 id=row["id"],
                 name=row["name"],
@@ -165,6 +171,8 @@ class Queries:
                 code_uri=row["code_uri"],
                 run_count=row["run_count"],
                 runs_by_state={RS.Name(s): n for s, n in sorted(c.items())},  # type: ignore[arg-type]
+                searching=bool(row.get("searching", False)),
+                end_reason=row.get("end_reason", "") or "",
             )
             _ts(exp.created_at, row["created_at"])
             if state != ES.EXPERIMENT_STATE_ACTIVE:

@@ -9,6 +9,7 @@ from runyard.server.store import RecordedEvent
 from runyard.v1 import common_pb2, events_pb2, watch_pb2
 
 RS = common_pb2.RunState
+SK = watch_pb2.SearchUpdate.Kind
 
 
 def encode_cursor(position: int) -> str:
@@ -32,11 +33,21 @@ class UpdateBuilder:
 
     def build(self, event: RecordedEvent) -> watch_pb2.RunUpdate | None:
         kind, _, run_id = event.stream_id.partition(":")
+        if kind == "experiment":
+            return self._search(event)
         if kind not in ("run", "run-logs", "run-metrics"):
             return None
         msg = decode(event.type, event.data)
         update = watch_pb2.RunUpdate(cursor=encode_cursor(event.position), run_id=run_id)
         update.time.FromDatetime(event.recorded_at)
+        if isinstance(msg, events_pb2.RunStopRequested):
+            # A rung decision (or the budget): the searcher's view of it, then the run's.
+            update.search.CopyFrom(
+                watch_pb2.SearchUpdate(
+                    kind=SK.KIND_STOPPED, rung=msg.rung, level=msg.level, value=msg.value, reason=msg.reason
+                )
+            )
+            return update
         if isinstance(msg, events_pb2.RunLogged):
             update.logs.attempt = msg.attempt
             update.logs.lines.extend(msg.lines)
@@ -49,6 +60,28 @@ class UpdateBuilder:
         if status is None:
             return None
         update.status.CopyFrom(status)
+        return update
+
+    def _search(self, event: RecordedEvent) -> watch_pb2.RunUpdate | None:
+        """A decision of the experiment's searcher (WatchExperiment), or None for other experiment events."""
+        msg = decode(event.type, event.data)
+        s = watch_pb2.SearchUpdate()
+        run_id = ""
+        if isinstance(msg, events_pb2.ExperimentRunAdded):
+            s.kind, run_id = SK.KIND_TRIAL_STARTED, msg.run_id
+            s.hyperparameters.update(msg.hyperparameters)
+        elif isinstance(msg, events_pb2.RunPromoted):
+            s.kind, run_id, s.rung, s.level, s.value = SK.KIND_PROMOTED, msg.run_id, msg.rung, msg.level, msg.value
+        elif isinstance(msg, events_pb2.ExperimentBestFound):
+            s.kind, run_id, s.step, s.value = SK.KIND_NEW_BEST, msg.run_id, msg.step, msg.value
+        elif isinstance(msg, events_pb2.ExperimentBudgetSpent):
+            s.kind, s.reason = SK.KIND_BUDGET_SPENT, msg.reason
+        elif isinstance(msg, events_pb2.ExperimentCompleted):
+            s.kind, s.reason = SK.KIND_COMPLETED, msg.reason
+        else:
+            return None
+        update = watch_pb2.RunUpdate(cursor=encode_cursor(event.position), run_id=run_id, search=s)
+        update.time.FromDatetime(event.recorded_at)
         return update
 
     def _status(self, run_id: str, msg: Message) -> watch_pb2.RunStatusChange | None:
@@ -76,6 +109,8 @@ class UpdateBuilder:
             s.cancel_requested, s.message = True, msg.reason
         elif isinstance(msg, events_pb2.RunCanceled):
             s.state, s.attempt, s.final, s.message = RS.RUN_STATE_CANCELED, msg.attempt, True, msg.reason
+        elif isinstance(msg, events_pb2.RunStoppedEarly):
+            s.state, s.attempt, s.final, s.message = RS.RUN_STATE_STOPPED_EARLY, msg.attempt, True, msg.reason
         else:
             return None
         self.states[run_id] = s.state

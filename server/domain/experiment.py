@@ -1,9 +1,12 @@
 """The Experiment aggregate: a manifest expanded into runs, and the cancel of them all.
 
-An experiment's decisions are few: it is created once (with all its runs, so
-a reader never sees an experiment without them) and a cancel may be asked
-once. Run ids and specs are pure functions of the experiment id and the
-manifest, so a retried create produces byte-identical events.
+An experiment's decisions are few: it is created once and a cancel may be
+asked once. A plain experiment gets all its runs with its creation (so a
+reader never sees it without them); a searched one (`is_searched`: early
+stopping or max_parallel) starts empty and its searcher adds runs one by one
+(ExperimentRunAdded), records rung decisions and bests, and ends it
+(ExperimentCompleted). Run ids and specs are pure functions of the experiment
+id and the manifest, so a retried create produces byte-identical events.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from runyard.server.domain.errors import DomainError, IllegalTransition
 from runyard.server.domain.ids import run_id_for
 from runyard.server.domain.manifest_model import Manifest, Scalar
 from runyard.server.domain.search import expand_trials
+from runyard.server.domain.searchers import is_searched
 from runyard.v1 import common_pb2, events_pb2
 
 
@@ -53,6 +57,27 @@ def run_spec(manifest: Manifest, values: Mapping[str, Scalar], code_uri: str, ru
     )
 
 
+def new_run(
+    experiment_id: str, account_id: str, manifest: Manifest, code_uri: str, index: int, values: Mapping[str, Scalar]
+) -> events_pb2.RunCreated:
+    """The RunCreated of run `index` with these hyperparameter values (at submit, or when a searcher adds it)."""
+    run_id = run_id_for(experiment_id, index)
+    spec = run_spec(manifest, values, code_uri, run_id)
+    return events_pb2.RunCreated(
+        run_id=run_id, experiment_id=experiment_id, account_id=account_id, index=index, spec=spec
+    )
+
+
+#: Events the experiment's searcher records on the experiment stream.
+_SEARCH_EVENTS = (
+    events_pb2.ExperimentRunAdded,
+    events_pb2.RunPromoted,
+    events_pb2.ExperimentBestFound,
+    events_pb2.ExperimentBudgetSpent,
+    events_pb2.ExperimentCompleted,
+)
+
+
 @dataclass
 class Experiment:
     """An experiment as its stream says it is; `version` is the number of events applied."""
@@ -68,6 +93,10 @@ class Experiment:
     cancel_reason: str = ""
     #: Set by an admin after creation (ExperimentPrioritySet); None while the manifest's priority holds.
     priority: int | None = None
+    #: Why the experiment's budget ended it (ExperimentBudgetSpent); "" while it lasts.
+    budget_spent: str = ""
+    #: Why the searcher ended the experiment (ExperimentCompleted); "" while it searches.
+    completed: str = ""
     version: int = 0
 
     @staticmethod
@@ -81,12 +110,10 @@ class Experiment:
     ) -> tuple[events_pb2.ExperimentCreated, list[tuple[str, events_pb2.RunCreated]]]:
         """The experiment's opening event and, per run in index order, its id and RunCreated."""
         runs: list[tuple[str, events_pb2.RunCreated]] = []
-        for index, values in enumerate(expand_trials(manifest)):
+        trials = [] if is_searched(manifest) else expand_trials(manifest)
+        for index, values in enumerate(trials):
             run_id = run_id_for(experiment_id, index)
-            spec = run_spec(manifest, values, code_uri, run_id)
-            created = events_pb2.RunCreated(
-                run_id=run_id, experiment_id=experiment_id, account_id=account_id, index=index, spec=spec
-            )
+            created = new_run(experiment_id, account_id, manifest, code_uri, index, values)
             runs.append((run_id, created))
         opened = events_pb2.ExperimentCreated(
             experiment_id=experiment_id,
@@ -123,6 +150,15 @@ class Experiment:
     def apply(self, event: Message) -> None:
         if isinstance(event, events_pb2.ExperimentPrioritySet):
             self.priority = event.priority
+            self.version += 1
+            return
+        if isinstance(event, _SEARCH_EVENTS):
+            if isinstance(event, events_pb2.ExperimentRunAdded):
+                self.run_ids = (*self.run_ids, event.run_id)
+            elif isinstance(event, events_pb2.ExperimentBudgetSpent):
+                self.budget_spent = event.reason
+            elif isinstance(event, events_pb2.ExperimentCompleted):
+                self.completed = event.reason
             self.version += 1
             return
         if not isinstance(event, events_pb2.ExperimentCancelRequested):

@@ -85,6 +85,18 @@ Hyperparameter: TypeAlias = Const | IntRange | DoubleRange | LogRange | Categori
 
 
 @dataclass(frozen=True)
+class AshaSettings:
+    """ASHA's rung ladder (`search.asha`): rungs at min_resource * reduction_factor**k time units."""
+
+    min_resource: int = 1
+    reduction_factor: int = 3
+    #: Time units a run trains at most; no rung at or above it. None: no bound.
+    max_resource: int | None = None
+    #: What the search metric's step counts ("epochs" or "steps"); for reading only.
+    time_unit: str = "epochs"
+
+
+@dataclass(frozen=True)
 class Search:
     method: SearchMethod = "single"
     #: Cap on the number of runs; for random, the number of runs sampled.
@@ -97,6 +109,11 @@ class Search:
     metric: str | None = None
     goal: Goal | None = None
     early_stopping: str = "none"
+    asha: AshaSettings = field(default_factory=AshaSettings)
+    #: Budget: the experiment stops starting runs and stops those running this long after submit.
+    max_time_s: float | None = None
+    #: Budget: the same once its runs have held this many GPU-hours (billed time, all attempts).
+    max_gpu_hours: float | None = None
 
 
 @dataclass(frozen=True)

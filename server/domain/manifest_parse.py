@@ -25,6 +25,7 @@ from runyard.server.domain.manifest_model import (
     GOALS,
     MAX_RUNS_PER_EXPERIMENT,
     SEARCH_METHODS,
+    AshaSettings,
     Categorical,
     Const,
     DoubleRange,
@@ -66,7 +67,24 @@ HYPERPARAMETER_FIELDS: dict[str, tuple[str, ...]] = {
     "log": ("type", "min", "max", "base", "count"),
     "categorical": ("type", "values"),
 }
-SEARCH_FIELDS = ("method", "max_runs", "max_parallel", "runs", "seed", "metric", "goal", "early_stopping")
+SEARCH_FIELDS = (
+    "method",
+    "max_runs",
+    "max_parallel",
+    "runs",
+    "seed",
+    "metric",
+    "goal",
+    "early_stopping",
+    "asha",
+    "max_time",
+    "max_gpu_hours",
+)
+ASHA_FIELDS = ("min_resource", "reduction_factor", "max_resource", "time_unit")
+TIME_UNITS = ("epochs", "steps")
+#: "90s", "30m", "2h", "1d" (or a plain number of seconds).
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 #: Set by the agent for every run; a manifest overriding them would break staging or GPU pinning.
 RESERVED_ENV = ("DATA_DIR", "RESULT_DIR", "CUDA_VISIBLE_DEVICES")
 MAX_RESTARTS = 100
@@ -478,6 +496,20 @@ class _Parser:
         elif method == "random" and "max_runs" not in fields:
             self.error("search.max_runs", "is required for random search: how many runs to sample")
         metric, goal, early_stopping = self.objective(fields)
+        asha = AshaSettings()
+        if "asha" in fields:
+            asha = self.asha(fields["asha"])
+            if early_stopping != "asha":
+                self.error("search.asha", "is only for early_stopping: asha")
+        if early_stopping == "asha" and method in ("single",):
+            self.error("search.early_stopping", "asha needs several runs (method grid, list or random)")
+        max_time = self.duration("search.max_time", fields["max_time"]) if "max_time" in fields else None
+        max_gpu_hours = None
+        if "max_gpu_hours" in fields:
+            max_gpu_hours = self.number("search.max_gpu_hours", fields["max_gpu_hours"])
+            if max_gpu_hours is not None and max_gpu_hours <= 0:
+                self.error("search.max_gpu_hours", "must be greater than 0")
+                max_gpu_hours = None
         return Search(
             method=cast(SearchMethod, method or "single"),
             max_runs=max_runs,
@@ -487,7 +519,39 @@ class _Parser:
             metric=metric,
             goal=goal,
             early_stopping=early_stopping,
+            asha=asha,
+            max_time_s=max_time,
+            max_gpu_hours=max_gpu_hours,
         )
+
+    def asha(self, value: object) -> AshaSettings:
+        fields = self.mapping("search.asha", value, ASHA_FIELDS)
+        min_resource = self.field_int(fields, "min_resource", "search.asha.min_resource", 1, 1)
+        factor = self.field_int(fields, "reduction_factor", "search.asha.reduction_factor", 3, 2)
+        max_resource: int | None = None
+        if "max_resource" in fields:
+            max_resource = self.integer("search.asha.max_resource", fields["max_resource"], 1)
+            if max_resource is not None and max_resource <= min_resource:
+                self.error("search.asha.max_resource", f"must be greater than min_resource ({min_resource})")
+                max_resource = None
+        unit = "epochs"
+        if "time_unit" in fields:
+            unit = self.choice("search.asha.time_unit", fields["time_unit"], TIME_UNITS) or "epochs"
+        return AshaSettings(min_resource, factor, max_resource, unit)
+
+    def duration(self, path: str, value: object) -> float | None:
+        """Seconds from 3600, "90s", "30m", "2h" or "1d"."""
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION.match(value)):
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        else:
+            self.error(path, "must be a duration such as 90s, 30m, 2h or 1d (or a number of seconds)")
+            return None
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.error(path, "must be greater than 0")
+            return None
+        return seconds
 
     def grid(self, hps: Mapping[str, Hyperparameter], max_runs: int | None) -> None:
         for name, hp in hps.items():

@@ -31,6 +31,7 @@ from runyard.server.domain.run_states import (
     QUEUED,
     RUNNING,
     STAGING,
+    STOPPED_EARLY,
     TERMINAL,
     TRANSITIONS,
     UPLOADING,
@@ -57,6 +58,8 @@ class Run:
     gpu_ids: tuple[str, ...] = ()
     cancel_requested: bool = False
     cancel_reason: str = ""
+    #: The experiment's searcher asked the run to stop (RunStopRequested): it ends STOPPED_EARLY.
+    stop_requested: bool = False
     #: Why the latest attempt ended without results (RunFailed or RunRequeued); reset per attempt.
     failure_reason: FailureReasonValue = common_pb2.FAILURE_REASON_UNSPECIFIED
     exit_code: int = 0
@@ -115,10 +118,10 @@ class Run:
         if isinstance(event, events_pb2.RunAssigned):
             if event.attempt != self.attempt + 1:
                 raise StaleAttempt(self.run_id, self.attempt + 1, event.attempt)
-        elif isinstance(event, events_pb2.RunCanceled) and self.state == QUEUED:
+        elif isinstance(event, events_pb2.RunCanceled | events_pb2.RunStoppedEarly) and self.state == QUEUED:
             if event.attempt != 0:
                 raise StaleAttempt(self.run_id, 0, event.attempt)
-        elif not isinstance(event, events_pb2.RunCancelRequested):
+        elif not isinstance(event, events_pb2.RunCancelRequested | events_pb2.RunStopRequested):
             self.check_attempt(getattr(event, "attempt"))  # noqa: B009 - every other run event has one
 
     def _record(self, event: Message) -> None:
@@ -145,6 +148,11 @@ class Run:
             self.cancel_requested = True
             self.cancel_reason = event.reason
         elif isinstance(event, events_pb2.RunCanceled):
+            self.cancel_reason = event.reason or self.cancel_reason
+        elif isinstance(event, events_pb2.RunStopRequested):
+            self.stop_requested = True
+            self.cancel_reason = event.reason
+        elif isinstance(event, events_pb2.RunStoppedEarly):
             self.cancel_reason = event.reason or self.cancel_reason
 
     # -- what a run is -----------------------------------------------------
@@ -236,7 +244,9 @@ class Run:
         if not self.holds_slots:
             raise IllegalTransition(self.run_id, self.state_name, "report failed")
         retry = (
-            reason in INFRASTRUCTURE_REASONS and self.restarts < self.spec.max_restarts and not self.cancel_requested
+            reason in INFRASTRUCTURE_REASONS
+            and self.restarts < self.spec.max_restarts
+            and not (self.cancel_requested or self.stop_requested)
         )
         if retry:
             return [events_pb2.RunRequeued(attempt=attempt, reason=reason, message=message)]
@@ -251,20 +261,38 @@ class Run:
             return [] if self.cancel_requested else [events_pb2.RunCancelRequested(reason=reason)]
         raise IllegalTransition(self.run_id, self.state_name, "cancel")
 
+    def request_stop(self, reason: str, rung: int = 0, level: int = 0, value: float = 0.0) -> list[Message]:
+        """The experiment's searcher stops the run: at once from the queue, else when its agent has stopped it.
+
+        Nothing to do for a run that has ended or is already stopping (a cancel
+        asked first wins: the run ends CANCELED).
+        """
+        if self.is_terminal or self.stop_requested or self.cancel_requested:
+            return []
+        if self.state == QUEUED:
+            return [events_pb2.RunStoppedEarly(attempt=0, reason=reason)]
+        return [events_pb2.RunStopRequested(reason=reason, rung=rung, level=level, value=value)]
+
     def report_canceled(self, attempt: int, reason: str = "") -> list[Message]:
+        """The agent stopped the attempt: CANCELED, or STOPPED_EARLY when the searcher asked for the stop."""
         self.check_attempt(attempt)
-        if self.state == CANCELED:
+        if self.state in (CANCELED, STOPPED_EARLY):
             return []
         if not self.holds_slots:
             raise IllegalTransition(self.run_id, self.state_name, "report canceled")
-        return [events_pb2.RunCanceled(attempt=attempt, reason=reason or self.cancel_reason)]
+        return [self._stopped(attempt, reason)]
+
+    def _stopped(self, attempt: int, reason: str = "") -> Message:
+        if self.stop_requested and not self.cancel_requested:
+            return events_pb2.RunStoppedEarly(attempt=attempt, reason=self.cancel_reason)
+        return events_pb2.RunCanceled(attempt=attempt, reason=reason or self.cancel_reason)
 
     def agent_lost(self, agent_id: str, message: str = "") -> list[Message]:
         """The agent stopped heartbeating: end the attempt it held, as an infrastructure failure."""
         if not self.holds_slots or self.agent_id != agent_id:
             return []
-        if self.cancel_requested:
-            return [events_pb2.RunCanceled(attempt=self.attempt, reason=self.cancel_reason)]
+        if self.cancel_requested or self.stop_requested:
+            return [self._stopped(self.attempt)]
         return self.report_failed(
             self.attempt,
             common_pb2.FAILURE_REASON_AGENT_LOST,

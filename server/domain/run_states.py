@@ -1,8 +1,9 @@
 """The run state machine of DESIGN.md as data: which event moves a run from where to where.
 
-QUEUED -> ASSIGNED -> STAGING -> RUNNING -> UPLOADING -> COMPLETED, with FAILED
-and CANCELED reachable from every state that holds slots (and CANCELED from the
-queue), and RunRequeued taking an attempt that failed for infrastructure reasons
+QUEUED -> ASSIGNED -> STAGING -> RUNNING -> UPLOADING -> COMPLETED, with FAILED,
+CANCELED and STOPPED_EARLY (the experiment's searcher stopped it) reachable
+from every state that holds slots (CANCELED and STOPPED_EARLY from the queue
+too), and RunRequeued taking an attempt that failed for infrastructure reasons
 back to QUEUED. Both the commands (deciding) and `apply` (replaying) consult
 this one table, so the log can never hold a transition the commands refuse.
 """
@@ -27,11 +28,12 @@ UPLOADING = common_pb2.RUN_STATE_UPLOADING
 COMPLETED = common_pb2.RUN_STATE_COMPLETED
 FAILED = common_pb2.RUN_STATE_FAILED
 CANCELED = common_pb2.RUN_STATE_CANCELED
+STOPPED_EARLY = common_pb2.RUN_STATE_STOPPED_EARLY
 
 #: States in which an attempt holds slots (and GPUs) on an agent; billing runs in these.
 HOLDING_SLOTS: frozenset[RunStateValue] = frozenset({ASSIGNED, STAGING, RUNNING, UPLOADING})
 #: States a run never leaves.
-TERMINAL: frozenset[RunStateValue] = frozenset({COMPLETED, FAILED, CANCELED})
+TERMINAL: frozenset[RunStateValue] = frozenset({COMPLETED, FAILED, CANCELED, STOPPED_EARLY})
 
 #: Failures that are not the user's doing: the attempt is worth another try while restarts remain.
 #: USER_CODE, STAGING_ERROR (bad code or data URI) and UNSUPPORTED would fail the same way again.
@@ -71,4 +73,6 @@ TRANSITIONS: dict[type[Message], Transition] = {
     events_pb2.RunRequeued: Transition("requeue", HOLDING_SLOTS, QUEUED),
     events_pb2.RunCancelRequested: Transition("cancel", HOLDING_SLOTS, None),
     events_pb2.RunCanceled: Transition("report canceled", HOLDING_SLOTS | {QUEUED}, CANCELED),
+    events_pb2.RunStopRequested: Transition("stop early", HOLDING_SLOTS, None),
+    events_pb2.RunStoppedEarly: Transition("report stopped", HOLDING_SLOTS | {QUEUED}, STOPPED_EARLY),
 }

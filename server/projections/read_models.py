@@ -17,14 +17,17 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
+from runyard.server.domain.errors import DomainError
 from runyard.server.domain.events import decode
+from runyard.server.domain.manifest import parse_manifest
+from runyard.server.domain.searchers import is_searched
 from runyard.server.store import RecordedEvent
 from runyard.v1 import common_pb2, events_pb2
 
 from . import schema
 
 RS = common_pb2.RunState
-_ENDED = (RS.RUN_STATE_COMPLETED, RS.RUN_STATE_FAILED, RS.RUN_STATE_CANCELED)
+_ENDED = (RS.RUN_STATE_COMPLETED, RS.RUN_STATE_FAILED, RS.RUN_STATE_CANCELED, RS.RUN_STATE_STOPPED_EARLY)
 
 Row = dict[str, Any]
 
@@ -219,18 +222,26 @@ class RunsProjector:
                     "cancel_requested": False,
                     "created_at": event.recorded_at,
                     "priority": _manifest_priority(msg.manifest_yaml),
+                    "searching": _searched(msg.manifest_yaml),
+                    "end_reason": "",
                     "position": event.position,
                 }
             )
+            return
+        row = rows.get(event.stream_id.split(":", 1)[1])
+        if row is None:
+            return
+        if isinstance(msg, events_pb2.ExperimentRunAdded):
+            row["run_count"] += 1
+        elif isinstance(msg, events_pb2.ExperimentCompleted):
+            row.update(searching=False, end_reason=row["end_reason"] or msg.reason)
+        elif isinstance(msg, events_pb2.ExperimentBudgetSpent):
+            row["end_reason"] = msg.reason
         elif isinstance(msg, events_pb2.ExperimentCancelRequested):
-            row = rows.get(event.stream_id.split(":", 1)[1])
-            if row is not None:
-                row["cancel_requested"] = True
+            row["cancel_requested"] = True
         elif isinstance(msg, events_pb2.ExperimentPrioritySet):
-            row = rows.get(event.stream_id.split(":", 1)[1])
-            if row is not None:
-                row["priority"] = msg.priority
-                self._priority_updates.append((row["id"], msg.priority))
+            row["priority"] = msg.priority
+            self._priority_updates.append((row["id"], msg.priority))
 
     # -- agents ------------------------------------------------------------
 
@@ -342,6 +353,12 @@ class RunsProjector:
             row["cancel_requested"] = True
         elif isinstance(msg, events_pb2.RunCanceled):
             row.update(state=RS.RUN_STATE_CANCELED, message=msg.reason, ended_at=at, cancel_requested=True)
+        elif isinstance(msg, events_pb2.RunStopRequested):
+            # Asked to stop: the scheduler treats it as a cancel (no re-dispatch, the stop re-sent on takeover).
+            row.update(cancel_requested=True, message=_stop_message(msg))
+        elif isinstance(msg, events_pb2.RunStoppedEarly):
+            message = row["message"] if row["cancel_requested"] and row["message"] else msg.reason
+            row.update(state=RS.RUN_STATE_STOPPED_EARLY, message=message, ended_at=at, cancel_requested=True)
 
     def _metrics(
         self, rows: _Rows, event: RecordedEvent, msg: events_pb2.RunMetricsReported, points: list[PointRow]
@@ -372,6 +389,20 @@ def _manifest_priority(manifest_yaml: str) -> int:
         return 0
     value = loaded.get("priority", 0) if isinstance(loaded, dict) else 0
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _searched(manifest_yaml: str) -> bool:
+    """Does the experiment's searcher add its runs (so it stays ACTIVE until ExperimentCompleted)?"""
+    try:
+        return is_searched(parse_manifest(manifest_yaml))
+    except DomainError:
+        return False
+
+
+def _stop_message(msg: events_pb2.RunStopRequested) -> str:
+    if msg.reason == "asha":
+        return f"stopped by ASHA at rung {msg.rung} ({msg.level}): {msg.value:g} did not make the cut"
+    return f"stopped early: {msg.reason}"
 
 
 def _run_id(event: RecordedEvent) -> str:

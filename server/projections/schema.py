@@ -45,6 +45,9 @@ experiments = Table(
     Column("cancel_requested", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("priority", Integer, nullable=False, server_default="0"),
+    # True while the experiment's searcher may still add runs (searched experiments).
+    Column("searching", Boolean, nullable=False, server_default=sql_false()),
+    Column("end_reason", Text, nullable=False, server_default=""),
     # Log position of ExperimentCreated: a stable, unique order for pagination.
     Column("position", BigInteger, nullable=False, unique=True),
 )

@@ -2,7 +2,7 @@
 
 Billing starts when an attempt is given its GPUs (RunAssigned) and ends when
 its results are stored (RunCompleted) or when it ends otherwise: RunFailed,
-RunCanceled, or RunRequeued for an attempt lost to an infrastructure failure
+RunCanceled, RunStoppedEarly (its searcher stopped it), or RunRequeued for an attempt lost to an infrastructure failure
 (the next attempt is billed on its own, from its own RunAssigned). A run
 canceled while still queued never had GPUs and costs nothing.
 
@@ -34,7 +34,13 @@ from .read_models import Decoded, insert_many
 Row = dict[str, Any]
 Key = tuple[str, int]
 
-_ENDINGS = (events_pb2.RunCompleted, events_pb2.RunFailed, events_pb2.RunCanceled, events_pb2.RunRequeued)
+_ENDINGS = (
+    events_pb2.RunCompleted,
+    events_pb2.RunFailed,
+    events_pb2.RunCanceled,
+    events_pb2.RunStoppedEarly,
+    events_pb2.RunRequeued,
+)
 _CHUNK = 500
 
 

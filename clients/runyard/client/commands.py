@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 RS = common_pb2.RunState
 ES = resources_pb2.ExperimentState
+#: How a run may end and still count as done well (a run its searcher stopped early did its job).
+_DONE = (RS.RUN_STATE_COMPLETED, RS.RUN_STATE_STOPPED_EARLY)
 
 
 @dataclass
@@ -252,16 +254,17 @@ def _watch(ctx: Context, identifier: str, kind: str, show_logs: bool, json_lines
         else:
             for text in render.update_lines(update, with_run=kind == "experiment", show_logs=show_logs):
                 ctx.line(text)
-        seen.add(update.run_id)
+        if update.WhichOneof("body") != "search":
+            seen.add(update.run_id)
         if update.HasField("status") and update.status.final:
             finals[update.run_id] = update.status.state
     # The stream itself says how each run ended; ask the server only if it did not.
     if kind == "run":
         state = finals[identifier] if identifier in finals else client.get_run(identifier).state
-        ended_ok = state == RS.RUN_STATE_COMPLETED
+        ended_ok = state in _DONE
         summary = f"run {identifier} {render.run_state_name(state)}"
     elif seen and seen == finals.keys():
-        ended_ok = all(state == RS.RUN_STATE_COMPLETED for state in finals.values())
+        ended_ok = all(state in _DONE for state in finals.values())
         by_state: dict[str, int] = {}
         for state in finals.values():
             by_state[RS.Name(state)] = by_state.get(RS.Name(state), 0) + 1  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ STATE_STYLES = {
     "COMPLETED": "green",
     "FAILED": "bold red",
     "CANCELED": "yellow",
+    "STOPPED_EARLY": "magenta",
     "ACTIVE": "bold blue",
 }
 # Columns of latest metrics in a runs table, beyond which they are left to `runyard metrics`.
@@ -330,7 +331,7 @@ def run_details(run: resources_pb2.Run) -> Table:
     )
 
 
-_ENDED = (RS.RUN_STATE_COMPLETED, RS.RUN_STATE_FAILED, RS.RUN_STATE_CANCELED)
+_ENDED = (RS.RUN_STATE_COMPLETED, RS.RUN_STATE_FAILED, RS.RUN_STATE_CANCELED, RS.RUN_STATE_STOPPED_EARLY)
 
 
 def metrics_latest_table(points: Sequence[common_pb2.MetricPoint], totals: Mapping[str, int] | None = None) -> Table:
@@ -391,6 +392,8 @@ def update_lines(update: watch_pb2.RunUpdate, with_run: bool, show_logs: bool = 
         return [prefix + status_text(update.status)]
     if body == "queue":
         return [prefix + Text(f"#{update.queue.position} in the queue: {update.queue.reason}", style="yellow")]
+    if body == "search":
+        return [prefix + search_text(update.search)]
     if body == "metrics":
         by_step: dict[int, list[str]] = {}
         for p in update.metrics.points:
@@ -406,6 +409,30 @@ def update_lines(update: watch_pb2.RunUpdate, with_run: bool, show_logs: bool = 
                 out.append(prefix + Text(f"| {line.text}", style=style))
         return out
     return []
+
+
+def search_text(search: watch_pb2.SearchUpdate) -> Text:
+    """A decision of the experiment's searcher, in words."""
+    kind = watch_pb2.SearchUpdate.Kind
+    if search.kind == kind.KIND_TRIAL_STARTED:
+        values = " ".join(f"{k}={v}" for k, v in sorted(search.hyperparameters.items()))
+        return Text(f"trial started {values}".rstrip(), style="cyan")
+    if search.kind == kind.KIND_PROMOTED:
+        return Text(f"promoted at rung {search.rung} ({search.level}): {fmt_value(search.value)}", style="green")
+    if search.kind == kind.KIND_STOPPED:
+        if search.reason == "asha":
+            return Text(
+                f"stopped at rung {search.rung} ({search.level}): {fmt_value(search.value)} missed the cut",
+                style="magenta",
+            )
+        return Text(f"stopped early: {search.reason}", style="magenta")
+    if search.kind == kind.KIND_NEW_BEST:
+        return Text(f"new best {fmt_value(search.value)} at step {search.step}", style="bold green")
+    if search.kind == kind.KIND_BUDGET_SPENT:
+        return Text(f"budget spent: {search.reason}", style="yellow")
+    if search.kind == kind.KIND_COMPLETED:
+        return Text(f"search completed: {search.reason}", style="bold")
+    return Text("")
 
 
 def status_text(status: watch_pb2.RunStatusChange) -> Text:

@@ -40,6 +40,10 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     """Results stored; billing ends."""
     RUN_STATE_FAILED: _RunState.ValueType  # 7
     RUN_STATE_CANCELED: _RunState.ValueType  # 8
+    RUN_STATE_STOPPED_EARLY: _RunState.ValueType  # 9
+    """The experiment's searcher stopped the run (ASHA rung, budget): not a
+    failure; its GPUs were freed and billing ended when the agent stopped it.
+    """
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
     """RunState is the run state machine of DESIGN.md."""
@@ -58,6 +62,10 @@ RUN_STATE_COMPLETED: RunState.ValueType  # 6
 """Results stored; billing ends."""
 RUN_STATE_FAILED: RunState.ValueType  # 7
 RUN_STATE_CANCELED: RunState.ValueType  # 8
+RUN_STATE_STOPPED_EARLY: RunState.ValueType  # 9
+"""The experiment's searcher stopped the run (ASHA rung, budget): not a
+failure; its GPUs were freed and billing ended when the agent stopped it.
+"""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 class _FailureReason:

@@ -69,6 +69,164 @@ class ExperimentCreated(_message.Message):
 Global___ExperimentCreated: _TypeAlias = ExperimentCreated  # noqa: Y015
 
 @_typing.final
+class ExperimentRunAdded(_message.Message):
+    """ExperimentRunAdded: the experiment's searcher started a trial (the run's
+    RunCreated is appended in the same transaction). Only searched experiments
+    (early stopping) add runs after ExperimentCreated.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class HyperparametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    index: _builtins.int
+    @_builtins.property
+    def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The trial's hyperparameter values as the command renders them (for watchers)."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        hyperparameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hyperparameters", b"hyperparameters", "index", b"index", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExperimentRunAdded: _TypeAlias = ExperimentRunAdded  # noqa: Y015
+
+@_typing.final
+class RunPromoted(_message.Message):
+    """RunPromoted: the searcher let a run go on past a rung (for watchers)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    RUNG_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    rung: _builtins.int
+    """Rung number from 0 and its level in time units (epochs or steps)."""
+    level: _builtins.int
+    value: _builtins.float
+    """The run's search-metric value recorded at the rung."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        rung: _builtins.int = ...,
+        level: _builtins.int = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "run_id", b"run_id", "rung", b"rung", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunPromoted: _TypeAlias = RunPromoted  # noqa: Y015
+
+@_typing.final
+class ExperimentBestFound(_message.Message):
+    """ExperimentBestFound: a run reported the best search-metric value so far."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    step: _builtins.int
+    value: _builtins.float
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        step: _builtins.int = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "step", b"step", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExperimentBestFound: _TypeAlias = ExperimentBestFound  # noqa: Y015
+
+@_typing.final
+class ExperimentBudgetSpent(_message.Message):
+    """ExperimentBudgetSpent: the experiment's time or GPU-hour budget is used up;
+    no new run starts, queued runs are canceled and running ones stopped early.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExperimentBudgetSpent: _TypeAlias = ExperimentBudgetSpent  # noqa: Y015
+
+@_typing.final
+class ExperimentCompleted(_message.Message):
+    """ExperimentCompleted: the searcher has nothing left to start and every run
+    it started has ended.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExperimentCompleted: _TypeAlias = ExperimentCompleted  # noqa: Y015
+
+@_typing.final
 class ExperimentCancelRequested(_message.Message):
     """ExperimentCancelRequested asks every unfinished run of the experiment to stop."""
 
@@ -354,6 +512,65 @@ class RunCanceled(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunCanceled: _TypeAlias = RunCanceled  # noqa: Y015
+
+@_typing.final
+class RunStopRequested(_message.Message):
+    """RunStopRequested: the experiment's searcher stops a run that holds slots
+    (ASHA cut it at a rung, or the budget is spent); the agent stops the process
+    and the run ends STOPPED_EARLY.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    RUNG_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    rung: _builtins.int
+    """For an ASHA stop: the rung, its level and the value that missed the cut."""
+    level: _builtins.int
+    value: _builtins.float
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        rung: _builtins.int = ...,
+        level: _builtins.int = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "reason", b"reason", "rung", b"rung", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunStopRequested: _TypeAlias = RunStopRequested  # noqa: Y015
+
+@_typing.final
+class RunStoppedEarly(_message.Message):
+    """RunStoppedEarly ends a run the searcher stopped (billing ends)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    """The attempt that was stopped; 0 when the run never left the queue."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunStoppedEarly: _TypeAlias = RunStoppedEarly  # noqa: Y015
 
 @_typing.final
 class RunLogged(_message.Message):

@@ -32,7 +32,7 @@ class _ExperimentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Exper
     EXPERIMENT_STATE_ACTIVE: _ExperimentState.ValueType  # 1
     """Some run has not ended."""
     EXPERIMENT_STATE_COMPLETED: _ExperimentState.ValueType  # 2
-    """Every run completed."""
+    """Every run completed (or was stopped early by the searcher)."""
     EXPERIMENT_STATE_FAILED: _ExperimentState.ValueType  # 3
     """Every run ended and at least one failed."""
     EXPERIMENT_STATE_CANCELED: _ExperimentState.ValueType  # 4
@@ -45,7 +45,7 @@ EXPERIMENT_STATE_UNSPECIFIED: ExperimentState.ValueType  # 0
 EXPERIMENT_STATE_ACTIVE: ExperimentState.ValueType  # 1
 """Some run has not ended."""
 EXPERIMENT_STATE_COMPLETED: ExperimentState.ValueType  # 2
-"""Every run completed."""
+"""Every run completed (or was stopped early by the searcher)."""
 EXPERIMENT_STATE_FAILED: ExperimentState.ValueType  # 3
 """Every run ended and at least one failed."""
 EXPERIMENT_STATE_CANCELED: ExperimentState.ValueType  # 4
@@ -92,6 +92,8 @@ class Experiment(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
+    SEARCHING_FIELD_NUMBER: _builtins.int
+    END_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     account_id: _builtins.str
@@ -99,6 +101,12 @@ class Experiment(_message.Message):
     manifest_yaml: _builtins.str
     code_uri: _builtins.str
     run_count: _builtins.int
+    searching: _builtins.bool
+    """True while the experiment's searcher may still start runs (searched
+    experiments: early stopping); the experiment is ACTIVE meanwhile.
+    """
+    end_reason: _builtins.str
+    """Why the search ended ("every trial ended", "canceled", a budget)."""
     @_builtins.property
     def runs_by_state(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Runs per state, keyed by the RunState name ("RUN_STATE_QUEUED", ...)."""
@@ -125,10 +133,12 @@ class Experiment(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         runs: _abc.Iterable[Global___Run] | None = ...,
+        searching: _builtins.bool = ...,
+        end_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "code_uri", b"code_uri", "created_at", b"created_at", "ended_at", b"ended_at", "id", b"id", "manifest_yaml", b"manifest_yaml", "name", b"name", "run_count", b"run_count", "runs", b"runs", "runs_by_state", b"runs_by_state", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "code_uri", b"code_uri", "created_at", b"created_at", "end_reason", b"end_reason", "ended_at", b"ended_at", "id", b"id", "manifest_yaml", b"manifest_yaml", "name", b"name", "run_count", b"run_count", "runs", b"runs", "runs_by_state", b"runs_by_state", "searching", b"searching", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,21 +26,29 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from runyard.v1 import common_pb2 as runyard_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16runyard/v1/watch.proto\x12\nrunyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17runyard/v1/common.proto\"\x92\x02\n\tRunUpdate\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06status\x18\n \x01(\x0b\x32\x1b.runyard.v1.RunStatusChangeH\x00\x12\'\n\x04logs\x18\x0b \x01(\x0b\x32\x17.runyard.v1.RunLogLinesH\x00\x12.\n\x07metrics\x18\x0c \x01(\x0b\x32\x1b.runyard.v1.RunMetricPointsH\x00\x12+\n\x05queue\x18\r \x01(\x0b\x32\x1a.runyard.v1.RunQueueStatusH\x00\x42\x06\n\x04\x62ody\"2\n\x0eRunQueueStatus\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\"\xd9\x01\n\x0fRunStatusChange\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.runyard.v1.RunState\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x31\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\x0e\x32\x19.runyard.v1.FailureReason\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\r\n\x05\x66inal\x18\x07 \x01(\x08\x12\x18\n\x10\x63\x61ncel_requested\x18\x08 \x01(\x08\"B\n\x0bRunLogLines\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\"\n\x05lines\x18\x02 \x03(\x0b\x32\x13.runyard.v1.LogLine\"K\n\x0fRunMetricPoints\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\'\n\x06points\x18\x02 \x03(\x0b\x32\x17.runyard.v1.MetricPointb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16runyard/v1/watch.proto\x12\nrunyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17runyard/v1/common.proto\"\xbe\x02\n\tRunUpdate\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06status\x18\n \x01(\x0b\x32\x1b.runyard.v1.RunStatusChangeH\x00\x12\'\n\x04logs\x18\x0b \x01(\x0b\x32\x17.runyard.v1.RunLogLinesH\x00\x12.\n\x07metrics\x18\x0c \x01(\x0b\x32\x1b.runyard.v1.RunMetricPointsH\x00\x12+\n\x05queue\x18\r \x01(\x0b\x32\x1a.runyard.v1.RunQueueStatusH\x00\x12*\n\x06search\x18\x0e \x01(\x0b\x32\x18.runyard.v1.SearchUpdateH\x00\x42\x06\n\x04\x62ody\"\x9f\x03\n\x0cSearchUpdate\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.runyard.v1.SearchUpdate.Kind\x12\x0c\n\x04rung\x18\x02 \x01(\r\x12\r\n\x05level\x18\x03 \x01(\x03\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x46\n\x0fhyperparameters\x18\x07 \x03(\x0b\x32-.runyard.v1.SearchUpdate.HyperparametersEntry\x1a\x36\n\x14HyperparametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x97\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12KIND_TRIAL_STARTED\x10\x01\x12\x11\n\rKIND_PROMOTED\x10\x02\x12\x10\n\x0cKIND_STOPPED\x10\x03\x12\x11\n\rKIND_NEW_BEST\x10\x04\x12\x15\n\x11KIND_BUDGET_SPENT\x10\x05\x12\x12\n\x0eKIND_COMPLETED\x10\x06\"2\n\x0eRunQueueStatus\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\"\xd9\x01\n\x0fRunStatusChange\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.runyard.v1.RunState\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x31\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\x0e\x32\x19.runyard.v1.FailureReason\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\r\n\x05\x66inal\x18\x07 \x01(\x08\x12\x18\n\x10\x63\x61ncel_requested\x18\x08 \x01(\x08\"B\n\x0bRunLogLines\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\"\n\x05lines\x18\x02 \x03(\x0b\x32\x13.runyard.v1.LogLine\"K\n\x0fRunMetricPoints\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\'\n\x06points\x18\x02 \x03(\x0b\x32\x17.runyard.v1.MetricPointb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runyard.v1.watch_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SEARCHUPDATE_HYPERPARAMETERSENTRY']._loaded_options = None
+  _globals['_SEARCHUPDATE_HYPERPARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_RUNUPDATE']._serialized_start=97
-  _globals['_RUNUPDATE']._serialized_end=371
-  _globals['_RUNQUEUESTATUS']._serialized_start=373
-  _globals['_RUNQUEUESTATUS']._serialized_end=423
-  _globals['_RUNSTATUSCHANGE']._serialized_start=426
-  _globals['_RUNSTATUSCHANGE']._serialized_end=643
-  _globals['_RUNLOGLINES']._serialized_start=645
-  _globals['_RUNLOGLINES']._serialized_end=711
-  _globals['_RUNMETRICPOINTS']._serialized_start=713
-  _globals['_RUNMETRICPOINTS']._serialized_end=788
+  _globals['_RUNUPDATE']._serialized_end=415
+  _globals['_SEARCHUPDATE']._serialized_start=418
+  _globals['_SEARCHUPDATE']._serialized_end=833
+  _globals['_SEARCHUPDATE_HYPERPARAMETERSENTRY']._serialized_start=625
+  _globals['_SEARCHUPDATE_HYPERPARAMETERSENTRY']._serialized_end=679
+  _globals['_SEARCHUPDATE_KIND']._serialized_start=682
+  _globals['_SEARCHUPDATE_KIND']._serialized_end=833
+  _globals['_RUNQUEUESTATUS']._serialized_start=835
+  _globals['_RUNQUEUESTATUS']._serialized_end=885
+  _globals['_RUNSTATUSCHANGE']._serialized_start=888
+  _globals['_RUNSTATUSCHANGE']._serialized_end=1105
+  _globals['_RUNLOGLINES']._serialized_start=1107
+  _globals['_RUNLOGLINES']._serialized_end=1173
+  _globals['_RUNMETRICPOINTS']._serialized_start=1175
+  _globals['_RUNMETRICPOINTS']._serialized_end=1250
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from runyard.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -35,6 +36,7 @@ class RunUpdate(_message.Message):
     LOGS_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Opaque; pass it back to resume with no gap and no duplicate."""
     run_id: _builtins.str
@@ -48,6 +50,8 @@ class RunUpdate(_message.Message):
     def metrics(self) -> Global___RunMetricPoints: ...
     @_builtins.property
     def queue(self) -> Global___RunQueueStatus: ...
+    @_builtins.property
+    def search(self) -> Global___SearchUpdate: ...
     def __init__(
         self,
         *,
@@ -58,16 +62,108 @@ class RunUpdate(_message.Message):
         logs: Global___RunLogLines | None = ...,
         metrics: Global___RunMetricPoints | None = ...,
         queue: Global___RunQueueStatus | None = ...,
+        search: Global___SearchUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "logs", b"logs", "metrics", b"metrics", "queue", b"queue", "status", b"status", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "logs", b"logs", "metrics", b"metrics", "queue", b"queue", "search", b"search", "status", b"status", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cursor", b"cursor", "logs", b"logs", "metrics", b"metrics", "queue", b"queue", "run_id", b"run_id", "status", b"status", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "cursor", b"cursor", "logs", b"logs", "metrics", b"metrics", "queue", b"queue", "run_id", b"run_id", "search", b"search", "status", b"status", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["status", "logs", "metrics", "queue"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["status", "logs", "metrics", "queue", "search"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___RunUpdate: _TypeAlias = RunUpdate  # noqa: Y015
+
+@_typing.final
+class SearchUpdate(_message.Message):
+    """SearchUpdate is a decision of the experiment's searcher (WatchExperiment):
+    a trial started, a run promoted or stopped at a rung, a new best, the end.
+    run_id of the enclosing RunUpdate names the run ("" for the experiment).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[SearchUpdate._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: SearchUpdate._Kind.ValueType  # 0
+        KIND_TRIAL_STARTED: SearchUpdate._Kind.ValueType  # 1
+        KIND_PROMOTED: SearchUpdate._Kind.ValueType  # 2
+        KIND_STOPPED: SearchUpdate._Kind.ValueType  # 3
+        KIND_NEW_BEST: SearchUpdate._Kind.ValueType  # 4
+        KIND_BUDGET_SPENT: SearchUpdate._Kind.ValueType  # 5
+        KIND_COMPLETED: SearchUpdate._Kind.ValueType  # 6
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: SearchUpdate.Kind.ValueType  # 0
+    KIND_TRIAL_STARTED: SearchUpdate.Kind.ValueType  # 1
+    KIND_PROMOTED: SearchUpdate.Kind.ValueType  # 2
+    KIND_STOPPED: SearchUpdate.Kind.ValueType  # 3
+    KIND_NEW_BEST: SearchUpdate.Kind.ValueType  # 4
+    KIND_BUDGET_SPENT: SearchUpdate.Kind.ValueType  # 5
+    KIND_COMPLETED: SearchUpdate.Kind.ValueType  # 6
+
+    @_typing.final
+    class HyperparametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KIND_FIELD_NUMBER: _builtins.int
+    RUNG_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
+    kind: Global___SearchUpdate.Kind.ValueType
+    rung: _builtins.int
+    """For rung decisions."""
+    level: _builtins.int
+    value: _builtins.float
+    """The search-metric value behind the decision or the new best."""
+    step: _builtins.int
+    """Step of a new best."""
+    reason: _builtins.str
+    @_builtins.property
+    def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """A started trial's hyperparameters, rendered as text."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___SearchUpdate.Kind.ValueType = ...,
+        rung: _builtins.int = ...,
+        level: _builtins.int = ...,
+        value: _builtins.float = ...,
+        step: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        hyperparameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hyperparameters", b"hyperparameters", "kind", b"kind", "level", b"level", "reason", b"reason", "rung", b"rung", "step", b"step", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchUpdate: _TypeAlias = SearchUpdate  # noqa: Y015
 
 @_typing.final
 class RunQueueStatus(_message.Message):

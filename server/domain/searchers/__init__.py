@@ -11,7 +11,7 @@ contract, `sequence` for grid and random search, `asha` for early stopping.
 from __future__ import annotations
 
 from runyard.server.domain.manifest_model import Manifest
-from runyard.server.domain.searchers.asha import AshaConfig, AshaSearcher
+from runyard.server.domain.searchers.asha import AshaConfig, AshaSearcher, TimeUnit
 from runyard.server.domain.searchers.base import (
     Closed,
     Complete,
@@ -49,17 +49,30 @@ __all__ = [
     "StopRun",
     "Trial",
     "feed",
+    "is_searched",
     "replay",
     "searcher_for",
 ]
 
 
+def is_searched(manifest: Manifest) -> bool:
+    """True when a searcher creates the experiment's runs one by one as slots free (early stopping, max_parallel).
+
+    Other experiments get every run at submit: nothing would decide differently later.
+    """
+    return manifest.search.early_stopping == "asha" or manifest.search.max_parallel is not None
+
+
 def searcher_for(manifest: Manifest, experiment_id: str, asha: AshaConfig | None = None) -> Searcher:
     """The searcher a manifest asks for: ASHA over its trials when early_stopping is asha, else the plain sequence.
 
-    `asha` carries the rung ladder until the manifest grows fields for it; the
-    defaults (rungs at 1, 3, 9, ... epochs, no upper bound) apply when None.
+    The rung ladder comes from the manifest's `search.asha` (defaults: rungs at
+    1, 3, 9, ... epochs, no upper bound) unless `asha` overrides it.
     """
     if manifest.search.early_stopping == "asha" or asha is not None:
-        return AshaSearcher.from_manifest(manifest, experiment_id, asha or AshaConfig())
+        if asha is None:
+            a = manifest.search.asha
+            unit: TimeUnit = "steps" if a.time_unit == "steps" else "epochs"
+            asha = AshaConfig(a.min_resource, a.reduction_factor, a.max_resource, unit)
+        return AshaSearcher.from_manifest(manifest, experiment_id, asha)
     return SequenceSearcher.from_manifest(manifest, experiment_id)

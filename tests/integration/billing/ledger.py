@@ -17,7 +17,13 @@ from runyard.server.store import EventStore
 from runyard.v1 import events_pb2
 
 US = timedelta(microseconds=1)
-ENDINGS = (events_pb2.RunCompleted, events_pb2.RunFailed, events_pb2.RunCanceled, events_pb2.RunRequeued)
+ENDINGS = (
+    events_pb2.RunCompleted,
+    events_pb2.RunFailed,
+    events_pb2.RunCanceled,
+    events_pb2.RunStoppedEarly,
+    events_pb2.RunRequeued,
+)
 
 
 @dataclass

@@ -1,0 +1,194 @@
+"""Feeds experiments' searchers from the log and records what they decide.
+
+One driver acts at a time: the scheduler's leader's (`active`), like ingest.
+When a replica starts leading it starts over from position 0: it reads the
+inputs (`experiment_search.INPUT_TYPES`) in log order into fresh searchers,
+which re-derive every decision already made, in the same order, with the same
+numbers. A decision's event id is `event_id_for(experiment, "decision", n)`;
+ids already in the log (read once at the start) are skipped, and an append of
+one that raced in meanwhile is a no-op. So a control-plane restart or a
+leader change mid-experiment neither loses nor repeats a decision, and the
+searcher goes on exactly as if nothing had happened.
+
+Decisions become events: a new trial is ExperimentRunAdded + RunCreated (the
+scheduler then queues and places it like any run), a stop is RunStopRequested
+(and a cancel message to the agent, which ends the run STOPPED_EARLY), a
+promotion RunPromoted, a new best ExperimentBestFound, the end
+ExperimentCompleted. Budgets need a clock: while live the driver checks them
+about every second and records ExperimentBudgetSpent, whose consequences are
+decided when it is read back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+from google.protobuf.message import Message
+
+from runyard.server.commands import NotFound
+from runyard.server.context import ServerContext
+from runyard.server.domain import events as ev
+from runyard.server.domain.errors import DomainError
+from runyard.server.domain.experiment_search import INPUT_TYPES, NewBest, Numbered, Searches
+from runyard.server.domain.searchers import Complete, CreateTrial, Promote, StopRun
+from runyard.server.store import EventStore
+from runyard.v1 import events_pb2
+
+log = structlog.get_logger(__name__)
+
+BATCH = 2000
+TICK_S = 1.0
+#: What the driver records: read once when it starts leading, so re-derived decisions are not written again.
+DECISION_TYPES = (
+    events_pb2.ExperimentRunAdded,
+    events_pb2.RunPromoted,
+    events_pb2.ExperimentBestFound,
+    events_pb2.ExperimentCompleted,
+    events_pb2.ExperimentBudgetSpent,
+    events_pb2.RunStopRequested,
+    events_pb2.RunStoppedEarly,
+)
+
+
+def decision_event_id(experiment_id: str, number: int) -> uuid.UUID:
+    return ev.event_id_for(experiment_id, "decision", str(number))
+
+
+def budget_event_id(experiment_id: str) -> uuid.UUID:
+    return ev.event_id_for(experiment_id, "budget")
+
+
+def _type_names(types: tuple[type[Message], ...]) -> list[str]:
+    return [t.DESCRIPTOR.full_name for t in types]
+
+
+class SearchDriver:
+    def __init__(self, ctx: ServerContext, active: Callable[[], bool] = lambda: True) -> None:
+        self._ctx = ctx
+        self.active = active
+        self._store: EventStore = ctx.store
+        self._input_types = _type_names(INPUT_TYPES)
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._leading = False
+        self._reset()
+        #: Decisions recorded (appended) by this driver since it started leading.
+        self.recorded = 0
+
+    def _reset(self) -> None:
+        self.searches = Searches()
+        self._after = 0
+        self._known: set[uuid.UUID] = set()
+        self._budgets_asked: set[str] = set()
+
+    @property
+    def position(self) -> int:
+        """The log position the searchers have been fed up to."""
+        return self._after
+
+    def _on_commit(self, _position: int) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        unsubscribe = self._store.on_commit(self._on_commit)
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                if not self.active():
+                    self._leading = False
+                else:
+                    try:
+                        await self.step()
+                    except Exception:
+                        log.exception("experiment driver step failed; retrying")
+                        await asyncio.sleep(TICK_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), TICK_S)
+        finally:
+            unsubscribe()
+
+    async def step(self) -> None:
+        """Feed everything new, record the decisions, send stops; check budgets."""
+        if not self._leading:
+            await asyncio.to_thread(self._start_over)
+            self._leading = True
+        to_stop = await asyncio.to_thread(self._catch_up)
+        if to_stop:
+            await self._ctx.stop_runs(to_stop)
+
+    # -- in a worker thread ---------------------------------------------------------
+
+    def _start_over(self) -> None:
+        self._reset()
+        after = 0
+        names = _type_names(DECISION_TYPES)
+        while batch := self._store.read_all(after, BATCH, types=names):
+            self._known.update(e.event_id for e in batch)
+            after = batch[-1].position
+        log.info("experiment driver: replaying the log", decisions_recorded=len(self._known))
+
+    def _catch_up(self) -> list[str]:
+        to_stop: list[str] = []
+        opening = events_pb2.ExperimentCreated.DESCRIPTOR.full_name
+        while batch := self._store.read_all(self._after, BATCH, types=self._input_types):
+            for event in batch:
+                self._after = event.position
+                if event.type != opening and not self.searches.follows(event.correlation_id):
+                    continue
+                msg = ev.decode(event.type, event.data)
+                for numbered in self.searches.feed(event.stream_id, event.correlation_id, msg, event.recorded_at):
+                    self._record(numbered, to_stop)
+            if len(batch) < BATCH:
+                break
+        self._check_budgets()
+        return to_stop
+
+    def _check_budgets(self) -> None:
+        for experiment_id, reason in self.searches.budgets_spent(datetime.now(UTC)):
+            if experiment_id in self._budgets_asked:
+                continue
+            self._budgets_asked.add(experiment_id)
+            log.info("experiment budget spent", experiment_id=experiment_id, reason=reason)
+            self._ctx.commands.record_for_experiment(
+                experiment_id, events_pb2.ExperimentBudgetSpent(reason=reason), budget_event_id(experiment_id)
+            )
+
+    def _record(self, numbered: Numbered, to_stop: list[str]) -> None:
+        event_id = decision_event_id(numbered.experiment_id, numbered.number)
+        if event_id in self._known:
+            return
+        experiment_id, action = numbered.experiment_id, numbered.action
+        commands = self._ctx.commands
+        try:
+            if isinstance(action, CreateTrial):
+                commands.add_trial(experiment_id, action.index, action.hyperparameters, event_id)
+            elif isinstance(action, StopRun):
+                outcome = commands.stop_run_early(action.run_id, action, event_id)
+                if any(isinstance(m, events_pb2.RunStopRequested) for m in outcome.events):
+                    to_stop.append(action.run_id)
+            elif isinstance(action, Promote):
+                promoted = events_pb2.RunPromoted(
+                    run_id=action.run_id, rung=action.rung, level=action.level, value=action.value
+                )
+                commands.record_for_experiment(experiment_id, promoted, event_id)
+            elif isinstance(action, NewBest):
+                best = events_pb2.ExperimentBestFound(run_id=action.run_id, step=action.step, value=action.value)
+                commands.record_for_experiment(experiment_id, best, event_id)
+            elif isinstance(action, Complete):
+                commands.record_for_experiment(
+                    experiment_id, events_pb2.ExperimentCompleted(reason=action.reason), event_id
+                )
+        except (NotFound, DomainError) as exc:
+            # A decision on a run that moved on (it ended meanwhile): nothing to record.
+            log.info("searcher decision not applicable", experiment_id=experiment_id, error=str(exc))
+        self._known.add(event_id)
+        self.recorded += 1
