@@ -3,8 +3,11 @@
 PostgreSQL, the machine's NATS, moto's S3 server and one agent with the
 default framework mapping (its own Python offers pytorch, python and, since
 tensorflow-cpu is installed beside it, tensorflow). Each example's own
-`search.yaml` is submitted with max_runs cut to 4 to keep CI short. Checked:
+`search.yaml` is submitted with max_runs cut to 6 to keep CI short. Checked:
 
+* ASHA (the examples' early stopping) stops some runs early: they end
+  STOPPED_EARLY with fewer epochs, and `runyard watch` shows the trials starting,
+  the rung decisions and the new bests as they happen;
 * the Keras runs report metrics only through the TensorBoard callback's event
   files (every point's source is ``tensorboard``; the manifest has no pattern);
 * each leaderboard's best val_accuracy is above 0.9;
@@ -32,7 +35,7 @@ pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MACHINE_NATS = os.environ.get("RUNYARD_TEST_NATS_URL", "nats://127.0.0.1:4222")
-RUNS_PER_SEARCH = 4
+RUNS_PER_SEARCH = 6
 
 SCORE_KERAS = """
 import sys
@@ -117,21 +120,33 @@ def test_pytorch_and_tensorflow_searches_find_a_model_that_scores(tmp_path: Path
         agents = json.loads(run_cli("admin", "agents", "-o", "json", env=env).stdout)
         offered = {f["name"] for a in agents if a["id"] == agent_id for f in a["frameworks"]}
         assert {"tensorflow", "pytorch"} <= offered
-        for experiment in searches.values():
-            run_cli("watch", experiment["id"], "--no-logs", env=env, timeout=900)
+        watched = {
+            example: run_cli("watch", experiment["id"], "--no-logs", env=env, timeout=900).stdout
+            for example, experiment in searches.items()
+        }
 
         for example, experiment in searches.items():
             shown = json.loads(run_cli("show", experiment["id"], "-o", "json", env=env).stdout)
             assert len(shown["runs"]) == RUNS_PER_SEARCH
+            assert shown["state"] == "EXPERIMENT_STATE_COMPLETED", shown["state"]
+            states = [run["state"] for run in shown["runs"]]
+            assert "RUN_STATE_STOPPED_EARLY" in states, f"ASHA stopped no {example} run: {states}"
+            assert set(states) <= {"RUN_STATE_COMPLETED", "RUN_STATE_STOPPED_EARLY"}, states
+            for said in ("trial started", "stopped at rung", "new best", "search completed"):
+                assert said in watched[example], f"`runyard watch` did not show {said!r}:\n{watched[example]}"
             board = shown["leaderboard"]
             assert board["metric"] == "val_accuracy" and board["runs"][0]["rank"] == 1
             assert board["runs"][0]["best"] > 0.9, board
             if example == "digits-tensorflow":
                 for run in shown["runs"]:
                     points = json.loads(run_cli("metrics", run["id"], "-o", "json", env=env).stdout)["points"]
-                    # Keras' callback only: epochs 0..14, read from the event files under RESULT_DIR.
+                    # Keras' callback only: epochs 0..14 (fewer when stopped early), read from the event files.
                     assert {p["source"] for p in points} == {"tensorboard"}
-                    assert sorted(p.get("step", 0) for p in points if p["name"] == "val_accuracy") == list(range(15))
+                    steps = sorted(p.get("step", 0) for p in points if p["name"] == "val_accuracy")
+                    if run["state"] == "RUN_STATE_COMPLETED":
+                        assert steps == list(range(15))
+                    else:
+                        assert steps == list(range(len(steps))) and len(steps) < 15, steps
 
             dest = tmp_path / f"best-{example}"
             best = json.loads(run_cli("best", experiment["id"], str(dest), "-o", "json", env=env).stdout)

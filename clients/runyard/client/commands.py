@@ -202,6 +202,13 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def _search_status(experiment: resources_pb2.Experiment) -> str:
+    """'searching' while the searcher may add runs, then why it stopped ("" for a plain experiment)."""
+    if experiment.searching:
+        return "searching (the searcher adds runs as slots free)"
+    return f"ended: {experiment.end_reason}" if experiment.end_reason else ""
+
+
 def _print_experiment(ctx: Context, experiment: resources_pb2.Experiment) -> None:
     metric, _ = render.search_metric(experiment)
     ctx.out.print(
@@ -211,6 +218,7 @@ def _print_experiment(ctx: Context, experiment: resources_pb2.Experiment) -> Non
                 ("name", experiment.name),
                 ("state", render.styled_state(render.experiment_state_name(experiment.state))),
                 ("runs", f"{experiment.run_count} ({render.runs_summary(dict(experiment.runs_by_state))})"),
+                ("search", _search_status(experiment)),
                 ("code", experiment.code_uri),
                 ("created", render.fmt_time(experiment.created_at)),
                 ("ended", render.fmt_time(experiment.ended_at)),

@@ -25,7 +25,13 @@ from tests.support.stack import Stack, Stubs
 
 T = TypeVar("T")
 RS = common_pb2.RunState
-ENDINGS = (events_pb2.RunCompleted, events_pb2.RunFailed, events_pb2.RunCanceled, events_pb2.RunRequeued)
+ENDINGS = (
+    events_pb2.RunCompleted,
+    events_pb2.RunFailed,
+    events_pb2.RunCanceled,
+    events_pb2.RunStoppedEarly,
+    events_pb2.RunRequeued,
+)
 
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float = 60.0, stack: Stack | None = None) -> T:
