@@ -113,11 +113,18 @@ def cmd_submit(args: argparse.Namespace, ctx: Context) -> int:
     if ctx.json:
         render.print_json(render.to_dict(experiment), lines=args.watch)
     else:
-        ctx.out.print(
-            f"Submitted experiment [bold]{experiment.id}[/] ({experiment.name}) with {experiment.run_count} runs"
-        )
+        if experiment.searching:
+            ctx.out.print(
+                f"Submitted experiment [bold]{experiment.id}[/] ({experiment.name}): its searcher starts runs"
+                f" as slots free ({experiment.run_count} so far)"
+            )
+        else:
+            ctx.out.print(
+                f"Submitted experiment [bold]{experiment.id}[/] ({experiment.name}) with {experiment.run_count} runs"
+            )
         metric, _ = render.search_metric(experiment)
-        ctx.out.print(render.runs_table(list(experiment.runs), render.metric_columns(experiment.runs, metric)))
+        if experiment.runs:
+            ctx.out.print(render.runs_table(list(experiment.runs), render.metric_columns(experiment.runs, metric)))
         if not args.watch:
             ctx.out.print(f"\nFollow it with: runyard watch {experiment.id}", markup=False, highlight=False)
     if args.watch:
