@@ -11,6 +11,7 @@ from sqlalchemy import select
 from runyard.server.projections import schema
 from runyard.server.projections.runner import ProjectionRunner
 from runyard.server.store import EventStore
+from runyard.v1 import common_pb2
 from tests.support.synthetic import fill
 
 pytestmark = pytest.mark.integration
@@ -41,6 +42,13 @@ def test_rebuild_from_zero_reproduces_every_row(store: EventStore) -> None:
     assert runner.catch_up() == appended
     live = dump(store)
     assert len(live["runs"]) == 200 and len(live["experiments"]) == 20
+    # Half the experiments were searched: runs added one by one, three of each stopped early.
+    with store.engine.connect() as conn:
+        e, r = schema.experiments.c, schema.runs.c
+        searched = conn.execute(select(e.run_count, e.searching, e.end_reason).where(e.end_reason != "")).all()
+        stopped = conn.execute(select(r.id).where(r.state == common_pb2.RUN_STATE_STOPPED_EARLY)).all()
+    assert sorted(set(searched)) == [(10, False, "every trial ended")] and len(searched) == 10
+    assert len(stopped) == 30
     replayed, _seconds = runner.rebuild()
     assert replayed == appended
     assert dump(store) == live

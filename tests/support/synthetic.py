@@ -15,6 +15,13 @@ from runyard.server.store import EventStore, NewEvent
 from runyard.v1 import common_pb2, events_pb2
 
 RUNS_PER_EXPERIMENT = 10
+#: Every other experiment is searched: ASHA adds its runs one by one and stops the last few early.
+SEARCHED_MANIFEST = (
+    "name: bench\ncommand: python train.py --lr ${lr}\nresults: s3://r\n"
+    "hyperparameters:\n  lr: {type: double, min: 0.0, max: 1.0}\n"
+    "search: {method: random, max_runs: 10, metric: val_accuracy, goal: maximize, early_stopping: asha}\n"
+)
+STOPPED_PER_SEARCH = 3
 
 
 def _new(msg: Message, correlation: str) -> NewEvent:
@@ -27,6 +34,7 @@ def fill(store: EventStore, runs: int) -> int:
     for e in range(runs // RUNS_PER_EXPERIMENT):
         exp_id = f"exp-bench{e:06d}"
         run_ids = [f"run-b{e:06d}x{i:02d}" for i in range(RUNS_PER_EXPERIMENT)]
+        searched = e % 2 == 1
         with store.transaction() as tx:
             tx.append(
                 ev.experiment_stream(exp_id),
@@ -36,8 +44,8 @@ def fill(store: EventStore, runs: int) -> int:
                             experiment_id=exp_id,
                             account_id="bench",
                             name="bench",
-                            manifest_yaml="name: bench",
-                            run_ids=run_ids,
+                            manifest_yaml=SEARCHED_MANIFEST if searched else "name: bench",
+                            run_ids=[] if searched else run_ids,
                         ),
                         exp_id,
                     )
@@ -45,16 +53,31 @@ def fill(store: EventStore, runs: int) -> int:
             )
             count += 1
             for i, run_id in enumerate(run_ids):
+                stopped = searched and i >= RUNS_PER_EXPERIMENT - STOPPED_PER_SEARCH
+                if searched:
+                    added = [events_pb2.ExperimentRunAdded(run_id=run_id, index=i, hyperparameters={"lr": str(i)})]
+                    if not stopped:
+                        added.append(events_pb2.RunPromoted(run_id=run_id, rung=0, level=1, value=0.5))
+                    tx.append(ev.experiment_stream(exp_id), [_new(m, exp_id) for m in added])
+                    count += len(added)
                 spec = common_pb2.RunSpec(command=f"python train.py --lr {i}", results_uri=f"s3://r/{run_id}")
                 spec.hyperparameters["lr"].number_value = i / 10
-                life = [
+                life: list[Message] = [
                     events_pb2.RunCreated(run_id=run_id, experiment_id=exp_id, account_id="bench", index=i, spec=spec),
-                    events_pb2.RunAssigned(attempt=1, agent_id="agent-1"),
+                    events_pb2.RunAssigned(attempt=1, agent_id="agent-1", gpu_ids=["0"], gpu_model="H100"),
                     events_pb2.RunStaging(attempt=1),
                     events_pb2.RunStarted(attempt=1),
-                    events_pb2.RunUploading(attempt=1),
-                    events_pb2.RunCompleted(attempt=1, results_uri=spec.results_uri),
                 ]
+                if stopped:
+                    life += [
+                        events_pb2.RunStopRequested(reason="asha", rung=0, level=1, value=0.1),
+                        events_pb2.RunStoppedEarly(attempt=1, reason="asha"),
+                    ]
+                else:
+                    life += [
+                        events_pb2.RunUploading(attempt=1),
+                        events_pb2.RunCompleted(attempt=1, results_uri=spec.results_uri),
+                    ]
                 tx.append(ev.run_stream(run_id), [_new(m, exp_id) for m in life])
                 logs = [
                     events_pb2.RunLogged(
@@ -77,4 +100,11 @@ def fill(store: EventStore, runs: int) -> int:
                 ]
                 tx.append(ev.run_metrics_stream(run_id), [_new(m, exp_id) for m in metrics])
                 count += len(life) + len(logs) + len(metrics)
+            if searched:
+                done = [
+                    events_pb2.ExperimentBestFound(run_id=run_ids[0], step=1, value=0.6),
+                    events_pb2.ExperimentCompleted(reason="every trial ended"),
+                ]
+                tx.append(ev.experiment_stream(exp_id), [_new(m, exp_id) for m in done])
+                count += len(done)
     return count
