@@ -15,13 +15,13 @@ from typing import Literal, TypeAlias
 Scalar: TypeAlias = str | int | float | bool
 
 FRAMEWORKS = ("pytorch", "tensorflow", "python")
-SEARCH_METHODS = ("single", "grid", "list", "random")
+SEARCH_METHODS = ("single", "grid", "list", "random", "tpe")
 GOALS = ("maximize", "minimize")
 EARLY_STOPPING = ("none", "asha")
 #: No experiment expands into more runs than this, whatever max_runs says.
 MAX_RUNS_PER_EXPERIMENT = 1000
 
-SearchMethod = Literal["single", "grid", "list", "random"]
+SearchMethod = Literal["single", "grid", "list", "random", "tpe"]
 Goal = Literal["maximize", "minimize"]
 
 
@@ -99,7 +99,7 @@ class AshaSettings:
 @dataclass(frozen=True)
 class Search:
     method: SearchMethod = "single"
-    #: Cap on the number of runs; for random, the number of runs sampled.
+    #: Cap on the number of runs; for random and tpe, the number of runs sampled.
     max_runs: int | None = None
     #: At most this many runs of the experiment hold slots at once (None: no cap).
     max_parallel: int | None = None

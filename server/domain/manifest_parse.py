@@ -475,7 +475,7 @@ class _Parser:
         if "method" in fields:
             method = self.choice("search.method", fields["method"], SEARCH_METHODS)
         elif varying and (value is None or isinstance(value, dict)):
-            self.error("search.method", "is required when hyperparameters vary (grid, list or random)")
+            self.error("search.method", "is required when hyperparameters vary (grid, list, random or tpe)")
         max_runs = (
             self.integer("search.max_runs", fields["max_runs"], 1, MAX_RUNS_PER_EXPERIMENT)
             if "max_runs" in fields
@@ -493,9 +493,14 @@ class _Parser:
             self.grid(hps, max_runs)
         elif method == "list":
             runs = self.runs(fields.get("runs"), hps, written, max_runs)
-        elif method == "random" and "max_runs" not in fields:
-            self.error("search.max_runs", "is required for random search: how many runs to sample")
+        elif method in ("random", "tpe") and "max_runs" not in fields:
+            self.error("search.max_runs", f"is required for {method} search: how many runs to sample")
         metric, goal, early_stopping = self.objective(fields)
+        if method == "tpe":
+            if "metric" not in fields:
+                self.error("search.metric", "is required for tpe search: the value it optimizes")
+            if early_stopping == "asha":
+                self.error("search.early_stopping", "asha works with grid, list and random search, not tpe")
         asha = AshaSettings()
         if "asha" in fields:
             asha = self.asha(fields["asha"])

@@ -125,6 +125,8 @@ def expand_trials(manifest: Manifest) -> list[Trial]:
     """The hyperparameter assignment of every run, in run order."""
     hps = manifest.hyperparameters
     search = manifest.search
+    if search.method == "tpe":
+        raise ValueError("tpe search picks its trials one by one from results: there is no list of them up front")
     if search.method == "list":
         return [dict(run) for run in search.runs]
     if search.method == "random":

@@ -55,7 +55,9 @@ def fill(store: EventStore, runs: int) -> int:
             for i, run_id in enumerate(run_ids):
                 stopped = searched and i >= RUNS_PER_EXPERIMENT - STOPPED_PER_SEARCH
                 if searched:
-                    added = [events_pb2.ExperimentRunAdded(run_id=run_id, index=i, hyperparameters={"lr": str(i)})]
+                    added: list[Message] = [
+                        events_pb2.ExperimentRunAdded(run_id=run_id, index=i, hyperparameters={"lr": str(i)})
+                    ]
                     if not stopped:
                         added.append(events_pb2.RunPromoted(run_id=run_id, rung=0, level=1, value=0.5))
                     tx.append(ev.experiment_stream(exp_id), [_new(m, exp_id) for m in added])

@@ -5,7 +5,8 @@ strategy (Bayesian, Optuna-backed, population based) implements those five
 methods and nothing in the scheduler or the store changes. Every searcher is
 pure: same inputs in the same order, same state and same decisions, which is
 how an experiment outlives a control-plane restart. See `base` for the
-contract, `sequence` for grid and random search, `asha` for early stopping.
+contract, `sequence` for grid and random search, `asha` for early stopping,
+`tpe` for Bayesian search (Optuna's TPE sampler behind the same interface).
 """
 
 from __future__ import annotations
@@ -60,15 +61,20 @@ def is_searched(manifest: Manifest) -> bool:
 
     Other experiments get every run at submit: nothing would decide differently later.
     """
-    return manifest.search.early_stopping == "asha" or manifest.search.max_parallel is not None
+    search = manifest.search
+    return search.early_stopping == "asha" or search.max_parallel is not None or search.method == "tpe"
 
 
 def searcher_for(manifest: Manifest, experiment_id: str, asha: AshaConfig | None = None) -> Searcher:
-    """The searcher a manifest asks for: ASHA over its trials when early_stopping is asha, else the plain sequence.
+    """The searcher a manifest asks for: TPE, ASHA over its trials when early_stopping is asha, else the sequence.
 
     The rung ladder comes from the manifest's `search.asha` (defaults: rungs at
     1, 3, 9, ... epochs, no upper bound) unless `asha` overrides it.
     """
+    if manifest.search.method == "tpe":
+        from runyard.server.domain.searchers.tpe import TpeSearcher
+
+        return TpeSearcher.from_manifest(manifest, experiment_id)
     if manifest.search.early_stopping == "asha" or asha is not None:
         if asha is None:
             a = manifest.search.asha

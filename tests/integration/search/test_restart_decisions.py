@@ -16,6 +16,7 @@ import shlex
 import signal
 import textwrap
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -122,21 +123,17 @@ def check_recorded(numbered: Numbered, by_id: dict[uuid.UUID, Logged]) -> int:
     return by_id[event_id].position
 
 
-def test_killing_the_control_plane_mid_search_changes_no_decision(stack: Stack) -> None:
+def search_through_a_kill(
+    stack: Stack, manifest: str, mid: Callable[[list[Numbered]], bool], what: str
+) -> tuple[list[resources_pb2.Run], list[Numbered], dict[uuid.UUID, Logged]]:
+    """Submit, SIGKILL the server once `mid(decisions so far)`, restart it, let the search end; check the log."""
     first = stack.start_server()
     with stack.channel() as channel:
         stubs = Stubs(channel)
         start_gpu_agents(stack, stubs, {"gpu-a": "2xH100"})
-        exp = submit(stubs, MANIFEST)
+        exp = submit(stubs, manifest)
         assert exp.run_count == 0, "a searched experiment starts empty: its searcher adds the runs"
-
-        def decided() -> bool:
-            derived, _ = read_log(stack.database_url)
-            stops = [d for d in derived if isinstance(d.action, StopRun)]
-            trials = [d for d in derived if isinstance(d.action, CreateTrial)]
-            return bool(stops) and 3 <= len(trials) < len(QUALITIES)
-
-        wait_until("the searcher to have stopped a run, mid-experiment", decided, timeout=90, stack=stack)
+        wait_until(what, lambda: mid(read_log(stack.database_url)[0]), timeout=90, stack=stack)
     first.stop(signal.SIGKILL)
     _, before_kill = read_log(stack.database_url)
     kill_position = max(logged.position for logged in before_kill.values())
@@ -151,7 +148,7 @@ def test_killing_the_control_plane_mid_search_changes_no_decision(stack: Stack) 
             timeout=120,
             stack=stack,
         )
-        runs = stubs.runs.ListRuns(run_service_pb2.ListRunsRequest(experiment_id=exp.id), timeout=10).runs
+        runs = list(stubs.runs.ListRuns(run_service_pb2.ListRunsRequest(experiment_id=exp.id), timeout=10).runs)
 
     derived, by_id = read_log(stack.database_url)
     positions = [check_recorded(d, by_id) for d in derived]
@@ -160,10 +157,21 @@ def test_killing_the_control_plane_mid_search_changes_no_decision(stack: Stack) 
     decision_types = tuple(t for t in DECISION_TYPES if t is not events_pb2.RunStoppedEarly)
     extra = [m.msg for i, m in by_id.items() if isinstance(m.msg, decision_types) and i not in expected_ids]
     assert not extra, f"the log holds decisions an uninterrupted searcher does not make: {extra}"
+    assert sum(isinstance(d.action, Complete) for d in derived) == 1
+    return runs, derived, by_id
 
+
+def test_killing_the_control_plane_mid_search_changes_no_decision(stack: Stack) -> None:
+    def stopped_one_midway(derived: list[Numbered]) -> bool:
+        stops = [d for d in derived if isinstance(d.action, StopRun)]
+        trials = [d for d in derived if isinstance(d.action, CreateTrial)]
+        return bool(stops) and 3 <= len(trials) < len(QUALITIES)
+
+    runs, derived, _ = search_through_a_kill(
+        stack, MANIFEST, stopped_one_midway, "the searcher to have stopped a run, mid-experiment"
+    )
     trials = [d.action for d in derived if isinstance(d.action, CreateTrial)]
     assert [t.hyperparameters["q"] for t in trials] == QUALITIES, "every trial of the grid, in order, once"
-    assert sum(isinstance(d.action, Complete) for d in derived) == 1
     states = {r.id: r.state for r in runs}
     assert len(states) == len(QUALITIES)
     stopped = {d.action.run_id for d in derived if isinstance(d.action, StopRun)}
@@ -177,3 +185,27 @@ def test_killing_the_control_plane_mid_search_changes_no_decision(stack: Stack) 
     held = {a.run_id: a for a in attempts(stack.database_url)}
     for run_id in stopped:
         assert held[run_id].outcome == "RunStoppedEarly"
+
+
+TPE_RUNS = 6
+
+
+def test_a_bayesian_search_asks_the_same_trials_across_a_kill(stack: Stack) -> None:
+    """TPE's next trial depends on the results told so far: after the kill it must still be the same one."""
+    tpe = (
+        MANIFEST.replace("name: asha-restart", "name: tpe-restart")
+        .replace(f"q: {{type: categorical, values: {QUALITIES}}}", "q: {type: double, min: 0.3, max: 0.95}")
+        .replace("method: grid", f"method: tpe\n  max_runs: {TPE_RUNS}\n  seed: 5")
+        .replace("  early_stopping: asha\n  asha: {min_resource: 1, reduction_factor: 2, max_resource: 8}\n", "")
+    )
+    assert "method: tpe" in tpe and "early_stopping" not in tpe
+
+    def told_one_midway(derived: list[Numbered]) -> bool:
+        trials = [d for d in derived if isinstance(d.action, CreateTrial)]
+        return 3 <= len(trials) < TPE_RUNS
+
+    runs, derived, _ = search_through_a_kill(stack, tpe, told_one_midway, "TPE to have asked a third trial")
+    trials = [d.action for d in derived if isinstance(d.action, CreateTrial)]
+    assert [t.index for t in trials] == list(range(TPE_RUNS))
+    assert all(0.3 <= float(t.hyperparameters["q"]) <= 0.95 for t in trials)
+    assert sorted(r.state for r in runs) == [RS.RUN_STATE_COMPLETED] * TPE_RUNS
