@@ -24,3 +24,5 @@ bench:
 	.venv/bin/python bench/submit_latency.py
 	.venv/bin/python bench/scheduling.py
 	.venv/bin/python bench/overhead.py
+	.venv/bin/python bench/metrics_ingest.py
+	.venv/bin/python bench/asha_efficiency.py
