@@ -126,6 +126,13 @@ class ExperimentSearch:
                 self.completed = True
         return out
 
+    @property
+    def finished(self) -> bool:
+        """Nothing the log says about it can lead to a decision any more."""
+        if self.searcher is not None:
+            return self.completed
+        return bool(self.runs) and all(use.ended for use in self.runs.values())
+
     def gpu_seconds_at(self, now: datetime) -> float:
         """GPU-seconds held by the experiment's runs up to `now` (attempts still running count to now)."""
         running = sum(u.gpus * max(0.0, (now - u.since).total_seconds()) for u in self.runs.values() if u.since)
@@ -160,6 +167,10 @@ class Searches:
     def get(self, experiment_id: str) -> ExperimentSearch | None:
         return self._experiments.get(experiment_id)
 
+    def live_ids(self) -> list[str]:
+        """The experiments whose events still matter (the others are finished)."""
+        return [e for e, search in self._experiments.items() if not search.finished]
+
     def follows(self, correlation_id: str | None) -> bool:
         """Cheap pre-check before decoding: only events of followed experiments (or new ones) matter."""
         return correlation_id is not None and correlation_id in self._experiments
@@ -185,6 +196,8 @@ class Searches:
         """(experiment id, reason) for every experiment whose budget ran out by `now` (not yet recorded)."""
         spent = []
         for search in self._experiments.values():
+            if search.finished:
+                continue
             reason = search.budget_reason(now)
             if reason is not None:
                 spent.append((search.experiment_id, reason))

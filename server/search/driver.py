@@ -72,7 +72,9 @@ class SearchDriver:
         self._ctx = ctx
         self.active = active
         self._store: EventStore = ctx.store
-        self._input_types = _type_names(INPUT_TYPES)
+        self._input_types = [
+            t for t in _type_names(INPUT_TYPES) if t != events_pb2.ExperimentCreated.DESCRIPTOR.full_name
+        ]
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._leading = False
@@ -137,9 +139,22 @@ class SearchDriver:
         log.info("experiment driver: replaying the log", decisions_recorded=len(self._known))
 
     def _catch_up(self) -> list[str]:
+        """Feed every new input of a live experiment (or a new one) in log order; record what they decide.
+
+        Only live experiments' events are read (finished ones are skipped in
+        the database, metric batches included); when an ExperimentCreated
+        adds an experiment, the batch stops there and the next read includes it.
+        """
         to_stop: list[str] = []
         opening = events_pb2.ExperimentCreated.DESCRIPTOR.full_name
-        while batch := self._store.read_all(self._after, BATCH, types=self._input_types):
+        while True:
+            batch = self._store.read_followed(
+                self._after,
+                BATCH,
+                openers=[opening],
+                types=self._input_types,
+                correlation_ids=self.searches.live_ids(),
+            )
             for event in batch:
                 self._after = event.position
                 if event.type != opening and not self.searches.follows(event.correlation_id):
@@ -147,8 +162,11 @@ class SearchDriver:
                 msg = ev.decode(event.type, event.data)
                 for numbered in self.searches.feed(event.stream_id, event.correlation_id, msg, event.recorded_at):
                     self._record(numbered, to_stop)
-            if len(batch) < BATCH:
-                break
+                if event.type == opening and event.correlation_id in self.searches:
+                    break  # a new live experiment: read on with it included
+            else:
+                if len(batch) < BATCH:
+                    break
         self._check_budgets()
         return to_stop
 

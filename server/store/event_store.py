@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
-from sqlalchemy import Engine, Select, bindparam, func, inspect, select
+from sqlalchemy import Engine, Select, and_, bindparam, func, inspect, or_, select
 from sqlalchemy.engine import URL
 
 from .engine import create_store_engine, read_only
@@ -44,6 +44,23 @@ def _read_all_statement(streams: bool, correlation: bool, types: bool) -> Select
 # Built once: SQLAlchemy's compiled cache and psycopg's prepared statements then hit every time.
 _FLAGS = (False, True)
 _READ_ALL = {(s, c, k): _read_all_statement(s, c, k) for s in _FLAGS for c in _FLAGS for k in _FLAGS}
+
+
+_READ_FOLLOWED = (
+    select(*_COLUMNS)
+    .where(
+        _t.position > bindparam("after"),
+        or_(
+            _t.type.in_(bindparam("openers", expanding=True)),
+            and_(
+                _t.type.in_(bindparam("types", expanding=True)),
+                _t.correlation_id.in_(bindparam("correlation_ids", expanding=True)),
+            ),
+        ),
+    )
+    .order_by(_t.position)
+    .limit(bindparam("limit"))
+)
 
 
 def _recorded(row: Sequence[Any]) -> RecordedEvent:
@@ -172,6 +189,33 @@ class EventStore:
         stmt = _READ_ALL[(stream_ids is not None, correlation_id is not None, types is not None)]
         with self.read_engine.connect() as conn:
             return [_recorded(row) for row in conn.execute(stmt, params)]
+
+    def read_followed(
+        self,
+        after_position: int,
+        limit: int,
+        *,
+        openers: Sequence[str],
+        types: Sequence[str],
+        correlation_ids: Sequence[str],
+    ) -> list[RecordedEvent]:
+        """Every event of the `openers` types, and those of `types` correlated with one of `correlation_ids`.
+
+        For a follower of a changing set of correlations (the experiment
+        driver and its live experiments): an opener may add a correlation, so
+        the caller stops at it and reads on with the new set.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        params = {
+            "after": after_position,
+            "limit": limit,
+            "openers": list(openers),
+            "types": list(types),
+            "correlation_ids": list(correlation_ids),
+        }
+        with self.read_engine.connect() as conn:
+            return [_recorded(row) for row in conn.execute(_READ_FOLLOWED, params)]
 
     def head_position(self) -> int:
         """The position of the last committed event; 0 for an empty log."""

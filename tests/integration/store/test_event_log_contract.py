@@ -348,6 +348,27 @@ def test_read_all_filters_by_stream_correlation_and_type_in_position_order(store
 # -- subscribing ----------------------------------------------------------------------
 
 
+def test_read_followed_takes_every_opener_and_the_followed_correlations_only(store: EventStore) -> None:
+    exp1, exp2 = f"exp-{uuid.uuid4().hex[:8]}", f"exp-{uuid.uuid4().hex[:8]}"
+    run1, run2 = stream("run"), stream("run")
+    head = store.head_position()
+    store.append(stream("experiment"), [new_event("Open", exp1)])
+    store.append(run1, [new_event("A", exp1), new_event("Z", exp1)])
+    store.append(stream("experiment"), [new_event("Open", exp2)])
+    store.append(run2, [new_event("A", exp2), new_event("B", exp2)])
+
+    def read(after: int, limit: int, followed: list[str]) -> list[tuple[str, str | None]]:
+        events = store.read_followed(after, limit, openers=["Open"], types=["A", "B"], correlation_ids=followed)
+        return [(e.type, e.correlation_id) for e in events]
+
+    assert read(head, 100, []) == [("Open", exp1), ("Open", exp2)]
+    assert read(head, 100, [exp1]) == [("Open", exp1), ("A", exp1), ("Open", exp2)]
+    assert read(head, 100, [exp1, exp2]) == [("Open", exp1), ("A", exp1), ("Open", exp2), ("A", exp2), ("B", exp2)]
+    assert read(head + 1, 2, [exp2]) == [("Open", exp2), ("A", exp2)]
+    with pytest.raises(ValueError):
+        read(head, 0, [exp1])
+
+
 def test_a_subscriber_sees_every_event_of_concurrent_writers_once_in_order(store: EventStore) -> None:
     """8 writers x 500 single-event appends race a live subscriber: nothing lost, nothing twice."""
     writers, per_writer = 8, 500
