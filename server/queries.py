@@ -180,6 +180,16 @@ class Queries:
             out.append((int(row["position"]), exp))
         return out
 
+    def queue_room(self, account_id: str) -> tuple[int, int]:
+        """(the account's cap on queued runs, 0 for none; its runs queued now)."""
+        a, r = schema.accounts, schema.runs
+        with self._engine.connect() as conn:
+            cap = conn.execute(select(a.c.max_queued_runs).where(a.c.id == account_id)).scalar()
+            queued = conn.execute(
+                select(func.count()).where(r.c.account_id == account_id, r.c.state == RS.RUN_STATE_QUEUED)
+            ).scalar_one()
+        return int(cap or 0), int(queued)
+
     def all_runs_ended(self, experiment_id: str) -> bool:
         exp = self.get_experiment(experiment_id, with_runs=False)
         return exp is not None and exp.state != ES.EXPERIMENT_STATE_ACTIVE

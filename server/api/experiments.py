@@ -13,6 +13,9 @@ from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, decode_page_token, page_size
 from runyard.server.api.watching import Watcher
 from runyard.server.context import ServerContext
+from runyard.server.domain.errors import ManifestError
+from runyard.server.domain.experiment import runs_at_submit
+from runyard.server.domain.manifest import parse_manifest
 from runyard.server.scheduler.admission import RefusalKind, refusal_for_yaml
 from runyard.v1 import experiment_service_pb2 as pb
 from runyard.v1 import experiment_service_pb2_grpc as pb_grpc
@@ -73,6 +76,8 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
         )
         if refusal is not None:
             await context.abort(_REFUSAL_CODES[refusal.kind], refusal.message)
+        if (too_many := await asyncio.to_thread(self._queue_cap_refusal, request.manifest_yaml)) is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_many)
         try:
             experiment_id, position = await asyncio.to_thread(
                 self._ctx.commands.create_experiment,
@@ -88,6 +93,23 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
         if experiment is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the experiment was stored but the read model lags; retry")
         return pb.CreateExperimentResponse(experiment=experiment)
+
+    def _queue_cap_refusal(self, manifest_yaml: str) -> str | None:
+        """Why the account's queued-runs cap (max_queued_runs) refuses this experiment; None when it fits."""
+        account_id = auth.current_principal().account_id
+        cap, queued = self._ctx.queries.queue_room(account_id)
+        if not cap:
+            return None
+        try:
+            adding = runs_at_submit(parse_manifest(manifest_yaml))
+        except (ManifestError, ValueError):
+            return None  # creating it says what is wrong with the manifest
+        if queued + adding <= cap:
+            return None
+        return (
+            f"max_queued_runs: account {account_id} may have {cap} runs queued; {queued} are queued and this"
+            f" experiment would add {adding}"
+        )
 
     async def _own(self, experiment_id: str, context: Context) -> None:
         """NOT_FOUND unless the experiment exists and belongs to the caller's account (or the caller is an admin)."""

@@ -78,6 +78,15 @@ _SEARCH_EVENTS = (
 )
 
 
+def runs_at_submit(manifest: Manifest) -> int:
+    """How many runs an experiment queues when it is submitted (a searched one adds the rest as slots free)."""
+    search = manifest.search
+    if not is_searched(manifest):
+        return len(expand_trials(manifest))
+    total = search.max_runs if search.method == "tpe" else len(expand_trials(manifest))
+    return min(total or 1, search.max_parallel or total or 1)
+
+
 @dataclass
 class Experiment:
     """An experiment as its stream says it is; `version` is the number of events applied."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 
+import grpc
 import pytest
 
-from runyard.v1 import common_pb2, resources_pb2, run_service_pb2
+from runyard.v1 import admin_service_pb2, common_pb2, experiment_service_pb2, resources_pb2, run_service_pb2
 from tests.integration.api.helpers import watch_all
 from tests.integration.scheduling.helpers import (
     all_ended,
@@ -71,3 +72,37 @@ def test_a_free_account_holds_one_gpu_at_a_time_and_its_runs_wait_for_quota_in_o
     assert [a.run_id for a in ends] == run_ids, "completed in submission order"
     for before, after in itertools.pairwise(held):
         assert before.end is not None and before.end < after.start, "the next run starts after the last ends"
+
+
+def test_a_cap_on_queued_runs_refuses_what_would_exceed_it_and_stores_nothing(stack: Stack) -> None:
+    stack.start_server()
+    with stack.channel() as admin_channel:
+        admin = Stubs(admin_channel)
+        admin.admin.CreateAccount(
+            admin_service_pb2.CreateAccountRequest(account_id="capped", name="capped", gpu_quota=1, max_queued_runs=3),
+            timeout=10,
+        )
+        key = admin.admin.CreateApiKey(
+            admin_service_pb2.CreateApiKeyRequest(account_id="capped", role=common_pb2.ROLE_USER, name="t"), timeout=10
+        ).secret
+    channel, user = stubs_at(stack.endpoint, key)
+    with channel:
+        # No agent: every run stays queued.
+        first = submit(user, manifest("two", "true", gpus=1, runs=2))
+        with pytest.raises(grpc.RpcError) as refused:
+            submit(user, manifest("two-more", "true", gpus=1, runs=2))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details() == (
+            "max_queued_runs: account capped may have 3 runs queued; 2 are queued and this experiment would add 2"
+        )
+        listed = user.experiments.ListExperiments(experiment_service_pb2.ListExperimentsRequest(), timeout=10)
+        assert [e.id for e in listed.experiments] == [first.id], "the refused experiment stored nothing"
+        # One more still fits; a searched experiment counts the runs it queues at once (max_parallel).
+        submit(user, manifest("one", "true", gpus=1, runs=1))
+        with pytest.raises(grpc.RpcError):
+            submit(
+                user,
+                manifest("searched", "true", gpus=1, runs=6, extra="").replace(
+                    "{method: grid}", "{method: grid, max_parallel: 1}"
+                ),
+            )
