@@ -206,7 +206,8 @@ Global___ExperimentBudgetSpent: _TypeAlias = ExperimentBudgetSpent  # noqa: Y015
 @_typing.final
 class ExperimentCompleted(_message.Message):
     """ExperimentCompleted: the searcher has nothing left to start and every run
-    it started has ended.
+    it started has ended or been told to stop (a stopped run may still be
+    winding down; the experiment stays ACTIVE until it has ended).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -7,8 +7,9 @@ from google.protobuf import struct_pb2
 
 from runyard.server.domain import events as ev
 from runyard.server.domain.errors import DomainError, IllegalTransition
-from runyard.server.domain.experiment import Experiment
+from runyard.server.domain.experiment import Experiment, new_run
 from runyard.server.domain.manifest import parse_manifest
+from runyard.server.domain.manifest_model import Scalar
 from runyard.server.domain.run import Run
 from runyard.v1 import common_pb2, events_pb2
 
@@ -119,3 +120,70 @@ def test_a_priority_set_after_creation_replays_and_a_repeat_records_nothing() ->
     assert (again.priority, again.cancel_requested, again.version) == (5, True, 3)
     assert again.set_priority(5) == []
     assert again.set_priority(-1) == [events_pb2.ExperimentPrioritySet(priority=-1)]
+
+
+SEARCHED = MANIFEST.replace(
+    "search: {method: grid}",
+    "search: {method: grid, metric: val_accuracy, goal: maximize, early_stopping: asha}",
+)
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        "search: {method: grid, metric: val_accuracy, goal: maximize, early_stopping: asha}",
+        "search: {method: grid, max_parallel: 2}",
+    ],
+)
+def test_a_searched_experiment_is_created_without_runs(search: str) -> None:
+    text = MANIFEST.replace("search: {method: grid}", search)
+    opened, runs = Experiment.create("exp-abc", "acct-1", parse_manifest(text), text, "s3://code/c.tgz", "req-1")
+    assert runs == []
+    assert list(opened.run_ids) == []
+    assert Experiment.replay([opened]).run_ids == ()
+
+
+def test_a_budget_alone_does_not_make_an_experiment_searched() -> None:
+    text = MANIFEST.replace("search: {method: grid}", "search: {method: grid, max_time: 1h, max_gpu_hours: 2}")
+    _, runs = Experiment.create("exp-abc", "acct-1", parse_manifest(text), text, "s3://code/c.tgz", "req-1")
+    assert len(runs) == 6
+
+
+def test_a_run_a_searcher_adds_is_the_run_a_plain_experiment_would_have() -> None:
+    """Same id, same spec: whether a run comes with the experiment or from its searcher."""
+    _, plain = create()
+    manifest = parse_manifest(SEARCHED)
+    for index, (run_id, created) in enumerate(plain):
+        lr, act = [1.0e-3, 1.0e-2, 1.0e-1][index // 2], ["relu", "leaky relu"][index % 2]
+        values: dict[str, Scalar] = {"lr": lr, "act": act, "deep": True}
+        added = new_run("exp-abc", "acct-1", manifest, "s3://code/c.tgz", index, values)
+        assert added.run_id == run_id
+        assert (added.experiment_id, added.account_id, added.index) == ("exp-abc", "acct-1", index)
+        assert added.spec.command == created.spec.command
+        assert added.spec.hyperparameters == created.spec.hyperparameters
+        assert added.spec.results_uri == created.spec.results_uri
+
+
+def test_the_searcher_records_replay_onto_the_experiment() -> None:
+    opened, _ = Experiment.create("exp-abc", "acct-1", parse_manifest(SEARCHED), SEARCHED, "s3://code/c.tgz", "req-1")
+    r0, r1 = ev.run_id_for("exp-abc", 0), ev.run_id_for("exp-abc", 1)
+    stream = [
+        opened,
+        events_pb2.ExperimentRunAdded(run_id=r0, index=0, hyperparameters={"lr": "0.001"}),
+        events_pb2.ExperimentRunAdded(run_id=r1, index=1, hyperparameters={"lr": "0.01"}),
+        events_pb2.RunPromoted(run_id=r0, rung=0, level=1, value=0.5),
+        events_pb2.ExperimentBestFound(run_id=r0, step=1, value=0.5),
+        events_pb2.ExperimentPrioritySet(priority=3),
+        events_pb2.ExperimentBudgetSpent(reason="time budget of 1h spent"),
+        events_pb2.ExperimentCompleted(reason="time budget of 1h spent"),
+    ]
+    experiment = Experiment.replay(stream)
+    assert experiment.run_ids == (r0, r1)
+    assert (experiment.budget_spent, experiment.completed) == ("time budget of 1h spent", "time budget of 1h spent")
+    assert (experiment.priority, experiment.cancel_requested, experiment.version) == (3, False, len(stream))
+    # A cancel is still possible (the runs still winding down are canceled with it).
+    (cancel,) = experiment.request_cancel("stop it")
+    experiment.apply(cancel)
+    assert experiment.cancel_requested
+    with pytest.raises(DomainError, match="RunCreated is not an experiment event"):
+        experiment.apply(events_pb2.RunCreated(run_id=r0))

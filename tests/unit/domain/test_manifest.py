@@ -19,6 +19,7 @@ from runyard.server.domain.manifest import (
     Resources,
     parse_manifest,
 )
+from runyard.server.domain.manifest_model import AshaSettings
 
 DESIGN_EXAMPLE = """
 name: digits-mlp
@@ -293,3 +294,122 @@ def test_every_bad_field_is_reported_at_once() -> None:
 )
 def test_a_document_that_is_no_manifest(text: str, message: str) -> None:
     assert str(errors_of(text)).startswith(message)
+
+
+# -- early stopping and budgets (search.asha, search.max_time, search.max_gpu_hours) -------------
+
+ASHA_SEARCH: dict[str, Any] = {
+    "method": "grid",
+    "max_runs": 100,
+    "metric": "loss",
+    "goal": "minimize",
+    "early_stopping": "asha",
+    "asha": {"min_resource": 2, "reduction_factor": 2, "max_resource": 16, "time_unit": "steps"},
+    "max_time": "2h",
+    "max_gpu_hours": 1.5,
+}
+
+
+def with_search(**changes: object) -> str:
+    """BASE searched with ASHA_SEARCH, each keyword a search field set (DELETE removes it)."""
+    doc = copy.deepcopy(BASE)
+    search = copy.deepcopy(ASHA_SEARCH)
+    for key, value in changes.items():
+        if value is DELETE:
+            search.pop(key, None)
+        else:
+            search[key] = value
+    doc["search"] = search
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def with_asha(**changes: object) -> str:
+    asha = {**ASHA_SEARCH["asha"], **changes}
+    return with_search(asha={k: v for k, v in asha.items() if v is not DELETE})
+
+
+def test_the_rung_ladder_and_budgets_parse() -> None:
+    search = parse_manifest(with_search()).search
+    assert search.early_stopping == "asha"
+    assert search.asha == AshaSettings(min_resource=2, reduction_factor=2, max_resource=16, time_unit="steps")
+    assert (search.max_time_s, search.max_gpu_hours) == (7200.0, 1.5)
+
+
+def test_without_them_asha_has_its_default_ladder_and_no_budget() -> None:
+    search = parse_manifest(with_search(asha=DELETE, max_time=DELETE, max_gpu_hours=DELETE)).search
+    assert search.asha == AshaSettings(min_resource=1, reduction_factor=3, max_resource=None, time_unit="epochs")
+    assert (search.max_time_s, search.max_gpu_hours) == (None, None)
+    partial = parse_manifest(with_search(asha={"reduction_factor": 4})).search.asha
+    assert partial == AshaSettings(min_resource=1, reduction_factor=4, max_resource=None, time_unit="epochs")
+
+
+def test_a_budget_needs_no_early_stopping() -> None:
+    search = parse_manifest(manifest_with("search.max_time", 600)).search
+    assert (search.early_stopping, search.max_time_s) == ("none", 600.0)
+    assert parse_manifest(manifest_with("search.max_gpu_hours", 2)).search.max_gpu_hours == 2.0
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(3600, 3600.0), (90.5, 90.5), ("90s", 90.0), ("30m", 1800.0), ("2h", 7200.0), ("1.5h", 5400.0), ("1d", 86400.0)],
+)
+def test_max_time_reads_seconds_or_a_duration(value: object, seconds: float) -> None:
+    assert parse_manifest(with_search(max_time=value)).search.max_time_s == seconds
+
+
+SEARCH_BAD: list[tuple[str, dict[str, object], str]] = [
+    # (label, search fields changed, the one field the error must name)
+    ("asha not a mapping", {"asha": "fast"}, "search.asha"),
+    ("asha unknown key", {"asha": {**ASHA_SEARCH["asha"], "grace_period": 1}}, "search.asha.grace_period"),
+    ("asha without asha early stopping", {"early_stopping": "none"}, "search.asha"),
+    ("asha without early stopping", {"early_stopping": DELETE}, "search.asha"),
+    ("max_time soon", {"max_time": "soon"}, "search.max_time"),
+    ("max_time 0", {"max_time": 0}, "search.max_time"),
+    ("max_time -5", {"max_time": -5}, "search.max_time"),
+    ("max_time 0s", {"max_time": "0s"}, "search.max_time"),
+    ("max_time in weeks", {"max_time": "1w"}, "search.max_time"),
+    ("max_time negative text", {"max_time": "-5m"}, "search.max_time"),
+    ("max_time true", {"max_time": True}, "search.max_time"),
+    ("max_time list", {"max_time": [60]}, "search.max_time"),
+    ("max_gpu_hours 0", {"max_gpu_hours": 0}, "search.max_gpu_hours"),
+    ("max_gpu_hours -1", {"max_gpu_hours": -1}, "search.max_gpu_hours"),
+    ("max_gpu_hours text", {"max_gpu_hours": "lots"}, "search.max_gpu_hours"),
+]
+ASHA_BAD: list[tuple[str, dict[str, object], str]] = [
+    ("reduction_factor 1", {"reduction_factor": 1}, "search.asha.reduction_factor"),
+    ("reduction_factor 0", {"reduction_factor": 0}, "search.asha.reduction_factor"),
+    ("reduction_factor 2.5", {"reduction_factor": 2.5}, "search.asha.reduction_factor"),
+    ("reduction_factor text", {"reduction_factor": "half"}, "search.asha.reduction_factor"),
+    ("min_resource 0", {"min_resource": 0}, "search.asha.min_resource"),
+    ("max_resource = min_resource", {"max_resource": 2}, "search.asha.max_resource"),
+    ("max_resource < min_resource", {"min_resource": 8, "max_resource": 4}, "search.asha.max_resource"),
+    ("max_resource 0", {"max_resource": 0}, "search.asha.max_resource"),
+    ("time_unit hours", {"time_unit": "hours"}, "search.asha.time_unit"),
+]
+
+
+@pytest.mark.parametrize(("label", "changes", "field"), SEARCH_BAD, ids=[c[0] for c in SEARCH_BAD])
+def test_a_bad_search_field_gets_one_error_naming_it(label: str, changes: dict[str, object], field: str) -> None:
+    error = errors_of(with_search(**changes))
+    assert error.fields == [field], str(error)
+    assert str(error).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(("label", "changes", "field"), ASHA_BAD, ids=[c[0] for c in ASHA_BAD])
+def test_a_bad_rung_ladder_field_gets_one_error_naming_it(label: str, changes: dict[str, object], field: str) -> None:
+    error = errors_of(with_asha(**changes))
+    assert error.fields == [field], str(error)
+    assert str(error).startswith(f"{field}: ")
+
+
+def test_the_max_resource_error_says_what_it_must_exceed() -> None:
+    assert "must be greater than min_resource (8)" in str(errors_of(with_asha(min_resource=8, max_resource=8)))
+
+
+def test_asha_with_a_single_run_is_refused() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["hyperparameters"] = {"lr": 0.01}
+    doc["command"] = "python train.py --lr ${lr}"
+    doc["search"] = {"method": "single", "metric": "loss", "goal": "minimize", "early_stopping": "asha"}
+    error = errors_of(yaml.safe_dump(doc))
+    assert error.fields == ["search.early_stopping"], str(error)

@@ -32,6 +32,7 @@ class RunMachine(RuleBasedStateMachine):
         self.run, self.log = new_run(max_restarts)
         self.last_attempt = 0
         self.terminal_state: int | None = None
+        self.stop_asked = False
 
     def _attempt(self, which: str) -> int:
         return {
@@ -102,6 +103,11 @@ class RunMachine(RuleBasedStateMachine):
     def request_cancel(self, reason: str) -> None:
         self._decide("request_cancel", reason)
 
+    @rule(reason=st.sampled_from(["asha", "budget"]), rung=st.integers(0, 3), value=st.floats(0, 1))
+    def request_stop(self, reason: str, rung: int, value: float) -> None:
+        self.stop_asked = True
+        self._decide("request_stop", reason, rung, 3**rung, value)
+
     @rule(attempt=ATTEMPTS)
     def report_canceled(self, attempt: str) -> None:
         self._decide("report_canceled", self._attempt(attempt), "stopped")
@@ -120,8 +126,10 @@ class RunMachine(RuleBasedStateMachine):
         assert 0 <= run.restarts <= run.spec.max_restarts
         if run.state in HOLDING_SLOTS:
             assert run.agent_id and run.attempt >= 1
-        if run.cancel_requested:
+        if run.cancel_requested or run.stop_requested:
             assert run.state != common_pb2.RUN_STATE_QUEUED, "a run asked to stop is never queued again"
+        if run.state == common_pb2.RUN_STATE_STOPPED_EARLY:
+            assert self.stop_asked and not run.cancel_requested, "only the searcher stops a run early"
         if self.terminal_state is not None:
             assert run.state == self.terminal_state, "terminal states are absorbing"
         elif run.state in TERMINAL:
