@@ -99,7 +99,18 @@ class AttemptWorker:
 
     async def run(self) -> Outcome:
         """The whole attempt; never raises except CancelledError."""
-        await self.reports.staging()
+        # The staging report goes out while the staging starts: it takes the attempt's report lock
+        # first, so it is still the first report, and it is awaited before the command starts.
+        staging = asyncio.create_task(self.reports.staging())
+        try:
+            return await self._attempt(staging)
+        finally:
+            if not staging.done():
+                staging.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await staging
+
+    async def _attempt(self, staging: asyncio.Task[None]) -> Outcome:
         patterns, pattern_errors = compile_patterns(p.regex for p in self.work.spec.metric_patterns)
         capture = Capture(
             self.reports, StdoutMetricParser(patterns), self.dirs.metrics_file, tensorboard_dir=self.dirs.result
@@ -108,7 +119,7 @@ class AttemptWorker:
         for text in pattern_errors:
             capture.agent_line(text)
         try:
-            return await self._run(capture)
+            return await self._run(capture, staging)
         except asyncio.CancelledError:
             if self.process is not None:
                 self.process.kill_group()
@@ -131,6 +142,9 @@ class AttemptWorker:
         if message:
             capture.agent_line(message)
         try:
+            # Flushing first waits for a batch the capture's own flush loop may be sending: close()
+            # cancels that loop, and a batch taken but not yet stored would be lost with it.
+            await capture.flush()
             await capture.close()
         except Exception as e:
             self._log.error("could not send the last run output", error=repr(e))
@@ -146,7 +160,7 @@ class AttemptWorker:
     def _python(self) -> str | None:
         return self.ctx.frameworks.get(self.work.spec.framework.name or "python")
 
-    async def _run(self, capture: Capture) -> Outcome:
+    async def _run(self, capture: Capture, staging: asyncio.Task[None]) -> Outcome:
         spec = self.work.spec
         python = self._python()
         if python is None:
@@ -157,9 +171,7 @@ class AttemptWorker:
 
         started = time.monotonic()
         try:
-            await asyncio.to_thread(self.dirs.create)
-            code_files = await asyncio.to_thread(stage_code, self.ctx.store, spec.code_uri, self.dirs)
-            data_files, data_bytes = await asyncio.to_thread(stage_data, self.ctx.store, spec.data_uri, self.dirs.data)
+            code_files, data_files, data_bytes = await asyncio.to_thread(self._stage)
         except StagingError as e:
             return await self._end(capture, Outcome.FAILED, STAGING_ERROR, str(e))
         took = time.monotonic() - started
@@ -172,6 +184,7 @@ class AttemptWorker:
         if self._stopping.is_set():
             return await self._end(capture, Outcome.FAILED, INTERNAL, SHUTDOWN_MESSAGE)
 
+        await staging  # a report that can never be stored (NATS closed for good) ends the attempt here
         env = build_run_env(self.ctx.base_env, self.work, self.dirs, python)
         self.process = proc = await spawn(spec.command, self.dirs.code, env)
         await self.reports.started()
@@ -191,8 +204,10 @@ class AttemptWorker:
                 msg += f"; last stderr line: {capture.last_stderr}"
             return await self._end(capture, Outcome.FAILED, USER_CODE, msg, exit_code)
 
+        # The line goes out with the upload's own line, in the last batch before RunCompleted (or
+        # with the next batch, when the upload takes longer than a batch interval): one report less
+        # for the control plane to store between the exit and the completion.
         capture.agent_line("command finished with exit status 0")
-        await capture.flush()
         await self.reports.uploading(exit_code=0)
         started = time.monotonic()
         try:
@@ -208,6 +223,14 @@ class AttemptWorker:
         else:
             capture.agent_line(f"no results URI: {files} result files left unstored")
         return await self._end(capture, Outcome.COMPLETED)
+
+    def _stage(self) -> tuple[int, int, int]:
+        """The attempt's folders, code and data, in one worker-thread trip: code files, data files, bytes."""
+        spec = self.work.spec
+        self.dirs.create()
+        code_files = stage_code(self.ctx.store, spec.code_uri, self.dirs)
+        data_files, data_bytes = stage_data(self.ctx.store, spec.data_uri, self.dirs.data)
+        return code_files, data_files, data_bytes
 
     async def _wait(self, proc: LocalProcess) -> tuple[int, str]:
         """Exit status, and what stopped the command: '' (it ended), 'cancel' or 'shutdown'."""

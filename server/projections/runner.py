@@ -82,6 +82,21 @@ class ProjectionRunner:
                 if applied < self._batch_size:
                     return total
 
+    def reach(self, position: int) -> None:
+        """Bring the read models to at least `position`, doing no more than that takes.
+
+        Returns at once when they are there; when the follower is applying a
+        batch, waits for it and looks again before applying anything itself,
+        so a caller woken by the same commit as the follower does not run a
+        second (empty) batch after it.
+        """
+        if self._position >= position:
+            return
+        with self._lock:
+            while self._position < position:
+                if self._apply_batch() < self._batch_size:
+                    return
+
     def _apply_batch(self) -> int:
         with self._store.engine.begin() as conn:
             position = _lock_checkpoint(conn)

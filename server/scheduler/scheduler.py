@@ -26,14 +26,22 @@ watches its agent's heartbeats, which list the attempts the agent holds; when
 they have not listed it for `REDISPATCH_AFTER_S`, the work is sent again
 (the agent drops a copy of an attempt it already has).
 
-Woken by commits to the log (this replica's at once, others' through
-PostgreSQL NOTIFY), by an agent's first heartbeat, or by a one-second tick.
+Woken by commits to the log that may change a decision (this replica's at
+once, others' through PostgreSQL NOTIFY), by an agent's first heartbeat, or
+by a one-second tick. A run's log lines and metric points are stored as quiet
+commits (`quiet_commits`) and wake nothing here, nor do the NOTIFY echoes of
+this replica's own commits (the committing thread woke the loop already);
+ingest and the API also wake the loop explicitly after what frees or asks for
+capacity. A cycle catches the read models up only when the log has grown past
+them, and its own assignments do not wake the next one unless the policy may
+have more to place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +57,7 @@ from runyard.server.scheduler.heartbeats import Heartbeats
 from runyard.server.scheduler.leader import LeaderLease
 from runyard.server.scheduler.reads import Holding, SchedulingReads, Snapshot
 from runyard.server.store import ConcurrencyError
+from runyard.server.store.notify import commit_is_echo, commit_is_quiet, quiet_commits
 from runyard.v1 import agent_pb2, common_pb2, events_pb2
 
 log = structlog.get_logger(__name__)
@@ -83,6 +92,10 @@ class Scheduler:
         self.reads = SchedulingReads(ctx.store.engine)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The highest log position any commit callback told of: the read models must reach it
+        # before a cycle reads them (0: not known yet, always catch up).
+        self._head = 0
+        self._head_guard = threading.Lock()
         self.leading = False
         self._last_try = 0.0
         # (run id, attempt) -> (monotonic time of the last dispatch, dispatches so far)
@@ -95,6 +108,7 @@ class Scheduler:
         self.assigned = 0
         #: Seconds spent reading the snapshot (read models caught up first) and assigning + dispatching.
         self.read_seconds = 0.0
+        self.catch_up_seconds = 0.0
         self.assign_seconds = 0.0
         self._stats_at = time.monotonic()
 
@@ -104,7 +118,11 @@ class Scheduler:
     def wakeup_threadsafe(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.call_soon_threadsafe(self._wake.set)
 
-    def _on_commit(self, _position: int) -> None:
+    def _on_commit(self, position: int) -> None:
+        with self._head_guard:
+            self._head = max(self._head, position)
+        if commit_is_quiet() or commit_is_echo():
+            return
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
@@ -160,26 +178,64 @@ class Scheduler:
         if not self.leading:
             return
         # Off the event loop, in one go: ingest and heartbeats go on while a long queue is weighed.
-        snapshot, decision = await asyncio.to_thread(self._read_and_decide)
+        # When no agent holding runs went silent, the placements are stored in the same trip.
+        snapshot, decision, assigned = await asyncio.to_thread(self._read_decide_assign)
         if await self._handle_lost_agents(snapshot.holding):
             snapshot, decision = await asyncio.to_thread(self._read_and_decide)
+            assigned = None
         await self._check_dispatches(snapshot.holding)
         if decision.placements:
             phase = time.perf_counter()
-            await self._assign(decision.placements)
+            if assigned is None:
+                assigned = await asyncio.to_thread(self._store_assignments, decision.placements)
+            await self._dispatch(decision.placements, *assigned)
             self.assign_seconds += time.perf_counter() - phase
+            if self._more_to_place(snapshot, assigned[0]):
+                self._wake.set()
         if time.monotonic() - self._stats_at >= STATS_EVERY_S:
             self._log_stats()
+
+    def _read_decide_assign(
+        self,
+    ) -> tuple[Snapshot, Decision, tuple[list[Outcome], dict[str, tuple[str, common_pb2.RunSpec]]] | None]:
+        snapshot, decision = self._read_and_decide()
+        if not decision.placements or any(self.heartbeats.lost(h.agent_id) for h in snapshot.holding):
+            return snapshot, decision, None
+        started = time.perf_counter()
+        assigned = self._store_assignments(decision.placements)
+        self.assign_seconds += time.perf_counter() - started
+        return snapshot, decision, assigned
+
+    @staticmethod
+    def _more_to_place(snapshot: Snapshot, outcomes: Sequence[Outcome]) -> bool:
+        """After assigning: may the next cycle place more at once (rather than on the next wake-up)?
+
+        Yes when an assignment was skipped (its run moved on; the capacity is still free) or
+        when an account's queue was cut at the cycle's window (runs behind it were not weighed).
+        """
+        if any(not o.events for o in outcomes):
+            return True
+        per_account: dict[str, int] = {}
+        for q in snapshot.queue:
+            per_account[q.account_id] = per_account.get(q.account_id, 0) + 1
+        return any(n >= CYCLE_WINDOW_PER_ACCOUNT for n in per_account.values())
 
     def _read_and_decide(self) -> tuple[Snapshot, Decision]:
         """Catch the read models up (so capacity given away or freed is seen), read, decide."""
         started = time.perf_counter()
-        self._ctx.projections.catch_up()
+        with self._head_guard:
+            head = self._head
+        if head == 0:
+            self._ctx.projections.catch_up()
+        else:
+            self._ctx.projections.reach(head)
+        caught_up = time.perf_counter()
         snapshot = self.reads.snapshot(self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
         read = time.perf_counter()
         decision = schedule(snapshot.queue, snapshot.agents, snapshot.accounts)
         took = time.perf_counter() - read
         self.read_seconds += read - started
+        self.catch_up_seconds += caught_up - started
         if snapshot.queue:
             self.decisions += len(snapshot.queue)
             self.decision_seconds += took
@@ -199,19 +255,36 @@ class Scheduler:
             decision_ms_per_cycle=round(1e3 * self.decision_seconds / self.cycles, 3),
             slowest_decision_ms=round(1e3 * self.slowest_decision_s, 3),
             read_ms_per_cycle=round(1e3 * self.read_seconds / self.cycles, 3),
+            catch_up_ms_per_cycle=round(1e3 * self.catch_up_seconds / self.cycles, 3),
             assign_ms_per_run=round(1e3 * self.assign_seconds / max(self.assigned, 1), 3),
             assigned=self.assigned,
         )
 
-    async def _assign(self, placements: Sequence[Placement]) -> None:
-        """Append the cycle's RunAssigned events (one commit when none conflicts), then send the work."""
-        specs = await asyncio.to_thread(self.reads.specs, [p.run_id for p in placements])
+    def _store_assignments(
+        self, placements: Sequence[Placement]
+    ) -> tuple[list[Outcome], dict[str, tuple[str, common_pb2.RunSpec]]]:
+        """Append the cycle's RunAssigned events (one commit when none conflicts); read what to send.
+
+        In a worker thread. The commits are quiet: the next cycle is woken only when there may be
+        more to place (`_more_to_place`), not by every assignment.
+        """
+        specs = self.reads.specs([p.run_id for p in placements])
         batch = [(p.run_id, p.agent_id, p.gpu_ids, p.gpu_model) for p in placements]
-        try:
-            outcomes = await asyncio.to_thread(self._ctx.commands.assign_runs, batch)
-        except (ConcurrencyError, DomainError) as exc:
-            log.info("a run moved on during the cycle; assigning one by one", error=str(exc))
-            outcomes = await asyncio.gather(*(self._assign_one(p) for p in placements))
+        with quiet_commits():
+            try:
+                outcomes = self._ctx.commands.assign_runs(batch)
+            except (ConcurrencyError, DomainError) as exc:
+                log.info("a run moved on during the cycle; assigning one by one", error=str(exc))
+                outcomes = [self._assign_one(p) for p in placements]
+        return outcomes, specs
+
+    async def _dispatch(
+        self,
+        placements: Sequence[Placement],
+        outcomes: Sequence[Outcome],
+        specs: dict[str, tuple[str, common_pb2.RunSpec]],
+    ) -> None:
+        """Send the work of every placement that was stored."""
         sends = []
         for p, outcome in zip(placements, outcomes, strict=True):
             for msg in outcome.events:
@@ -221,9 +294,9 @@ class Scheduler:
         await asyncio.gather(*sends)
         self.assigned += len(sends)
 
-    async def _assign_one(self, p: Placement) -> Outcome:
+    def _assign_one(self, p: Placement) -> Outcome:
         try:
-            return await asyncio.to_thread(self._ctx.commands.assign_run, p.run_id, p.agent_id, p.gpu_ids, p.gpu_model)
+            return self._ctx.commands.assign_run(p.run_id, p.agent_id, p.gpu_ids, p.gpu_model)
         except (ConcurrencyError, DomainError) as exc:
             log.info("assignment skipped", run_id=p.run_id, error=str(exc))
             return Outcome([], 0)

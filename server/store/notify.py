@@ -5,17 +5,28 @@ so a late, doubled or lost wake-up costs latency, never an event. The head
 this process knows of advances from three sources: its own commits (at
 once, in the committing thread), PostgreSQL NOTIFY from any process (a
 listener thread), and reads of the head from the database.
+
+A subscriber that only cares about some commits (the scheduler does not
+care about log lines) can ask, inside its callback, where the commit came
+from: `commit_is_quiet()` is true for commits a thread made inside
+`quiet_commits()` (the committer says nothing changed that others decide
+on), and `commit_is_echo()` is true when the listener passes on a NOTIFY of
+one of this process's own sessions, whose commit woke the callbacks in the
+committing thread already (or, when the listener got there first, was
+quiet or is woken about explicitly). Both are hints like the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from .schema import NOTIFY_CHANNEL
 
@@ -25,6 +36,33 @@ CommitCallback = Callable[[int], None]
 
 LISTENER_APPLICATION_NAME = "runyard-event-log-listener"
 """How the listener's session shows in pg_stat_activity."""
+
+_this_thread = threading.local()
+
+
+@contextlib.contextmanager
+def quiet_commits() -> Iterator[None]:
+    """Commits this thread makes inside the block are quiet: `commit_is_quiet()` in their callbacks.
+
+    For commits that no one needs to act on at once (a run's log lines and
+    metric points): callbacks still run, and may skip the work they would do.
+    """
+    depth = getattr(_this_thread, "quiet", 0)
+    _this_thread.quiet = depth + 1
+    try:
+        yield
+    finally:
+        _this_thread.quiet = depth
+
+
+def commit_is_quiet() -> bool:
+    """Inside an on_commit callback: was the commit made inside `quiet_commits()`?"""
+    return getattr(_this_thread, "quiet", 0) > 0
+
+
+def commit_is_echo() -> bool:
+    """Inside an on_commit callback: is this the NOTIFY of one of this process's own sessions?"""
+    return getattr(_this_thread, "echo", False)
 
 
 class HeadTracker:
@@ -105,6 +143,29 @@ class PostgresListener:
         self._stop_channel = f"runyard_stop_{uuid.uuid4().hex}"
         self._listening = threading.Event()
         self._thread = threading.Thread(target=self._run, name="runyard-event-log-listener", daemon=True)
+        # Backend pids of this engine's pooled sessions, to tell our own NOTIFYs from others'.
+        self._own_pids: dict[int, int] = {}
+        self._pids_guard = threading.Lock()
+        self._events = [("checkout", self._pooled), ("close", self._closed), ("close_detached", self._detached)]
+        for name, fn in self._events:
+            event.listen(engine, name, fn)
+
+    def _pooled(self, dbapi_connection: Any, _record: Any = None, _proxy: Any = None) -> None:
+        pid = _backend_pid(dbapi_connection)
+        if pid:
+            with self._pids_guard:
+                self._own_pids[id(dbapi_connection)] = pid
+
+    def _closed(self, dbapi_connection: Any, _record: Any = None) -> None:
+        with self._pids_guard:
+            self._own_pids.pop(id(dbapi_connection), None)
+
+    def _detached(self, dbapi_connection: Any) -> None:
+        self._closed(dbapi_connection)
+
+    def _own(self, pid: int) -> bool:
+        with self._pids_guard:
+            return pid in self._own_pids.values()
 
     def start(self, timeout: float = 10.0) -> None:
         """Start listening; returns once LISTEN is in place (or after `timeout`)."""
@@ -120,6 +181,9 @@ class PostgresListener:
         except Exception:
             log.debug("could not wake the listener; it notices within its poll interval")
         self._thread.join(timeout=10)
+        for name, fn in self._events:
+            with contextlib.suppress(Exception):
+                event.remove(self._engine, name, fn)
 
     def _run(self) -> None:
         backoff = 0.1
@@ -149,6 +213,18 @@ class PostgresListener:
                     if note.channel == self._stop_channel or self._stop.is_set():
                         return
                     if note.payload:
-                        self._on_position(int(note.payload))
+                        _this_thread.echo = self._own(note.pid)
+                        try:
+                            self._on_position(int(note.payload))
+                        finally:
+                            _this_thread.echo = False
         finally:
             raw.close()
+
+
+def _backend_pid(dbapi_connection: Any) -> int:
+    """The server process of a psycopg session (0 when it cannot be told)."""
+    try:
+        return int(dbapi_connection.info.backend_pid)
+    except Exception:
+        return 0
