@@ -458,7 +458,9 @@ class Capture:
         if self._readers or self._tail is not None:
             await self.drain(timeout_s=0.0)
         if self._flusher is not None:
-            self._flusher.cancel()
+            # Cancel the loop only between sends: cancelled inside one, it would lose the batch it took.
+            async with self._flush_lock:
+                self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None

@@ -142,9 +142,6 @@ class AttemptWorker:
         if message:
             capture.agent_line(message)
         try:
-            # Flushing first waits for a batch the capture's own flush loop may be sending: close()
-            # cancels that loop, and a batch taken but not yet stored would be lost with it.
-            await capture.flush()
             await capture.close()
         except Exception as e:
             self._log.error("could not send the last run output", error=repr(e))

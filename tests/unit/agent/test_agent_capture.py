@@ -210,3 +210,35 @@ def test_capture_reads_tensorboard_scalars_while_running_and_what_is_left_at_the
     assert metrics == ["tensorboard:loss@1=0.5", "tensorboard:loss@2=0.25"]
     assert len(problems) == 1 and "broken/events.out.tfevents.1.host" in problems[0]
     assert problems[0].startswith("AGENT:")
+
+
+class SlowSink(Sink):
+    """Stores a batch only when let: the flush loop is caught in the middle of a send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sending = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def logged(self, lines: Sequence[LogLine]) -> None:
+        self.sending.set()
+        await self.release.wait()
+        await super().logged(lines)
+
+
+def test_close_during_a_send_loses_nothing_the_flush_loop_took() -> None:
+    async def scenario() -> list[str]:
+        sink = SlowSink()
+        capture = Capture(sink, StdoutMetricParser([]), None, BatchLimits(interval_s=0.01))
+        capture.start()
+        capture.agent_line("taken by the loop")
+        await asyncio.wait_for(sink.sending.wait(), 5)
+        capture.agent_line("still pending")
+        closing = asyncio.create_task(capture.close())
+        for _ in range(20):  # let close() run up to where it waits for the send in flight
+            await asyncio.sleep(0)
+        sink.release.set()
+        await asyncio.wait_for(closing, 5)
+        return [t for _, texts in sink.batches for t in texts]
+
+    assert asyncio.run(scenario()) == ["AGENT:taken by the loop", "AGENT:still pending"]
