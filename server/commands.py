@@ -25,7 +25,7 @@ from runyard.server.domain.manifest import parse_manifest
 from runyard.server.domain.manifest_model import Scalar
 from runyard.server.domain.run import Run
 from runyard.server.domain.searchers import StopRun as StopDecision
-from runyard.server.store import ANY, NO_STREAM, ConcurrencyError, EventStore, NewEvent
+from runyard.server.store import ANY, NO_STREAM, ConcurrencyError, EventStore, ExpectedVersion, NewEvent
 from runyard.v1 import agent_pb2, common_pb2, events_pb2
 
 log = structlog.get_logger(__name__)
@@ -427,15 +427,7 @@ class Commands:
         The report's event id makes a redelivered report a no-op; a report of
         an attempt that is no longer current raises StaleAttempt.
         """
-        base = (
-            uuid.UUID(report.event_id)
-            if _is_uuid(report.event_id)
-            else uuid.uuid5(uuid.NAMESPACE_URL, f"runyard-report:{report.agent_id}:{report.event_id}")
-        )
-
-        def ids(n: int) -> list[uuid.UUID]:
-            return [base] + [uuid.uuid5(base, str(i)) for i in range(1, n)]
-
+        ids = _report_ids(report)
         body = report.WhichOneof("body")
         if body == "registered":
             registered = report.registered
@@ -443,34 +435,12 @@ class Commands:
                 ev.agent_stream(registered.agent_id), new_events([registered], None, ids(1))
             ).last_position
         run_id = report.run_id
-        if body == "logged":
-            return self._append_output(
-                run_id, report.logged.attempt, ev.run_logs_stream(run_id), report.logged, ids(1), report.agent_id
-            )
-        if body == "metrics":
-            return self._append_output(
-                run_id, report.metrics.attempt, ev.run_metrics_stream(run_id), report.metrics, ids(1), report.agent_id
-            )
-        decide: Callable[[Run], list[Message]]
-        if body == "staging":
-            a = report.staging.attempt
-            decide = lambda run: run.report_staging(a)  # noqa: E731
-        elif body == "started":
-            a = report.started.attempt
-            decide = lambda run: run.report_started(a)  # noqa: E731
-        elif body == "uploading":
-            up = report.uploading
-            decide = lambda run: run.report_uploading(up.attempt, up.exit_code)  # noqa: E731
-        elif body == "completed":
-            done = report.completed
-            decide = lambda run: run.report_completed(done.attempt, done.results_uri)  # noqa: E731
-        elif body == "failed":
-            f = report.failed
-            decide = lambda run: run.report_failed(f.attempt, f.reason, f.exit_code, f.message)  # noqa: E731
-        elif body == "canceled":
-            c = report.canceled
-            decide = lambda run: run.report_canceled(c.attempt, c.reason)  # noqa: E731
-        else:
+        output = _output(report)
+        if output is not None:
+            stream, attempt, msg = output
+            return self._append_output(run_id, attempt, stream, msg, ids(1), report.agent_id)
+        decide = _decision(report)
+        if decide is None:
             log.warning("unknown report body", body=body, agent_id=report.agent_id)
             return 0
         reporter = report.agent_id
@@ -481,6 +451,44 @@ class Commands:
 
         return self.update_run(run_id, held_by_reporter, ids).position
 
+    def apply_reports(self, reports: Sequence[agent_pb2.AgentReport]) -> int:
+        """Append several reports of one run, in order, in one transaction; returns the last position.
+
+        What `apply_report` does for each, decided on the run as the earlier
+        ones leave it, then stored with one commit: a run's end (uploading,
+        its last output, completed) costs one turn of the log's write lock
+        instead of three. Any report the run refuses raises before anything is
+        stored, so the caller can fall back to one report at a time and treat
+        each on its own; a concurrent change of the run raises ConcurrencyError.
+        """
+        run_ids = {r.run_id for r in reports}
+        if len(run_ids) != 1 or not reports[0].run_id:
+            raise ValueError("apply_reports takes reports of one run")
+        run = self.load_run(reports[0].run_id)
+        steps: list[tuple[str, list[NewEvent], ExpectedVersion]] = []
+        for report in reports:
+            ids = _report_ids(report)
+            _check_holder(run, report.agent_id)
+            output = _output(report)
+            if output is not None:
+                stream, attempt, msg = output
+                run.check_attempt(attempt)
+                steps.append((stream, new_events([msg], run.experiment_id, ids(1)), ANY))
+                continue
+            decide = _decision(report)
+            if decide is None:
+                raise DomainError(f"unknown report body {report.WhichOneof('body')!r}")
+            new = decide(run)
+            if not new:
+                continue
+            steps.append((ev.run_stream(run.run_id), new_events(new, run.experiment_id, ids(len(new))), run.version))
+            for msg in new:
+                run.apply(msg)
+        with self._store.transaction() as tx:
+            for stream, events, expected in steps:
+                tx.append(stream, events, expected)
+        return tx.last_position
+
     def _append_output(
         self, run_id: str, attempt: int, stream: str, msg: Message, ids: list[uuid.UUID], agent_id: str
     ) -> int:
@@ -488,6 +496,50 @@ class Commands:
         _check_holder(run, agent_id)
         run.check_attempt(attempt)
         return self._store.append(stream, new_events([msg], run.experiment_id, ids), ANY).last_position
+
+
+def _report_ids(report: agent_pb2.AgentReport) -> Callable[[int], list[uuid.UUID]]:
+    """The event ids of what a report records: derived from its id, so a redelivery stores nothing new."""
+    base = (
+        uuid.UUID(report.event_id)
+        if _is_uuid(report.event_id)
+        else uuid.uuid5(uuid.NAMESPACE_URL, f"runyard-report:{report.agent_id}:{report.event_id}")
+    )
+    return lambda n: [base] + [uuid.uuid5(base, str(i)) for i in range(1, n)]
+
+
+def _output(report: agent_pb2.AgentReport) -> tuple[str, int, Message] | None:
+    """(stream, attempt, event) of a report of a run's output, or None for a transition."""
+    body = report.WhichOneof("body")
+    if body == "logged":
+        return ev.run_logs_stream(report.run_id), report.logged.attempt, report.logged
+    if body == "metrics":
+        return ev.run_metrics_stream(report.run_id), report.metrics.attempt, report.metrics
+    return None
+
+
+def _decision(report: agent_pb2.AgentReport) -> Callable[[Run], list[Message]] | None:
+    """The run command a transition report stands for (None for a body this server does not know)."""
+    body = report.WhichOneof("body")
+    if body == "staging":
+        a = report.staging.attempt
+        return lambda run: run.report_staging(a)
+    if body == "started":
+        a = report.started.attempt
+        return lambda run: run.report_started(a)
+    if body == "uploading":
+        up = report.uploading
+        return lambda run: run.report_uploading(up.attempt, up.exit_code)
+    if body == "completed":
+        done = report.completed
+        return lambda run: run.report_completed(done.attempt, done.results_uri)
+    if body == "failed":
+        f = report.failed
+        return lambda run: run.report_failed(f.attempt, f.reason, f.exit_code, f.message)
+    if body == "canceled":
+        c = report.canceled
+        return lambda run: run.report_canceled(c.attempt, c.reason)
+    return None
 
 
 def _check_holder(run: Run, agent_id: str) -> None:

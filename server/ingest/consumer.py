@@ -54,6 +54,8 @@ EARLY_REPORT_RETRIES = 60
 PARALLEL_RUNS = 4
 # Reports asked for in one fetch, and the most taken and not yet acked: the fetching waits for room.
 FETCH_BATCH = 256
+# A run's reports waiting in its queue are stored together, up to this many in one transaction.
+RUN_BATCH = 32
 MAX_IN_HAND = 2048
 
 
@@ -129,20 +131,58 @@ class Ingest:
         try:
             async with self._gate:
                 while queue:
-                    msg = queue.pop(0)
+                    taken = queue[:RUN_BATCH]
+                    del queue[:RUN_BATCH]
                     try:
-                        await self._handle(msg)
+                        await self._handle_many(taken)
                     except Exception:
-                        log.exception("handling a report failed; it will be redelivered", subject=msg.subject)
-                        with contextlib.suppress(Exception):
-                            await msg.nak(delay=1.0)
+                        log.exception("handling reports failed; they will be redelivered", subject=taken[0].subject)
+                        for msg in taken:
+                            with contextlib.suppress(Exception):
+                                await msg.nak(delay=1.0)
                     finally:
-                        self._in_hand -= 1
+                        self._in_hand -= len(taken)
                         self._room.set()
         finally:
             # No await between the last look at the queue and this: a report taken later starts a new worker.
             del self._queues[key]
             self._in_hand -= len(queue)
+
+    async def _handle_many(self, msgs: list[Any]) -> None:
+        """One run's reports in order: stored in one transaction when it takes them all, else one by one."""
+        if len(msgs) > 1 and (batch := await self._admissible(msgs)) is not None:
+            reports = [report for _, report in batch]
+            try:
+                if all(r.WhichOneof("body") in _QUIET for r in reports):
+                    with quiet_commits():
+                        position = await asyncio.to_thread(self._ctx.commands.apply_reports, reports)
+                else:
+                    position = await asyncio.to_thread(self._ctx.commands.apply_reports, reports)
+            except Exception as exc:  # one of them is refused or raced: each on its own says which
+                log.debug("reports taken one by one", run_id=reports[0].run_id, reason=str(exc))
+            else:
+                for msg, _ in batch:
+                    await msg.ack()
+                self.handled += len(batch)
+                if position and any(r.WhichOneof("body") not in _QUIET for r in reports):
+                    self._ctx.scheduler_wakeup()
+                return
+        for msg in msgs:
+            await self._handle(msg)
+
+    async def _admissible(self, msgs: list[Any]) -> list[tuple[Any, agent_pb2.AgentReport]] | None:
+        """The reports, when all are readable, authorized and about one run; None otherwise."""
+        batch = []
+        for msg in msgs:
+            report = agent_pb2.AgentReport()
+            try:
+                report.ParseFromString(msg.data)
+            except Exception:
+                return None
+            if not report.run_id or report.WhichOneof("body") == "registered" or await self._refusal(msg, report):
+                return None
+            batch.append((msg, report))
+        return batch if len({r.run_id for _, r in batch}) == 1 else None
 
     async def _handle(self, msg: Any) -> None:
         report = agent_pb2.AgentReport()
