@@ -15,14 +15,15 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from google.protobuf.message import Message
 from sqlalchemy import Engine, and_, func, select
 
 from runyard.server.domain.scheduling import AccountState, AgentState, Gpu, QueuedRun
 from runyard.server.projections import schema
-from runyard.v1 import common_pb2
+from runyard.v1 import common_pb2, events_pb2
 
 RS = common_pb2.RunState
 HOLDING = (RS.RUN_STATE_ASSIGNED, RS.RUN_STATE_STAGING, RS.RUN_STATE_RUNNING, RS.RUN_STATE_UPLOADING)
@@ -69,6 +70,10 @@ class Snapshot:
     accounts: dict[str, AccountState]
     holding: list[Holding]
     experiment_of: dict[str, str] = field(default_factory=dict)
+    #: What agents and accounts were built from, so `overlay` can rebuild them.
+    agent_rows: list[dict[str, Any]] = field(default_factory=list)
+    plans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    alive: Callable[[str], bool] | None = None
 
 
 class SchedulingReads:
@@ -162,6 +167,9 @@ class SchedulingReads:
             accounts=account_states(plans, holding, {q.account_id for q in queue}),
             holding=holding,
             experiment_of={row.id: row.experiment_id for row in queued_rows},
+            agent_rows=agent_rows,
+            plans=plans,
+            alive=alive,
         )
 
     def registered_agents(self) -> list[AgentState]:
@@ -252,3 +260,70 @@ def account_states(
             runs_in_use=runs.get(account_id, 0),
         )
     return out
+
+
+#: Run transitions `overlay` applies on top of a snapshot; every other event waits for the read models.
+OVERLAY_TYPES = (
+    events_pb2.RunAssigned,
+    events_pb2.RunCompleted,
+    events_pb2.RunFailed,
+    events_pb2.RunCanceled,
+    events_pb2.RunStoppedEarly,
+    events_pb2.RunRequeued,
+    events_pb2.RunCancelRequested,
+    events_pb2.RunStopRequested,
+)
+
+
+def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message]]) -> Snapshot | None:
+    """The snapshot with run transitions the read models may not show yet, as (run id, event) in log order.
+
+    The scheduler need not wait for the read models to learn that a GPU was
+    freed: it reads the few transitions logged since their position and lays
+    them over. Idempotent (the rows may already include some), and fenced by
+    attempt: an old attempt's end never frees the GPUs of a newer one. A run
+    re-queued or created since is left for the next cycle. None when an
+    assignment names a run the snapshot does not know (outside its window):
+    the caller then waits for the read models instead of guessing.
+    """
+    queue = {q.run_id: q for q in snapshot.queue}
+    holding = {h.run_id: h for h in snapshot.holding}
+    for run_id, msg in transitions:
+        held = holding.get(run_id)
+        if isinstance(msg, events_pb2.RunAssigned):
+            if held is not None and held.attempt >= msg.attempt:
+                continue
+            waiting = queue.pop(run_id, None)
+            if waiting is None:
+                return None
+            holding[run_id] = Holding(
+                run_id,
+                snapshot.experiment_of.get(run_id, ""),
+                waiting.account_id,
+                msg.agent_id,
+                tuple(msg.gpu_ids),
+                waiting.gpus,
+                msg.attempt,
+                RS.RUN_STATE_ASSIGNED,
+                False,
+            )
+        elif held is None:
+            continue
+        elif isinstance(msg, events_pb2.RunCancelRequested | events_pb2.RunStopRequested):
+            holding[run_id] = replace(held, cancel_requested=True)
+        elif getattr(msg, "attempt", None) == held.attempt:  # the end of the attempt that holds the GPUs
+            del holding[run_id]
+    held_now = list(holding.values())
+    remaining = [q for q in snapshot.queue if q.run_id in queue]
+    agents = [
+        agent_state(row, held_now)
+        for row in snapshot.agent_rows
+        if not row["lost"] and (snapshot.alive is None or snapshot.alive(row["id"]))
+    ]
+    return replace(
+        snapshot,
+        queue=remaining,
+        holding=held_now,
+        agents=agents,
+        accounts=account_states(snapshot.plans, held_now, {q.account_id for q in remaining}),
+    )

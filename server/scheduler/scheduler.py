@@ -6,8 +6,11 @@ so when the leader dies (its connection closes and the lock goes with it)
 another takes over within about a second. A new leader first re-sends the
 work and cancels its predecessor may have lost.
 
-A cycle: bring the read models up to date (so capacity given away by the
-last cycle, or freed since, is seen), read one snapshot (each account's first
+A cycle: read one snapshot of the read models, with the run transitions
+logged since their position laid over it (so capacity given away by the last
+cycle, or freed since, is seen without waiting for the next projection batch;
+when anything else is in between, new runs or agents, the read models are
+caught up first) (each account's first
 `CYCLE_WINDOW_PER_ACCOUNT` queued runs), declare silent agents lost (their
 runs are re-queued or failed), ask the pure policy
 (`runyard.server.domain.scheduling`), then append RunAssigned for each
@@ -52,10 +55,11 @@ from runyard import bus
 from runyard.server.commands import Outcome
 from runyard.server.context import ServerContext
 from runyard.server.domain.errors import DomainError
+from runyard.server.domain.events import decode
 from runyard.server.domain.scheduling import Decision, Placement, schedule
 from runyard.server.scheduler.heartbeats import Heartbeats
 from runyard.server.scheduler.leader import LeaderLease
-from runyard.server.scheduler.reads import Holding, SchedulingReads, Snapshot
+from runyard.server.scheduler.reads import OVERLAY_TYPES, Holding, SchedulingReads, Snapshot, overlay
 from runyard.server.store import ConcurrencyError
 from runyard.server.store.notify import commit_is_echo, commit_is_quiet, quiet_commits
 from runyard.v1 import agent_pb2, common_pb2, events_pb2
@@ -78,6 +82,24 @@ CYCLE_GAP_FACTOR = 0.5
 # A placement cycle weighs at most this many queued runs of each account (its queue's head).
 # Runs further back wait for the next cycles; `show`/`list` still explain the whole queue.
 CYCLE_WINDOW_PER_ACCOUNT = 1000
+# A cycle lays at most this many run transitions over the read models (`_overlaid`); more: it catches them up.
+OVERLAY_LIMIT = 500
+# Events the read models must show before a cycle may rely on them: new runs, re-queues, agents, plans.
+_NEEDS_READ_MODELS = frozenset(
+    t.DESCRIPTOR.full_name
+    for t in (
+        events_pb2.RunCreated,
+        events_pb2.RunRequeued,
+        events_pb2.AgentRegistered,
+        events_pb2.AgentLost,
+        events_pb2.AgentDrainRequested,
+        events_pb2.AgentDrainCleared,
+        events_pb2.AccountCreated,
+        events_pb2.AccountQuotaSet,
+        events_pb2.ExperimentPrioritySet,
+    )
+)
+_OVERLAY_READ = sorted(_NEEDS_READ_MODELS | {t.DESCRIPTOR.full_name for t in OVERLAY_TYPES})
 # While leading, the decision figures are logged this often (and when the replica stops).
 STATS_EVERY_S = 10.0
 
@@ -225,12 +247,15 @@ class Scheduler:
         started = time.perf_counter()
         with self._head_guard:
             head = self._head
-        if head == 0:
-            self._ctx.projections.catch_up()
-        else:
-            self._ctx.projections.reach(head)
+        snapshot = self._overlaid(head)
         caught_up = time.perf_counter()
-        snapshot = self.reads.snapshot(self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
+        if snapshot is None:
+            if head == 0:
+                self._ctx.projections.catch_up()
+            else:
+                self._ctx.projections.reach(head)
+            caught_up = time.perf_counter()
+            snapshot = self.reads.snapshot(self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
         read = time.perf_counter()
         decision = schedule(snapshot.queue, snapshot.agents, snapshot.accounts)
         took = time.perf_counter() - read
@@ -242,6 +267,25 @@ class Scheduler:
             self.cycles += 1
             self.slowest_decision_s = max(self.slowest_decision_s, took)
         return snapshot, decision
+
+    def _overlaid(self, head: int) -> Snapshot | None:
+        """A snapshot without waiting for the read models, when they lag only by run transitions.
+
+        A run's end frees GPUs the moment RunCompleted is stored; the read
+        models show it a batch later. Rather than wait for that batch, read the
+        transitions logged since the models' position and lay them over the
+        snapshot (`reads.overlay`). Anything else in between (new runs, agents,
+        plans) needs the read models: None, and the caller catches them up.
+        """
+        position = self._ctx.projections.position
+        if head == 0 or head <= position:
+            return None
+        events = self._ctx.store.read_all(position, OVERLAY_LIMIT, types=_OVERLAY_READ)
+        if len(events) >= OVERLAY_LIMIT or any(e.type in _NEEDS_READ_MODELS for e in events):
+            return None
+        snapshot = self.reads.snapshot(self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
+        transitions = [(e.stream_id.removeprefix("run:"), decode(e.type, e.data)) for e in events]
+        return overlay(snapshot, transitions)
 
     def _log_stats(self) -> None:
         self._stats_at = time.monotonic()

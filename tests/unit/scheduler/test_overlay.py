@@ -1,0 +1,75 @@
+"""Laying run transitions over a stale snapshot: GPUs freed at once, never freed twice, never double-booked."""
+
+from __future__ import annotations
+
+from runyard.server.domain.scheduling import QueuedRun
+from runyard.server.scheduler.reads import Holding, Snapshot, account_states, agent_state, overlay
+from runyard.v1 import common_pb2, events_pb2
+
+RS = common_pb2.RunState
+AGENT = {
+    "id": "a1",
+    "slots": 2,
+    "gpu_ids": '["g0", "g1"]',
+    "gpus": "[]",
+    "frameworks": '[["python", ""]]',
+    "labels": "{}",
+    "lost": False,
+    "draining": False,
+}
+
+
+def held(run_id: str, gpu: str, attempt: int = 1) -> Holding:
+    return Holding(run_id, "exp", "acct", "a1", (gpu,), 1, attempt, RS.RUN_STATE_RUNNING, False)
+
+
+def snapshot(holding: list[Holding], queue: list[str]) -> Snapshot:
+    queued = [QueuedRun(run_id=r, account_id="acct", gpus=1, queued_position=i) for i, r in enumerate(queue)]
+    plans = {"acct": (2, 0)}
+    return Snapshot(
+        queue=queued,
+        agents=[agent_state(AGENT, holding)],
+        accounts=account_states(plans, holding, {"acct"} if queue else set()),
+        holding=holding,
+        experiment_of={r: "exp" for r in queue},
+        agent_rows=[AGENT],
+        plans=plans,
+    )
+
+
+def test_an_end_frees_the_gpu_and_an_assignment_takes_one() -> None:
+    before = snapshot([held("r1", "g0"), held("r2", "g1")], ["r3"])
+    after = overlay(
+        before,
+        [
+            ("r1", events_pb2.RunCompleted(attempt=1)),
+            ("r3", events_pb2.RunAssigned(attempt=1, agent_id="a1", gpu_ids=["g0"])),
+            ("r2", events_pb2.RunStopRequested(reason="asha")),
+        ],
+    )
+    assert after is not None
+    assert sorted(h.run_id for h in after.holding) == ["r2", "r3"]
+    assert after.queue == []
+    assert after.agents[0].busy_gpu_ids == frozenset({"g0", "g1"}) and after.agents[0].running == 2
+    assert after.accounts["acct"].gpus_in_use == 2
+    assert next(h for h in after.holding if h.run_id == "r2").cancel_requested
+
+
+def test_transitions_the_rows_already_show_change_nothing() -> None:
+    before = snapshot([held("r1", "g0", attempt=2)], [])
+    after = overlay(
+        before,
+        [
+            ("r1", events_pb2.RunAssigned(attempt=1, agent_id="a1", gpu_ids=["g1"])),
+            ("r1", events_pb2.RunFailed(attempt=1)),  # the old attempt's end: attempt 2 still holds g0
+            ("r1", events_pb2.RunAssigned(attempt=2, agent_id="a1", gpu_ids=["g0"])),
+            ("r9", events_pb2.RunCompleted(attempt=1)),  # already gone from the rows
+        ],
+    )
+    assert after is not None
+    assert after.holding == before.holding
+    assert after.agents[0].busy_gpu_ids == frozenset({"g0"})
+
+
+def test_an_assignment_of_a_run_the_snapshot_does_not_know_asks_for_the_read_models() -> None:
+    assert overlay(snapshot([], []), [("r5", events_pb2.RunAssigned(attempt=1, agent_id="a1", gpu_ids=["g0"]))]) is None
