@@ -308,6 +308,8 @@ def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message]]) -> S
                 False,
             )
         elif held is None:
+            if isinstance(msg, events_pb2.RunCanceled | events_pb2.RunStoppedEarly) and msg.attempt == 0:
+                queue.pop(run_id, None)  # ended straight from the queue
             continue
         elif isinstance(msg, events_pb2.RunCancelRequested | events_pb2.RunStopRequested):
             holding[run_id] = replace(held, cancel_requested=True)

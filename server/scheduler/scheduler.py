@@ -82,6 +82,8 @@ CYCLE_GAP_FACTOR = 0.5
 # A placement cycle weighs at most this many queued runs of each account (its queue's head).
 # Runs further back wait for the next cycles; `show`/`list` still explain the whole queue.
 CYCLE_WINDOW_PER_ACCOUNT = 1000
+# The leader reuses its last (overlaid) snapshot for this long, then reads the read models afresh.
+SNAPSHOT_REUSE_S = 1.0
 # A cycle lays at most this many run transitions over the read models (`_overlaid`); more: it catches them up.
 OVERLAY_LIMIT = 500
 # Events the read models must show before a cycle may rely on them: new runs, re-queues, agents, plans.
@@ -104,6 +106,14 @@ _OVERLAY_READ = sorted(_NEEDS_READ_MODELS | {t.DESCRIPTOR.full_name for t in OVE
 STATS_EVERY_S = 10.0
 
 
+def _window_cut(snapshot: Snapshot) -> bool:
+    """Did some account's queue reach the cycle's window (runs behind it are not in the snapshot)?"""
+    per_account: dict[str, int] = {}
+    for q in snapshot.queue:
+        per_account[q.account_id] = per_account.get(q.account_id, 0) + 1
+    return any(n >= CYCLE_WINDOW_PER_ACCOUNT for n in per_account.values())
+
+
 class Scheduler:
     def __init__(self, ctx: ServerContext, js: Any, nc: Any, lease: LeaderLease) -> None:
         self._ctx = ctx
@@ -118,6 +128,9 @@ class Scheduler:
         # before a cycle reads them (0: not known yet, always catch up).
         self._head = 0
         self._head_guard = threading.Lock()
+        #: The last cycle's snapshot and the log position it is good to (leader only; see `_overlaid`).
+        self._cached: tuple[int, Snapshot] | None = None
+        self._cached_at = 0.0
         self.leading = False
         self._last_try = 0.0
         # (run id, attempt) -> (monotonic time of the last dispatch, dispatches so far)
@@ -192,6 +205,7 @@ class Scheduler:
                     log.warning("no longer the scheduler leader")
                 self.leading = False
                 self._dispatched.clear()
+                self._cached = None
                 return
             if not self.leading:
                 await asyncio.to_thread(self._ctx.projections.catch_up)
@@ -228,19 +242,16 @@ class Scheduler:
         self.assign_seconds += time.perf_counter() - started
         return snapshot, decision, assigned
 
-    @staticmethod
-    def _more_to_place(snapshot: Snapshot, outcomes: Sequence[Outcome]) -> bool:
+    def _more_to_place(self, snapshot: Snapshot, outcomes: Sequence[Outcome]) -> bool:
         """After assigning: may the next cycle place more at once (rather than on the next wake-up)?
 
         Yes when an assignment was skipped (its run moved on; the capacity is still free) or
         when an account's queue was cut at the cycle's window (runs behind it were not weighed).
         """
         if any(not o.events for o in outcomes):
+            self._cached = None  # a run moved on in a way the snapshot did not show: read afresh
             return True
-        per_account: dict[str, int] = {}
-        for q in snapshot.queue:
-            per_account[q.account_id] = per_account.get(q.account_id, 0) + 1
-        return any(n >= CYCLE_WINDOW_PER_ACCOUNT for n in per_account.values())
+        return _window_cut(snapshot)
 
     def _read_and_decide(self) -> tuple[Snapshot, Decision]:
         """Catch the read models up (so capacity given away or freed is seen), read, decide."""
@@ -277,15 +288,25 @@ class Scheduler:
         snapshot (`reads.overlay`). Anything else in between (new runs, agents,
         plans) needs the read models: None, and the caller catches them up.
         """
-        position = self._ctx.projections.position
-        if head == 0 or head <= position:
+        cached = self._cached if time.monotonic() - self._cached_at < SNAPSHOT_REUSE_S else None
+        self._cached = None
+        position = cached[0] if cached is not None else self._ctx.projections.position
+        if head == 0 or (cached is None and head <= position):
             return None
         events = self._ctx.store.read_all(position, OVERLAY_LIMIT, types=_OVERLAY_READ)
         if len(events) >= OVERLAY_LIMIT or any(e.type in _NEEDS_READ_MODELS for e in events):
             return None
-        snapshot = self.reads.snapshot(self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
+        if cached is None:
+            base = self.reads.snapshot(self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
+            self._cached_at = time.monotonic()
+        else:
+            base = cached[1]
         transitions = [(e.stream_id.removeprefix("run:"), decode(e.type, e.data)) for e in events]
-        return overlay(snapshot, transitions)
+        snapshot = overlay(base, transitions)
+        if snapshot is not None and not _window_cut(base):
+            # The next cycle starts from here and reads only what is logged after these transitions.
+            self._cached = (events[-1].position if events else position, snapshot)
+        return snapshot
 
     def _log_stats(self) -> None:
         self._stats_at = time.monotonic()
@@ -385,6 +406,7 @@ class Scheduler:
         """
         log.info("scheduler leader: taking over")
         self._dispatched.clear()
+        self._cached = None
         snapshot = await asyncio.to_thread(self.reads.snapshot, None)
         assigned = [h for h in snapshot.holding if h.state == RS.RUN_STATE_ASSIGNED and not h.cancel_requested]
         await self._resend(assigned, fresh=True)
