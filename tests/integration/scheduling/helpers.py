@@ -21,17 +21,11 @@ from runyard.client.auth import with_api_key
 from runyard.server.domain.events import decode
 from runyard.server.store import EventStore
 from runyard.v1 import admin_service_pb2, common_pb2, events_pb2, experiment_service_pb2, resources_pb2
+from tests.integration.billing.ledger import ENDINGS
 from tests.support.stack import Stack, Stubs
 
 T = TypeVar("T")
 RS = common_pb2.RunState
-ENDINGS = (
-    events_pb2.RunCompleted,
-    events_pb2.RunFailed,
-    events_pb2.RunCanceled,
-    events_pb2.RunStoppedEarly,
-    events_pb2.RunRequeued,
-)
 
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float = 60.0, stack: Stack | None = None) -> T:
