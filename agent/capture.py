@@ -254,6 +254,7 @@ class Capture:
         self._full = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
         self._readers: list[asyncio.Task[None]] = []
         self._tail: asyncio.Task[None] | None = None
         self._tail_stop = asyncio.Event()
@@ -458,17 +459,21 @@ class Capture:
         if self._readers or self._tail is not None:
             await self.drain(timeout_s=0.0)
         if self._flusher is not None:
-            # Cancel the loop only between sends: cancelled inside one, it would lose the batch it took.
-            async with self._flush_lock:
-                self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            # The loop is asked to stop, never cancelled: cancelled inside a send it would lose the
+            # batch it took, and a cancel landing as wait_for() completes can be swallowed, leaving
+            # the loop running and this close waiting on it for ever.
+            self._closing = True
+            self._wake.set()
+            self._full.set()
+            await self._flusher
             self._flusher = None
         await self.flush()
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
+            if self._closing:
+                return
             delay = self._batch.seconds_until_due(self._clock())
             if delay is None:
                 self._wake.clear()
@@ -476,6 +481,8 @@ class Capture:
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), timeout=delay)
+                if self._closing:
+                    return  # close() sends the rest
             try:
                 await self._send(everything=False)
             except Exception as e:  # the sink only gives up when NATS is closed for good
