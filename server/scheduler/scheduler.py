@@ -6,13 +6,13 @@ so when the leader dies (its connection closes and the lock goes with it)
 another takes over within about a second. A new leader first re-sends the
 work and cancels its predecessor may have lost.
 
-A cycle: read one snapshot of the read models, with the run transitions
-logged since their position laid over it (so capacity given away by the last
-cycle, or freed since, is seen without waiting for the next projection batch;
-when anything else is in between, new runs or agents, the read models are
-caught up first) (each account's first
-`CYCLE_WINDOW_PER_ACCOUNT` queued runs), declare silent agents lost (their
-runs are re-queued or failed), ask the pure policy
+A cycle: read one snapshot of the read models (each account's first
+`CYCLE_WINDOW_PER_ACCOUNT` queued runs) with the run transitions logged since
+their position laid over it, so capacity given away by the last cycle, or
+freed since, is seen without waiting for the next projection batch (when
+anything else is in between, new runs or agents, the read models are caught
+up first); declare silent agents lost (their runs are re-queued or failed),
+ask the pure policy
 (`runyard.server.domain.scheduling`), then append RunAssigned for each
 placement and publish its WorkAssignment on the agent's JetStream subject.
 Cycles are spaced by at least half their own duration, so with a long queue
@@ -226,6 +226,8 @@ class Scheduler:
                 assigned = await asyncio.to_thread(self._store_assignments, decision.placements)
             await self._dispatch(decision.placements, *assigned)
             self.assign_seconds += time.perf_counter() - phase
+            if any(not o.events for o in assigned[0]):
+                self._cached = None  # a run moved on in a way the snapshot did not show: read afresh
             if self._more_to_place(snapshot, assigned[0]):
                 self._wake.set()
         if time.monotonic() - self._stats_at >= STATS_EVERY_S:
@@ -242,19 +244,17 @@ class Scheduler:
         self.assign_seconds += time.perf_counter() - started
         return snapshot, decision, assigned
 
-    def _more_to_place(self, snapshot: Snapshot, outcomes: Sequence[Outcome]) -> bool:
+    @staticmethod
+    def _more_to_place(snapshot: Snapshot, outcomes: Sequence[Outcome]) -> bool:
         """After assigning: may the next cycle place more at once (rather than on the next wake-up)?
 
         Yes when an assignment was skipped (its run moved on; the capacity is still free) or
         when an account's queue was cut at the cycle's window (runs behind it were not weighed).
         """
-        if any(not o.events for o in outcomes):
-            self._cached = None  # a run moved on in a way the snapshot did not show: read afresh
-            return True
-        return _window_cut(snapshot)
+        return any(not o.events for o in outcomes) or _window_cut(snapshot)
 
     def _read_and_decide(self) -> tuple[Snapshot, Decision]:
-        """Catch the read models up (so capacity given away or freed is seen), read, decide."""
+        """Read (overlaid, or with the read models caught up) so capacity given away or freed is seen; decide."""
         started = time.perf_counter()
         with self._head_guard:
             head = self._head

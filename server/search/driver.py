@@ -79,19 +79,12 @@ class SearchDriver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._leading = False
         self._reset()
-        #: Decisions recorded (appended) by this driver since it started leading.
-        self.recorded = 0
 
     def _reset(self) -> None:
         self.searches = Searches()
         self._after = 0
         self._known: set[uuid.UUID] = set()
         self._budgets_asked: set[str] = set()
-
-    @property
-    def position(self) -> int:
-        """The log position the searchers have been fed up to."""
-        return self._after
 
     def _on_commit(self, _position: int) -> None:
         loop = self._loop
@@ -209,4 +202,3 @@ class SearchDriver:
             # A decision on a run that moved on (it ended meanwhile): nothing to record.
             log.info("searcher decision not applicable", experiment_id=experiment_id, error=str(exc))
         self._known.add(event_id)
-        self.recorded += 1
