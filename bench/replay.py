@@ -5,7 +5,7 @@ staging, running, log and metric batches, uploading, completed), then times
 `ProjectionRunner.rebuild()`. Prints JSON; the goal is 50,000 events/s or more
 on PostgreSQL.
 
-    .venv/bin/python bench/replay.py [--runs 8000]
+    .venv/bin/python bench/replay.py [--runs 4000]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def measure(url: str, runs: int) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=8000)
+    parser.add_argument("--runs", type=int, default=4000)
     args = parser.parse_args()
     result: dict[str, object] = {
         "benchmark": "projection_rebuild",

@@ -25,6 +25,8 @@ Period = Literal["day", "month"]
 
 def utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; every time in Runyard is UTC."""
+    if value.tzinfo is UTC:
+        return value
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 

@@ -74,6 +74,4 @@ def decode(type_: str, data: bytes) -> Message:
     cls = EVENT_TYPES.get(type_)
     if cls is None:
         raise UnknownEventType(type_)
-    msg = cls()
-    msg.ParseFromString(data)
-    return msg
+    return cls.FromString(data)

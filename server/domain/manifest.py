@@ -21,7 +21,7 @@ from runyard.server.domain.manifest_model import (
     Scalar,
     Search,
 )
-from runyard.server.domain.manifest_parse import parse_manifest
+from runyard.server.domain.manifest_parse import load_yaml, parse_manifest
 from runyard.server.domain.search import Trial, expand_trials
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "Search",
     "Trial",
     "expand_trials",
+    "load_yaml",
     "parse_manifest",
     "render_command",
 ]

@@ -20,16 +20,22 @@ from runyard.server.store import RecordedEvent
 from runyard.v1 import events_pb2
 
 from . import schema
-from .read_models import Decoded
+from .read_models import Decoded, type_names
 
 
 class AccountsProjector:
     """Turns account and API key events into the accounts and api_keys tables."""
 
     tables: Sequence[Table] = (schema.accounts, schema.api_keys)
+    reads = type_names(
+        events_pb2.AccountCreated, events_pb2.AccountQuotaSet, events_pb2.ApiKeyCreated, events_pb2.ApiKeyRevoked
+    )
 
     def apply(self, conn: Connection, decoded: Decoded) -> None:
+        reads = self.reads
         for event, msg in decoded:
+            if event.type not in reads:
+                continue
             if event.stream_id.startswith("account:"):
                 self._account_event(conn, event, msg)
             elif event.stream_id.startswith("api-key:"):

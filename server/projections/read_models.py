@@ -7,19 +7,20 @@ once at the end, instead of one UPDATE per event.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, text, update
 
 from runyard.server.domain.errors import DomainError
 from runyard.server.domain.events import decode
-from runyard.server.domain.manifest import parse_manifest
+from runyard.server.domain.manifest import load_yaml, parse_manifest
 from runyard.server.domain.searchers import is_searched
 from runyard.server.store import RecordedEvent
 from runyard.v1 import common_pb2, events_pb2
@@ -28,6 +29,20 @@ from . import schema
 
 RS = common_pb2.RunState
 _ENDED = (RS.RUN_STATE_COMPLETED, RS.RUN_STATE_FAILED, RS.RUN_STATE_CANCELED, RS.RUN_STATE_STOPPED_EARLY)
+# Plain ints: looking a value up on the enum wrapper costs a Python call, and a rebuild sets states 10,000s of times.
+_QUEUED, _ASSIGNED, _STAGING, _RUNNING = (
+    RS.RUN_STATE_QUEUED,
+    RS.RUN_STATE_ASSIGNED,
+    RS.RUN_STATE_STAGING,
+    RS.RUN_STATE_RUNNING,
+)
+_UPLOADING, _COMPLETED, _FAILED, _CANCELED, _STOPPED_EARLY = (
+    RS.RUN_STATE_UPLOADING,
+    RS.RUN_STATE_COMPLETED,
+    RS.RUN_STATE_FAILED,
+    RS.RUN_STATE_CANCELED,
+    RS.RUN_STATE_STOPPED_EARLY,
+)
 
 Row = dict[str, Any]
 
@@ -98,14 +113,6 @@ PointRow = tuple[int, int, str, int, str, int, float, int, str]
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_text(value: str, cache: dict[str, str]) -> str:
-    """A string as COPY's text format wants it (backslash, tab and line breaks escaped); names repeat, so cached."""
-    escaped = cache.get(value)
-    if escaped is None:
-        escaped = cache[value] = value.translate(_COPY_ESCAPES)
-    return escaped
-
-
 def insert_metric_points(conn: Connection, rows: Sequence[PointRow]) -> None:
     """Insert metric point rows: the projection's highest-volume write (a run may report 200,000 points).
 
@@ -120,10 +127,11 @@ def insert_metric_points(conn: Connection, rows: Sequence[PointRow]) -> None:
     if conn.dialect.name != "postgresql":
         conn.execute(insert(schema.metric_points), [dict(zip(POINT_COLUMNS, r, strict=True)) for r in rows])
         return
-    cache: dict[str, str] = {}
+    # Run ids, names and sources repeat: each distinct one is escaped once, then looked up.
+    distinct = {r[2] for r in rows} | {r[4] for r in rows} | {r[8] for r in rows}
+    esc = {t: t.translate(_COPY_ESCAPES) for t in distinct}
     text = "".join(
-        f"{pos}\t{idx}\t{_copy_text(run, cache)}\t{att}\t{_copy_text(name, cache)}\t{step}\t{value!r}\t{t}\t"
-        f"{_copy_text(src, cache)}\n"
+        f"{pos}\t{idx}\t{esc[run]}\t{att}\t{esc[name]}\t{step}\t{value!r}\t{t}\t{esc[src]}\n"
         for pos, idx, run, att, name, step, value, t, src in rows
     )
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -141,38 +149,194 @@ def _bind(name: str) -> Any:
 Decoded = Sequence[tuple[RecordedEvent, Message]]
 
 
+def type_names(*messages: type[Message]) -> frozenset[str]:
+    """The stored type names of event payload classes."""
+    return frozenset(m.DESCRIPTOR.full_name for m in messages)
+
+
 class Projector(Protocol):
-    """One read model: its tables, and how a batch of events changes them."""
+    """One read model: its tables, the event types it reads, and how a batch of events changes them."""
 
     tables: Sequence[Table]
+    reads: frozenset[str]
 
     def apply(self, conn: Connection, decoded: Decoded) -> None: ...
 
 
 class ReadModelProjector:
-    """Every read model, fed the same decoded batch inside one transaction."""
+    """Every read model, fed the same decoded batch inside one transaction.
+
+    Only events of a type some read model reads are decoded (log lines, for
+    one, are read by none): a rebuild decodes each event at most once.
+    """
 
     def __init__(self, projectors: Sequence[Projector]) -> None:
         self.projectors = list(projectors)
+        self.reads = frozenset().union(*(p.reads for p in self.projectors))
 
     @property
     def tables(self) -> list[Table]:
         return [t for p in self.projectors for t in p.tables]
 
     def apply(self, conn: Connection, events: Sequence[RecordedEvent]) -> None:
-        decoded = [(e, decode(e.type, e.data)) for e in events]
+        reads = self.reads
+        decoded = [(e, decode(e.type, e.data)) for e in events if e.type in reads]
         for projector in self.projectors:
             projector.apply(conn, decoded)
 
     def reset(self, conn: Connection) -> None:
+        """Empty every read model, in the caller's transaction.
+
+        On PostgreSQL with TRUNCATE: after a DELETE the dead rows stay in the
+        indexes until a vacuum, and every row the rebuild inserts again pays
+        to step over its dead twin (about three times slower). TRUNCATE is
+        transactional there; it locks the tables until the reset commits.
+        """
+        if conn.dialect.name == "postgresql":
+            names = ", ".join(f'"{table.name}"' for table in self.tables)
+            conn.execute(text(f"TRUNCATE {names}"))
+            return
         for table in self.tables:
             conn.execute(delete(table))
+
+
+def _created_row(event: RecordedEvent, msg: events_pb2.RunCreated) -> Row:
+    spec = msg.spec
+    return {
+        "id": msg.run_id,
+        "experiment_id": msg.experiment_id,
+        "account_id": msg.account_id,
+        "idx": msg.index,
+        "state": _QUEUED,
+        "attempt": 0,
+        "agent_id": "",
+        "gpu_ids": "[]",
+        "command": spec.command,
+        "hyperparameters": json.dumps(
+            {k: json_format.MessageToDict(v) for k, v in sorted(spec.hyperparameters.items())}
+        ),
+        "results_uri": spec.results_uri,
+        "spec": spec.SerializeToString(deterministic=True),
+        "failure_reason": 0,
+        "message": "",
+        "exit_code": 0,
+        "cancel_requested": False,
+        "latest_metrics": "{}",
+        "created_at": event.recorded_at,
+        "assigned_at": None,
+        "started_at": None,
+        "ended_at": None,
+        "priority": spec.priority,
+        "gpus": spec.resources.gpus,
+        "gpu_model": "",
+        "queued_position": event.position,
+        "position": event.position,
+    }
+
+
+def _assigned(row: Row, event: RecordedEvent, msg: events_pb2.RunAssigned) -> None:
+    row.update(
+        state=_ASSIGNED,
+        attempt=msg.attempt,
+        agent_id=msg.agent_id,
+        gpu_ids=json.dumps(list(msg.gpu_ids)),
+        gpu_model=msg.gpu_model,
+        assigned_at=event.recorded_at,
+        started_at=None,
+    )
+
+
+def _staging(row: Row, event: RecordedEvent, msg: events_pb2.RunStaging) -> None:
+    row["state"] = _STAGING
+
+
+def _started(row: Row, event: RecordedEvent, msg: events_pb2.RunStarted) -> None:
+    row.update(state=_RUNNING, started_at=event.recorded_at)
+
+
+def _uploading(row: Row, event: RecordedEvent, msg: events_pb2.RunUploading) -> None:
+    row.update(state=_UPLOADING, exit_code=msg.exit_code)
+
+
+def _completed(row: Row, event: RecordedEvent, msg: events_pb2.RunCompleted) -> None:
+    row.update(state=_COMPLETED, results_uri=msg.results_uri, ended_at=event.recorded_at)
+
+
+def _failed(row: Row, event: RecordedEvent, msg: events_pb2.RunFailed) -> None:
+    row.update(
+        state=_FAILED,
+        failure_reason=msg.reason,
+        exit_code=msg.exit_code,
+        message=msg.message,
+        ended_at=event.recorded_at,
+    )
+
+
+def _requeued(row: Row, event: RecordedEvent, msg: events_pb2.RunRequeued) -> None:
+    row.update(
+        state=_QUEUED,
+        failure_reason=msg.reason,
+        message=msg.message,
+        agent_id="",
+        gpu_ids="[]",
+        gpu_model="",
+        queued_position=event.position,
+    )
+
+
+def _cancel_requested(row: Row, event: RecordedEvent, msg: events_pb2.RunCancelRequested) -> None:
+    row["cancel_requested"] = True
+
+
+def _canceled(row: Row, event: RecordedEvent, msg: events_pb2.RunCanceled) -> None:
+    row.update(state=_CANCELED, message=msg.reason, ended_at=event.recorded_at, cancel_requested=True)
+
+
+def _stop_requested(row: Row, event: RecordedEvent, msg: events_pb2.RunStopRequested) -> None:
+    # Asked to stop: the scheduler treats it as a cancel (no re-dispatch, the stop re-sent on takeover).
+    row.update(cancel_requested=True, message=_stop_message(msg))
+
+
+def _stopped_early(row: Row, event: RecordedEvent, msg: events_pb2.RunStoppedEarly) -> None:
+    message = row["message"] if row["cancel_requested"] and row["message"] else msg.reason
+    row.update(state=_STOPPED_EARLY, message=message, ended_at=event.recorded_at, cancel_requested=True)
+
+
+#: How each event after RunCreated changes its run's row; events not listed leave it alone.
+_RUN_TRANSITIONS: dict[type[Message], Callable[[Row, RecordedEvent, Any], None]] = {
+    events_pb2.RunAssigned: _assigned,
+    events_pb2.RunStaging: _staging,
+    events_pb2.RunStarted: _started,
+    events_pb2.RunUploading: _uploading,
+    events_pb2.RunCompleted: _completed,
+    events_pb2.RunFailed: _failed,
+    events_pb2.RunRequeued: _requeued,
+    events_pb2.RunCancelRequested: _cancel_requested,
+    events_pb2.RunCanceled: _canceled,
+    events_pb2.RunStopRequested: _stop_requested,
+    events_pb2.RunStoppedEarly: _stopped_early,
+}
 
 
 class RunsProjector:
     """Turns run, experiment and agent events into their tables."""
 
     tables: Sequence[Table] = schema.PROJECTION_TABLES
+    reads = type_names(
+        events_pb2.RunCreated,
+        *_RUN_TRANSITIONS,
+        events_pb2.RunMetricsReported,
+        events_pb2.ExperimentCreated,
+        events_pb2.ExperimentRunAdded,
+        events_pb2.ExperimentCompleted,
+        events_pb2.ExperimentBudgetSpent,
+        events_pb2.ExperimentCancelRequested,
+        events_pb2.ExperimentPrioritySet,
+        events_pb2.AgentRegistered,
+        events_pb2.AgentLost,
+        events_pb2.AgentDrainRequested,
+        events_pb2.AgentDrainCleared,
+    )
 
     def __init__(self) -> None:
         self._priority_updates: list[tuple[str, int]] = []
@@ -182,22 +346,36 @@ class RunsProjector:
         experiments = _Rows(schema.experiments)
         runs = _Rows(schema.runs)
         agents = _Rows(schema.agents)
-        run_ids = [_run_id(e) for e, _ in decoded if e.stream_id.startswith(("run:", "run-metrics:"))]
-        runs.load(conn, run_ids)
-        experiments.load(
-            conn, [e.stream_id.split(":", 1)[1] for e, _ in decoded if e.stream_id.startswith("experiment:")]
-        )
-        agents.load(conn, [e.stream_id.split(":", 1)[1] for e, _ in decoded if e.stream_id.startswith("agent:")])
-        points: list[PointRow] = []
+        by_kind: dict[str, list[tuple[str, RecordedEvent, Message]]] = {
+            "run": [],
+            "run-metrics": [],
+            "experiment": [],
+            "agent": [],
+        }
         for event, msg in decoded:
-            if event.stream_id.startswith("run:"):
-                self._run_event(runs, event, msg)
-            elif event.stream_id.startswith("run-metrics:") and isinstance(msg, events_pb2.RunMetricsReported):
-                self._metrics(runs, event, msg, points)
-            elif event.stream_id.startswith("experiment:"):
-                self._experiment_event(experiments, event, msg)
-            elif event.stream_id.startswith("agent:"):
-                self._agent_event(agents, event, msg)
+            kind, _, key = event.stream_id.partition(":")
+            bucket = by_kind.get(kind)
+            if bucket is not None:
+                bucket.append((key, event, msg))
+        created = {key for key, _, msg in by_kind["run"] if type(msg) is events_pb2.RunCreated}
+        runs.load(conn, [key for key, _, _ in by_kind["run"] + by_kind["run-metrics"] if key not in created])
+        experiments.load(conn, [key for key, _, _ in by_kind["experiment"]])
+        agents.load(conn, [key for key, _, _ in by_kind["agent"]])
+        # The runs' latest metric values, parsed once per batch and written back once.
+        latest: dict[str, dict[str, list[float]]] = {}
+        points: list[PointRow] = []
+        # Each kind touches its own table (metrics only the runs' latest values), so kinds apply one after another.
+        for key, event, msg in by_kind["run"]:
+            self._run_event(runs, key, event, msg)
+        for _, event, msg in by_kind["run-metrics"]:
+            if type(msg) is events_pb2.RunMetricsReported:
+                self._metrics(runs, latest, event, msg, points)
+        for key, event, msg in by_kind["experiment"]:
+            self._experiment_event(experiments, key, event, msg)
+        for key, event, msg in by_kind["agent"]:
+            self._agent_event(agents, key, event, msg)
+        for run_id, values in latest.items():
+            runs.rows[run_id]["latest_metrics"] = json.dumps(dict(sorted(values.items())))
         experiments.flush(conn)
         runs.flush(conn)
         agents.flush(conn)
@@ -209,8 +387,9 @@ class RunsProjector:
 
     # -- experiments -------------------------------------------------------
 
-    def _experiment_event(self, rows: _Rows, event: RecordedEvent, msg: Message) -> None:
+    def _experiment_event(self, rows: _Rows, key: str, event: RecordedEvent, msg: Message) -> None:
         if isinstance(msg, events_pb2.ExperimentCreated):
+            priority, searching = _manifest_facts(msg.manifest_yaml)
             rows.add(
                 {
                     "id": msg.experiment_id,
@@ -221,14 +400,14 @@ class RunsProjector:
                     "run_count": len(msg.run_ids),
                     "cancel_requested": False,
                     "created_at": event.recorded_at,
-                    "priority": _manifest_priority(msg.manifest_yaml),
-                    "searching": _searched(msg.manifest_yaml),
+                    "priority": priority,
+                    "searching": searching,
                     "end_reason": "",
                     "position": event.position,
                 }
             )
             return
-        row = rows.get(event.stream_id.split(":", 1)[1])
+        row = rows.get(key)
         if row is None:
             return
         if isinstance(msg, events_pb2.ExperimentRunAdded):
@@ -245,7 +424,7 @@ class RunsProjector:
 
     # -- agents ------------------------------------------------------------
 
-    def _agent_event(self, rows: _Rows, event: RecordedEvent, msg: Message) -> None:
+    def _agent_event(self, rows: _Rows, key: str, event: RecordedEvent, msg: Message) -> None:
         if isinstance(msg, events_pb2.AgentRegistered):
             row = {
                 "id": msg.agent_id,
@@ -264,7 +443,7 @@ class RunsProjector:
             else:
                 existing.update(row)
         elif isinstance(msg, events_pb2.AgentLost | events_pb2.AgentDrainRequested | events_pb2.AgentDrainCleared):
-            agent = rows.get(event.stream_id.split(":", 1)[1])
+            agent = rows.get(key)
             if agent is None:
                 return
             if isinstance(msg, events_pb2.AgentLost):
@@ -274,139 +453,70 @@ class RunsProjector:
 
     # -- runs --------------------------------------------------------------
 
-    def _run_event(self, rows: _Rows, event: RecordedEvent, msg: Message) -> None:
-        if isinstance(msg, events_pb2.RunCreated):
-            rows.add(
-                {
-                    "id": msg.run_id,
-                    "experiment_id": msg.experiment_id,
-                    "account_id": msg.account_id,
-                    "idx": msg.index,
-                    "state": RS.RUN_STATE_QUEUED,
-                    "attempt": 0,
-                    "agent_id": "",
-                    "gpu_ids": "[]",
-                    "command": msg.spec.command,
-                    "hyperparameters": json.dumps(
-                        {k: json_format.MessageToDict(v) for k, v in sorted(msg.spec.hyperparameters.items())}
-                    ),
-                    "results_uri": msg.spec.results_uri,
-                    "spec": msg.spec.SerializeToString(deterministic=True),
-                    "failure_reason": 0,
-                    "message": "",
-                    "exit_code": 0,
-                    "cancel_requested": False,
-                    "latest_metrics": "{}",
-                    "created_at": event.recorded_at,
-                    "assigned_at": None,
-                    "started_at": None,
-                    "ended_at": None,
-                    "priority": msg.spec.priority,
-                    "gpus": msg.spec.resources.gpus,
-                    "gpu_model": "",
-                    "queued_position": event.position,
-                    "position": event.position,
-                }
-            )
+    def _run_event(self, rows: _Rows, key: str, event: RecordedEvent, msg: Message) -> None:
+        if type(msg) is events_pb2.RunCreated:
+            rows.add(_created_row(event, msg))
             return
-        row = rows.get(_run_id(event))
-        if row is None:
+        transition = _RUN_TRANSITIONS.get(type(msg))
+        if transition is None:
             return
-        at = event.recorded_at
-        if isinstance(msg, events_pb2.RunAssigned):
-            row.update(
-                state=RS.RUN_STATE_ASSIGNED,
-                attempt=msg.attempt,
-                agent_id=msg.agent_id,
-                gpu_ids=json.dumps(list(msg.gpu_ids)),
-                gpu_model=msg.gpu_model,
-                assigned_at=at,
-                started_at=None,
-            )
-        elif isinstance(msg, events_pb2.RunStaging):
-            row["state"] = RS.RUN_STATE_STAGING
-        elif isinstance(msg, events_pb2.RunStarted):
-            row.update(state=RS.RUN_STATE_RUNNING, started_at=at)
-        elif isinstance(msg, events_pb2.RunUploading):
-            row.update(state=RS.RUN_STATE_UPLOADING, exit_code=msg.exit_code)
-        elif isinstance(msg, events_pb2.RunCompleted):
-            row.update(state=RS.RUN_STATE_COMPLETED, results_uri=msg.results_uri, ended_at=at)
-        elif isinstance(msg, events_pb2.RunFailed):
-            row.update(
-                state=RS.RUN_STATE_FAILED,
-                failure_reason=msg.reason,
-                exit_code=msg.exit_code,
-                message=msg.message,
-                ended_at=at,
-            )
-        elif isinstance(msg, events_pb2.RunRequeued):
-            row.update(
-                state=RS.RUN_STATE_QUEUED,
-                failure_reason=msg.reason,
-                message=msg.message,
-                agent_id="",
-                gpu_ids="[]",
-                gpu_model="",
-                queued_position=event.position,
-            )
-        elif isinstance(msg, events_pb2.RunCancelRequested):
-            row["cancel_requested"] = True
-        elif isinstance(msg, events_pb2.RunCanceled):
-            row.update(state=RS.RUN_STATE_CANCELED, message=msg.reason, ended_at=at, cancel_requested=True)
-        elif isinstance(msg, events_pb2.RunStopRequested):
-            # Asked to stop: the scheduler treats it as a cancel (no re-dispatch, the stop re-sent on takeover).
-            row.update(cancel_requested=True, message=_stop_message(msg))
-        elif isinstance(msg, events_pb2.RunStoppedEarly):
-            message = row["message"] if row["cancel_requested"] and row["message"] else msg.reason
-            row.update(state=RS.RUN_STATE_STOPPED_EARLY, message=message, ended_at=at, cancel_requested=True)
+        row = rows.get(key)
+        if row is not None:
+            transition(row, event, msg)
 
     def _metrics(
-        self, rows: _Rows, event: RecordedEvent, msg: events_pb2.RunMetricsReported, points: list[PointRow]
+        self,
+        rows: _Rows,
+        latest: dict[str, dict[str, list[float]]],
+        event: RecordedEvent,
+        msg: events_pb2.RunMetricsReported,
+        points: list[PointRow],
     ) -> None:
-        """One row per point (tuples in `POINT_COLUMNS` order: a batch may hold 5,000 of them) and the latest values."""
-        row = rows.get(msg.run_id)
-        latest: dict[str, tuple[int, float]] = {}
+        """One row per point (tuples in `POINT_COLUMNS` order: a batch may hold 5,000 of them) and the latest values.
+
+        `latest` holds the batch's runs' latest values, parsed from their rows
+        once; `apply` writes them back once.
+        """
         position, run_id, attempt = event.position, msg.run_id, msg.attempt
+        current = latest.get(run_id)
+        if current is None:
+            row = rows.get(run_id)
+            if row is None:
+                current = {}  # points of a run whose RunCreated the log lacks: stored, with no latest values
+            else:
+                current = latest[run_id] = json.loads(row["latest_metrics"])
         for idx, p in enumerate(msg.points):
             name, step, value = p.name, p.step, p.value
             points.append((position, idx, run_id, attempt, name, step, value, p.time_us, p.source))
-            prev = latest.get(name)
+            prev = current.get(name)
             if prev is None or step >= prev[0]:
-                latest[name] = (step, value)
-        if row is not None and latest:
-            current: dict[str, list[float]] = json.loads(row["latest_metrics"])
-            for name, (step, value) in latest.items():
-                if name not in current or step >= current[name][0]:
-                    current[name] = [float(step), value]
-            row["latest_metrics"] = json.dumps(dict(sorted(current.items())))
+                current[name] = [float(step), value]
 
 
-def _manifest_priority(manifest_yaml: str) -> int:
-    """The priority a manifest asks for (0 when it names none)."""
+@functools.lru_cache(maxsize=256)
+def _manifest_facts(manifest_yaml: str) -> tuple[int, bool]:
+    """The priority a manifest asks for (0 when it names none), and whether its searcher adds its runs.
+
+    A searched experiment stays ACTIVE until ExperimentCompleted. A rebuild
+    parses every stored manifest, so each is parsed once, and experiments
+    submitted from one manifest file share the answer.
+    """
     try:
-        loaded = yaml.safe_load(manifest_yaml)
-    except yaml.YAMLError:
-        return 0
-    value = loaded.get("priority", 0) if isinstance(loaded, dict) else 0
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _searched(manifest_yaml: str) -> bool:
-    """Does the experiment's searcher add its runs (so it stays ACTIVE until ExperimentCompleted)?"""
-    try:
-        return is_searched(parse_manifest(manifest_yaml))
+        manifest = parse_manifest(manifest_yaml)
     except DomainError:
-        return False
+        try:
+            loaded = load_yaml(manifest_yaml)
+        except yaml.YAMLError:
+            return 0, False
+        value = loaded.get("priority", 0) if isinstance(loaded, dict) else 0
+        return (value if isinstance(value, int) and not isinstance(value, bool) else 0), False
+    return manifest.priority, is_searched(manifest)
 
 
 def _stop_message(msg: events_pb2.RunStopRequested) -> str:
     if msg.reason == "asha":
         return f"stopped by ASHA at rung {msg.rung} ({msg.level}): {msg.value:g} did not make the cut"
     return f"stopped early: {msg.reason}"
-
-
-def _run_id(event: RecordedEvent) -> str:
-    return event.stream_id.split(":", 1)[1]
 
 
 def is_ended(state: int) -> bool:

@@ -9,14 +9,17 @@ database without applying a batch twice.
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import Connection, insert, select, update
 
-from runyard.server.store import EventStore
+from runyard.server.store import EventStore, RecordedEvent
 
 from . import schema
 from .read_models import ReadModelProjector
@@ -25,12 +28,15 @@ from .registry import all_projectors
 log = structlog.get_logger(__name__)
 
 CHECKPOINT = "read_models"
+#: Positions a rebuild applies per transaction. Larger than a live batch: fewer round trips, and nobody waits on it.
+REBUILD_WINDOW = 10_000
 
 
 class ProjectionRunner:
     def __init__(self, store: EventStore, batch_size: int = 2000) -> None:
         self._store = store
         self._projector = ReadModelProjector(all_projectors())
+        self._types = sorted(self._projector.reads)
         self._batch_size = batch_size
         self._lock = threading.Lock()
         self._cond = threading.Condition()
@@ -73,13 +79,13 @@ class ProjectionRunner:
     # -- catching up ---------------------------------------------------------
 
     def catch_up(self) -> int:
-        """Apply every pending event; returns how many were applied."""
+        """Apply every pending event; returns how many positions of the log that covered."""
         total = 0
         with self._lock:
             while True:
-                applied = self._apply_batch()
-                total += applied
-                if applied < self._batch_size:
+                covered = self._apply_batch()
+                total += covered
+                if covered < self._batch_size:
                     return total
 
     def reach(self, position: int) -> None:
@@ -97,18 +103,39 @@ class ProjectionRunner:
                 if self._apply_batch() < self._batch_size:
                     return
 
-    def _apply_batch(self) -> int:
+    def _read_window(self, after: int, size: int) -> _Page:
+        """The events the read models read in the next window of the log: (after, after + size].
+
+        Positions are gap-free and become visible in order, so a window that
+        ends at or below the head is complete, and only the types some read
+        model reads need to leave the database (not the log lines, which are
+        most of a busy log). The checkpoint then moves to the window's end.
+        """
+        upto = min(after + size, self._store.head_position())
+        if upto <= after:
+            return _Page(after, after, [])
+        events = self._store.read_all(after, limit=size, types=self._types, until=upto)
+        return _Page(after, upto, events)
+
+    def _apply_batch(self, page: _Page | None = None) -> int:
+        """Apply the next window of the log in one transaction with the checkpoint; returns the positions covered.
+
+        `page` is a window read ahead of time; it is used only when it starts
+        at the checkpoint (another replica's runner may have moved it meanwhile).
+        """
         with self._store.engine.begin() as conn:
+            _commit_asynchronously(conn)
             position = _lock_checkpoint(conn)
-            events = self._store.read_all(position, limit=self._batch_size)
-            if events:
-                self._projector.apply(conn, events)
-                position = events[-1].position
+            if page is None or page.after != position:
+                page = self._read_window(position, self._batch_size)
+            if page.upto > position:
+                if page.events:
+                    self._projector.apply(conn, page.events)
                 conn.execute(
-                    update(schema.checkpoints).where(schema.checkpoints.c.name == CHECKPOINT).values(position=position)
+                    update(schema.checkpoints).where(schema.checkpoints.c.name == CHECKPOINT).values(position=page.upto)
                 )
-        self._advance(position)
-        return len(events)
+        self._advance(max(position, page.upto))
+        return max(0, page.upto - position)
 
     def _advance(self, position: int) -> None:
         with self._cond:
@@ -143,12 +170,93 @@ class ProjectionRunner:
             with self._cond:
                 self._position = 0
             total = 0
-            while True:
-                applied = self._apply_batch()
-                total += applied
-                if applied < self._batch_size:
-                    break
+            window = max(self._batch_size, REBUILD_WINDOW)
+            with _ReadAhead(lambda after: self._read_window(after, window), window) as pages:
+                for page in pages:
+                    covered = self._apply_batch(page)
+                    total += covered
+                    if covered < window:
+                        break
+            # What the windows read ahead missed: appends meanwhile, or another replica's runner moving the checkpoint.
+            while (covered := self._apply_batch()) > 0:
+                total += covered
         return total, time.perf_counter() - started
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """The events of the window (after, upto] of the log that the read models read."""
+
+    after: int
+    upto: int
+    events: list[RecordedEvent]
+
+
+class _ReadAhead:
+    """Reads the log's next windows on a thread while the current one is applied.
+
+    A rebuild alternates between waiting on the database and projecting in
+    Python; reading ahead fills the waits. At most `depth` windows wait.
+    """
+
+    def __init__(self, read_window: Callable[[int], _Page], batch_size: int, depth: int = 2) -> None:
+        self._read_window = read_window
+        self._batch_size = batch_size
+        self._pages: queue.Queue[_Page | BaseException | None] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="rebuild-read-ahead", daemon=True)
+
+    def __enter__(self) -> Iterator[_Page]:
+        self._thread.start()
+        return self._iterate()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._pages.get(timeout=0.1)  # unblock a reader waiting for room
+        self._thread.join()
+
+    def _iterate(self) -> Iterator[_Page]:
+        while True:
+            item = self._pages.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _read(self) -> None:
+        after = 0
+        try:
+            while not self._stop.is_set():
+                page = self._read_window(after)
+                self._put(page)
+                if page.upto - after < self._batch_size:
+                    break
+                after = page.upto
+            self._put(None)
+        except BaseException as exc:  # handed to the applying thread, which raises it
+            self._put(exc)
+
+    def _put(self, item: _Page | BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._pages.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+
+def _commit_asynchronously(conn: Connection) -> None:
+    """Read models are derived data: their batches need not wait for the disk.
+
+    On PostgreSQL the batch commits without waiting for its WAL to be
+    flushed. A crash can lose the last batches, but each with its checkpoint,
+    so they are applied again from the log, which stays fully durable.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
 
 def _lock_checkpoint(conn: Connection) -> int:

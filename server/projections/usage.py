@@ -29,7 +29,7 @@ from runyard.server.store.schema import event_log
 from runyard.v1 import events_pb2
 
 from . import schema
-from .read_models import Decoded, insert_many
+from .read_models import Decoded, insert_many, type_names
 
 Row = dict[str, Any]
 Key = tuple[str, int]
@@ -48,9 +48,11 @@ class UsageProjector:
     """Opens a usage row on RunAssigned and closes it on the event that ends the attempt."""
 
     tables: Sequence[Table] = (schema.attempt_usage,)
+    reads = type_names(events_pb2.RunCreated, events_pb2.RunAssigned, *_ENDINGS)
 
     def apply(self, conn: Connection, decoded: Decoded) -> None:
-        runs = [(e.stream_id.split(":", 1)[1], e.recorded_at, m) for e, m in decoded if e.stream_id.startswith("run:")]
+        reads = self.reads
+        runs = [(e.stream_id.partition(":")[2], e.recorded_at, m) for e, m in decoded if e.type in reads]
         if not runs:
             return
         created = {m.run_id: m for _, _, m in runs if isinstance(m, events_pb2.RunCreated)}

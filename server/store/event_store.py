@@ -30,8 +30,10 @@ _READ_STREAM = (
 _READ_STREAM_LIMIT = _READ_STREAM.limit(bindparam("limit"))
 
 
-def _read_all_statement(streams: bool, correlation: bool, types: bool) -> Select[Any]:
+def _read_all_statement(streams: bool, correlation: bool, types: bool, until: bool) -> Select[Any]:
     stmt = select(*_COLUMNS).where(_t.position > bindparam("after"))
+    if until:
+        stmt = stmt.where(_t.position <= bindparam("until"))
     if streams:
         stmt = stmt.where(_t.stream_id.in_(bindparam("stream_ids", expanding=True)))
     if correlation:
@@ -43,7 +45,9 @@ def _read_all_statement(streams: bool, correlation: bool, types: bool) -> Select
 
 # Built once: SQLAlchemy's compiled cache and psycopg's prepared statements then hit every time.
 _FLAGS = (False, True)
-_READ_ALL = {(s, c, k): _read_all_statement(s, c, k) for s in _FLAGS for c in _FLAGS for k in _FLAGS}
+_READ_ALL = {
+    (s, c, k, u): _read_all_statement(s, c, k, u) for s in _FLAGS for c in _FLAGS for k in _FLAGS for u in _FLAGS
+}
 
 
 _READ_FOLLOWED = (
@@ -154,7 +158,7 @@ class EventStore:
             params["limit"] = limit
         stmt = _READ_STREAM if limit is None else _READ_STREAM_LIMIT
         with self.read_engine.connect() as conn:
-            return [_recorded(row) for row in conn.execute(stmt, params)]
+            return [_recorded(row) for row in conn.execute(stmt, params).all()]
 
     def stream_version(self, stream_id: str) -> int:
         """The stream's last version; 0 when it does not exist."""
@@ -169,11 +173,16 @@ class EventStore:
         stream_ids: Sequence[str] | None = None,
         correlation_id: str | None = None,
         types: Sequence[str] | None = None,
+        until: int | None = None,
     ) -> list[RecordedEvent]:
         """Up to `limit` events with position > `after_position`, in position order, filtered.
 
         Safe to resume from the last position returned: positions become
-        visible in order, so nothing can appear later below it.
+        visible in order, so nothing can appear later below it. With `until`,
+        only events at positions up to it; since positions are gap-free, a
+        filtered read of the window (after, until] with `until` at most the
+        head has seen every event of the window, matching or not, so the
+        reader may resume from `until` (the projections skip log lines so).
         """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, not {limit}")
@@ -186,9 +195,11 @@ class EventStore:
             params["correlation_id"] = correlation_id
         if types is not None:
             params["types"] = list(types)
-        stmt = _READ_ALL[(stream_ids is not None, correlation_id is not None, types is not None)]
+        if until is not None:
+            params["until"] = until
+        stmt = _READ_ALL[(stream_ids is not None, correlation_id is not None, types is not None, until is not None)]
         with self.read_engine.connect() as conn:
-            return [_recorded(row) for row in conn.execute(stmt, params)]
+            return [_recorded(row) for row in conn.execute(stmt, params).all()]
 
     def read_followed(
         self,
@@ -215,7 +226,7 @@ class EventStore:
             "correlation_ids": list(correlation_ids),
         }
         with self.read_engine.connect() as conn:
-            return [_recorded(row) for row in conn.execute(_READ_FOLLOWED, params)]
+            return [_recorded(row) for row in conn.execute(_READ_FOLLOWED, params).all()]
 
     def head_position(self) -> int:
         """The position of the last committed event; 0 for an empty log."""

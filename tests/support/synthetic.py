@@ -17,11 +17,16 @@ from runyard.v1 import common_pb2, events_pb2
 RUNS_PER_EXPERIMENT = 10
 #: Every other experiment is searched: ASHA adds its runs one by one and stops the last few early.
 SEARCHED_MANIFEST = (
-    "name: bench\ncommand: python train.py --lr ${lr}\nresults: s3://r\n"
+    "name: bench-NUMBER\ncommand: python train.py --lr ${lr}\nresults: s3://r\n"
     "hyperparameters:\n  lr: {type: double, min: 0.0, max: 1.0}\n"
     "search: {method: random, max_runs: 10, metric: val_accuracy, goal: maximize, early_stopping: asha}\n"
 )
 STOPPED_PER_SEARCH = 3
+#: A run's output as the agent batches it, shaped after the digits example's runs (`make demo`: 7 log batches of
+#: about 5 lines and 4 metric batches per run of about 5 seconds). Longer runs only add more of these.
+LOG_BATCHES_PER_RUN = 7
+LOG_LINES_PER_BATCH = 5
+METRIC_BATCHES_PER_RUN = 4
 
 
 def _new(msg: Message, correlation: str) -> NewEvent:
@@ -35,6 +40,7 @@ def fill(store: EventStore, runs: int) -> int:
         exp_id = f"exp-bench{e:06d}"
         run_ids = [f"run-b{e:06d}x{i:02d}" for i in range(RUNS_PER_EXPERIMENT)]
         searched = e % 2 == 1
+        manifest = SEARCHED_MANIFEST.replace("NUMBER", str(e)) if searched else f"name: bench-{e}"
         with store.transaction() as tx:
             tx.append(
                 ev.experiment_stream(exp_id),
@@ -44,7 +50,7 @@ def fill(store: EventStore, runs: int) -> int:
                             experiment_id=exp_id,
                             account_id="bench",
                             name="bench",
-                            manifest_yaml=SEARCHED_MANIFEST if searched else "name: bench",
+                            manifest_yaml=manifest,
                             run_ids=[] if searched else run_ids,
                         ),
                         exp_id,
@@ -85,9 +91,12 @@ def fill(store: EventStore, runs: int) -> int:
                     events_pb2.RunLogged(
                         run_id=run_id,
                         attempt=1,
-                        lines=[common_pb2.LogLine(stream=common_pb2.LOG_STREAM_STDOUT, text=f"epoch {k}")],
+                        lines=[
+                            common_pb2.LogLine(stream=common_pb2.LOG_STREAM_STDOUT, text=f"epoch {k} batch {n} ok")
+                            for n in range(LOG_LINES_PER_BATCH)
+                        ],
                     )
-                    for k in range(2)
+                    for k in range(LOG_BATCHES_PER_RUN)
                 ]
                 tx.append(ev.run_logs_stream(run_id), [_new(m, exp_id) for m in logs])
                 metrics = [
@@ -95,10 +104,11 @@ def fill(store: EventStore, runs: int) -> int:
                         run_id=run_id,
                         attempt=1,
                         points=[
-                            common_pb2.MetricPoint(name="val_accuracy", step=k, value=0.5 + k / 10, source="stdout")
+                            common_pb2.MetricPoint(name="train_loss", step=k, value=1 / (k + 1), source="runyard"),
+                            common_pb2.MetricPoint(name="val_accuracy", step=k, value=0.5 + k / 10, source="runyard"),
                         ],
                     )
-                    for k in range(2)
+                    for k in range(METRIC_BATCHES_PER_RUN)
                 ]
                 tx.append(ev.run_metrics_stream(run_id), [_new(m, exp_id) for m in metrics])
                 count += len(life) + len(logs) + len(metrics)

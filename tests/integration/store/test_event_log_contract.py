@@ -345,6 +345,24 @@ def test_read_all_filters_by_stream_correlation_and_type_in_position_order(store
         store.read_all(head, 0)
 
 
+def test_read_all_until_reads_a_window_of_positions(store: EventStore) -> None:
+    run1, run2 = stream("run"), stream("run")
+    head = store.head_position()
+    store.append(run1, [new_event("A"), new_event("B"), new_event("A")])
+    store.append(run2, [new_event("B"), new_event("A")])
+
+    def shape(events: list[RecordedEvent]) -> list[tuple[int, str]]:
+        return [(e.position - head, e.type) for e in events]
+
+    assert shape(store.read_all(head, until=head + 3)) == [(1, "A"), (2, "B"), (3, "A")]
+    # A filtered window: the positions in it that do not match are simply not there.
+    assert shape(store.read_all(head, types=["B"], until=head + 3)) == [(2, "B")]
+    assert shape(store.read_all(head + 2, types=["A"], until=head + 5)) == [(3, "A"), (5, "A")]
+    assert shape(store.read_all(head + 1, 1, until=head + 5)) == [(2, "B")]
+    assert store.read_all(head + 3, until=head + 3) == []
+    assert store.read_all(head, types=["C"], until=head + 5) == []
+
+
 # -- subscribing ----------------------------------------------------------------------
 
 
