@@ -103,7 +103,7 @@ class ProjectionRunner:
                 if self._apply_batch() < self._batch_size:
                     return
 
-    def _read_window(self, after: int, size: int) -> _Page:
+    def _read_window(self, after: int, size: int, head: int | None = None) -> _Page:
         """The events the read models read in the next window of the log: (after, after + size].
 
         Positions are gap-free and become visible in order, so a window that
@@ -111,23 +111,33 @@ class ProjectionRunner:
         model reads need to leave the database (not the log lines, which are
         most of a busy log). The checkpoint then moves to the window's end.
         """
-        upto = min(after + size, self._store.head_position())
+        upto = min(after + size, self._store.head_position() if head is None else head)
         if upto <= after:
             return _Page(after, after, [])
         events = self._store.read_all(after, limit=size, types=self._types, until=upto)
         return _Page(after, upto, events)
 
-    def _apply_batch(self, page: _Page | None = None) -> int:
+    def _apply_batch(self, page: _Page | None = None, *, bulk: bool = False) -> int:
         """Apply the next window of the log in one transaction with the checkpoint; returns the positions covered.
 
         `page` is a window read ahead of time; it is used only when it starts
         at the checkpoint (another replica's runner may have moved it meanwhile).
+        Without one, the head is read first, and when nothing is new no
+        transaction is opened: a follower woken twice by one commit, or the
+        scheduler asking right after it, costs one round trip, not five.
+        `bulk` (a rebuild) commits without waiting for the disk.
         """
+        head = None
+        if page is None:
+            head = self._store.head_position()
+            if head <= self._position:
+                return 0
         with self._store.engine.begin() as conn:
-            _commit_asynchronously(conn)
+            if bulk:
+                _commit_asynchronously(conn)
             position = _lock_checkpoint(conn)
             if page is None or page.after != position:
-                page = self._read_window(position, self._batch_size)
+                page = self._read_window(position, self._batch_size, head)
             if page.upto > position:
                 if page.events:
                     self._projector.apply(conn, page.events)
@@ -173,12 +183,12 @@ class ProjectionRunner:
             window = max(self._batch_size, REBUILD_WINDOW)
             with _ReadAhead(lambda after: self._read_window(after, window), window) as pages:
                 for page in pages:
-                    covered = self._apply_batch(page)
+                    covered = self._apply_batch(page, bulk=True)
                     total += covered
                     if covered < window:
                         break
             # What the windows read ahead missed: appends meanwhile, or another replica's runner moving the checkpoint.
-            while (covered := self._apply_batch()) > 0:
+            while (covered := self._apply_batch(bulk=True)) > 0:
                 total += covered
         return total, time.perf_counter() - started
 
@@ -249,11 +259,12 @@ class _ReadAhead:
 
 
 def _commit_asynchronously(conn: Connection) -> None:
-    """Read models are derived data: their batches need not wait for the disk.
+    """Read models are derived data: a rebuild's batches need not wait for the disk.
 
     On PostgreSQL the batch commits without waiting for its WAL to be
     flushed. A crash can lose the last batches, but each with its checkpoint,
-    so they are applied again from the log, which stays fully durable.
+    so they are applied again from the log, which stays fully durable. (Live
+    batches are small: there the extra round trip would cost more than the flush.)
     """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
