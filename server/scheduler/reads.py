@@ -264,6 +264,7 @@ def account_states(
 
 #: Run transitions `overlay` applies on top of a snapshot; every other event waits for the read models.
 OVERLAY_TYPES = (
+    events_pb2.RunCreated,
     events_pb2.RunAssigned,
     events_pb2.RunCompleted,
     events_pb2.RunFailed,
@@ -275,22 +276,44 @@ OVERLAY_TYPES = (
 )
 
 
-def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message]]) -> Snapshot | None:
-    """The snapshot with run transitions the read models may not show yet, as (run id, event) in log order.
+def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message, int]]) -> Snapshot | None:
+    """The snapshot with run transitions the read models may not show yet, as (run id, event, position) in log order.
 
     The scheduler need not wait for the read models to learn that a GPU was
-    freed: it reads the few transitions logged since their position and lays
-    them over. Idempotent (the rows may already include some), and fenced by
-    attempt: an old attempt's end never frees the GPUs of a newer one. A run
-    re-queued or created since is left for the next cycle. None when an
-    assignment names a run the snapshot does not know (outside its window):
-    the caller then waits for the read models instead of guessing.
+    freed or a run submitted: it reads the few transitions logged since their
+    position and lays them over. Idempotent (the rows may already include
+    some), and fenced by attempt: an old attempt's end never frees the GPUs of
+    a newer one. A new run joins the queue at its position (the caller makes
+    sure no account's queue was cut at the cycle's window). A re-queued run is
+    left for the next cycle. None when an assignment names a run the snapshot
+    does not know (outside its window), or a new run's account has no plan in
+    it: the caller then waits for the read models instead of guessing.
     """
     queue = {q.run_id: q for q in snapshot.queue}
     holding = {h.run_id: h for h in snapshot.holding}
-    for run_id, msg in transitions:
+    experiment_of = dict(snapshot.experiment_of)
+    created: list[QueuedRun] = []
+    for run_id, msg, position in transitions:
         held = holding.get(run_id)
-        if isinstance(msg, events_pb2.RunAssigned):
+        if isinstance(msg, events_pb2.RunCreated):
+            if run_id in queue or held is not None or run_id in experiment_of:
+                continue  # the rows show it already
+            if msg.account_id not in snapshot.plans:
+                return None
+            need = Requirements.of(msg.spec)
+            queue[run_id] = QueuedRun(
+                run_id=run_id,
+                account_id=msg.account_id,
+                gpus=msg.spec.resources.gpus,
+                gpu_model=need.gpu_model,
+                labels=dict(need.labels),
+                framework=need.framework,
+                priority=msg.spec.priority,
+                queued_position=position,
+            )
+            created.append(queue[run_id])
+            experiment_of[run_id] = msg.experiment_id
+        elif isinstance(msg, events_pb2.RunAssigned):
             if held is not None and held.attempt >= msg.attempt:
                 continue
             waiting = queue.pop(run_id, None)
@@ -316,7 +339,7 @@ def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message]]) -> S
         elif getattr(msg, "attempt", None) == held.attempt:  # the end of the attempt that holds the GPUs
             del holding[run_id]
     held_now = list(holding.values())
-    remaining = [q for q in snapshot.queue if q.run_id in queue]
+    remaining = [q for q in [*snapshot.queue, *created] if q.run_id in queue]
     agents = [
         agent_state(row, held_now)
         for row in snapshot.agent_rows
@@ -328,4 +351,5 @@ def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message]]) -> S
         holding=held_now,
         agents=agents,
         accounts=account_states(snapshot.plans, held_now, {q.account_id for q in remaining}),
+        experiment_of=experiment_of,
     )

@@ -86,11 +86,11 @@ CYCLE_WINDOW_PER_ACCOUNT = 1000
 SNAPSHOT_REUSE_S = 1.0
 # A cycle lays at most this many run transitions over the read models (`_overlaid`); more: it catches them up.
 OVERLAY_LIMIT = 500
-# Events the read models must show before a cycle may rely on them: new runs, re-queues, agents, plans.
+# Events the read models must show before a cycle may rely on them: re-queues, agents, plans. (New runs are
+# laid over the snapshot from their RunCreated, so a submit does not wait for the read models.)
 _NEEDS_READ_MODELS = frozenset(
     t.DESCRIPTOR.full_name
     for t in (
-        events_pb2.RunCreated,
         events_pb2.RunRequeued,
         events_pb2.AgentRegistered,
         events_pb2.AgentLost,
@@ -130,6 +130,8 @@ class Scheduler:
         self._head_guard = threading.Lock()
         #: The last cycle's snapshot and the log position it is good to (leader only; see `_overlaid`).
         self._cached: tuple[int, Snapshot] | None = None
+        # Specs of runs a cycle learned of from their RunCreated (`_overlaid`), before the read models show them.
+        self._created_specs: dict[str, tuple[str, common_pb2.RunSpec]] = {}
         self._cached_at = 0.0
         self.leading = False
         self._last_try = 0.0
@@ -285,8 +287,10 @@ class Scheduler:
         A run's end frees GPUs the moment RunCompleted is stored; the read
         models show it a batch later. Rather than wait for that batch, read the
         transitions logged since the models' position and lay them over the
-        snapshot (`reads.overlay`). Anything else in between (new runs, agents,
-        plans) needs the read models: None, and the caller catches them up.
+        snapshot (`reads.overlay`); new runs join the queue from their
+        RunCreated, so a submit is placed without waiting for the read models.
+        Anything else in between (re-queues, agents, plans) needs the read
+        models: None, and the caller catches them up.
         """
         cached = self._cached if time.monotonic() - self._cached_at < SNAPSHOT_REUSE_S else None
         self._cached = None
@@ -301,8 +305,18 @@ class Scheduler:
             self._cached_at = time.monotonic()
         else:
             base = cached[1]
-        transitions = [(e.stream_id.removeprefix("run:"), decode(e.type, e.data)) for e in events]
+        transitions = [(e.stream_id.removeprefix("run:"), decode(e.type, e.data), e.position) for e in events]
+        created: dict[str, events_pb2.RunCreated] = {}
+        for run_id, msg, _ in transitions:
+            if isinstance(msg, events_pb2.RunCreated):
+                created[run_id] = msg
+        if created and _window_cut(base):
+            return None  # a new run may rank ahead of queued runs the window left out
         snapshot = overlay(base, transitions)
+        if cached is None:
+            self._created_specs.clear()  # the read models show every run created before `position`
+        for run_id, run in created.items():
+            self._created_specs[run_id] = (run.experiment_id, run.spec)
         if snapshot is not None and not _window_cut(base):
             # The next cycle starts from here and reads only what is logged after these transitions.
             self._cached = (events[-1].position if events else position, snapshot)
@@ -334,6 +348,10 @@ class Scheduler:
         more to place (`_more_to_place`), not by every assignment.
         """
         specs = self.reads.specs([p.run_id for p in placements])
+        for p in placements:  # runs placed straight from their RunCreated, perhaps not in the read models yet
+            known = self._created_specs.pop(p.run_id, None)
+            if p.run_id not in specs and known is not None:
+                specs[p.run_id] = known
         batch = [(p.run_id, p.agent_id, p.gpu_ids, p.gpu_model) for p in placements]
         with quiet_commits():
             try:

@@ -42,9 +42,9 @@ def test_an_end_frees_the_gpu_and_an_assignment_takes_one() -> None:
     after = overlay(
         before,
         [
-            ("r1", events_pb2.RunCompleted(attempt=1)),
-            ("r3", events_pb2.RunAssigned(attempt=1, agent_id="a1", gpu_ids=["g0"])),
-            ("r2", events_pb2.RunStopRequested(reason="asha")),
+            ("r1", events_pb2.RunCompleted(attempt=1), 11),
+            ("r3", events_pb2.RunAssigned(attempt=1, agent_id="a1", gpu_ids=["g0"]), 12),
+            ("r2", events_pb2.RunStopRequested(reason="asha"), 13),
         ],
     )
     assert after is not None
@@ -60,10 +60,10 @@ def test_transitions_the_rows_already_show_change_nothing() -> None:
     after = overlay(
         before,
         [
-            ("r1", events_pb2.RunAssigned(attempt=1, agent_id="a1", gpu_ids=["g1"])),
-            ("r1", events_pb2.RunFailed(attempt=1)),  # the old attempt's end: attempt 2 still holds g0
-            ("r1", events_pb2.RunAssigned(attempt=2, agent_id="a1", gpu_ids=["g0"])),
-            ("r9", events_pb2.RunCompleted(attempt=1)),  # already gone from the rows
+            ("r1", events_pb2.RunAssigned(attempt=1, agent_id="a1", gpu_ids=["g1"]), 11),
+            ("r1", events_pb2.RunFailed(attempt=1), 12),  # the old attempt's end: attempt 2 still holds g0
+            ("r1", events_pb2.RunAssigned(attempt=2, agent_id="a1", gpu_ids=["g0"]), 13),
+            ("r9", events_pb2.RunCompleted(attempt=1), 14),  # already gone from the rows
         ],
     )
     assert after is not None
@@ -72,4 +72,48 @@ def test_transitions_the_rows_already_show_change_nothing() -> None:
 
 
 def test_an_assignment_of_a_run_the_snapshot_does_not_know_asks_for_the_read_models() -> None:
-    assert overlay(snapshot([], []), [("r5", events_pb2.RunAssigned(attempt=1, agent_id="a1", gpu_ids=["g0"]))]) is None
+    assigned = events_pb2.RunAssigned(attempt=1, agent_id="a1", gpu_ids=["g0"])
+    assert overlay(snapshot([], []), [("r5", assigned, 11)]) is None
+
+
+def created(run_id: str, account: str = "acct", gpus: int = 1, priority: int = 0) -> events_pb2.RunCreated:
+    spec = common_pb2.RunSpec(command="true", priority=priority)
+    spec.resources.gpus = gpus
+    spec.resources.gpu_model = "H100"
+    spec.resources.agent_labels["zone"] = "a"
+    return events_pb2.RunCreated(run_id=run_id, experiment_id="exp-new", account_id=account, spec=spec)
+
+
+def test_a_new_run_joins_the_queue_from_its_run_created_in_log_order() -> None:
+    before = snapshot([held("r1", "g0")], ["r2"])
+    after = overlay(before, [("r3", created("r3", gpus=2, priority=5), 40), ("r4", created("r4"), 41)])
+    assert after is not None
+    assert [q.run_id for q in after.queue] == ["r2", "r3", "r4"]
+    new = after.queue[1]
+    assert (new.account_id, new.gpus, new.priority, new.queued_position) == ("acct", 2, 5, 40)
+    assert (new.gpu_model, dict(new.labels), new.framework) == ("H100", {"zone": "a"}, "python")
+    assert after.experiment_of["r3"] == "exp-new"
+    assert after.accounts["acct"].gpus_in_use == 1
+
+
+def test_a_new_run_already_in_the_rows_or_already_over_is_not_queued_again() -> None:
+    before = snapshot([held("r1", "g0")], ["r2"])
+    after = overlay(
+        before,
+        [
+            ("r2", created("r2"), 30),  # the rows show it queued
+            ("r1", created("r1"), 31),  # the rows show it holding a GPU
+            ("r5", created("r5"), 32),  # created, placed and done, all since the read models' position
+            ("r5", events_pb2.RunAssigned(attempt=1, agent_id="a1", gpu_ids=["g1"]), 33),
+            ("r5", events_pb2.RunCompleted(attempt=1), 34),
+            ("r6", created("r6"), 35),  # created, then canceled from the queue
+            ("r6", events_pb2.RunCanceled(attempt=0), 36),
+        ],
+    )
+    assert after is not None
+    assert [q.run_id for q in after.queue] == ["r2"]
+    assert [h.run_id for h in after.holding] == ["r1"]
+
+
+def test_a_new_run_of_an_account_the_snapshot_has_no_plan_for_asks_for_the_read_models() -> None:
+    assert overlay(snapshot([], []), [("r7", created("r7", account="newcomer"), 50)]) is None
