@@ -4,8 +4,6 @@ it back whole or downsampled, on PostgreSQL (COPY) and SQLite alike."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,16 +17,6 @@ pytestmark = pytest.mark.integration
 
 NAMES = ["val_accuracy", "loss/train", "tab\there", "back\\slash", "line\nbreak\r", "ünïcode ✓", "comma,quote\"'"]
 VALUES = [0.1, -1.0, 1e-300, 1.7976931348623157e308, -2.5e-8, 1 / 3, 123456789.123456789]
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else f"sqlite:///{tmp_path}/m.db"
-    s = EventStore.open(url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def append(store: EventStore, run_id: str, points: list[common_pb2.MetricPoint]) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -17,16 +15,6 @@ from runyard.v1 import common_pb2, events_pb2
 from tests.support.synthetic import fill
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else f"sqlite:///{tmp_path}/r.db"
-    s = EventStore.open(url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def dump(store: EventStore) -> dict[str, list[tuple[object, ...]]]:

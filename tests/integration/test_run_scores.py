@@ -7,9 +7,7 @@ own search metric and goal.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import insert
@@ -20,16 +18,6 @@ from runyard.server.store import EventStore
 from runyard.v1 import resources_pb2
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else f"sqlite:///{tmp_path}/s.db"
-    s = EventStore.open(url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def manifest(search: str) -> str:

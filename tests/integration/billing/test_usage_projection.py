@@ -10,9 +10,7 @@ must equal what the test computes itself from `read_all`, to the microsecond.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from google.protobuf.message import Message
@@ -31,16 +29,6 @@ from tests.integration.billing.ledger import attempts_from_log, bill_by_day, tot
 pytestmark = pytest.mark.integration
 
 FR = common_pb2.FailureReason
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else f"sqlite:///{tmp_path}/b.db"
-    s = EventStore.open(url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def at(text: str) -> datetime:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from runyard.server.commands import Commands
@@ -15,16 +12,6 @@ from runyard.v1 import agent_pb2, common_pb2, events_pb2
 from tests.integration.scheduling.helpers import manifest
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
-    url = f"sqlite:///{tmp_path}/runyard.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    opened = EventStore.open(url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def assigned_run(commands: Commands) -> str:
