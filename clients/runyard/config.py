@@ -5,7 +5,15 @@ Each setting is looked up in this order, first hit wins:
 1. a command-line flag;
 2. the environment, ``RUNYARD_<KEY>`` (``RUNYARD_ENDPOINT``, ``RUNYARD_STORAGE_ROOT``, ...);
 3. the config file, ``$RUNYARD_CONFIG`` or ``~/.config/runyard/config.yaml``: a YAML mapping
-   with the same keys in snake_case (``endpoint: ...``, ``s3_endpoint_url: ...``, ``api_key: ...``);
+   with the same keys in snake_case (``endpoint: ...``, ``s3_endpoint_url: ...``, ``api_key: ...``).
+   It may name several clusters under ``contexts:`` (each a mapping of the same keys), one of
+   which is chosen by ``--context NAME``, ``RUNYARD_CONTEXT`` or the file's ``current_context:``,
+   in that order; the chosen context's keys win over the file's top-level keys::
+
+       current_context: lab
+       contexts:
+         lab: {endpoint: "runyard.lab.example:50051", api_key: ry_...}
+         laptop: {endpoint: "127.0.0.1:50051"}
 4. the state file that ``runyard up`` writes (``$RUNYARD_STATE_DIR/up.yaml`` or
    ``~/.local/state/runyard/up.yaml``), so that client commands find a local stack with no
    flags at all (its endpoint, storage root and admin API key);
@@ -81,6 +89,8 @@ class Settings:
     # `runyard server`: where the first account's keys go on an empty database.
     bootstrap_keys: str | None = None
     default_gpu_quota: int | None = None
+    # The config file's context in use (`contexts:`), None when it names none.
+    context: str | None = None
     # key -> where its value came from ("flag", "env RUNYARD_X", "config file P", "state file P", "default").
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -97,7 +107,11 @@ _KINDS = {
     "frameworks": "pairs",
     "labels": "pairs",
 }
-_KEYS: dict[str, str] = {f.name: _KINDS.get(f.name, "str") for f in dataclasses.fields(Settings) if f.name != "sources"}
+#: Keys of the config file that choose among its contexts rather than set a value.
+_CONTEXT_KEYS = ("contexts", "current_context")
+_KEYS: dict[str, str] = {
+    f.name: _KINDS.get(f.name, "str") for f in dataclasses.fields(Settings) if f.name not in ("sources", "context")
+}
 
 # Keys the `runyard up` state file may supply: what a client needs to reach that stack.
 _STATE_KEYS = ("endpoint", "storage_root", "api_key")
@@ -142,20 +156,26 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     use_state: bool = True,
+    context: str | None = None,
 ) -> Settings:
     """Resolve every setting by precedence; flags whose value is None count as not given.
 
     `use_state=False` is for `runyard server` and `runyard agent`: a process that *is* part of a
     stack takes its settings from flags and config, never from another stack's state file.
+    `context` (the --context flag) picks one of the config file's `contexts:`.
     """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
 
+    path = config_path(env)
+    chosen = context or env.get("RUNYARD_CONTEXT", "").strip() or None
+    file_values, context_values, context_name = _from_config_file(path, chosen)
     layers: list[tuple[str, dict[str, Any]]] = [
         ("flag", _from_flags(flags or {})),
         *_env_layer(env),
-        (f"config file {config_path(env)}", _from_config_file(config_path(env))),
+        (f"config file {path} (context {context_name})", context_values),
+        (f"config file {path}", file_values),
     ]
     for source, layer in layers:
         for key, value in layer.items():
@@ -171,7 +191,7 @@ def load_settings(
                 if key not in values and getattr(state, key):
                     values[key] = getattr(state, key)
                     sources[key] = f"state file {state_path(env)}"
-    return Settings(**values, sources=sources)
+    return Settings(**values, context=context_name, sources=sources)
 
 
 def _from_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,7 +246,35 @@ def parse_pairs(items: list[str], where: str) -> dict[str, str]:
     return out
 
 
-def _from_config_file(path: Path) -> dict[str, Any]:
+def _from_config_file(path: Path, context: str | None) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """The file's top-level settings, those of the chosen context, and that context's name.
+
+    `context` is the name asked for by flag or environment; without one the file's
+    `current_context` (if any) is used. A name the file does not define is an error.
+    """
+    data = _read_config_file(path)
+    contexts = data.pop("contexts", None)
+    current = data.pop("current_context", None)
+    top = _settings_of(data, path, f"config file {path}")
+    if contexts is not None and not isinstance(contexts, dict):
+        raise ConfigError(f"config file {path}: contexts must be a mapping of name to settings")
+    contexts = contexts or {}
+    name = context or (str(current) if current is not None else None)
+    if name is None:
+        return top, {}, None
+    if name not in contexts:
+        known = ", ".join(sorted(str(k) for k in contexts)) or "none"
+        where = f"config file {path}" if path.exists() else f"config file {path} (missing)"
+        raise ConfigError(f"{where}: no context {name!r} under contexts: (defined: {known})")
+    entry = contexts[name]
+    if entry is None:
+        entry = {}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"config file {path}: contexts.{name} must be a mapping of settings")
+    return top, _settings_of(entry, path, f"config file {path}: contexts.{name}"), name
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -241,15 +289,25 @@ def _from_config_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
+    # `current-context` (kubectl's spelling) reads as current_context, as other keys take '-' for '_'.
+    return {_context_key(k): v for k, v in data.items()}
+
+
+def _context_key(key: object) -> object:
+    name = str(key).replace("-", "_")
+    return name if name in _CONTEXT_KEYS else key
+
+
+def _settings_of(data: Mapping[Any, Any], path: Path, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in _KEYS:
-            known = ", ".join(sorted(_KEYS))
-            raise ConfigError(f"config file {path}: unknown key {key!r} (known keys: {known})")
+            known = ", ".join(sorted([*_KEYS, *_CONTEXT_KEYS]))
+            raise ConfigError(f"{where}: unknown key {key!r} (known keys: {known})")
         if value is None:
             continue
-        out[name] = _coerce(value, _KEYS[name], f"config file {path}: {name}")
+        out[name] = _coerce(value, _KEYS[name], f"{where}: {name}")
     return out
 
 

@@ -17,12 +17,14 @@ from typing import Any
 
 from runyard import __version__
 from runyard.client import admin as admin_commands
-from runyard.client import commands, daemons, stack, tb_export, usage, views
+from runyard.client import commands, completion, daemons, stack, tb_export, usage, views
 from runyard.client.errors import ClientError
 from runyard.config import ConfigError, Settings, load_settings, parse_pairs, parse_size
 
 # Commands that are part of a stack read no state file and need no connection.
 _PROCESS_COMMANDS = ("server", "agent", "up", "down")
+# Commands that need no settings at all.
+_LOCAL_COMMANDS = ("completion",)
 
 
 def _size(text: str) -> int:
@@ -58,10 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--api-key", default=argparse.SUPPRESS, help="API key sent with every call (env RUNYARD_API_KEY)"
     )
+    common.add_argument(
+        "--context", default=argparse.SUPPRESS, metavar="NAME",
+        help="the cluster to talk to, by its name under `contexts:` in the config file (env RUNYARD_CONTEXT)",
+    )  # fmt: skip
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
-        "-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS,
-        help="table for people (default), json for scripts",
+        "-o", "--output", choices=("table", "json", "yaml"), default=argparse.SUPPRESS,
+        help="table for people (default), json or yaml for scripts",
     )  # fmt: skip
 
     parser = argparse.ArgumentParser(
@@ -143,24 +149,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-code", action="store_true", help="upload no code (the command needs none)")
     p.add_argument("-w", "--watch", action="store_true", help="then follow it to the end, like `runyard watch`")
     p.add_argument("--no-logs", action="store_true", help="with --watch: status and metrics only")
+    p.add_argument("--table", action="store_true", help="with --watch: a live table of the runs instead of lines")
 
     p = add("list", commands.cmd_list, "list experiments (or runs)", client)
     p.add_argument("what", nargs="?", choices=("experiments", "runs"), help="what to list (default experiments)")
     p.add_argument("--experiment", metavar="EXPERIMENT_ID", help="only runs of this experiment")
     p.add_argument("--state", action="append", metavar="STATE", help="only runs in this state (repeatable)")
     p.add_argument("--limit", type=int, default=0, help="at most this many (default all)")
+    p.add_argument("-w", "--watch", action="store_true", help="keep the list on screen, redrawn as it changes (Ctrl-C)")
+    p.add_argument(
+        "--interval", type=float, default=commands.LIST_WATCH_INTERVAL_S, metavar="SECONDS",
+        help=f"with --watch: seconds between looks (default {commands.LIST_WATCH_INTERVAL_S:g})",
+    )  # fmt: skip
 
     p = add("show", commands.cmd_show, "show an experiment with its runs, or one run", client)
     p.add_argument("id", metavar="ID", help="exp-... or run-...")
 
-    p = add("watch", commands.cmd_watch, "follow a run or experiment live until it ends", client)
+    p = add("watch", commands.cmd_watch, "follow a run or every run of an experiment live until it ends", client)
     p.add_argument("id", metavar="ID", help="exp-... or run-...")
     p.add_argument("--no-logs", action="store_true", help="status changes and metrics only")
+    p.add_argument(
+        "--table", action="store_true",
+        help="a live table of the runs (state, step, latest metrics) instead of a line per update",
+    )  # fmt: skip
 
-    p = add("logs", commands.cmd_logs, "print a run's output", client)
-    p.add_argument("run", metavar="RUN", help="run-...")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the run ends")
-    p.add_argument("--tail", type=int, default=0, help="only the last N lines")
+    p = add("logs", commands.cmd_logs, "print a run's output, or the output of every run of an experiment", client)
+    p.add_argument("run", metavar="ID", help="run-... or exp-... (each line then starts with its run id)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the run(s) end")
+    p.add_argument("--tail", type=int, default=0, metavar="N", help="only the last N lines (of each run)")
 
     p = add("metrics", commands.cmd_metrics, "a run's metrics: latest values, or every point", client)
     p.add_argument("run", metavar="RUN", help="run-...")
@@ -232,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     admin_commands.add_parsers(admin_sub, sub, client)
 
     add("config", commands.cmd_config, "show the settings in effect and where each comes from", client)
+
+    p = sub.add_parser(
+        "completion",
+        help="print the shell code for tab completion",
+        description="Print the code that makes your shell complete runyard's commands and flags: "
+        'add `eval "$(runyard completion bash)"` to ~/.bashrc (zsh: ~/.zshrc with zsh; fish: '
+        "`runyard completion fish | source` in ~/.config/fish/config.fish).",
+    )
+    p.set_defaults(func=completion.cmd_completion)
+    p.add_argument("shell", choices=completion.SHELLS, metavar="SHELL", help="bash, zsh, fish or tcsh")
     return parser
 
 
@@ -254,13 +280,18 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
         flags["frameworks"] = parse_pairs(args.framework or [], "--framework") or None
         flags["labels"] = parse_pairs(args.label or [], "--label") or None
         flags["gpus"] = args.gpus
-    return load_settings(flags, environ=environ, use_state=args.command not in _PROCESS_COMMANDS)
+    return load_settings(
+        flags, environ=environ, use_state=args.command not in _PROCESS_COMMANDS, context=getattr(args, "context", None)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    completion.autocomplete(parser)
     args = parser.parse_args(argv)
     err = sys.stderr
+    if args.command in _LOCAL_COMMANDS:
+        return int(args.func(args))
     try:
         settings = settings_from_args(args)
     except ConfigError as e:

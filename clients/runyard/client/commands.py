@@ -8,6 +8,8 @@ as `ClientError` and printed by `cli.main` as one line.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,10 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 from rich.text import Text
 
 from runyard.client import plots, render, views
 from runyard.client.errors import ClientError
+from runyard.client.live import RunsBoard
 from runyard.client.packing import pack_code
 from runyard.client.progress import transfer_bar
 from runyard.client.sdk import Client
@@ -45,9 +50,14 @@ class Context:
     err: Console = field(default_factory=lambda: render.make_console(stderr=True))
     _client: Client | None = None
 
+    def __post_init__(self) -> None:
+        # Every `render.print_json` of this command writes the structured format asked for (json or yaml).
+        render.set_structured_output("yaml" if self.output == "yaml" else "json")
+
     @property
     def json(self) -> bool:
-        return self.output == "json"
+        """True when a script reads the output: JSON or YAML documents instead of tables."""
+        return self.output in ("json", "yaml")
 
     def client(self) -> Client:
         """Connect on first use; a dead endpoint fails here, quickly and in one line."""
@@ -75,18 +85,31 @@ class Context:
         self.out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+#: What ids look like, for the hint of a "not found" (ids are 10 base32 characters after the prefix).
+ID_HINT = "experiment ids look like exp-x7k2m4q9ab and run ids like run-p3n8c5t2vd"
+
+
 def id_kind(identifier: str) -> str:
-    """'experiment' or 'run' from the id's prefix; anything else is a usage error."""
+    """'experiment' or 'run' from the id's prefix.
+
+    Anything else cannot exist, so it is answered like an unknown id ("not found"), with a hint
+    of what ids look like and where to find them, without asking the server.
+    """
     if identifier.startswith("exp-"):
         return "experiment"
     if identifier.startswith("run-"):
         return "run"
-    raise ClientError(f"{identifier!r} is neither an experiment id (exp-...) nor a run id (run-...)")
+    raise ClientError(
+        f"{identifier!r} not found: {ID_HINT} (`runyard list` shows experiments, `runyard list runs` runs)"
+    )
 
 
 def _require_run(identifier: str) -> str:
     if not identifier.startswith("run-"):
-        raise ClientError(f"{identifier!r} is not a run id (run-...); `runyard show EXPERIMENT` lists its runs")
+        raise ClientError(
+            f"run {identifier!r} not found: run ids look like run-p3n8c5t2vd "
+            "(`runyard show EXPERIMENT` lists an experiment's runs)"
+        )
     return identifier
 
 
@@ -128,7 +151,10 @@ def cmd_submit(args: argparse.Namespace, ctx: Context) -> int:
         if not args.watch:
             ctx.out.print(f"\nFollow it with: runyard watch {experiment.id}", markup=False, highlight=False)
     if args.watch:
-        return _watch(ctx, experiment.id, "experiment", show_logs=not args.no_logs, json_lines=ctx.json)
+        return _watch(
+            ctx, experiment.id, "experiment", show_logs=not args.no_logs, json_lines=ctx.json,
+            table=getattr(args, "table", False),
+        )  # fmt: skip
     return 0
 
 
@@ -147,21 +173,34 @@ def _upload_code(client: Client, ctx: Context, code_dir: Path) -> str:
 # -- list / show ----------------------------------------------------------------------------
 
 
+#: Seconds between two looks of `runyard list --watch`.
+LIST_WATCH_INTERVAL_S = 2.0
+
+
 def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     what = args.what or ("runs" if args.experiment or args.state else "experiments")
+    if what == "experiments" and (args.experiment or args.state):
+        raise ClientError("--experiment and --state filter runs: use `runyard list runs ...`")
+    if getattr(args, "watch", False):
+        return _list_watch(args, ctx, what)
+    items, table = _list_once(args, ctx, what)
+    if ctx.json:
+        render.print_json(items)
+    elif table is None:
+        none = "no experiments yet: submit one with `runyard submit MANIFEST`"
+        ctx.err.print(none if what == "experiments" else "no runs match", markup=False)
+    else:
+        ctx.out.print(table)
+    return 0
+
+
+def _list_once(args: argparse.Namespace, ctx: Context, what: str) -> tuple[list[dict[str, Any]], Table | None]:
+    """The listed resources for scripts, and their table for people (None when there are none)."""
     limit = args.limit if args.limit and args.limit > 0 else None
     client = ctx.client()
     if what == "experiments":
-        if args.experiment or args.state:
-            raise ClientError("--experiment and --state filter runs: use `runyard list runs ...`")
         experiments = list(_take(client.list_experiments(), limit))
-        if ctx.json:
-            render.print_json([render.to_dict(e) for e in experiments])
-        elif not experiments:
-            ctx.err.print("no experiments yet: submit one with `runyard submit MANIFEST`", markup=False)
-        else:
-            ctx.out.print(render.experiments_table(experiments))
-        return 0
+        return [render.to_dict(e) for e in experiments], render.experiments_table(experiments) if experiments else None
     states = []
     for text in args.state or []:
         for part in text.split(","):
@@ -170,13 +209,33 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
             except ValueError as e:
                 raise ClientError(str(e)) from None
     runs = list(_take(client.list_runs(args.experiment, states), limit))
-    if ctx.json:
-        render.print_json([render.to_dict(r) for r in runs])
-    elif not runs:
-        ctx.err.print("no runs match", markup=False)
-    else:
-        ctx.out.print(render.runs_table(runs, render.metric_columns(runs), with_experiment=not args.experiment))
-    return 0
+    table = render.runs_table(runs, render.metric_columns(runs), with_experiment=not args.experiment) if runs else None
+    return [render.to_dict(r) for r in runs], table
+
+
+def _list_watch(args: argparse.Namespace, ctx: Context, what: str) -> int:
+    """Redraw the list every LIST_WATCH_INTERVAL_S until Ctrl-C, like `kubectl get -w` / `watch`.
+
+    For scripts (-o json/yaml) a new document is written each time the list changes.
+    """
+    interval = getattr(args, "interval", None) or LIST_WATCH_INTERVAL_S
+    last: list[dict[str, Any]] | None = None
+    empty = Text("no experiments yet" if what == "experiments" else "no runs match", style="dim")
+    try:
+        if ctx.json:
+            while True:
+                items, _ = _list_once(args, ctx, what)
+                if items != last:
+                    render.print_json(items, lines=True)
+                    last = items
+                time.sleep(interval)
+        with Live(empty, console=ctx.out, refresh_per_second=4) as live:
+            while True:
+                _, table = _list_once(args, ctx, what)
+                live.update(table if table is not None else empty)
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _take(items: Iterator[Any], limit: int | None) -> Iterator[Any]:
@@ -249,11 +308,18 @@ def _print_experiment(ctx: Context, experiment: resources_pb2.Experiment) -> Non
 
 
 def cmd_watch(args: argparse.Namespace, ctx: Context) -> int:
-    return _watch(ctx, args.id, id_kind(args.id), show_logs=not args.no_logs, json_lines=ctx.json)
+    return _watch(
+        ctx, args.id, id_kind(args.id), show_logs=not args.no_logs, json_lines=ctx.json,
+        table=getattr(args, "table", False),
+    )  # fmt: skip
 
 
-def _watch(ctx: Context, identifier: str, kind: str, show_logs: bool, json_lines: bool) -> int:
-    """Print updates until the run or experiment ends; 0 if it completed, 1 otherwise."""
+def _watch(ctx: Context, identifier: str, kind: str, show_logs: bool, json_lines: bool, table: bool = False) -> int:
+    """Print updates until the run or experiment ends; 0 if it completed, 1 otherwise.
+
+    `table`: instead of a line per update, one live table of the runs (state, step, latest
+    metrics) redrawn in place as updates come.
+    """
     client = ctx.client()
     notice = ctx.notice
     updates = (
@@ -263,16 +329,24 @@ def _watch(ctx: Context, identifier: str, kind: str, show_logs: bool, json_lines
     )
     finals: dict[str, int] = {}
     seen: set[str] = set()
-    for update in updates:
-        if json_lines:
-            render.print_json(render.to_dict(update), lines=True)
-        else:
-            for text in render.update_lines(update, with_run=kind == "experiment", show_logs=show_logs):
-                ctx.line(text)
-        if update.WhichOneof("body") != "search":
-            seen.add(update.run_id)
-        if update.HasField("status") and update.status.final:
-            finals[update.run_id] = update.status.state
+    board = _board(client, identifier, kind) if table and not json_lines else None
+    with contextlib.ExitStack() as stack:
+        live = None
+        if board is not None:
+            live = stack.enter_context(Live(board.table(), console=ctx.out, refresh_per_second=4))
+        for update in updates:
+            if json_lines:
+                render.print_json(render.to_dict(update), lines=True)
+            elif board is not None and live is not None:
+                board.apply(update)
+                live.update(board.table())
+            else:
+                for text in render.update_lines(update, with_run=kind == "experiment", show_logs=show_logs):
+                    ctx.line(text)
+            if update.WhichOneof("body") != "search":
+                seen.add(update.run_id)
+            if update.HasField("status") and update.status.final:
+                finals[update.run_id] = update.status.state
     # The stream itself says how each run ended; ask the server only if it did not.
     if kind == "run":
         state = finals[identifier] if identifier in finals else client.get_run(identifier).state
@@ -296,28 +370,65 @@ def _watch(ctx: Context, identifier: str, kind: str, show_logs: bool, json_lines
     return 0 if ended_ok else 1
 
 
+def _board(client: Client, identifier: str, kind: str) -> RunsBoard:
+    """The live table's starting point: the runs as the server knows them now."""
+    if kind == "run":
+        run = client.get_run(identifier)
+        experiment = client.get_experiment(run.experiment_id)
+        return RunsBoard([run], render.search_metric(experiment)[0])
+    experiment = client.get_experiment(identifier)
+
+    def describe(run_id: str) -> resources_pb2.Run | None:
+        try:
+            return client.get_run(run_id)
+        except ClientError:
+            return None
+
+    return RunsBoard(experiment.runs, render.search_metric(experiment)[0], describe)
+
+
 def cmd_logs(args: argparse.Namespace, ctx: Context) -> int:
-    run_id = _require_run(args.run)
+    """A run's output; for an experiment, every run's output, each line after its run id."""
+    kind = id_kind(args.run)
     client = ctx.client()
+    with_run = kind == "experiment"
     if args.follow:
-        for update in client.watch_run(run_id, on_retry=ctx.notice):
+        updates = (
+            client.watch_run(args.run, on_retry=ctx.notice)
+            if kind == "run"
+            else client.watch_experiment(args.run, on_retry=ctx.notice)
+        )
+        for update in updates:
             if not update.HasField("logs"):
                 continue
             for line in update.logs.lines:
-                if ctx.json:
-                    render.print_json(render.to_dict(line), lines=True)
-                else:
-                    ctx.line(render.log_line_text(line))
+                _print_log_line(ctx, line, update.run_id if with_run else "")
         return 0
-    lines = client.get_run_logs(run_id)
-    if args.tail and args.tail > 0:
-        lines = lines[-args.tail :]
+    if kind == "run":
+        batches = [(args.run, client.get_run_logs(args.run))]
+    else:
+        runs = sorted(client.get_experiment(args.run).runs, key=lambda r: r.index)
+        batches = [(run.id, client.get_run_logs(run.id)) for run in runs]
+    tail = args.tail if args.tail and args.tail > 0 else 0
+    batches = [(run_id, lines[-tail:] if tail else lines) for run_id, lines in batches]
     if ctx.json:
-        render.print_json([render.to_dict(line) for line in lines])
+        if with_run:
+            render.print_json([{"run_id": r, **render.to_dict(line)} for r, lines in batches for line in lines])
+        else:
+            render.print_json([render.to_dict(line) for line in batches[0][1]])
         return 0
-    for line in lines:
-        ctx.line(render.log_line_text(line))
+    for run_id, lines in batches:
+        for line in lines:
+            _print_log_line(ctx, line, run_id if with_run else "")
     return 0
+
+
+def _print_log_line(ctx: Context, line: common_pb2.LogLine, run_id: str) -> None:
+    if ctx.json:
+        render.print_json({"run_id": run_id, **render.to_dict(line)} if run_id else render.to_dict(line), lines=True)
+        return
+    text = render.log_line_text(line)
+    ctx.line(Text(f"{run_id} ", style="bold") + text if run_id else text)
 
 
 #: Points per metric that `runyard metrics` shows in a table or plot unless --max-points says otherwise:

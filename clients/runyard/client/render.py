@@ -65,9 +65,27 @@ def to_dict(message: Message) -> dict[str, Any]:
     )
 
 
+#: The structured format `print_json` writes: "json", or "yaml" for `-o yaml` (set once per command).
+_structured_output = "json"
+
+
+def set_structured_output(fmt: str) -> None:
+    """Choose what `print_json` writes for this process: the same documents as JSON or as YAML."""
+    global _structured_output
+    _structured_output = "yaml" if fmt == "yaml" else "json"
+
+
 def print_json(value: Any, out: TextIO | None = None, lines: bool = False) -> None:
-    """One indented document, or (lines=True) one compact document per line for streams."""
+    """One indented document, or (lines=True) one compact document per line for streams.
+
+    Under `-o yaml` the same document is written as YAML; a stream then writes one YAML
+    document per update, each starting with `---`, so `yaml.safe_load_all` reads them.
+    """
     stream = out or sys.stdout
+    if _structured_output == "yaml":
+        stream.write(yaml.safe_dump(value, sort_keys=False, allow_unicode=True, explicit_start=lines))
+        stream.flush()
+        return
     if lines:
         stream.write(json.dumps(value, separators=(",", ":"), sort_keys=False) + "\n")
     else:
@@ -380,6 +398,10 @@ def latest_values(points: Sequence[common_pb2.MetricPoint]) -> dict[str, dict[st
 
 # -- watch lines ----------------------------------------------------------------------------
 
+#: MetricPoint.source of a point the agent parsed from a line the run printed (agent/metrics.py).
+METRIC_SOURCE_STDOUT = "stdout"
+
+
 
 def update_lines(update: watch_pb2.RunUpdate, with_run: bool, show_logs: bool = True) -> list[Text]:
     """The lines a person sees for one update of a watch."""
@@ -397,6 +419,11 @@ def update_lines(update: watch_pb2.RunUpdate, with_run: bool, show_logs: bool = 
     if body == "metrics":
         by_step: dict[int, list[str]] = {}
         for p in update.metrics.points:
+            # A point parsed from a printed line was just shown as that line: printing it again as a
+            # point would show every value twice. Points from runyard.log or TensorBoard files have
+            # no line of their own, and with --no-logs no line is shown, so those are printed.
+            if show_logs and p.source == METRIC_SOURCE_STDOUT:
+                continue
             by_step.setdefault(p.step, []).append(f"{p.name}={fmt_value(p.value)}")
         return [prefix + Text(f"step {step}: " + " ".join(vals), style="magenta") for step, vals in by_step.items()]
     if body == "logs" and show_logs:

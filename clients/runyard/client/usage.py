@@ -48,8 +48,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     p.set_defaults(func=cmd_usage)
     p.add_argument("what", nargs="?", choices=("runs",), help="runs: one line per billed attempt")
     p.add_argument(
-        "-o", "--output", choices=("table", "json", "csv"), default=argparse.SUPPRESS,
-        help="table for people (default), json or csv for scripts",
+        "-o", "--output", choices=("table", "json", "yaml", "csv"), default=argparse.SUPPRESS,
+        help="table for people (default), json, yaml or csv for scripts",
     )  # fmt: skip
     p.add_argument("--account", default="", help="this account (default: yours; admins: every account)")
     p.add_argument("--from", dest="start", metavar="DATE", help="first UTC day counted, YYYY-MM-DD (or a timestamp)")
@@ -80,7 +80,7 @@ def cmd_usage(args: argparse.Namespace, ctx: Context) -> int:
     if start is not None and end is not None and end <= start:
         raise ClientError("--to: must not be before --from")
     reply = ctx.client().get_usage(args.account, start, end, args.period)
-    if ctx.output == "json":
+    if ctx.json:
         render.print_json(render.to_dict(reply))
     elif ctx.output == "csv":
         _csv(USAGE_COLUMNS, ([getattr(r, c) for c in USAGE_COLUMNS] for r in reply.rows))
@@ -93,7 +93,7 @@ def cmd_usage(args: argparse.Namespace, ctx: Context) -> int:
 
 def _runs(args: argparse.Namespace, ctx: Context) -> int:
     attempts = list(ctx.client().list_run_usage(args.account, args.experiment))
-    if ctx.output == "json":
+    if ctx.json:
         render.print_json([render.to_dict(a) for a in attempts])
     elif ctx.output == "csv":
         _csv(ATTEMPT_COLUMNS, (_attempt_cells(a) for a in attempts))
