@@ -80,6 +80,9 @@ SEARCH_FIELDS = (
     "max_time",
     "max_gpu_hours",
 )
+FRAMEWORK_FIELDS = ("name", "version")
+RESOURCES_FIELDS = ("gpus", "cpus", "memory", "gpu_model", "labels")
+METRICS_FIELDS = ("patterns",)
 ASHA_FIELDS = ("min_resource", "reduction_factor", "max_resource", "time_unit")
 TIME_UNITS = ("epochs", "steps")
 #: "90s", "30m", "2h", "1d" (or a plain number of seconds).
@@ -310,7 +313,7 @@ class _Parser:
             return Framework()
         if isinstance(value, str):
             return Framework(name=self.choice("framework", value, FRAMEWORKS) or "python")
-        fields = self.mapping("framework", value, ("name", "version"))
+        fields = self.mapping("framework", value, FRAMEWORK_FIELDS)
         if not isinstance(value, dict):
             return Framework()
         name = "python"
@@ -329,7 +332,7 @@ class _Parser:
     def resources(self, value: object) -> Resources:
         if value is None:
             return Resources()
-        fields = self.mapping("resources", value, ("gpus", "cpus", "memory", "gpu_model", "labels"))
+        fields = self.mapping("resources", value, RESOURCES_FIELDS)
         return Resources(
             gpus=self.field_int(fields, "gpus", "resources.gpus", 0, 0, MAX_GPUS),
             cpus=self.field_int(fields, "cpus", "resources.cpus", 1, 1, MAX_CPUS),
@@ -634,7 +637,7 @@ class _Parser:
     def metrics(self, value: object) -> tuple[str, ...]:
         if value is None:
             return ()
-        fields = self.mapping("metrics", value, ("patterns",))
+        fields = self.mapping("metrics", value, METRICS_FIELDS)
         raw = fields.get("patterns")
         if raw is None:
             return ()

@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-w", "--watch", action="store_true", help="then follow it to the end, like `runyard watch`")
     p.add_argument("--no-logs", action="store_true", help="with --watch: status and metrics only")
     p.add_argument("--table", action="store_true", help="with --watch: a live table of the runs instead of lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the experiment id, for scripts")
 
     p = add("list", commands.cmd_list, "list experiments (or runs)", client)
     p.add_argument("what", nargs="?", choices=("experiments", "runs"), help="what to list (default experiments)")
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", action="append", metavar="STATE", help="only runs in this state (repeatable)")
     p.add_argument("--limit", type=int, default=0, help="at most this many (default all)")
     p.add_argument("-w", "--watch", action="store_true", help="keep the list on screen, redrawn as it changes (Ctrl-C)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the ids, one per line")
     p.add_argument(
         "--interval", type=float, default=commands.LIST_WATCH_INTERVAL_S, metavar="SECONDS",
         help=f"with --watch: seconds between looks (default {commands.LIST_WATCH_INTERVAL_S:g})",

@@ -133,7 +133,9 @@ def cmd_submit(args: argparse.Namespace, ctx: Context) -> int:
     request_id = args.request_id or str(uuid.uuid4())
     created = client.create_experiment(manifest_yaml, code_uri, request_id)
     experiment = client.get_experiment(created.id)
-    if ctx.json:
+    if getattr(args, "quiet", False):
+        ctx.line(experiment.id)  # EXP=$(runyard submit -q MANIFEST)
+    elif ctx.json:
         render.print_json(render.to_dict(experiment), lines=args.watch)
     else:
         if experiment.searching:
@@ -184,7 +186,10 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
     if getattr(args, "watch", False):
         return _list_watch(args, ctx, what)
     items, table = _list_once(args, ctx, what)
-    if ctx.json:
+    if getattr(args, "quiet", False):
+        for item in items:  # RUN=$(runyard list runs --experiment EXP -q | head -n 1)
+            ctx.line(str(item["id"]))
+    elif ctx.json:
         render.print_json(items)
     elif table is None:
         none = "no experiments yet: submit one with `runyard submit MANIFEST`"
