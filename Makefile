@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` (the main job) and `make test`.
-.PHONY: setup demo test check protos bench
+.PHONY: setup demo test check protos docs bench
 
 setup:
 	scripts/setup.sh --with-buf
@@ -17,6 +17,10 @@ check:
 
 protos:
 	.venv/bin/python protos/generate.py
+
+# docs/cli.md and docs/manifest.md from the argparse parser and the manifest validator.
+docs:
+	.venv/bin/python scripts/gen_docs.py
 
 bench:
 	.venv/bin/python bench/event_log.py
