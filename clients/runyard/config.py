@@ -274,7 +274,7 @@ def _from_config_file(path: Path, context: str | None) -> tuple[dict[str, Any], 
     return top, _settings_of(entry, path, f"config file {path}: contexts.{name}"), name
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def _read_config_file(path: Path) -> dict[Any, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

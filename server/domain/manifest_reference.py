@@ -45,7 +45,7 @@ def _default(cls: type, name: str, none: str = "none") -> str:
     """The dataclass field's default as a person reads it ("none" for None, "" shown as none)."""
     for f in fields(cls):
         if f.name == name:
-            value = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            value = f.default if f.default_factory is MISSING else f.default_factory()
             if value is None or value == "" or value == {}:
                 return none
             if isinstance(value, bool):
@@ -152,7 +152,8 @@ FIELDS: tuple[FieldDoc, ...] = (
     FieldDoc(
         "search.runs", "list of mappings", "none",
         "For `method: list`: one mapping of hyperparameter values per run (const ones may be left out).",
-        "search:\n  method: list\n  runs: [{lr: 0.1}, {lr: 0.01}]\nhyperparameters: {lr: {type: double, min: 0, max: 1}}",
+        "search:\n  method: list\n  runs: [{lr: 0.1}, {lr: 0.01}]\n"
+        "hyperparameters: {lr: {type: double, min: 0, max: 1}}",
     ),
     FieldDoc(
         "search.seed", "integer", _default(Search, "seed"),

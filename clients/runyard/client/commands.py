@@ -218,6 +218,11 @@ def _list_once(args: argparse.Namespace, ctx: Context, what: str) -> tuple[list[
     return [render.to_dict(r) for r in runs], table
 
 
+def _pause(seconds: float) -> None:
+    """The wait between two looks of `list --watch` (a seam for tests)."""
+    time.sleep(seconds)
+
+
 def _list_watch(args: argparse.Namespace, ctx: Context, what: str) -> int:
     """Redraw the list every LIST_WATCH_INTERVAL_S until Ctrl-C, like `kubectl get -w` / `watch`.
 
@@ -233,12 +238,12 @@ def _list_watch(args: argparse.Namespace, ctx: Context, what: str) -> int:
                 if items != last:
                     render.print_json(items, lines=True)
                     last = items
-                time.sleep(interval)
+                _pause(interval)
         with Live(empty, console=ctx.out, refresh_per_second=4) as live:
             while True:
                 _, table = _list_once(args, ctx, what)
                 live.update(table if table is not None else empty)
-                time.sleep(interval)
+                _pause(interval)
     except KeyboardInterrupt:
         return 0
 

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 import argcomplete
+from argcomplete.shell_integration import shellcode
 
 SHELLS = ("bash", "zsh", "fish", "tcsh")
 
@@ -23,5 +24,5 @@ def autocomplete(parser: argparse.ArgumentParser) -> None:
 
 def cmd_completion(args: argparse.Namespace) -> int:
     """Print the shell code that hooks runyard's completion into the user's shell."""
-    sys.stdout.write(argcomplete.shellcode(["runyard"], shell=args.shell))
+    sys.stdout.write(shellcode(["runyard"], shell=args.shell))
     return 0

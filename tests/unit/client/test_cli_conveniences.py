@@ -156,7 +156,7 @@ def test_list_watch_redraws_until_interrupted(
         if len(looks) == 2:  # the list changes between two looks
             fake.state.runs["run-b"].state = common_pb2.RUN_STATE_CANCELED
 
-    monkeypatch.setattr(commands.time, "sleep", sleep)
+    monkeypatch.setattr(commands, "_pause", sleep)
     code, out, _ = run_cli(
         capsys, "--endpoint", fake.endpoint, "list", "runs", "--watch", "--interval", "0.5", "-o", "json"
     )
@@ -175,7 +175,7 @@ def test_list_watch_table_ends_cleanly_on_ctrl_c(
     def sleep(seconds: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(commands.time, "sleep", sleep)
+    monkeypatch.setattr(commands, "_pause", sleep)
     code, out, _ = run_cli(capsys, "--endpoint", fake.endpoint, "list", "--watch")
     assert code == 0 and "exp-1" in out
 
