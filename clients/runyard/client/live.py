@@ -111,16 +111,20 @@ class RunsBoard:
         names = self.metric_names()
         for name in names:
             table.add_column(name, justify="right", no_wrap=True)
-        table.add_column("HYPERPARAMETERS")
-        table.add_column("", style="dim")
+        # Hyperparameters give way (cut short with "...") before the figures do on a narrow terminal.
+        table.add_column("HYPERPARAMETERS", no_wrap=True, overflow="ellipsis")
+        notes = any(row.note for row in self.rows.values())
+        if notes:
+            table.add_column("", style="dim", no_wrap=True, overflow="ellipsis")
         for row in sorted(self.rows.values(), key=lambda r: (r.index < 0, r.index, r.run_id)):
-            state = render.styled_state(render.run_state_name(row.state))
-            table.add_row(
+            cells: list[str | Text] = [
                 row.run_id,
-                state,
+                render.styled_state(render.run_state_name(row.state)),
                 "" if row.step is None else str(row.step),
                 *[render.fmt_value(row.metrics[n]) if n in row.metrics else "" for n in names],
                 row.hyperparameters,
-                Text(row.note or (f"on {row.agent_id}" if row.agent_id else "")),
-            )
+            ]
+            if notes:
+                cells.append(Text(row.note))
+            table.add_row(*cells)
         return table
