@@ -357,6 +357,8 @@ def _watch(ctx: Context, identifier: str, kind: str, show_logs: bool, json_lines
                 seen.add(update.run_id)
             if update.HasField("status") and update.status.final:
                 finals[update.run_id] = update.status.state
+    if board is not None and not ctx.out.is_terminal:
+        ctx.out.print()  # piped, Live leaves its last table without a line end
     # The stream itself says how each run ended; ask the server only if it did not.
     if kind == "run":
         state = finals[identifier] if identifier in finals else client.get_run(identifier).state
