@@ -191,6 +191,10 @@ def load_settings(
                 if key not in values and getattr(state, key):
                     values[key] = getattr(state, key)
                     sources[key] = f"state file {state_path(env)}"
+    if context_name is not None:
+        sources["context"] = (
+            "flag" if context else "env RUNYARD_CONTEXT" if chosen else f"config file {path} (current_context)"
+        )
     return Settings(**values, context=context_name, sources=sources)
 
 

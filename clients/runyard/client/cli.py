@@ -165,10 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     p = add("show", commands.cmd_show, "show an experiment with its runs, or one run", client)
-    p.add_argument("id", metavar="ID", help="exp-... or run-...")
+    completion.complete_ids(p.add_argument("id", metavar="ID", help="exp-... or run-..."), "experiment", "run")
 
     p = add("watch", commands.cmd_watch, "follow a run or every run of an experiment live until it ends", client)
-    p.add_argument("id", metavar="ID", help="exp-... or run-...")
+    completion.complete_ids(p.add_argument("id", metavar="ID", help="exp-... or run-..."), "experiment", "run")
     p.add_argument("--no-logs", action="store_true", help="status changes and metrics only")
     p.add_argument(
         "--table", action="store_true",
@@ -176,12 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     p = add("logs", commands.cmd_logs, "print a run's output, or the output of every run of an experiment", client)
-    p.add_argument("run", metavar="ID", help="run-... or exp-... (each line then starts with its run id)")
+    completion.complete_ids(
+        p.add_argument("run", metavar="ID", help="run-... or exp-... (each line then starts with its run id)"),
+        "experiment", "run",
+    )  # fmt: skip
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the run(s) end")
     p.add_argument("--tail", type=int, default=0, metavar="N", help="only the last N lines (of each run)")
 
     p = add("metrics", commands.cmd_metrics, "a run's metrics: latest values, or every point", client)
-    p.add_argument("run", metavar="RUN", help="run-...")
+    completion.complete_ids(p.add_argument("run", metavar="RUN", help="run-..."), "run")
     p.add_argument("--all", action="store_true", help="every point, one row per step")
     p.add_argument("--name", action="append", help="only this metric (repeatable)")
     p.add_argument("--plot", action="store_true", help="draw the curves in the terminal, one panel per metric")
@@ -195,10 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add("compare", views.cmd_compare, "runs side by side: hyperparameters, state, best and final metrics", client)
-    p.add_argument("runs", metavar="RUN", nargs="+", help="run-... (two or more to compare)")
+    completion.complete_ids(
+        p.add_argument("runs", metavar="RUN", nargs="+", help="run-... (two or more to compare)"), "run"
+    )
 
     p = add("best", views.cmd_best, "download the results of an experiment's best run (by its search metric)", client)
-    p.add_argument("experiment", metavar="EXPERIMENT", help="exp-...")
+    completion.complete_ids(p.add_argument("experiment", metavar="EXPERIMENT", help="exp-..."), "experiment")
     p.add_argument("dest", metavar="DEST", nargs="?", help="local folder (default ./RUN)")
     _storage_flags(p)
 
@@ -216,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", help="folder to write into (created if missing)")
 
     p = add("cancel", commands.cmd_cancel, "cancel a run, or every unfinished run of an experiment", client)
-    p.add_argument("id", metavar="ID", help="exp-... or run-...")
+    completion.complete_ids(p.add_argument("id", metavar="ID", help="exp-... or run-..."), "experiment", "run")
 
     p = add("download", commands.cmd_download, "download a run's results", client)
-    p.add_argument("run", metavar="RUN", help="run-...")
+    completion.complete_ids(p.add_argument("run", metavar="RUN", help="run-..."), "run")
     p.add_argument("dest", metavar="DEST", nargs="?", help="local folder (default ./RUN)")
     _storage_flags(p)
 

@@ -188,19 +188,28 @@ def test_completion_prints_shell_code_for_runyard(capsys: pytest.CaptureFixture[
     assert code == 0 and "runyard" in out and "complete " in out
 
 
-def test_the_shell_gets_commands_and_flags_completed(tmp_path: Path) -> None:
+def complete(tmp_path: Path, line: str) -> list[str]:
+    """What the shell offers for `line` (Tab at its end), asked the way argcomplete's shell hook asks."""
     answer = tmp_path / "answer"
-    line = "runyard wat"
     env = {
         **os.environ, "_ARGCOMPLETE": "1", "_ARGCOMPLETE_IFS": "\n", "COMP_LINE": line, "COMP_POINT": str(len(line)),
         "_ARGCOMPLETE_STDOUT_FILENAME": str(answer),
     }  # fmt: skip
+    answer.write_text("")
     subprocess.run([sys.executable, "-m", "runyard.client.cli"], env=env, timeout=60, check=False)
-    assert answer.read_text().split() == ["watch"]
-    line = "runyard watch exp-1 --ta"
-    env.update(COMP_LINE=line, COMP_POINT=str(len(line)))
-    subprocess.run([sys.executable, "-m", "runyard.client.cli"], env=env, timeout=60, check=False)
-    assert answer.read_text().split() == ["--table"]
+    return answer.read_text().split()
+
+
+def test_the_shell_gets_commands_and_flags_completed(tmp_path: Path) -> None:
+    assert complete(tmp_path, "runyard wat") == ["watch"]
+    assert complete(tmp_path, "runyard watch exp-1 --ta") == ["--table"]
+
+
+def test_the_shell_gets_ids_from_the_server(fake: FakeServer, tmp_path: Path) -> None:
+    assert complete(tmp_path, f"runyard --endpoint {fake.endpoint} show ex") == ["exp-1"]
+    assert complete(tmp_path, f"runyard --endpoint {fake.endpoint} metrics run-") == ["run-a", "run-b"]
+    # No server: no answer, and no traceback in the shell.
+    assert complete(tmp_path, "runyard --endpoint 127.0.0.1:1 show ex") == []
 
 
 # -- contexts --------------------------------------------------------------------------------------------------------
@@ -228,6 +237,8 @@ def test_the_current_context_of_the_config_file_is_used(env: dict[str, str]) -> 
     settings = load_settings(environ=env)
     assert (settings.context, settings.endpoint, settings.api_key) == ("lab", "lab.example:50051", "ry_lab")
     assert "(context lab)" in settings.source("endpoint")
+    assert settings.source("context").endswith("(current_context)")
+    assert load_settings(environ=env, context="lab").source("context") == "flag"
 
 
 def test_a_context_is_chosen_by_flag_or_environment(env: dict[str, str]) -> None:
