@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from runyard.client import plots, render, views
+from runyard.client.auth import tls_credentials
 from runyard.client.errors import ClientError
 from runyard.client.packing import pack_code
 from runyard.client.progress import transfer_bar
@@ -52,7 +53,11 @@ class Context:
     def client(self) -> Client:
         """Connect on first use; a dead endpoint fails here, quickly and in one line."""
         if self._client is None:
-            client = Client(self.settings.endpoint, api_key=self.settings.api_key or "")
+            client = Client(
+                self.settings.endpoint,
+                api_key=self.settings.api_key or "",
+                credentials=tls_credentials(self.settings.tls_ca),
+            )
             try:
                 client.wait_ready()
             except ClientError:
