@@ -183,7 +183,7 @@ def test_a_metrics_report_naming_another_run_adds_nothing_to_it(world: World) ->
         wait_state(world.admin, run_id, {RS.RUN_STATE_RUNNING})
     mine, other = runs
     report(world, metrics_report(mine, other, "stolen"), world.stack.agent_key)
-    report(world, metrics_report(mine, "", "marker"), world.stack.agent_key)
+    report(world, metrics_report(mine, mine, "marker"), world.stack.agent_key)
     wait_until(lambda: "marker" in metric_names(world, mine), 30, "the marker metric was never stored")
     assert "stolen" not in metric_names(world, other)
     assert "stolen" not in metric_names(world, mine)
