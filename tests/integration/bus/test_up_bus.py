@@ -91,9 +91,7 @@ def test_an_anonymous_client_cannot_reach_the_bus_of_runyard_up(up: Up) -> None:
     with Client(up.endpoint, api_key=up.admin_key) as client:
         exp = client.create_experiment(SLEEPER)
         run_id = exp.runs[0].id
-        wait_until(
-            lambda: client.get_run(run_id).state == common_pb2.RUN_STATE_RUNNING, 60, "the run never started"
-        )
+        wait_until(lambda: client.get_run(run_id).state == common_pb2.RUN_STATE_RUNNING, 60, "the run never started")
         refusal = asyncio.run(_intrude(up.nats_url, up.agent_id, run_id))
         assert "authorization" in refusal.lower(), f"an anonymous client got onto the bus ({refusal!r})"
         assert client.get_run(run_id).state == common_pb2.RUN_STATE_RUNNING
