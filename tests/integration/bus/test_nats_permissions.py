@@ -93,7 +93,7 @@ async def _denied(coro: Any) -> bool:
 
 def test_an_anonymous_client_cannot_connect(secured_nats: NatsServer) -> None:
     async def go() -> None:
-        with pytest.raises(Exception, match="(?i)authorization"):
+        with pytest.raises(Exception, match=r"(?i)authorization"):
             await nats.connect(secured_nats.url, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0)
 
     asyncio.run(go())
