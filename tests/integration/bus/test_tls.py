@@ -144,9 +144,18 @@ def test_plaintext_on_a_non_loopback_address_is_refused_at_startup(tmp_path: Pat
     assert half.returncode == 1 and "--tls-key" in half.stderr
 
 
-def test_the_server_and_an_agent_talk_to_nats_over_tls(tmp_path: Path, pki: Pki) -> None:
+def test_the_server_and_an_agent_talk_to_nats_over_tls_as_their_own_users(tmp_path: Path, pki: Pki) -> None:
+    """What an operator runs: a tls:// nats-server with the users `runyard admin nats-config` renders."""
+    seeds = {}
+    for who in ("control-plane", "agent-1"):
+        seeds[who] = tmp_path / f"{who}.nk"
+        natsauth.write_seed(seeds[who], natsauth.new_user_nkey()[0])
+    users = natsauth.render_authorization(
+        natsauth.public_key(natsauth.read_seed(seeds["control-plane"])),
+        [("agent-1", natsauth.public_key(natsauth.read_seed(seeds["agent-1"])))],
+    )
     tls = f'tls {{\n  cert_file: "{pki.cert_file}"\n  key_file: "{pki.key_file}"\n}}\n'
-    nats_server = NatsServer(tmp_path / "nats", config=tls, tls=True).start()
+    nats_server = NatsServer(tmp_path / "nats", config=tls + users, tls=True).start()
     try:
         assert nats_server.url.startswith("tls://")
 
@@ -157,9 +166,15 @@ def test_the_server_and_an_agent_talk_to_nats_over_tls(tmp_path: Path, pki: Pki)
 
         asyncio.run(untrusted())
         with postgres_database() as url:
-            stack = Stack(root=tmp_path, database_url=url, nats_url=nats_server.url,
-                          storage_root=(tmp_path / "objects").as_uri(),
-                          extra_env={"RUNYARD_NATS_CA": str(pki.ca_file)})  # fmt: skip
+            stack = Stack(
+                root=tmp_path,
+                database_url=url,
+                nats_url=nats_server.url,
+                storage_root=(tmp_path / "objects").as_uri(),
+                extra_env={"RUNYARD_NATS_CA": str(pki.ca_file)},
+                nats_nkey=str(seeds["control-plane"]),
+                agent_nkeys={"agent-1": str(seeds["agent-1"])},
+            )
             try:
                 stack.start_server()
                 stack.start_agent("agent-1", 1)
