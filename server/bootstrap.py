@@ -136,6 +136,12 @@ async def start_replica(config: ServerConfig) -> Replica:
     unsubscribe = store.on_commit(head.notify_threadsafe)
 
     # The control plane's own NATS user, when the operator's nats-server has users (runyard.natsauth).
+    if not config.nats_nkey_file:
+        log.warning(
+            "connecting to NATS without credentials: unless its nats-server has users, anyone who reaches it can "
+            "cancel runs and pose as agents (see `runyard admin nats-config`)",
+            nats_url=config.nats_url,
+        )
     nats_auth = natsauth.connect_options(config.nats_url, config.nats_nkey_file, config.nats_ca_file)
     nc = await nats.connect(
         config.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5, **nats_auth
