@@ -54,10 +54,18 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
     config = ServerConfig(**server_config_kwargs(settings, args))
     try:
         config.check()
+        _check_nats_files(config.nats_url, config.nats_nkey_file, config.nats_ca_file)
     except ValueError as e:
         raise ClientError(str(e)) from None
     run_server(config)
     return 0
+
+
+def _check_nats_files(url: str, nkey_file: str | None, ca_file: str | None) -> None:
+    """A missing NKey seed or CA file is a one-line error now, not a traceback once NATS is dialled."""
+    from runyard.natsauth import connect_options
+
+    connect_options(url, nkey_file, ca_file)
 
 
 def default_agent_id() -> str:
@@ -104,6 +112,10 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     config = AgentConfig(**agent_config_kwargs(settings, args))
     if config.slots is not None and config.slots < 1:
         raise ClientError(f"--slots must be at least 1, got {config.slots}")
+    try:
+        _check_nats_files(config.nats_url, config.nats_nkey_file, config.nats_ca_file)
+    except ValueError as e:
+        raise ClientError(str(e)) from None
 
     # A busy agent makes a few small objects for every line a run prints (hundreds of thousands a
     # second): keep the start-up heap (protobuf, boto3, tensorboard modules) out of every full
