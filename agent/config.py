@@ -30,3 +30,7 @@ class AgentConfig:
     keep_failed_workdirs: int = 3
     # A ROLE_AGENT API key: sent with every report (the control plane refuses reports without one).
     api_key: str = field(default="", repr=False)
+    # NKey seed file of this agent's NATS user (`runyard admin keys create --role agent` prints the seed).
+    nats_nkey_file: str | None = None
+    # CA certificate (PEM) to check a tls:// NATS server against.
+    nats_ca_file: str | None = None

@@ -53,7 +53,7 @@ import nats.errors
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from runyard import bus
+from runyard import bus, natsauth
 from runyard.agent.config import AgentConfig
 from runyard.agent.gpus import detect_gpus, gpu_model_label
 from runyard.agent.reporter import Reporter
@@ -168,13 +168,15 @@ class Agent:
         nc = connect.result()
         try:
             js = nc.jetstream()
-            try:
-                await bus.ensure_streams(js)
-            except Exception as e:
-                raise RuntimeError(
-                    f"cannot set up the JetStream streams at {self.config.nats_url} ({e!r}): "
-                    "is nats-server running with JetStream enabled (-js)?"
-                ) from e
+            # An agent with its own NATS user may not create streams: the control plane does.
+            if not self.config.nats_nkey_file:
+                try:
+                    await bus.ensure_streams(js)
+                except Exception as e:
+                    raise RuntimeError(
+                        f"cannot set up the JetStream streams at {self.config.nats_url} ({e!r}): "
+                        "is nats-server running with JetStream enabled (-js)?"
+                    ) from e
             self._reporter = Reporter(nc, js, self.config.agent_id, api_key=self.config.api_key)
             if not self.config.api_key:
                 self._log.warning("no API key (--api-key, RUNYARD_API_KEY): the control plane will refuse our reports")
@@ -236,6 +238,9 @@ class Agent:
         return await nats.connect(
             servers=[self.config.nats_url],
             name=f"runyard-agent-{self.config.agent_id}",
+            # Replies come to this agent's own inbox prefix: with NATS users it may subscribe nowhere else.
+            inbox_prefix=natsauth.agent_inbox_prefix(self.config.agent_id),
+            **natsauth.connect_options(self.config.nats_url, self.config.nats_nkey_file, self.config.nats_ca_file),
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,
@@ -247,6 +252,9 @@ class Agent:
     async def _pull(self, js: Any, stream: str, subject: str) -> Any:
         durable = bus.agent_durable(self.config.agent_id)
         config = ConsumerConfig(
+            # Named: created through $JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>, the one subject
+            # an agent's NATS user may use to make a consumer (the server checks the filter against it).
+            name=durable,
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
@@ -435,7 +443,8 @@ class Agent:
                 time_us=_now_us(),
             )
             try:
-                await nc.publish(subject, beat.SerializeToString())
+                # With the agent key: the control plane counts a heartbeat only from a key bound to this agent.
+                await nc.publish(subject, beat.SerializeToString(), headers=self.reporter.auth_headers or None)
             except Exception as e:
                 self._log.warning("heartbeat not sent", error=repr(e))
             await self._sleep(self.config.heartbeat_s)

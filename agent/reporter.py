@@ -66,6 +66,11 @@ class Reporter:
         self._max_backoff = max_backoff_s
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The agent key as a header (empty without a key): reports and heartbeats carry it."""
+        return dict(self._auth)
+
     async def send(self, report: AgentReport) -> None:
         """Store one report; fills in event_id and agent_id when empty."""
         if not report.event_id:

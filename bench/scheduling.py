@@ -151,7 +151,9 @@ class FakeAgent:
             beat = agent_pb2.AgentHeartbeat(
                 agent_id=self.agent_id, attempts=sorted(self.held), time_us=time.time_ns() // 1000
             )
-            await nc.publish(bus.heartbeat_subject(self.agent_id), beat.SerializeToString())
+            # With its key: the control plane counts only heartbeats of a key bound to the agent.
+            headers = {"Authorization": f"Bearer {self.api_key}"}
+            await nc.publish(bus.heartbeat_subject(self.agent_id), beat.SerializeToString(), headers=headers)
             await asyncio.sleep(1.0)
 
 
@@ -242,7 +244,9 @@ def measure(runs: int, agent_count: int, gpus: int) -> dict[str, Any]:
                     left -= n
                     index += 1
                 create_seconds = time.perf_counter() - created
-                agents = [FakeAgent(f"sim-{i}", gpus, nats_server.url, stack.agent_key) for i in range(agent_count)]
+                agents = [
+                    FakeAgent(f"sim-{i}", gpus, nats_server.url, stack.key_for(f"sim-{i}")) for i in range(agent_count)
+                ]
                 figures = asyncio.run(drive(agents, stubs, experiment_ids, runs))
             stack.stop()
             return {

@@ -21,7 +21,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from runyard import bus
+from runyard import bus, natsauth
 from runyard.objectstore import open_store
 from runyard.server.account_queries import AccountQueries
 from runyard.server.api.admin import AdminService
@@ -36,6 +36,7 @@ from runyard.server.config import ServerConfig
 from runyard.server.context import ServerContext
 from runyard.server.credentials import Credentials
 from runyard.server.first_run import ensure_first_account
+from runyard.server.ingest.agent_auth import AgentAuth
 from runyard.server.ingest.consumer import Ingest
 from runyard.server.projections.runner import ProjectionRunner
 from runyard.server.queries import Queries
@@ -101,6 +102,7 @@ class Replica:
 async def start_replica(config: ServerConfig) -> Replica:
     import nats
 
+    config.check()
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=48, thread_name_prefix="runyard-io"))
     store = await asyncio.to_thread(EventStore.open, config.database_url, pool_size=20, max_overflow=40)
@@ -118,7 +120,12 @@ async def start_replica(config: ServerConfig) -> Replica:
     accounts = AccountQueries(store.read_engine)
     if config.bootstrap_keys_file:
         await asyncio.to_thread(
-            ensure_first_account, ctx.commands, accounts, Path(config.bootstrap_keys_file), config.default_gpu_quota
+            ensure_first_account,
+            ctx.commands,
+            accounts,
+            Path(config.bootstrap_keys_file),
+            config.default_gpu_quota,
+            config.bootstrap_agent_id,
         )
         # The keys must be known to the auth path before the first call arrives.
         await asyncio.to_thread(projections.catch_up)
@@ -128,7 +135,17 @@ async def start_replica(config: ServerConfig) -> Replica:
     head = LogHead(loop, await asyncio.to_thread(store.head_position))
     unsubscribe = store.on_commit(head.notify_threadsafe)
 
-    nc = await nats.connect(config.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5)
+    # The control plane's own NATS user, when the operator's nats-server has users (runyard.natsauth).
+    if not config.nats_nkey_file:
+        log.warning(
+            "connecting to NATS without credentials: unless its nats-server has users, anyone who reaches it can "
+            "cancel runs and pose as agents (see `runyard admin nats-config`)",
+            nats_url=config.nats_url,
+        )
+    nats_auth = natsauth.connect_options(config.nats_url, config.nats_nkey_file, config.nats_ca_file)
+    nc = await nats.connect(
+        config.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5, **nats_auth
+    )
     js = nc.jetstream()
     await bus.ensure_streams(js)
 
@@ -139,6 +156,7 @@ async def start_replica(config: ServerConfig) -> Replica:
     ctx.scheduling_reads = SchedulingReads(store.read_engine)
     ctx.queue_explainer = QueueExplainer(ctx.scheduling_reads, scheduler.heartbeats.alive, lambda: projections.position)
     ingest = Ingest(ctx, js, credentials)
+    scheduler.accept_heartbeat = AgentAuth(credentials).accept_heartbeat
     # One ingest at a time keeps each run's reports in order: the scheduler's leader's.
     ingest.active = lambda: scheduler.leading
     # Experiments' searchers are fed and obeyed by the leader only, too.
@@ -154,7 +172,7 @@ async def start_replica(config: ServerConfig) -> Replica:
     health_servicer = aio_health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(config.listen)
+    port = _listen(server, config)
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
@@ -183,6 +201,18 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     log.info("shutting down", grace_s=config.shutdown_grace_s)
     await replica.close(config.shutdown_grace_s)
     log.info("stopped")
+
+
+def _listen(server: grpc.aio.Server, config: ServerConfig) -> int:
+    """Bind the gRPC port: TLS with the configured certificate, plain only where `config.check` allows it."""
+    if not config.tls_cert_file or not config.tls_key_file:
+        return int(server.add_insecure_port(config.listen))
+    try:
+        chain = Path(config.tls_cert_file).expanduser().read_bytes()
+        key = Path(config.tls_key_file).expanduser().read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read the TLS certificate or key ({e.filename}): {e.strerror}") from None
+    return int(server.add_secure_port(config.listen, grpc.ssl_server_credentials([(key, chain)])))
 
 
 def _safe_url(url: str) -> str:

@@ -315,14 +315,19 @@ class Commands:
         raise ConcurrencyError(account_stream(account_id), -1, -1)
 
     def create_api_key(
-        self, account_id: str, role: int = common_pb2.ROLE_USER, name: str = "", agent_id: str = ""
+        self,
+        account_id: str,
+        role: int = common_pb2.ROLE_USER,
+        name: str = "",
+        agent_id: str = "",
+        nats_public_key: str = "",
     ) -> CreatedKey:
         """A new key of an existing account; the secret is returned here and nowhere else, ever."""
         if self._store.stream_version(account_stream(account_id)) == 0:
             raise NotFound("account", account_id)
         secret = new_secret()
         key_id = new_key_id()
-        new = ApiKey.create(key_id, account_id, role, hash_secret(secret), name, agent_id)
+        new = ApiKey.create(key_id, account_id, role, hash_secret(secret), name, agent_id, nats_public_key)
         position = self._store.append(api_key_stream(key_id), new_events(new, None), NO_STREAM).last_position
         return CreatedKey(key_id, secret, position)
 
@@ -351,8 +356,9 @@ class Commands:
         gpu_quota: int,
         run_quota: int = 0,
         staged: Callable[[FirstKeys], None] | None = None,
+        agent: str = "agent",
     ) -> FirstKeys | None:
-        """Create the first account with an admin and an agent key, or None if another replica did.
+        """Create the first account with an admin key and an agent key for `agent`, or None if another replica did.
 
         Everything goes in one transaction whose account append expects NO_STREAM: of
         several replicas starting together exactly one commits, the others roll back
@@ -364,12 +370,17 @@ class Commands:
         admin_id, agent_id = new_key_id(), new_key_id()
         account = Account.create(account_id, account_id, gpu_quota, 0, run_quota)
         admin = ApiKey.create(admin_id, account_id, common_pb2.ROLE_ADMIN, hash_secret(admin_key), "bootstrap admin")
-        agent = ApiKey.create(agent_id, account_id, common_pb2.ROLE_AGENT, hash_secret(agent_key), "bootstrap agents")
+        # Bound to one agent id (`runyard server --bootstrap-agent-id`, default the host name).
+        agent_key_events = ApiKey.create(
+            agent_id, account_id, common_pb2.ROLE_AGENT, hash_secret(agent_key), f"bootstrap agent {agent}", agent
+        )
         try:
             with self._store.transaction() as tx:
                 tx.append(account_stream(account_id), new_events(account, None), NO_STREAM)
                 tx.append(api_key_stream(admin_id), new_events(admin, None), NO_STREAM)
-                position = tx.append(api_key_stream(agent_id), new_events(agent, None), NO_STREAM).last_position
+                position = tx.append(
+                    api_key_stream(agent_id), new_events(agent_key_events, None), NO_STREAM
+                ).last_position
                 keys = FirstKeys(account_id, admin_key, agent_key, position)
                 if staged is not None:
                     staged(keys)
@@ -511,11 +522,15 @@ def _report_ids(report: agent_pb2.AgentReport) -> Callable[[int], list[uuid.UUID
 def _output(report: agent_pb2.AgentReport) -> tuple[str, int, Message] | None:
     """(stream, attempt, event) of a report of a run's output, or None for a transition."""
     body = report.WhichOneof("body")
-    if body == "logged":
-        return ev.run_logs_stream(report.run_id), report.logged.attempt, report.logged
-    if body == "metrics":
-        return ev.run_metrics_stream(report.run_id), report.metrics.attempt, report.metrics
-    return None
+    if body not in ("logged", "metrics"):
+        return None
+    msg = report.logged if body == "logged" else report.metrics
+    # Output is filed under the report's run: a body naming another run is refused, never filed there.
+    if msg.run_id and msg.run_id != report.run_id:
+        raise DomainError(f"a {body} report of run {report.run_id!r} names run {msg.run_id!r} in its body")
+    msg.run_id = report.run_id
+    stream = ev.run_logs_stream(report.run_id) if body == "logged" else ev.run_metrics_stream(report.run_id)
+    return stream, msg.attempt, msg
 
 
 def _decision(report: agent_pb2.AgentReport) -> Callable[[Run], list[Message]] | None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
+
+from runyard.bus import host_agent_id
 
 
 @dataclass(frozen=True)
@@ -26,3 +29,36 @@ class ServerConfig:
     bootstrap_keys_file: str | None = None
     # GPU quota of that first account.
     default_gpu_quota: int = 8
+    # The agent id that first account's agent key is bound to (agent keys speak for one agent).
+    bootstrap_agent_id: str = field(default_factory=host_agent_id)
+    # NKey seed file of the control plane's NATS user (`runyard admin nats-config` makes one).
+    nats_nkey_file: str | None = None
+    # CA certificate (PEM) to check a tls:// NATS server against.
+    nats_ca_file: str | None = None
+    # Certificate chain and private key (PEM): serve gRPC over TLS.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Serve plain gRPC on a non-loopback address: only behind a proxy that terminates TLS.
+    allow_plaintext: bool = False
+
+    def check(self) -> None:
+        """Refuse settings that would expose API keys: plain gRPC off loopback, half a TLS pair."""
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("--tls-cert and --tls-key go together: give both to serve TLS, or neither")
+        if not self.tls_cert_file and not self.allow_plaintext and not is_loopback(self.listen):
+            raise ValueError(
+                f"refusing to serve plaintext gRPC on {self.listen}: API keys would cross the network in the clear. "
+                "Give --tls-cert and --tls-key, listen on 127.0.0.1, or pass --allow-plaintext when a proxy "
+                "in front terminates TLS"
+            )
+
+
+def is_loopback(listen: str) -> bool:
+    """Does HOST:PORT listen on loopback only? ("localhost", 127.0.0.0/8, [::1]; not 0.0.0.0 or [::])."""
+    host = listen.rsplit(":", 1)[0].strip("[]") if ":" in listen else listen
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: whatever it resolves to, it is not known to be loopback

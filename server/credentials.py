@@ -114,5 +114,17 @@ def is_admin(principal: Principal) -> bool:
 
 
 def may_report_as(principal: Principal | None, agent_id: str) -> bool:
-    """An agent key reports for the agent it names, or for any agent when it names none."""
-    return principal is not None and principal.role == common_pb2.ROLE_AGENT and principal.agent_id in ("", agent_id)
+    """Only an agent key bound to exactly this agent id speaks for it.
+
+    A key without an agent id speaks for no agent: such a key would let one
+    host register, heartbeat and report as every other host. The account an
+    agent key belongs to is checked where keys are made: an agent id is bound
+    to one account's keys (`Commands.create_api_key`), so a key bound to the id
+    is always of the account that runs that agent.
+    """
+    return (
+        principal is not None
+        and principal.role == common_pb2.ROLE_AGENT
+        and principal.agent_id != ""
+        and principal.agent_id == agent_id
+    )

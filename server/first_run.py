@@ -2,8 +2,9 @@
 
 Every RPC needs an API key and only an admin key can create keys, so somebody
 has to create the first one. On a log without any account the server creates
-account "default", one admin key and one agent key (for any agent id), and
-writes them to FILE as YAML (``account_id``, ``admin_key``, ``agent_key``),
+account "default", one admin key and one agent key, and
+writes them to FILE as YAML (``account_id``, ``admin_key``, ``agent_key``; the agent
+key is bound to one agent id, `--bootstrap-agent-id`, by default the host name),
 readable by its owner only. That is how `runyard up` needs no setup.
 
 Several replicas may start at once against an empty database: the create is
@@ -52,7 +53,9 @@ def keys_yaml(keys: FirstKeys) -> str:
     )
 
 
-def ensure_first_account(commands: Commands, accounts: AccountQueries, path: Path, gpu_quota: int) -> bool:
+def ensure_first_account(
+    commands: Commands, accounts: AccountQueries, path: Path, gpu_quota: int, agent_id: str = "agent"
+) -> bool:
     """Create the first account and write its keys to `path`; False when accounts exist already."""
     if accounts.count_accounts() > 0:
         log.info("accounts exist; bootstrap keys file left as it is", path=str(path))
@@ -65,7 +68,7 @@ def ensure_first_account(commands: Commands, accounts: AccountQueries, path: Pat
         write_private(staging, keys_yaml(keys))
 
     try:
-        created = commands.bootstrap_first_account(FIRST_ACCOUNT, gpu_quota, staged=stage)
+        created = commands.bootstrap_first_account(FIRST_ACCOUNT, gpu_quota, staged=stage, agent=agent_id)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             staging.unlink()

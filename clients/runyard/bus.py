@@ -9,6 +9,7 @@ Heartbeats are core NATS: losing one is harmless.
 from __future__ import annotations
 
 import re
+import socket
 from typing import Any
 
 WORK_STREAM = "RUNYARD_WORK"
@@ -24,6 +25,15 @@ def check_agent_id(agent_id: str) -> str:
     if not _AGENT_ID.match(agent_id):
         raise ValueError(f"agent id {agent_id!r} is invalid: use 1-64 letters, digits, '-' or '_'")
     return agent_id
+
+
+def host_agent_id() -> str:
+    """The host name, made safe for NATS subjects and ids: lowercase letters, digits, dashes.
+
+    The default id of `runyard agent` and of the bootstrap agent key (`runyard server`).
+    """
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")
+    return name[:63] or "agent"
 
 
 def work_subject(agent_id: str) -> str:

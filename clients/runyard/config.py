@@ -91,6 +91,17 @@ class Settings:
     default_gpu_quota: int | None = None
     # The config file's context in use (`contexts:`), None when it names none.
     context: str | None = None
+    # `runyard server`: the agent id the first account's agent key is bound to (default the host name).
+    bootstrap_agent_id: str | None = None
+    # `runyard server` / `runyard agent`: the NKey seed file of this process's NATS user.
+    nats_nkey: str | None = None
+    # CA certificate (PEM) that a tls:// NATS server's certificate is checked against.
+    nats_ca: str | None = None
+    # `runyard server`: certificate chain and private key (PEM) to serve gRPC over TLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # Clients: CA certificate (PEM) to trust for a server on TLS; set, the client speaks TLS.
+    tls_ca: str | None = None
     # key -> where its value came from ("flag", "env RUNYARD_X", "config file P", "state file P", "default").
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -114,7 +125,7 @@ _KEYS: dict[str, str] = {
 }
 
 # Keys the `runyard up` state file may supply: what a client needs to reach that stack.
-_STATE_KEYS = ("endpoint", "storage_root", "api_key")
+_STATE_KEYS = ("endpoint", "storage_root", "api_key", "tls_ca")
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,7 @@ class UpState:
     nats_url: str = ""
     # The stack's admin key, so that every command works on it with no setup.
     api_key: str = field(default="", repr=False)
+    tls_ca: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

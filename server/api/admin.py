@@ -85,17 +85,46 @@ class AdminService(pb_grpc.AdminServiceServicer):
 
     async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Context) -> pb.CreateApiKeyResponse:
         role = request.role or common_pb2.ROLE_USER
+        if role == common_pb2.ROLE_AGENT and request.agent_id:
+            other = await asyncio.to_thread(self._agent_account, request.agent_id, request.account_id)
+            if other:
+                # An agent id belongs to one account: a key of another account must never speak for it.
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"agent_id: agent {request.agent_id!r} has a live key of account {other!r}; "
+                    "revoke that key first or choose another agent id",
+                )
         try:
             created = await asyncio.to_thread(
-                self._ctx.commands.create_api_key, request.account_id, role, request.name, request.agent_id
+                self._ctx.commands.create_api_key,
+                request.account_id,
+                role,
+                request.name,
+                request.agent_id,
+                request.nats_public_key,
             )
         except Exception as exc:
             await abort(context, exc)
         key = await self._ctx.read_after(created.position, lambda: self._accounts.get_api_key(created.key_id))
+        if key is not None:
+            key.nats_public_key = request.nats_public_key
         return pb.CreateApiKeyResponse(key=key, secret=created.secret)
+
+    def _agent_account(self, agent_id: str, account_id: str) -> str:
+        """Another account with a live key bound to `agent_id` ("" when none)."""
+        for key in self._accounts.list_api_keys():
+            if key.agent_id == agent_id and not key.revoked and key.account_id != account_id:
+                return key.account_id
+        return ""
 
     async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Context) -> pb.ListApiKeysResponse:
         keys = await asyncio.to_thread(self._accounts.list_api_keys, request.account_id)
+        # The agents' NATS users (for `runyard admin nats-config`) are read from the keys' own streams:
+        # the api_keys read model has no column for them.
+        for key in keys:
+            if key.role == common_pb2.ROLE_AGENT and not key.revoked:
+                loaded = await asyncio.to_thread(self._ctx.commands.load_api_key, key.id)
+                key.nats_public_key = loaded.nats_public_key
         return pb.ListApiKeysResponse(keys=keys)
 
     async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: Context) -> pb.RevokeApiKeyResponse:

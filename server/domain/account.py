@@ -28,6 +28,8 @@ ACCOUNT_ID = re.compile(r"^[a-z0-9-]{1,64}$")
 #: Agent ids are NATS subject tokens (see runyard.bus.check_agent_id).
 AGENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# A NATS user NKey public key: "U" then 55 base32 characters (the last two hold a checksum).
+NKEY_USER = re.compile(r"^U[A-Z2-7]{55}$")
 MAX_NAME = 200
 #: Far above any real plan; a typo like 80000000 is refused rather than silently granted.
 MAX_QUOTA = 1_000_000
@@ -158,12 +160,24 @@ class ApiKey:
     agent_id: str = ""
     revoked: bool = False
     version: int = 0
+    # For an agent key: the public NKey of the agent's NATS user (see runyard.natsauth).
+    nats_public_key: str = ""
 
     @staticmethod
     def create(
-        key_id: str, account_id: str, role: int, secret_sha256: str, name: str = "", agent_id: str = ""
+        key_id: str,
+        account_id: str,
+        role: int,
+        secret_sha256: str,
+        name: str = "",
+        agent_id: str = "",
+        nats_public_key: str = "",
     ) -> list[Message]:
-        """A new key of `account_id`; `agent_id` narrows an agent key to one agent ("" for any)."""
+        """A new key of `account_id`; an agent key is bound to exactly one agent id.
+
+        A key for any agent would let one host speak for every other host, so an
+        agent key without an agent id is refused.
+        """
         if not key_id:
             raise InvalidField("key_id", "is required")
         check_account_id(account_id)
@@ -176,6 +190,14 @@ class ApiKey:
             raise InvalidField("agent_id", f"only an agent key names an agent; this key's role is {role_name(role)}")
         if agent_id and not AGENT_ID.match(agent_id):
             raise InvalidField("agent_id", f"{agent_id!r} is not an agent id: use 1-64 letters, digits, '-' or '_'")
+        if role == common_pb2.ROLE_AGENT and not agent_id:
+            raise InvalidField("agent_id", "is required for an agent key: the key speaks for that one agent")
+        if nats_public_key and role != common_pb2.ROLE_AGENT:
+            raise InvalidField("nats_public_key", "only an agent key has a NATS user")
+        if nats_public_key and not NKEY_USER.match(nats_public_key):
+            raise InvalidField(
+                "nats_public_key", "is not a NATS user public NKey (56 characters of base32, starting with U)"
+            )
         return [
             events_pb2.ApiKeyCreated(
                 key_id=key_id,
@@ -184,6 +206,7 @@ class ApiKey:
                 secret_sha256=secret_sha256,
                 name=name,
                 agent_id=agent_id,
+                nats_public_key=nats_public_key,
             )
         ]
 
@@ -201,6 +224,7 @@ class ApiKey:
             secret_sha256=first.secret_sha256,
             name=first.name,
             agent_id=first.agent_id,
+            nats_public_key=first.nats_public_key,
             version=1,
         )
         for event in stream:

@@ -21,10 +21,11 @@ instead of being dropped, until the predecessor is stored or
 `EARLY_REPORT_RETRIES` deliveries have passed.
 
 Only agents may report: each report must carry the header
-``Authorization: Bearer <secret>`` of a valid ROLE_AGENT key whose agent id is
-empty (any agent) or the report's agent id, arrive on that agent's subject,
-and register no other agent. Anything else is acked (never redelivered) and
-logged, and stores nothing.
+``Authorization: Bearer <secret>`` of a valid ROLE_AGENT key bound to the
+report's agent id, arrive on that agent's subject, register no other agent,
+and (logs, metrics) name no other run in its body than the report's run (see
+`runyard.server.ingest.agent_auth`). Anything else is acked (never
+redelivered) and logged, and stores nothing.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ import structlog
 from runyard import bus
 from runyard.server.commands import NotFound
 from runyard.server.context import ServerContext
-from runyard.server.credentials import Credentials, may_report_as
+from runyard.server.credentials import Credentials
 from runyard.server.domain.errors import DomainError, IllegalTransition
+from runyard.server.ingest.agent_auth import AgentAuth
 from runyard.server.store.notify import quiet_commits
 from runyard.v1 import agent_pb2
 
@@ -63,7 +65,7 @@ class Ingest:
     def __init__(self, ctx: ServerContext, js: Any, credentials: Credentials) -> None:
         self._ctx = ctx
         self._js = js
-        self._credentials = credentials
+        self._auth = AgentAuth(credentials)
         self.handled = 0
         self.refused = 0
         # Whether this replica ingests now (set by the composition root: the scheduler's leader does).
@@ -245,18 +247,18 @@ class Ingest:
 
     async def _refusal(self, msg: Any, report: agent_pb2.AgentReport) -> str:
         """Why the report may not be stored ("" when it may)."""
-        secret = _bearer((getattr(msg, "headers", None) or {}).get("Authorization", ""))
-        if not secret:
-            return "no 'Authorization: Bearer <agent key>' header (start the agent with --api-key)"
-        fresh, principal = self._credentials.cached(secret)
-        if not fresh:
-            principal = await asyncio.to_thread(self._credentials.principal, secret)
-        if not may_report_as(principal, report.agent_id):
-            return f"the key is not a valid agent key for agent {report.agent_id!r}"
-        if msg.subject != bus.reports_subject(report.agent_id):
-            return f"a report of agent {report.agent_id!r} arrived on {msg.subject}"
-        if report.WhichOneof("body") == "registered" and report.registered.agent_id != report.agent_id:
+        refusal = await self._auth.refusal(
+            getattr(msg, "headers", None), report.agent_id, msg.subject, bus.reports_subject(report.agent_id)
+        )
+        if refusal:
+            return refusal
+        body = report.WhichOneof("body")
+        if body == "registered" and report.registered.agent_id != report.agent_id:
             return f"agent {report.agent_id!r} may not register agent {report.registered.agent_id!r}"
+        # A run's output is filed under the report's run: a body naming another run would add to that run.
+        named = report.logged.run_id if body == "logged" else report.metrics.run_id if body == "metrics" else ""
+        if named and named != report.run_id:
+            return f"a {body} report of run {report.run_id!r} names run {named!r} in its body"
         return ""
 
 
@@ -289,8 +291,3 @@ def _deliveries(msg: Any) -> int:
         return int(msg.metadata.num_delivered)
     except Exception:
         return EARLY_REPORT_RETRIES
-
-
-def _bearer(value: str) -> str:
-    scheme, _, secret = value.strip().partition(" ")
-    return secret.strip() if scheme.lower() == "bearer" else ""

@@ -477,7 +477,10 @@ class RunsProjector:
         `latest` holds the batch's runs' latest values, parsed from their rows
         once; `apply` writes them back once.
         """
-        position, run_id, attempt = event.position, msg.run_id, msg.attempt
+        # Filed under the run whose stream holds the event, never the run its body names (an agent's
+        # report naming another run must not add to it); old events always named their own run.
+        position, attempt = event.position, msg.attempt
+        run_id = event.stream_id.partition(":")[2] if event.stream_id.startswith("run-metrics:") else msg.run_id
         current = latest.get(run_id)
         if current is None:
             row = rows.get(run_id)

@@ -46,7 +46,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -121,6 +121,8 @@ class Scheduler:
         self._nc = nc
         self._lease = lease
         self.heartbeats = Heartbeats(ctx.config.agent_timeout_s)
+        #: Whether a heartbeat is its agent's own (its key and subject; set by the composition root).
+        self.accept_heartbeat: Callable[[Any, agent_pb2.AgentHeartbeat], Awaitable[bool]] | None = None
         self.reads = SchedulingReads(ctx.store.engine)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -192,7 +194,12 @@ class Scheduler:
 
     async def _on_heartbeat(self, msg: Any) -> None:
         beat = agent_pb2.AgentHeartbeat()
-        beat.ParseFromString(msg.data)
+        try:
+            beat.ParseFromString(msg.data)
+        except Exception:
+            return
+        if self.accept_heartbeat is not None and not await self.accept_heartbeat(msg, beat):
+            return
         if self.heartbeats.record(beat):
             self._wake.set()
 

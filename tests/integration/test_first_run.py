@@ -44,7 +44,9 @@ def test_replicas_starting_together_create_one_account_and_one_keys_file(url: st
         def replica(store: EventStore) -> None:
             try:
                 barrier.wait()
-                won.append(ensure_first_account(Commands(store), AccountQueries(store.read_engine), keys_file, 8))
+                won.append(
+                    ensure_first_account(Commands(store), AccountQueries(store.read_engine), keys_file, 8, "gpu-0")
+                )
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
@@ -67,7 +69,7 @@ def test_replicas_starting_together_create_one_account_and_one_keys_file(url: st
         admin = queries.key_by_hash(hash_secret(keys["admin_key"]))
         agent = queries.key_by_hash(hash_secret(keys["agent_key"]))
         assert admin is not None and admin.role == common_pb2.ROLE_ADMIN and admin.account_id == "default"
-        assert agent is not None and agent.role == common_pb2.ROLE_AGENT and agent.agent_id == ""
+        assert agent is not None and agent.role == common_pb2.ROLE_AGENT and agent.agent_id == "gpu-0"
         assert len(queries.list_api_keys()) == 2
 
         # A later start leaves the file as it is: the secrets are never written again.

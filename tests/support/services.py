@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -48,26 +49,44 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A JetStream-enabled nats-server that a test may stop and start again."""
+    """A JetStream-enabled nats-server that a test may stop and start again.
 
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+    Without `config` anyone may connect (as most tests need); with it, the text
+    is the server's config file (e.g. the `authorization` block of
+    `runyard.natsauth.render_authorization`, a `tls` block), and `reload()`
+    re-reads it after the test changed `config`.
+    """
+
+    def __init__(self, store_dir: Path, port: int | None = None, config: str | None = None, tls: bool = False) -> None:
         self.port = port or free_port()
         self.store_dir = store_dir
+        self.config = config
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.store_dir.parent / f"{self.store_dir.name}.conf"
 
     def start(self) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        if self.config is not None:
+            self.config_file.write_text(self.config, encoding="utf-8")
+            argv += ["-c", str(self.config_file)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
         return self
+
+    def reload(self) -> None:
+        """Write `config` again and have the running server re-read it (`nats-server --signal reload`)."""
+        assert self.proc is not None and self.config is not None
+        self.config_file.write_text(self.config, encoding="utf-8")
+        self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -5,9 +5,12 @@ point with flags), logs to a file in the test's folder, and is stopped with
 SIGTERM so graceful shutdown is exercised too.
 
 The first server creates account "default" and writes its admin and agent keys
-to ``root/keys.yaml`` (``--bootstrap-keys``); the stack reads them into
-`admin_key` and `agent_key`, gives every agent the agent key, and `channel()`
-sends the admin key (or the key given) with every call.
+to ``root/keys.yaml`` (``--bootstrap-keys``, the agent key bound to agent id
+``agent-1``); the stack reads them into `admin_key` and `agent_key`. Agent keys
+speak for one agent only, so every other agent id gets its own key, made
+through the admin API on first use (`key_for`). `channel()` sends the admin key
+(or the key given) with every call. With `nats_nkey` set (a NATS with users),
+servers connect as that NKey user and each agent gets `agent_nkeys[agent_id]`.
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runyard.client.auth import with_api_key
 from runyard.v1 import (
+    admin_service_pb2,
     admin_service_pb2_grpc,
+    common_pb2,
     experiment_service_pb2_grpc,
     run_service_pb2_grpc,
 )
 from tests.support.services import free_port
+
+#: The agent id the bootstrap agent key is bound to (`--bootstrap-agent-id`).
+BOOTSTRAP_AGENT = "agent-1"
 
 
 def cli(*args: str) -> list[str]:
@@ -85,6 +93,11 @@ class Stack:
     port: int = 0
     admin_key: str = ""
     agent_key: str = ""
+    # Agent id -> its agent key (agent-1's is the bootstrap `agent_key`).
+    agent_keys: dict[str, str] = field(default_factory=dict)
+    # NKey seed files: the control plane's, and each agent's, when NATS has users.
+    nats_nkey: str | None = None
+    agent_nkeys: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -117,6 +130,9 @@ class Stack:
                 *self.storage_flags(),
                 "--bootstrap-keys",
                 str(self.keys_file),
+                "--bootstrap-agent-id",
+                BOOTSTRAP_AGENT,
+                *(["--nats-nkey", self.nats_nkey] if self.nats_nkey else []),
                 *extra,
             ),
             self.root / f"server-{len(self.servers)}.log",
@@ -137,6 +153,18 @@ class Stack:
         keys = yaml.safe_load(self.keys_file.read_text(encoding="utf-8"))
         self.admin_key, self.agent_key = keys["admin_key"], keys["agent_key"]
 
+    def key_for(self, agent_id: str) -> str:
+        """The agent key bound to `agent_id` (made through the admin API the first time)."""
+        if agent_id == BOOTSTRAP_AGENT and self.agent_key:
+            return self.agent_key
+        if agent_id not in self.agent_keys:
+            request = admin_service_pb2.CreateApiKeyRequest(
+                account_id="default", role=common_pb2.ROLE_AGENT, agent_id=agent_id, name=f"test agent {agent_id}"
+            )
+            stub = admin_service_pb2_grpc.AdminServiceStub(self.channel())
+            self.agent_keys[agent_id] = stub.CreateApiKey(request, timeout=30).secret
+        return self.agent_keys[agent_id]
+
     def start_agent(self, agent_id: str = "agent-1", slots: int = 2, *extra: str) -> Proc:
         proc = Proc(
             agent_id,
@@ -151,7 +179,8 @@ class Stack:
                 "--work-dir",
                 str(self.root / agent_id),
                 *self.storage_flags(),
-                *(["--api-key", self.agent_key] if self.agent_key else []),
+                *(["--api-key", self.key_for(agent_id)] if self.agent_key else []),
+                *(["--nats-nkey", self.agent_nkeys[agent_id]] if agent_id in self.agent_nkeys else []),
                 *extra,
             ),
             self.root / f"{agent_id}.log",

@@ -8,10 +8,12 @@ created; the server keeps only its hash, so a lost secret means a new key.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
 
+from runyard import natsauth
 from runyard.client import render
 from runyard.client.commands import Context
 from runyard.client.errors import ClientError
@@ -69,14 +71,33 @@ def add_parsers(
     p.set_defaults(func=cmd_keys_create)
     p.add_argument("account_id", metavar="ACCOUNT")
     p.add_argument("--role", choices=tuple(ROLES), default="user", help="user (default), admin or agent")
-    p.add_argument("--agent-id", default="", help="with --role agent: the only agent id it may report as")
+    p.add_argument("--agent-id", default="", help="with --role agent (required): the only agent id it may speak for")
     p.add_argument("--name", default="", help="a note to tell keys apart (laptop, ci, gpu-node-7)")
+    p.add_argument(
+        "--nats-nkey-out",
+        metavar="FILE",
+        help="with --role agent: write the agent's NATS NKey seed to FILE (mode 0600) instead of printing it",
+    )
     p = keys_sub.add_parser("list", help="list keys (never their secrets)", parents=client)
     p.set_defaults(func=cmd_keys_list)
     p.add_argument("--account", default="", help="only this account's keys")
     p = keys_sub.add_parser("revoke", help="disable a key for good", parents=client)
     p.set_defaults(func=cmd_keys_revoke)
     p.add_argument("key_id", metavar="KEY_ID", help="key-... (see `runyard admin keys list`)")
+
+    p = admin_sub.add_parser(
+        "nats-config",
+        help="the nats-server `authorization` block for the control plane and every agent key",
+        parents=client,
+    )
+    p.set_defaults(func=cmd_nats_config)
+    p.add_argument(
+        "--control-plane-nkey",
+        metavar="FILE",
+        required=True,
+        help="the control plane's NKey seed file (`runyard server --nats-nkey`); made if missing",
+    )
+    p.add_argument("--out", metavar="FILE", help="write the block to FILE instead of printing it")
 
     p = admin_sub.add_parser("priority", help="set an experiment's priority (higher runs first)", parents=client)
     p.set_defaults(func=cmd_priority)
@@ -175,9 +196,22 @@ def cmd_quota(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_keys_create(args: argparse.Namespace, ctx: Context) -> int:
     if args.agent_id and args.role != "agent":
         raise ClientError("--agent-id is for agent keys: add --role agent")
-    reply = ctx.client().create_api_key(args.account_id, ROLES[args.role], args.name, args.agent_id)
+    if args.role == "agent" and not args.agent_id:
+        raise ClientError("an agent key speaks for one agent: give --agent-id (the agent's --agent-id)")
+    if args.nats_nkey_out and args.role != "agent":
+        raise ClientError("--nats-nkey-out is for agent keys: add --role agent")
+    if args.nats_nkey_out and Path(args.nats_nkey_out).exists():
+        raise ClientError(f"{args.nats_nkey_out} exists already: choose another --nats-nkey-out")
+    # The agent's NATS user: made here, so its seed never crosses the network; the server keeps the public key.
+    seed, public = natsauth.new_user_nkey() if args.role == "agent" else ("", "")
+    reply = ctx.client().create_api_key(args.account_id, ROLES[args.role], args.name, args.agent_id, public)
+    if seed and args.nats_nkey_out:
+        natsauth.write_seed(args.nats_nkey_out, seed)
     if ctx.json:
-        render.print_json({"key": _key_dict(reply.key), "secret": reply.secret})
+        out: dict[str, object] = {"key": _key_dict(reply.key), "secret": reply.secret}
+        if seed and not args.nats_nkey_out:
+            out["nats_nkey_seed"] = seed
+        render.print_json(out)
         return 0
     scope = f" for agent {reply.key.agent_id}" if reply.key.agent_id else ""
     ctx.err.print(
@@ -187,6 +221,48 @@ def cmd_keys_create(args: argparse.Namespace, ctx: Context) -> int:
         highlight=False,
     )
     ctx.line(reply.secret)
+    if seed:
+        where = f"written to {args.nats_nkey_out}" if args.nats_nkey_out else "the next line"
+        ctx.err.print(
+            f"its NATS user is NKey {public} (seed: {where}; give it to `runyard agent --nats-nkey FILE`); "
+            "run `runyard admin nats-config` and reload nats-server so NATS knows it",
+            markup=False,
+            highlight=False,
+        )
+        if not args.nats_nkey_out:
+            ctx.line(seed)
+    return 0
+
+
+def cmd_nats_config(args: argparse.Namespace, ctx: Context) -> int:
+    """Render the users of the operator's nats-server: the control plane and each live agent key's NKey."""
+    seed_file = Path(args.control_plane_nkey).expanduser()
+    if not seed_file.exists():
+        natsauth.write_seed(seed_file, natsauth.new_user_nkey()[0])
+        ctx.err.print(f"made the control plane's NKey seed {seed_file}", markup=False, highlight=False)
+    try:
+        control_plane = natsauth.public_key(natsauth.read_seed(seed_file))
+    except ValueError as e:
+        raise ClientError(str(e)) from None
+    agents = [
+        (k.agent_id, k.nats_public_key)
+        for k in ctx.client().list_api_keys()
+        if k.role == common_pb2.ROLE_AGENT and not k.revoked and k.agent_id and k.nats_public_key
+    ]
+    text = natsauth.render_authorization(control_plane, agents)
+    if args.out:
+        out = Path(args.out).expanduser()
+        staging = out.with_name(f".{out.name}.tmp")
+        staging.write_text(text, encoding="utf-8")
+        staging.replace(out)
+        ctx.err.print(
+            f"wrote the users of the control plane and {len(agents)} agent(s) to {out}; "
+            "now `nats-server --signal reload`",
+            markup=False,
+            highlight=False,
+        )
+    else:
+        ctx.out.file.write(text)
     return 0
 
 

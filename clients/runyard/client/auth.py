@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
-__all__ = ["BearerAuth", "with_api_key"]
+__all__ = ["BearerAuth", "tls_credentials", "with_api_key"]
 
 
 class _CallDetails(NamedTuple):
@@ -69,3 +69,22 @@ def with_api_key(channel: grpc.Channel, api_key: str | None) -> grpc.Channel:
     if not api_key:
         return channel
     return grpc.intercept_channel(channel, BearerAuth(api_key))
+
+
+def tls_credentials(ca_file: str | None) -> grpc.ChannelCredentials | None:
+    """TLS channel credentials trusting the CA certificate in `ca_file` (PEM); None for plain gRPC."""
+    if not ca_file:
+        return None
+    from pathlib import Path
+
+    from runyard.client.errors import ClientError
+
+    try:
+        pem = Path(ca_file).expanduser().read_bytes()
+    except OSError as e:
+        raise ClientError(
+            f"cannot read the CA certificate {ca_file} (--tls-ca, RUNYARD_TLS_CA): {e.strerror}"
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ClientError(f"{ca_file} (--tls-ca, RUNYARD_TLS_CA) holds no PEM certificate")
+    return grpc.ssl_channel_credentials(root_certificates=pem)

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--context", default=argparse.SUPPRESS, metavar="NAME",
         help="the cluster to talk to, by its name under `contexts:` in the config file (env RUNYARD_CONTEXT)",
     )  # fmt: skip
+    common.add_argument(
+        "--tls-ca", default=argparse.SUPPRESS, metavar="FILE",
+        help="talk TLS to the server, trusting this CA certificate (PEM; env RUNYARD_TLS_CA)",
+    )  # fmt: skip
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
         "-o", "--output", choices=("table", "json", "yaml"), default=argparse.SUPPRESS,
@@ -117,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a database without accounts: create account default, an admin and an agent key, write them here",
     )
     p.add_argument("--default-gpu-quota", type=int, help="GPU quota of that first account (default 8)")
+    p.add_argument(
+        "--bootstrap-agent-id", help="the agent id that first agent key is bound to (default: the host name)"
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve gRPC over TLS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    p.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        help="serve without TLS on a non-loopback address (only behind a TLS-terminating proxy)",
+    )
+    _nats_auth_flags(p)
 
     p = add("agent", daemons.cmd_agent, "run a node agent that pulls runs from NATS (until SIGTERM/Ctrl-C)")
     p.add_argument("--agent-id", help="unique id of this agent (default: the host name)")
@@ -140,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cancel-grace", type=float, help="seconds between SIGTERM and SIGKILL when a run is canceled")
     p.add_argument("--api-key", help="agent API key sent with every report (env RUNYARD_API_KEY)")
+    _nats_auth_flags(p)
 
     # -- experiments and runs ------------------------------------------------------------
     p = add("submit", commands.cmd_submit, "submit an experiment: upload the code, create its runs", client)
@@ -268,6 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _nats_auth_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nats-nkey", metavar="FILE", help="NKey seed file of this process's NATS user (env RUNYARD_NATS_NKEY)"
+    )
+    p.add_argument(
+        "--nats-ca", metavar="FILE", help="CA certificate (PEM) of a tls:// NATS server (env RUNYARD_NATS_CA)"
+    )
+
+
 def _storage_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-root", help="file:///abs/dir when objects live in a folder (set by `runyard up`)")
     p.add_argument("--s3-endpoint-url", help="S3 API endpoint (MinIO, IBM COS, ...); default AWS")
@@ -279,7 +304,8 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
     for key in (
         "endpoint", "database_url", "nats_url", "storage_root", "s3_endpoint_url", "code_uri_prefix",
         "max_code_bytes", "agent_timeout", "listen", "agent_id", "work_dir", "data_dir", "api_key",
-        "bootstrap_keys", "default_gpu_quota",
+        "bootstrap_keys", "default_gpu_quota", "bootstrap_agent_id", "nats_nkey", "nats_ca", "tls_cert", "tls_key",
+        "tls_ca",
     ):  # fmt: skip
         flags[key] = getattr(args, key, None)
     if args.command == "agent":

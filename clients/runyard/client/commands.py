@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runyard.client import plots, render, views
+from runyard.client.auth import tls_credentials
 from runyard.client.errors import ClientError
 from runyard.client.live import RunsBoard
 from runyard.client.packing import pack_code
@@ -62,7 +63,11 @@ class Context:
     def client(self) -> Client:
         """Connect on first use; a dead endpoint fails here, quickly and in one line."""
         if self._client is None:
-            client = Client(self.settings.endpoint, api_key=self.settings.api_key or "")
+            client = Client(
+                self.settings.endpoint,
+                api_key=self.settings.api_key or "",
+                credentials=tls_credentials(self.settings.tls_ca),
+            )
             try:
                 client.wait_ready()
             except ClientError:

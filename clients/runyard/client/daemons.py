@@ -8,8 +8,6 @@ runtime, and a client-only installation still works.
 from __future__ import annotations
 
 import argparse
-import re
-import socket
 from typing import Any, NoReturn
 
 from runyard.client.errors import ClientError
@@ -37,6 +35,12 @@ def server_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[s
         "shutdown_grace_s": getattr(args, "shutdown_grace", None),
         "bootstrap_keys_file": settings.bootstrap_keys,
         "default_gpu_quota": settings.default_gpu_quota,
+        "bootstrap_agent_id": settings.bootstrap_agent_id,
+        "nats_nkey_file": settings.nats_nkey,
+        "nats_ca_file": settings.nats_ca,
+        "tls_cert_file": settings.tls_cert,
+        "tls_key_file": settings.tls_key,
+        "allow_plaintext": getattr(args, "allow_plaintext", None) or None,
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -48,14 +52,27 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
     except ModuleNotFoundError as e:
         _not_installed("server", e)
     config = ServerConfig(**server_config_kwargs(settings, args))
+    try:
+        config.check()
+        _check_nats_files(config.nats_url, config.nats_nkey_file, config.nats_ca_file)
+    except ValueError as e:
+        raise ClientError(str(e)) from None
     run_server(config)
     return 0
 
 
+def _check_nats_files(url: str, nkey_file: str | None, ca_file: str | None) -> None:
+    """A missing NKey seed or CA file is a one-line error now, not a traceback once NATS is dialled."""
+    from runyard.natsauth import connect_options
+
+    connect_options(url, nkey_file, ca_file)
+
+
 def default_agent_id() -> str:
     """The host name, made safe for NATS subjects and ids: lowercase letters, digits, dashes."""
-    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")
-    return name[:63] or "agent"
+    from runyard.bus import host_agent_id
+
+    return host_agent_id()
 
 
 def agent_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -70,6 +87,8 @@ def agent_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[st
         "labels": settings.labels,
         "cancel_grace_s": getattr(args, "cancel_grace", None),
         "api_key": settings.api_key,
+        "nats_nkey_file": settings.nats_nkey,
+        "nats_ca_file": settings.nats_ca,
     }
     if settings.gpus is not None:
         from runyard.agent.gpus import declared_gpus
@@ -93,6 +112,10 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     config = AgentConfig(**agent_config_kwargs(settings, args))
     if config.slots is not None and config.slots < 1:
         raise ClientError(f"--slots must be at least 1, got {config.slots}")
+    try:
+        _check_nats_files(config.nats_url, config.nats_nkey_file, config.nats_ca_file)
+    except ValueError as e:
+        raise ClientError(str(e)) from None
 
     # A busy agent makes a few small objects for every line a run prints (hundreds of thousands a
     # second): keep the start-up heap (protobuf, boto3, tensorboard modules) out of every full

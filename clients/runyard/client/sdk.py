@@ -388,9 +388,15 @@ class Client:
         role: common_pb2.Role.ValueType = common_pb2.ROLE_USER,
         name: str = "",
         agent_id: str = "",
+        nats_public_key: str = "",
     ) -> admin_service_pb2.CreateApiKeyResponse:
-        """Admin: a new key; the reply's `secret` is shown this once and stored nowhere. Not retried."""
-        request = admin_service_pb2.CreateApiKeyRequest(account_id=account_id, role=role, name=name, agent_id=agent_id)
+        """Admin: a new key; the reply's `secret` is shown this once and stored nowhere. Not retried.
+
+        An agent key needs `agent_id`; `nats_public_key` records the agent's NATS user (runyard.natsauth).
+        """
+        request = admin_service_pb2.CreateApiKeyRequest(
+            account_id=account_id, role=role, name=name, agent_id=agent_id, nats_public_key=nats_public_key
+        )
         return self._once(self._admin.CreateApiKey, request)
 
     def list_api_keys(self, account_id: str = "") -> list[resources_pb2.ApiKey]:

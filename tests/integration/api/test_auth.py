@@ -457,7 +457,7 @@ def test_only_a_valid_agent_key_gets_reports_stored(world: World) -> None:
         (bearer(world.alpha_key), _log(run_id, 1, "a user key"), ""),
         (bearer(stack.admin_key), _log(run_id, 1, "an admin key"), ""),
         (bearer(narrowed), _log(run_id, 1, "an agent key of another agent"), ""),
-        # A key for any agent, speaking for an agent that does not hold the run.
+        # agent-1's key speaking as another agent (which does not hold the run either).
         (bearer(stack.agent_key), _log(run_id, 1, "not the holder", agent_id="agent-9"), ""),
         # The right key, the wrong subject.
         (bearer(stack.agent_key), _log(run_id, 1, "wrong subject"), bus.reports_subject("agent-9")),

@@ -96,6 +96,8 @@ def test_a_key_stores_only_the_hash_of_its_secret() -> None:
         (("k", "acme", common_pb2.ROLE_USER, "not-a-hash", "", ""), "secret_sha256"),
         (("k", "acme", common_pb2.ROLE_USER, SHA, "", "agent-1"), "agent_id"),
         (("k", "acme", common_pb2.ROLE_AGENT, SHA, "", "bad agent"), "agent_id"),
+        # An agent key for any agent would let one host speak for all of them.
+        (("k", "acme", common_pb2.ROLE_AGENT, SHA, "", ""), "agent_id"),
     ],
 )
 def test_a_malformed_key_is_refused_naming_the_field(args: tuple[str, str, int, str, str, str], field: str) -> None:
@@ -108,6 +110,19 @@ def test_an_agent_key_may_be_narrowed_to_one_agent() -> None:
     (created,) = ApiKey.create("k", "acme", common_pb2.ROLE_AGENT, SHA, agent_id="gpu-node-7")
     assert isinstance(created, events_pb2.ApiKeyCreated)
     assert created.agent_id == "gpu-node-7"
+
+
+def test_an_agent_key_records_its_nats_user() -> None:
+    public = "U" + "A" * 55
+    key = ApiKey.replay(
+        ApiKey.create("k", "acme", common_pb2.ROLE_AGENT, SHA, agent_id="gpu-1", nats_public_key=public)
+    )
+    assert key.nats_public_key == public
+    for bad, role in (("SUAXYZ", common_pb2.ROLE_AGENT), (public, common_pb2.ROLE_USER)):
+        with pytest.raises(InvalidField) as err:
+            ApiKey.create("k", "acme", role, SHA, agent_id="gpu-1" if role == common_pb2.ROLE_AGENT else "",
+                          nats_public_key=bad)  # fmt: skip
+        assert err.value.field == "nats_public_key"
 
 
 def test_revoke_ends_a_key_once() -> None:

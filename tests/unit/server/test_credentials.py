@@ -96,11 +96,12 @@ def test_a_key_never_seen_valid_gets_no_grace() -> None:
     assert creds.principal("ry_a") is None
 
 
-def test_only_agent_keys_for_that_agent_may_report() -> None:
+def test_only_agent_keys_bound_to_that_agent_may_report() -> None:
     any_agent = Principal("acme", common_pb2.ROLE_AGENT, "k", "")
     one_agent = Principal("acme", common_pb2.ROLE_AGENT, "k", "gpu-1")
     admin = Principal("acme", common_pb2.ROLE_ADMIN, "k", "")
-    assert may_report_as(any_agent, "gpu-7")
+    # A key bound to no agent speaks for none (it used to speak for every agent).
+    assert not may_report_as(any_agent, "gpu-7") and not may_report_as(any_agent, "")
     assert may_report_as(one_agent, "gpu-1") and not may_report_as(one_agent, "gpu-2")
     assert not may_report_as(admin, "gpu-1")
     assert not may_report_as(None, "gpu-1")
