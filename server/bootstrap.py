@@ -118,7 +118,12 @@ async def start_replica(config: ServerConfig) -> Replica:
     accounts = AccountQueries(store.read_engine)
     if config.bootstrap_keys_file:
         await asyncio.to_thread(
-            ensure_first_account, ctx.commands, accounts, Path(config.bootstrap_keys_file), config.default_gpu_quota
+            ensure_first_account,
+            ctx.commands,
+            accounts,
+            Path(config.bootstrap_keys_file),
+            config.default_gpu_quota,
+            config.bootstrap_storage_prefixes,
         )
         # The keys must be known to the auth path before the first call arrives.
         await asyncio.to_thread(projections.catch_up)

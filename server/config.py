@@ -26,3 +26,5 @@ class ServerConfig:
     bootstrap_keys_file: str | None = None
     # GPU quota of that first account.
     default_gpu_quota: int = 8
+    # Storage prefixes of that first account; empty: its own bucket, s3://default/.
+    bootstrap_storage_prefixes: tuple[str, ...] = ()

@@ -85,6 +85,9 @@ class Stack:
     port: int = 0
     admin_key: str = ""
     agent_key: str = ""
+    #: What account default may read and write: the buckets the tests' manifests use (as `runyard up` grants
+    #: s3://datasets/ and s3://results/).
+    default_storage: tuple[str, ...] = ("s3://default/", "s3://datasets/", "s3://results/", "s3://r/")
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -117,6 +120,7 @@ class Stack:
                 *self.storage_flags(),
                 "--bootstrap-keys",
                 str(self.keys_file),
+                *(x for prefix in self.default_storage for x in ("--bootstrap-storage", prefix)),
                 *extra,
             ),
             self.root / f"server-{len(self.servers)}.log",

@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a database without accounts: create account default, an admin and an agent key, write them here",
     )
     p.add_argument("--default-gpu-quota", type=int, help="GPU quota of that first account (default 8)")
+    p.add_argument(
+        "--bootstrap-storage",
+        action="append",
+        metavar="URI_PREFIX",
+        help="a storage prefix that first account may read and write (repeatable; default s3://default/)",
+    )
 
     p = add("agent", daemons.cmd_agent, "run a node agent that pulls runs from NATS (until SIGTERM/Ctrl-C)")
     p.add_argument("--agent-id", help="unique id of this agent (default: the host name)")

@@ -37,6 +37,7 @@ def server_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[s
         "shutdown_grace_s": getattr(args, "shutdown_grace", None),
         "bootstrap_keys_file": settings.bootstrap_keys,
         "default_gpu_quota": settings.default_gpu_quota,
+        "bootstrap_storage_prefixes": tuple(getattr(args, "bootstrap_storage", None) or ()) or None,
     }
     return {k: v for k, v in fields.items() if v is not None}
 

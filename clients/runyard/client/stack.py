@@ -56,6 +56,9 @@ INTERRUPTED = 130
 
 
 KEYS_FILE = "keys.yaml"
+#: What account default may read and write on the embedded stack: its own bucket and the buckets the
+#: README and examples/ use (s3://datasets/..., s3://results/...). Other accounts get their own bucket.
+UP_STORAGE = ("s3://default/", "s3://datasets/", "s3://results/")
 
 
 def read_keys(data_dir: Path) -> dict[str, str]:
@@ -249,6 +252,7 @@ class Supervisor:
                 "--nats-url", nats_url,
                 "--storage-root", storage_root,
                 "--bootstrap-keys", str(d / KEYS_FILE),
+                *(x for prefix in UP_STORAGE for x in ("--bootstrap-storage", prefix)),
             ],
             env,
         )  # fmt: skip
