@@ -153,11 +153,11 @@ def test_another_accounts_code_package_is_refused_and_ones_own_is_accepted(tenan
     code = b"not really a tar, never staged"
     bobs = upload(tenants.bob, code + b" (bob)")
     alices = upload(tenants.alice, code + b" (alice)")
-    assert "/bob/" in bobs and "/alice/" in alices
 
     err = refused(tenants.alice, manifest("s3://alice/out"), code_uri=bobs)
     assert code_of(err) == grpc.StatusCode.PERMISSION_DENIED
     assert details(err).startswith(f"code_uri: {bobs} is not a code package of account alice")
+    assert "/bob/" in bobs and "/alice/" in alices  # each account's packages in its own folder
     # A package under the code prefix but outside the caller's folder, existing or not, says the same.
     err = refused(tenants.alice, manifest("s3://alice/out"), code_uri="s3://runyard/code/abc.tar.gz")
     assert code_of(err) == grpc.StatusCode.PERMISSION_DENIED
