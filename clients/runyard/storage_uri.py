@@ -17,6 +17,8 @@ The rules, chosen so that what is checked is exactly what the object store
   two spellings of different objects compare equal.
 * ``file://`` URIs name a local path (no host, no ``?query`` or ``#fragment``,
   which the store would silently drop).
+* S3 never decodes a key, so an ``s3://`` URI is allowed only when both its
+  decoded key and its key as written lie inside a grant (see `as_written`).
 * A prefix matches on whole segments: ``s3://a/b`` covers ``s3://a/b`` and
   ``s3://a/b/c``, never ``s3://a/bc``.
 
@@ -26,7 +28,7 @@ Pure code with no I/O, shared by the server's domain and the agent.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["StorageUri", "StorageUriError", "parse_storage_uri"]
@@ -47,9 +49,17 @@ class StorageUri:
     scheme: str
     bucket: str
     segments: tuple[str, ...]
+    #: The key's segments as written, before decoding: what S3 itself sees (it never decodes a key).
+    written: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def as_written(self) -> StorageUri:
+        """The object an S3 store touches for this URI: the key exactly as written (file:// paths are decoded)."""
+        return self if self.written is None else replace(self, segments=self.written, written=None)
 
     def __str__(self) -> str:
-        path = "/".join(self.segments)
+        """The canonical spelling; it parses back to this same URI ('%', '?' and '#' stay encoded)."""
+        path = "/".join(_encode(s) for s in self.segments)
         if self.scheme == "s3":
             return f"s3://{self.bucket}/{path}" if path else f"s3://{self.bucket}/"
         return f"file:///{path}"
@@ -86,7 +96,8 @@ def parse_storage_uri(uri: str) -> StorageUri:
         bucket = bucket.lower()
         if not _BUCKET.match(bucket) or bucket in (".", ".."):
             raise StorageUriError(f"{uri!r} needs a bucket name of lowercase letters, digits, '.', '-' or '_'")
-        return StorageUri("s3", bucket, _segments(key, uri))
+        written = tuple(key[:-1].split("/") if key.endswith("/") else key.split("/")) if key else ()
+        return StorageUri("s3", bucket, _segments(key, uri), written)
     parts = urlsplit("file://" + rest)
     if parts.netloc not in ("", "localhost"):
         raise StorageUriError(f"{uri!r}: file URIs name a local path (file:///abs/path), not host {parts.netloc!r}")
@@ -95,6 +106,10 @@ def parse_storage_uri(uri: str) -> StorageUri:
     if not parts.path.startswith("/"):
         raise StorageUriError(f"{uri!r}: file URIs need an absolute path (file:///abs/path)")
     return StorageUri("file", "", _segments(parts.path[1:], uri))
+
+
+def _encode(segment: str) -> str:
+    return segment.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
 
 
 def _segments(path: str, uri: str) -> tuple[str, ...]:

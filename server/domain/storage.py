@@ -23,7 +23,7 @@ else's objects:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from runyard.server.domain.errors import DomainError
 from runyard.storage_uri import StorageUri, StorageUriError, parse_storage_uri
@@ -130,13 +130,16 @@ class StorageAccess:
             if not rest:
                 raise StorageDenied(field, f"{uri} is the whole storage root; name a bucket in it")
             try:
-                return parse_storage_uri("s3://" + "/".join(rest))
+                # The file path is already decoded (and is what the store touches): no second decoding.
+                spelled = str(StorageUri("s3", rest[0], rest[1:]))
+                return replace(parse_storage_uri(spelled), written=None)
             except StorageUriError as e:
                 raise BadStorageUri(field, f"{uri} is inside the storage root but names no bucket: {e}") from None
         return parsed
 
     def _require_granted(self, field: str, uri: str, target: StorageUri) -> None:
-        if any(target.within(parse_storage_uri(p)) for p in self.prefixes):
+        grants = [parse_storage_uri(p) for p in self.prefixes]
+        if all(any(form.within(g) for g in grants) for form in (target, target.as_written)):
             return
         allowed = ", ".join(self.prefixes) if self.prefixes else "none"
         raise StorageDenied(

@@ -88,7 +88,9 @@ def test_links_in_result_dir_are_skipped_not_followed_with_s3_storage(
     check_links_not_uploaded(reports, store, "s3://results/links/run-b")
 
 
-@pytest.mark.parametrize("trick", ["%2e%2e/agent-private", "%2E%2E/agent-private/keys.yaml", "bkt/../../agent-private/keys.yaml"])
+@pytest.mark.parametrize(
+    "trick", ["%2e%2e/agent-private", "%2E%2E/agent-private/keys.yaml", "bkt/../../agent-private/keys.yaml"]
+)
 def test_the_agent_refuses_to_stage_data_from_a_uri_that_climbs_out(
     tmp_path: Path, nats_server: NatsServer, trick: str
 ) -> None:
