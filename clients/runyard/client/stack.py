@@ -197,6 +197,14 @@ def _agent_registered(endpoint: str, agent_id: str, api_key: str) -> bool:
             return False
 
 
+def _grant_up_storage(endpoint: str, api_key: str) -> None:
+    """Account default keeps UP_STORAGE on every `up`, also in a data dir made before storage grants existed."""
+    from runyard.client.sdk import Client
+
+    with Client(endpoint, api_key=api_key, call_timeout_s=10.0) as client:
+        client.set_account_storage("default", allow=UP_STORAGE)
+
+
 class Supervisor:
     """Runs the stack in the foreground until a signal or a child's death."""
 
@@ -258,6 +266,7 @@ class Supervisor:
         )  # fmt: skip
         self._wait(server, "the server to answer its health check", lambda: _healthy(endpoint), READY_TIMEOUT_S)
         keys = read_keys(d)
+        _grant_up_storage(endpoint, keys["admin_key"])
 
         agent = self._spawn(
             "agent",
