@@ -111,7 +111,8 @@ class StorageAccess:
     def check_code(self, field: str, uri: str) -> None:
         """`uri` is a code package UploadCode stored for this account, or lies inside one of its grants."""
         target = self._target(field, uri)
-        if target.within(parse_storage_uri(self.own_code_prefix)):
+        own = parse_storage_uri(self.own_code_prefix)
+        if target.within(own) and target.as_written.within(own):
             return
         if target.within(parse_storage_uri(self.code_prefix)):
             raise StorageDenied(
@@ -125,10 +126,11 @@ class StorageAccess:
         """The object `uri` names, with a file:// path inside the storage root spelled as s3://bucket/key."""
         parsed = parse_uri(field, uri)
         root = self.storage_root
+        if parsed.scheme == "file" and root is not None and root[: len(parsed.segments)] == parsed.segments:
+            # Even where a file:// grant covers it: a folder above the root holds every account's buckets.
+            raise StorageDenied(field, f"{uri} holds the storage root, and so every account's buckets")
         if parsed.scheme == "file" and root is not None and parsed.segments[: len(root)] == root:
             rest = parsed.segments[len(root) :]
-            if not rest:
-                raise StorageDenied(field, f"{uri} is the whole storage root; name a bucket in it")
             try:
                 # The file path is already decoded (and is what the store touches): no second decoding.
                 spelled = str(StorageUri("s3", rest[0], rest[1:]))

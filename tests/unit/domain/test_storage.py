@@ -227,3 +227,18 @@ def test_a_file_path_in_the_storage_root_is_decoded_once_only() -> None:
     shared.check_data("data", "file:///srv/objects/shared/team-a/x")
     with pytest.raises(StorageDenied):  # the folder is literally '%74eam-a', not team-a
         shared.check_data("data", "file:///srv/objects/shared/%2574eam-a/x")
+
+
+def test_a_file_grant_never_reaches_the_storage_root_from_above() -> None:
+    granted = access(("s3://alice/", "file:///srv/"))
+    granted.check_data("data", "file:///srv/datasets")
+    for uri in ("file:///srv", "file:///srv/objects", "file:///srv/objects/"):
+        with pytest.raises(StorageDenied, match="holds the storage root"):
+            granted.check_data("data", uri)
+    with pytest.raises(StorageDenied, match="outside the storage of account alice"):
+        granted.check_data("data", "file:///srv/objects/bob/x")  # inside the root: bob's bucket
+
+
+def test_an_own_code_package_is_checked_as_written_too() -> None:
+    with pytest.raises(StorageDenied):
+        access().check_code("code_uri", "s3://runyard/code/%61lice/abc.tar.gz")
