@@ -15,6 +15,7 @@ class ServerConfig:
     storage_root: str | None = None
     # S3 endpoint for s3:// URIs when storage_root is not set (MinIO, IBM COS, moto); None = AWS.
     s3_endpoint_url: str | None = None
+    # Uploaded code goes to CODE_URI_PREFIX/<account id>/<sha256>.tar.gz (see runyard.server.domain.storage).
     code_uri_prefix: str = "s3://runyard/code"
     max_code_bytes: int = 100 * 1024 * 1024
     # Seconds without a heartbeat before an agent is declared lost.

@@ -127,7 +127,7 @@ class GetServerInfoResponse(_message.Message):
     HEAD_POSITION_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     code_uri_prefix: _builtins.str
-    """Where uploaded code goes, e.g. "s3://runyard/code"."""
+    """Where uploaded code goes, e.g. "s3://runyard/code": in a folder per account below it."""
     max_code_bytes: _builtins.int
     """Largest code package accepted, in bytes."""
     head_position: _builtins.int
