@@ -21,10 +21,12 @@ import re
 import shutil
 import stat
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runyard.objectstore import ObjectStore, ObjectStoreError
+from runyard.storage_uri import StorageUriError, parse_storage_uri
 
 
 class StagingError(Exception):
@@ -115,6 +117,7 @@ def stage_code(store: ObjectStore, code_uri: str, dirs: RunDirs) -> int:
     """Download and unpack the code archive into code/; returns the number of files."""
     if not code_uri:
         return 0
+    check_uri("code", code_uri)
     try:
         store.download_file(code_uri, dirs.code_archive)
         return safe_extract(dirs.code_archive, dirs.code)
@@ -134,6 +137,7 @@ def stage_data(store: ObjectStore, data_uri: str, data_dir: Path) -> tuple[int, 
     on nothing and fail later with a confusing message.
     """
     if data_uri:
+        check_uri("data", data_uri)
         try:
             n = store.download_prefix(data_uri, data_dir)
             if n == 0 and _is_object(store, data_uri):
@@ -155,22 +159,69 @@ def _is_object(store: ObjectStore, uri: str) -> bool:
         return False
 
 
-def upload_results(store: ObjectStore, result_dir: Path, results_uri: str) -> tuple[int, int]:
-    """Upload result/ below results_uri; returns (files, bytes). Raises ObjectStoreError."""
+@dataclass(frozen=True)
+class Uploaded:
+    """What upload_results stored, and the links in result/ it left alone (shown in the run's log)."""
+
+    files: int
+    size: int
+    links: tuple[str, ...] = ()
+
+
+def upload_results(store: ObjectStore, result_dir: Path, results_uri: str) -> Uploaded:
+    """Upload the regular files of result/ below results_uri. Raises ObjectStoreError.
+
+    User code wrote result/, and the agent may read what user code may not: a link
+    there (to /etc/shadow, to the agent's keys) is never followed. It is skipped and
+    named in `links` (path -> target), so the run's log says what was left out.
+    """
+    if results_uri:
+        check_uri("results", results_uri)
     files, size = tree_size(result_dir)
+    links: list[str] = []
+
+    def skipped(p: Path) -> None:
+        try:
+            target = os.readlink(p)
+        except OSError:
+            target = "?"
+        links.append(f"{p.relative_to(result_dir).as_posix()} -> {target}")
+
     if results_uri and files:
-        store.upload_dir(result_dir, results_uri)
-    return files, size
+        store.upload_dir(result_dir, results_uri, follow_symlinks=False, skipped=skipped)
+    else:
+        _walk_links(result_dir, skipped)
+    return Uploaded(files, size, tuple(links))
+
+
+def _walk_links(path: Path, found: Callable[[Path], None]) -> None:
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in [*dirnames, *filenames]:
+            if os.path.islink(os.path.join(dirpath, name)):
+                found(Path(dirpath) / name)
+
+
+def check_uri(field: str, uri: str) -> None:
+    """Refuse a URI whose decoded form differs in meaning from its text (dot segments, '%2e%2e', '//', ...).
+
+    The control plane checked the URI against the account's storage at submit; this is
+    the agent's own check on what it is about to touch (it runs code of many accounts).
+    """
+    try:
+        parse_storage_uri(uri)
+    except StorageUriError as e:
+        raise StagingError(f"{field} URI refused: {e}") from None
 
 
 def tree_size(path: Path) -> tuple[int, int]:
+    """Regular files under path and their bytes; links are not followed (nor counted)."""
     files = size = 0
     for dirpath, _dirs, names in os.walk(path):
         for name in names:
-            p = Path(dirpath) / name
-            if p.is_file():
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode):
                 files += 1
-                size += p.stat().st_size
+                size += st.st_size
     return files, size
 
 

@@ -208,10 +208,13 @@ class AttemptWorker:
         await self.reports.uploading(exit_code=0)
         started = time.monotonic()
         try:
-            files, size = await asyncio.to_thread(upload_results, self.ctx.store, self.dirs.result, spec.results_uri)
-        except ObjectStoreError as e:
+            uploaded = await asyncio.to_thread(upload_results, self.ctx.store, self.dirs.result, spec.results_uri)
+        except (ObjectStoreError, StagingError) as e:
             msg = f"cannot upload results to {spec.results_uri}: {e}"
             return await self._end(capture, Outcome.FAILED, UPLOAD_ERROR, msg)
+        files, size = uploaded.files, uploaded.size
+        for link in uploaded.links:
+            capture.agent_line(f"not uploaded: {link} is a symbolic link (links in $RESULT_DIR are never followed)")
         if spec.results_uri:
             capture.agent_line(
                 f"uploaded {files} result files ({human_bytes(size)}) to {spec.results_uri} "

@@ -126,6 +126,7 @@ async def start_replica(config: ServerConfig) -> Replica:
             Path(config.bootstrap_keys_file),
             config.default_gpu_quota,
             config.bootstrap_agent_id,
+            config.bootstrap_storage_prefixes,
         )
         # The keys must be known to the auth path before the first call arrives.
         await asyncio.to_thread(projections.catch_up)

@@ -284,10 +284,16 @@ class Commands:
     # -- accounts and API keys ---------------------------------------------------
 
     def create_account(
-        self, account_id: str, name: str = "", gpu_quota: int = 1, max_queued_runs: int = 0, run_quota: int = 0
+        self,
+        account_id: str,
+        name: str = "",
+        gpu_quota: int = 1,
+        max_queued_runs: int = 0,
+        run_quota: int = 0,
+        storage_prefixes: Sequence[str] = (),
     ) -> int:
         """Open an account; the stream must not exist, so a taken id is AlreadyExists, never a merge."""
-        new = Account.create(account_id, name, gpu_quota, max_queued_runs, run_quota)
+        new = Account.create(account_id, name, gpu_quota, max_queued_runs, run_quota, storage_prefixes)
         try:
             return self._store.append(account_stream(account_id), new_events(new, None), NO_STREAM).last_position
         except ConcurrencyError:
@@ -304,6 +310,21 @@ class Commands:
         for _ in range(MAX_RETRIES):
             account = self.load_account(account_id)
             new = account.set_quota(gpu_quota, max_queued_runs, run_quota)
+            if not new:
+                return 0
+            try:
+                return self._store.append(
+                    account_stream(account_id), new_events(new, None), account.version
+                ).last_position
+            except ConcurrencyError:
+                continue
+        raise ConcurrencyError(account_stream(account_id), -1, -1)
+
+    def set_account_storage(self, account_id: str, allow: Sequence[str], revoke: Sequence[str]) -> int:
+        """Grant and revoke an account's storage prefixes; returns the position (0 when nothing changed)."""
+        for _ in range(MAX_RETRIES):
+            account = self.load_account(account_id)
+            new = account.set_storage(allow, revoke)
             if not new:
                 return 0
             try:
@@ -357,6 +378,7 @@ class Commands:
         run_quota: int = 0,
         staged: Callable[[FirstKeys], None] | None = None,
         agent: str = "agent",
+        storage_prefixes: Sequence[str] = (),
     ) -> FirstKeys | None:
         """Create the first account with an admin key and an agent key for `agent`, or None if another replica did.
 
@@ -368,7 +390,7 @@ class Commands:
         """
         admin_key, agent_key = new_secret(), new_secret()
         admin_id, agent_id = new_key_id(), new_key_id()
-        account = Account.create(account_id, account_id, gpu_quota, 0, run_quota)
+        account = Account.create(account_id, account_id, gpu_quota, 0, run_quota, storage_prefixes)
         admin = ApiKey.create(admin_id, account_id, common_pb2.ROLE_ADMIN, hash_secret(admin_key), "bootstrap admin")
         # Bound to one agent id (`runyard server --bootstrap-agent-id`, default the host name).
         agent_key_events = ApiKey.create(

@@ -18,6 +18,7 @@ class ServerConfig:
     storage_root: str | None = None
     # S3 endpoint for s3:// URIs when storage_root is not set (MinIO, IBM COS, moto); None = AWS.
     s3_endpoint_url: str | None = None
+    # Uploaded code goes to CODE_URI_PREFIX/<account id>/<sha256>.tar.gz (see runyard.server.domain.storage).
     code_uri_prefix: str = "s3://runyard/code"
     max_code_bytes: int = 100 * 1024 * 1024
     # Seconds without a heartbeat before an agent is declared lost.
@@ -40,6 +41,8 @@ class ServerConfig:
     tls_key_file: str | None = None
     # Serve plain gRPC on a non-loopback address: only behind a proxy that terminates TLS.
     allow_plaintext: bool = False
+    # Storage prefixes of that first account; empty: its own bucket, s3://default/.
+    bootstrap_storage_prefixes: tuple[str, ...] = ()
 
     def check(self) -> None:
         """Refuse settings that would expose API keys: plain gRPC off loopback, half a TLS pair."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -54,9 +55,18 @@ def keys_yaml(keys: FirstKeys) -> str:
 
 
 def ensure_first_account(
-    commands: Commands, accounts: AccountQueries, path: Path, gpu_quota: int, agent_id: str = "agent"
+    commands: Commands,
+    accounts: AccountQueries,
+    path: Path,
+    gpu_quota: int,
+    agent_id: str = "agent",
+    storage_prefixes: Sequence[str] = (),
 ) -> bool:
-    """Create the first account and write its keys to `path`; False when accounts exist already."""
+    """Create the first account and write its keys to `path`; False when accounts exist already.
+
+    `storage_prefixes` are what it may read and write (`--bootstrap-storage`); none means its
+    own bucket, s3://default/.
+    """
     if accounts.count_accounts() > 0:
         log.info("accounts exist; bootstrap keys file left as it is", path=str(path))
         return False
@@ -68,7 +78,9 @@ def ensure_first_account(
         write_private(staging, keys_yaml(keys))
 
     try:
-        created = commands.bootstrap_first_account(FIRST_ACCOUNT, gpu_quota, staged=stage, agent=agent_id)
+        created = commands.bootstrap_first_account(
+            FIRST_ACCOUNT, gpu_quota, staged=stage, agent=agent_id, storage_prefixes=storage_prefixes
+        )
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             staging.unlink()

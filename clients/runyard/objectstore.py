@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -201,16 +202,49 @@ class ObjectStore:
         except Exception as e:
             raise self._s3_error(e, uri, loc) from e
 
-    def upload_dir(self, local_dir: str | os.PathLike[str], uri_prefix: str, progress: Progress | None = None) -> int:
-        """Upload every file under local_dir (symlinks followed) below uri_prefix; returns the count."""
+    def upload_dir(
+        self,
+        local_dir: str | os.PathLike[str],
+        uri_prefix: str,
+        progress: Progress | None = None,
+        follow_symlinks: bool = True,
+        skipped: Callable[[Path], None] | None = None,
+    ) -> int:
+        """Upload every file under local_dir below uri_prefix; returns the count.
+
+        With follow_symlinks (a user's own folder, `runyard data upload`) a link to a file is
+        uploaded as that file. Without it (an agent uploading what user code wrote) a link,
+        to a file or a folder, is never read: `skipped` is told of each, and each file is
+        opened with O_NOFOLLOW, so one swapped for a link after the walk is refused too.
+        """
         base = Path(local_dir)
-        if not base.is_dir():
+        if not base.is_dir() or (not follow_symlinks and base.is_symlink()):
             raise ObjectStoreError(f"cannot upload {base} to {uri_prefix}: not a folder")
         self._resolve(uri_prefix)  # a bad URI fails before any transfer
         counter = _Counter(progress)
-        jobs = [(p, _join(uri_prefix, p.relative_to(base).as_posix())) for p in _walk_files(base)]
-        self._parallel(lambda job: self.upload_file(job[0], job[1], counter), jobs)
+        files = _walk_files(base) if follow_symlinks else _walk_regular_files(base, skipped or (lambda p: None))
+        jobs = [(p, _join(uri_prefix, p.relative_to(base).as_posix())) for p in files]
+        upload = self.upload_file if follow_symlinks else self._upload_no_follow
+        self._parallel(lambda job: upload(job[0], job[1], counter), jobs)
         return len(jobs)
+
+    def _upload_no_follow(self, path: Path, uri: str, progress: Progress | None = None) -> None:
+        """Upload the file at `path` itself, refusing a link (O_NOFOLLOW) or anything but a regular file."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError as e:
+            raise ObjectStoreError(f"cannot upload {path} to {uri}: {e.strerror or e} (links are not uploaded)") from e
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ObjectStoreError(f"cannot upload {path} to {uri}: not a regular file")
+            loc = self._resolve(uri)
+            if isinstance(loc, Path):
+                self._write_file(loc, uri, lambda out: _copy(f, out, progress))
+                return
+            try:
+                self._s3().upload_fileobj(f, loc.bucket, loc.key, Callback=progress)
+            except Exception as e:
+                raise self._s3_error(e, uri, loc) from e
 
     def download_prefix(
         self, uri_prefix: str, local_dir: str | os.PathLike[str], progress: Progress | None = None
@@ -441,6 +475,20 @@ def _walk_files(base: Path) -> Iterator[Path]:
         for name in filenames:
             p = Path(dirpath) / name
             if _TMP_MARK not in name and p.is_file():
+                yield p
+
+
+def _walk_regular_files(base: Path, skipped: Callable[[Path], None]) -> Iterator[Path]:
+    """Regular files under base, never through a link; each link met (file or folder) goes to `skipped`."""
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in sorted(dirnames):
+            if os.path.islink(os.path.join(dirpath, name)):
+                skipped(Path(dirpath) / name)  # os.walk does not descend into it
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                skipped(p)
+            elif _TMP_MARK not in name and stat.S_ISREG(p.lstat().st_mode):
                 yield p
 
 

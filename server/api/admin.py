@@ -15,9 +15,10 @@ from runyard.server.account_queries import AccountQueries
 from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, page_size
 from runyard.server.context import ServerContext
+from runyard.server.domain.account import check_account_id
 from runyard.v1 import admin_service_pb2 as pb
 from runyard.v1 import admin_service_pb2_grpc as pb_grpc
-from runyard.v1 import common_pb2
+from runyard.v1 import common_pb2, resources_pb2
 
 
 class AdminService(pb_grpc.AdminServiceServicer):
@@ -55,17 +56,46 @@ class AdminService(pb_grpc.AdminServiceServicer):
                 request.gpu_quota,
                 request.max_queued_runs,
                 request.run_quota,
+                list(request.storage_prefixes),
             )
         except Exception as exc:
             await abort(context, exc)
-        account = await self._ctx.read_after(position, lambda: self._accounts.get_account(request.account_id))
+        account = await self._ctx.read_after(position, lambda: self._account(request.account_id))
         return pb.CreateAccountResponse(account=account)
 
     async def ListAccounts(self, request: pb.ListAccountsRequest, context: Context) -> pb.ListAccountsResponse:
         size = page_size(request.page_size)
-        accounts = await asyncio.to_thread(self._accounts.list_accounts, request.page_token, size)
+        accounts = await asyncio.to_thread(self._list_accounts, request.page_token, size)
         token = accounts[-1].id if len(accounts) == size else ""
         return pb.ListAccountsResponse(accounts=accounts, next_page_token=token)
+
+    async def SetAccountStorage(
+        self, request: pb.SetAccountStorageRequest, context: Context
+    ) -> pb.SetAccountStorageResponse:
+        try:
+            check_account_id(request.account_id)
+            position = await asyncio.to_thread(
+                self._ctx.commands.set_account_storage,
+                request.account_id,
+                list(request.allow),
+                list(request.revoke),
+            )
+        except Exception as exc:
+            await abort(context, exc)
+        account = await self._ctx.read_after(position, lambda: self._account(request.account_id))
+        return pb.SetAccountStorageResponse(account=account)
+
+    def _account(self, account_id: str) -> resources_pb2.Account | None:
+        found = self._accounts.get_account(account_id)
+        return None if found is None else self._with_storage(found)
+
+    def _list_accounts(self, after_id: str, size: int) -> list[resources_pb2.Account]:
+        return [self._with_storage(a) for a in self._accounts.list_accounts(after_id, size)]
+
+    def _with_storage(self, account: resources_pb2.Account) -> resources_pb2.Account:
+        """Grants come from the account's own stream (few events, read by id); the accounts table has no column."""
+        account.storage_prefixes[:] = self._ctx.commands.load_account(account.id).storage_prefixes
+        return account
 
     async def SetQuota(self, request: pb.SetQuotaRequest, context: Context) -> pb.SetQuotaResponse:
         try:
@@ -80,7 +110,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
             await abort(context, exc)
         # A larger plan may admit queued runs at once.
         self._ctx.scheduler_wakeup()
-        account = await self._ctx.read_after(position, lambda: self._accounts.get_account(request.account_id))
+        account = await self._ctx.read_after(position, lambda: self._account(request.account_id))
         return pb.SetQuotaResponse(account=account)
 
     async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Context) -> pb.CreateApiKeyResponse:

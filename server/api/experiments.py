@@ -11,6 +11,7 @@ import grpc
 
 from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, decode_page_token, page_size
+from runyard.server.api.storage_access import SubmitStorageCheck
 from runyard.server.api.watching import Watcher
 from runyard.server.context import ServerContext
 from runyard.server.domain.errors import ManifestError
@@ -32,6 +33,7 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
     def __init__(self, ctx: ServerContext, watcher: Watcher) -> None:
         self._ctx = ctx
         self._watcher = watcher
+        self._storage = SubmitStorageCheck(ctx.config, ctx.commands, ctx.objects)
 
     async def UploadCode(
         self, request_iterator: AsyncIterator[pb.UploadCodeRequest], context: Context
@@ -52,7 +54,7 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
             if size == 0:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunk: the code package is empty")
             sha = digest.hexdigest()
-            uri = f"{self._ctx.config.code_uri_prefix.rstrip('/')}/{sha}.tar.gz"
+            uri = self._storage.code_uri(auth.current_principal().account_id, sha)
             try:
                 await asyncio.to_thread(self._ctx.objects.upload_file, tmp.name, uri)
             except Exception as exc:  # storage is an edge: say where it failed
@@ -64,15 +66,12 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
     ) -> pb.CreateExperimentResponse:
         if not request.manifest_yaml.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "manifest_yaml: is empty")
-        if request.code_uri:
-            exists = await asyncio.to_thread(self._exists, request.code_uri)
-            if not exists:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"code_uri: {request.code_uri} does not exist (upload it with UploadCode first)",
-                )
-        # One trip off the event loop for both checks: each hop costs a thread hand-off on the submit's path.
         account_id = auth.current_principal().account_id
+        # Storage first: whether another account's code package exists is none of the caller's business.
+        denied = await asyncio.to_thread(self._storage.refusal, account_id, request.manifest_yaml, request.code_uri)
+        if denied is not None:
+            await context.abort(*denied)
+        # One trip off the event loop for both checks: each hop costs a thread hand-off on the submit's path.
         refused = await asyncio.to_thread(self._submit_refusal, account_id, request.manifest_yaml)
         if refused is not None:
             await context.abort(*refused)
@@ -120,12 +119,6 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
         """NOT_FOUND unless the experiment exists and belongs to the caller's account (or the caller is an admin)."""
         found = await asyncio.to_thread(self._ctx.queries.get_experiment, experiment_id, False)
         await auth.require_owner(context, found and found.account_id, "experiment", experiment_id)
-
-    def _exists(self, uri: str) -> bool:
-        try:
-            return bool(self._ctx.objects.exists(uri))
-        except Exception:
-            return False
 
     async def GetExperiment(self, request: pb.GetExperimentRequest, context: Context) -> pb.GetExperimentResponse:
         experiment = await asyncio.to_thread(self._ctx.queries.get_experiment, request.experiment_id)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
 from runyard.server.domain.errors import DomainError
+from runyard.server.domain.storage import canonical_prefixes, default_storage_prefixes, granted_after
 from runyard.v1 import common_pb2, events_pb2
 
 #: Account ids appear in stream names, URLs and object keys: keep them plain.
@@ -93,16 +94,29 @@ class Account:
     gpu_quota: int
     max_queued_runs: int = 0
     run_quota: int = 0
+    #: Storage prefixes its manifests may read and write (canonical; see runyard.server.domain.storage).
+    storage_prefixes: tuple[str, ...] = ()
     version: int = 0
 
     @staticmethod
     def create(
-        account_id: str, name: str = "", gpu_quota: int = 1, max_queued_runs: int = 0, run_quota: int = 0
+        account_id: str,
+        name: str = "",
+        gpu_quota: int = 1,
+        max_queued_runs: int = 0,
+        run_quota: int = 0,
+        storage_prefixes: Sequence[str] = (),
     ) -> list[Message]:
-        """Open an account; an empty name becomes the id, so every account reads well in lists."""
+        """Open an account; an empty name becomes the id, so every account reads well in lists.
+
+        No storage prefixes means the default, the account's own bucket (s3://<id>/); the
+        event records the prefixes it was given, so a later change of the default changes no
+        existing account.
+        """
         check_account_id(account_id)
         _check_name(name)
         _check_quotas(gpu_quota, max_queued_runs, run_quota)
+        prefixes = canonical_prefixes("storage_prefixes", storage_prefixes or default_storage_prefixes(account_id))
         return [
             events_pb2.AccountCreated(
                 account_id=account_id,
@@ -110,6 +124,7 @@ class Account:
                 gpu_quota=gpu_quota,
                 max_queued_runs=max_queued_runs,
                 run_quota=run_quota,
+                storage_prefixes=prefixes,
             )
         ]
 
@@ -126,6 +141,8 @@ class Account:
             gpu_quota=first.gpu_quota,
             max_queued_runs=first.max_queued_runs,
             run_quota=first.run_quota,
+            # Accounts opened before storage grants existed have none recorded: they get the default.
+            storage_prefixes=tuple(first.storage_prefixes) or default_storage_prefixes(first.account_id),
             version=1,
         )
         for event in stream:
@@ -133,12 +150,22 @@ class Account:
         return account
 
     def apply(self, event: Message) -> None:
-        if not isinstance(event, events_pb2.AccountQuotaSet):
+        if isinstance(event, events_pb2.AccountQuotaSet):
+            self.gpu_quota = event.gpu_quota
+            self.max_queued_runs = event.max_queued_runs
+            self.run_quota = event.run_quota
+        elif isinstance(event, events_pb2.AccountStorageSet):
+            self.storage_prefixes = tuple(event.storage_prefixes)
+        else:
             raise DomainError(f"account {self.account_id}: {event.DESCRIPTOR.name} is not an account event here")
-        self.gpu_quota = event.gpu_quota
-        self.max_queued_runs = event.max_queued_runs
-        self.run_quota = event.run_quota
         self.version += 1
+
+    def set_storage(self, allow: Iterable[str] = (), revoke: Iterable[str] = ()) -> list[Message]:
+        """Grant `allow` and take back `revoke`; the same grants again record nothing (a retry is harmless)."""
+        after = granted_after(self.storage_prefixes, allow, revoke)
+        if after == tuple(sorted(self.storage_prefixes)):
+            return []
+        return [events_pb2.AccountStorageSet(storage_prefixes=after)]
 
     def set_quota(self, gpu_quota: int, max_queued_runs: int = 0, run_quota: int = 0) -> list[Message]:
         """Change the plan; the same plan again records nothing, so a retried call is harmless."""

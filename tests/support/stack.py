@@ -98,6 +98,9 @@ class Stack:
     # NKey seed files: the control plane's, and each agent's, when NATS has users.
     nats_nkey: str | None = None
     agent_nkeys: dict[str, str] = field(default_factory=dict)
+    #: What account default may read and write: the buckets the tests' manifests use (as `runyard up` grants
+    #: s3://datasets/ and s3://results/).
+    default_storage: tuple[str, ...] = ("s3://default/", "s3://datasets/", "s3://results/", "s3://r/")
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -133,6 +136,7 @@ class Stack:
                 "--bootstrap-agent-id",
                 BOOTSTRAP_AGENT,
                 *(["--nats-nkey", self.nats_nkey] if self.nats_nkey else []),
+                *(x for prefix in self.default_storage for x in ("--bootstrap-storage", prefix)),
                 *extra,
             ),
             self.root / f"server-{len(self.servers)}.log",

@@ -55,6 +55,13 @@ def add_parsers(
     p.add_argument("--gpu-quota", type=_quota, default=1, help="GPUs its runs may hold at once (default 1)")
     p.add_argument("--max-queued", type=_quota, default=0, help="queued runs allowed at once (default 0: no cap)")
     p.add_argument("--run-quota", type=_quota, default=0, help="CPU-only runs at once (default 0: no cap)")
+    p.add_argument(
+        "--storage",
+        action="append",
+        default=[],
+        metavar="URI_PREFIX",
+        help="a storage prefix it may read and write (repeatable; default s3://ID/)",
+    )
     p = accounts_sub.add_parser("list", help="every account with its plan and what it uses now", parents=client)
     p.set_defaults(func=cmd_accounts_list)
 
@@ -64,6 +71,14 @@ def add_parsers(
     p.add_argument("--gpu-quota", type=_quota, help="GPUs its runs may hold at once")
     p.add_argument("--max-queued", type=_quota, help="queued runs allowed at once (0: no cap)")
     p.add_argument("--run-quota", type=_quota, help="CPU-only runs at once (0: no cap)")
+
+    p = admin_sub.add_parser(
+        "storage", help="grant or revoke the storage prefixes an account's manifests may use", parents=client
+    )
+    p.set_defaults(func=cmd_storage)
+    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument("--allow", action="append", default=[], metavar="URI_PREFIX", help="grant (repeatable)")
+    p.add_argument("--revoke", action="append", default=[], metavar="URI_PREFIX", help="take back (repeatable)")
 
     keys = admin_sub.add_parser("keys", help="create, list and revoke API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
@@ -137,12 +152,18 @@ def cmd_whoami(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_accounts_create(args: argparse.Namespace, ctx: Context) -> int:
     account = ctx.client().create_account(
-        args.account_id, args.name, args.gpu_quota, max_queued_runs=args.max_queued, run_quota=args.run_quota
+        args.account_id,
+        args.name,
+        args.gpu_quota,
+        max_queued_runs=args.max_queued,
+        run_quota=args.run_quota,
+        storage_prefixes=args.storage,
     )
     if ctx.json:
         render.print_json(_account_dict(account))
     else:
         ctx.line(f"created account {account.id} with a quota of {account.gpu_quota} GPUs")
+        ctx.line(f"its storage: {_storage(account)}")
         ctx.line(f"give it a key with: runyard admin keys create {account.id}")
     return 0
 
@@ -155,6 +176,7 @@ def cmd_accounts_list(args: argparse.Namespace, ctx: Context) -> int:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in ("ACCOUNT", "NAME", "GPU QUOTA", "GPUS IN USE", "QUEUED", "MAX QUEUED", "RUN QUOTA", "CREATED"):
         table.add_column(name, no_wrap=True)
+    table.add_column("STORAGE")
     for a in accounts:
         table.add_row(
             a.id,
@@ -165,8 +187,24 @@ def cmd_accounts_list(args: argparse.Namespace, ctx: Context) -> int:
             _limit(a.max_queued_runs),
             _limit(a.run_quota),
             render.fmt_time(a.created_at),
+            _storage(a),
         )
     ctx.out.print(table)
+    return 0
+
+
+def _storage(account: resources_pb2.Account) -> str:
+    return ", ".join(account.storage_prefixes) or "none"
+
+
+def cmd_storage(args: argparse.Namespace, ctx: Context) -> int:
+    if not args.allow and not args.revoke:
+        raise ClientError("give at least one --allow or --revoke URI_PREFIX")
+    account = ctx.client().set_account_storage(args.account_id, args.allow, args.revoke)
+    if ctx.json:
+        render.print_json(_account_dict(account))
+    else:
+        ctx.line(f"account {account.id} may read and write: {_storage(account)}")
     return 0
 
 

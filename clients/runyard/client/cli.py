@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve without TLS on a non-loopback address (only behind a TLS-terminating proxy)",
     )
     _nats_auth_flags(p)
+    p.add_argument(
+        "--bootstrap-storage",
+        action="append",
+        metavar="URI_PREFIX",
+        help="a storage prefix that first account may read and write (repeatable; default s3://default/)",
+    )
 
     p = add("agent", daemons.cmd_agent, "run a node agent that pulls runs from NATS (until SIGTERM/Ctrl-C)")
     p.add_argument("--agent-id", help="unique id of this agent (default: the host name)")

@@ -41,6 +41,7 @@ def server_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[s
         "tls_cert_file": settings.tls_cert,
         "tls_key_file": settings.tls_key,
         "allow_plaintext": getattr(args, "allow_plaintext", None) or None,
+        "bootstrap_storage_prefixes": tuple(getattr(args, "bootstrap_storage", None) or ()) or None,
     }
     return {k: v for k, v in fields.items() if v is not None}
 

@@ -350,15 +350,22 @@ class Client:
         return self._unary(self._admin.WhoAmI, admin_service_pb2.WhoAmIRequest())
 
     def create_account(
-        self, account_id: str, name: str = "", gpu_quota: int = 1, max_queued_runs: int = 0, run_quota: int = 0
+        self,
+        account_id: str,
+        name: str = "",
+        gpu_quota: int = 1,
+        max_queued_runs: int = 0,
+        run_quota: int = 0,
+        storage_prefixes: Sequence[str] = (),
     ) -> resources_pb2.Account:
-        """Admin: a new account with its plan. Not retried: a second try would find it taken."""
+        """Admin: a new account with its plan and storage (none: s3://ACCOUNT/). Not retried: it would be taken."""
         request = admin_service_pb2.CreateAccountRequest(
             account_id=account_id,
             name=name,
             gpu_quota=gpu_quota,
             max_queued_runs=max_queued_runs,
             run_quota=run_quota,
+            storage_prefixes=storage_prefixes,
         )
         return self._once(self._admin.CreateAccount, request).account
 
@@ -381,6 +388,13 @@ class Client:
             account_id=account_id, gpu_quota=gpu_quota, max_queued_runs=max_queued_runs, run_quota=run_quota
         )
         return self._unary(self._admin.SetQuota, request).account
+
+    def set_account_storage(
+        self, account_id: str, allow: Sequence[str] = (), revoke: Sequence[str] = ()
+    ) -> resources_pb2.Account:
+        """Admin: grant and revoke storage prefixes of an account; the same call again changes nothing."""
+        request = admin_service_pb2.SetAccountStorageRequest(account_id=account_id, allow=allow, revoke=revoke)
+        return self._unary(self._admin.SetAccountStorage, request).account
 
     def create_api_key(
         self,

@@ -61,6 +61,9 @@ INTERRUPTED = 130
 
 
 KEYS_FILE = "keys.yaml"
+#: What account default may read and write on the embedded stack: its own bucket and the buckets the
+#: README and examples/ use (s3://datasets/..., s3://results/...). Other accounts get their own bucket.
+UP_STORAGE = ("s3://default/", "s3://datasets/", "s3://results/")
 
 
 def read_keys(data_dir: Path) -> dict[str, str]:
@@ -234,6 +237,14 @@ def _agent_registered(endpoint: str, agent_id: str, api_key: str) -> bool:
             return False
 
 
+def _grant_up_storage(endpoint: str, api_key: str) -> None:
+    """Account default keeps UP_STORAGE on every `up`, also in a data dir made before storage grants existed."""
+    from runyard.client.sdk import Client
+
+    with Client(endpoint, api_key=api_key, call_timeout_s=10.0) as client:
+        client.set_account_storage("default", allow=UP_STORAGE)
+
+
 class Supervisor:
     """Runs the stack in the foreground until a signal or a child's death."""
 
@@ -304,12 +315,14 @@ class Supervisor:
                 "--bootstrap-keys", str(d / KEYS_FILE),
                 "--bootstrap-agent-id", agent_id,
                 "--nats-nkey", str(server_nkey),
+                *(x for prefix in UP_STORAGE for x in ("--bootstrap-storage", prefix)),
             ],
             env,
         )  # fmt: skip
         self._wait(server, "the server to answer its health check", lambda: _healthy(endpoint), READY_TIMEOUT_S)
         keys = read_keys(d)
         agent_key = _agent_key(d, endpoint, keys["admin_key"], agent_id, agent_nkey)
+        _grant_up_storage(endpoint, keys["admin_key"])
 
         agent = self._spawn(
             "agent",

@@ -127,7 +127,7 @@ class GetServerInfoResponse(_message.Message):
     HEAD_POSITION_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     code_uri_prefix: _builtins.str
-    """Where uploaded code goes, e.g. "s3://runyard/code"."""
+    """Where uploaded code goes, e.g. "s3://runyard/code": in a folder per account below it."""
     max_code_bytes: _builtins.int
     """Largest code package accepted, in bytes."""
     head_position: _builtins.int
@@ -157,12 +157,17 @@ class CreateAccountRequest(_message.Message):
     GPU_QUOTA_FIELD_NUMBER: _builtins.int
     MAX_QUEUED_RUNS_FIELD_NUMBER: _builtins.int
     RUN_QUOTA_FIELD_NUMBER: _builtins.int
+    STORAGE_PREFIXES_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Lowercase letters, digits and '-'; becomes the account id."""
     name: _builtins.str
     gpu_quota: _builtins.int
     max_queued_runs: _builtins.int
     run_quota: _builtins.int
+    @_builtins.property
+    def storage_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Storage prefixes it may read and write; empty for the default, s3://<account_id>/."""
+
     def __init__(
         self,
         *,
@@ -171,10 +176,11 @@ class CreateAccountRequest(_message.Message):
         gpu_quota: _builtins.int = ...,
         max_queued_runs: _builtins.int = ...,
         run_quota: _builtins.int = ...,
+        storage_prefixes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "gpu_quota", b"gpu_quota", "max_queued_runs", b"max_queued_runs", "name", b"name", "run_quota", b"run_quota"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "gpu_quota", b"gpu_quota", "max_queued_runs", b"max_queued_runs", "name", b"name", "run_quota", b"run_quota", "storage_prefixes", b"storage_prefixes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,6 +298,57 @@ class SetQuotaResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetQuotaResponse: _TypeAlias = SetQuotaResponse  # noqa: Y015
+
+@_typing.final
+class SetAccountStorageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ALLOW_FIELD_NUMBER: _builtins.int
+    REVOKE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    @_builtins.property
+    def allow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Prefixes to add (s3://bucket/key/ or, for a host folder, file:///abs/dir/)."""
+
+    @_builtins.property
+    def revoke(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Prefixes to remove (as granted; see the account's storage_prefixes)."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        allow: _abc.Iterable[_builtins.str] | None = ...,
+        revoke: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allow", b"allow", "revoke", b"revoke"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountStorageRequest: _TypeAlias = SetAccountStorageRequest  # noqa: Y015
+
+@_typing.final
+class SetAccountStorageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> _resources_pb2.Account: ...
+    def __init__(
+        self,
+        *,
+        account: _resources_pb2.Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountStorageResponse: _TypeAlias = SetAccountStorageResponse  # noqa: Y015
 
 @_typing.final
 class CreateApiKeyRequest(_message.Message):

@@ -65,6 +65,11 @@ class AdminServiceStub:
                 request_serializer=runyard_dot_v1_dot_admin__service__pb2.SetQuotaRequest.SerializeToString,
                 response_deserializer=runyard_dot_v1_dot_admin__service__pb2.SetQuotaResponse.FromString,
                 _registered_method=True)
+        self.SetAccountStorage = channel.unary_unary(
+                '/runyard.v1.AdminService/SetAccountStorage',
+                request_serializer=runyard_dot_v1_dot_admin__service__pb2.SetAccountStorageRequest.SerializeToString,
+                response_deserializer=runyard_dot_v1_dot_admin__service__pb2.SetAccountStorageResponse.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/runyard.v1.AdminService/CreateApiKey',
                 request_serializer=runyard_dot_v1_dot_admin__service__pb2.CreateApiKeyRequest.SerializeToString,
@@ -135,6 +140,13 @@ class AdminServiceServicer:
 
     def SetQuota(self, request, context):
         """SetQuota changes an account's plan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAccountStorage(self, request, context):
+        """SetAccountStorage grants and revokes the storage prefixes an account's manifests may use.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,6 +223,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetQuota,
                     request_deserializer=runyard_dot_v1_dot_admin__service__pb2.SetQuotaRequest.FromString,
                     response_serializer=runyard_dot_v1_dot_admin__service__pb2.SetQuotaResponse.SerializeToString,
+            ),
+            'SetAccountStorage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountStorage,
+                    request_deserializer=runyard_dot_v1_dot_admin__service__pb2.SetAccountStorageRequest.FromString,
+                    response_serializer=runyard_dot_v1_dot_admin__service__pb2.SetAccountStorageResponse.SerializeToString,
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
@@ -406,6 +423,33 @@ class AdminService:
             '/runyard.v1.AdminService/SetQuota',
             runyard_dot_v1_dot_admin__service__pb2.SetQuotaRequest.SerializeToString,
             runyard_dot_v1_dot_admin__service__pb2.SetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountStorage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.AdminService/SetAccountStorage',
+            runyard_dot_v1_dot_admin__service__pb2.SetAccountStorageRequest.SerializeToString,
+            runyard_dot_v1_dot_admin__service__pb2.SetAccountStorageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,8 @@ class AdminServiceStub:
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]
     SetQuota: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetQuotaRequest, _admin_service_pb2.SetQuotaResponse]
     """SetQuota changes an account's plan."""
+    SetAccountStorage: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountStorageRequest, _admin_service_pb2.SetAccountStorageResponse]
+    """SetAccountStorage grants and revokes the storage prefixes an account's manifests may use."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]
     """CreateApiKey returns the secret once; only its hash is stored."""
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]
@@ -66,6 +68,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListAccounts: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
     SetQuota: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetQuotaRequest, _admin_service_pb2.SetQuotaResponse]  # type: ignore[assignment]
     """SetQuota changes an account's plan."""
+    SetAccountStorage: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountStorageRequest, _admin_service_pb2.SetAccountStorageResponse]  # type: ignore[assignment]
+    """SetAccountStorage grants and revokes the storage prefixes an account's manifests may use."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """CreateApiKey returns the secret once; only its hash is stored."""
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListApiKeysRequest, _admin_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
@@ -123,6 +127,14 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.SetQuotaResponse, _abc.Awaitable[_admin_service_pb2.SetQuotaResponse]]:
         """SetQuota changes an account's plan."""
+
+    @_abc_1.abstractmethod
+    def SetAccountStorage(
+        self,
+        request: _admin_service_pb2.SetAccountStorageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.SetAccountStorageResponse, _abc.Awaitable[_admin_service_pb2.SetAccountStorageResponse]]:
+        """SetAccountStorage grants and revokes the storage prefixes an account's manifests may use."""
 
     @_abc_1.abstractmethod
     def CreateApiKey(

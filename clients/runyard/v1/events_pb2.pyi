@@ -786,6 +786,7 @@ class AccountCreated(_message.Message):
     GPU_QUOTA_FIELD_NUMBER: _builtins.int
     MAX_QUEUED_RUNS_FIELD_NUMBER: _builtins.int
     RUN_QUOTA_FIELD_NUMBER: _builtins.int
+    STORAGE_PREFIXES_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     name: _builtins.str
     gpu_quota: _builtins.int
@@ -794,6 +795,13 @@ class AccountCreated(_message.Message):
     """Queued runs allowed at once; 0 for no cap."""
     run_quota: _builtins.int
     """Concurrent runs for CPU-only work; 0 for no cap."""
+    @_builtins.property
+    def storage_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Storage prefixes (canonical URIs ending in "/") the account's manifests may read and
+        write. Empty: the default, s3://<account_id>/ (also what accounts created before
+        storage grants existed get).
+        """
+
     def __init__(
         self,
         *,
@@ -802,14 +810,39 @@ class AccountCreated(_message.Message):
         gpu_quota: _builtins.int = ...,
         max_queued_runs: _builtins.int = ...,
         run_quota: _builtins.int = ...,
+        storage_prefixes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "gpu_quota", b"gpu_quota", "max_queued_runs", b"max_queued_runs", "name", b"name", "run_quota", b"run_quota"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "gpu_quota", b"gpu_quota", "max_queued_runs", b"max_queued_runs", "name", b"name", "run_quota", b"run_quota", "storage_prefixes", b"storage_prefixes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AccountCreated: _TypeAlias = AccountCreated  # noqa: Y015
+
+@_typing.final
+class AccountStorageSet(_message.Message):
+    """AccountStorageSet replaces the storage prefixes an account may read and write (an admin's
+    grant or revoke); the list is the whole new set, canonical, possibly empty.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORAGE_PREFIXES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def storage_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        storage_prefixes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["storage_prefixes", b"storage_prefixes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountStorageSet: _TypeAlias = AccountStorageSet  # noqa: Y015
 
 @_typing.final
 class AccountQuotaSet(_message.Message):

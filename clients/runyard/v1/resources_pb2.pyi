@@ -393,6 +393,7 @@ class Account(_message.Message):
     GPUS_IN_USE_FIELD_NUMBER: _builtins.int
     RUNS_QUEUED_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    STORAGE_PREFIXES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     gpu_quota: _builtins.int
@@ -402,6 +403,10 @@ class Account(_message.Message):
     runs_queued: _builtins.int
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def storage_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Storage prefixes its manifests may read and write (see AdminService.SetAccountStorage)."""
+
     def __init__(
         self,
         *,
@@ -413,10 +418,11 @@ class Account(_message.Message):
         gpus_in_use: _builtins.int = ...,
         runs_queued: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        storage_prefixes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gpu_quota", b"gpu_quota", "gpus_in_use", b"gpus_in_use", "id", b"id", "max_queued_runs", b"max_queued_runs", "name", b"name", "run_quota", b"run_quota", "runs_queued", b"runs_queued"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gpu_quota", b"gpu_quota", "gpus_in_use", b"gpus_in_use", "id", b"id", "max_queued_runs", b"max_queued_runs", "name", b"name", "run_quota", b"run_quota", "runs_queued", b"runs_queued", "storage_prefixes", b"storage_prefixes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -147,3 +147,27 @@ def test_s3_missing_bucket_on_upload(moto_s3: MotoS3, tmp_path: Path) -> None:
     bucket = f"missing-{uuid.uuid4().hex[:6]}"
     with pytest.raises(ObjectStoreError, match=f"bucket '{bucket}' does not exist"):
         store.upload_file(f, f"s3://{bucket}/x.txt")
+
+
+def test_an_upload_that_does_not_follow_links_skips_them_and_refuses_a_swapped_file(
+    bkt: Bucket, tmp_path: Path
+) -> None:
+    """What the agent uses for $RESULT_DIR: a link's target is never read, also when a file becomes one late."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"host secret")
+    src = tmp_path / "result"
+    (src / "sub").mkdir(parents=True)
+    (src / "model.pt").write_bytes(b"m")
+    (src / "leak.txt").symlink_to(secret)
+    (src / "sub" / "leak-dir").symlink_to(tmp_path)
+    skipped: list[Path] = []
+    count = bkt.store.upload_dir(src, bkt.uri("results/run-1"), follow_symlinks=False, skipped=skipped.append)
+    assert count == 1
+    assert sorted(p.relative_to(src).as_posix() for p in skipped) == ["leak.txt", "sub/leak-dir"]
+    assert [i.uri for i in bkt.store.list(bkt.uri("results/run-1"))] == [bkt.uri("results/run-1/model.pt")]
+    # A regular file swapped for a link after the walk: opened with O_NOFOLLOW, refused.
+    with pytest.raises(ObjectStoreError, match="links are not uploaded"):
+        bkt.store._upload_no_follow(src / "leak.txt", bkt.uri("results/run-1/leak.txt"))
+    assert not bkt.store.exists(bkt.uri("results/run-1/leak.txt"))
+    # A user's own folder (`runyard data upload`) still follows links, as before.
+    assert bkt.store.upload_dir(src, bkt.uri("data/x")) == 2

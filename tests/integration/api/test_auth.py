@@ -122,7 +122,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             keys = {}
             for account in ("alpha", "beta"):
                 admin.admin.CreateAccount(
-                    admin_service_pb2.CreateAccountRequest(account_id=account, gpu_quota=2), timeout=20
+                    # Both may write the bucket the helpers' manifests name (results: s3://results/NAME).
+                    admin_service_pb2.CreateAccountRequest(
+                        account_id=account, gpu_quota=2, storage_prefixes=["s3://results/"]
+                    ),
+                    timeout=20,
                 )
                 reply = admin.admin.CreateApiKey(
                     admin_service_pb2.CreateApiKeyRequest(account_id=account, role=common_pb2.ROLE_USER), timeout=20
@@ -234,6 +238,9 @@ CASES: dict[str, Case] = {
     "/runyard.v1.AdminService/CreateAccount": Case(lambda w: A.CreateAccountRequest(account_id="mallory")),
     "/runyard.v1.AdminService/ListAccounts": Case(lambda w: A.ListAccountsRequest()),
     "/runyard.v1.AdminService/SetQuota": Case(lambda w: A.SetQuotaRequest(account_id="alpha", gpu_quota=1000)),
+    "/runyard.v1.AdminService/SetAccountStorage": Case(
+        lambda w: A.SetAccountStorageRequest(account_id="alpha", allow=["s3://beta/"])
+    ),
     "/runyard.v1.AdminService/CreateApiKey": Case(
         lambda w: A.CreateApiKeyRequest(account_id="beta", role=common_pb2.ROLE_ADMIN)
     ),

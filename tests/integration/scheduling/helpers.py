@@ -40,10 +40,17 @@ def wait_until(what: str, check: Callable[[], T | None], timeout: float = 60.0, 
         time.sleep(0.1)
 
 
+#: The buckets the scheduling tests' manifests name, granted to the accounts they create.
+TEST_STORAGE = ("s3://datasets/", "s3://results/")
+
+
 def create_account(admin: Stubs, account_id: str, gpu_quota: int) -> str:
-    """A new account with a plan; returns a user key of it."""
+    """A new account with a plan and the tests' buckets; returns a user key of it."""
     admin.admin.CreateAccount(
-        admin_service_pb2.CreateAccountRequest(account_id=account_id, name=account_id, gpu_quota=gpu_quota), timeout=10
+        admin_service_pb2.CreateAccountRequest(
+            account_id=account_id, name=account_id, gpu_quota=gpu_quota, storage_prefixes=TEST_STORAGE
+        ),
+        timeout=10,
     )
     reply = admin.admin.CreateApiKey(
         admin_service_pb2.CreateApiKeyRequest(account_id=account_id, role=common_pb2.ROLE_USER, name="test"),

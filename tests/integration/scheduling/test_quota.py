@@ -10,6 +10,7 @@ import pytest
 from runyard.v1 import admin_service_pb2, common_pb2, experiment_service_pb2, resources_pb2, run_service_pb2
 from tests.integration.api.helpers import watch_all
 from tests.integration.scheduling.helpers import (
+    TEST_STORAGE,
     all_ended,
     attempts,
     create_account,
@@ -79,7 +80,9 @@ def test_a_cap_on_queued_runs_refuses_what_would_exceed_it_and_stores_nothing(st
     with stack.channel() as admin_channel:
         admin = Stubs(admin_channel)
         admin.admin.CreateAccount(
-            admin_service_pb2.CreateAccountRequest(account_id="capped", name="capped", gpu_quota=1, max_queued_runs=3),
+            admin_service_pb2.CreateAccountRequest(
+                account_id="capped", name="capped", gpu_quota=1, max_queued_runs=3, storage_prefixes=TEST_STORAGE
+            ),
             timeout=10,
         )
         key = admin.admin.CreateApiKey(

@@ -36,7 +36,7 @@ def test_other_account_ids_are_refused_naming_the_field(account_id: str) -> None
 def test_an_account_opens_with_its_plan_and_its_id_as_default_name() -> None:
     (created,) = Account.create("acme", gpu_quota=4, max_queued_runs=10, run_quota=2)
     assert created == events_pb2.AccountCreated(
-        account_id="acme", name="acme", gpu_quota=4, max_queued_runs=10, run_quota=2
+        account_id="acme", name="acme", gpu_quota=4, max_queued_runs=10, run_quota=2, storage_prefixes=["s3://acme/"]
     )
     account = Account.replay([created])
     assert (account.gpu_quota, account.max_queued_runs, account.run_quota, account.version) == (4, 10, 2, 1)

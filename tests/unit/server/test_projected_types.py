@@ -11,9 +11,15 @@ from runyard.server.domain.events import EVENT_TYPES
 from runyard.server.projections.read_models import ReadModelProjector
 from runyard.server.projections.registry import all_projectors
 
-#: Types no read model needs: log lines (served from the log by run), and search decisions (the driver's and
+#: Types no read model needs: log lines (served from the log by run), storage grants (from the account stream)
+#: and search decisions (the driver's and
 #: WatchExperiment's, read from the log).
-NOT_PROJECTED = {"runyard.v1.RunLogged", "runyard.v1.RunPromoted", "runyard.v1.ExperimentBestFound"}
+NOT_PROJECTED = {
+    "runyard.v1.RunLogged",
+    "runyard.v1.RunPromoted",
+    "runyard.v1.ExperimentBestFound",
+    "runyard.v1.AccountStorageSet",  # grants are read from the account stream (submit check, admin lists)
+}
 
 
 def test_each_event_type_is_read_by_a_read_model_or_listed_as_not_projected() -> None:
