@@ -7,22 +7,26 @@ once at the end, instead of one UPDATE per event.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import yaml
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
-from sqlalchemy import Connection, Table, delete, insert, select, text, update
+from sqlalchemy import BigInteger, Connection, Integer, String, Table, Text, delete, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
 
-from runyard.server.domain.errors import DomainError
 from runyard.server.domain.events import decode
 from runyard.server.domain.manifest import load_yaml, parse_manifest
 from runyard.server.domain.searchers import is_searched
 from runyard.server.store import RecordedEvent
+from runyard.storable import fit, storable
 from runyard.v1 import common_pb2, events_pb2
 
 from . import schema
@@ -52,8 +56,88 @@ def utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+# -- storable values ---------------------------------------------------------------
+#
+# A projector must be able to write every event the log accepts. Text goes
+# through runyard.storable (NUL and lone surrogates become U+FFFD, text longer
+# than its column keeps a prefix and a digest); integers are clamped to their
+# column (uint32 event fields do not all fit PostgreSQL's int4). Values that
+# fit come back unchanged, so a replay still equals the live projection.
+
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ID_WIDTH = 64
+
+
+def storable_id(key: str, width: int = ID_WIDTH) -> str:
+    """An id as its row stores it; the fast path is one length and one ASCII check."""
+    if len(key) <= width and key.isascii() and "\x00" not in key:
+        return key
+    return fit(key, width)
+
+
+def _text_rule(width: int | None) -> Callable[[Any], Any]:
+    if width is None:
+        return lambda v: v if not isinstance(v, str) or (v.isascii() and "\x00" not in v) else storable(v)
+    return lambda v: v if not isinstance(v, str) else storable_id(v, width)
+
+
+def _int_rule(low: int, high: int) -> Callable[[Any], Any]:
+    return lambda v: v if not isinstance(v, int) or low <= v <= high else min(max(v, low), high)
+
+
+@functools.cache
+def _column_rules(table: Table) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    rules: list[tuple[str, Callable[[Any], Any]]] = []
+    for column in table.columns:
+        kind = column.type
+        if isinstance(kind, String | Text):
+            rules.append((column.name, _text_rule(kind.length)))
+        elif isinstance(kind, BigInteger):
+            rules.append((column.name, _int_rule(INT64_MIN, INT64_MAX)))
+        elif isinstance(kind, Integer):
+            rules.append((column.name, _int_rule(-INT32_MAX - 1, INT32_MAX)))
+    return tuple(rules)
+
+
+def storable_row(table: Table, row: Row) -> Row:
+    """`row` with every text and integer value made to fit its column of `table` (in place)."""
+    for name, rule in _column_rules(table):
+        value = row.get(name)
+        if value is not None:
+            row[name] = rule(value)
+    return row
+
+
+#: Set while a batch is applied again, read model by read model, after it failed as a whole:
+#: inserts then skip rows whose key is stored already instead of failing (a forged second opening event).
+_careful: contextvars.ContextVar[bool] = contextvars.ContextVar("runyard_projection_careful", default=False)
+
+
+@contextlib.contextmanager
+def careful_inserts() -> Iterator[None]:
+    token = _careful.set(True)
+    try:
+        yield
+    finally:
+        _careful.reset(token)
+
+
+def insert_ignoring(conn: Connection, table: Table) -> Insert:
+    """An INSERT that leaves alone a row whose key (or other unique value) is stored already: the first opening wins."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return insert(table)
+
+
 class _Rows:
-    """Rows of one table touched by a batch: loaded once, written once."""
+    """Rows of one table touched by a batch: loaded once, written once.
+
+    Keys are ids as stored (`storable_id`). A row opened twice keeps its first
+    opening, in one batch as across batches (see `insert_many`).
+    """
 
     def __init__(self, table: Table) -> None:
         self.table = table
@@ -62,17 +146,21 @@ class _Rows:
         self.dirty: set[str] = set()
 
     def load(self, conn: Connection, ids: Iterable[str]) -> None:
-        wanted = [i for i in set(ids) if i not in self.rows]
+        wanted = [i for i in {storable_id(i) for i in ids} if i not in self.rows]
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             for r in conn.execute(select(self.table).where(self.table.c.id.in_(chunk))).mappings():
                 self.rows[r["id"]] = dict(r)
 
     def add(self, row: Row) -> None:
-        self.rows[row["id"]] = row
-        self.new.add(row["id"])
+        key = row["id"] = storable_id(row["id"])
+        if key in self.rows:
+            return
+        self.rows[key] = row
+        self.new.add(key)
 
     def get(self, key: str) -> Row | None:
+        key = storable_id(key)
         row = self.rows.get(key)
         if row is not None:
             self.dirty.add(key)
@@ -80,7 +168,7 @@ class _Rows:
 
     def flush(self, conn: Connection) -> None:
         insert_many(conn, self.table, [self.rows[k] for k in self.new])
-        changed = [self.rows[k] for k in self.dirty - self.new]
+        changed = [storable_row(self.table, self.rows[k]) for k in self.dirty - self.new]
         if changed:
             cols = [c.name for c in self.table.columns if c.name != "id"]
             stmt = update(self.table).where(self.table.c.id == _bind("b_id")).values({c: _bind(f"b_{c}") for c in cols})
@@ -90,13 +178,17 @@ class _Rows:
 def insert_many(conn: Connection, table: Table, rows: Sequence[Row]) -> None:
     """Insert many new rows at once: the rebuild's hot path.
 
-    On PostgreSQL rows stream in through COPY inside the same transaction,
-    several times faster than one INSERT per row; elsewhere executemany.
+    Every value is first made storable (`storable_row`). On PostgreSQL rows
+    stream in through COPY inside the same transaction, several times faster
+    than one INSERT per row; elsewhere executemany, skipping rows stored
+    already. A COPY cannot skip them: a batch that holds one fails and is
+    applied again with `careful_inserts`, which skips them on PostgreSQL too.
     """
     if not rows:
         return
-    if conn.dialect.name != "postgresql":
-        conn.execute(insert(table), list(rows))
+    rows = [storable_row(table, row) for row in rows]
+    if conn.dialect.name != "postgresql" or _careful.get():
+        conn.execute(insert_ignoring(conn, table), list(rows))
         return
     columns = list(rows[0])
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -116,27 +208,38 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 def insert_metric_points(conn: Connection, rows: Sequence[PointRow]) -> None:
     """Insert metric point rows: the projection's highest-volume write (a run may report 200,000 points).
 
-    On PostgreSQL the rows go in as one COPY whose text this function formats
-    itself: psycopg's per-row ``write_row`` cost about three times as much as
-    the formatting. A float is written as ``repr``, the shortest text that
-    reads back as the same double, so no value changes on the way in.
-    Elsewhere a plain executemany.
+    Run ids, names and sources are made storable first, each distinct one
+    once (`storable_id` with its column's width); `_metrics` keeps only
+    finite values and clamps attempts. On PostgreSQL the rows go in as one
+    COPY whose text this function formats itself: psycopg's per-row
+    ``write_row`` cost about three times as much as the formatting. A float
+    is written as ``repr``, the shortest text that reads back as the same
+    double, so no value changes on the way in. Elsewhere a plain executemany.
     """
     if not rows:
         return
+    c = schema.metric_points.c
+    widths = ((2, c.run_id.type.length), (4, c.name.type.length), (8, c.source.type.length))
+    fitted: list[dict[str, str]] = [{t: storable_id(t, w or ID_WIDTH) for t in {r[i] for r in rows}} for i, w in widths]
+    runs, names, sources = fitted
     if conn.dialect.name != "postgresql":
-        conn.execute(insert(schema.metric_points), [dict(zip(POINT_COLUMNS, r, strict=True)) for r in rows])
+        conn.execute(
+            insert(schema.metric_points),
+            [
+                dict(zip(POINT_COLUMNS, (p, i, runs[r], a, names[n], s, v, t, sources[src]), strict=True))
+                for p, i, r, a, n, s, v, t, src in rows
+            ],
+        )
         return
     # Run ids, names and sources repeat: each distinct one is escaped once, then looked up.
-    distinct = {r[2] for r in rows} | {r[4] for r in rows} | {r[8] for r in rows}
-    esc = {t: t.translate(_COPY_ESCAPES) for t in distinct}
+    er, en, es = ({t: f.translate(_COPY_ESCAPES) for t, f in m.items()} for m in fitted)
     text = "".join(
-        f"{pos}\t{idx}\t{esc[run]}\t{att}\t{esc[name]}\t{step}\t{value!r}\t{t}\t{esc[src]}\n"
+        f"{pos}\t{idx}\t{er[run]}\t{att}\t{en[name]}\t{step}\t{value!r}\t{t}\t{es[src]}\n"
         for pos, idx, run, att, name, step, value, t, src in rows
     )
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    names = ", ".join(f'"{c}"' for c in POINT_COLUMNS)
-    with cursor.copy(f'COPY "{schema.metric_points.name}" ({names}) FROM STDIN') as copy:
+    names_sql = ", ".join(f'"{c}"' for c in POINT_COLUMNS)
+    with cursor.copy(f'COPY "{schema.metric_points.name}" ({names_sql}) FROM STDIN') as copy:
         copy.write(text)
 
 
@@ -212,9 +315,7 @@ def _created_row(event: RecordedEvent, msg: events_pb2.RunCreated) -> Row:
         "agent_id": "",
         "gpu_ids": "[]",
         "command": spec.command,
-        "hyperparameters": json.dumps(
-            {k: json_format.MessageToDict(v) for k, v in sorted(spec.hyperparameters.items())}
-        ),
+        "hyperparameters": json.dumps({k: _value_json(v) for k, v in sorted(spec.hyperparameters.items())}),
         "results_uri": spec.results_uri,
         "spec": spec.SerializeToString(deterministic=True),
         "failure_reason": 0,
@@ -232,6 +333,14 @@ def _created_row(event: RecordedEvent, msg: events_pb2.RunCreated) -> Row:
         "queued_position": event.position,
         "position": event.position,
     }
+
+
+def _value_json(value: Message) -> Any:
+    """A hyperparameter value as JSON; one JSON cannot hold (NaN, infinity: only a forged spec has them) as its text."""
+    try:
+        return json_format.MessageToDict(value)
+    except ValueError:
+        return text_format.MessageToString(value, as_one_line=True)
 
 
 def _assigned(row: Row, event: RecordedEvent, msg: events_pb2.RunAssigned) -> None:
@@ -477,7 +586,7 @@ class RunsProjector:
         `latest` holds the batch's runs' latest values, parsed from their rows
         once; `apply` writes them back once.
         """
-        position, run_id, attempt = event.position, msg.run_id, msg.attempt
+        position, run_id, attempt = event.position, storable_id(msg.run_id), msg.attempt
         current = latest.get(run_id)
         if current is None:
             row = rows.get(run_id)
@@ -485,8 +594,12 @@ class RunsProjector:
                 current = {}  # points of a run whose RunCreated the log lacks: stored, with no latest values
             else:
                 current = latest[run_id] = json.loads(row["latest_metrics"])
+        if attempt > INT32_MAX:
+            attempt = INT32_MAX
         for idx, p in enumerate(msg.points):
             name, step, value = p.name, p.step, p.value
+            if not math.isfinite(value):
+                continue  # agents send none; a forged NaN has no row (SQLite would store it as NULL)
             points.append((position, idx, run_id, attempt, name, step, value, p.time_us, p.source))
             prev = current.get(name)
             if prev is None or step >= prev[0]:
@@ -503,10 +616,12 @@ def _manifest_facts(manifest_yaml: str) -> tuple[int, bool]:
     """
     try:
         manifest = parse_manifest(manifest_yaml)
-    except DomainError:
+    except (
+        Exception
+    ):  # DomainError, or anything else a manifest the API never saw may provoke: no read model fails on it
         try:
             loaded = load_yaml(manifest_yaml)
-        except yaml.YAMLError:
+        except Exception:
             return 0, False
         value = loaded.get("priority", 0) if isinstance(loaded, dict) else 0
         return (value if isinstance(value, int) and not isinstance(value, bool) else 0), False

@@ -1,0 +1,53 @@
+"""Text that both event-log backends can store: the one rule for text produced by user code.
+
+PostgreSQL text columns cannot hold NUL (0x00), and UTF-8 cannot encode a lone
+surrogate (U+D800..U+DFFF, which a Python str may hold, e.g. from the JSON
+"\\ud800" or a file name read with surrogateescape). One such character once
+stopped every projection batch. So every text a run produces (log lines,
+failure messages, metric names, TensorBoard tags) is made storable where it
+is captured, and every text a projector writes passes through here again.
+
+The rule: NUL and each lone surrogate become U+FFFD (the replacement
+character); undecodable bytes decode to U+FFFD the same way. Everything else
+is kept exactly, so text that was storable already is returned unchanged (and
+a replay from position 0 gives the same rows). Where a column has a width,
+`fit` shortens longer text to a prefix plus a digest of the whole, so two
+different long values stay different.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+REPLACEMENT = "\ufffd"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_DIGEST_CHARS = 16
+
+
+def is_storable(text: str) -> bool:
+    """Whether PostgreSQL and SQLite can both store `text` as it is."""
+    if "\x00" in text:
+        return False
+    return text.isascii() or _UNSTORABLE.search(text) is None
+
+
+def storable(text: str) -> str:
+    """`text` with NUL and lone surrogates replaced by U+FFFD; storable text comes back unchanged."""
+    if text.isascii():
+        return text.replace("\x00", REPLACEMENT) if "\x00" in text else text
+    return _UNSTORABLE.sub(REPLACEMENT, text)
+
+
+def storable_bytes(raw: bytes) -> str:
+    """Bytes a process printed, as storable text: UTF-8 where valid, U+FFFD for the rest and for NUL."""
+    return storable(raw.decode("utf-8", errors="replace"))
+
+
+def fit(text: str, width: int) -> str:
+    """Storable text of at most `width` characters: a longer value keeps its start and a digest of the whole."""
+    text = storable(text)
+    if len(text) <= width:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:_DIGEST_CHARS]
+    return f"{text[: max(0, width - _DIGEST_CHARS - 1)]}~{digest}"[-width:] if width > 0 else ""
