@@ -28,6 +28,7 @@ from .read_models import Decoded, insert_ignoring, storable_id, storable_row, ty
 class AccountsProjector:
     """Turns account and API key events into the accounts and api_keys tables."""
 
+    name = "accounts"
     tables: Sequence[Table] = (schema.accounts, schema.api_keys)
     reads = type_names(
         events_pb2.AccountCreated, events_pb2.AccountQuotaSet, events_pb2.ApiKeyCreated, events_pb2.ApiKeyRevoked

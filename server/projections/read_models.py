@@ -13,6 +13,7 @@ import functools
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -202,6 +203,7 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[Row]) -> None:
 POINT_COLUMNS = ("position", "idx", "run_id", "attempt", "name", "step", "value", "time_us", "source")
 PointRow = tuple[int, int, str, int, str, int, float, int, str]
 
+_POINT_NAME_WIDTH, _POINT_SOURCE_WIDTH = 200, 32  # metric_points.name and .source
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -218,10 +220,10 @@ def insert_metric_points(conn: Connection, rows: Sequence[PointRow]) -> None:
     """
     if not rows:
         return
-    c = schema.metric_points.c
-    widths = ((2, c.run_id.type.length), (4, c.name.type.length), (8, c.source.type.length))
-    fitted: list[dict[str, str]] = [{t: storable_id(t, w or ID_WIDTH) for t in {r[i] for r in rows}} for i, w in widths]
-    runs, names, sources = fitted
+    runs = {t: storable_id(t, ID_WIDTH) for t in {r[2] for r in rows}}
+    names = {t: storable_id(t, _POINT_NAME_WIDTH) for t in {r[4] for r in rows}}
+    sources = {t: storable_id(t, _POINT_SOURCE_WIDTH) for t in {r[8] for r in rows}}
+    fitted = (runs, names, sources)
     if conn.dialect.name != "postgresql":
         conn.execute(
             insert(schema.metric_points),
@@ -258,8 +260,9 @@ def type_names(*messages: type[Message]) -> frozenset[str]:
 
 
 class Projector(Protocol):
-    """One read model: its tables, the event types it reads, and how a batch of events changes them."""
+    """One read model: its name, its tables, the event types it reads, and how a batch of events changes them."""
 
+    name: str
     tables: Sequence[Table]
     reads: frozenset[str]
 
@@ -287,6 +290,50 @@ class ReadModelProjector:
         for projector in self.projectors:
             projector.apply(conn, decoded)
 
+    def apply_carefully(
+        self, conn: Connection, events: Sequence[RecordedEvent], skip: Callable[[str, int], bool] | None = None
+    ) -> list[Skipped]:
+        """Apply a batch that failed as a whole, skipping only what cannot be projected; returns what was skipped.
+
+        Each read model applies its events in a savepoint; one that fails
+        applies them again one by one, each in its own savepoint, and skips
+        the events that fail (and events whose payload cannot be decoded).
+        The other read models, and that one's other events, are applied as
+        usual, so one bad event stops nothing. Applying a batch event by
+        event gives the same rows as applying it whole, so a rebuild skips
+        the same events and gives the same read models. `skip(read_model,
+        position)` (tests) makes an event fail on purpose.
+        """
+        skipped: list[Skipped] = []
+        decoded: list[tuple[RecordedEvent, Message]] = []
+        for e in events:
+            if e.type not in self.reads:
+                continue
+            try:
+                decoded.append((e, decode(e.type, e.data)))
+            except Exception as exc:
+                names = [p.name for p in self.projectors if e.type in p.reads]
+                skipped.extend(Skipped(n, e.position, e.type, f"undecodable payload: {exc}") for n in names)
+        with careful_inserts():
+            for projector in self.projectors:
+                mine = [d for d in decoded if d[0].type in projector.reads]
+                if not mine:
+                    continue
+                try:
+                    with conn.begin_nested():
+                        _apply_checked(projector, conn, mine, skip)
+                    continue
+                except Exception:  # one by one below: the savepoint undid this read model's part
+                    pass
+                for item in mine:
+                    try:
+                        with conn.begin_nested():
+                            _apply_checked(projector, conn, [item], skip)
+                    except Exception as exc:
+                        event = item[0]
+                        skipped.append(Skipped(projector.name, event.position, event.type, _describe(exc)))
+        return skipped
+
     def reset(self, conn: Connection) -> None:
         """Empty every read model, in the caller's transaction.
 
@@ -301,6 +348,36 @@ class ReadModelProjector:
             return
         for table in self.tables:
             conn.execute(delete(table))
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An event a read model could not project, and why."""
+
+    read_model: str
+    position: int
+    event_type: str
+    error: str
+
+
+class InjectedFailure(RuntimeError):
+    """A failure a test asked for (see ReadModelProjector.apply_carefully's `skip`)."""
+
+
+def _apply_checked(
+    projector: Projector, conn: Connection, decoded: Decoded, skip: Callable[[str, int], bool] | None
+) -> None:
+    if skip is not None:
+        for event, _ in decoded:
+            if skip(projector.name, event.position):
+                raise InjectedFailure(f"failure injected at position {event.position}")
+    projector.apply(conn, decoded)
+
+
+def _describe(exc: BaseException) -> str:
+    """An error in one line, at most 1,000 characters: it goes into logs and GetServerInfo."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return storable(text if len(text) <= 1000 else text[:999] + "…")
 
 
 def _created_row(event: RecordedEvent, msg: events_pb2.RunCreated) -> Row:
@@ -430,6 +507,7 @@ _RUN_TRANSITIONS: dict[type[Message], Callable[[Row, RecordedEvent, Any], None]]
 class RunsProjector:
     """Turns run, experiment and agent events into their tables."""
 
+    name = "runs"
     tables: Sequence[Table] = schema.PROJECTION_TABLES
     reads = type_names(
         events_pb2.RunCreated,

@@ -47,6 +47,7 @@ _CHUNK = 500
 class UsageProjector:
     """Opens a usage row on RunAssigned and closes it on the event that ends the attempt."""
 
+    name = "usage"
     tables: Sequence[Table] = (schema.attempt_usage,)
     reads = type_names(events_pb2.RunCreated, events_pb2.RunAssigned, *_ENDINGS)
 

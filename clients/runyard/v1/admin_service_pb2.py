@@ -26,7 +26,7 @@ from runyard.v1 import common_pb2 as runyard_dot_v1_dot_common__pb2
 from runyard.v1 import resources_pb2 as runyard_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erunyard/v1/admin_service.proto\x12\nrunyard.v1\x1a\x17runyard/v1/common.proto\x1a\x1arunyard/v1/resources.proto\"\x1b\n\x19RebuildProjectionsRequest\"F\n\x1aRebuildProjectionsResponse\x12\x17\n\x0f\x65vents_replayed\x18\x01 \x01(\x04\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\":\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"P\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.runyard.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetServerInfoRequest\"p\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0f\x63ode_uri_prefix\x18\x02 \x01(\t\x12\x16\n\x0emax_code_bytes\x18\x03 \x01(\x04\x12\x15\n\rhead_position\x18\x04 \x01(\x04\"w\n\x14\x43reateAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tgpu_quota\x18\x03 \x01(\r\x12\x17\n\x0fmax_queued_runs\x18\x04 \x01(\r\x12\x11\n\trun_quota\x18\x05 \x01(\r\"=\n\x15\x43reateAccountResponse\x12$\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x13.runyard.v1.Account\"<\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x14ListAccountsResponse\x12%\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x13.runyard.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x0fSetQuotaRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tgpu_quota\x18\x02 \x01(\r\x12\x17\n\x0fmax_queued_runs\x18\x03 \x01(\r\x12\x11\n\trun_quota\x18\x04 \x01(\r\"8\n\x10SetQuotaResponse\x12$\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x13.runyard.v1.Account\"i\n\x13\x43reateApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.runyard.v1.Role\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"G\n\x14\x43reateApiKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.runyard.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"(\n\x12ListApiKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"7\n\x13ListApiKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.runyard.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"7\n\x14RevokeApiKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.runyard.v1.ApiKey\"G\n\x1cSetExperimentPriorityRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\"\x1f\n\x1dSetExperimentPriorityResponse\"6\n\x11\x44rainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\"6\n\x12\x44rainAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.runyard.v1.Agent\"\x0f\n\rWhoAmIRequest\"T\n\x0eWhoAmIResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.runyard.v1.Role\x12\x0e\n\x06key_id\x18\x03 \x01(\t2\xf8\x07\n\x0c\x41\x64minService\x12\x63\n\x12RebuildProjections\x12%.runyard.v1.RebuildProjectionsRequest\x1a&.runyard.v1.RebuildProjectionsResponse\x12K\n\nListAgents\x12\x1d.runyard.v1.ListAgentsRequest\x1a\x1e.runyard.v1.ListAgentsResponse\x12T\n\rGetServerInfo\x12 .runyard.v1.GetServerInfoRequest\x1a!.runyard.v1.GetServerInfoResponse\x12T\n\rCreateAccount\x12 .runyard.v1.CreateAccountRequest\x1a!.runyard.v1.CreateAccountResponse\x12Q\n\x0cListAccounts\x12\x1f.runyard.v1.ListAccountsRequest\x1a .runyard.v1.ListAccountsResponse\x12\x45\n\x08SetQuota\x12\x1b.runyard.v1.SetQuotaRequest\x1a\x1c.runyard.v1.SetQuotaResponse\x12Q\n\x0c\x43reateApiKey\x12\x1f.runyard.v1.CreateApiKeyRequest\x1a .runyard.v1.CreateApiKeyResponse\x12N\n\x0bListApiKeys\x12\x1e.runyard.v1.ListApiKeysRequest\x1a\x1f.runyard.v1.ListApiKeysResponse\x12Q\n\x0cRevokeApiKey\x12\x1f.runyard.v1.RevokeApiKeyRequest\x1a .runyard.v1.RevokeApiKeyResponse\x12l\n\x15SetExperimentPriority\x12(.runyard.v1.SetExperimentPriorityRequest\x1a).runyard.v1.SetExperimentPriorityResponse\x12K\n\nDrainAgent\x12\x1d.runyard.v1.DrainAgentRequest\x1a\x1e.runyard.v1.DrainAgentResponse\x12?\n\x06WhoAmI\x12\x19.runyard.v1.WhoAmIRequest\x1a\x1a.runyard.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erunyard/v1/admin_service.proto\x12\nrunyard.v1\x1a\x17runyard/v1/common.proto\x1a\x1arunyard/v1/resources.proto\"\x1b\n\x19RebuildProjectionsRequest\"F\n\x1aRebuildProjectionsResponse\x12\x17\n\x0f\x65vents_replayed\x18\x01 \x01(\x04\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\":\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"P\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.runyard.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\xab\x01\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0f\x63ode_uri_prefix\x18\x02 \x01(\t\x12\x16\n\x0emax_code_bytes\x18\x03 \x01(\x04\x12\x15\n\rhead_position\x18\x04 \x01(\x04\x12\x39\n\x13read_model_failures\x18\x1e \x03(\x0b\x32\x1c.runyard.v1.ReadModelFailure\"l\n\x10ReadModelFailure\x12\x12\n\nread_model\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0f\n\x07skipped\x18\x05 \x01(\x04\"w\n\x14\x43reateAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tgpu_quota\x18\x03 \x01(\r\x12\x17\n\x0fmax_queued_runs\x18\x04 \x01(\r\x12\x11\n\trun_quota\x18\x05 \x01(\r\"=\n\x15\x43reateAccountResponse\x12$\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x13.runyard.v1.Account\"<\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x14ListAccountsResponse\x12%\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x13.runyard.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x0fSetQuotaRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tgpu_quota\x18\x02 \x01(\r\x12\x17\n\x0fmax_queued_runs\x18\x03 \x01(\r\x12\x11\n\trun_quota\x18\x04 \x01(\r\"8\n\x10SetQuotaResponse\x12$\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x13.runyard.v1.Account\"i\n\x13\x43reateApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.runyard.v1.Role\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"G\n\x14\x43reateApiKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.runyard.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"(\n\x12ListApiKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"7\n\x13ListApiKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.runyard.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"7\n\x14RevokeApiKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.runyard.v1.ApiKey\"G\n\x1cSetExperimentPriorityRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\"\x1f\n\x1dSetExperimentPriorityResponse\"6\n\x11\x44rainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\"6\n\x12\x44rainAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.runyard.v1.Agent\"\x0f\n\rWhoAmIRequest\"T\n\x0eWhoAmIResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.runyard.v1.Role\x12\x0e\n\x06key_id\x18\x03 \x01(\t2\xf8\x07\n\x0c\x41\x64minService\x12\x63\n\x12RebuildProjections\x12%.runyard.v1.RebuildProjectionsRequest\x1a&.runyard.v1.RebuildProjectionsResponse\x12K\n\nListAgents\x12\x1d.runyard.v1.ListAgentsRequest\x1a\x1e.runyard.v1.ListAgentsResponse\x12T\n\rGetServerInfo\x12 .runyard.v1.GetServerInfoRequest\x1a!.runyard.v1.GetServerInfoResponse\x12T\n\rCreateAccount\x12 .runyard.v1.CreateAccountRequest\x1a!.runyard.v1.CreateAccountResponse\x12Q\n\x0cListAccounts\x12\x1f.runyard.v1.ListAccountsRequest\x1a .runyard.v1.ListAccountsResponse\x12\x45\n\x08SetQuota\x12\x1b.runyard.v1.SetQuotaRequest\x1a\x1c.runyard.v1.SetQuotaResponse\x12Q\n\x0c\x43reateApiKey\x12\x1f.runyard.v1.CreateApiKeyRequest\x1a .runyard.v1.CreateApiKeyResponse\x12N\n\x0bListApiKeys\x12\x1e.runyard.v1.ListApiKeysRequest\x1a\x1f.runyard.v1.ListApiKeysResponse\x12Q\n\x0cRevokeApiKey\x12\x1f.runyard.v1.RevokeApiKeyRequest\x1a .runyard.v1.RevokeApiKeyResponse\x12l\n\x15SetExperimentPriority\x12(.runyard.v1.SetExperimentPriorityRequest\x1a).runyard.v1.SetExperimentPriorityResponse\x12K\n\nDrainAgent\x12\x1d.runyard.v1.DrainAgentRequest\x1a\x1e.runyard.v1.DrainAgentResponse\x12?\n\x06WhoAmI\x12\x19.runyard.v1.WhoAmIRequest\x1a\x1a.runyard.v1.WhoAmIResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,44 +43,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAGENTSRESPONSE']._serialized_end=340
   _globals['_GETSERVERINFOREQUEST']._serialized_start=342
   _globals['_GETSERVERINFOREQUEST']._serialized_end=364
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=366
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=478
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=480
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=599
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=601
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=662
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=664
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=724
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=726
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=812
-  _globals['_SETQUOTAREQUEST']._serialized_start=814
-  _globals['_SETQUOTAREQUEST']._serialized_end=914
-  _globals['_SETQUOTARESPONSE']._serialized_start=916
-  _globals['_SETQUOTARESPONSE']._serialized_end=972
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=974
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1079
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1081
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1152
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1154
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1194
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1196
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1251
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1253
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1290
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1292
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1347
-  _globals['_SETEXPERIMENTPRIORITYREQUEST']._serialized_start=1349
-  _globals['_SETEXPERIMENTPRIORITYREQUEST']._serialized_end=1420
-  _globals['_SETEXPERIMENTPRIORITYRESPONSE']._serialized_start=1422
-  _globals['_SETEXPERIMENTPRIORITYRESPONSE']._serialized_end=1453
-  _globals['_DRAINAGENTREQUEST']._serialized_start=1455
-  _globals['_DRAINAGENTREQUEST']._serialized_end=1509
-  _globals['_DRAINAGENTRESPONSE']._serialized_start=1511
-  _globals['_DRAINAGENTRESPONSE']._serialized_end=1565
-  _globals['_WHOAMIREQUEST']._serialized_start=1567
-  _globals['_WHOAMIREQUEST']._serialized_end=1582
-  _globals['_WHOAMIRESPONSE']._serialized_start=1584
-  _globals['_WHOAMIRESPONSE']._serialized_end=1668
-  _globals['_ADMINSERVICE']._serialized_start=1671
-  _globals['_ADMINSERVICE']._serialized_end=2687
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=367
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=538
+  _globals['_READMODELFAILURE']._serialized_start=540
+  _globals['_READMODELFAILURE']._serialized_end=648
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=650
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=769
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=771
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=832
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=834
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=894
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=896
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=982
+  _globals['_SETQUOTAREQUEST']._serialized_start=984
+  _globals['_SETQUOTAREQUEST']._serialized_end=1084
+  _globals['_SETQUOTARESPONSE']._serialized_start=1086
+  _globals['_SETQUOTARESPONSE']._serialized_end=1142
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1144
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1249
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1251
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1322
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1324
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1364
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1366
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1421
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1423
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1460
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1462
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1517
+  _globals['_SETEXPERIMENTPRIORITYREQUEST']._serialized_start=1519
+  _globals['_SETEXPERIMENTPRIORITYREQUEST']._serialized_end=1590
+  _globals['_SETEXPERIMENTPRIORITYRESPONSE']._serialized_start=1592
+  _globals['_SETEXPERIMENTPRIORITYRESPONSE']._serialized_end=1623
+  _globals['_DRAINAGENTREQUEST']._serialized_start=1625
+  _globals['_DRAINAGENTREQUEST']._serialized_end=1679
+  _globals['_DRAINAGENTRESPONSE']._serialized_start=1681
+  _globals['_DRAINAGENTRESPONSE']._serialized_end=1735
+  _globals['_WHOAMIREQUEST']._serialized_start=1737
+  _globals['_WHOAMIREQUEST']._serialized_end=1752
+  _globals['_WHOAMIRESPONSE']._serialized_start=1754
+  _globals['_WHOAMIRESPONSE']._serialized_end=1838
+  _globals['_ADMINSERVICE']._serialized_start=1841
+  _globals['_ADMINSERVICE']._serialized_end=2857
 # @@protoc_insertion_point(module_scope)
