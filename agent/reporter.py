@@ -26,8 +26,10 @@ from typing import Any
 
 import nats.errors
 import structlog
+from google.protobuf.message import Message
 
 from runyard import bus
+from runyard.storable import storable
 from runyard.v1.agent_pb2 import AgentReport, AttemptFailed
 from runyard.v1.common_pb2 import FailureReason, LogLine, MetricPoint
 from runyard.v1.events_pb2 import (
@@ -40,6 +42,34 @@ from runyard.v1.events_pb2 import (
 )
 
 log = structlog.get_logger("runyard.agent.reporter")
+
+
+def make_storable(message: Message) -> None:
+    """Every text field of `message`, nested ones too, made storable in place (runyard.storable)."""
+    for field, value in message.ListFields():
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            target = getattr(message, field.name)
+            value_field = field.message_type.fields_by_name["value"]
+            for key in list(target):
+                if value_field.message_type is not None:
+                    make_storable(target[key])
+                elif isinstance(target[key], str):
+                    target[key] = storable(target[key])
+            for key in [k for k in target if isinstance(k, str) and storable(k) != k]:
+                item = target[key]
+                del target[key]
+                if value_field.message_type is not None:
+                    target[storable(key)].CopyFrom(item)
+                else:
+                    target[storable(key)] = item
+        elif field.message_type is not None:
+            for item in value if field.is_repeated else [value]:
+                make_storable(item)
+        elif field.type == field.TYPE_STRING:
+            if field.is_repeated:
+                value[:] = [storable(v) for v in value]
+            else:
+                setattr(message, field.name, storable(value))
 
 
 class ReportLostError(Exception):
@@ -71,7 +101,12 @@ class Reporter:
         if not report.event_id:
             report.event_id = str(uuid.uuid4())
         report.agent_id = self.agent_id
-        data = report.SerializeToString()
+        try:
+            data = report.SerializeToString()
+        except (UnicodeEncodeError, ValueError):
+            # Text that slipped past capture (a lone surrogate protobuf cannot encode): stored as U+FFFD instead.
+            make_storable(report)
+            data = report.SerializeToString()
         headers = {"Nats-Msg-Id": report.event_id, **self._auth}
         delay = 0.05
         while True:
@@ -130,11 +165,12 @@ class AttemptReports:
         await self._send(AgentReport(completed=RunCompleted(attempt=self.attempt, results_uri=results_uri)))
 
     async def failed(self, reason: FailureReason.ValueType, message: str, exit_code: int = 0) -> None:
-        failed = AttemptFailed(attempt=self.attempt, reason=reason, exit_code=exit_code, message=message)
+        # The message may quote the run's stderr or an exception about its files: storable, like its lines.
+        failed = AttemptFailed(attempt=self.attempt, reason=reason, exit_code=exit_code, message=storable(message))
         await self._send(AgentReport(failed=failed))
 
     async def canceled(self, reason: str) -> None:
-        await self._send(AgentReport(canceled=RunCanceled(attempt=self.attempt, reason=reason)))
+        await self._send(AgentReport(canceled=RunCanceled(attempt=self.attempt, reason=storable(reason))))
 
     # Output batches hold thousands of lines or points: they are copied into the report once,
     # in place, rather than into a body message and then again into the report.
