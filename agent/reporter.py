@@ -26,10 +26,9 @@ from typing import Any
 
 import nats.errors
 import structlog
-from google.protobuf.message import Message
 
 from runyard import bus
-from runyard.storable import storable
+from runyard.storable import make_storable, storable
 from runyard.v1.agent_pb2 import AgentReport, AttemptFailed
 from runyard.v1.common_pb2 import FailureReason, LogLine, MetricPoint
 from runyard.v1.events_pb2 import (
@@ -42,34 +41,6 @@ from runyard.v1.events_pb2 import (
 )
 
 log = structlog.get_logger("runyard.agent.reporter")
-
-
-def make_storable(message: Message) -> None:
-    """Every text field of `message`, nested ones too, made storable in place (runyard.storable)."""
-    for field, value in message.ListFields():
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            target = getattr(message, field.name)
-            value_field = field.message_type.fields_by_name["value"]
-            for key in list(target):
-                if value_field.message_type is not None:
-                    make_storable(target[key])
-                elif isinstance(target[key], str):
-                    target[key] = storable(target[key])
-            for key in [k for k in target if isinstance(k, str) and storable(k) != k]:
-                item = target[key]
-                del target[key]
-                if value_field.message_type is not None:
-                    target[storable(key)].CopyFrom(item)
-                else:
-                    target[storable(key)] = item
-        elif field.message_type is not None:
-            for item in value if field.is_repeated else [value]:
-                make_storable(item)
-        elif field.type == field.TYPE_STRING:
-            if field.is_repeated:
-                value[:] = [storable(v) for v in value]
-            else:
-                setattr(message, field.name, storable(value))
 
 
 class ReportLostError(Exception):

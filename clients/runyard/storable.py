@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from google.protobuf.message import Message
+
 REPLACEMENT = "\ufffd"
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _DIGEST_CHARS = 16
@@ -51,3 +53,31 @@ def fit(text: str, width: int) -> str:
         return text
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:_DIGEST_CHARS]
     return f"{text[: max(0, width - _DIGEST_CHARS - 1)]}~{digest}"[-width:] if width > 0 else ""
+
+
+def make_storable(message: Message) -> None:
+    """Every text field of `message`, nested ones too, made storable in place (runyard.storable)."""
+    for field, value in message.ListFields():
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            target = getattr(message, field.name)
+            value_field = field.message_type.fields_by_name["value"]
+            for key in list(target):
+                if value_field.message_type is not None:
+                    make_storable(target[key])
+                elif isinstance(target[key], str):
+                    target[key] = storable(target[key])
+            for key in [k for k in target if isinstance(k, str) and storable(k) != k]:
+                item = target[key]
+                del target[key]
+                if value_field.message_type is not None:
+                    target[storable(key)].CopyFrom(item)
+                else:
+                    target[storable(key)] = item
+        elif field.message_type is not None:
+            for item in value if field.is_repeated else [value]:
+                make_storable(item)
+        elif field.type == field.TYPE_STRING:
+            if field.is_repeated:
+                value[:] = [storable(v) for v in value]
+            else:
+                setattr(message, field.name, storable(value))
