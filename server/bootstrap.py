@@ -202,7 +202,7 @@ async def _report_read_models(projections: ProjectionRunner, health: Any, loop: 
         with contextlib.suppress(RuntimeError):  # the loop closed: the server is going away
             asyncio.run_coroutine_threadsafe(update(), loop)
 
-    projections.on_failure = on_failure
+    projections.on_failures_changed = on_failure
     await update()
 
 

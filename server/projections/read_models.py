@@ -290,9 +290,7 @@ class ReadModelProjector:
         for projector in self.projectors:
             projector.apply(conn, decoded)
 
-    def apply_carefully(
-        self, conn: Connection, events: Sequence[RecordedEvent], skip: Callable[[str, int], bool] | None = None
-    ) -> list[Skipped]:
+    def apply_carefully(self, conn: Connection, events: Sequence[RecordedEvent]) -> list[Skipped]:
         """Apply a batch that failed as a whole, skipping only what cannot be projected; returns what was skipped.
 
         Each read model applies its events in a savepoint; one that fails
@@ -301,8 +299,7 @@ class ReadModelProjector:
         The other read models, and that one's other events, are applied as
         usual, so one bad event stops nothing. Applying a batch event by
         event gives the same rows as applying it whole, so a rebuild skips
-        the same events and gives the same read models. `skip(read_model,
-        position)` (tests) makes an event fail on purpose.
+        the same events and gives the same read models.
         """
         skipped: list[Skipped] = []
         decoded: list[tuple[RecordedEvent, Message]] = []
@@ -321,14 +318,14 @@ class ReadModelProjector:
                     continue
                 try:
                     with conn.begin_nested():
-                        _apply_checked(projector, conn, mine, skip)
+                        projector.apply(conn, mine)
                     continue
                 except Exception:  # one by one below: the savepoint undid this read model's part
                     pass
                 for item in mine:
                     try:
                         with conn.begin_nested():
-                            _apply_checked(projector, conn, [item], skip)
+                            projector.apply(conn, [item])
                     except Exception as exc:
                         event = item[0]
                         skipped.append(Skipped(projector.name, event.position, event.type, _describe(exc)))
@@ -358,20 +355,6 @@ class Skipped:
     position: int
     event_type: str
     error: str
-
-
-class InjectedFailure(RuntimeError):
-    """A failure a test asked for (see ReadModelProjector.apply_carefully's `skip`)."""
-
-
-def _apply_checked(
-    projector: Projector, conn: Connection, decoded: Decoded, skip: Callable[[str, int], bool] | None
-) -> None:
-    if skip is not None:
-        for event, _ in decoded:
-            if skip(projector.name, event.position):
-                raise InjectedFailure(f"failure injected at position {event.position}")
-    projector.apply(conn, decoded)
 
 
 def _describe(exc: BaseException) -> str:

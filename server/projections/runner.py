@@ -57,10 +57,8 @@ class ProjectionRunner:
         self._wake = threading.Event()
         # What this process saw skipped, by read model: the first skip's record (its error) and the count.
         self._skipped: dict[str, tuple[Skipped, int]] = {}
-        #: Tests: (read model, position) -> True makes that read model fail on that event.
-        self.inject_failure: Callable[[str, int], bool] | None = None
-        #: Called (on the runner's thread) after a read model skipped an event.
-        self.on_failure: Callable[[], None] = lambda: None
+        #: Called (on the runner's thread) after a read model skipped an event, and after a rebuild.
+        self.on_failures_changed: Callable[[], None] = lambda: None
 
     @property
     def position(self) -> int:
@@ -150,11 +148,10 @@ class ProjectionRunner:
             head = self._store.head_position()
             if head <= self._position:
                 return 0
-        if self.inject_failure is None:
-            try:
-                return self._apply_window(page, head, bulk=bulk, careful=False)
-            except Exception as exc:
-                log.warning("projection batch failed; applying it read model by read model", error=str(exc)[:500])
+        try:
+            return self._apply_window(page, head, bulk=bulk, careful=False)
+        except Exception as exc:
+            log.warning("projection batch failed; applying it read model by read model", error=str(exc)[:500])
         return self._apply_window(page, head, bulk=bulk, careful=True)
 
     def _apply_window(self, page: _Page | None, head: int | None, *, bulk: bool, careful: bool) -> int:
@@ -168,7 +165,7 @@ class ProjectionRunner:
             if page.upto > position:
                 if page.events:
                     if careful:
-                        skipped = self._projector.apply_carefully(conn, page.events, self.inject_failure)
+                        skipped = self._projector.apply_carefully(conn, page.events)
                         _record_failures(conn, skipped)
                     else:
                         self._projector.apply(conn, page.events)
@@ -186,7 +183,7 @@ class ProjectionRunner:
                 error=item.error,
             )
         if skipped:
-            self.on_failure()
+            self.on_failures_changed()
         self._advance(max(position, page.upto))
         return max(0, page.upto - position)
 
@@ -259,6 +256,7 @@ class ProjectionRunner:
             # What the windows read ahead missed: appends meanwhile, or another replica's runner moving the checkpoint.
             while (covered := self._apply_batch(bulk=True)) > 0:
                 total += covered
+        self.on_failures_changed()
         return total, time.perf_counter() - started
 
 
