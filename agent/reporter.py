@@ -28,7 +28,7 @@ import nats.errors
 import structlog
 
 from runyard import bus
-from runyard.storable import make_storable, storable
+from runyard.storable import storable
 from runyard.v1.agent_pb2 import AgentReport, AttemptFailed
 from runyard.v1.common_pb2 import FailureReason, LogLine, MetricPoint
 from runyard.v1.events_pb2 import (
@@ -72,12 +72,7 @@ class Reporter:
         if not report.event_id:
             report.event_id = str(uuid.uuid4())
         report.agent_id = self.agent_id
-        try:
-            data = report.SerializeToString()
-        except (UnicodeEncodeError, ValueError):
-            # Text that slipped past capture (a lone surrogate protobuf cannot encode): stored as U+FFFD instead.
-            make_storable(report)
-            data = report.SerializeToString()
+        data = report.SerializeToString()
         headers = {"Nats-Msg-Id": report.event_id, **self._auth}
         delay = 0.05
         while True:

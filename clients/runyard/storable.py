@@ -56,7 +56,11 @@ def fit(text: str, width: int) -> str:
 
 
 def make_storable(message: Message) -> None:
-    """Every text field of `message`, nested ones too, made storable in place (runyard.storable)."""
+    """Every text field of `message`, nested and map ones too, made storable in place.
+
+    Protobuf refuses a lone surrogate when it is assigned, so in a message
+    this replaces NUL: what a forged report may carry.
+    """
     for field, value in message.ListFields():
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             target = getattr(message, field.name)
