@@ -45,13 +45,15 @@ def _created(run_id: str) -> events_pb2.RunCreated:
     return events_pb2.RunCreated(run_id=run_id, experiment_id="exp-1", account_id="acme", spec=spec)
 
 
-def _fail_runs_at(monkeypatch: pytest.MonkeyPatch, positions: set[int]) -> None:
-    """The runs read model raises on any batch holding one of `positions` (a projector bug)."""
+def _fail_runs_at(monkeypatch: pytest.MonkeyPatch, positions: set[int], experiments: Sequence[str] = ()) -> None:
+    """The runs read model raises on any batch holding one of `positions`, or the creation of an
+    experiment named in `experiments` (a projector bug)."""
     original = RunsProjector.apply
 
     def failing(self: RunsProjector, conn: Connection, decoded: Sequence[tuple[RecordedEvent, Message]]) -> None:
-        for event, _ in decoded:
-            if event.position in positions:
+        for event, msg in decoded:
+            doomed = isinstance(msg, events_pb2.ExperimentCreated) and msg.name in experiments
+            if event.position in positions or doomed:
                 raise RuntimeError(f"projector bug at position {event.position}")
         original(self, conn, decoded)
 
@@ -111,7 +113,8 @@ def test_a_live_server_reports_the_failure_keeps_taking_submits_and_restarts(
         bootstrap_keys_file=str(tmp_path / "keys.yaml"),
     )
     failing: set[int] = set()
-    _fail_runs_at(monkeypatch, failing)
+    doomed = ["doomed"]
+    _fail_runs_at(monkeypatch, failing, experiments=doomed)
 
     async def scenario() -> None:
         replica = await start_replica(config)
@@ -136,6 +139,15 @@ def test_a_live_server_reports_the_failure_keeps_taking_submits_and_restarts(
                     timeout=30,
                 )
                 assert reply.experiment.id
+                # The one experiment whose own event is skipped is told so, not "lags; retry".
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await experiments.CreateExperiment(
+                        xp.CreateExperimentRequest(manifest_yaml=manifest("true", name="doomed")),
+                        metadata=metadata,
+                        timeout=30,
+                    )
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "could not project it" in str(caught.value.details())
         finally:
             await replica.close(1.0)
 
@@ -148,6 +160,7 @@ def test_a_live_server_reports_the_failure_keeps_taking_submits_and_restarts(
                 info = await admin.GetServerInfo(admin_service_pb2.GetServerInfoRequest(), metadata=metadata, timeout=5)
                 assert [f.position for f in info.read_model_failures] == [bad]
                 failing.clear()
+                doomed.clear()
                 await admin.RebuildProjections(
                     admin_service_pb2.RebuildProjectionsRequest(), metadata=metadata, timeout=60
                 )
