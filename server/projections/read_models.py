@@ -77,36 +77,39 @@ def storable_id(key: str, width: int = ID_WIDTH) -> str:
     return fit(key, width)
 
 
-def _text_rule(width: int | None) -> Callable[[Any], Any]:
-    if width is None:
-        return lambda v: v if not isinstance(v, str) or (v.isascii() and "\x00" not in v) else storable(v)
-    return lambda v: v if not isinstance(v, str) else storable_id(v, width)
-
-
-def _int_rule(low: int, high: int) -> Callable[[Any], Any]:
-    return lambda v: v if not isinstance(v, int) or low <= v <= high else min(max(v, low), high)
-
-
 @functools.cache
-def _column_rules(table: Table) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-    rules: list[tuple[str, Callable[[Any], Any]]] = []
+def _column_kinds(table: Table) -> tuple[tuple[tuple[str, int | None], ...], tuple[tuple[str, int, int], ...]]:
+    """The table's text columns with their widths, and its integer columns with their ranges."""
+    texts: list[tuple[str, int | None]] = []
+    ints: list[tuple[str, int, int]] = []
     for column in table.columns:
         kind = column.type
         if isinstance(kind, String | Text):
-            rules.append((column.name, _text_rule(kind.length)))
+            texts.append((column.name, kind.length))
         elif isinstance(kind, BigInteger):
-            rules.append((column.name, _int_rule(INT64_MIN, INT64_MAX)))
+            ints.append((column.name, INT64_MIN, INT64_MAX))
         elif isinstance(kind, Integer):
-            rules.append((column.name, _int_rule(-INT32_MAX - 1, INT32_MAX)))
-    return tuple(rules)
+            ints.append((column.name, -INT32_MAX - 1, INT32_MAX))
+    return tuple(texts), tuple(ints)
 
 
 def storable_row(table: Table, row: Row) -> Row:
-    """`row` with every text and integer value made to fit its column of `table` (in place)."""
-    for name, rule in _column_rules(table):
+    """`row` with every text and integer value made to fit its column of `table` (in place).
+
+    A rebuild writes every row through here: the common case (short ASCII
+    text without NUL, an int in range) costs a few checks per column, no call.
+    """
+    texts, ints = _column_kinds(table)
+    for name, width in texts:
         value = row.get(name)
-        if value is not None:
-            row[name] = rule(value)
+        if value.__class__ is str and not (
+            value.isascii() and "\x00" not in value and (width is None or len(value) <= width)
+        ):
+            row[name] = storable(value) if width is None else fit(value, width)
+    for name, low, high in ints:
+        value = row.get(name)
+        if value.__class__ is int and not low <= value <= high:
+            row[name] = min(max(value, low), high)
     return row
 
 
@@ -161,8 +164,10 @@ class _Rows:
         self.new.add(key)
 
     def get(self, key: str) -> Row | None:
-        key = storable_id(key)
         row = self.rows.get(key)
+        if row is None:
+            key = storable_id(key)
+            row = self.rows.get(key)
         if row is not None:
             self.dirty.add(key)
         return row
