@@ -21,6 +21,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
 from sqlalchemy import BigInteger, Connection, Integer, String, Table, Text, delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.dml import Insert
 
 from runyard.server.domain.events import decode
@@ -325,12 +326,16 @@ class ReadModelProjector:
                     with conn.begin_nested():
                         projector.apply(conn, mine)
                     continue
+                except OperationalError:
+                    raise  # the database, not the event (a lost connection, a deadlock): the batch is retried whole
                 except Exception:  # one by one below: the savepoint undid this read model's part
                     pass
                 for item in mine:
                     try:
                         with conn.begin_nested():
                             projector.apply(conn, [item])
+                    except OperationalError:
+                        raise
                     except Exception as exc:
                         event = item[0]
                         skipped.append(Skipped(projector.name, event.position, event.type, _describe(exc)))
