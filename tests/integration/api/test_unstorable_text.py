@@ -8,15 +8,19 @@ lags", `admin rebuild` failed, and a restarted server exited in catch-up.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+import nats
 import pytest
 
+from runyard import bus
 from runyard.server.domain.events import encode, experiment_stream, run_stream
 from runyard.server.store import EventStore, NewEvent
 from runyard.storable import REPLACEMENT
-from runyard.v1 import admin_service_pb2, common_pb2, events_pb2, run_service_pb2
+from runyard.v1 import admin_service_pb2, agent_pb2, common_pb2, events_pb2, run_service_pb2
 from tests.integration.api.helpers import RS, create, manifest, wait_state
+from tests.support.services import NatsServer, wait_until
 from tests.support.stack import Stack, Stubs
 
 pytestmark = pytest.mark.integration
@@ -101,3 +105,68 @@ def test_a_metric_name_with_an_escaped_nul_from_the_jsonl_helper_is_stored(stubs
     assert dict(run.latest_metrics) == {"lo\ufffdss": 0.5, "acc\ufffd": 0.75}
     _later_submits_work(stubs, "after-nul-metric")
     _no_read_model_failed(stubs)
+
+
+async def _publish(url: str, agent_key: str, *reports: agent_pb2.AgentReport) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for report in reports:
+        headers = {"Authorization": f"Bearer {agent_key}"}
+        await js.publish(bus.reports_subject(report.agent_id), report.SerializeToString(), headers=headers)
+    await nc.close()
+
+
+async def _reports_in_hand(url: str) -> int:
+    """Reports the ingest has not acked yet (waiting, or taken and not acked: a nak'ed one stays here)."""
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().consumer_info(bus.REPORTS_STREAM, bus.INGEST_DURABLE)
+        return int(info.num_pending + info.num_ack_pending)
+    finally:
+        await nc.close()
+
+
+def test_a_forged_report_with_nul_is_refused_or_made_storable_and_holds_nothing_up(
+    stubs: Stubs, stack: Stack, nats_server: NatsServer
+) -> None:
+    rid = create(stubs, manifest('python -c "import time; time.sleep(60)"', name="forged-report")).experiment.runs[0].id
+    wait_state(stubs, rid, {RS.RUN_STATE_RUNNING})
+    # A run id with NUL (no stream can be named so), and a metric name with NUL on the real run.
+    bad_id = agent_pb2.AgentReport(
+        event_id=str(uuid.uuid4()),
+        agent_id="agent-1",
+        run_id="run-\x00",
+        logged=events_pb2.RunLogged(run_id="run-\x00", attempt=1, lines=[common_pb2.LogLine(text="x")]),
+    )
+    point = common_pb2.MetricPoint(name="lo\x00ss", step=1, value=0.5, source="jsonl")
+    nul_name = agent_pb2.AgentReport(
+        event_id=str(uuid.uuid4()),
+        agent_id="agent-1",
+        run_id=rid,
+        metrics=events_pb2.RunMetricsReported(run_id=rid, attempt=1, points=[point]),
+    )
+    line = common_pb2.LogLine(stream=common_pb2.LOG_STREAM_STDOUT, text="marker")
+    marker = agent_pb2.AgentReport(
+        event_id=str(uuid.uuid4()),
+        agent_id="agent-1",
+        run_id=rid,
+        logged=events_pb2.RunLogged(run_id=rid, attempt=1, lines=[line]),
+    )
+    asyncio.run(_publish(nats_server.url, stack.agent_key, bad_id, nul_name, marker))
+
+    def metric_names() -> list[str] | None:
+        points = stubs.runs.GetRunMetrics(run_service_pb2.GetRunMetricsRequest(run_id=rid), timeout=10).points
+        return [p.name for p in points] or None
+
+    assert wait_until(metric_names, 30, "the metrics report was never projected") == ["lo\ufffdss"]
+    wait_until(
+        lambda: (
+            "marker" in [ln.text for ln in stubs.runs.GetRunLogs(run_service_pb2.GetRunLogsRequest(run_id=rid)).lines]
+        ),
+        30,
+        "the marker report was never stored",
+    )
+    # Every report was acked: the unstorable one refused, not redelivered forever.
+    wait_until(lambda: asyncio.run(_reports_in_hand(nats_server.url)) == 0, 15, "a report is still redelivered")
+    _no_read_model_failed(stubs)
+    stubs.runs.CancelRun(run_service_pb2.CancelRunRequest(run_id=rid), timeout=10)
