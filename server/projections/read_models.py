@@ -671,6 +671,8 @@ class RunsProjector:
             name, step, value = p.name, p.step, p.value
             if not math.isfinite(value):
                 continue  # agents send none; a forged NaN has no row (SQLite would store it as NULL)
+            if not (name.isascii() and "\x00" not in name and len(name) <= _POINT_NAME_WIDTH):
+                name = storable_id(name, _POINT_NAME_WIDTH)  # the point and the latest values under one name
             points.append((position, idx, run_id, attempt, name, step, value, p.time_us, p.source))
             prev = current.get(name)
             if prev is None or step >= prev[0]:
@@ -687,9 +689,7 @@ def _manifest_facts(manifest_yaml: str) -> tuple[int, bool]:
     """
     try:
         manifest = parse_manifest(manifest_yaml)
-    except (
-        Exception
-    ):  # DomainError, or anything else a manifest the API never saw may provoke: no read model fails on it
+    except Exception:  # DomainError, or whatever a manifest the API never saw provokes: no read model fails on it
         try:
             loaded = load_yaml(manifest_yaml)
         except Exception:

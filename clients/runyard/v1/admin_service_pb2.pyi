@@ -135,7 +135,7 @@ class GetServerInfoResponse(_message.Message):
     """The log's head position."""
     @_builtins.property
     def read_model_failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReadModelFailure]:
-        """Read models that skipped an event they could not project (empty when all are healthy).
+        """Read models that skipped an event they could not project (empty when all are healthy; admins only).
         The others, and the write side, keep working; `runyard admin rebuild` replays them.
         """
 
