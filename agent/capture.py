@@ -20,6 +20,11 @@ batch back on the event loop. Each poll finishes before the next starts, and
 time. Problems the TensorBoard reader meets (a corrupt record) become agent
 lines in the run's log.
 
+Whatever a run prints becomes storable text here, where it is captured
+(`runyard.storable`): invalid UTF-8 bytes and NUL become U+FFFD, the rest is
+kept as printed. Metric names from the JSON lines and TensorBoard tags follow
+the same rule, and so do failure messages that quote stderr.
+
 High volume: pipe output is cut into LogLines and metric points on one
 capture thread, not on the event loop, so eight runs printing as fast as they
 can still leave the loop free to send and take acks; and a chatty run's batches
@@ -43,6 +48,7 @@ import structlog
 
 from runyard.agent.metrics import JsonlMetricParser, JsonlSplitter, StdoutMetricParser
 from runyard.agent.tensorboard import TensorBoardTail
+from runyard.storable import storable, storable_bytes
 from runyard.v1.common_pb2 import LogLine, LogStream, MetricPoint
 
 MAX_LINE_BYTES = 16 * 1024
@@ -265,8 +271,8 @@ class Capture:
     # -- producers ----------------------------------------------------------
 
     def agent_line(self, text: str) -> None:
-        """A line from the agent about the run (staging, exit status, upload)."""
-        self._add_line(LogLine(stream=LogStream.LOG_STREAM_AGENT, text=text, time_us=now_us()))
+        """A line from the agent about the run (staging, exit status, upload); it may quote user output."""
+        self._add_line(LogLine(stream=LogStream.LOG_STREAM_AGENT, text=storable(text), time_us=now_us()))
 
     def _add_line(self, line: LogLine) -> None:
         self.lines_seen += 1
@@ -300,8 +306,11 @@ class Capture:
             try:
                 text = raw.decode("utf-8")
                 size = len(raw) + _LINE_OVERHEAD
+                stored_as_is = "\x00" not in text
             except UnicodeDecodeError:
-                text = raw.decode("utf-8", errors="replace")
+                stored_as_is = False
+            if not stored_as_is:  # invalid UTF-8 or NUL: U+FFFD in their place (runyard.storable)
+                text = storable_bytes(raw)
                 size = len(text.encode("utf-8")) + _LINE_OVERHEAD
             if text.endswith("\r"):
                 text = text.rstrip("\r")

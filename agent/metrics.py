@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Iterable
 
+from runyard.storable import storable
 from runyard.v1.common_pb2 import MetricPoint
 
 SOURCE_STDOUT = "stdout"
@@ -125,21 +126,26 @@ class JsonlMetricParser:
         step = _json_int(record.get("step"))
         when = record.get("time")
         time_us = (
-            int(when * 1_000_000)
+            _int64(when * 1_000_000)
             if isinstance(when, int | float) and not isinstance(when, bool) and math.isfinite(when)
             else now_us
         )
         points: list[MetricPoint] = []
-        for name, raw in record.items():
-            if name in ("step", "time") or isinstance(raw, bool) or not isinstance(raw, int | float):
+        for key, raw in record.items():
+            if key in ("step", "time") or isinstance(raw, bool) or not isinstance(raw, int | float):
                 continue
-            if not math.isfinite(raw):
+            try:
+                value = float(raw)
+            except OverflowError:  # an int beyond any double
                 continue
+            if not math.isfinite(value):
+                continue
+            name = storable(str(key))  # JSON may spell NUL or a lone surrogate ("\u0000", "\ud800")
             points.append(
                 MetricPoint(
-                    name=str(name),
-                    step=step if step is not None else self._steps.next(str(name)),
-                    value=float(raw),
+                    name=name,
+                    step=step if step is not None else self._steps.next(name),
+                    value=value,
                     time_us=time_us,
                     source=SOURCE_JSONL,
                 )
@@ -152,7 +158,12 @@ def _json_int(raw: object) -> int | None:
         return None
     if isinstance(raw, float) and not math.isfinite(raw):
         return None
-    return int(raw)
+    return _int64(raw)
+
+
+def _int64(raw: float) -> int:
+    """A step or time as the int64 a MetricPoint holds: beyond it, the nearest end."""
+    return min(max(int(raw), -(2**63)), 2**63 - 1)
 
 
 class JsonlSplitter:

@@ -28,6 +28,7 @@ import nats.errors
 import structlog
 
 from runyard import bus
+from runyard.storable import storable
 from runyard.v1.agent_pb2 import AgentReport, AttemptFailed
 from runyard.v1.common_pb2 import FailureReason, LogLine, MetricPoint
 from runyard.v1.events_pb2 import (
@@ -135,11 +136,12 @@ class AttemptReports:
         await self._send(AgentReport(completed=RunCompleted(attempt=self.attempt, results_uri=results_uri)))
 
     async def failed(self, reason: FailureReason.ValueType, message: str, exit_code: int = 0) -> None:
-        failed = AttemptFailed(attempt=self.attempt, reason=reason, exit_code=exit_code, message=message)
+        # The message may quote the run's stderr or an exception about its files: storable, like its lines.
+        failed = AttemptFailed(attempt=self.attempt, reason=reason, exit_code=exit_code, message=storable(message))
         await self._send(AgentReport(failed=failed))
 
     async def canceled(self, reason: str) -> None:
-        await self._send(AgentReport(canceled=RunCanceled(attempt=self.attempt, reason=reason)))
+        await self._send(AgentReport(canceled=RunCanceled(attempt=self.attempt, reason=storable(reason))))
 
     # Output batches hold thousands of lines or points: they are copied into the report once,
     # in place, rather than into a body message and then again into the report.

@@ -65,6 +65,7 @@ from typing import Any
 import numpy
 from tensorboard.compat.proto import event_pb2
 
+from runyard.storable import storable
 from runyard.v1.common_pb2 import MetricPoint
 
 SOURCE_TENSORBOARD = "tensorboard"
@@ -234,7 +235,7 @@ def points_from_event(event: Any, folder: str, plugins: dict[str, str]) -> list[
             continue
         points.append(
             MetricPoint(
-                name=metric_name(folder, value.tag),
+                name=storable(metric_name(folder, value.tag)),  # tags and folder names may hold anything
                 step=event.step,
                 value=number,
                 time_us=time_us,

@@ -179,6 +179,7 @@ async def start_replica(config: ServerConfig) -> Replica:
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await _report_read_models(projections, health_servicer, loop)
     tasks = [
         asyncio.create_task(scheduler.run(stop), name="scheduler"),
         asyncio.create_task(ingest.run(stop), name="ingest"),
@@ -214,6 +215,26 @@ def _listen(server: grpc.aio.Server, config: ServerConfig) -> int:
     except OSError as e:
         raise ValueError(f"cannot read the TLS certificate or key ({e.filename}): {e.strerror}") from None
     return int(server.add_secure_port(config.listen, grpc.ssl_server_credentials([(key, chain)])))
+
+
+READ_MODELS_HEALTH = "runyard.read_models"
+"""Health service name that turns NOT_SERVING once a read model skipped an event (the server itself keeps serving)."""
+
+
+async def _report_read_models(projections: ProjectionRunner, health: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Keep READ_MODELS_HEALTH: NOT_SERVING while any read model has skipped events (`admin info` says which)."""
+
+    async def update() -> None:
+        failing = await asyncio.to_thread(projections.failures)
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if failing else health_pb2.HealthCheckResponse.SERVING
+        await health.set(READ_MODELS_HEALTH, status)
+
+    def on_failure() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: the server is going away
+            asyncio.run_coroutine_threadsafe(update(), loop)
+
+    projections.on_failures_changed = on_failure
+    await update()
 
 
 def _safe_url(url: str) -> str:

@@ -38,11 +38,24 @@ class AdminService(pb_grpc.AdminServiceServicer):
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: Context) -> pb.GetServerInfoResponse:
         head = await asyncio.to_thread(self._ctx.store.head_position)
+        # Errors may quote another account's data: only an admin sees them.
+        admin = auth.is_admin(auth.current_principal())
+        failures = await asyncio.to_thread(self._ctx.projections.failures) if admin else []
         return pb.GetServerInfoResponse(
             version=runyard.__version__,
             code_uri_prefix=self._ctx.config.code_uri_prefix,
             max_code_bytes=self._ctx.config.max_code_bytes,
             head_position=head,
+            read_model_failures=[
+                pb.ReadModelFailure(
+                    read_model=f.read_model,
+                    position=f.position,
+                    event_type=f.event_type,
+                    error=f.error,
+                    skipped=f.skipped,
+                )
+                for f in failures
+            ],
         )
 
     # -- accounts and keys -----------------------------------------------------

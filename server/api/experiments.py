@@ -88,6 +88,12 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
         self._ctx.scheduler_wakeup()
         experiment = await self._ctx.read_after(position, lambda: self._ctx.queries.get_experiment(experiment_id))
         if experiment is None:
+            if self._ctx.projections.position >= position:  # the read models went past it: the runs one skipped it
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the experiment {experiment_id} was stored, but the runs read model could not project it "
+                    "(`runyard admin info` says why; an admin replays it with `runyard admin rebuild`)",
+                )
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the experiment was stored but the read model lags; retry")
         return pb.CreateExperimentResponse(experiment=experiment)
 

@@ -26,6 +26,15 @@ report's agent id, arrive on that agent's subject, register no other agent,
 and (logs, metrics) name no other run in its body than the report's run (see
 `runyard.server.ingest.agent_auth`). Anything else is acked (never
 redelivered) and logged, and stores nothing.
+
+A forged or buggy agent may send any bytes. A report whose ids are not
+storable (NUL, a lone surrogate, longer than the read models' 64 characters)
+is refused the same way, and so is one the log refuses to store
+(UnstorableText, or a database DataError): redelivering it could never
+succeed, and it must hold nothing up. The text of a run's end (failure
+message, cancel reason, results URI) and of a registration is made storable
+(`runyard.storable`); log lines and metric points are stored as sent, and the
+read models make their text storable when they project them.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import DataError
 
 from runyard import bus
 from runyard.server.commands import NotFound
@@ -44,6 +54,7 @@ from runyard.server.credentials import Credentials
 from runyard.server.domain.errors import DomainError, IllegalTransition
 from runyard.server.ingest.agent_auth import AgentAuth
 from runyard.server.store.notify import quiet_commits
+from runyard.storable import is_storable, make_storable
 from runyard.v1 import agent_pb2
 
 log = structlog.get_logger(__name__)
@@ -181,8 +192,14 @@ class Ingest:
                 report.ParseFromString(msg.data)
             except Exception:
                 return None
-            if not report.run_id or report.WhichOneof("body") == "registered" or await self._refusal(msg, report):
+            if (
+                not report.run_id
+                or report.WhichOneof("body") == "registered"
+                or _unstorable(report)
+                or await self._refusal(msg, report)
+            ):
                 return None
+            _storable_body(report)
             batch.append((msg, report))
         return batch if len({r.run_id for _, r in batch}) == 1 else None
 
@@ -194,6 +211,13 @@ class Ingest:
             log.warning("dropping an unreadable report", subject=msg.subject)
             await msg.ack()
             return
+        unstorable = _unstorable(report)
+        if unstorable:
+            self.refused += 1
+            log.warning("report refused: unstorable", subject=msg.subject, reason=unstorable)
+            await msg.ack()
+            return
+        _storable_body(report)
         refusal = await self._refusal(msg, report)
         if refusal:
             self.refused += 1
@@ -227,6 +251,12 @@ class Ingest:
                 body=report.WhichOneof("body"),
                 reason=str(exc),
             )
+            await msg.ack()
+            return
+        except (ValueError, DataError) as exc:
+            # The log or the database refuses what the report holds: a redelivery would be refused again.
+            self.refused += 1
+            log.warning("report refused: the log cannot store it", run_id=report.run_id, reason=str(exc)[:500])
             await msg.ack()
             return
         except Exception:
@@ -269,6 +299,32 @@ _QUIET = ("logged", "metrics", "staging", "started", "uploading")
 # How far along its life a run is in each state, and how far each report takes it.
 _STAGE = {"QUEUED": 0, "ASSIGNED": 1, "STAGING": 2, "RUNNING": 3, "UPLOADING": 4}
 _REPORT_STAGE = {"staging": 2, "started": 3, "uploading": 4, "completed": 5, "failed": 5, "canceled": 5}
+
+
+#: Longest id a report may name: the read models' id columns (read_models.ID_WIDTH).
+MAX_REPORT_ID = 64
+#: Bodies whose text is made storable here (rare ones: a run's end, a registration); see the module docstring.
+_STORABLE_BODIES = ("failed", "canceled", "completed", "registered")
+
+
+def _unstorable(report: agent_pb2.AgentReport) -> str:
+    """Why the report's ids cannot be stored ("" when they can)."""
+    body = report.WhichOneof("body")
+    ids = [("agent_id", report.agent_id), ("run_id", report.run_id)]
+    if body in ("metrics", "logged"):
+        ids.append((f"{body}.run_id", getattr(report, body).run_id))
+    elif body == "registered":
+        ids.append(("registered.agent_id", report.registered.agent_id))
+    for name, value in ids:
+        if len(value) > MAX_REPORT_ID or not is_storable(value):
+            return f"{name} {value[:80]!r} is longer than {MAX_REPORT_ID} characters or holds NUL or a lone surrogate"
+    return ""
+
+
+def _storable_body(report: agent_pb2.AgentReport) -> None:
+    body = report.WhichOneof("body")
+    if body in _STORABLE_BODIES:
+        make_storable(getattr(report, body))
 
 
 def _ahead(exc: IllegalTransition, report: agent_pb2.AgentReport) -> bool:

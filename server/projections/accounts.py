@@ -1,9 +1,11 @@
 """The accounts and API keys read models.
 
-Account and key events are rare (an admin's action, not a run's heartbeat), so
-each is written with its own statement, in log order; nothing here is worth a
-batch cache. Times are the events' `recorded_at`, so a rebuild from position 0
-gives identical rows.
+Account and key events are rare (an admin's action, not a run's heartbeat),
+so each is written with its own statement, in log order; nothing here is
+worth a batch cache. Every value is made storable (`storable_row`), and a
+second opening event of one account or key leaves the first one's row alone.
+Times are the events' `recorded_at`, so a rebuild from position 0 gives
+identical rows.
 
 The api_keys table is what the auth interceptor reads on every call (by the
 hash of the presented secret), so a revocation becomes visible to every replica
@@ -14,18 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, Table, insert, update
+from sqlalchemy import Connection, Table, update
 
 from runyard.server.store import RecordedEvent
 from runyard.v1 import events_pb2
 
 from . import schema
-from .read_models import Decoded, type_names
+from .read_models import Decoded, insert_ignoring, storable_id, storable_row, type_names
 
 
 class AccountsProjector:
     """Turns account and API key events into the accounts and api_keys tables."""
 
+    name = "accounts"
     tables: Sequence[Table] = (schema.accounts, schema.api_keys)
     reads = type_names(
         events_pb2.AccountCreated, events_pb2.AccountQuotaSet, events_pb2.ApiKeyCreated, events_pb2.ApiKeyRevoked
@@ -44,41 +47,36 @@ class AccountsProjector:
     def _account_event(self, conn: Connection, event: RecordedEvent, msg: object) -> None:
         t = schema.accounts
         if isinstance(msg, events_pb2.AccountCreated):
-            conn.execute(
-                insert(t).values(
-                    id=msg.account_id,
-                    name=msg.name,
-                    gpu_quota=msg.gpu_quota,
-                    max_queued_runs=msg.max_queued_runs,
-                    run_quota=msg.run_quota,
-                    created_at=event.recorded_at,
-                )
-            )
+            row = {
+                "id": msg.account_id,
+                "name": msg.name,
+                "gpu_quota": msg.gpu_quota,
+                "max_queued_runs": msg.max_queued_runs,
+                "run_quota": msg.run_quota,
+                "created_at": event.recorded_at,
+            }
+            conn.execute(insert_ignoring(conn, t).values(storable_row(t, row)))
         elif isinstance(msg, events_pb2.AccountQuotaSet):
-            conn.execute(
-                update(t)
-                .where(t.c.id == _stream_key(event))
-                .values(gpu_quota=msg.gpu_quota, max_queued_runs=msg.max_queued_runs, run_quota=msg.run_quota)
-            )
+            quota = {"gpu_quota": msg.gpu_quota, "max_queued_runs": msg.max_queued_runs, "run_quota": msg.run_quota}
+            conn.execute(update(t).where(t.c.id == _stream_key(event)).values(storable_row(t, quota)))
 
     def _key_event(self, conn: Connection, event: RecordedEvent, msg: object) -> None:
         t = schema.api_keys
         if isinstance(msg, events_pb2.ApiKeyCreated):
-            conn.execute(
-                insert(t).values(
-                    id=msg.key_id,
-                    account_id=msg.account_id,
-                    role=msg.role,
-                    secret_sha256=msg.secret_sha256,
-                    name=msg.name,
-                    agent_id=msg.agent_id,
-                    revoked=False,
-                    created_at=event.recorded_at,
-                )
-            )
+            row = {
+                "id": msg.key_id,
+                "account_id": msg.account_id,
+                "role": msg.role,
+                "secret_sha256": msg.secret_sha256,
+                "name": msg.name,
+                "agent_id": msg.agent_id,
+                "revoked": False,
+                "created_at": event.recorded_at,
+            }
+            conn.execute(insert_ignoring(conn, t).values(storable_row(t, row)))
         elif isinstance(msg, events_pb2.ApiKeyRevoked):
             conn.execute(update(t).where(t.c.id == _stream_key(event)).values(revoked=True))
 
 
 def _stream_key(event: RecordedEvent) -> str:
-    return event.stream_id.split(":", 1)[1]
+    return storable_id(event.stream_id.split(":", 1)[1])

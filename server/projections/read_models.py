@@ -7,22 +7,28 @@ once at the end, instead of one UPDATE per event.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import json
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import yaml
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
-from sqlalchemy import Connection, Table, delete, insert, select, text, update
+from sqlalchemy import BigInteger, Connection, Integer, String, Table, Text, delete, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.sql.dml import Insert
 
-from runyard.server.domain.errors import DomainError
 from runyard.server.domain.events import decode
 from runyard.server.domain.manifest import load_yaml, parse_manifest
 from runyard.server.domain.searchers import is_searched
 from runyard.server.store import RecordedEvent
+from runyard.storable import fit, storable
 from runyard.v1 import common_pb2, events_pb2
 
 from . import schema
@@ -52,8 +58,91 @@ def utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+# -- storable values ---------------------------------------------------------------
+#
+# A projector must be able to write every event the log accepts. Text goes
+# through runyard.storable (NUL and lone surrogates become U+FFFD, text longer
+# than its column keeps a prefix and a digest); integers are clamped to their
+# column (uint32 event fields do not all fit PostgreSQL's int4). Values that
+# fit come back unchanged, so a replay still equals the live projection.
+
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ID_WIDTH = 64
+
+
+def storable_id(key: str, width: int = ID_WIDTH) -> str:
+    """An id as its row stores it; the fast path is one length and one ASCII check."""
+    if len(key) <= width and key.isascii() and "\x00" not in key:
+        return key
+    return fit(key, width)
+
+
+@functools.cache
+def _column_kinds(table: Table) -> tuple[tuple[tuple[str, int | None], ...], tuple[tuple[str, int, int], ...]]:
+    """The table's text columns with their widths, and its integer columns with their ranges."""
+    texts: list[tuple[str, int | None]] = []
+    ints: list[tuple[str, int, int]] = []
+    for column in table.columns:
+        kind = column.type
+        if isinstance(kind, String | Text):
+            texts.append((column.name, kind.length))
+        elif isinstance(kind, BigInteger):
+            ints.append((column.name, INT64_MIN, INT64_MAX))
+        elif isinstance(kind, Integer):
+            ints.append((column.name, -INT32_MAX - 1, INT32_MAX))
+    return tuple(texts), tuple(ints)
+
+
+def storable_row(table: Table, row: Row) -> Row:
+    """`row` with every text and integer value made to fit its column of `table` (in place).
+
+    A rebuild writes every row through here: the common case (short ASCII
+    text without NUL, an int in range) costs a few checks per column, no call.
+    """
+    texts, ints = _column_kinds(table)
+    for name, width in texts:
+        value = row.get(name)
+        if value.__class__ is str and not (
+            value.isascii() and "\x00" not in value and (width is None or len(value) <= width)
+        ):
+            row[name] = storable(value) if width is None else fit(value, width)
+    for name, low, high in ints:
+        value = row.get(name)
+        if value.__class__ is int and not low <= value <= high:
+            row[name] = min(max(value, low), high)
+    return row
+
+
+#: Set while a batch is applied again, read model by read model, after it failed as a whole:
+#: inserts then skip rows whose key is stored already instead of failing (a forged second opening event).
+_careful: contextvars.ContextVar[bool] = contextvars.ContextVar("runyard_projection_careful", default=False)
+
+
+@contextlib.contextmanager
+def careful_inserts() -> Iterator[None]:
+    token = _careful.set(True)
+    try:
+        yield
+    finally:
+        _careful.reset(token)
+
+
+def insert_ignoring(conn: Connection, table: Table) -> Insert:
+    """An INSERT that leaves alone a row whose key (or other unique value) is stored already: the first opening wins."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return insert(table)
+
+
 class _Rows:
-    """Rows of one table touched by a batch: loaded once, written once."""
+    """Rows of one table touched by a batch: loaded once, written once.
+
+    Keys are ids as stored (`storable_id`). A row opened twice keeps its first
+    opening, in one batch as across batches (see `insert_many`).
+    """
 
     def __init__(self, table: Table) -> None:
         self.table = table
@@ -62,25 +151,31 @@ class _Rows:
         self.dirty: set[str] = set()
 
     def load(self, conn: Connection, ids: Iterable[str]) -> None:
-        wanted = [i for i in set(ids) if i not in self.rows]
+        wanted = [i for i in {storable_id(i) for i in ids} if i not in self.rows]
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             for r in conn.execute(select(self.table).where(self.table.c.id.in_(chunk))).mappings():
                 self.rows[r["id"]] = dict(r)
 
     def add(self, row: Row) -> None:
-        self.rows[row["id"]] = row
-        self.new.add(row["id"])
+        key = row["id"] = storable_id(row["id"])
+        if key in self.rows:
+            return
+        self.rows[key] = row
+        self.new.add(key)
 
     def get(self, key: str) -> Row | None:
         row = self.rows.get(key)
+        if row is None:
+            key = storable_id(key)
+            row = self.rows.get(key)
         if row is not None:
             self.dirty.add(key)
         return row
 
     def flush(self, conn: Connection) -> None:
         insert_many(conn, self.table, [self.rows[k] for k in self.new])
-        changed = [self.rows[k] for k in self.dirty - self.new]
+        changed = [storable_row(self.table, self.rows[k]) for k in self.dirty - self.new]
         if changed:
             cols = [c.name for c in self.table.columns if c.name != "id"]
             stmt = update(self.table).where(self.table.c.id == _bind("b_id")).values({c: _bind(f"b_{c}") for c in cols})
@@ -90,13 +185,17 @@ class _Rows:
 def insert_many(conn: Connection, table: Table, rows: Sequence[Row]) -> None:
     """Insert many new rows at once: the rebuild's hot path.
 
-    On PostgreSQL rows stream in through COPY inside the same transaction,
-    several times faster than one INSERT per row; elsewhere executemany.
+    Every value is first made storable (`storable_row`). On PostgreSQL rows
+    stream in through COPY inside the same transaction, several times faster
+    than one INSERT per row; elsewhere executemany, skipping rows stored
+    already. A COPY cannot skip them: a batch that holds one fails and is
+    applied again with `careful_inserts`, which skips them on PostgreSQL too.
     """
     if not rows:
         return
-    if conn.dialect.name != "postgresql":
-        conn.execute(insert(table), list(rows))
+    rows = [storable_row(table, row) for row in rows]
+    if conn.dialect.name != "postgresql" or _careful.get():
+        conn.execute(insert_ignoring(conn, table), list(rows))
         return
     columns = list(rows[0])
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -110,33 +209,45 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[Row]) -> None:
 POINT_COLUMNS = ("position", "idx", "run_id", "attempt", "name", "step", "value", "time_us", "source")
 PointRow = tuple[int, int, str, int, str, int, float, int, str]
 
+_POINT_NAME_WIDTH, _POINT_SOURCE_WIDTH = 200, 32  # metric_points.name and .source
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def insert_metric_points(conn: Connection, rows: Sequence[PointRow]) -> None:
     """Insert metric point rows: the projection's highest-volume write (a run may report 200,000 points).
 
-    On PostgreSQL the rows go in as one COPY whose text this function formats
-    itself: psycopg's per-row ``write_row`` cost about three times as much as
-    the formatting. A float is written as ``repr``, the shortest text that
-    reads back as the same double, so no value changes on the way in.
-    Elsewhere a plain executemany.
+    Run ids, names and sources are made storable first, each distinct one
+    once (`storable_id` with its column's width); `_metrics` keeps only
+    finite values and clamps attempts. On PostgreSQL the rows go in as one
+    COPY whose text this function formats itself: psycopg's per-row
+    ``write_row`` cost about three times as much as the formatting. A float
+    is written as ``repr``, the shortest text that reads back as the same
+    double, so no value changes on the way in. Elsewhere a plain executemany.
     """
     if not rows:
         return
+    runs = {t: storable_id(t, ID_WIDTH) for t in {r[2] for r in rows}}
+    names = {t: storable_id(t, _POINT_NAME_WIDTH) for t in {r[4] for r in rows}}
+    sources = {t: storable_id(t, _POINT_SOURCE_WIDTH) for t in {r[8] for r in rows}}
+    fitted = (runs, names, sources)
     if conn.dialect.name != "postgresql":
-        conn.execute(insert(schema.metric_points), [dict(zip(POINT_COLUMNS, r, strict=True)) for r in rows])
+        conn.execute(
+            insert(schema.metric_points),
+            [
+                dict(zip(POINT_COLUMNS, (p, i, runs[r], a, names[n], s, v, t, sources[src]), strict=True))
+                for p, i, r, a, n, s, v, t, src in rows
+            ],
+        )
         return
     # Run ids, names and sources repeat: each distinct one is escaped once, then looked up.
-    distinct = {r[2] for r in rows} | {r[4] for r in rows} | {r[8] for r in rows}
-    esc = {t: t.translate(_COPY_ESCAPES) for t in distinct}
+    er, en, es = ({t: f.translate(_COPY_ESCAPES) for t, f in m.items()} for m in fitted)
     text = "".join(
-        f"{pos}\t{idx}\t{esc[run]}\t{att}\t{esc[name]}\t{step}\t{value!r}\t{t}\t{esc[src]}\n"
+        f"{pos}\t{idx}\t{er[run]}\t{att}\t{en[name]}\t{step}\t{value!r}\t{t}\t{es[src]}\n"
         for pos, idx, run, att, name, step, value, t, src in rows
     )
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    names = ", ".join(f'"{c}"' for c in POINT_COLUMNS)
-    with cursor.copy(f'COPY "{schema.metric_points.name}" ({names}) FROM STDIN') as copy:
+    names_sql = ", ".join(f'"{c}"' for c in POINT_COLUMNS)
+    with cursor.copy(f'COPY "{schema.metric_points.name}" ({names_sql}) FROM STDIN') as copy:
         copy.write(text)
 
 
@@ -155,8 +266,9 @@ def type_names(*messages: type[Message]) -> frozenset[str]:
 
 
 class Projector(Protocol):
-    """One read model: its tables, the event types it reads, and how a batch of events changes them."""
+    """One read model: its name, its tables, the event types it reads, and how a batch of events changes them."""
 
+    name: str
     tables: Sequence[Table]
     reads: frozenset[str]
 
@@ -184,6 +296,51 @@ class ReadModelProjector:
         for projector in self.projectors:
             projector.apply(conn, decoded)
 
+    def apply_carefully(self, conn: Connection, events: Sequence[RecordedEvent]) -> list[Skipped]:
+        """Apply a batch that failed as a whole, skipping only what cannot be projected; returns what was skipped.
+
+        Each read model applies its events in a savepoint; one that fails
+        applies them again one by one, each in its own savepoint, and skips
+        the events that fail (and events whose payload cannot be decoded).
+        The other read models, and that one's other events, are applied as
+        usual, so one bad event stops nothing. Applying a batch event by
+        event gives the same rows as applying it whole, so a rebuild skips
+        the same events and gives the same read models.
+        """
+        skipped: list[Skipped] = []
+        decoded: list[tuple[RecordedEvent, Message]] = []
+        for e in events:
+            if e.type not in self.reads:
+                continue
+            try:
+                decoded.append((e, decode(e.type, e.data)))
+            except Exception as exc:
+                names = [p.name for p in self.projectors if e.type in p.reads]
+                skipped.extend(Skipped(n, e.position, e.type, f"undecodable payload: {exc}") for n in names)
+        with careful_inserts():
+            for projector in self.projectors:
+                mine = [d for d in decoded if d[0].type in projector.reads]
+                if not mine:
+                    continue
+                try:
+                    with conn.begin_nested():
+                        projector.apply(conn, mine)
+                    continue
+                except OperationalError:
+                    raise  # the database, not the event (a lost connection, a deadlock): the batch is retried whole
+                except Exception:  # one by one below: the savepoint undid this read model's part
+                    pass
+                for item in mine:
+                    try:
+                        with conn.begin_nested():
+                            projector.apply(conn, [item])
+                    except OperationalError:
+                        raise
+                    except Exception as exc:
+                        event = item[0]
+                        skipped.append(Skipped(projector.name, event.position, event.type, _describe(exc)))
+        return skipped
+
     def reset(self, conn: Connection) -> None:
         """Empty every read model, in the caller's transaction.
 
@@ -200,6 +357,22 @@ class ReadModelProjector:
             conn.execute(delete(table))
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An event a read model could not project, and why."""
+
+    read_model: str
+    position: int
+    event_type: str
+    error: str
+
+
+def _describe(exc: BaseException) -> str:
+    """An error in one line, at most 1,000 characters: it goes into logs and GetServerInfo."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return storable(text if len(text) <= 1000 else text[:999] + "…")
+
+
 def _created_row(event: RecordedEvent, msg: events_pb2.RunCreated) -> Row:
     spec = msg.spec
     return {
@@ -212,9 +385,7 @@ def _created_row(event: RecordedEvent, msg: events_pb2.RunCreated) -> Row:
         "agent_id": "",
         "gpu_ids": "[]",
         "command": spec.command,
-        "hyperparameters": json.dumps(
-            {k: json_format.MessageToDict(v) for k, v in sorted(spec.hyperparameters.items())}
-        ),
+        "hyperparameters": json.dumps({k: _value_json(v) for k, v in sorted(spec.hyperparameters.items())}),
         "results_uri": spec.results_uri,
         "spec": spec.SerializeToString(deterministic=True),
         "failure_reason": 0,
@@ -232,6 +403,14 @@ def _created_row(event: RecordedEvent, msg: events_pb2.RunCreated) -> Row:
         "queued_position": event.position,
         "position": event.position,
     }
+
+
+def _value_json(value: Message) -> Any:
+    """A hyperparameter value as JSON; one JSON cannot hold (NaN, infinity: only a forged spec has them) as its text."""
+    try:
+        return json_format.MessageToDict(value)
+    except ValueError:
+        return text_format.MessageToString(value, as_one_line=True)
 
 
 def _assigned(row: Row, event: RecordedEvent, msg: events_pb2.RunAssigned) -> None:
@@ -321,6 +500,7 @@ _RUN_TRANSITIONS: dict[type[Message], Callable[[Row, RecordedEvent, Any], None]]
 class RunsProjector:
     """Turns run, experiment and agent events into their tables."""
 
+    name = "runs"
     tables: Sequence[Table] = schema.PROJECTION_TABLES
     reads = type_names(
         events_pb2.RunCreated,
@@ -480,7 +660,9 @@ class RunsProjector:
         # Filed under the run whose stream holds the event, never the run its body names (an agent's
         # report naming another run must not add to it); old events always named their own run.
         position, attempt = event.position, msg.attempt
-        run_id = event.stream_id.partition(":")[2] if event.stream_id.startswith("run-metrics:") else msg.run_id
+        run_id = storable_id(
+            event.stream_id.partition(":")[2] if event.stream_id.startswith("run-metrics:") else msg.run_id
+        )
         current = latest.get(run_id)
         if current is None:
             row = rows.get(run_id)
@@ -488,8 +670,14 @@ class RunsProjector:
                 current = {}  # points of a run whose RunCreated the log lacks: stored, with no latest values
             else:
                 current = latest[run_id] = json.loads(row["latest_metrics"])
+        if attempt > INT32_MAX:
+            attempt = INT32_MAX
         for idx, p in enumerate(msg.points):
             name, step, value = p.name, p.step, p.value
+            if not math.isfinite(value):
+                continue  # agents send none; a forged NaN has no row (SQLite would store it as NULL)
+            if not (name.isascii() and "\x00" not in name and len(name) <= _POINT_NAME_WIDTH):
+                name = storable_id(name, _POINT_NAME_WIDTH)  # the point and the latest values under one name
             points.append((position, idx, run_id, attempt, name, step, value, p.time_us, p.source))
             prev = current.get(name)
             if prev is None or step >= prev[0]:
@@ -506,10 +694,10 @@ def _manifest_facts(manifest_yaml: str) -> tuple[int, bool]:
     """
     try:
         manifest = parse_manifest(manifest_yaml)
-    except DomainError:
+    except Exception:  # DomainError, or whatever a manifest the API never saw provokes: no read model fails on it
         try:
             loaded = load_yaml(manifest_yaml)
-        except yaml.YAMLError:
+        except Exception:
             return 0, False
         value = loaded.get("priority", 0) if isinstance(loaded, dict) else 0
         return (value if isinstance(value, int) and not isinstance(value, bool) else 0), False

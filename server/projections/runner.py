@@ -5,6 +5,14 @@ transaction, so a crash can never apply an event twice or skip one. The
 checkpoint row is locked for the batch (FOR UPDATE on PostgreSQL; SQLite
 serialises writers anyway), so several server replicas can run a runner on one
 database without applying a batch twice.
+
+One event a read model cannot project must not stop the others (nor the
+write side, whose answers wait for the read models). A batch that fails is
+applied again read model by read model (`ReadModelProjector.apply_carefully`):
+the failing read model skips only the failing event, and the runner records
+it (a row `failed:<read model>` in the checkpoints table with the first
+skipped position, a structured log line, `failures()` for GetServerInfo and
+health). `rebuild` clears the record and replays everything again.
 """
 
 from __future__ import annotations
@@ -17,17 +25,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from runyard.server.store import EventStore, RecordedEvent
 
 from . import schema
-from .read_models import ReadModelProjector
+from .read_models import ReadModelProjector, Skipped
 from .registry import all_projectors
 
 log = structlog.get_logger(__name__)
 
 CHECKPOINT = "read_models"
+#: Checkpoint rows `failed:<read model>` hold the position of the first event that read model skipped.
+FAILED_PREFIX = "failed:"
 #: Positions a rebuild applies per transaction. Larger than a live batch: fewer round trips, and nobody waits on it.
 REBUILD_WINDOW = 10_000
 
@@ -45,6 +55,10 @@ class ProjectionRunner:
         self._thread: threading.Thread | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._wake = threading.Event()
+        # What this process saw skipped, by read model: the first skip's record (its error) and the count.
+        self._skipped: dict[str, tuple[Skipped, int]] = {}
+        #: Called (on the runner's thread) after a read model skipped an event, and after a rebuild.
+        self.on_failures_changed: Callable[[], None] = lambda: None
 
     @property
     def position(self) -> int:
@@ -125,13 +139,23 @@ class ProjectionRunner:
         Without one, the head is read first, and when nothing is new no
         transaction is opened: a follower woken twice by one commit, or the
         scheduler asking right after it, costs one round trip, not five.
-        `bulk` (a rebuild) commits without waiting for the disk.
+        `bulk` (a rebuild) commits without waiting for the disk. A window
+        that fails is applied again carefully (see the module docstring); if
+        that fails too (the database is down), the error is raised.
         """
         head = None
         if page is None:
             head = self._store.head_position()
             if head <= self._position:
                 return 0
+        try:
+            return self._apply_window(page, head, bulk=bulk, careful=False)
+        except Exception as exc:
+            log.warning("projection batch failed; applying it read model by read model", error=str(exc)[:500])
+        return self._apply_window(page, head, bulk=bulk, careful=True)
+
+    def _apply_window(self, page: _Page | None, head: int | None, *, bulk: bool, careful: bool) -> int:
+        skipped: list[Skipped] = []
         with self._store.engine.begin() as conn:
             if bulk:
                 _commit_asynchronously(conn)
@@ -140,12 +164,52 @@ class ProjectionRunner:
                 page = self._read_window(position, self._batch_size, head)
             if page.upto > position:
                 if page.events:
-                    self._projector.apply(conn, page.events)
+                    if careful:
+                        skipped = self._projector.apply_carefully(conn, page.events)
+                        _record_failures(conn, skipped)
+                    else:
+                        self._projector.apply(conn, page.events)
                 conn.execute(
                     update(schema.checkpoints).where(schema.checkpoints.c.name == CHECKPOINT).values(position=page.upto)
                 )
+        for item in skipped:
+            first, count = self._skipped.get(item.read_model, (item, 0))
+            self._skipped[item.read_model] = (first, count + 1)
+            log.error(
+                "read model skipped an event it cannot project",
+                read_model=item.read_model,
+                position=item.position,
+                event_type=item.event_type,
+                error=item.error,
+            )
+        if skipped:
+            self.on_failures_changed()
         self._advance(max(position, page.upto))
         return max(0, page.upto - position)
+
+    def failures(self) -> list[ReadModelFailure]:
+        """The read models that skipped events, by anyone's runner on this database (empty when all are healthy)."""
+        table = schema.checkpoints
+        with self._store.read_engine.connect() as conn:
+            rows = conn.execute(
+                select(table.c.name, table.c.position).where(table.c.name.startswith(FAILED_PREFIX))
+            ).all()
+        found = []
+        for name, position in sorted(rows):
+            read_model = name.removeprefix(FAILED_PREFIX)
+            seen = self._skipped.get(read_model)
+            if seen is not None and seen[0].position == position:
+                first, count = seen
+                found.append(ReadModelFailure(read_model, position, first.event_type, first.error, count))
+            else:  # skipped by another replica, or before this process started: the log line has the error
+                event_type = self._event_type(int(position))
+                error = "skipped by another replica or before this server started: see the server log"
+                found.append(ReadModelFailure(read_model, int(position), event_type, error, 0))
+        return found
+
+    def _event_type(self, position: int) -> str:
+        events = self._store.read_all(position - 1, limit=1) if position > 0 else []
+        return events[0].type if events and events[0].position == position else ""
 
     def _advance(self, position: int) -> None:
         with self._cond:
@@ -174,6 +238,8 @@ class ProjectionRunner:
             with self._store.engine.begin() as conn:
                 _lock_checkpoint(conn)
                 self._projector.reset(conn)
+                conn.execute(delete(schema.checkpoints).where(schema.checkpoints.c.name.startswith(FAILED_PREFIX)))
+                self._skipped.clear()
                 conn.execute(
                     update(schema.checkpoints).where(schema.checkpoints.c.name == CHECKPOINT).values(position=0)
                 )
@@ -190,7 +256,28 @@ class ProjectionRunner:
             # What the windows read ahead missed: appends meanwhile, or another replica's runner moving the checkpoint.
             while (covered := self._apply_batch(bulk=True)) > 0:
                 total += covered
+        self.on_failures_changed()
         return total, time.perf_counter() - started
+
+
+@dataclass(frozen=True, slots=True)
+class ReadModelFailure:
+    """A read model that skipped events: the first one's position, type and error, and how many this process saw."""
+
+    read_model: str
+    position: int
+    event_type: str
+    error: str
+    skipped: int
+
+
+def _record_failures(conn: Connection, skipped: list[Skipped]) -> None:
+    """Keep each read model's first skipped position in the checkpoints table, for a restart or another replica."""
+    table = schema.checkpoints
+    for item in skipped:
+        name = f"{FAILED_PREFIX}{item.read_model}"
+        if conn.execute(select(table.c.position).where(table.c.name == name)).first() is None:
+            conn.execute(insert(table).values(name=name, position=item.position))
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from runyard.server.store.schema import event_log
 from runyard.v1 import events_pb2
 
 from . import schema
-from .read_models import Decoded, insert_many, type_names
+from .read_models import INT32_MAX, Decoded, insert_many, storable_id, type_names
 
 Row = dict[str, Any]
 Key = tuple[str, int]
@@ -47,6 +47,7 @@ _CHUNK = 500
 class UsageProjector:
     """Opens a usage row on RunAssigned and closes it on the event that ends the attempt."""
 
+    name = "usage"
     tables: Sequence[Table] = (schema.attempt_usage,)
     reads = type_names(events_pb2.RunCreated, events_pb2.RunAssigned, *_ENDINGS)
 
@@ -66,9 +67,12 @@ class UsageProjector:
                 opened = created.get(run_id)
                 if opened is None:  # a log without the run's opening event: nothing to bill against
                     continue
-                new[(run_id, msg.attempt)] = {
-                    "run_id": run_id,
-                    "attempt": msg.attempt,
+                key = _key(run_id, msg.attempt)
+                if key in new:  # a second RunAssigned of one attempt (only a forged log has one): the first counts
+                    continue
+                new[key] = {
+                    "run_id": key[0],
+                    "attempt": key[1],
                     "account_id": opened.account_id,
                     "experiment_id": opened.experiment_id,
                     "agent_id": msg.agent_id,
@@ -79,7 +83,7 @@ class UsageProjector:
                     "gpu_seconds": 0.0,
                 }
             elif isinstance(msg, _ENDINGS) and msg.attempt > 0:
-                key = (run_id, msg.attempt)
+                key = _key(run_id, msg.attempt)
                 row = new.get(key)
                 if row is not None:
                     if row["ended_at"] is None:
@@ -89,6 +93,11 @@ class UsageProjector:
         insert_many(conn, schema.attempt_usage, list(new.values()))
         if ended:
             _close_stored(conn, ended)
+
+
+def _key(run_id: str, attempt: int) -> Key:
+    """An attempt's key as its row stores it (see read_models.storable_row)."""
+    return storable_id(run_id), min(attempt, INT32_MAX)
 
 
 def _close(row: Row, at: Any) -> None:

@@ -50,6 +50,7 @@ from .model import (
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    UnstorableText,
 )
 from .transaction import Transaction
 
@@ -65,6 +66,7 @@ __all__ = [
     "NewEvent",
     "RecordedEvent",
     "Transaction",
+    "UnstorableText",
     "create_store_engine",
     "migrate",
 ]

@@ -94,3 +94,7 @@ class DuplicateEventError(Exception):
     def __init__(self, stream_id: str, message: str) -> None:
         super().__init__(f"stream {stream_id!r}: {message}")
         self.stream_id = stream_id
+
+
+class UnstorableText(ValueError):
+    """An append whose stream id, type or correlation id holds text a backend cannot store (NUL, a lone surrogate)."""

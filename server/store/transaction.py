@@ -36,7 +36,17 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from .model import ANY, AppendResult, ConcurrencyError, DuplicateEventError, ExpectedVersion, NewEvent
+from runyard.storable import is_storable
+
+from .model import (
+    ANY,
+    AppendResult,
+    ConcurrencyError,
+    DuplicateEventError,
+    ExpectedVersion,
+    NewEvent,
+    UnstorableText,
+)
 from .schema import event_log
 
 APPEND_LOCK_KEY = 7_216_315_100
@@ -83,9 +93,18 @@ _SQLITE_INSERT = event_log.insert()
 
 
 def check_batch(stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion) -> None:
-    """Refuse malformed appends the same way on both databases, before they reach one."""
+    """Refuse malformed appends the same way on both databases, before they reach one.
+
+    The envelope's text (stream id, type, correlation id) goes into text
+    columns: NUL or a lone surrogate there is refused (UnstorableText), on
+    SQLite too, where it would fit but PostgreSQL's log could never hold it.
+    The payload is bytes and never refused here; projectors make its text
+    storable (runyard.storable).
+    """
     if not stream_id or len(stream_id) > MAX_NAME_LENGTH:
         raise ValueError(f"stream_id must be 1 to {MAX_NAME_LENGTH} characters, not {stream_id!r}")
+    if not is_storable(stream_id):
+        raise UnstorableText(f"stream_id {stream_id!r} holds NUL or a lone surrogate, which the log cannot store")
     if not events or len(events) > MAX_BATCH:
         raise ValueError(f"append 1 to {MAX_BATCH} events to {stream_id!r}, not {len(events)}")
     if expected_version is not ANY and (
@@ -101,6 +120,10 @@ def check_batch(stream_id: str, events: Sequence[NewEvent], expected_version: Ex
             raise ValueError(f"event type must be 1 to {MAX_NAME_LENGTH} characters, not {e.type!r}")
         if e.correlation_id is not None and len(e.correlation_id) > MAX_NAME_LENGTH:
             raise ValueError(f"correlation_id is longer than {MAX_NAME_LENGTH} characters")
+        if not is_storable(e.type) or (e.correlation_id is not None and not is_storable(e.correlation_id)):
+            raise UnstorableText(
+                f"an event of {stream_id!r} holds NUL or a lone surrogate in its type or correlation id"
+            )
         if not isinstance(e.data, bytes):
             raise TypeError(f"event data must be bytes, not {type(e.data).__name__}")
 

@@ -670,6 +670,13 @@ def cmd_admin_info(args: argparse.Namespace, ctx: Context) -> int:
                     ("code uri prefix", info.code_uri_prefix),
                     ("max code size", render.fmt_bytes(info.max_code_bytes)),
                     ("log head position", str(info.head_position)),
+                    *(
+                        (
+                            f"read model {f.read_model}",
+                            f"skipped the {f.event_type or 'event'} at position {f.position}: {f.error}",
+                        )
+                        for f in info.read_model_failures
+                    ),
                 ]
             )
         )

@@ -125,6 +125,7 @@ class GetServerInfoResponse(_message.Message):
     CODE_URI_PREFIX_FIELD_NUMBER: _builtins.int
     MAX_CODE_BYTES_FIELD_NUMBER: _builtins.int
     HEAD_POSITION_FIELD_NUMBER: _builtins.int
+    READ_MODEL_FAILURES_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     code_uri_prefix: _builtins.str
     """Where uploaded code goes, e.g. "s3://runyard/code": in a folder per account below it."""
@@ -132,6 +133,12 @@ class GetServerInfoResponse(_message.Message):
     """Largest code package accepted, in bytes."""
     head_position: _builtins.int
     """The log's head position."""
+    @_builtins.property
+    def read_model_failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReadModelFailure]:
+        """Read models that skipped an event they could not project (empty when all are healthy; admins only).
+        The others, and the write side, keep working; `runyard admin rebuild` replays them.
+        """
+
     def __init__(
         self,
         *,
@@ -139,14 +146,53 @@ class GetServerInfoResponse(_message.Message):
         code_uri_prefix: _builtins.str = ...,
         max_code_bytes: _builtins.int = ...,
         head_position: _builtins.int = ...,
+        read_model_failures: _abc.Iterable[Global___ReadModelFailure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_uri_prefix", b"code_uri_prefix", "head_position", b"head_position", "max_code_bytes", b"max_code_bytes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_uri_prefix", b"code_uri_prefix", "head_position", b"head_position", "max_code_bytes", b"max_code_bytes", "read_model_failures", b"read_model_failures", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class ReadModelFailure(_message.Message):
+    """ReadModelFailure: a read model met an event it could not project; it skipped it and went on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READ_MODEL_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    read_model: _builtins.str
+    """The read model: "runs" (experiments, runs, agents, metric points), "usage" or "accounts"."""
+    position: _builtins.int
+    """Log position of the first event it skipped."""
+    event_type: _builtins.str
+    """That event's type."""
+    error: _builtins.str
+    """Why it could not be projected."""
+    skipped: _builtins.int
+    """Events skipped since this server started."""
+    def __init__(
+        self,
+        *,
+        read_model: _builtins.str = ...,
+        position: _builtins.int = ...,
+        event_type: _builtins.str = ...,
+        error: _builtins.str = ...,
+        skipped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event_type", b"event_type", "position", b"position", "read_model", b"read_model", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadModelFailure: _TypeAlias = ReadModelFailure  # noqa: Y015
 
 @_typing.final
 class CreateAccountRequest(_message.Message):

@@ -242,3 +242,22 @@ def test_close_during_a_send_loses_nothing_the_flush_loop_took() -> None:
         return [t for _, texts in sink.batches for t in texts]
 
     assert asyncio.run(scenario()) == ["AGENT:taken by the loop", "AGENT:still pending"]
+
+
+def test_output_with_nul_or_invalid_utf8_is_captured_as_storable_text() -> None:
+    async def scenario() -> tuple[Sink, Capture]:
+        sink = Sink()
+        capture = Capture(sink, StdoutMetricParser([]), None, BatchLimits(interval_s=10.0))
+        capture.start()
+        capture.agent_line("agent says \x00")
+        capture.attach(feed(b"ok\nhalf \xff\xfe\n"), feed(b"boom\x00x\n"))
+        await capture.drain()
+        await capture.close()
+        return sink, capture
+
+    sink, capture = asyncio.run(scenario())
+    logged = [t for kind, texts in sink.batches if kind == "logged" for t in texts]
+    assert sorted(logged) == sorted(
+        ["AGENT:agent says \ufffd", "STDOUT:ok", "STDOUT:half \ufffd\ufffd", "STDERR:boom\ufffdx"]
+    )
+    assert capture.last_stderr == "boom\ufffdx"  # quoted in the failure message

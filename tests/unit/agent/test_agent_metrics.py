@@ -95,3 +95,12 @@ def test_splitter_holds_back_a_partial_line_until_it_is_complete() -> None:
     assert splitter.feed(b'{"c": 3}') == []
     assert splitter.rest() == ['{"c": 3}']
     assert splitter.rest() == []
+
+
+def test_jsonl_names_with_nul_or_a_lone_surrogate_are_made_storable_and_numbers_fit() -> None:
+    line = json.dumps({"step": 10**30, "lo\x00ss": 0.5, "acc\ud800": 10**400, "ok": 1, "time": 1e300})
+    points = JsonlMetricParser().parse(line, now_us=1)
+    assert [(p.name, p.step, p.value) for p in points] == [("lo\ufffdss", 2**63 - 1, 0.5), ("ok", 2**63 - 1, 1.0)]
+    assert points[0].time_us == 2**63 - 1
+    for p in points:
+        p.SerializeToString()
