@@ -1,0 +1,96 @@
+"""How much a manifest may ask for, and the text it may hold.
+
+A manifest is parsed on every submit, by the scheduler's admission check and
+again whenever a read model is rebuilt, and it is returned in full by the API.
+So its cost must be linear in its size and the size itself bounded: a 100 KB
+list of categorical values must not take minutes, and two large manifests must
+not make `ListExperiments` answer more than a default gRPC client accepts.
+
+Numbers are bounded where they enter. Hyperparameter values travel as
+`google.protobuf.Value` (a double) and through Optuna and `random`, so
+integers stay within 2**53 (exact as a double); durations stay within a
+`datetime`'s range. Text must be storable by every backend (PostgreSQL text
+refuses NUL, UTF-8 refuses lone surrogates).
+"""
+
+from __future__ import annotations
+
+import math
+
+from runyard.server.domain.errors import FieldError
+
+#: The YAML text of one manifest, in UTF-8 bytes.
+MAX_MANIFEST_BYTES = 512 * 1024
+#: Values of one categorical hyperparameter.
+MAX_VALUES_PER_HYPERPARAMETER = 10_000
+#: Hyperparameters of one manifest.
+MAX_HYPERPARAMETERS = 100
+#: The largest integer anywhere in a manifest: exact as a double (hyperparameters reach runs as JSON numbers).
+MAX_SAFE_INTEGER = 2**53
+#: Budgets and durations: ten years, far below a datetime's range.
+MAX_DURATION_S = 10 * 366 * 86400.0
+MAX_GPU_HOURS = 1e9
+#: At most this many field errors are spelled out; the rest are counted.
+MAX_REPORTED_ERRORS = 50
+
+
+def too_large(text: str) -> FieldError | None:
+    """The manifest's size error, before any parsing is spent on it."""
+    # Characters first: a str of more characters than bytes allowed is over without encoding it.
+    if len(text) > MAX_MANIFEST_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_MANIFEST_BYTES:
+        return FieldError(
+            "manifest", f"is larger than {MAX_MANIFEST_BYTES // 1024} KiB; put large value lists in data files"
+        )
+    return None
+
+
+def unstorable(text: str) -> str | None:
+    """Why the text cannot be stored (NUL, a lone surrogate), or None."""
+    if "\x00" in text:
+        return "must not contain the NUL character (\\0)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (it holds a lone surrogate)"
+    return None
+
+
+def text_errors(doc: object) -> list[FieldError]:
+    """Every key or string value of a parsed YAML document that cannot be stored, under its dotted path.
+
+    Iterative (a deeply nested document cannot exhaust the stack) and linear in
+    the document; YAML aliases are visited once per distinct node.
+    """
+    errors: list[FieldError] = []
+    seen: set[int] = set()
+    pending: list[tuple[str, object]] = [("", doc)]
+    while pending:
+        path, node = pending.pop()
+        if isinstance(node, str):
+            problem = unstorable(node)
+            if problem is not None:
+                errors.append(FieldError(path or "manifest", problem))
+            continue
+        if not isinstance(node, dict | list) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, list):
+            pending.extend((f"{path}[{i}]", item) for i, item in enumerate(node))
+            continue
+        for key, item in node.items():
+            shown = key if not isinstance(key, str) or unstorable(key) is None else ascii(key)
+            at = f"{path}.{shown}" if path else str(shown)
+            if isinstance(key, str) and (problem := unstorable(key)) is not None:
+                errors.append(FieldError(at, f"the name {problem}"))
+                continue
+            pending.append((at, item))
+    return errors
+
+
+def safe_float(value: int | float) -> float | None:
+    """The number as a finite float, or None (an integer beyond a double's range, inf, nan)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
