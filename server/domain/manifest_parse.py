@@ -121,6 +121,9 @@ def parse_manifest(text: str) -> Manifest:
     oversized = limits.too_large(text)
     if oversized is not None:
         raise ManifestError([oversized])
+    unreadable = limits.unstorable(text)
+    if unreadable is not None:
+        raise ManifestError([FieldError("manifest", unreadable)])
     try:
         doc = load_yaml(text)
     except yaml.YAMLError as exc:
