@@ -11,6 +11,7 @@ import grpc
 
 from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, decode_page_token, page_size
+from runyard.server.api.paging import fitting
 from runyard.server.api.watching import Watcher
 from runyard.server.context import ServerContext
 from runyard.server.domain.errors import ManifestError
@@ -142,6 +143,9 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
         size = page_size(request.page_size)
         found = await asyncio.to_thread(self._ctx.queries.list_experiments, before, size, auth.account_scope())
         token = str(found[-1][0]) if len(found) == size else ""
+        keep = fitting([e for _, e in found])
+        if keep < len(found):  # cut by bytes: the next page starts after the last one shown
+            found, token = found[:keep], str(found[keep - 1][0])
         return pb.ListExperimentsResponse(experiments=[e for _, e in found], next_page_token=token)
 
     async def CancelExperiment(
