@@ -267,7 +267,7 @@ class _Parser:
         hyperparameters = self.hyperparameters(raw_hps)
         # Names as written, valid or not, so that one bad hyperparameter is reported once.
         written = [str(n) for n in raw_hps] if isinstance(raw_hps, dict) else []
-        if raw_hps is None or written:
+        if raw_hps is None or isinstance(raw_hps, dict):
             for unknown in unknown_placeholders(command, set(written)):
                 self.error("command", f"unknown placeholder ${{{unknown}}}: not a hyperparameter")
         self.command_quoting(command, set(written))
