@@ -26,7 +26,6 @@ from typing import Any
 
 import grpc
 import structlog
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from runyard.server.api.errors import Context
@@ -70,7 +69,7 @@ def request_problem(message: Message, prefix: str = "") -> str | None:
     """Why the request cannot be taken, naming the field ("experiment_id: ..."), or None."""
     for field, value in message.ListFields():
         path = f"{prefix}{field.name}"
-        repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        repeated = field.is_repeated
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             items: list[Any] = [*value.keys(), *value.values()]
         else:
@@ -209,8 +208,8 @@ def _guarded(handler: Any, method: str) -> Any:
         inner_stream = handler.unary_stream
 
         async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            await _check(request, context)
             try:
+                await _check(request, context)
                 async for response in inner_stream(request, _CappedContext(context)):
                     yield response
             except grpc.aio.AbortError:
@@ -223,8 +222,8 @@ def _guarded(handler: Any, method: str) -> Any:
     inner_unary = handler.unary_unary
 
     async def unary_unary(request: Any, context: Context) -> Any:
-        await _check(request, context)
         try:
+            await _check(request, context)
             return await inner_unary(request, _CappedContext(context))
         except grpc.aio.AbortError:
             raise
