@@ -24,12 +24,12 @@ from pathlib import Path
 
 import structlog
 
+from runyard.agent.archive_limits import MAX_EXTRACTED_BYTES, MAX_EXTRACTED_FILES, ExtractionBudget
 from runyard.agent.capture import Capture
 from runyard.agent.env import build_run_env
 from runyard.agent.metrics import StdoutMetricParser, compile_patterns
 from runyard.agent.reporter import AttemptReports, Reporter
 from runyard.agent.runtime_local import LocalProcess, describe_exit, spawn
-from runyard.agent.archive_limits import MAX_EXTRACTED_BYTES, MAX_EXTRACTED_FILES, ExtractionBudget
 from runyard.agent.staging import RunDirs, StagingError, remove_tree, stage_code, stage_data, upload_results
 from runyard.objectstore import ObjectStore, ObjectStoreError
 from runyard.v1.agent_pb2 import WorkAssignment

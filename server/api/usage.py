@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Literal, cast
 
 import grpc
 
@@ -33,13 +34,14 @@ _EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
 _LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
 
-async def _when(request: pb.GetUsageRequest, field: str, context: Context) -> datetime | None:
+async def _when(request: pb.GetUsageRequest, field: Literal["from", "to"], context: Context) -> datetime | None:
     """The request's `from` or `to` as a datetime (None when unset); INVALID_ARGUMENT naming it when out of range."""
     if not request.HasField(field):
         return None
     stamp = getattr(request, field)
+    when: datetime | None
     try:
-        when = stamp.ToDatetime(UTC)
+        when = cast(datetime, stamp.ToDatetime(UTC))
     except (ValueError, OverflowError):
         when = None
     if when is None or not _EARLIEST <= when <= _LATEST:

@@ -53,7 +53,7 @@ class QuotingProblem:
     def __str__(self) -> str:
         return (
             f"${{{self.name}}} is {_WHERE[self.where]}: Runyard shell-quotes every value itself, so write the"
-            f" placeholder bare (as in --arg ${{{self.name}}}); there a value could end the quotes and run as shell code"
+            f" placeholder bare (as in --arg ${{{self.name}}}); there a value could end the quotes and run as code"
         )
 
 

@@ -61,7 +61,9 @@ def experiment_pb(experiment_id: str) -> experiment_service_pb2.GetExperimentReq
 def test_long_error_messages_are_cut_to_fit_and_say_so(stubs: Stubs) -> None:
     # 1,500 repeated values: 1,500 field errors, each quoting a 300-character value.
     value = json.dumps("v" * 300)
-    body = manifest("echo ${x}", extra=f"hyperparameters:\n  x: [{', '.join([value] * 1500)}]\nsearch: {{method: grid}}\n")
+    body = manifest(
+        "echo ${x}", extra=f"hyperparameters:\n  x: [{', '.join([value] * 1500)}]\nsearch: {{method: grid}}\n"
+    )
     err = refusal(create, stubs, body)
     assert code_of(err) == grpc.StatusCode.INVALID_ARGUMENT
     text = details(err)
@@ -102,9 +104,13 @@ def test_list_pages_fit_a_default_client(stubs: Stubs, stack: Stack) -> None:
         ("{type: double, min: 0, max: 1" + "0" * 400 + "}", "hyperparameters.x.max"),
     ],
 )
-def test_huge_numbers_in_hyperparameter_bounds_are_invalid_argument(stubs: Stubs, hyperparameter: str, field: str) -> None:
+def test_huge_numbers_in_hyperparameter_bounds_are_invalid_argument(
+    stubs: Stubs, hyperparameter: str, field: str
+) -> None:
     # OverflowError came back as UNKNOWN, or the manifest was taken and its searcher failed on every pass.
-    body = manifest("echo ${x}", extra=f"hyperparameters:\n  x: {hyperparameter}\nsearch: {{method: random, max_runs: 2}}\n")
+    body = manifest(
+        "echo ${x}", extra=f"hyperparameters:\n  x: {hyperparameter}\nsearch: {{method: random, max_runs: 2}}\n"
+    )
     err = refusal(create, stubs, body)
     assert code_of(err) == grpc.StatusCode.INVALID_ARGUMENT
     assert f"{field}: must" in details(err)

@@ -209,15 +209,15 @@ def call(live: Live, method: MethodDescriptor, payloads: list[bytes], key: str) 
     started = time.monotonic()
     try:
         if method.client_streaming:
-            live.channel.stream_unary(path)(iter(payloads), timeout=BOUND_S, metadata=metadata)
+            live.channel.stream_unary(path, None, None)(iter(payloads), timeout=BOUND_S, metadata=metadata)
         elif method.server_streaming:
-            stream = live.channel.unary_stream(path)(payloads[0], timeout=BOUND_S, metadata=metadata)
+            stream = live.channel.unary_stream(path, None, None)(payloads[0], timeout=BOUND_S, metadata=metadata)
             try:
                 next(iter(stream), None)
             finally:
-                stream.cancel()
+                stream.cancel()  # type: ignore[no-untyped-call]
         else:
-            live.channel.unary_unary(path)(payloads[0], timeout=BOUND_S, metadata=metadata)
+            live.channel.unary_unary(path, None, None)(payloads[0], timeout=BOUND_S, metadata=metadata)
     except grpc.RpcError as err:
         code, details = err.code(), err.details() or ""  # type: ignore[attr-defined]
         if code == grpc.StatusCode.CANCELLED and method.server_streaming:
@@ -292,7 +292,5 @@ def test_fuzzed_manifests_never_get_an_unknown_or_internal_answer(live: Live, do
     except (yaml.YAMLError, UnicodeEncodeError):
         return
     request = experiment_service_pb2.CreateExperimentRequest(manifest_yaml=text)
-    method = experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"].methods_by_name[
-        "CreateExperiment"
-    ]
+    method = experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"].methods_by_name["CreateExperiment"]
     call(live, method, [request.SerializeToString()], live.keys["user"])
