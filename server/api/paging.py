@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from google.protobuf.message import Message
 
+from runyard.v1 import resources_pb2
+
 #: Room left under 4 MiB for the rest of the answer and gRPC's framing.
 MAX_PAGE_BYTES = 3 * 1024 * 1024
 
@@ -26,3 +28,17 @@ def fitting(items: Sequence[Message], budget: int = MAX_PAGE_BYTES) -> int:
         if used > budget and i > 0:
             return i
     return len(items)
+
+
+def trim_runs(experiment: resources_pb2.Experiment, budget: int = MAX_PAGE_BYTES) -> resources_pb2.Experiment:
+    """An experiment answered with its runs keeps as many as fit the budget (in run order).
+
+    `run_count` still says how many there are; ListRuns pages through all of them.
+    """
+    if experiment.ByteSize() <= budget:
+        return experiment
+    runs = list(experiment.runs)
+    del experiment.runs[:]
+    keep = fitting(runs, max(budget - experiment.ByteSize(), 0))
+    experiment.runs.extend(runs[:keep])
+    return experiment

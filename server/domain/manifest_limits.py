@@ -16,8 +16,12 @@ refuses NUL, UTF-8 refuses lone surrogates).
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 
 from runyard.server.domain.errors import FieldError
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 #: The YAML text of one manifest, in UTF-8 bytes.
 MAX_MANIFEST_BYTES = 512 * 1024
@@ -30,8 +34,10 @@ MAX_SAFE_INTEGER = 2**53
 #: Budgets and durations: ten years, far below a datetime's range.
 MAX_DURATION_S = 10 * 366 * 86400.0
 MAX_GPU_HOURS = 1e9
-#: At most this many field errors are spelled out; the rest are counted.
-MAX_REPORTED_ERRORS = 50
+#: A string value (categorical, const, env): every run carries it in its command and its hyperparameters.
+MAX_VALUE_CHARS = 4096
+#: A run's command with the longest values filled in: runs are listed and watched by the thousand.
+MAX_COMMAND_CHARS = 64 * 1024
 
 
 def too_large(text: str) -> FieldError | None:
@@ -85,6 +91,22 @@ def text_errors(doc: object) -> list[FieldError]:
                 continue
             pending.append((at, item))
     return errors
+
+
+def longest_command(template: str, longest_value: Mapping[str, int]) -> int:
+    """An upper bound of a rendered command's length: each placeholder of a name in `longest_value` replaced by
+    that name's longest shell-quoted value. Linear in the template."""
+    length = len(template)
+    for match in _PLACEHOLDER.finditer(template):
+        name = match.group(1)
+        if name in longest_value:
+            length += longest_value[name] - len(match.group(0))
+    return length
+
+
+def quoted_length(text: str) -> int:
+    """len(shlex.quote(text)) without building it: each ' becomes '"'"' inside the added quotes."""
+    return len(text) + 4 * text.count("'") + 2
 
 
 def safe_float(value: int | float) -> float | None:

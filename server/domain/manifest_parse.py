@@ -162,6 +162,15 @@ def _at(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+def _longest_value(hp: Hyperparameter) -> int:
+    """The longest a value of `hp` reads on a command line, shell-quoted (numbers: a float's repr at most)."""
+    if isinstance(hp, Const):
+        return limits.quoted_length(format_value(hp.value))
+    if isinstance(hp, Categorical):
+        return max((limits.quoted_length(format_value(v)) for v in hp.values), default=0)
+    return 32
+
+
 def _shown(value: Scalar) -> str:
     """A value as an error message quotes it: long strings are cut."""
     text = repr(value)
@@ -244,6 +253,9 @@ class _Parser:
         if not _is_scalar(value):
             self.error(path, f"must be a string, number or boolean, not {_kind(value)}")
             return None
+        if isinstance(value, str) and len(value) > limits.MAX_VALUE_CHARS:
+            self.error(path, f"is {len(value)} characters long; at most {limits.MAX_VALUE_CHARS}")
+            return None
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > limits.MAX_SAFE_INTEGER:
             self.error(path, f"must be between -2**53 and 2**53 ({limits.MAX_SAFE_INTEGER}); quote it for a string")
             return None
@@ -271,6 +283,7 @@ class _Parser:
             for unknown in unknown_placeholders(command, set(written)):
                 self.error("command", f"unknown placeholder ${{{unknown}}}: not a hyperparameter")
         self.command_quoting(command, set(written))
+        self.command_length(command, hyperparameters)
         manifest = Manifest(
             name=name,
             description=self.string("description", top["description"]) if "description" in top else "",
@@ -307,6 +320,16 @@ class _Parser:
         if isinstance(value, str) and not text.strip():
             self.error(path, "must not be empty")
         return text
+
+    def command_length(self, command: str, hyperparameters: Mapping[str, Hyperparameter]) -> None:
+        """Refuse a command whose runs could carry more than MAX_COMMAND_CHARS each (its longest values filled in)."""
+        longest = {name: _longest_value(hp) for name, hp in hyperparameters.items()}
+        length = limits.longest_command(command, longest)
+        if length > limits.MAX_COMMAND_CHARS:
+            self.error(
+                "command",
+                f"with its longest values filled in is {length} characters long; at most {limits.MAX_COMMAND_CHARS}",
+            )
 
     def command_quoting(self, command: str, hyperparameters: Collection[str]) -> None:
         """Placeholders the shell would not read as one quoted word (see command_quoting)."""

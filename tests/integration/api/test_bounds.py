@@ -168,3 +168,32 @@ def test_a_placeholder_inside_quotes_is_refused_at_submit(stubs: Stubs, command:
     err = refusal(create, stubs, body)
     assert code_of(err) == grpc.StatusCode.INVALID_ARGUMENT
     assert "invalid manifest: command: ${x} is inside" in details(err)
+
+
+def test_an_experiment_whose_runs_outgrow_a_default_client_is_answered_in_part(stubs: Stubs, stack: Stack) -> None:
+    # 100 runs of a 60 KB command: 6 MB with its runs, more than a default client accepts in one message.
+    command = "echo ${x} " + "#" * 60_000
+    body = manifest(command, extra="hyperparameters:\n  x: {type: int, min: 0, max: 99}\nsearch: {method: grid}\n")
+    experiment_id = create(stubs, body).experiment.id
+    from runyard.client.auth import with_api_key
+    from runyard.v1 import experiment_service_pb2_grpc, run_service_pb2_grpc
+
+    with grpc.insecure_channel(stack.endpoint) as plain:  # a default client: 4 MiB per message
+        channel = with_api_key(plain, stack.admin_key)
+        got = experiment_service_pb2_grpc.ExperimentServiceStub(channel).GetExperiment(
+            experiment_pb(experiment_id), timeout=30
+        )
+        assert got.experiment.run_count == 100 and 0 < len(got.experiment.runs) < 100
+        runs = run_service_pb2_grpc.RunServiceStub(channel)
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = runs.ListRuns(
+                run_service_pb2.ListRunsRequest(experiment_id=experiment_id, page_size=1000, page_token=token),
+                timeout=30,
+            )
+            seen += [r.id for r in page.runs]
+            token = page.next_page_token
+            if not token:
+                break
+        assert len(set(seen)) == 100

@@ -195,3 +195,13 @@ def test_no_value_runs_as_shell_code(command: str, tmp_path: Path) -> None:
     for v in (value, f"$(touch {marker})"):
         subprocess.run(["sh", "-c", render_command(parsed.command, {"x": v})], check=True, capture_output=True)
     assert not marker.exists()
+
+
+def test_a_command_is_bounded_with_its_longest_values_filled_in() -> None:
+    # Every run carries its rendered command: 1000 runs of a huge command would be gigabytes to list.
+    long_value = "v" * 4000
+    errors = refused(manifest(command="echo " + "${x} " * 20, x={"type": "categorical", "values": [long_value, "a"]}))
+    assert errors["command"] == "with its longest values filled in is 80065 characters long; at most 65536"
+    assert "is 4097 characters long" in refused(manifest(x={"type": "categorical", "values": ["v" * 4097]}))[
+        "hyperparameters.x.values[0]"
+    ]
