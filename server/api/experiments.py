@@ -19,8 +19,8 @@ from runyard.server.domain.experiment import runs_at_submit
 from runyard.server.domain.manifest import parse_manifest
 from runyard.server.scheduler.admission import RefusalKind, refusal_for_yaml
 from runyard.v1 import experiment_service_pb2 as pb
-from runyard.v1 import resources_pb2
 from runyard.v1 import experiment_service_pb2_grpc as pb_grpc
+from runyard.v1 import resources_pb2
 
 #: Experiments read per query while filling a page (see _experiment_page).
 _BATCH = 25

@@ -202,6 +202,7 @@ def test_a_command_is_bounded_with_its_longest_values_filled_in() -> None:
     long_value = "v" * 4000
     errors = refused(manifest(command="echo " + "${x} " * 20, x={"type": "categorical", "values": [long_value, "a"]}))
     assert errors["command"] == "with its longest values filled in is 80065 characters long; at most 65536"
-    assert "is 4097 characters long" in refused(manifest(x={"type": "categorical", "values": ["v" * 4097]}))[
-        "hyperparameters.x.values[0]"
-    ]
+    assert (
+        "is 4097 characters long"
+        in refused(manifest(x={"type": "categorical", "values": ["v" * 4097]}))["hyperparameters.x.values[0]"]
+    )
