@@ -28,6 +28,9 @@ from dataclasses import dataclass
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
+#: Without any of these (placeholders aside) every placeholder is at the top level: nothing to scan.
+_OPENERS = re.compile(r"""['"`\\<]|\$[('{]""")
+
 #: Contexts in which a single-quoted word is parsed as one word.
 _SAFE = ("top", "subst")
 
@@ -59,6 +62,8 @@ class QuotingProblem:
 
 def quoting_problems(template: str, substituted: Collection[str]) -> list[QuotingProblem]:
     """Every placeholder of a name in `substituted` that lands outside a safe context, once per name and place."""
+    if not _OPENERS.search(_PLACEHOLDER.sub("", template)):
+        return []
     problems: list[QuotingProblem] = []
     seen: set[tuple[str, str]] = set()
 

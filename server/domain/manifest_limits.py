@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 from runyard.server.domain.errors import FieldError
 
+#: YAML escapes that can make a NUL or a lone surrogate; without one, and with storable text, the walk is skipped.
+_RISKY_ESCAPE = re.compile(r"\\(?:0|x00|u0000|U00000000|u[dD][89a-fA-F]|U0000[dD][89a-fA-F])")
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 #: The YAML text of one manifest, in UTF-8 bytes.
@@ -59,6 +61,11 @@ def unstorable(text: str) -> str | None:
     except UnicodeEncodeError:
         return "must be valid Unicode text (it holds a lone surrogate)"
     return None
+
+
+def may_hold_unstorable(text: str) -> bool:
+    """Whether parsing storable YAML text can yield unstorable strings (only through those escapes)."""
+    return _RISKY_ESCAPE.search(text) is not None
 
 
 def text_errors(doc: object) -> list[FieldError]:

@@ -135,7 +135,7 @@ def parse_manifest(text: str) -> Manifest:
         raise ManifestError([FieldError("manifest", "is empty")])
     if not isinstance(doc, dict):
         raise ManifestError([FieldError("manifest", f"must be a mapping of fields, not {_kind(doc)}")])
-    unstorable = limits.text_errors(doc)
+    unstorable = limits.text_errors(doc) if limits.may_hold_unstorable(text) else []
     if unstorable:
         raise ManifestError(unstorable)
     manifest = _Parser().manifest(doc)
