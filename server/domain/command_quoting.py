@@ -14,6 +14,12 @@ parses quotes: at the top level of the command, in a `( ... )` subshell or in a
 - after a backslash the first quote of the value is escaped, so the rest is bare;
 - in a here-document body quotes are not parsed at all.
 
+A value made only of characters that never need quoting (letters, digits and
+`@%+=:,./-`, as `shlex.quote` decides) is written bare and reads the same in
+every context: numbers, booleans and plain words may go anywhere, e.g.
+`python -c "print(${n})"`. Only placeholders of hyperparameters with some value
+outside that set are judged.
+
 The scanner follows POSIX sh (plus bash's $'...') closely enough to place each
 placeholder; it reads the template once, left to right (linear time). A
 template it cannot follow (unbalanced quotes) only gets the placeholders seen
@@ -30,6 +36,9 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 #: Without any of these (placeholders aside) every placeholder is at the top level: nothing to scan.
 _OPENERS = re.compile(r"""['"`\\<]|\$[('{]""")
+
+#: What shlex.quote leaves bare (its own test, spelled out: shlex keeps it private).
+_UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII)
 
 #: Contexts in which a single-quoted word is parsed as one word.
 _SAFE = ("top", "subst")
@@ -55,13 +64,20 @@ class QuotingProblem:
 
     def __str__(self) -> str:
         return (
-            f"${{{self.name}}} is {_WHERE[self.where]}: Runyard shell-quotes every value itself, so write the"
-            f" placeholder bare (as in --arg ${{{self.name}}}); there a value could end the quotes and run as code"
+            f"${{{self.name}}} is {_WHERE[self.where]} and a value of {self.name} needs shell quoting: Runyard"
+            f" quotes each value itself, so write the placeholder bare (as in --arg ${{{self.name}}}); there a value"
+            " could end the quotes and run as code"
         )
 
 
+def needs_quoting(text: str) -> bool:
+    """Whether `shlex.quote` would quote the text (it holds a character the shell might read)."""
+    return _UNSAFE.search(text) is not None or not text
+
+
 def quoting_problems(template: str, substituted: Collection[str]) -> list[QuotingProblem]:
-    """Every placeholder of a name in `substituted` that lands outside a safe context, once per name and place."""
+    """Every placeholder of a name in `substituted` (hyperparameters with a value that needs quoting) that
+    lands outside a safe context, once per name and place."""
     if not _OPENERS.search(_PLACEHOLDER.sub("", template)):
         return []
     problems: list[QuotingProblem] = []

@@ -19,7 +19,7 @@ import yaml
 
 from runyard.server.domain import manifest_limits as limits
 from runyard.server.domain.command import format_value, unknown_placeholders
-from runyard.server.domain.command_quoting import quoting_problems
+from runyard.server.domain.command_quoting import needs_quoting, quoting_problems
 from runyard.server.domain.errors import FieldError, ManifestError
 from runyard.server.domain.manifest_model import (
     EARLY_STOPPING,
@@ -162,6 +162,15 @@ def _at(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+def _may_need_quoting(hp: Hyperparameter) -> bool:
+    """Whether some value of `hp` is rendered in shell quotes (numbers and booleans never are)."""
+    if isinstance(hp, Const):
+        return needs_quoting(format_value(hp.value))
+    if isinstance(hp, Categorical):
+        return any(needs_quoting(format_value(v)) for v in hp.values)
+    return False
+
+
 def _longest_value(hp: Hyperparameter) -> int:
     """The longest a value of `hp` reads on a command line, shell-quoted (numbers: a float's repr at most)."""
     if isinstance(hp, Const):
@@ -282,7 +291,7 @@ class _Parser:
         if raw_hps is None or isinstance(raw_hps, dict):
             for unknown in unknown_placeholders(command, set(written)):
                 self.error("command", f"unknown placeholder ${{{unknown}}}: not a hyperparameter")
-        self.command_quoting(command, set(written))
+        self.command_quoting(command, hyperparameters, written)
         self.command_length(command, hyperparameters)
         manifest = Manifest(
             name=name,
@@ -331,9 +340,16 @@ class _Parser:
                 f"with its longest values filled in is {length} characters long; at most {limits.MAX_COMMAND_CHARS}",
             )
 
-    def command_quoting(self, command: str, hyperparameters: Collection[str]) -> None:
-        """Placeholders the shell would not read as one quoted word (see command_quoting)."""
-        for problem in quoting_problems(command, hyperparameters):
+    def command_quoting(
+        self, command: str, hyperparameters: Mapping[str, Hyperparameter], written: Collection[str]
+    ) -> None:
+        """Placeholders the shell would not read as one quoted word (see command_quoting).
+
+        Only hyperparameters with a value that needs quoting count (a bad one,
+        already reported, counts too: its values are unknown).
+        """
+        quoted = {n for n in written if n not in hyperparameters or _may_need_quoting(hyperparameters[n])}
+        for problem in quoting_problems(command, quoted):
             self.error("command", str(problem))
 
     def uri(self, path: str, value: object) -> str:

@@ -164,8 +164,26 @@ def test_text_the_backends_cannot_store_is_refused_by_field(text: str, field: st
     ],
 )
 def test_a_placeholder_inside_quotes_is_refused_at_submit(command: str) -> None:
-    errors = refused(manifest(command=command))
+    errors = refused(manifest(command=command, x={"type": "categorical", "values": ["a b", "c"]}))
     assert "command" in errors and "${x} is " in errors["command"], errors
+    assert "and a value of x needs shell quoting" in errors["command"]
+
+
+@pytest.mark.parametrize(
+    ("x", "printed"),
+    [
+        ({"type": "int", "min": 3, "max": 3}, "3"),
+        ({"type": "categorical", "values": [0.001, "relu", True]}, "0.001"),
+        ({"type": "const", "value": "a.b/c-1"}, "a.b/c-1"),
+    ],
+)
+def test_a_value_that_never_needs_quoting_may_stand_anywhere(x: dict[str, object], printed: str) -> None:
+    # Numbers, booleans and plain words are written bare: in quotes they are the same text.
+    command = "sh -c 'echo ${x}' && python3 -c \"print('${x}')\""
+    parsed = parse_manifest(manifest(command=command, x=x, search="{method: grid}"))
+    values = {"x": 3} if x["type"] == "int" else {"x": x.get("value", 0.001)}
+    out = subprocess.run(["sh", "-c", render_command(parsed.command, values)], capture_output=True, text=True)  # type: ignore[arg-type]
+    assert out.stdout.split() == [printed, printed]
 
 
 @pytest.mark.parametrize(
