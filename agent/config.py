@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runyard.agent.archive_limits import MAX_EXTRACTED_BYTES, MAX_EXTRACTED_FILES
 from runyard.agent.gpus import Gpu
 
 
@@ -28,6 +29,9 @@ class AgentConfig:
     cancel_grace_s: float = 10.0
     # Work folders of failed attempts kept for a look (newest first); ended-well ones are removed at once.
     keep_failed_workdirs: int = 3
+    # What one code archive may expand to on disk (runyard.agent.archive_limits): bytes, and files and folders.
+    max_code_extract_bytes: int = MAX_EXTRACTED_BYTES
+    max_code_files: int = MAX_EXTRACTED_FILES
     # A ROLE_AGENT API key: sent with every report (the control plane refuses reports without one).
     api_key: str = field(default="", repr=False)
     # NKey seed file of this agent's NATS user (`runyard admin keys create --role agent` prints the seed).

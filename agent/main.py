@@ -188,6 +188,7 @@ class Agent:
                 frameworks=self.frameworks,
                 cancel_grace_s=self.config.cancel_grace_s,
                 base_env=dict(os.environ),
+                code_limits=(self.config.max_code_extract_bytes, self.config.max_code_files),
             )
             self.work_root.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(self._prune)

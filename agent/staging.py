@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runyard.agent.archive_limits import ArchiveTooLarge, ExtractionBudget, counting_filter, scan_members
 from runyard.objectstore import ObjectStore, ObjectStoreError
 from runyard.storage_uri import StorageUriError, parse_storage_uri
 
@@ -98,14 +99,22 @@ def check_members(members: list[tarfile.TarInfo]) -> None:
                 raise UnsafeArchiveError(f"archive member {name!r} hard-links outside the code folder")
 
 
-def safe_extract(archive: Path, dest: Path) -> int:
-    """Extract a tar(.gz) into dest after checking every member; returns the number of files."""
+def safe_extract(archive: Path, dest: Path, budget: ExtractionBudget | None = None) -> int:
+    """Extract a tar(.gz) into dest after checking every member; returns the number of files.
+
+    The budget (bytes and files it may expand to, see archive_limits) is
+    checked header by header while scanning and again while writing.
+    """
+    budget = budget or ExtractionBudget()
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
+            members = scan_members(tar, budget)
             check_members(members)
             dest.mkdir(parents=True, exist_ok=True)
-            tar.extractall(dest, members=members, filter="data")
+            writing = ExtractionBudget(budget.max_bytes, budget.max_files)
+            tar.extractall(dest, members=members, filter=counting_filter(writing))
+    except ArchiveTooLarge as e:
+        raise StagingError(str(e)) from e
     except tarfile.FilterError as e:
         raise UnsafeArchiveError(f"unsafe archive member: {e}") from e
     except (tarfile.TarError, EOFError, OSError) as e:
@@ -113,14 +122,14 @@ def safe_extract(archive: Path, dest: Path) -> int:
     return sum(1 for m in members if m.isfile())
 
 
-def stage_code(store: ObjectStore, code_uri: str, dirs: RunDirs) -> int:
+def stage_code(store: ObjectStore, code_uri: str, dirs: RunDirs, budget: ExtractionBudget | None = None) -> int:
     """Download and unpack the code archive into code/; returns the number of files."""
     if not code_uri:
         return 0
     check_uri("code", code_uri)
     try:
         store.download_file(code_uri, dirs.code_archive)
-        return safe_extract(dirs.code_archive, dirs.code)
+        return safe_extract(dirs.code_archive, dirs.code, budget)
     except ObjectStoreError as e:
         raise StagingError(f"cannot stage code from {code_uri}: {e}") from e
     except StagingError as e:

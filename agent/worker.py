@@ -24,6 +24,7 @@ from pathlib import Path
 
 import structlog
 
+from runyard.agent.archive_limits import MAX_EXTRACTED_BYTES, MAX_EXTRACTED_FILES, ExtractionBudget
 from runyard.agent.capture import Capture
 from runyard.agent.env import build_run_env
 from runyard.agent.metrics import StdoutMetricParser, compile_patterns
@@ -63,6 +64,8 @@ class WorkerContext:
     frameworks: Mapping[str, str]
     cancel_grace_s: float
     base_env: Mapping[str, str]
+    # What one code archive may expand to: (bytes, files and folders).
+    code_limits: tuple[int, int] = (MAX_EXTRACTED_BYTES, MAX_EXTRACTED_FILES)
 
 
 def human_bytes(n: int) -> str:
@@ -228,7 +231,7 @@ class AttemptWorker:
         """The attempt's folders, code and data, in one worker-thread trip: code files, data files, bytes."""
         spec = self.work.spec
         self.dirs.create()
-        code_files = stage_code(self.ctx.store, spec.code_uri, self.dirs)
+        code_files = stage_code(self.ctx.store, spec.code_uri, self.dirs, ExtractionBudget(*self.ctx.code_limits))
         data_files, data_bytes = stage_data(self.ctx.store, spec.data_uri, self.dirs.data)
         return code_files, data_files, data_bytes
 

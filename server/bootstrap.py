@@ -26,6 +26,7 @@ from runyard.objectstore import open_store
 from runyard.server.account_queries import AccountQueries
 from runyard.server.api.admin import AdminService
 from runyard.server.api.auth import AuthInterceptor
+from runyard.server.api.edge import EdgeInterceptor
 from runyard.server.api.experiments import ExperimentService
 from runyard.server.api.head import LogHead
 from runyard.server.api.runs import RunService
@@ -163,7 +164,10 @@ async def start_replica(config: ServerConfig) -> Replica:
     # Experiments' searchers are fed and obeyed by the leader only, too.
     driver = SearchDriver(ctx, active=lambda: scheduler.leading)
 
-    server = grpc.aio.server(interceptors=[AuthInterceptor(credentials)], options=[("grpc.so_reuseport", 0)])
+    # Auth runs first (outermost); the edge then checks what an authenticated caller sent (runyard.server.api.edge).
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(credentials), EdgeInterceptor()], options=[("grpc.so_reuseport", 0)]
+    )
     watcher = Watcher(store, ctx.queries, head, ctx.queue_explainer)
     experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(ExperimentService(ctx, watcher), server)
     run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(ctx, watcher), server)

@@ -7,6 +7,7 @@ the `now` the caller passes, so one request sees one consistent instant.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,9 +40,17 @@ class PageKey:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
             started_us, run_id, attempt = raw.split("|")
-            return cls(_EPOCH + timedelta(microseconds=int(started_us)), run_id, int(attempt))
-        except (ValueError, UnicodeDecodeError):
-            raise ValueError(f"page_token: {token!r} is not a token from a previous page") from None
+            key = cls(_EPOCH + timedelta(microseconds=int(started_us)), run_id, int(attempt))
+        except (ValueError, UnicodeDecodeError, OverflowError):
+            key = None
+        # A forged token must not reach the database: a run id it can store, an attempt within an integer.
+        if key is None or not _TOKEN_RUN_ID.fullmatch(key.run_id) or not 0 <= key.attempt < 2**31:
+            shown = token if len(token) <= 40 else f"{token[:40]}..."
+            raise ValueError(f"page_token: {shown!r} is not a token from a previous page")
+        return key
+
+
+_TOKEN_RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 def _attempt(row: Any) -> billing.BilledAttempt:

@@ -33,9 +33,23 @@ def page_size(requested: int, default: int = 100, maximum: int = 1000) -> int:
     return default if requested == 0 else min(requested, maximum)
 
 
-def decode_page_token(token: str) -> int:
-    if not token:
+#: Tokens and cursors are log positions: PostgreSQL bigints.
+MAX_POSITION = 2**63 - 1
+
+
+def decode_position(text: str, field: str, what: str) -> int:
+    """A log position written by this server ("" is 0); ValueError naming `field` for anything else.
+
+    ASCII digits only (str.isdigit also takes "²") and within a bigint, so that a
+    forged token is refused here and never reaches the database as an out-of-range number.
+    """
+    if not text:
         return 0
-    if not token.isdigit():
-        raise ValueError(f"page_token: {token!r} is not a token from a previous page")
-    return int(token)
+    if len(text) > 19 or not (text.isascii() and text.isdigit()) or int(text) > MAX_POSITION:
+        shown = text if len(text) <= 40 else f"{text[:40]}..."
+        raise ValueError(f"{field}: {shown!r} is not {what}")
+    return int(text)
+
+
+def decode_page_token(token: str) -> int:
+    return decode_position(token, "page_token", "a token from a previous page")

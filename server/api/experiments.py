@@ -12,6 +12,7 @@ import grpc
 from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, decode_page_token, page_size
 from runyard.server.api.storage_access import SubmitStorageCheck
+from runyard.server.api.paging import MAX_PAGE_BYTES, trim_runs
 from runyard.server.api.watching import Watcher
 from runyard.server.context import ServerContext
 from runyard.server.domain.errors import ManifestError
@@ -20,6 +21,10 @@ from runyard.server.domain.manifest import parse_manifest
 from runyard.server.scheduler.admission import RefusalKind, refusal_for_yaml
 from runyard.v1 import experiment_service_pb2 as pb
 from runyard.v1 import experiment_service_pb2_grpc as pb_grpc
+from runyard.v1 import resources_pb2
+
+#: Experiments read per query while filling a page (see _experiment_page).
+_BATCH = 25
 
 # Why a submit is refused when no run of it could ever start (see runyard.server.scheduler.admission).
 _REFUSAL_CODES = {
@@ -95,7 +100,7 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
                     "(`runyard admin info` says why; an admin replays it with `runyard admin rebuild`)",
                 )
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the experiment was stored but the read model lags; retry")
-        return pb.CreateExperimentResponse(experiment=experiment)
+        return pb.CreateExperimentResponse(experiment=trim_runs(experiment))
 
     def _submit_refusal(self, account_id: str, manifest_yaml: str) -> tuple[grpc.StatusCode, str] | None:
         """Why the account's plan or its queued-runs cap refuses this experiment; None when it may be created."""
@@ -131,7 +136,7 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
         await auth.require_owner(context, experiment and experiment.account_id, "experiment", request.experiment_id)
         if experiment is not None:
             await self._ctx.explain_queue(experiment.runs)
-        return pb.GetExperimentResponse(experiment=experiment)
+        return pb.GetExperimentResponse(experiment=experiment and trim_runs(experiment))
 
     async def ListExperiments(self, request: pb.ListExperimentsRequest, context: Context) -> pb.ListExperimentsResponse:
         try:
@@ -139,9 +144,29 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
         except ValueError as exc:
             await abort(context, exc)
         size = page_size(request.page_size)
-        found = await asyncio.to_thread(self._ctx.queries.list_experiments, before, size, auth.account_scope())
-        token = str(found[-1][0]) if len(found) == size else ""
-        return pb.ListExperimentsResponse(experiments=[e for _, e in found], next_page_token=token)
+        experiments, token = await asyncio.to_thread(self._experiment_page, before, size, auth.account_scope())
+        return pb.ListExperimentsResponse(experiments=experiments, next_page_token=token)
+
+    def _experiment_page(self, before: int, size: int, scope: str) -> tuple[list[resources_pb2.Experiment], str]:
+        """Up to `size` experiments within the page's byte budget, and the token of the next page ("" at the end).
+
+        Read in small batches: each carries its manifest (up to 512 KiB), so a
+        page of 1000 must not mean 1000 manifests in memory before cutting.
+        """
+        page: list[resources_pb2.Experiment] = []
+        room = MAX_PAGE_BYTES
+        while len(page) < size:
+            want = min(_BATCH, size - len(page))
+            batch = self._ctx.queries.list_experiments(before, want, scope)
+            for position, experiment in batch:
+                room -= experiment.ByteSize() + 6
+                if room < 0 and page:
+                    return page, str(before)
+                page.append(experiment)
+                before = position
+            if len(batch) < want:
+                return page, ""
+        return page, str(before)
 
     async def CancelExperiment(
         self, request: pb.CancelExperimentRequest, context: Context
@@ -157,7 +182,7 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
         experiment = await self._ctx.read_after(
             position, lambda: self._ctx.queries.get_experiment(request.experiment_id)
         )
-        return pb.CancelExperimentResponse(experiment=experiment)
+        return pb.CancelExperimentResponse(experiment=experiment and trim_runs(experiment))
 
     async def WatchExperiment(
         self, request: pb.WatchExperimentRequest, context: Context

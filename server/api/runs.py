@@ -9,6 +9,7 @@ import grpc
 
 from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, decode_page_token, page_size
+from runyard.server.api.paging import MAX_PAGE_BYTES, fitting
 from runyard.server.api.watching import Watcher
 from runyard.server.context import ServerContext
 from runyard.server.domain import events as ev
@@ -53,7 +54,9 @@ class RunService(pb_grpc.RunServiceServicer):
             self._ctx.queries.list_runs, request.experiment_id, list(request.states), after, size, auth.account_scope()
         )
         token = ""
-        if len(runs) == size:
+        keep = fitting(runs)
+        if len(runs) == size or keep < len(runs):
+            runs = runs[:keep]
             positions = await asyncio.to_thread(self._ctx.queries.run_positions, [runs[-1].id])
             token = str(positions[runs[-1].id])
         await self._ctx.explain_queue(runs)
@@ -88,6 +91,7 @@ class RunService(pb_grpc.RunServiceServicer):
             await abort(context, exc)
         want = page_size(request.page_size, default=1000, maximum=10_000)
         response = pb.GetRunLogsResponse()
+        room = MAX_PAGE_BYTES
         stream = ev.run_logs_stream(request.run_id)
         while len(response.lines) < want:
             records = await asyncio.to_thread(self._ctx.store.read_stream, stream, after, 100)
@@ -96,6 +100,11 @@ class RunService(pb_grpc.RunServiceServicer):
             for record in records:
                 batch = ev.decode(record.type, record.data)
                 assert isinstance(batch, events_pb2.RunLogged)
+                # A page holds whole batches (the token is a batch's version); cut by bytes too.
+                room -= batch.ByteSize()
+                if room < 0 and response.lines:
+                    response.next_page_token = str(after)
+                    return response
                 response.lines.extend(batch.lines)
                 after = record.version
                 if len(response.lines) >= want:

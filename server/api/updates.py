@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 
+from runyard.server.api.errors import decode_position
 from runyard.server.domain.events import decode
 from runyard.server.store import RecordedEvent
 from runyard.v1 import common_pb2, events_pb2, watch_pb2
@@ -20,9 +21,10 @@ def decode_cursor(cursor: str) -> int:
     """Raises ValueError with a message naming the field when the cursor is not ours."""
     if not cursor:
         return 0
-    if not cursor.startswith("p") or not cursor[1:].isdigit():
-        raise ValueError(f"cursor: {cursor!r} is not a cursor from a previous update")
-    return int(cursor[1:])
+    if not cursor.startswith("p") or cursor == "p":
+        shown = cursor if len(cursor) <= 40 else f"{cursor[:40]}..."
+        raise ValueError(f"cursor: {shown!r} is not a cursor from a previous update")
+    return decode_position(cursor[1:], "cursor", "a cursor from a previous update")
 
 
 class UpdateBuilder:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Literal, cast
 
 import grpc
 
@@ -28,6 +29,29 @@ _PERIODS: dict[int, billing.Period] = {
 }
 
 
+#: The window a usage query may name: a datetime's range less a day on each side for time-zone arithmetic.
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+async def _when(request: pb.GetUsageRequest, field: Literal["from", "to"], context: Context) -> datetime | None:
+    """The request's `from` or `to` as a datetime (None when unset); INVALID_ARGUMENT naming it when out of range."""
+    if not request.HasField(field):
+        return None
+    stamp = getattr(request, field)
+    when: datetime | None
+    try:
+        when = cast(datetime, stamp.ToDatetime(UTC))
+    except (ValueError, OverflowError):
+        when = None
+    if when is None or not _EARLIEST <= when <= _LATEST:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{field}: {stamp.seconds}s {stamp.nanos}ns is not a time between 0001-01-02 and 9999-12-30",
+        )
+    return when
+
+
 class UsageService(pb_grpc.UsageServiceServicer):
     def __init__(self, ctx: ServerContext) -> None:
         self._queries = UsageQueries(ctx.store.read_engine)
@@ -43,8 +67,8 @@ class UsageService(pb_grpc.UsageServiceServicer):
         period = _PERIODS.get(request.period)
         if period is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"period: unknown value {request.period}")
-        window_from = getattr(request, "from").ToDatetime(UTC) if request.HasField("from") else None
-        window_to = request.to.ToDatetime(UTC) if request.HasField("to") else None
+        window_from = await _when(request, "from", context)
+        window_to = await _when(request, "to", context)
         if window_from is not None and window_to is not None and window_to <= window_from:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "to: must be later than from")
         scope = await self._scope(request.account_id, context)

@@ -5,6 +5,14 @@ the training script as one argument and never as shell syntax. `${UPPER_CASE}`
 names that are not hyperparameters are environment variables (`${DATA_DIR}`,
 `${RESULT_DIR}`, the manifest's env) and are left for the shell, as is any
 `${...}` that is not a plain name (`${x:-1}`); `$${name}` writes a literal `${name}`.
+
+Quoting only protects a value where the shell reads the quoted word as one
+word: at the top level of the command or inside `$(...)`. Inside single or
+double quotes, backticks, `$((...))`, `${...}`, after a backslash or in a
+here-document the quotes Runyard adds are themselves text, and a value such as
+`1'; touch /tmp/x; '` would end the user's quotes and run as shell code
+(`sh -c 'echo ${x}'`). `quoting_problems` finds such placeholders so that a
+manifest using one is refused at submit (see `runyard.server.domain.command_quoting`).
 """
 
 from __future__ import annotations
@@ -21,12 +29,12 @@ _ENVIRONMENT_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 
 def placeholders(template: str) -> list[str]:
     """Placeholder names in order of first appearance (escaped ones excluded)."""
-    names: list[str] = []
+    names: dict[str, None] = {}  # ordered, and linear however many placeholders there are
     for match in _TOKEN.finditer(template):
         name = match.group(1)
-        if name is not None and name not in names:
-            names.append(name)
-    return names
+        if name is not None:
+            names.setdefault(name, None)
+    return list(names)
 
 
 def is_environment_name(name: str) -> bool:

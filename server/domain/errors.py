@@ -63,9 +63,15 @@ class FieldError:
 class ManifestError(DomainError):
     """Every bad field of a manifest at once, so a user fixes them in one go (INVALID_ARGUMENT)."""
 
+    #: Errors spelled out in the message; a manifest with thousands of bad values names the first ones.
+    SHOWN = 50
+
     def __init__(self, errors: Sequence[FieldError]) -> None:
         self.errors: list[FieldError] = list(errors)
-        super().__init__("; ".join(str(e) for e in self.errors))
+        message = "; ".join(str(e) for e in self.errors[: self.SHOWN])
+        if len(self.errors) > self.SHOWN:
+            message += f"; and {len(self.errors) - self.SHOWN} more errors"
+        super().__init__(message)
 
     @property
     def fields(self) -> list[str]:

@@ -21,6 +21,7 @@ from runyard.server.domain.command import render_command
 from runyard.server.domain.errors import DomainError, IllegalTransition
 from runyard.server.domain.ids import run_id_for
 from runyard.server.domain.manifest_model import Manifest, Scalar
+from runyard.server.domain.manifest_parse import MAX_PRIORITY
 from runyard.server.domain.search import expand_trials
 from runyard.server.domain.searchers import is_searched
 from runyard.v1 import common_pb2, events_pb2
@@ -182,6 +183,8 @@ class Experiment:
 
     def set_priority(self, priority: int) -> list[Message]:
         """Reorder the experiment's queued runs; the same priority again records nothing."""
+        if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority: must be between {-MAX_PRIORITY} and {MAX_PRIORITY}, as in a manifest")
         if self.priority == priority:
             return []
         return [events_pb2.ExperimentPrioritySet(priority=priority)]

@@ -112,6 +112,8 @@ class ExperimentSearch:
     gpu_seconds: float = 0.0
     budget_spent: bool = False
     completed: bool = False
+    #: Its searcher raised: the experiment was completed with the reason, and nothing more is asked of it.
+    failed: bool = False
 
     @property
     def metric(self) -> str | None:
@@ -176,13 +178,31 @@ class Searches:
         return correlation_id is not None and correlation_id in self._experiments
 
     def feed(self, stream_id: str, correlation_id: str | None, msg: Message, recorded_at: datetime) -> list[Numbered]:
-        """One logged event; the decisions it leads to, numbered."""
+        """One logged event; the decisions it leads to, numbered.
+
+        A searcher that raises ends its own experiment (Complete, with the
+        error as the reason) instead of failing the driver on every pass:
+        the same inputs raise the same error on replay, so this decision too
+        is a function of the log, and the other experiments go on.
+        """
         if isinstance(msg, events_pb2.ExperimentCreated):
-            return self._created(msg, recorded_at)
+            try:
+                return self._created(msg, recorded_at)
+            except Exception as exc:
+                created = self._experiments.get(msg.experiment_id)
+                return [] if created is None else _failed(created, exc)
         experiment_id = correlation_id or ""
         search = self._experiments.get(experiment_id)
-        if search is None:
+        if search is None or search.failed:
             return []
+        try:
+            return self._dispatch(search, stream_id, msg, recorded_at)
+        except Exception as exc:
+            return _failed(search, exc)
+
+    def _dispatch(
+        self, search: ExperimentSearch, stream_id: str, msg: Message, recorded_at: datetime
+    ) -> list[Numbered]:
         kind, _, ident = stream_id.partition(":")
         if kind == "experiment":
             return self._experiment_event(search, msg)
@@ -280,6 +300,13 @@ class Searches:
         if search.searcher is None:
             return []
         return search.number(search.searcher.on_run_ended(run_id, outcome))
+
+
+def _failed(search: ExperimentSearch, exc: Exception) -> list[Numbered]:
+    """Complete the experiment whose searcher raised `exc`; decisions it had made before stay recorded."""
+    search.failed = True
+    reason = f"the searcher failed: {exc}".replace("\x00", "\\0")[:500]
+    return search.number([Complete(reason=reason)])
 
 
 def _duration(seconds: float) -> str:

@@ -17,7 +17,9 @@ from typing import Any, cast
 
 import yaml
 
+from runyard.server.domain import manifest_limits as limits
 from runyard.server.domain.command import format_value, unknown_placeholders
+from runyard.server.domain.command_quoting import needs_quoting, quoting_problems
 from runyard.server.domain.errors import FieldError, ManifestError
 from runyard.server.domain.manifest_model import (
     EARLY_STOPPING,
@@ -40,7 +42,7 @@ from runyard.server.domain.manifest_model import (
     Search,
     SearchMethod,
 )
-from runyard.server.domain.search import grid_count, grid_size, same_value, value_error
+from runyard.server.domain.search import grid_count, grid_size, value_error, value_key
 
 _FieldParser = Callable[[str, object], str]
 _NumberParser = Callable[[str, object], float | None]
@@ -119,6 +121,12 @@ def load_yaml(text: str) -> Any:
 
 def parse_manifest(text: str) -> Manifest:
     """Validate a manifest; raises ManifestError naming every bad field."""
+    oversized = limits.too_large(text)
+    if oversized is not None:
+        raise ManifestError([oversized])
+    unreadable = limits.unstorable(text)
+    if unreadable is not None:
+        raise ManifestError([FieldError("manifest", unreadable)])
     try:
         doc = load_yaml(text)
     except yaml.YAMLError as exc:
@@ -130,6 +138,9 @@ def parse_manifest(text: str) -> Manifest:
         raise ManifestError([FieldError("manifest", "is empty")])
     if not isinstance(doc, dict):
         raise ManifestError([FieldError("manifest", f"must be a mapping of fields, not {_kind(doc)}")])
+    unstorable = limits.text_errors(doc) if limits.may_hold_unstorable(text) else []
+    if unstorable:
+        raise ManifestError(unstorable)
     manifest = _Parser().manifest(doc)
     return manifest
 
@@ -154,6 +165,30 @@ def _at(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+def _may_need_quoting(hp: Hyperparameter) -> bool:
+    """Whether some value of `hp` is rendered in shell quotes (numbers and booleans never are)."""
+    if isinstance(hp, Const):
+        return needs_quoting(format_value(hp.value))
+    if isinstance(hp, Categorical):
+        return any(needs_quoting(format_value(v)) for v in hp.values)
+    return False
+
+
+def _longest_value(hp: Hyperparameter) -> int:
+    """The longest a value of `hp` reads on a command line, shell-quoted (numbers: a float's repr at most)."""
+    if isinstance(hp, Const):
+        return limits.quoted_length(format_value(hp.value))
+    if isinstance(hp, Categorical):
+        return max((limits.quoted_length(format_value(v)) for v in hp.values), default=0)
+    return 32
+
+
+def _shown(value: Scalar) -> str:
+    """A value as an error message quotes it: long strings are cut."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
 def _is_scalar(value: object) -> bool:
     return isinstance(value, str | bool | int) or (isinstance(value, float) and math.isfinite(value))
 
@@ -161,6 +196,7 @@ def _is_scalar(value: object) -> bool:
 class _Parser:
     def __init__(self) -> None:
         self.errors: list[FieldError] = []
+        self._categorical_keys: dict[int, set[tuple[str, object]]] = {}
 
     def error(self, path: str, message: str) -> None:
         self.errors.append(FieldError(path, message))
@@ -190,6 +226,9 @@ class _Parser:
         if isinstance(value, bool) or not isinstance(value, int):
             self.error(path, f"must be an integer, not {_kind(value)}")
             return None
+        if abs(value) > limits.MAX_SAFE_INTEGER:
+            self.error(path, f"must be between -2**53 and 2**53 ({limits.MAX_SAFE_INTEGER})")
+            return None
         if minimum is not None and value < minimum:
             self.error(path, f"must be at least {minimum}")
             return None
@@ -217,14 +256,20 @@ class _Parser:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.error(path, f"must be a number, not {_kind(value)}")
             return None
-        if not math.isfinite(value):
+        number = limits.safe_float(value)
+        if number is None:
             self.error(path, "must be a finite number")
-            return None
-        return float(value)
+        return number
 
     def scalar(self, path: str, value: object) -> Scalar | None:
         if not _is_scalar(value):
             self.error(path, f"must be a string, number or boolean, not {_kind(value)}")
+            return None
+        if isinstance(value, str) and len(value) > limits.MAX_VALUE_CHARS:
+            self.error(path, f"is {len(value)} characters long; at most {limits.MAX_VALUE_CHARS}")
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > limits.MAX_SAFE_INTEGER:
+            self.error(path, f"must be between -2**53 and 2**53 ({limits.MAX_SAFE_INTEGER}); quote it for a string")
             return None
         return cast(Scalar, value)
 
@@ -246,9 +291,11 @@ class _Parser:
         hyperparameters = self.hyperparameters(raw_hps)
         # Names as written, valid or not, so that one bad hyperparameter is reported once.
         written = [str(n) for n in raw_hps] if isinstance(raw_hps, dict) else []
-        if raw_hps is None or written:
-            for unknown in unknown_placeholders(command, written):
+        if raw_hps is None or isinstance(raw_hps, dict):
+            for unknown in unknown_placeholders(command, set(written)):
                 self.error("command", f"unknown placeholder ${{{unknown}}}: not a hyperparameter")
+        self.command_quoting(command, hyperparameters, written)
+        self.command_length(command, hyperparameters)
         manifest = Manifest(
             name=name,
             description=self.string("description", top["description"]) if "description" in top else "",
@@ -285,6 +332,28 @@ class _Parser:
         if isinstance(value, str) and not text.strip():
             self.error(path, "must not be empty")
         return text
+
+    def command_length(self, command: str, hyperparameters: Mapping[str, Hyperparameter]) -> None:
+        """Refuse a command whose runs could carry more than MAX_COMMAND_CHARS each (its longest values filled in)."""
+        longest = {name: _longest_value(hp) for name, hp in hyperparameters.items()}
+        length = limits.longest_command(command, longest)
+        if length > limits.MAX_COMMAND_CHARS:
+            self.error(
+                "command",
+                f"with its longest values filled in is {length} characters long; at most {limits.MAX_COMMAND_CHARS}",
+            )
+
+    def command_quoting(
+        self, command: str, hyperparameters: Mapping[str, Hyperparameter], written: Collection[str]
+    ) -> None:
+        """Placeholders the shell would not read as one quoted word (see command_quoting).
+
+        Only hyperparameters with a value that needs quoting count (a bad one,
+        already reported, counts too: its values are unknown).
+        """
+        quoted = {n for n in written if n not in hyperparameters or _may_need_quoting(hyperparameters[n])}
+        for problem in quoting_problems(command, quoted):
+            self.error("command", str(problem))
 
     def uri(self, path: str, value: object) -> str:
         text = self.string(path, value)
@@ -376,6 +445,9 @@ class _Parser:
         if size is None or size < 1:
             self.error(path, "must be a size such as 4Gi, 512Mi or 1G, or a number of bytes")
             return 0
+        if size > limits.MAX_SAFE_INTEGER:
+            self.error(path, f"must be at most {limits.MAX_SAFE_INTEGER} bytes (8 PiB)")
+            return 0
         return size
 
     # -- hyperparameters -------------------------------------------------------
@@ -385,6 +457,9 @@ class _Parser:
             return {}
         if not isinstance(value, dict):
             self.error("hyperparameters", f"must be a mapping of name to space, not {_kind(value)}")
+            return {}
+        if len(value) > limits.MAX_HYPERPARAMETERS:
+            self.error("hyperparameters", f"has {len(value)} entries; at most {limits.MAX_HYPERPARAMETERS} are allowed")
             return {}
         parsed: dict[str, Hyperparameter] = {}
         for key, spec in value.items():
@@ -440,16 +515,36 @@ class _Parser:
         if not isinstance(raw, list) or not raw:
             self.error(values_path, "must be a non-empty list of values")
             return None
+        if len(raw) > limits.MAX_VALUES_PER_HYPERPARAMETER:
+            self.error(
+                values_path, f"has {len(raw)} values; at most {limits.MAX_VALUES_PER_HYPERPARAMETER} are allowed"
+            )
+            return None
         values: list[Scalar] = []
+        # Keyed by value_key, so spotting a repeat is one lookup (a list scan made 20,000 values take minutes).
+        seen: set[tuple[str, object]] = set()
         for i, item in enumerate(raw):
             value = self.scalar(f"{values_path}[{i}]", item)
             if value is None:
                 continue
-            if any(same_value(value, seen) for seen in values):
-                self.error(f"{values_path}[{i}]", f"repeats the value {value!r}")
+            key = value_key(value)
+            if key in seen:
+                self.error(f"{values_path}[{i}]", f"repeats the value {_shown(value)}")
                 continue
+            seen.add(key)
             values.append(value)
         return Categorical(tuple(values))
+
+    def categorical_error(self, hp: Categorical, value: Scalar) -> str | None:
+        """`value_error` for a categorical by one set lookup: a list of runs checks each of its values."""
+        keys = self._categorical_keys.get(id(hp))
+        if keys is None:
+            keys = self._categorical_keys[id(hp)] = {value_key(v) for v in hp.values}
+        if value_key(value) in keys:
+            return None
+        shown = ", ".join(_shown(v) for v in hp.values[:20])
+        more = f", ... ({len(hp.values)} values)" if len(hp.values) > 20 else ""
+        return f"must be one of [{shown}{more}]"
 
     def int_range(self, path: str, fields: Mapping[str, object]) -> IntRange | None:
         low = self.bound(path, fields, "min", lambda p, v: self.integer(p, v))
@@ -527,6 +622,9 @@ class _Parser:
             if max_gpu_hours is not None and max_gpu_hours <= 0:
                 self.error("search.max_gpu_hours", "must be greater than 0")
                 max_gpu_hours = None
+            elif max_gpu_hours is not None and max_gpu_hours > limits.MAX_GPU_HOURS:
+                self.error("search.max_gpu_hours", f"must be at most {limits.MAX_GPU_HOURS:g}")
+                max_gpu_hours = None
         return Search(
             method=cast(SearchMethod, method or "single"),
             max_runs=max_runs,
@@ -559,7 +657,7 @@ class _Parser:
     def duration(self, path: str, value: object) -> float | None:
         """Seconds from 3600, "90s", "30m", "2h" or "1d"."""
         if isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
+            seconds = limits.safe_float(value) or math.inf
         elif isinstance(value, str) and (m := _DURATION.match(value)):
             seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         else:
@@ -567,6 +665,9 @@ class _Parser:
             return None
         if not math.isfinite(seconds) or seconds <= 0:
             self.error(path, "must be greater than 0")
+            return None
+        if seconds > limits.MAX_DURATION_S:
+            self.error(path, "must be at most ten years")
             return None
         return seconds
 
@@ -608,7 +709,7 @@ class _Parser:
             value = self.scalar(_at(path, name), fields[name])
             if value is None:
                 continue
-            problem = value_error(hp, value)
+            problem = self.categorical_error(hp, value) if isinstance(hp, Categorical) else value_error(hp, value)
             if problem is not None:
                 self.error(_at(path, name), problem)
                 continue

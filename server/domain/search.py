@@ -102,6 +102,15 @@ def same_value(a: Scalar, b: Scalar) -> bool:
     return a == b
 
 
+def value_key(value: Scalar) -> tuple[str, object]:
+    """A hashable key with `same_value`'s equality: keys are equal exactly when the values are the same."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, str):
+        return ("str", value)
+    return ("number", value)  # 1 and 1.0 hash and compare equal, as same_value says
+
+
 def value_error(hp: Hyperparameter, value: Scalar) -> str | None:
     """Why `value` is outside the hyperparameter's space, or None when it is inside."""
     if isinstance(hp, Const):

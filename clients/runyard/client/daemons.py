@@ -87,6 +87,8 @@ def agent_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[st
         "frameworks": settings.frameworks,
         "labels": settings.labels,
         "cancel_grace_s": getattr(args, "cancel_grace", None),
+        "max_code_extract_bytes": getattr(args, "max_code_extract_bytes", None),
+        "max_code_files": getattr(args, "max_code_files", None),
         "api_key": settings.api_key,
         "nats_nkey_file": settings.nats_nkey,
         "nats_ca_file": settings.nats_ca,
