@@ -19,6 +19,11 @@ class ServerConfig:
     max_code_bytes: int = 100 * 1024 * 1024
     # Seconds without a heartbeat before an agent is declared lost.
     agent_timeout_s: float = 15.0
+    # Seconds an attempt's agent may go without listing it in a heartbeat before the attempt is
+    # ended as AGENT_LOST (re-queued while restarts remain). Agents stop an attempt themselves after
+    # half of this without contact and kill it within a quarter more, so no re-queue ever overlaps
+    # a live first attempt. See runyard.server.scheduler.liveness.
+    attempt_lease_s: float = 60.0
     # Seconds a graceful shutdown waits for in-flight calls.
     shutdown_grace_s: float = 5.0
     # When set and no account exists yet: create account "default" with an admin and an agent
