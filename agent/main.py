@@ -499,7 +499,10 @@ class Agent:
             sent = time.monotonic()
             try:
                 await nc.publish(subject, beat.SerializeToString())
-                await nc.flush(timeout=max(interval, 0.5))  # it reached NATS: the listed leases are renewed
+                # It reached NATS: the listed leases are renewed. (A flush while reconnecting returns at once.)
+                await nc.flush(timeout=max(interval, 0.5))
+                if not nc.is_connected:
+                    raise ConnectionError("NATS is not connected")
                 for key in listed:
                     if (worker := self.workers.get(key)) is not None:
                         worker.vouched_at = max(worker.vouched_at, sent)

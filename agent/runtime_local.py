@@ -85,7 +85,7 @@ class LocalProcess:
 
 
 # The guard: waits for EOF on its stdin (the agent's end closes when the agent dies), then ends group $1.
-_GUARD = 'while read -r _; do :; done; kill -TERM -- "-$1" 2>/dev/null; sleep "$2"; kill -KILL -- "-$1" 2>/dev/null'
+_GUARD = 'while read -r _; do :; done; kill -TERM "-$1" 2>/dev/null; sleep "$2"; kill -KILL "-$1" 2>/dev/null'
 
 
 async def spawn(command: str, cwd: Path, env: dict[str, str], kill_grace_s: float = 10.0) -> LocalProcess:

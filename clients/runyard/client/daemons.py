@@ -34,6 +34,7 @@ def server_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[s
         "code_uri_prefix": settings.code_uri_prefix,
         "max_code_bytes": settings.max_code_bytes,
         "agent_timeout_s": settings.agent_timeout,
+        "attempt_lease_s": settings.attempt_lease,
         "shutdown_grace_s": getattr(args, "shutdown_grace", None),
         "bootstrap_keys_file": settings.bootstrap_keys,
         "default_gpu_quota": settings.default_gpu_quota,
