@@ -30,7 +30,6 @@ RS = common_pb2.RunState
 
 AGENT_TIMEOUT_S = 4
 LEASE_S = conftest.LEASE_S  # the agent stops what it cannot vouch for after 4 s, killed 1 s later at most
-SERVER_FLAGS = {"agent_timeout": str(AGENT_TIMEOUT_S)}  # the lease comes from RUNYARD_ATTEMPT_LEASE (conftest)
 AGENT_FLAGS = ("--gpus", "2xH100", "--cancel-grace", "1")
 
 
@@ -67,7 +66,7 @@ def test_an_agent_killed_and_back_within_its_timeout_leaves_no_run_running_forev
 ) -> None:
     """On the old main its runs stayed RUNNING (billed, GPUs held) for good; now they are re-run at once."""
     records = tmp_path / "records.txt"
-    stack.start_server(**SERVER_FLAGS)
+    stack.start_server(agent_timeout=str(AGENT_TIMEOUT_S))
     with stack.channel() as channel:
         stubs = Stubs(channel)
         experiment_id, pids = start(stack, stubs, records, seconds=30)
@@ -93,7 +92,7 @@ def test_an_agent_killed_and_back_within_its_timeout_leaves_no_run_running_forev
 def test_an_agent_back_after_its_timeout_never_runs_a_run_twice_at_once(stack: Stack, tmp_path: Path) -> None:
     """On the old main the runs were re-queued at the timeout while their orphans ran on: the same run twice."""
     records = tmp_path / "records.txt"
-    stack.start_server(**SERVER_FLAGS)
+    stack.start_server(agent_timeout=str(AGENT_TIMEOUT_S))
     with stack.channel() as channel:
         stubs = Stubs(channel)
         experiment_id, pids = start(stack, stubs, records, seconds=10)
@@ -119,7 +118,7 @@ def test_an_agent_cut_off_from_nats_past_its_lease_stops_its_runs_itself(
 ) -> None:
     """On the old main the runs went on without the control plane, which re-queued them at the timeout."""
     records = tmp_path / "records.txt"
-    stack.start_server(**SERVER_FLAGS)
+    stack.start_server(agent_timeout=str(AGENT_TIMEOUT_S))
     with stack.channel() as channel:
         stubs = Stubs(channel)
         experiment_id, pids = start(stack, stubs, records, seconds=12)

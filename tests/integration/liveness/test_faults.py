@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import pytest
 
 from runyard.server.store import EventStore
@@ -52,8 +53,8 @@ def completed(stubs: Stubs, experiment_id: str) -> int:
         return -1
 
 
-def usage_matches_the_log(stack: Stack, stubs_channel: object) -> None:
-    usage = usage_service_pb2_grpc.UsageServiceStub(stubs_channel)  # type: ignore[arg-type]
+def usage_matches_the_log(stack: Stack, channel: grpc.Channel) -> None:
+    usage = usage_service_pb2_grpc.UsageServiceStub(channel)
     store = EventStore.open(stack.database_url, migrate=False, pool_size=1, max_overflow=0)
     try:
         held = attempts_from_log(store)
