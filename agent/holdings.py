@@ -79,15 +79,17 @@ def is_ours(held: HeldAttempt) -> bool:
     return group_alive(held.pgid)
 
 
-def end_group(pgid: int, grace_s: float) -> None:
-    """SIGTERM the group, SIGKILL it if anything is left after grace_s."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
+def end_groups(pgids: list[int], grace_s: float) -> None:
+    """SIGTERM every group at once, SIGKILL whatever is left of them after grace_s."""
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + max(grace_s, 0.0)
-    while time.monotonic() < deadline and group_alive(pgid):
+    while time.monotonic() < deadline and any(group_alive(p) for p in pgids):
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 class Holdings:
@@ -132,9 +134,9 @@ class Holdings:
                 found.append(HeldAttempt(m["run"], int(m["attempt"])))
         return found
 
-    def end_orphan(self, held: HeldAttempt, grace_s: float) -> bool:
-        """End the attempt's process group if it is still ours; True when it was alive."""
-        if not is_ours(held) or not group_alive(held.pgid):
-            return False
-        end_group(held.pgid, grace_s)
-        return True
+    @staticmethod
+    def end_orphans(held: list[HeldAttempt], grace_s: float) -> list[HeldAttempt]:
+        """End the process groups of these attempts that are still ours and alive; returns those."""
+        alive = [h for h in held if is_ours(h) and group_alive(h.pgid)]
+        end_groups([h.pgid for h in alive], grace_s)
+        return alive

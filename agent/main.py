@@ -244,15 +244,15 @@ class Agent:
     def _end_orphans(self) -> list[HeldAttempt]:
         """End the attempts a previous agent process left behind (see runyard.agent.holdings)."""
         orphans = self.holdings.load()
+        alive = self.holdings.end_orphans(orphans, self.config.cancel_grace_s)
         for held in orphans:
-            alive = self.holdings.end_orphan(held, self.config.cancel_grace_s)
             self._seen.add((held.run_id, held.attempt))  # a redelivery of its work is not run again
             self._log.warning(
                 "ended an attempt left by a previous agent process",
                 run_id=held.run_id,
                 attempt=held.attempt,
                 pgid=held.pgid,
-                was_running=alive,
+                was_running=held in alive,
             )
         return orphans
 

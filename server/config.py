@@ -31,3 +31,8 @@ class ServerConfig:
     bootstrap_keys_file: str | None = None
     # GPU quota of that first account.
     default_gpu_quota: int = 8
+
+    def __post_init__(self) -> None:
+        # A lease of 0 would end every attempt at once; agents stop runs after half of it.
+        if not self.attempt_lease_s > 0:
+            raise ValueError(f"attempt_lease_s (--attempt-lease) must be positive seconds, got {self.attempt_lease_s}")

@@ -48,7 +48,10 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
         from runyard.server.main import run_server
     except ModuleNotFoundError as e:
         _not_installed("server", e)
-    config = ServerConfig(**server_config_kwargs(settings, args))
+    try:
+        config = ServerConfig(**server_config_kwargs(settings, args))
+    except ValueError as e:  # a setting out of range: say which, no traceback
+        raise ClientError(str(e)) from None
     run_server(config)
     return 0
 
