@@ -89,6 +89,8 @@ _REMEMBERED = 1000
 SHUTDOWN_REPORT_WAIT_S = 30.0
 # Longest wait for the NATS connection to drain on the way out.
 DRAIN_TIMEOUT_S = 2.0
+# A PING not answered within this long counts as never answered (see Agent._check_contact).
+CONTACT_CHECK_GIVE_UP_S = 120
 # Work naming a GPU that a finishing attempt still holds comes back after this long.
 GPU_BUSY_RETRY_S = 0.5
 
@@ -167,6 +169,8 @@ class Agent:
         self.holdings = Holdings(self.work_root)
         # Attempts a previous agent process held (its records), ended before any work is taken.
         self._orphans: list[HeldAttempt] = []
+        # The PING that checks our contact with NATS now, and the connection (its reconnect count) it went on.
+        self._contact_check: tuple[asyncio.Task[None], int] | None = None
 
     @property
     def reporter(self) -> Reporter:
@@ -239,6 +243,8 @@ class Agent:
                 await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT_S)
             with contextlib.suppress(Exception):
                 await nc.close()
+            if self._contact_check is not None:
+                self._contact_check[0].cancel()
             self._log.info("agent stopped")
 
     def _end_orphans(self) -> list[HeldAttempt]:
@@ -496,20 +502,40 @@ class Agent:
                 attempts=[f"{run_id}:{attempt}" for run_id, attempt in listed],
                 time_us=_now_us(),
             )
-            sent = time.monotonic()
             try:
                 await nc.publish(subject, beat.SerializeToString())
-                # It reached NATS: the listed leases are renewed. (A flush while reconnecting returns at once.)
-                await nc.flush(timeout=max(interval, 0.5))
-                if not nc.is_connected:
-                    raise ConnectionError("NATS is not connected")
-                for key in listed:
-                    if (worker := self.workers.get(key)) is not None:
-                        worker.vouched_at = max(worker.vouched_at, sent)
+                self._check_contact(nc, listed)
             except Exception as e:
                 self._log.warning("heartbeat not sent", error=repr(e))
             self._stop_out_of_contact()
             await self._sleep(interval)
+
+    def _check_contact(self, nc: Any, listed: list[Key]) -> None:
+        """Renew the listed attempts' leases once NATS answers a PING sent after this heartbeat.
+
+        One check at a time. nats-py fails a flush that times out by cancelling its PONG future,
+        and a PONG arriving after that breaks its read loop; so a check is never cut short here:
+        it is left to finish (or to be dropped with the connection, which discards pending PONGs).
+        """
+        reconnects = int(nc.stats.get("reconnects", 0))
+        current = self._contact_check
+        if current is not None and not current[0].done() and current[1] == reconnects:
+            return  # the last PING is still on its way
+        sent = time.monotonic()
+
+        def answered(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                return
+            # A flush while reconnecting returns at once: only a PONG on the same connection counts.
+            if not nc.is_connected or int(nc.stats.get("reconnects", 0)) != reconnects:
+                return
+            for key in listed:
+                if (worker := self.workers.get(key)) is not None:
+                    worker.vouched_at = max(worker.vouched_at, sent)
+
+        check = asyncio.create_task(nc.flush(timeout=CONTACT_CHECK_GIVE_UP_S))
+        check.add_done_callback(answered)
+        self._contact_check = (check, reconnects)
 
     def _stop_out_of_contact(self) -> None:
         """Stop every attempt whose lease may end before we can tell the control plane we hold it."""
