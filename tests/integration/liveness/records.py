@@ -86,3 +86,24 @@ def process_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def requeue_messages(database_url: str) -> dict[tuple[str, int], str]:
+    """Why each re-queued attempt ended, from the log's RunRequeued events."""
+    from runyard.server.domain.events import decode
+    from runyard.server.store import EventStore
+    from runyard.v1 import events_pb2
+
+    store = EventStore.open(database_url, migrate=False, pool_size=1, max_overflow=0)
+    found: dict[tuple[str, int], str] = {}
+    try:
+        after = 0
+        while batch := store.read_all(after, 1000):
+            for e in batch:
+                after = e.position
+                msg = decode(e.type, e.data) if e.stream_id.startswith("run:") else None
+                if isinstance(msg, events_pb2.RunRequeued):
+                    found[(e.stream_id.removeprefix("run:"), msg.attempt)] = msg.message
+    finally:
+        store.close()
+    return found
