@@ -505,11 +505,17 @@ class Scheduler:
             self._nats_reconnects = reconnects
             self.heartbeats.restart_watch()
 
-    def _lease_start(self, h: Holding) -> float:
-        """When the attempt's lease was last renewed (monotonic): listed, sent, or we started listening."""
-        listed = self.heartbeats.last_listed(h.agent_id, h.run_id, h.attempt) or 0.0
-        sent = self._sent_at.get((h.run_id, h.attempt), 0.0)
-        return max(listed, sent, self._leading_since, self.heartbeats.since)
+    def _lease_start(self, h: Holding, now: float) -> float:
+        """When the attempt's lease was last renewed (monotonic): listed, sent, or we started listening.
+
+        An attempt we neither sent nor heard of (sent by another leader) is watched from now.
+        """
+        key = (h.run_id, h.attempt)
+        listed = self.heartbeats.last_listed(h.agent_id, h.run_id, h.attempt)
+        sent = self._sent_at.get(key)
+        if sent is None and listed is None:
+            self._sent_at[key] = sent = now
+        return max(listed or 0.0, sent or 0.0, self._leading_since, self.heartbeats.since)
 
     def _overdue(self, holding: Sequence[Holding]) -> tuple[dict[str, list[str]], dict[str, list[Holding]]]:
         """Silent agents not yet declared lost (with their runs), and attempts whose lease ended, by agent."""
@@ -522,7 +528,7 @@ class Scheduler:
         for h in holding:
             if h.agent_id not in self._declared_lost and self.heartbeats.lost(h.agent_id):
                 silent.setdefault(h.agent_id, []).append(h.run_id)
-            if now - self._lease_start(h) >= self._lease_s:
+            if now - self._lease_start(h, now) >= self._lease_s:
                 expired.setdefault(h.agent_id, []).append(h)
         return silent, expired
 

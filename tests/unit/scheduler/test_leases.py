@@ -136,3 +136,15 @@ def test_a_dispatch_renews_the_lease_of_work_not_yet_listed() -> None:
     s._sent_at[("r1", 2)] = time.monotonic() - LEASE_S - 1
     asyncio.run(s._handle_lost_agents(holding))
     assert commands.expired == [("a1", "r1", 2)]
+
+
+def test_an_attempt_neither_sent_nor_listed_here_is_watched_from_when_it_is_first_seen() -> None:
+    """Work another leader sent: its lease runs from when this leader first saw it, never from before."""
+    s, commands, _ = scheduler()
+    listening_since(s, 3 * LEASE_S)
+    holding = [held("r1", RS.RUN_STATE_RUNNING, agent_id="a2")]
+    asyncio.run(s._handle_lost_agents(holding))
+    assert commands.expired == []
+    s._sent_at[("r1", 1)] -= LEASE_S + 1  # a lease later, still never listed
+    asyncio.run(s._handle_lost_agents(holding))
+    assert commands.expired == [("a2", "r1", 1)]
