@@ -91,6 +91,8 @@ SHUTDOWN_REPORT_WAIT_S = 30.0
 DRAIN_TIMEOUT_S = 2.0
 # A PING not answered within this long counts as never answered (see Agent._check_contact).
 CONTACT_CHECK_GIVE_UP_S = 120
+# Contact confirmed again after a gap this long: the registration is sent again (we may have been declared lost).
+REREGISTER_AFTER_GAP_S = 10.0
 # Work naming a GPU that a finishing attempt still holds comes back after this long.
 GPU_BUSY_RETRY_S = 0.5
 
@@ -171,6 +173,7 @@ class Agent:
         self._orphans: list[HeldAttempt] = []
         # The PING that checks our contact with NATS now, and the connection (its reconnect count) it went on.
         self._contact_check: tuple[asyncio.Task[None], int] | None = None
+        self._last_contact = 0.0
 
     @property
     def reporter(self) -> Reporter:
@@ -532,6 +535,10 @@ class Agent:
             for key in listed:
                 if (worker := self.workers.get(key)) is not None:
                     worker.vouched_at = max(worker.vouched_at, sent)
+            if self._last_contact and sent - self._last_contact > REREGISTER_AFTER_GAP_S and self._reporter:
+                # Silent that long, the control plane may have declared us lost: tell it we are back.
+                self._spawn(self._reporter.registered(self._registration()))
+            self._last_contact = max(self._last_contact, sent)
 
         check = asyncio.create_task(nc.flush(timeout=CONTACT_CHECK_GIVE_UP_S))
         check.add_done_callback(answered)
