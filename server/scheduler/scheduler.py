@@ -11,7 +11,7 @@ A cycle: read one snapshot of the read models (each account's first
 their position laid over it, so capacity given away by the last cycle, or
 freed since, is seen without waiting for the next projection batch (when
 anything else is in between, new runs or agents, the read models are caught
-up first); declare silent agents lost (their runs are re-queued or failed),
+up first); declare silent agents lost and end attempts whose lease ran out (see Liveness),
 ask the pure policy
 (`runyard.server.domain.scheduling`), then append RunAssigned for each
 placement and publish its WorkAssignment on the agent's JetStream subject.
@@ -428,7 +428,7 @@ class Scheduler:
         # The first send of an attempt has a fixed id, so a new leader's re-send of work that did
         # arrive is dropped by JetStream; a re-send after a lost dispatch must get through.
         msg_id = f"{run_id}:{attempt}" if resend == 0 else f"{run_id}:{attempt}:resend-{resend}"
-        work.lease_seconds = max(1, round(self._lease_s))
+        work.lease_seconds = max(1, int(self._lease_s))  # whole seconds, never more than ours
         await self._js.publish(bus.work_subject(agent_id), work.SerializeToString(), headers={"Nats-Msg-Id": msg_id})
         self._dispatched[(run_id, attempt)] = (time.monotonic(), resend + 1)
         self._sent_at[(run_id, attempt)] = time.monotonic()
