@@ -122,7 +122,7 @@ def test_kill_9_of_server_agents_and_nats_never_loses_doubles_or_misbills_a_run(
         wait_registered(stubs, list(AGENTS), stack)
         exp = submit(
             stubs,
-            manifest("faults", ticker_command(0.5, records), gpus=1, runs=RUNS, extra="max_restarts: 10\n"),
+            manifest("faults", ticker_command(1.0, records), gpus=1, runs=RUNS, extra="max_restarts: 10\n"),
         )
         for (what, fault), moment in zip(faults, moments, strict=True):
             wait_until(
