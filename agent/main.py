@@ -22,6 +22,17 @@ reports is bounded (``cancel_grace_s`` + 30 s): with NATS gone for good they
 could otherwise be retried forever, and the control plane declares the agent
 lost anyway.
 
+Leases (see runyard.server.scheduler.scheduler): each WorkAssignment names its
+attempt's lease. The control plane re-queues an attempt once the agent's
+heartbeats have not listed it for a lease; so the agent stops an attempt
+itself (SIGTERM, SIGKILL after a quarter lease at most; reported failed
+INTERNAL once NATS takes reports again) when half its lease has passed since a
+heartbeat listing it last reached NATS, and it drops work that waited in the
+stream for half its lease or more. A killed agent's runs are ended by their
+guards (`runyard.agent.runtime_local`); a restarted one ends what its records
+(`runyard.agent.holdings`) say it held, and reports those attempts failed,
+before it registers and takes any work.
+
 GPUs: the host's GPUs come from NVML or a declared inventory (`runyard.agent.gpus`)
 and are reported with the registration; each attempt gets exactly the GPUs of
 its WorkAssignment through CUDA_VISIBLE_DEVICES (by UUID), and work naming a
@@ -45,6 +56,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,9 +68,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from runyard import bus, natsauth
 from runyard.agent.config import AgentConfig
 from runyard.agent.gpus import detect_gpus, gpu_model_label
+from runyard.agent.holdings import HeldAttempt, Holdings
 from runyard.agent.reporter import Reporter
 from runyard.agent.staging import prune_work_dirs
-from runyard.agent.worker import AttemptWorker, Outcome, WorkerContext
+from runyard.agent.worker import DEFAULT_LEASE_S, AttemptWorker, Outcome, WorkerContext
 from runyard.objectstore import open_store
 from runyard.v1.agent_pb2 import AgentControl, AgentHeartbeat, WorkAssignment
 from runyard.v1.common_pb2 import FailureReason, Framework
@@ -76,6 +89,10 @@ _REMEMBERED = 1000
 SHUTDOWN_REPORT_WAIT_S = 30.0
 # Longest wait for the NATS connection to drain on the way out.
 DRAIN_TIMEOUT_S = 2.0
+# A PING not answered within this long counts as never answered (see Agent._check_contact).
+CONTACT_CHECK_GIVE_UP_S = 120
+# Contact confirmed again after a gap this long: the registration is sent again (we may have been declared lost).
+REREGISTER_AFTER_GAP_S = 10.0
 # Work naming a GPU that a finishing attempt still holds comes back after this long.
 GPU_BUSY_RETRY_S = 0.5
 
@@ -151,6 +168,12 @@ class Agent:
         self._stop = asyncio.Event()
         self._log = log.bind(agent_id=config.agent_id)
         self._reporter: Reporter | None = None
+        self.holdings = Holdings(self.work_root)
+        # Attempts a previous agent process held (its records), ended before any work is taken.
+        self._orphans: list[HeldAttempt] = []
+        # The PING that checks our contact with NATS now, and the connection (its reconnect count) it went on.
+        self._contact_check: tuple[asyncio.Task[None], int] | None = None
+        self._last_contact = 0.0
 
     @property
     def reporter(self) -> Reporter:
@@ -161,6 +184,8 @@ class Agent:
     # -- entry ----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Orphans of a killed agent process are ended first, with or without NATS.
+        self._orphans = await asyncio.to_thread(self._end_orphans)
         connect = asyncio.create_task(self._connect())
         if not await self._until_stop(connect, stop):
             self._log.info("stopped before NATS was reachable")
@@ -189,9 +214,11 @@ class Agent:
                 cancel_grace_s=self.config.cancel_grace_s,
                 base_env=dict(os.environ),
                 code_limits=(self.config.max_code_extract_bytes, self.config.max_code_files),
+                holdings=self.holdings,
             )
             self.work_root.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(self._prune)
+            await self._report_orphans()
             await self.reporter.registered(self._registration())
             work_sub = await self._pull(js, bus.WORK_STREAM, bus.work_subject(self.config.agent_id))
             control_sub = await self._pull(js, bus.CONTROL_STREAM, bus.control_subject(self.config.agent_id))
@@ -222,7 +249,34 @@ class Agent:
                 await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT_S)
             with contextlib.suppress(Exception):
                 await nc.close()
+            if self._contact_check is not None:
+                self._contact_check[0].cancel()
             self._log.info("agent stopped")
+
+    def _end_orphans(self) -> list[HeldAttempt]:
+        """End the attempts a previous agent process left behind (see runyard.agent.holdings)."""
+        orphans = self.holdings.load()
+        alive = self.holdings.end_orphans(orphans, self.config.cancel_grace_s)
+        for held in orphans:
+            self._seen.add((held.run_id, held.attempt))  # a redelivery of its work is not run again
+            self._log.warning(
+                "ended an attempt left by a previous agent process",
+                run_id=held.run_id,
+                attempt=held.attempt,
+                pgid=held.pgid,
+                was_running=held in alive,
+            )
+        return orphans
+
+    async def _report_orphans(self) -> None:
+        """Report each orphan's end (INTERNAL: re-queued while restarts remain), then forget its record."""
+        for held in self._orphans:
+            reports = self.reporter.for_attempt(held.run_id, held.attempt)
+            await reports.failed(
+                FailureReason.FAILURE_REASON_INTERNAL, "the agent restarted; the attempt's processes were ended"
+            )
+            await asyncio.to_thread(self.holdings.remove, held.run_id, held.attempt)
+        self._orphans = []
 
     async def _connect(self) -> Any:
         async def on_error(e: Exception) -> None:
@@ -353,6 +407,16 @@ class Agent:
         if self._stop.is_set():
             await msg.nak()
             return
+        waited = _age_s(msg)
+        lease_s = float(work.lease_seconds) if work.lease_seconds else DEFAULT_LEASE_S
+        if waited >= lease_s / 2:
+            # The control plane may give the run to another agent once the lease ends: too late to start.
+            self._log.warning(
+                "work waited too long in the stream; dropped", run_id=key[0], attempt=key[1], waited_s=waited
+            )
+            await msg.ack()
+            self._seen.add(key)
+            return
         unknown = [g for g in work.gpu_ids if g not in {gpu.uuid for gpu in self.gpus}]
         if unknown:
             self._log.error("work names GPUs this agent does not have", run_id=key[0], gpus=unknown)
@@ -375,6 +439,8 @@ class Agent:
             self._seen.add(key)
             self._spawn(self._refuse(work, str(e)))
             return
+        worker.vouched_at = time.monotonic() - waited
+        await asyncio.to_thread(self.holdings.record, HeldAttempt(*key))
         self.workers[key] = worker
         self._seen.add(key)
         self._free_slots -= 1
@@ -395,6 +461,8 @@ class Agent:
             self.workers.pop(worker.key, None)
             self._free_slots += 1
             self._slot_freed.set()
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.holdings.remove, *worker.key)
         try:
             if outcome is Outcome.FAILED:
                 await asyncio.to_thread(self._prune)
@@ -438,17 +506,67 @@ class Agent:
     async def _heartbeat_loop(self, nc: Any) -> None:
         subject = bus.heartbeat_subject(self.config.agent_id)
         while not self._stop.is_set():
+            listed = list(self.workers)
+            # Several heartbeats per half lease, however short the lease.
+            interval = min([self.config.heartbeat_s, *(self.workers[k].lease_s / 8 for k in listed)])
             beat = AgentHeartbeat(
                 agent_id=self.config.agent_id,
-                attempts=[f"{run_id}:{attempt}" for run_id, attempt in self.workers],
+                attempts=[f"{run_id}:{attempt}" for run_id, attempt in listed],
                 time_us=_now_us(),
             )
             try:
                 # With the agent key: the control plane counts a heartbeat only from a key bound to this agent.
                 await nc.publish(subject, beat.SerializeToString(), headers=self.reporter.auth_headers or None)
+                self._check_contact(nc, listed)
             except Exception as e:
                 self._log.warning("heartbeat not sent", error=repr(e))
-            await self._sleep(self.config.heartbeat_s)
+            self._stop_out_of_contact()
+            await self._sleep(interval)
+
+    def _check_contact(self, nc: Any, listed: list[Key]) -> None:
+        """Renew the listed attempts' leases once NATS answers a PING sent after this heartbeat.
+
+        One check at a time. nats-py fails a flush that times out by cancelling its PONG future,
+        and a PONG arriving after that breaks its read loop; so a check is never cut short here:
+        it is left to finish (or to be dropped with the connection, which discards pending PONGs).
+        """
+        reconnects = int(nc.stats.get("reconnects", 0))
+        current = self._contact_check
+        if current is not None and not current[0].done() and current[1] == reconnects:
+            return  # the last PING is still on its way
+        sent = time.monotonic()
+
+        def answered(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                return
+            # A flush while reconnecting returns at once: only a PONG on the same connection counts.
+            if not nc.is_connected or int(nc.stats.get("reconnects", 0)) != reconnects:
+                return
+            for key in listed:
+                if (worker := self.workers.get(key)) is not None:
+                    worker.vouched_at = max(worker.vouched_at, sent)
+            if self._last_contact and sent - self._last_contact > REREGISTER_AFTER_GAP_S and self._reporter:
+                # Silent that long, the control plane may have declared us lost: tell it we are back.
+                self._spawn(self._reporter.registered(self._registration()))
+            self._last_contact = max(self._last_contact, sent)
+
+        check = asyncio.create_task(nc.flush(timeout=CONTACT_CHECK_GIVE_UP_S))
+        check.add_done_callback(answered)
+        self._contact_check = (check, reconnects)
+
+    def _stop_out_of_contact(self) -> None:
+        """Stop every attempt whose lease may end before we can tell the control plane we hold it."""
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            silent = now - worker.vouched_at
+            if worker.stopping or silent < worker.self_stop_after_s:
+                continue
+            message = (
+                f"no contact with the control plane for {silent:.0f}s (lease {worker.lease_s:.0f}s): "
+                "the agent stopped the attempt"
+            )
+            self._log.warning("stopping an attempt out of contact", run_id=worker.key[0], attempt=worker.key[1])
+            worker.shutdown(message, worker.kill_grace_s)
 
     # -- shutdown -------------------------------------------------------------
 
@@ -482,6 +600,15 @@ class Agent:
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _age_s(msg: Any) -> float:
+    """How long a JetStream message waited since it was stored (0 when it cannot tell)."""
+    try:
+        stored: datetime = msg.metadata.timestamp
+        return max(0.0, (datetime.now(UTC) - stored).total_seconds())
+    except Exception:
+        return 0.0
 
 
 def _now_us() -> int:

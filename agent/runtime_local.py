@@ -7,6 +7,14 @@ the group's leader ends, any member still alive is killed: a run's processes
 end with the run. Processes that leave the group themselves (``setsid``,
 daemons) are out of reach of this runtime; a container runtime with its own
 PID namespace is the answer to that.
+
+A run never outlives its agent: beside each command runs a guard, a tiny
+``/bin/sh`` that reads a pipe only the agent holds open. When the agent dies
+(even ``kill -9``) the pipe closes, and the guard sends the command's group
+SIGTERM, then SIGKILL after the kill grace. Without its agent nobody captures a
+run's output or vouches for it to the control plane, whose lease would
+otherwise let the run be started again elsewhere while this one still runs.
+When the command ends normally the agent kills the guard first.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from pathlib import Path
 class LocalProcess:
     """One spawned command; the pid is also its process-group id."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, guard: asyncio.subprocess.Process | None = None) -> None:
         self._proc = proc
+        self._guard = guard
 
     @property
     def pid(self) -> int:
@@ -44,7 +53,19 @@ class LocalProcess:
         """Exit status of the leader; negative -N when a signal N ended it. Kills leftovers."""
         code = await self._proc.wait()
         self.kill_group()
+        await self.release_guard()
         return code
+
+    async def release_guard(self) -> None:
+        """The command is over: the guard goes (killed before its pipe closes, so it signals nothing)."""
+        guard, self._guard = self._guard, None
+        if guard is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            guard.kill()
+        if guard.stdin is not None:
+            guard.stdin.close()
+        await guard.wait()
 
     def signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -63,8 +84,12 @@ class LocalProcess:
             return await self.wait()
 
 
-async def spawn(command: str, cwd: Path, env: dict[str, str]) -> LocalProcess:
-    """Start command in its own process group with piped stdout/stderr and no stdin."""
+# The guard: waits for EOF on its stdin (the agent's end closes when the agent dies), then ends group $1.
+_GUARD = 'while read -r _; do :; done; kill -TERM "-$1" 2>/dev/null; sleep "$2"; kill -KILL "-$1" 2>/dev/null'
+
+
+async def spawn(command: str, cwd: Path, env: dict[str, str], kill_grace_s: float = 10.0) -> LocalProcess:
+    """Start command in its own process group with piped stdout/stderr and no stdin, and its guard."""
     proc = await asyncio.create_subprocess_exec(
         "/bin/sh",
         "-c",
@@ -76,7 +101,24 @@ async def spawn(command: str, cwd: Path, env: dict[str, str]) -> LocalProcess:
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    return LocalProcess(proc)
+    try:
+        guard = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            _GUARD,
+            "runyard-guard",
+            str(proc.pid),
+            f"{max(kill_grace_s, 0.0):.3f}",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return LocalProcess(proc, guard)
 
 
 def describe_exit(returncode: int) -> tuple[int, str]:

@@ -54,7 +54,7 @@ class RunDirs:
 
     @classmethod
     def under(cls, work_root: Path, run_id: str, attempt: int) -> RunDirs:
-        if not _SAFE_SEGMENT.match(run_id) or run_id in (".", ".."):
+        if not _SAFE_SEGMENT.match(run_id) or run_id.startswith("."):
             raise StagingError(f"run id {run_id!r} cannot name a folder")
         root = work_root / run_id / str(attempt)
         return cls(
@@ -266,7 +266,7 @@ def prune_work_dirs(work_root: Path, keep: int, active: set[Path]) -> list[Path]
     if not work_root.is_dir():
         return []
     for run_dir in work_root.iterdir():
-        if not run_dir.is_dir():
+        if not run_dir.is_dir() or run_dir.name.startswith("."):  # .attempts: the agent's records
             continue
         for attempt_dir in run_dir.iterdir():
             if attempt_dir.is_dir() and attempt_dir not in active:

@@ -27,6 +27,7 @@ import structlog
 from runyard.agent.archive_limits import MAX_EXTRACTED_BYTES, MAX_EXTRACTED_FILES, ExtractionBudget
 from runyard.agent.capture import Capture
 from runyard.agent.env import build_run_env
+from runyard.agent.holdings import HeldAttempt, Holdings, start_ticks
 from runyard.agent.metrics import StdoutMetricParser, compile_patterns
 from runyard.agent.reporter import AttemptReports, Reporter
 from runyard.agent.runtime_local import LocalProcess, describe_exit, spawn
@@ -38,6 +39,8 @@ from runyard.v1.common_pb2 import FailureReason
 log = structlog.get_logger("runyard.agent.worker")
 
 SHUTDOWN_MESSAGE = "agent shutting down"
+# An attempt's lease when its WorkAssignment names none (a control plane from before leases).
+DEFAULT_LEASE_S = 60.0
 
 USER_CODE = FailureReason.FAILURE_REASON_USER_CODE
 STAGING_ERROR = FailureReason.FAILURE_REASON_STAGING_ERROR
@@ -66,6 +69,8 @@ class WorkerContext:
     base_env: Mapping[str, str]
     # What one code archive may expand to: (bytes, files and folders).
     code_limits: tuple[int, int] = (MAX_EXTRACTED_BYTES, MAX_EXTRACTED_FILES)
+    # Where the attempts this agent holds are recorded for a restarted agent; None: nowhere.
+    holdings: Holdings | None = None
 
 
 def human_bytes(n: int) -> str:
@@ -89,7 +94,14 @@ class AttemptWorker:
         self._cancel = asyncio.Event()
         self._cancel_grace_s = ctx.cancel_grace_s
         self._stopping = asyncio.Event()
+        self._stop_message = SHUTDOWN_MESSAGE
+        self._stop_grace_s = ctx.cancel_grace_s
         self.process: LocalProcess | None = None
+        #: The attempt's lease (see runyard.agent.main): half of it without contact and the agent stops it.
+        self.lease_s = float(work.lease_seconds) if work.lease_seconds else DEFAULT_LEASE_S
+        #: When (monotonic) the control plane last heard that we hold the attempt: its dispatch, then
+        #: every heartbeat listing it that reached NATS. Set by the agent.
+        self.vouched_at = time.monotonic()
         self._log = log.bind(run_id=work.run_id, attempt=work.attempt)
 
     def cancel(self, grace_s: float | None = None) -> None:
@@ -97,7 +109,26 @@ class AttemptWorker:
             self._cancel_grace_s = grace_s
         self._cancel.set()
 
-    def shutdown(self) -> None:
+    @property
+    def self_stop_after_s(self) -> float:
+        """Without contact for this long, the attempt is stopped by the agent itself."""
+        return self.lease_s / 2
+
+    @property
+    def kill_grace_s(self) -> float:
+        """SIGTERM to SIGKILL when the attempt is ended for its lease (or its agent died): within a quarter lease."""
+        return min(self.ctx.cancel_grace_s, self.lease_s / 4)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def shutdown(self, message: str = SHUTDOWN_MESSAGE, grace_s: float | None = None) -> None:
+        """End the attempt as an infrastructure failure (re-queued while restarts remain)."""
+        if not self._stopping.is_set():
+            self._stop_message = message
+            if grace_s is not None:
+                self._stop_grace_s = grace_s
         self._stopping.set()
 
     async def run(self) -> Outcome:
@@ -182,11 +213,16 @@ class AttemptWorker:
         if self._cancel.is_set():
             return await self._end(capture, Outcome.CANCELED, message="canceled before the command started")
         if self._stopping.is_set():
-            return await self._end(capture, Outcome.FAILED, INTERNAL, SHUTDOWN_MESSAGE)
+            return await self._end(capture, Outcome.FAILED, INTERNAL, self._stop_message)
 
         await staging  # a report that can never be stored (NATS closed for good) ends the attempt here
+        if self._stopping.is_set():
+            return await self._end(capture, Outcome.FAILED, INTERNAL, self._stop_message)
         env = build_run_env(self.ctx.base_env, self.work, self.dirs, python)
-        self.process = proc = await spawn(spec.command, self.dirs.code, env)
+        self.process = proc = await spawn(spec.command, self.dirs.code, env, self.kill_grace_s)
+        if self.ctx.holdings is not None:
+            held = HeldAttempt(self.key[0], self.key[1], proc.pid, start_ticks(proc.pid) or 0)
+            await asyncio.to_thread(self.ctx.holdings.record, held)
         await self.reports.started()
         capture.attach(proc.stdout, proc.stderr)
         self._log.info("command started", pid=proc.pid)
@@ -197,7 +233,7 @@ class AttemptWorker:
         if stopped_by == "cancel":
             return await self._end(capture, Outcome.CANCELED, message=f"canceled on request; command {how}")
         if stopped_by == "shutdown":
-            return await self._end(capture, Outcome.FAILED, INTERNAL, SHUTDOWN_MESSAGE, exit_code)
+            return await self._end(capture, Outcome.FAILED, INTERNAL, self._stop_message, exit_code)
         if returncode != 0:
             msg = f"command failed with {how}"
             if capture.last_stderr:
@@ -248,7 +284,7 @@ class AttemptWorker:
         if exited.done():
             return exited.result(), ""
         by = "cancel" if self._cancel.is_set() else "shutdown"
-        grace = self._cancel_grace_s if by == "cancel" else self.ctx.cancel_grace_s
+        grace = self._cancel_grace_s if by == "cancel" else self._stop_grace_s
         self._log.info("stopping command", by=by, grace_s=grace)
         returncode = await proc.terminate(grace)
         with contextlib.suppress(asyncio.CancelledError):

@@ -272,6 +272,10 @@ class Commands:
                 outcomes.append(Outcome(new, result.last_position))
         return outcomes
 
+    def expire_attempt(self, agent_id: str, run_id: str, attempt: int, message: str) -> int:
+        """The attempt's lease ended without its end being reported: end it as AGENT_LOST (see the scheduler)."""
+        return self.update_run(run_id, lambda run: run.agent_lost(agent_id, message, attempt)).position
+
     def agent_lost(self, agent_id: str, run_ids: Sequence[str], message: str) -> int:
         position = self._store.append(
             ev.agent_stream(agent_id), new_events([events_pb2.AgentLost(message=message)], None)

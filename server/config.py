@@ -23,6 +23,11 @@ class ServerConfig:
     max_code_bytes: int = 100 * 1024 * 1024
     # Seconds without a heartbeat before an agent is declared lost.
     agent_timeout_s: float = 15.0
+    # Seconds an attempt's agent may go without listing it in a heartbeat before the attempt is
+    # ended as AGENT_LOST (re-queued while restarts remain). Agents stop an attempt themselves after
+    # half of this without contact and kill it within a quarter more, so no re-queue ever overlaps
+    # a live first attempt. See runyard.server.scheduler.liveness.
+    attempt_lease_s: float = 60.0
     # Seconds a graceful shutdown waits for in-flight calls.
     shutdown_grace_s: float = 5.0
     # When set and no account exists yet: create account "default" with an admin and an agent
@@ -43,6 +48,11 @@ class ServerConfig:
     allow_plaintext: bool = False
     # Storage prefixes of that first account; empty: its own bucket, s3://default/.
     bootstrap_storage_prefixes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A lease of 0 would end every attempt at once; agents stop runs after half of it.
+        if not self.attempt_lease_s > 0:
+            raise ValueError(f"attempt_lease_s (--attempt-lease) must be positive seconds, got {self.attempt_lease_s}")
 
     def check(self) -> None:
         """Refuse settings that would expose API keys: plain gRPC off loopback, half a TLS pair."""

@@ -75,6 +75,7 @@ class Settings:
     code_uri_prefix: str | None = None
     max_code_bytes: int | None = None
     agent_timeout: float | None = None
+    attempt_lease: float | None = None
     listen: str | None = None
     agent_id: str | None = None
     slots: int | None = None
@@ -113,6 +114,7 @@ class Settings:
 _KINDS = {
     "max_code_bytes": "size",
     "agent_timeout": "float",
+    "attempt_lease": "float",
     "slots": "int",
     "default_gpu_quota": "int",
     "frameworks": "pairs",

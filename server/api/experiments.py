@@ -11,8 +11,8 @@ import grpc
 
 from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, decode_page_token, page_size
-from runyard.server.api.storage_access import SubmitStorageCheck
 from runyard.server.api.paging import MAX_PAGE_BYTES, trim_runs
+from runyard.server.api.storage_access import SubmitStorageCheck
 from runyard.server.api.watching import Watcher
 from runyard.server.context import ServerContext
 from runyard.server.domain.errors import ManifestError

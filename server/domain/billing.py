@@ -9,6 +9,10 @@ Periods are UTC calendar days ("2026-11-27") and months ("2026-11"): an
 attempt that runs over midnight is billed partly to each day, split exactly at
 the boundary. A window [from, to) keeps only the time inside it, so usage of
 adjacent windows adds up to the usage of their union.
+
+What an interval is, is the usage projection's rule (runyard.server.projections.usage):
+from RunAssigned to the event that ends the attempt, which for an attempt lost
+with its agent is the end of its lease.
 """
 
 from __future__ import annotations

@@ -287,9 +287,13 @@ class Run:
             return events_pb2.RunStoppedEarly(attempt=attempt, reason=self.cancel_reason)
         return events_pb2.RunCanceled(attempt=attempt, reason=reason or self.cancel_reason)
 
-    def agent_lost(self, agent_id: str, message: str = "") -> list[Message]:
-        """The agent stopped heartbeating: end the attempt it held, as an infrastructure failure."""
+    def agent_lost(self, agent_id: str, message: str = "", attempt: int | None = None) -> list[Message]:
+        """The attempt's lease ended (its agent's heartbeats stopped listing it, or stopped): end it,
+        as an infrastructure failure. With `attempt`, only that attempt: a decision taken on a
+        snapshot never ends a later attempt of the run."""
         if not self.holds_slots or self.agent_id != agent_id:
+            return []
+        if attempt is not None and attempt != self.attempt:
             return []
         if self.cancel_requested or self.stop_requested:
             return [self._stopped(self.attempt)]

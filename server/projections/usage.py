@@ -6,6 +6,16 @@ RunCanceled, RunStoppedEarly (its searcher stopped it), or RunRequeued for an at
 (the next attempt is billed on its own, from its own RunAssigned). A run
 canceled while still queued never had GPUs and costs nothing.
 
+An attempt ends when it is known to have ended: the agent's report of it, or,
+when its agent is lost, the end of its lease (the RunRequeued or RunFailed
+AGENT_LOST that the scheduler appends then). The lease wait is billed: until
+the lease ends the old attempt may still be alive on its GPUs (the agent stops
+it within the lease, see runyard.server.scheduler.scheduler), so those GPUs
+cannot go to anyone else. Nothing beyond it is: a late report of that attempt
+is refused (attempt fencing) and the next attempt bills from its own
+RunAssigned. So the rule stays "from RunAssigned to the event that ends the
+attempt", and the bill is still an independent sum over the raw events.
+
 Every time comes from the events' `recorded_at`, never from the clock at
 projection time, so a replay from position 0 reproduces every row to the
 microsecond. An attempt still holding its GPUs has `ended_at` NULL; readers

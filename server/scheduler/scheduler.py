@@ -11,7 +11,7 @@ A cycle: read one snapshot of the read models (each account's first
 their position laid over it, so capacity given away by the last cycle, or
 freed since, is seen without waiting for the next projection batch (when
 anything else is in between, new runs or agents, the read models are caught
-up first); declare silent agents lost (their runs are re-queued or failed),
+up first); declare silent agents lost and end attempts whose lease ran out (see Liveness),
 ask the pure policy
 (`runyard.server.domain.scheduling`), then append RunAssigned for each
 placement and publish its WorkAssignment on the agent's JetStream subject.
@@ -28,6 +28,21 @@ publish (the leader died) or on the way. While a run is ASSIGNED the leader
 watches its agent's heartbeats, which list the attempts the agent holds; when
 they have not listed it for `REDISPATCH_AFTER_S`, the work is sent again
 (the agent drops a copy of an attempt it already has).
+
+Liveness: leases. Every attempt that holds slots (ASSIGNED, STAGING, RUNNING,
+UPLOADING) has a lease of `attempt_lease_s`, renewed by each heartbeat of its
+agent that lists it (and by each dispatch of its work). An attempt whose lease
+ends without its end being reported is ended as AGENT_LOST: re-queued while
+restarts remain. The lease is never counted across a gap in our own hearing:
+it starts again from when this replica began to lead and from when its NATS
+connection came back. The agent keeps its side of the bargain
+(`runyard.agent.main`): it stops an attempt itself after half the lease without
+contact (SIGTERM, SIGKILL a quarter lease later at most), drops work that
+waited longer than that, and kills the attempt's process group at once when
+the agent itself dies; so by the time a lease ends, the old attempt is dead,
+and a run is never started again while an earlier attempt may still be alive.
+An agent silent for `agent_timeout_s` is declared lost at once (AgentLost: it
+gets no new work), but the attempts it held end only with their leases.
 
 Woken by commits to the log that may change a decision (this replica's at
 once, others' through PostgreSQL NOTIFY), by an agent's first heartbeat, or
@@ -150,6 +165,14 @@ class Scheduler:
         self.catch_up_seconds = 0.0
         self.assign_seconds = 0.0
         self._stats_at = time.monotonic()
+        self._lease_s = float(ctx.config.attempt_lease_s)
+        # (run id, attempt) -> monotonic time its work was last sent, kept while the attempt holds slots.
+        self._sent_at: dict[tuple[str, int], float] = {}
+        # When this replica last became the leader: no lease ends before it has listened a whole lease.
+        self._leading_since = time.monotonic()
+        # Agents declared lost (AgentLost appended) and not heard from since.
+        self._declared_lost: set[str] = set()
+        self._nats_reconnects = 0
 
     def wakeup(self) -> None:
         self._wake.set()
@@ -201,6 +224,7 @@ class Scheduler:
         if self.accept_heartbeat is not None and not await self.accept_heartbeat(msg, beat):
             return
         if self.heartbeats.record(beat):
+            self._declared_lost.discard(beat.agent_id)
             self._wake.set()
 
     # -- one cycle ----------------------------------------------------------------
@@ -218,12 +242,14 @@ class Scheduler:
                 return
             if not self.leading:
                 await asyncio.to_thread(self._ctx.projections.catch_up)
+                self._leading_since = time.monotonic()
                 self.leading = True
                 await self._take_over()
         if not self.leading:
             return
         # Off the event loop, in one go: ingest and heartbeats go on while a long queue is weighed.
         # When no agent holding runs went silent, the placements are stored in the same trip.
+        self._watch_nats()
         snapshot, decision, assigned = await asyncio.to_thread(self._read_decide_assign)
         if await self._handle_lost_agents(snapshot.holding):
             snapshot, decision = await asyncio.to_thread(self._read_and_decide)
@@ -246,7 +272,7 @@ class Scheduler:
         self,
     ) -> tuple[Snapshot, Decision, tuple[list[Outcome], dict[str, tuple[str, common_pb2.RunSpec]]] | None]:
         snapshot, decision = self._read_and_decide()
-        if not decision.placements or any(self.heartbeats.lost(h.agent_id) for h in snapshot.holding):
+        if not decision.placements or self._overdue(snapshot.holding) != ({}, {}):
             return snapshot, decision, None
         started = time.perf_counter()
         assigned = self._store_assignments(decision.placements)
@@ -409,8 +435,10 @@ class Scheduler:
         # The first send of an attempt has a fixed id, so a new leader's re-send of work that did
         # arrive is dropped by JetStream; a re-send after a lost dispatch must get through.
         msg_id = f"{run_id}:{attempt}" if resend == 0 else f"{run_id}:{attempt}:resend-{resend}"
+        work.lease_seconds = max(1, int(self._lease_s))  # whole seconds, never more than ours
         await self._js.publish(bus.work_subject(agent_id), work.SerializeToString(), headers={"Nats-Msg-Id": msg_id})
         self._dispatched[(run_id, attempt)] = (time.monotonic(), resend + 1)
+        self._sent_at[(run_id, attempt)] = time.monotonic()
 
     async def send_cancel(self, run_id: str) -> None:
         run = await asyncio.to_thread(self._ctx.queries.get_run, run_id)
@@ -472,22 +500,80 @@ class Scheduler:
             log.warning("re-sending work its agent has not taken", runs=[f"{h.run_id}:{h.attempt}" for h in lost])
             await self._resend(lost, fresh=False)
 
-    async def _handle_lost_agents(self, holding: Sequence[Holding]) -> bool:
-        """Declare agents that hold runs but went silent lost; True when one was."""
-        by_agent: dict[str, list[str]] = {}
+    # -- liveness -------------------------------------------------------------------
+
+    def _watch_nats(self) -> None:
+        """While our NATS link is down, or once it came back, heartbeats may have been missed."""
+        nc = self._nc
+        if nc is None:
+            return
+        reconnects = int(getattr(nc, "stats", {}).get("reconnects", 0))
+        if not getattr(nc, "is_connected", True) or reconnects != self._nats_reconnects:
+            self._nats_reconnects = reconnects
+            self.heartbeats.restart_watch()
+
+    def _lease_start(self, h: Holding, now: float) -> float:
+        """When the attempt's lease was last renewed (monotonic): listed, sent, or we started listening.
+
+        An attempt we neither sent nor heard of (sent by another leader) is watched from now.
+        """
+        key = (h.run_id, h.attempt)
+        listed = self.heartbeats.last_listed(h.agent_id, h.run_id, h.attempt)
+        sent = self._sent_at.get(key)
+        if sent is None and listed is None:
+            self._sent_at[key] = sent = now
+        return max(listed or 0.0, sent or 0.0, self._leading_since, self.heartbeats.since)
+
+    def _overdue(self, holding: Sequence[Holding]) -> tuple[dict[str, list[str]], dict[str, list[Holding]]]:
+        """Silent agents not yet declared lost (with their runs), and attempts whose lease ended, by agent."""
+        now = time.monotonic()
+        held = {(h.run_id, h.attempt) for h in holding}
+        for key in [k for k in self._sent_at if k not in held]:
+            del self._sent_at[key]
+        silent: dict[str, list[str]] = {}
+        expired: dict[str, list[Holding]] = {}
         for h in holding:
-            by_agent.setdefault(h.agent_id, []).append(h.run_id)
-        any_lost = False
-        for agent_id, run_ids in by_agent.items():
-            if self.heartbeats.lost(agent_id):
-                log.warning("agent lost", agent_id=agent_id, runs=run_ids)
-                position = await asyncio.to_thread(
-                    self._ctx.commands.agent_lost,
-                    agent_id,
-                    run_ids,
-                    f"no heartbeat for {self._ctx.config.agent_timeout_s:.0f}s",
+            if h.agent_id not in self._declared_lost and self.heartbeats.lost(h.agent_id):
+                silent.setdefault(h.agent_id, []).append(h.run_id)
+            if now - self._lease_start(h, now) >= self._lease_s:
+                expired.setdefault(h.agent_id, []).append(h)
+        return silent, expired
+
+    async def _handle_lost_agents(self, holding: Sequence[Holding]) -> bool:
+        """Declare silent agents lost and end attempts whose lease ended; True when anything was logged."""
+        silent, expired = self._overdue(holding)
+        position = 0
+        for agent_id, run_ids in silent.items():
+            log.warning("agent lost; its attempts end with their leases", agent_id=agent_id, runs=run_ids)
+            position = await asyncio.to_thread(
+                self._ctx.commands.agent_lost,
+                agent_id,
+                [],
+                f"no heartbeat for {self._ctx.config.agent_timeout_s:.0f}s",
+            )
+            self._declared_lost.add(agent_id)
+        for agent_id, attempts in expired.items():
+            alive = self.heartbeats.alive(agent_id)
+            for h in attempts:
+                if alive:
+                    why = f"agent {agent_id} no longer lists attempt {h.attempt} in its heartbeats"
+                else:
+                    why = f"no heartbeat from agent {agent_id}"
+                message = f"{why}: its lease of {self._lease_s:.0f}s ended"
+                log.warning("attempt lease ended", agent_id=agent_id, run_id=h.run_id, attempt=h.attempt, why=why)
+                done = await asyncio.to_thread(
+                    self._ctx.commands.expire_attempt, agent_id, h.run_id, h.attempt, message
                 )
-                self.heartbeats.forget(agent_id)
-                await asyncio.to_thread(self._ctx.projections.wait_for, position, 10.0)
-                any_lost = True
-        return any_lost
+                position = max(position, done)
+                self._sent_at.pop((h.run_id, h.attempt), None)
+                # Should the agent still have it after all (it should not), it stops it.
+                control = agent_pb2.AgentControl(cancel=agent_pb2.CancelAttempt(run_id=h.run_id, attempt=h.attempt))
+                with contextlib.suppress(Exception):
+                    await self._js.publish(
+                        bus.control_subject(agent_id),
+                        control.SerializeToString(),
+                        headers={"Nats-Msg-Id": f"expired:{h.run_id}:{h.attempt}"},
+                    )
+        if position:
+            await asyncio.to_thread(self._ctx.projections.wait_for, position, 10.0)
+        return bool(silent or expired)

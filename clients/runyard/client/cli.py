@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code-uri-prefix", help="where uploaded code goes (default s3://runyard/code)")
     p.add_argument("--max-code-bytes", type=_size, help="largest code package accepted, e.g. 100MiB")
     p.add_argument("--agent-timeout", type=float, help="seconds without a heartbeat before an agent is lost")
+    p.add_argument(
+        "--attempt-lease",
+        type=float,
+        help="seconds an agent may go without listing an attempt before it is re-queued (default 60)",
+    )
     p.add_argument("--shutdown-grace", type=float, help="seconds a graceful stop waits for in-flight calls")
     p.add_argument(
         "--bootstrap-keys",
@@ -311,7 +316,7 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
     flags: dict[str, Any] = {}
     for key in (
         "endpoint", "database_url", "nats_url", "storage_root", "s3_endpoint_url", "code_uri_prefix",
-        "max_code_bytes", "agent_timeout", "listen", "agent_id", "work_dir", "data_dir", "api_key",
+        "max_code_bytes", "agent_timeout", "attempt_lease", "listen", "agent_id", "work_dir", "data_dir", "api_key",
         "bootstrap_keys", "default_gpu_quota", "bootstrap_agent_id", "nats_nkey", "nats_ca", "tls_cert", "tls_key",
         "tls_ca",
     ):  # fmt: skip

@@ -32,6 +32,7 @@ def server_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[s
         "code_uri_prefix": settings.code_uri_prefix,
         "max_code_bytes": settings.max_code_bytes,
         "agent_timeout_s": settings.agent_timeout,
+        "attempt_lease_s": settings.attempt_lease,
         "shutdown_grace_s": getattr(args, "shutdown_grace", None),
         "bootstrap_keys_file": settings.bootstrap_keys,
         "default_gpu_quota": settings.default_gpu_quota,
@@ -52,11 +53,11 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
         from runyard.server.main import run_server
     except ModuleNotFoundError as e:
         _not_installed("server", e)
-    config = ServerConfig(**server_config_kwargs(settings, args))
     try:
+        config = ServerConfig(**server_config_kwargs(settings, args))
         config.check()
         _check_nats_files(config.nats_url, config.nats_nkey_file, config.nats_ca_file)
-    except ValueError as e:
+    except ValueError as e:  # a setting out of range or unsafe: say which, no traceback
         raise ClientError(str(e)) from None
     run_server(config)
     return 0

@@ -35,9 +35,15 @@ class WorkAssignment(_message.Message):
     EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     GPU_IDS_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     attempt: _builtins.int
     experiment_id: _builtins.str
+    lease_seconds: _builtins.int
+    """The attempt's lease in seconds: the control plane re-queues the attempt once the agent's
+    heartbeats have not listed it for this long, so the agent stops the attempt itself after half
+    of it without contact and kills it within a quarter more. 0: the agent's default (60 s).
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.RunSpec: ...
     @_builtins.property
@@ -50,10 +56,11 @@ class WorkAssignment(_message.Message):
         experiment_id: _builtins.str = ...,
         spec: _common_pb2.RunSpec | None = ...,
         gpu_ids: _abc.Iterable[_builtins.str] | None = ...,
+        lease_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "experiment_id", b"experiment_id", "gpu_ids", b"gpu_ids", "run_id", b"run_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "experiment_id", b"experiment_id", "gpu_ids", b"gpu_ids", "lease_seconds", b"lease_seconds", "run_id", b"run_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -162,3 +162,16 @@ def test_illegal_transition_message_names_run_state_and_action() -> None:
         "COMPLETED",
         "cancel",
     )
+
+
+def test_a_lease_ends_only_the_attempt_it_was_decided_for() -> None:
+    """The scheduler decides a lease ended on a snapshot; by then the run may be on its next attempt, same agent."""
+    run, log = new_run(max_restarts=2)
+    step(run, log, lambda r: r.assign(AGENT, ["0"]))
+    (requeued,) = step(run, log, lambda r: r.agent_lost(AGENT, "lease ended", attempt=1))
+    assert isinstance(requeued, events_pb2.RunRequeued)
+    assert (requeued.attempt, requeued.reason) == (1, common_pb2.FAILURE_REASON_AGENT_LOST)
+    step(run, log, lambda r: r.assign(AGENT, ["0"]))
+    step(run, log, lambda r: r.report_staging(2))
+    assert run.agent_lost(AGENT, "lease ended", attempt=1) == []  # a stale decision ends nothing
+    assert run.agent_lost(AGENT, "lease ended", attempt=2) != []

@@ -23,7 +23,9 @@ class FakeJetStream:
 
 
 def scheduler() -> tuple[Scheduler, FakeJetStream]:
-    ctx: Any = SimpleNamespace(config=SimpleNamespace(agent_timeout_s=15.0), store=SimpleNamespace(engine=None))
+    ctx: Any = SimpleNamespace(
+        config=SimpleNamespace(agent_timeout_s=15.0, attempt_lease_s=60.0), store=SimpleNamespace(engine=None)
+    )
     js = FakeJetStream()
     s = Scheduler(ctx, js, None, lease=None)  # type: ignore[arg-type]
     s.reads.specs = lambda ids: {i: ("exp-1", common_pb2.RunSpec(command="true")) for i in ids}  # type: ignore[method-assign,assignment]

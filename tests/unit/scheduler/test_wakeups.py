@@ -30,7 +30,9 @@ def test_quiet_commits_mark_only_the_callbacks_of_their_own_thread() -> None:
 
 
 def scheduler() -> Scheduler:
-    ctx: Any = SimpleNamespace(config=SimpleNamespace(agent_timeout_s=15.0), store=SimpleNamespace(engine=None))
+    ctx: Any = SimpleNamespace(
+        config=SimpleNamespace(agent_timeout_s=15.0, attempt_lease_s=60.0), store=SimpleNamespace(engine=None)
+    )
     return Scheduler(ctx, None, None, lease=None)  # type: ignore[arg-type]
 
 
