@@ -102,11 +102,16 @@ class Holdings:
         return self.folder / f"{run_id}~{attempt}.json"
 
     def record(self, held: HeldAttempt) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(held.run_id, held.attempt)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pgid": held.pgid, "start_ticks": held.start_ticks}))
-        os.replace(tmp, path)
+        # Another attempt's `remove` may take the empty folder away between our mkdir and our write.
+        for _ in range(100):
+            with contextlib.suppress(FileExistsError, FileNotFoundError):
+                self.folder.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps({"pgid": held.pgid, "start_ticks": held.start_ticks}))
+                os.replace(tmp, path)
+                return
+        raise OSError(f"could not record attempt {held.run_id}:{held.attempt} under {self.folder}")
 
     def remove(self, run_id: str, attempt: int) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -311,24 +311,19 @@ class Commands:
 
     def set_quota(self, account_id: str, gpu_quota: int, max_queued_runs: int = 0, run_quota: int = 0) -> int:
         """Change an account's plan; returns the position (0 when the plan was already that)."""
-        for _ in range(MAX_RETRIES):
-            account = self.load_account(account_id)
-            new = account.set_quota(gpu_quota, max_queued_runs, run_quota)
-            if not new:
-                return 0
-            try:
-                return self._store.append(
-                    account_stream(account_id), new_events(new, None), account.version
-                ).last_position
-            except ConcurrencyError:
-                continue
-        raise ConcurrencyError(account_stream(account_id), -1, -1)
+        return self._change_account(
+            account_id, lambda account: account.set_quota(gpu_quota, max_queued_runs, run_quota)
+        )
 
     def set_account_storage(self, account_id: str, allow: Sequence[str], revoke: Sequence[str]) -> int:
         """Grant and revoke an account's storage prefixes; returns the position (0 when nothing changed)."""
+        return self._change_account(account_id, lambda account: account.set_storage(allow, revoke))
+
+    def _change_account(self, account_id: str, change: Callable[[Account], list[Message]]) -> int:
+        """Apply `change` to the account's latest state, retrying on a concurrent write; 0 when it records nothing."""
         for _ in range(MAX_RETRIES):
             account = self.load_account(account_id)
-            new = account.set_storage(allow, revoke)
+            new = change(account)
             if not new:
                 return 0
             try:

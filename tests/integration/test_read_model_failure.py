@@ -111,6 +111,7 @@ def test_a_live_server_reports_the_failure_keeps_taking_submits_and_restarts(
         nats_url=nats_server.url,
         storage_root=(tmp_path / "objects").as_uri(),
         bootstrap_keys_file=str(tmp_path / "keys.yaml"),
+        bootstrap_storage_prefixes=("s3://results/",),
     )
     failing: set[int] = set()
     doomed = ["doomed"]
