@@ -155,7 +155,7 @@ async def start_replica(config: ServerConfig) -> Replica:
     scheduler = Scheduler(ctx, js, nc, LeaderLease(store.engine))
     ctx.cancel_sender = scheduler.send_cancel
     ctx.on_scheduler_wakeup(scheduler.wakeup)
-    ctx.scheduling_reads = SchedulingReads(store.read_engine)
+    ctx.scheduling_reads = SchedulingReads(store.snapshot_engine)
     ctx.queue_explainer = QueueExplainer(ctx.scheduling_reads, scheduler.heartbeats.alive, lambda: projections.position)
     ingest = Ingest(ctx, js, credentials)
     scheduler.accept_heartbeat = AgentAuth(credentials).accept_heartbeat

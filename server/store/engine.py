@@ -61,6 +61,19 @@ def read_only(engine: Engine) -> Engine:
     return engine.execution_options(**{READ_ONLY_OPTION: True})
 
 
+def snapshot_reads(engine: Engine) -> Engine:
+    """The same pool for read-only work whose statements must see one snapshot.
+
+    Several tables read as one picture (the queue beside the runs holding GPUs): on PostgreSQL
+    a read-only REPEATABLE READ transaction, since autocommit gives each statement its own
+    snapshot and a run just assigned could show as both queued and holding; on SQLite a
+    DEFERRED transaction already reads one snapshot.
+    """
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    return engine.execution_options(**{READ_ONLY_OPTION: True})
+
+
 # -- SQLite -------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal, cast
 from sqlalchemy import Engine, Select, and_, bindparam, func, inspect, or_, select
 from sqlalchemy.engine import URL
 
-from .engine import create_store_engine, read_only
+from .engine import create_store_engine, read_only, snapshot_reads
 from .migrate import migrate_engine
 from .model import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 from .notify import HeadTracker, PostgresListener
@@ -83,12 +83,14 @@ class EventStore:
     it takes the write lock (BEGIN IMMEDIATE), reads included. `read_engine`
     is the same pool for read-only work: on SQLite DEFERRED snapshot reads
     that never wait for a writer; on PostgreSQL autocommit, one round trip
-    per statement (use `engine` where several reads must share a snapshot).
+    per statement. `snapshot_engine` is read-only work whose statements share
+    one snapshot on both backends.
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.read_engine = read_only(engine)
+        self.snapshot_engine = snapshot_reads(engine)
         name = engine.dialect.name
         if name not in ("postgresql", "sqlite"):
             raise ValueError(f"unsupported database {name!r}")
