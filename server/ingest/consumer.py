@@ -70,6 +70,8 @@ FETCH_BATCH = 256
 # A run's reports waiting in its queue are stored together, up to this many in one transaction.
 RUN_BATCH = 32
 MAX_IN_HAND = 2048
+# Seconds one fetch waits for reports; its pull request lives that long in the NATS server.
+FETCH_WAIT_S = 1.0
 
 
 class Ingest:
@@ -97,9 +99,11 @@ class Ingest:
         self._gate = asyncio.Semaphore(PARALLEL_RUNS)
         self._in_hand = 0
         self._room = asyncio.Event()
+        self._last_fetch = -1.0
         try:
             while not stop.is_set():
                 if not self.active():
+                    await self._give_back(sub)
                     await asyncio.sleep(0.1)
                     continue
                 room = MAX_IN_HAND - self._in_hand
@@ -109,7 +113,8 @@ class Ingest:
                         await asyncio.wait_for(self._room.wait(), 1.0)
                     continue
                 try:
-                    msgs = await sub.fetch(batch=min(FETCH_BATCH, room), timeout=1.0)
+                    self._last_fetch = asyncio.get_running_loop().time()
+                    msgs = await sub.fetch(batch=min(FETCH_BATCH, room), timeout=FETCH_WAIT_S)
                 except (NatsTimeout, TimeoutError):  # nats-py raises either when nothing came
                     continue
                 except Exception:
@@ -123,6 +128,39 @@ class Ingest:
             # Every report taken is acked or nak'ed before this returns.
             if self._workers:
                 await asyncio.gather(*self._workers, return_exceptions=True)
+            await self._give_back(sub)
+
+    async def _give_back(self, sub: Any) -> None:
+        """Nak, for redelivery at once, the reports a fetch's pull request delivered after the fetch returned.
+
+        The request lives on in the NATS server until it expires (FETCH_WAIT_S); what it delivers
+        then waits in the subscription, unacked. A replica that stops ingesting (shut down, or no
+        longer the leader) would leave those reports to come back only when their ack wait (30 s)
+        ends, after the next ingest stored the same runs' later reports: a watcher that saw the
+        run end would miss the lines in between. Reaches into nats-py's pull subscription for its
+        queue: nats-py has no public call that takes queued messages without a new pull request,
+        and a new request would open the same window again.
+        """
+        inner: Any = getattr(sub, "_sub", None)
+        queue = getattr(inner, "_pending_queue", None)
+        if queue is None or self._last_fetch < 0:
+            return
+        from nats.js.client import JetStreamContext
+
+        loop = asyncio.get_running_loop()
+        until = self._last_fetch + FETCH_WAIT_S + 0.25
+        while True:
+            while not queue.empty():
+                msg = queue.get_nowait()
+                with contextlib.suppress(Exception):  # nats-py counts queued bytes against its slow-consumer limit
+                    inner._pending_size -= len(msg.data)
+                if JetStreamContext.is_status_msg(msg):  # the request's own end (404/408): nothing to give back
+                    continue
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            if loop.time() >= until:
+                return
+            await asyncio.sleep(0.05)
 
     def _take(self, msgs: list[Any]) -> None:
         """Queue each report behind those of its run (or agent); a worker per run stores them in order."""
