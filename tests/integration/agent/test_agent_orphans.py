@@ -20,10 +20,10 @@ from runyard import bus
 from runyard.agent.config import AgentConfig
 from runyard.agent.holdings import HeldAttempt, Holdings, start_ticks
 from runyard.agent.main import run_agent
+from runyard.config import pid_alive
 from runyard.v1.agent_pb2 import AgentReport
 from runyard.v1.common_pb2 import FailureReason
 from tests.integration.agent.harness import new_agent_id
-from tests.integration.liveness.records import process_alive
 from tests.support.services import NatsServer, wait_until
 
 pytestmark = pytest.mark.integration
@@ -76,8 +76,8 @@ def test_a_restarted_agent_ends_and_reports_its_orphans_before_it_registers(
         assert [r.WhichOneof("body") for r in reports][-1] == "registered"
         assert set(failed) == {("run-orphan", 3), ("run-reused", 1), ("run-staging", 2)}, "each reported before"
         assert all(f.reason == FailureReason.FAILURE_REASON_INTERNAL for f in failed.values())
-        wait_until(lambda: not process_alive(orphan.pid), 5, "the orphan's group was not ended")
-        assert stranger.poll() is None and process_alive(stranger.pid), "a reused pid was signalled"
+        wait_until(lambda: not pid_alive(orphan.pid), 5, "the orphan's group was not ended")
+        assert stranger.poll() is None and pid_alive(stranger.pid), "a reused pid was signalled"
         assert holdings.load() == [], "the records are gone once their end is reported"
     finally:
         for proc in (orphan, stranger):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,20 +71,6 @@ def shared_gpus(lived: dict[tuple[str, int], Lived]) -> list[str]:
         if common and a.first <= b.last and b.first <= a.last:
             found.append(f"{a.run_id}:{a.attempt} and {b.run_id}:{b.attempt} both on {sorted(common)}")
     return found
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def requeue_messages(database_url: str) -> dict[tuple[str, int], str]:

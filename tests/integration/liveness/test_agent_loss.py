@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from runyard.config import pid_alive
 from runyard.v1 import admin_service_pb2, common_pb2, run_service_pb2
 from tests.integration.liveness import conftest
 from tests.integration.liveness.records import (
     overlaps_of_a_run,
-    process_alive,
     read_records,
     requeue_messages,
     shared_gpus,
@@ -84,7 +84,7 @@ def test_an_agent_killed_and_back_within_its_timeout_leaves_no_run_running_forev
         why = requeue_messages(stack.database_url)
         assert set(why.values()) == {"the agent restarted; the attempt's processes were ended"}, why
         for pid in pids:
-            assert not process_alive(pid), f"the first attempt's process {pid} outlived its agent"
+            assert not pid_alive(pid), f"the first attempt's process {pid} outlived its agent"
     lived = read_records(records)
     assert not overlaps_of_a_run(lived)
     assert not shared_gpus(lived)
@@ -128,7 +128,7 @@ def test_an_agent_cut_off_from_nats_past_its_lease_stops_its_runs_itself(
         # Half the lease without contact, then SIGTERM; SIGKILL within a quarter lease more.
         wait_until(
             "the agent to stop its runs itself",
-            lambda: not any(process_alive(p) for p in pids),
+            lambda: not any(pid_alive(p) for p in pids),
             timeout=LEASE_S,
             stack=stack,
         )
