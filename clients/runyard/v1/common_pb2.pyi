@@ -87,6 +87,12 @@ class _FailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Failure
     """The agent cannot run this framework or command."""
     FAILURE_REASON_INTERNAL: _FailureReason.ValueType  # 6
     """Anything else on the infrastructure side."""
+    FAILURE_REASON_OUT_OF_MEMORY: _FailureReason.ValueType  # 7
+    """The run used more memory than its resources.memory: the kernel's OOM killer ended it."""
+    FAILURE_REASON_AGENT_SHUTDOWN: _FailureReason.ValueType  # 8
+    """The agent was stopped on purpose (a graceful shutdown): an infrastructure event, so the
+    run is re-queued without counting against its max_restarts.
+    """
 
 class FailureReason(_FailureReason, metaclass=_FailureReasonEnumTypeWrapper):
     """FailureReason says why an attempt ended without results."""
@@ -104,7 +110,35 @@ FAILURE_REASON_UNSUPPORTED: FailureReason.ValueType  # 5
 """The agent cannot run this framework or command."""
 FAILURE_REASON_INTERNAL: FailureReason.ValueType  # 6
 """Anything else on the infrastructure side."""
+FAILURE_REASON_OUT_OF_MEMORY: FailureReason.ValueType  # 7
+"""The run used more memory than its resources.memory: the kernel's OOM killer ended it."""
+FAILURE_REASON_AGENT_SHUTDOWN: FailureReason.ValueType  # 8
+"""The agent was stopped on purpose (a graceful shutdown): an infrastructure event, so the
+run is re-queued without counting against its max_restarts.
+"""
 Global___FailureReason: _TypeAlias = FailureReason  # noqa: Y015
+
+class _RunNetwork:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunNetworkEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunNetwork.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_NETWORK_UNSPECIFIED: _RunNetwork.ValueType  # 0
+    """No network at all (the default)."""
+    RUN_NETWORK_NONE: _RunNetwork.ValueType  # 1
+    RUN_NETWORK_EGRESS: _RunNetwork.ValueType  # 2
+    """Outbound access for runs that download; never the control plane, NATS or the database."""
+
+class RunNetwork(_RunNetwork, metaclass=_RunNetworkEnumTypeWrapper):
+    """RunNetwork is what a run's container may reach."""
+
+RUN_NETWORK_UNSPECIFIED: RunNetwork.ValueType  # 0
+"""No network at all (the default)."""
+RUN_NETWORK_NONE: RunNetwork.ValueType  # 1
+RUN_NETWORK_EGRESS: RunNetwork.ValueType  # 2
+"""Outbound access for runs that download; never the control plane, NATS or the database."""
+Global___RunNetwork: _TypeAlias = RunNetwork  # noqa: Y015
 
 class _Role:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -162,17 +196,21 @@ class Framework(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
+    digest: _builtins.str
+    """Content digest of the image that runs it ("sha256:..."), on container agents; empty for processes."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         version: _builtins.str = ...,
+        digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "name", b"name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -348,6 +386,8 @@ class RunSpec(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     command: _builtins.str
     """The command, hyperparameters already substituted."""
     code_uri: _builtins.str
@@ -359,6 +399,9 @@ class RunSpec(_message.Message):
     max_restarts: _builtins.int
     priority: _builtins.int
     """Higher runs first within an account."""
+    image: _builtins.str
+    """The user's own image (manifest `image:`); empty: the framework's image."""
+    network: Global___RunNetwork.ValueType
     @_builtins.property
     def hyperparameters(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]: ...
     @_builtins.property
@@ -383,10 +426,12 @@ class RunSpec(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         max_restarts: _builtins.int = ...,
         priority: _builtins.int = ...,
+        image: _builtins.str = ...,
+        network: Global___RunNetwork.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["framework", b"framework", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_uri", b"code_uri", "command", b"command", "data_uri", b"data_uri", "env", b"env", "framework", b"framework", "hyperparameters", b"hyperparameters", "max_restarts", b"max_restarts", "metric_patterns", b"metric_patterns", "priority", b"priority", "resources", b"resources", "results_uri", b"results_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_uri", b"code_uri", "command", b"command", "data_uri", b"data_uri", "env", b"env", "framework", b"framework", "hyperparameters", b"hyperparameters", "image", b"image", "max_restarts", b"max_restarts", "metric_patterns", b"metric_patterns", "network", b"network", "priority", b"priority", "resources", b"resources", "results_uri", b"results_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

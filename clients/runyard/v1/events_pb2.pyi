@@ -662,10 +662,13 @@ class AgentRegistered(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     FRAMEWORKS_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     hostname: _builtins.str
     slots: _builtins.int
     """Runs the agent can hold at once."""
+    runtime: _builtins.str
+    """How the agent runs commands: "process" or "container" (empty: process, an older agent)."""
     @_builtins.property
     def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -686,10 +689,11 @@ class AgentRegistered(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         frameworks: _abc.Iterable[_common_pb2.Framework] | None = ...,
         gpus: _abc.Iterable[_common_pb2.GpuDevice] | None = ...,
+        runtime: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "frameworks", b"frameworks", "gpu_ids", b"gpu_ids", "gpus", b"gpus", "hostname", b"hostname", "labels", b"labels", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "frameworks", b"frameworks", "gpu_ids", b"gpu_ids", "gpus", b"gpus", "hostname", b"hostname", "labels", b"labels", "runtime", b"runtime", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

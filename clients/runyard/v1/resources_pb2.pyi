@@ -337,11 +337,14 @@ class Agent(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     hostname: _builtins.str
     slots: _builtins.int
     alive: _builtins.bool
     draining: _builtins.bool
+    runtime: _builtins.str
+    """"process" or "container"."""
     @_builtins.property
     def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -370,10 +373,11 @@ class Agent(_message.Message):
         registered_at: _timestamp_pb2.Timestamp | None = ...,
         gpus: _abc.Iterable[_common_pb2.GpuDevice] | None = ...,
         draining: _builtins.bool = ...,
+        runtime: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "draining", b"draining", "frameworks", b"frameworks", "gpu_ids", b"gpu_ids", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "registered_at", b"registered_at", "run_ids", b"run_ids", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "draining", b"draining", "frameworks", b"frameworks", "gpu_ids", b"gpu_ids", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "registered_at", b"registered_at", "run_ids", b"run_ids", "runtime", b"runtime", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
