@@ -32,6 +32,8 @@ from pathlib import Path
 
 import structlog
 
+from runyard.agent.output_ledger import OutputLedger
+
 log = structlog.get_logger("runyard.agent.holdings")
 
 STATE_FOLDER = ".attempts"
@@ -113,7 +115,12 @@ class Holdings:
                 return
         raise OSError(f"could not record attempt {held.run_id}:{held.attempt} under {self.folder}")
 
+    def ledger(self, run_id: str, attempt: int) -> OutputLedger:
+        """Where the attempt's output capture records how far it got (see runyard.agent.output_ledger)."""
+        return OutputLedger(self.folder / f"{run_id}~{attempt}.output")
+
     def remove(self, run_id: str, attempt: int) -> None:
+        self.ledger(run_id, attempt).remove()
         with contextlib.suppress(FileNotFoundError):
             self._path(run_id, attempt).unlink()
         with contextlib.suppress(OSError):  # not empty: other attempts are held

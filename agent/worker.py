@@ -146,8 +146,14 @@ class AttemptWorker:
 
     async def _attempt(self, staging: asyncio.Task[None]) -> Outcome:
         patterns, pattern_errors = compile_patterns(p.regex for p in self.work.spec.metric_patterns)
+        # Output followed from files (attach_files) is recorded batch by batch, for a restarted agent.
+        ledger = self.ctx.holdings.ledger(*self.key) if self.ctx.holdings is not None else None
         capture = Capture(
-            self.reports, StdoutMetricParser(patterns), self.dirs.metrics_file, tensorboard_dir=self.dirs.result
+            self.reports,
+            StdoutMetricParser(patterns),
+            self.dirs.metrics_file,
+            tensorboard_dir=self.dirs.result,
+            ledger=ledger,
         )
         capture.start()
         for text in pattern_errors:
