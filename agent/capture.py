@@ -47,6 +47,7 @@ from typing import Protocol
 import structlog
 
 from runyard.agent.metrics import JsonlMetricParser, JsonlSplitter, StdoutMetricParser
+from runyard.agent.runfiles import open_run_file
 from runyard.agent.tensorboard import TensorBoardTail
 from runyard.storable import storable, storable_bytes
 from runyard.v1.common_pb2 import LogLine, LogStream, MetricPoint
@@ -360,7 +361,7 @@ class Capture:
         if self._metrics_file is None:
             return []
         try:
-            with self._metrics_file.open("rb") as f:
+            with open_run_file(self._metrics_file) as f:
                 f.seek(0, 2)
                 end = f.tell()
                 if end < self._metrics_offset:  # truncated or replaced: start over
@@ -370,7 +371,7 @@ class Capture:
                 data = f.read()
         except FileNotFoundError:
             return []
-        except OSError as e:
+        except OSError as e:  # a link or a FIFO the run planted: not followed (runyard.agent.runfiles)
             log.warning("metrics file unreadable", path=str(self._metrics_file), error=str(e))
             return []
         self._metrics_offset += len(data)

@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import os
 import re
-import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ import structlog
 
 from runyard.agent.engine import engine_kind
 from runyard.agent.env import build_run_env
+from runyard.agent.runfiles import open_run_file
 from runyard.agent.staging import RunDirs
 from runyard.v1.agent_pb2 import WorkAssignment
 from runyard.v1.common_pb2 import RunNetwork
@@ -249,15 +249,10 @@ def parse_exit_file(data: bytes) -> tuple[int, int] | None:
 def read_run_file(path: Path, limit: int = 4096) -> bytes | None:
     """A file in a folder the run can write: never through a link, only a regular file; None otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open_run_file(path) as f:
+            return f.read(limit)
     except OSError:
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -606,12 +601,11 @@ class OutputTail:
 
 def _open_run_file(path: Path) -> int | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        f = open_run_file(path)
     except OSError as e:
         log.warning("run output file not followed", path=str(path), error=str(e))
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        log.warning("run output file is not a regular file; not followed", path=str(path))
-        return None
+    fd = os.dup(f.fileno())
+    f.close()
+    os.set_blocking(fd, False)
     return fd

@@ -55,6 +55,7 @@ wall time.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import struct
@@ -65,6 +66,7 @@ from typing import Any
 import numpy
 from tensorboard.compat.proto import event_pb2
 
+from runyard.agent.runfiles import NotARegularFile, open_run_file
 from runyard.storable import storable
 from runyard.v1.common_pb2 import MetricPoint
 
@@ -298,12 +300,15 @@ class TensorBoardTail:
                     points.extend(self._read(path, tail, budget))
                 except OSError as e:
                     self.problems.append(f"{self._rel(path)}: {e.strerror or e}")
+                    if isinstance(e, NotARegularFile) or e.errno == errno.ELOOP:
+                        # A link or a FIFO the run planted (runyard.agent.runfiles): never read, said once.
+                        tail.given_up = True
         return points
 
     def _read(self, path: Path, tail: _FileTail, budget: int | None) -> list[MetricPoint]:
         folder = path.parent.name if path.parent != self.root else ""
         points: list[MetricPoint] = []
-        with path.open("rb") as f:
+        with open_run_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size < tail.offset:
                 self.problems.append(f"{self._rel(path)} shrank; reading it again from the start")
