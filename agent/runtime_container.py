@@ -51,9 +51,9 @@ import docker.errors
 import docker.types
 import structlog
 
+from runyard.agent import output_files
 from runyard.agent.engine import engine_kind
 from runyard.agent.env import build_run_env
-from runyard.agent.runfiles import open_run_file
 from runyard.agent.staging import RunDirs
 from runyard.v1.agent_pb2 import WorkAssignment
 from runyard.v1.common_pb2 import RunNetwork
@@ -249,10 +249,10 @@ def parse_exit_file(data: bytes) -> tuple[int, int] | None:
 def read_run_file(path: Path, limit: int = 4096) -> bytes | None:
     """A file in a folder the run can write: never through a link, only a regular file; None otherwise."""
     try:
-        with open_run_file(path) as f:
-            return f.read(limit)
-    except OSError:
+        data, _size = output_files.read_run_file(path, 0)
+    except (OSError, output_files.UnsafeOutputFile):
         return None
+    return data[:limit]
 
 
 @dataclass(frozen=True)
@@ -537,75 +537,3 @@ def _chown_tree(top: Path, uid: int, gid: int) -> None:
     for dirpath, dirs, files in os.walk(top):
         for name in [*dirs, *files]:
             os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
-
-
-class OutputTail:
-    """Follows the shim's stdout/stderr files into stream readers, for `Capture.attach`.
-
-    Each file is opened once, without following links, and read from that
-    descriptor: a run that swaps the file for a link afterwards only stops its
-    own output. `finish` (after the container ended) reads the rest and ends
-    the streams.
-    """
-
-    POLL_S = 0.05
-    CHUNK = 256 * 1024
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.readers = [asyncio.StreamReader(limit=2**20) for _ in paths]
-        self._fds = [_open_run_file(p) for p in paths]
-        self._done = asyncio.Event()
-        self._task = asyncio.create_task(self._follow(), name="container-output-tail")
-
-    def _read_all(self) -> list[bytes]:
-        out = []
-        for fd in self._fds:
-            data = b""
-            if fd is not None:
-                while chunk := os.read(fd, self.CHUNK):
-                    data += chunk
-                    if len(data) >= 4 * self.CHUNK:
-                        break
-            out.append(data)
-        return out
-
-    async def _follow(self) -> None:
-        try:
-            while True:
-                final = self._done.is_set()
-                chunks = await asyncio.to_thread(self._read_all)
-                for reader, data in zip(self.readers, chunks, strict=True):
-                    if data:
-                        reader.feed_data(data)
-                if final and not any(chunks):
-                    break
-                if not any(chunks):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._done.wait(), self.POLL_S)
-        finally:
-            for reader in self.readers:
-                reader.feed_eof()
-            for fd in self._fds:
-                if fd is not None:
-                    os.close(fd)
-            self._fds = []
-
-    def finish(self) -> None:
-        self._done.set()
-
-    async def close(self) -> None:
-        self._done.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
-def _open_run_file(path: Path) -> int | None:
-    try:
-        f = open_run_file(path)
-    except OSError as e:
-        log.warning("run output file not followed", path=str(path), error=str(e))
-        return None
-    fd = os.dup(f.fileno())
-    f.close()
-    os.set_blocking(fd, False)
-    return fd

@@ -55,7 +55,6 @@ wall time.
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import struct
@@ -66,7 +65,7 @@ from typing import Any
 import numpy
 from tensorboard.compat.proto import event_pb2
 
-from runyard.agent.runfiles import NotARegularFile, open_run_file
+from runyard.agent.output_files import UnsafeOutputFile, open_run_file
 from runyard.storable import storable
 from runyard.v1.common_pb2 import MetricPoint
 
@@ -298,17 +297,18 @@ class TensorBoardTail:
             if not tail.given_up:
                 try:
                     points.extend(self._read(path, tail, budget))
+                except UnsafeOutputFile as e:
+                    # A link or a FIFO the run planted (runyard.agent.output_files): never read, said once.
+                    self.problems.append(str(e))
+                    tail.given_up = True
                 except OSError as e:
                     self.problems.append(f"{self._rel(path)}: {e.strerror or e}")
-                    if isinstance(e, NotARegularFile) or e.errno == errno.ELOOP:
-                        # A link or a FIFO the run planted (runyard.agent.runfiles): never read, said once.
-                        tail.given_up = True
         return points
 
     def _read(self, path: Path, tail: _FileTail, budget: int | None) -> list[MetricPoint]:
         folder = path.parent.name if path.parent != self.root else ""
         points: list[MetricPoint] = []
-        with open_run_file(path) as f:
+        with os.fdopen(open_run_file(path), "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size < tail.offset:
                 self.problems.append(f"{self._rel(path)} shrank; reading it again from the start")

@@ -34,7 +34,6 @@ from runyard.agent.runtime_container import (
     ContainerError,
     ContainerProcess,
     ContainerRuntime,
-    OutputTail,
     describe_bytes,
 )
 from runyard.agent.runtime_local import LocalProcess, describe_exit, spawn
@@ -254,17 +253,11 @@ class AttemptWorker:
         took = time.monotonic() - started
         try:
             await self.reports.started()
-            tail = _attach_files(capture, proc)
+            capture.attach_files(proc.stdout_path, proc.stderr_path)
             self._log.info("container started", container=proc.name, start_s=round(took, 3))
-            try:
-                returncode, stopped_by = await self._wait(proc)
-                ended = proc.exit
-                if tail is not None:
-                    tail.finish()
-                await capture.drain()
-            finally:
-                if tail is not None:
-                    await tail.close()
+            returncode, stopped_by = await self._wait(proc)
+            ended = proc.exit
+            await capture.drain()
         finally:
             await asyncio.to_thread(proc.remove)
         memory = self.work.spec.resources.memory_bytes
@@ -350,14 +343,3 @@ async def _returncode(proc: LocalProcess | ContainerProcess) -> int:
     if isinstance(proc, ContainerProcess):
         return (await proc.wait()).returncode
     return await proc.wait()
-
-
-def _attach_files(capture: Capture, proc: ContainerProcess) -> OutputTail | None:
-    """The container's output files into the capture: its own file tail when it has one (runyard.agent.capture)."""
-    attach_files = getattr(capture, "attach_files", None)
-    if attach_files is not None:
-        attach_files(proc.stdout_path, proc.stderr_path)
-        return None
-    tail = OutputTail([proc.stdout_path, proc.stderr_path])
-    capture.attach(*tail.readers)
-    return tail

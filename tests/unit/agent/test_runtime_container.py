@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runyard.agent.runfiles import NotARegularFile, open_run_file
+from runyard.agent.output_files import UnsafeOutputFile, open_run_file
 from runyard.agent.runtime_container import (
     INIT_SHIM,
     ContainerExit,
@@ -134,9 +134,9 @@ def test_run_files_are_never_read_through_links_or_fifos(tmp_path: Path) -> None
     assert read_run_file(tmp_path / "plain") == b"ok"
     assert read_run_file(tmp_path / "link") is None
     assert read_run_file(tmp_path / "fifo") is None  # and it did not block
-    with pytest.raises(OSError):
+    with pytest.raises(UnsafeOutputFile):
         open_run_file(tmp_path / "link")
-    with pytest.raises(NotARegularFile):
+    with pytest.raises(UnsafeOutputFile):
         open_run_file(tmp_path / "fifo")
 
 
