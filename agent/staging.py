@@ -49,6 +49,8 @@ class RunDirs:
     code: Path
     data: Path
     result: Path
+    # Files the run writes beside its results (metrics, and in a container its stdout/stderr): output/.
+    output: Path
     metrics_file: Path
     code_archive: Path
 
@@ -62,7 +64,8 @@ class RunDirs:
             code=root / "code",
             data=root / "data",
             result=root / "result",
-            metrics_file=root / "metrics.jsonl",
+            output=root / "output",
+            metrics_file=root / "output" / "metrics.jsonl",
             code_archive=root / "code.tar.gz",
         )
 
@@ -70,7 +73,7 @@ class RunDirs:
         """Fresh folders; a leftover from an earlier try of the same attempt is removed first."""
         if self.root.exists():
             remove_tree(self.root)
-        for d in (self.code, self.data, self.result):
+        for d in (self.code, self.data, self.result, self.output):
             d.mkdir(parents=True)
         self.metrics_file.touch()
 

@@ -1,0 +1,162 @@
+"""Drive the container runtime directly: one attempt's container from a spec, its output and its end.
+
+No NATS and no control plane: `run_in_container` stages nothing but the folders
+(and code files, when given), starts the container exactly as the agent's
+worker does (`ContainerRuntime.start`) and waits for it. The sandbox tests and
+the hostile-script tests use it; the whole-agent tests use the NATS harness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from runyard.agent.engine import connect, start_podman_service
+from runyard.agent.runtime_container import (
+    LABEL_AGENT,
+    LABEL_FRAMEWORK,
+    LABEL_FRAMEWORK_VERSION,
+    ContainerExit,
+    ContainerProcess,
+    ContainerRuntime,
+    Sandbox,
+)
+from runyard.agent.staging import RunDirs
+from runyard.v1.agent_pb2 import WorkAssignment
+from runyard.v1.common_pb2 import Framework, Resources, RunNetwork, RunSpec
+
+#: The image the stand-in framework image is made from (Debian bookworm minbase + python3).
+BASE_IMAGE = "localhost/test:1"
+
+
+@dataclass
+class Ran:
+    """One attempt's container, ended."""
+
+    exit: ContainerExit
+    stdout: str
+    stderr: str
+    dirs: RunDirs
+    seconds: float
+
+
+def spec_work(
+    command: str,
+    *,
+    image: str = "",
+    framework: str = "",
+    version: str = "",
+    memory_bytes: int = 0,
+    cpus: int = 0,
+    network: RunNetwork.ValueType = RunNetwork.RUN_NETWORK_UNSPECIFIED,
+    env: Mapping[str, str] | None = None,
+    gpu_ids: tuple[str, ...] = (),
+) -> WorkAssignment:
+    spec = RunSpec(
+        command=command,
+        image=image,
+        framework=Framework(name=framework, version=version),
+        resources=Resources(memory_bytes=memory_bytes, cpus=cpus),
+        network=network,
+        env=dict(env or {}),
+    )
+    return WorkAssignment(
+        run_id=f"run-{uuid.uuid4().hex[:8]}", attempt=1, experiment_id="exp-c", spec=spec, gpu_ids=list(gpu_ids)
+    )
+
+
+async def start_in_container(
+    runtime: ContainerRuntime, work_root: Path, work: WorkAssignment, code: Mapping[str, str] | None = None
+) -> tuple[ContainerProcess, RunDirs]:
+    dirs = RunDirs.under(work_root, work.run_id, work.attempt)
+    dirs.create()
+    for name, text in (code or {}).items():
+        (dirs.code / name).write_text(text)
+    return await runtime.start(work, dirs), dirs
+
+
+async def run_in_container(
+    runtime: ContainerRuntime,
+    work_root: Path,
+    work: WorkAssignment,
+    code: Mapping[str, str] | None = None,
+    timeout_s: float = 60.0,
+) -> Ran:
+    """Run one attempt's container to its end; the container is removed, its folder kept."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    proc, dirs = await start_in_container(runtime, work_root, work, code)
+    try:
+        ended = await asyncio.wait_for(proc.wait(), timeout_s)
+    finally:
+        await asyncio.to_thread(proc.remove)
+    return Ran(
+        ended,
+        proc.stdout_path.read_text(errors="replace"),
+        proc.stderr_path.read_text(errors="replace"),
+        dirs,
+        loop.time() - started,
+    )
+
+
+@contextlib.contextmanager
+def podman_engine() -> Iterator[str]:
+    """A podman system service of the caller's own; yields its URL."""
+    service = start_podman_service()
+    try:
+        yield service.url
+    finally:
+        service.stop()
+
+
+def labelled_image(client: docker.DockerClient, base: str, repository: str, labels: Mapping[str, str]) -> str:
+    """An image made from base with labels (and nothing else changed), through a commit; returns its reference."""
+    container = client.containers.create(base, ["/bin/true"])
+    try:
+        # Podman's compat commit ignores conf's Labels; LABEL instructions work on both engines.
+        changes = [f"LABEL {key}={value}" for key, value in labels.items()]
+        container.commit(repository=repository, tag="1", changes=changes)
+    finally:
+        container.remove(force=True)
+    return f"{repository}:1"
+
+
+def custom_image(client: docker.DockerClient, base: str, repository: str, marker: str) -> str:
+    """An image of the user's own: base plus a file /runyard-custom holding marker."""
+    container = client.containers.run(
+        base, ["/bin/sh", "-c", f"echo {marker} > /runyard-custom"], detach=True, network_mode="none"
+    )
+    try:
+        container.wait(timeout=60)
+        container.commit(repository=repository, tag="1")
+    finally:
+        container.remove(force=True)
+    return f"{repository}:1"
+
+
+def remove_image(client: docker.DockerClient, reference: str) -> None:
+    with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.APIError):
+        client.images.remove(reference, force=True)
+
+
+def remove_agent_containers(client: docker.DockerClient, agent_id: str) -> None:
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={agent_id}"}):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            c.remove(force=True)
+
+
+def framework_labels(name: str, version: str) -> dict[str, str]:
+    return {LABEL_FRAMEWORK: name, LABEL_FRAMEWORK_VERSION: version}
+
+
+def new_runtime(
+    url: str, work_root: Path, agent_id: str | None = None, sandbox: Sandbox | None = None
+) -> ContainerRuntime:
+    return ContainerRuntime(connect(url), agent_id or f"c-{uuid.uuid4().hex[:8]}", work_root, sandbox)
