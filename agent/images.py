@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -260,7 +261,7 @@ def build_image(
 
 @contextlib.contextmanager
 def _build_lock(recipe: Recipe, progress: Callable[[str], None]) -> Iterator[None]:
-    folder = Path(tempfile.gettempdir()) / "runyard-images"
+    folder = Path(tempfile.gettempdir()) / f"runyard-images-{os.getuid()}"
     folder.mkdir(exist_ok=True)
     with (folder / f"{recipe.framework}-{recipe.version}.lock").open("a") as f:
         try:
