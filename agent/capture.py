@@ -640,6 +640,27 @@ class Capture:
             self._tail = None
         await self._poll_files(final=True)
 
+    async def detach(self) -> None:
+        """Stop following without reading to the end (the agent stops, the command goes on); send what was read.
+
+        What was read but not sent is sent (and recorded) now; what was not read
+        stays in the files for the next agent process, which resumes from the
+        ledger. The metrics files get no final read: a partial line there is the
+        next process's to read once it is whole.
+        """
+        for task in self._followers:
+            task.cancel()
+        for task in self._followers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._followers = []
+        if self._tail is not None:
+            self._tail_stop.set()  # the poll in flight finishes (complete lines only)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tail
+            self._tail = None
+        await self.close()
+
     async def flush(self) -> None:
         """Send everything pending now; returns once it is stored (or there was nothing)."""
         await self._send(everything=True)

@@ -13,6 +13,12 @@ process group is sent SIGTERM, then SIGKILL after the grace, and the attempt is
 reported failed (INTERNAL, so the control plane re-queues it while restarts
 remain, at once instead of at the end of its lease).
 
+The container runtime keeps its attempts across a restart instead: the record
+holds the attempt's container id (written once the start is reported), a
+``.work`` file beside it the WorkAssignment, and a ``.output`` ledger how far its
+output was sent (`runyard.agent.output_ledger`); a restarted agent adopts the
+container (`runyard.agent.main`) rather than ending it.
+
 Pid reuse: a group is signalled only when it is provably ours. Either its
 leader still runs with the recorded start time, or the leader is gone and the
 group still has members: Linux never hands out a pid that is still in use as a
@@ -31,8 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from google.protobuf.message import DecodeError
 
 from runyard.agent.output_ledger import OutputLedger
+from runyard.v1.agent_pb2 import WorkAssignment
 
 log = structlog.get_logger("runyard.agent.holdings")
 
@@ -48,6 +56,8 @@ class HeldAttempt:
     pgid: int = 0
     #: The group leader's start time in clock ticks since boot (field 22 of /proc/<pid>/stat).
     start_ticks: int = 0
+    #: The attempt's container id (container runtime), once its start was reported; "" before, or for a process.
+    container: str = ""
 
 
 def start_ticks(pid: int) -> int | None:
@@ -110,7 +120,10 @@ class Holdings:
         for _ in range(100):
             with contextlib.suppress(FileExistsError, FileNotFoundError):
                 self.folder.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(json.dumps({"pgid": held.pgid, "start_ticks": held.start_ticks}))
+                record: dict[str, int | str] = {"pgid": held.pgid, "start_ticks": held.start_ticks}
+                if held.container:
+                    record["container"] = held.container
+                tmp.write_text(json.dumps(record))
                 os.replace(tmp, path)
                 return
         raise OSError(f"could not record attempt {held.run_id}:{held.attempt} under {self.folder}")
@@ -119,8 +132,32 @@ class Holdings:
         """Where the attempt's output capture records how far it got (see runyard.agent.output_ledger)."""
         return OutputLedger(self.folder / f"{run_id}~{attempt}.output")
 
+    def _work_path(self, run_id: str, attempt: int) -> Path:
+        return self.folder / f"{run_id}~{attempt}.work"
+
+    def record_work(self, work: WorkAssignment) -> None:
+        """The attempt's WorkAssignment, for a restarted agent that adopts its container."""
+        path = self._work_path(work.run_id, work.attempt)
+        tmp = path.with_suffix(".work-tmp")
+        for _ in range(100):
+            with contextlib.suppress(FileExistsError, FileNotFoundError):
+                self.folder.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(work.SerializeToString())
+                os.replace(tmp, path)
+                return
+        raise OSError(f"could not record the work of attempt {work.run_id}:{work.attempt} under {self.folder}")
+
+    def load_work(self, run_id: str, attempt: int) -> WorkAssignment | None:
+        try:
+            return WorkAssignment.FromString(self._work_path(run_id, attempt).read_bytes())
+        except (OSError, DecodeError) as e:
+            log.warning("attempt's work record unreadable", run_id=run_id, attempt=attempt, error=repr(e))
+            return None
+
     def remove(self, run_id: str, attempt: int) -> None:
         self.ledger(run_id, attempt).remove()
+        with contextlib.suppress(FileNotFoundError):
+            self._work_path(run_id, attempt).unlink()
         with contextlib.suppress(FileNotFoundError):
             self._path(run_id, attempt).unlink()
         with contextlib.suppress(OSError):  # not empty: other attempts are held
@@ -137,7 +174,13 @@ class Holdings:
             try:
                 data = json.loads(path.read_text())
                 found.append(
-                    HeldAttempt(m["run"], int(m["attempt"]), int(data.get("pgid", 0)), int(data.get("start_ticks", 0)))
+                    HeldAttempt(
+                        m["run"],
+                        int(m["attempt"]),
+                        int(data.get("pgid", 0)),
+                        int(data.get("start_ticks", 0)),
+                        str(data.get("container", "")),
+                    )
                 )
             except (OSError, ValueError, AttributeError) as e:
                 log.warning(

@@ -70,7 +70,7 @@ from runyard.agent.config import AgentConfig
 from runyard.agent.gpus import detect_gpus, gpu_model_label
 from runyard.agent.holdings import HeldAttempt, Holdings
 from runyard.agent.reporter import Reporter
-from runyard.agent.runtime_container import ContainerRuntime
+from runyard.agent.runtime_container import ContainerRuntime, HeldContainer
 from runyard.agent.staging import prune_work_dirs
 from runyard.agent.worker import DEFAULT_LEASE_S, AttemptWorker, Outcome, WorkerContext
 from runyard.objectstore import open_store
@@ -177,6 +177,8 @@ class Agent:
         self.holdings = Holdings(self.work_root)
         # Attempts a previous agent process held (its records), ended before any work is taken.
         self._orphans: list[HeldAttempt] = []
+        # Containers of a previous agent process to adopt (container runtime), found before connecting.
+        self._adoptable: dict[Key, tuple[WorkAssignment, HeldContainer]] = {}
         # The PING that checks our contact with NATS now, and the connection (its reconnect count) it went on.
         self._contact_check: tuple[asyncio.Task[None], int] | None = None
         self._last_contact = 0.0
@@ -192,6 +194,8 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         if self.config.runtime == "container":
             self.containers = await asyncio.to_thread(self._container_runtime)
+            # Containers a previous agent process left running are adopted; what cannot be, removed.
+            self._adoptable = await asyncio.to_thread(self._find_adoptable, self.containers)
         # Orphans of a killed agent process are ended first, with or without NATS.
         self._orphans = await asyncio.to_thread(self._end_orphans)
         connect = asyncio.create_task(self._connect())
@@ -226,6 +230,7 @@ class Agent:
                 containers=self.containers,
             )
             self.work_root.mkdir(parents=True, exist_ok=True)
+            self._adopt()  # before the prune (their folders are kept) and the first heartbeat (it lists them)
             await asyncio.to_thread(self._prune)
             await self._report_orphans()
             await self.reporter.registered(self._registration())
@@ -264,13 +269,11 @@ class Agent:
             self._log.info("agent stopped")
 
     def _container_runtime(self) -> ContainerRuntime:
-        """The engine (checked with a ping), the init shim in place, leftovers of an earlier agent removed."""
+        """The engine (checked with a ping), the init shim in place."""
         from runyard.agent.engine import connect
 
         runtime = ContainerRuntime(connect(self.config.engine_url), self.config.agent_id, self.work_root)
         runtime.install_shim()
-        for name in runtime.remove_leftovers():
-            self._log.warning("removed a container a previous agent process left", container=name)
         self._log.info(
             "container runtime",
             engine=runtime.engine,
@@ -284,9 +287,47 @@ class Agent:
             return [Framework(name=i.name, version=i.version, digest=i.digest) for i in self.containers.images()]
         return [Framework(name=name) for name in sorted(self.frameworks)]
 
+    def _find_adoptable(self, runtime: ContainerRuntime) -> dict[Key, tuple[WorkAssignment, HeldContainer]]:
+        """This agent's containers that a previous agent process started and its records know; the rest removed.
+
+        Adoptable: the holdings record names the container (written once its
+        start was reported) and the attempt's WorkAssignment was kept. A
+        container without such a record (the agent died between its start and
+        the record, or it is from an agent whose records are gone) is stopped
+        and removed; its attempt, if recorded, is reported as an orphan.
+        """
+        records = {(h.run_id, h.attempt): h for h in self.holdings.load()}
+        adoptable: dict[Key, tuple[WorkAssignment, HeldContainer]] = {}
+        for held in runtime.held_containers():
+            key = (held.run_id, held.attempt)
+            record = records.get(key)
+            work = self.holdings.load_work(*key) if record is not None and record.container == held.id else None
+            if work is not None and key not in adoptable:
+                adoptable[key] = (work, held)
+                continue
+            runtime.remove(held.id)
+            self._log.warning(
+                "removed a container no record of ours names", container=held.name, run_id=key[0], attempt=key[1]
+            )
+        return adoptable
+
+    def _adopt(self) -> None:
+        """A worker for each adoptable container: it follows the output on and reports the end."""
+        assert self.containers is not None or not self._adoptable
+        for key, (work, held) in self._adoptable.items():
+            assert self.containers is not None
+            worker = AttemptWorker(self.ctx, work)
+            worker.adopt(self.containers.reattach(held, worker.dirs.output))
+            self.workers[key] = worker
+            self._seen.add(key)
+            self._free_slots -= 1
+            self._log.info("adopted a container of a previous agent process", run_id=key[0], attempt=key[1])
+            self._spawn(self._run_worker(worker))
+        self._adoptable = {}
+
     def _end_orphans(self) -> list[HeldAttempt]:
         """End the attempts a previous agent process left behind (see runyard.agent.holdings)."""
-        orphans = self.holdings.load()
+        orphans = [h for h in self.holdings.load() if (h.run_id, h.attempt) not in self._adoptable]
         alive = self.holdings.end_orphans(orphans, self.config.cancel_grace_s)
         for held in orphans:
             self._seen.add((held.run_id, held.attempt))  # a redelivery of its work is not run again
@@ -473,6 +514,8 @@ class Agent:
             return
         worker.vouched_at = time.monotonic() - waited
         await asyncio.to_thread(self.holdings.record, HeldAttempt(*key))
+        if self.containers is not None:  # what a restarted agent needs to adopt the attempt's container
+            await asyncio.to_thread(self.holdings.record_work, work)
         self.workers[key] = worker
         self._seen.add(key)
         self._free_slots -= 1
@@ -493,8 +536,11 @@ class Agent:
             self.workers.pop(worker.key, None)
             self._free_slots += 1
             self._slot_freed.set()
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(self.holdings.remove, *worker.key)
+            if outcome is not Outcome.DETACHED:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(self.holdings.remove, *worker.key)
+        if outcome is Outcome.DETACHED:  # the next agent process adopts it: records and folder stay
+            return
         try:
             if outcome is Outcome.FAILED:
                 await asyncio.to_thread(self._prune)
@@ -605,7 +651,10 @@ class Agent:
     async def _shutdown(self, *loops: asyncio.Task[None]) -> None:
         self._log.info("stopping", attempts=[f"{r}:{a}" for r, a in self.workers])
         for worker in list(self.workers.values()):
-            worker.shutdown()
+            if self.containers is not None:
+                worker.detach()  # its container runs on; the next agent process adopts it
+            else:
+                worker.shutdown()
         for task in loops:
             if not task.done():
                 task.cancel()

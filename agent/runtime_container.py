@@ -355,6 +355,17 @@ class ContainerProcess:
 
 
 @dataclass(frozen=True)
+class HeldContainer:
+    """One of this agent's containers as the engine lists it (labels: run and attempt)."""
+
+    id: str
+    name: str
+    run_id: str
+    attempt: int
+    status: str
+
+
+@dataclass(frozen=True)
 class FrameworkImage:
     """A framework image the engine holds (until runyard.agent.images provides the shared type)."""
 
@@ -511,6 +522,26 @@ class ContainerRuntime:
         image = await asyncio.to_thread(self.resolve_image, work)
         plan = await asyncio.to_thread(self.plan, work, dirs, image)
         return await asyncio.to_thread(self.start_blocking, plan)
+
+    def held_containers(self) -> list[HeldContainer]:
+        """This agent's containers on the engine (running or not), by their labels."""
+        found = []
+        for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={self.agent_id}"}):
+            labels = c.labels or {}
+            try:
+                attempt = int(labels.get(LABEL_ATTEMPT, ""))
+            except ValueError:
+                attempt = 0
+            found.append(HeldContainer(str(c.id), str(c.name), labels.get(LABEL_RUN, ""), attempt, str(c.status)))
+        return found
+
+    def reattach(self, held: HeldContainer, output: Path) -> ContainerProcess:
+        """A container a previous agent process started, followed again (its output folder: `output`)."""
+        return ContainerProcess(self.client, held.id, held.name, output)
+
+    def remove(self, container_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.remove_container(container_id, force=True)
 
     def remove_leftovers(self) -> list[str]:
         """Remove this agent's containers a previous agent process left (until runs are reattached)."""

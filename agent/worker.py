@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from runyard.agent.capture import Capture
 from runyard.agent.env import build_run_env
 from runyard.agent.holdings import HeldAttempt, Holdings, start_ticks
 from runyard.agent.metrics import StdoutMetricParser, compile_patterns
+from runyard.agent.output_ledger import OutputLedger
 from runyard.agent.reporter import AttemptReports, Reporter
 from runyard.agent.runtime_container import (
     ContainerError,
@@ -60,6 +61,8 @@ class Outcome(enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELED = "canceled"
+    #: The agent stopped and left the attempt's container running, for its next start to adopt.
+    DETACHED = "detached"
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,29 @@ class AttemptWorker:
         #: every heartbeat listing it that reached NATS. Set by the agent.
         self.vouched_at = time.monotonic()
         self._log = log.bind(run_id=work.run_id, attempt=work.attempt)
+        self._detaching = asyncio.Event()
+        #: A container a previous agent process started for this attempt, followed again (`adopt`).
+        self.adopted: ContainerProcess | None = None
+
+    def adopt(self, proc: ContainerProcess) -> None:
+        """Take over a running (or ended, not yet reported) container of a previous agent process.
+
+        `run` then skips staging and the start: it follows the container's output
+        files from where the ledger says the previous process got to, and reports
+        the attempt's end as usual, once.
+        """
+        self.adopted = proc
+
+    def detach(self) -> None:
+        """The agent is stopping: leave a container attempt running for the next agent process to adopt.
+
+        The output read so far is sent (and recorded); no terminal report, the
+        container, its folder and the holdings records stay. An attempt that is
+        not in its container yet (staging) is ended as by `shutdown`.
+        """
+        self._detaching.set()
+        if not isinstance(self.process, ContainerProcess):
+            self.shutdown()
 
     def cancel(self, grace_s: float | None = None) -> None:
         if grace_s is not None:
@@ -142,6 +168,8 @@ class AttemptWorker:
 
     async def run(self) -> Outcome:
         """The whole attempt; never raises except CancelledError."""
+        if self.adopted is not None:
+            return await self._attempt(None)
         # The staging report goes out while the staging starts: it takes the attempt's report lock
         # first, so it is still the first report, and it is awaited before the command starts.
         staging = asyncio.create_task(self.reports.staging())
@@ -153,7 +181,7 @@ class AttemptWorker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await staging
 
-    async def _attempt(self, staging: asyncio.Task[None]) -> Outcome:
+    async def _attempt(self, staging: asyncio.Task[None] | None) -> Outcome:
         patterns, pattern_errors = compile_patterns(p.regex for p in self.work.spec.metric_patterns)
         # Output followed from files (attach_files) is recorded batch by batch, for a restarted agent.
         ledger = self.ctx.holdings.ledger(*self.key) if self.ctx.holdings is not None else None
@@ -165,12 +193,19 @@ class AttemptWorker:
             ledger=ledger,
         )
         capture.start()
+        if staging is None and self.adopted is not None:
+            return await self._guarded(capture, self._resume(capture, self.adopted, ledger))
         for text in pattern_errors:
             capture.agent_line(text)
+        assert staging is not None
+        return await self._guarded(capture, self._run(capture, staging))
+
+    async def _guarded(self, capture: Capture, attempt: Awaitable[Outcome]) -> Outcome:
+        """The attempt's course; an error inside the agent ends it FAILED (INTERNAL), never silently."""
         try:
-            return await self._run(capture, staging)
+            return await attempt
         except asyncio.CancelledError:
-            if self.process is not None:
+            if self.process is not None and not self._detaching.is_set():
                 self.process.kill_group()
             raise
         except Exception as e:
@@ -259,19 +294,47 @@ class AttemptWorker:
         took = time.monotonic() - started
         try:
             await self.reports.started()
-            capture.attach_files(proc.stdout_path, proc.stderr_path)
-            self._log.info("container started", container=proc.name, start_s=round(took, 3))
-            returncode, stopped_by = await self._wait(proc)
+            if self.ctx.holdings is not None:  # from now on a restarted agent adopts the container
+                held = HeldAttempt(self.key[0], self.key[1], container=proc.id)
+                await asyncio.to_thread(self.ctx.holdings.record, held)
+        except BaseException:
+            await asyncio.to_thread(proc.remove)
+            raise
+        capture.attach_files(proc.stdout_path, proc.stderr_path)
+        self._log.info("container started", container=proc.name, start_s=round(took, 3))
+        return await self._follow_container(capture, proc)
+
+    async def _resume(self, capture: Capture, proc: ContainerProcess, ledger: OutputLedger | None) -> Outcome:
+        """An adopted container: its output from where the previous agent process got to, then its end."""
+        self.process = proc
+        saved = await asyncio.to_thread(ledger.load) if ledger is not None else None
+        capture.attach_files(proc.stdout_path, proc.stderr_path, saved)
+        self._log.info("container adopted", container=proc.name, resumed_from=saved is not None)
+        return await self._follow_container(capture, proc)
+
+    async def _follow_container(self, capture: Capture, proc: ContainerProcess) -> Outcome:
+        """Until the container ends (or the agent detaches); then the terminal report, then the container goes.
+
+        The container is removed only after the terminal report: an agent killed
+        on the way (during the upload, say) adopts the ended container next time
+        and reports the end then; the control plane stores one end per attempt.
+        """
+        returncode, stopped_by = await self._wait(proc)
+        if stopped_by == "detach":
+            await capture.detach()
+            self._log.info("left running for the next agent process", container=proc.name)
+            return Outcome.DETACHED
+        try:
             ended = proc.exit
             await capture.drain()
+            memory = self.work.spec.resources.memory_bytes
+            if ended is not None and ended.oom_killed and not stopped_by:
+                limit = f"more than resources.memory {describe_bytes(memory)}" if memory else "more than the host had"
+                msg = f"out of memory: the command used {limit} and was killed"
+                return await self._end(capture, Outcome.FAILED, OUT_OF_MEMORY, msg, ended.exit_code)
+            return await self._finish(capture, returncode, stopped_by)
         finally:
             await asyncio.to_thread(proc.remove)
-        memory = self.work.spec.resources.memory_bytes
-        if ended is not None and ended.oom_killed and not stopped_by:
-            limit = f"more than resources.memory {describe_bytes(memory)}" if memory else "more than the host had"
-            msg = f"out of memory: the command used {limit} and was killed"
-            return await self._end(capture, Outcome.FAILED, OUT_OF_MEMORY, msg, ended.exit_code)
-        return await self._finish(capture, returncode, stopped_by)
 
     async def _finish(self, capture: Capture, returncode: int, stopped_by: str) -> Outcome:
         """The command has ended: the terminal report, after the upload when it exited 0."""
@@ -323,13 +386,20 @@ class AttemptWorker:
         exited = asyncio.create_task(_returncode(proc))
         canceled = asyncio.create_task(self._cancel.wait())
         stopping = asyncio.create_task(self._stopping.wait())
+        detaching = asyncio.create_task(self._detaching.wait())
         try:
-            await asyncio.wait({exited, canceled, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({exited, canceled, stopping, detaching}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             canceled.cancel()
             stopping.cancel()
+            detaching.cancel()
         if exited.done():
             return exited.result(), ""
+        if self._detaching.is_set() and isinstance(proc, ContainerProcess) and not self._cancel.is_set():
+            exited.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await exited
+            return 0, "detach"
         by = "cancel" if self._cancel.is_set() else "shutdown"
         grace = self._cancel_grace_s if by == "cancel" else self._stop_grace_s
         self._log.info("stopping command", by=by, grace_s=grace)

@@ -1,0 +1,114 @@
+"""Runs in containers survive an agent restart (issue 8, item 6): kill -9 or SIGTERM, then the agent comes back.
+
+Real processes (the server, the agent with ``--runtime container``), PostgreSQL,
+a NATS of the test's own, the session's Podman service and the python framework
+image. Four runs print numbered lines for a few seconds; the agent is stopped
+while they print and started again. Every run completes in its first attempt
+(no second container), and its log holds every numbered line exactly once.
+"""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from runyard.agent.engine import connect
+from runyard.agent.runtime_container import LABEL_AGENT
+from runyard.v1 import common_pb2, run_service_pb2
+from tests.integration.agent.container_harness import remove_agent_containers
+from tests.integration.scheduling.helpers import all_ended, manifest, submit, wait_until
+from tests.support.services import NatsServer
+from tests.support.stack import Stack, Stubs
+
+pytestmark = pytest.mark.integration
+RS = common_pb2.RunState
+
+LINES = 300
+# ~6 s of numbered lines, flushed one by one (the agent is stopped in the middle of them).
+TRAIN = f'python3 -c \'import time\nfor i in range({LINES}):\n    print("line %d" % i, flush=True)\n    time.sleep(0.02)\''
+
+
+@pytest.fixture
+def stack(tmp_path: Path, pg_url: str, nats_server: NatsServer) -> Iterator[Stack]:
+    s = Stack(
+        root=tmp_path,
+        database_url=pg_url,
+        nats_url=nats_server.url,
+        storage_root=(tmp_path / "objects").as_uri(),
+        # A lease the restart fits in easily; the agent's heartbeats renew it once it is back.
+        extra_env={"RUNYARD_ATTEMPT_LEASE": "30"},
+    )
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def engine(container_engine: str, python_image: str) -> Iterator[docker.DockerClient]:
+    client = connect(container_engine)
+    yield client
+    client.close()
+
+
+def stdout_lines(stubs: Stubs, run_id: str) -> list[str]:
+    lines: list[str] = []
+    token = ""
+    while True:
+        page = stubs.runs.GetRunLogs(
+            run_service_pb2.GetRunLogsRequest(run_id=run_id, page_size=1000, page_token=token), timeout=10
+        )
+        lines += [x.text for x in page.lines if x.stream == common_pb2.LogStream.LOG_STREAM_STDOUT]
+        if not page.next_page_token:
+            return lines
+        token = page.next_page_token
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "graceful"])
+def test_container_runs_survive_an_agent_restart_exactly_once(
+    stack: Stack, engine: docker.DockerClient, container_engine: str, how: signal.Signals
+) -> None:
+    agent_id = f"reattach-{uuid.uuid4().hex[:6]}"
+    flags = ("--runtime", "container", "--engine-url", container_engine, "--cancel-grace", "2")
+    stack.start_server(agent_timeout="4")
+    try:
+        with stack.channel() as channel:
+            stubs = Stubs(channel)
+            stack.start_agent(agent_id, 4, *flags)
+            exp = submit(stubs, manifest("reattach", TRAIN, gpus=0, runs=4))
+
+            def runs() -> list[run_service_pb2.Run]:  # type: ignore[name-defined]
+                request = run_service_pb2.ListRunsRequest(experiment_id=exp.id)
+                return list(stubs.runs.ListRuns(request, timeout=10).runs)
+
+            def printing() -> bool:
+                rs = runs()
+                return len(rs) == 4 and all(
+                    r.state == RS.RUN_STATE_RUNNING and len(stdout_lines(stubs, r.id)) >= 20 for r in rs
+                )
+
+            wait_until("4 runs printing in their containers", printing, timeout=120, stack=stack)
+            ids_before = {c.id for c in engine.containers.list(filters={"label": f"{LABEL_AGENT}={agent_id}"})}
+            assert len(ids_before) == 4
+            stack.agents[-1].stop(how)
+            # Graceful or not, the containers run on without their agent.
+            still = {c.id for c in engine.containers.list(filters={"label": f"{LABEL_AGENT}={agent_id}"})}
+            assert still == ids_before
+            stack.start_agent(agent_id, 4, *flags)
+
+            wait_until("the experiment to end", lambda: all_ended(stubs, [exp.id]), timeout=120, stack=stack)
+            ended = runs()
+            assert [RS.Name(r.state) for r in ended] == ["RUN_STATE_COMPLETED"] * 4, stack.logs()
+            assert [r.attempt for r in ended] == [1] * 4, "each run ran once: no second attempt"
+            for r in ended:
+                assert stdout_lines(stubs, r.id) == [f"line {i}" for i in range(LINES)], r.id
+            left = engine.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={agent_id}"})
+            assert not left, "every container is removed once its end is reported"
+            assert "adopted a container of a previous agent process" in stack.agents[-1].output()
+    finally:
+        remove_agent_containers(engine, agent_id)
