@@ -30,7 +30,10 @@ RS = common_pb2.RunState
 
 LINES = 300
 # ~6 s of numbered lines, flushed one by one (the agent is stopped in the middle of them).
-TRAIN = f'python3 -c \'import time\nfor i in range({LINES}):\n    print("line %d" % i, flush=True)\n    time.sleep(0.02)\''
+TRAIN = (
+    f"python3 -c 'import time\nfor i in range({LINES}):\n"
+    '    print("line %d" % i, flush=True)\n    time.sleep(0.02)\''
+)
 
 
 @pytest.fixture
