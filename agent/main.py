@@ -17,7 +17,9 @@ Stopping (the stop event, or SIGTERM/SIGINT when the caller passes none):
 fetching stops, running commands get SIGTERM then SIGKILL after
 ``cancel_grace_s``, each unfinished attempt is reported AttemptFailed
 INTERNAL "agent shutting down" (the control plane re-queues it while
-restarts remain), and the connection is drained. The wait for those last
+restarts remain), and the connection is drained. With the container runtime a
+stop leaves the containers running instead (their output read so far is
+sent and recorded): the next start adopts them. The wait for those last
 reports is bounded (``cancel_grace_s`` + 30 s): with NATS gone for good they
 could otherwise be retried forever, and the control plane declares the agent
 lost anyway.
@@ -32,6 +34,16 @@ stream for half its lease or more. A killed agent's runs are ended by their
 guards (`runyard.agent.runtime_local`); a restarted one ends what its records
 (`runyard.agent.holdings`) say it held, and reports those attempts failed,
 before it registers and takes any work.
+
+Adoption (container runtime): a restarted agent lists its containers by the
+label ``org.runyard.agent``; each one its holdings record names, with the
+attempt's WorkAssignment kept beside it, gets an AttemptWorker again that
+follows the output files on from the output ledger (no line lost or repeated),
+lists the attempt in its heartbeats (the control plane's lease holds: a
+re-registration ends nothing) and reports its end once. Other containers are
+removed; recorded attempts without a container are reported failed as
+orphans. An attempt the control plane gave up on meanwhile (its lease ended)
+is canceled through the control stream, which the restarted agent reads.
 
 GPUs: the host's GPUs come from NVML or a declared inventory (`runyard.agent.gpus`)
 and are reported with the registration; each attempt gets exactly the GPUs of

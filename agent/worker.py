@@ -324,6 +324,7 @@ class AttemptWorker:
             await capture.detach()
             self._log.info("left running for the next agent process", container=proc.name)
             return Outcome.DETACHED
+        keep = False
         try:
             ended = proc.exit
             await capture.drain()
@@ -333,8 +334,13 @@ class AttemptWorker:
                 msg = f"out of memory: the command used {limit} and was killed"
                 return await self._end(capture, Outcome.FAILED, OUT_OF_MEMORY, msg, ended.exit_code)
             return await self._finish(capture, returncode, stopped_by)
+        except asyncio.CancelledError:
+            # A stopping agent gave up waiting for the end's reports (NATS gone?): the next one reports it.
+            keep = self._detaching.is_set()
+            raise
         finally:
-            await asyncio.to_thread(proc.remove)
+            if not keep:
+                await asyncio.to_thread(proc.remove)
 
     async def _finish(self, capture: Capture, returncode: int, stopped_by: str) -> Outcome:
         """The command has ended: the terminal report, after the upload when it exited 0."""

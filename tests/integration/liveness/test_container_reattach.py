@@ -72,10 +72,16 @@ def stdout_lines(stubs: Stubs, run_id: str) -> list[str]:
         token = page.next_page_token
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "graceful"])
+@pytest.mark.parametrize(
+    ("how", "back_after_they_end"),
+    [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGKILL, True)],
+    ids=["kill-9", "graceful", "kill-9-back-after-they-ended"],
+)
 def test_container_runs_survive_an_agent_restart_exactly_once(
-    stack: Stack, engine: docker.DockerClient, container_engine: str, how: signal.Signals
+    stack: Stack, engine: docker.DockerClient, container_engine: str, how: signal.Signals, back_after_they_end: bool
 ) -> None:
+    """Back after they ended: the runs exit while no agent watches (and the agent is declared lost meanwhile);
+    the restarted agent reads their output to the end and reports each end, once."""
     agent_id = f"reattach-{uuid.uuid4().hex[:6]}"
     flags = ("--runtime", "container", "--engine-url", container_engine, "--cancel-grace", "2")
     stack.start_server(agent_timeout="4")
@@ -102,6 +108,14 @@ def test_container_runs_survive_an_agent_restart_exactly_once(
             # Graceful or not, the containers run on without their agent.
             still = {c.id for c in engine.containers.list(filters={"label": f"{LABEL_AGENT}={agent_id}"})}
             assert still == ids_before
+            if back_after_they_end:
+
+                def all_exited() -> bool:
+                    found = engine.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={agent_id}"})
+                    return len(found) == 4 and all(c.status == "exited" for c in found)
+
+                wait_until("the containers to exit without their agent", all_exited, timeout=60, stack=stack)
+                assert all(r.state == RS.RUN_STATE_RUNNING for r in runs())  # nobody reported their end yet
             stack.start_agent(agent_id, 4, *flags)
 
             wait_until("the experiment to end", lambda: all_ended(stubs, [exp.id]), timeout=120, stack=stack)
