@@ -132,6 +132,32 @@ class Holdings:
         """Where the attempt's output capture records how far it got (see runyard.agent.output_ledger)."""
         return OutputLedger(self.folder / f"{run_id}~{attempt}.output")
 
+    @property
+    def _contact_path(self) -> Path:
+        return self.folder / "contact"
+
+    def note_contact(self, wall_time: float) -> None:
+        """When (wall clock) the control plane last heard of every attempt held then (a heartbeat's PONG)."""
+        path = self._contact_path
+        tmp = path.with_suffix(".tmp")
+        with contextlib.suppress(FileNotFoundError):  # the folder went with the last attempt: nothing held
+            tmp.write_text(repr(wall_time))
+            os.replace(tmp, path)
+
+    def last_contact(self) -> float:
+        """The last `note_contact` time (0 when none): how long a restarted agent's attempts went unvouched."""
+        try:
+            return float(self._contact_path.read_text())
+        except (OSError, ValueError):
+            return 0.0
+
+    def recorded_at(self, run_id: str, attempt: int) -> float:
+        """When (wall clock) the attempt's record was last written (0 when there is none)."""
+        try:
+            return self._path(run_id, attempt).stat().st_mtime
+        except OSError:
+            return 0.0
+
     def _work_path(self, run_id: str, attempt: int) -> Path:
         return self.folder / f"{run_id}~{attempt}.work"
 
@@ -160,6 +186,9 @@ class Holdings:
             self._work_path(run_id, attempt).unlink()
         with contextlib.suppress(FileNotFoundError):
             self._path(run_id, attempt).unlink()
+        if not any(self.folder.glob("*~*")):  # nothing held: the contact note goes too
+            with contextlib.suppress(FileNotFoundError):
+                self._contact_path.unlink()
         with contextlib.suppress(OSError):  # not empty: other attempts are held
             self.folder.rmdir()
 

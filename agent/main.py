@@ -191,6 +191,8 @@ class Agent:
         self._orphans: list[HeldAttempt] = []
         # Containers of a previous agent process to adopt (container runtime), found before connecting.
         self._adoptable: dict[Key, tuple[WorkAssignment, HeldContainer]] = {}
+        # Why an orphan ended, where it is not the default (a container left unvouched too long).
+        self._orphan_messages: dict[Key, str] = {}
         # The PING that checks our contact with NATS now, and the connection (its reconnect count) it went on.
         self._contact_check: tuple[asyncio.Task[None], int] | None = None
         self._last_contact = 0.0
@@ -303,24 +305,37 @@ class Agent:
         """This agent's containers that a previous agent process started and its records know; the rest removed.
 
         Adoptable: the holdings record names the container (written once its
-        start was reported) and the attempt's WorkAssignment was kept. A
-        container without such a record (the agent died between its start and
-        the record, or it is from an agent whose records are gone) is stopped
-        and removed; its attempt, if recorded, is reported as an orphan.
+        start was reported), the attempt's WorkAssignment was kept, and the
+        control plane heard of the attempt (the last heartbeat PONG noted in
+        the holdings) less than half its lease ago. Any other container is
+        stopped and removed; its attempt, if recorded, is reported as an orphan.
         """
         records = {(h.run_id, h.attempt): h for h in self.holdings.load()}
         adoptable: dict[Key, tuple[WorkAssignment, HeldContainer]] = {}
+        contact = self.holdings.last_contact()
         for held in runtime.held_containers():
             key = (held.run_id, held.attempt)
             record = records.get(key)
             work = self.holdings.load_work(*key) if record is not None and record.container == held.id else None
-            if work is not None and key not in adoptable:
-                adoptable[key] = (work, held)
+            if work is None or key in adoptable:
+                runtime.remove(held.id)
+                self._log.warning(
+                    "removed a container no record of ours names", container=held.name, run_id=key[0], attempt=key[1]
+                )
                 continue
-            runtime.remove(held.id)
-            self._log.warning(
-                "removed a container no record of ours names", container=held.name, run_id=key[0], attempt=key[1]
-            )
+            # The agent's own rule (see Leases): unvouched for half its lease, an attempt is stopped. The
+            # control plane may have ended it meanwhile and given the run to another agent: never adopt it.
+            lease_s = float(work.lease_seconds) if work.lease_seconds else DEFAULT_LEASE_S
+            away = time.time() - max(contact, self.holdings.recorded_at(*key))
+            if away >= lease_s / 2:
+                runtime.remove(held.id)
+                self._orphan_messages[key] = (
+                    f"the agent was away {away:.0f}s, past half the attempt's lease ({lease_s:.0f}s): "
+                    "its container was stopped"
+                )
+                self._log.warning("stopped a container left unvouched too long", container=held.name, away_s=away)
+                continue
+            adoptable[key] = (work, held)
         return adoptable
 
     def _adopt(self) -> None:
@@ -356,9 +371,10 @@ class Agent:
         """Report each orphan's end (INTERNAL: re-queued while restarts remain), then forget its record."""
         for held in self._orphans:
             reports = self.reporter.for_attempt(held.run_id, held.attempt)
-            await reports.failed(
-                FailureReason.FAILURE_REASON_INTERNAL, "the agent restarted; the attempt's processes were ended"
+            message = self._orphan_messages.pop(
+                (held.run_id, held.attempt), "the agent restarted; the attempt's processes were ended"
             )
+            await reports.failed(FailureReason.FAILURE_REASON_INTERNAL, message)
             await asyncio.to_thread(self.holdings.remove, held.run_id, held.attempt)
         self._orphans = []
 
@@ -625,6 +641,7 @@ class Agent:
         if current is not None and not current[0].done() and current[1] == reconnects:
             return  # the last PING is still on its way
         sent = time.monotonic()
+        sent_wall = time.time()
 
         def answered(task: asyncio.Task[None]) -> None:
             if task.cancelled() or task.exception() is not None:
@@ -635,6 +652,8 @@ class Agent:
             for key in listed:
                 if (worker := self.workers.get(key)) is not None:
                     worker.vouched_at = max(worker.vouched_at, sent)
+            if self.containers is not None and listed:  # for a restarted agent: how long its containers went unvouched
+                self._spawn(asyncio.to_thread(self.holdings.note_contact, sent_wall))
             if self._last_contact and sent - self._last_contact > REREGISTER_AFTER_GAP_S and self._reporter:
                 # Silent that long, the control plane may have declared us lost: tell it we are back.
                 self._spawn(self._reporter.registered(self._registration()))

@@ -129,3 +129,67 @@ def test_container_runs_survive_an_agent_restart_exactly_once(
             assert "adopted a container of a previous agent process" in stack.agents[-1].output()
     finally:
         remove_agent_containers(engine, agent_id)
+
+
+@pytest.fixture
+def short_lease_stack(tmp_path: Path, pg_url: str, nats_server: NatsServer) -> Iterator[Stack]:
+    s = Stack(
+        root=tmp_path,
+        database_url=pg_url,
+        nats_url=nats_server.url,
+        storage_root=(tmp_path / "objects").as_uri(),
+        extra_env={"RUNYARD_ATTEMPT_LEASE": "6"},
+    )
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def test_a_container_whose_attempt_the_control_plane_gave_up_on_is_stopped_not_adopted_for_good(
+    short_lease_stack: Stack, engine: docker.DockerClient, container_engine: str
+) -> None:
+    """Away past the lease: the attempt was ended (AGENT_LOST) and re-queued. The restarted agent stops
+    and removes the old attempt's container before it takes any work (it was unvouched for more than
+    half its lease), and the run completes in its second attempt, never two containers of it at once
+    (two slots: adopted, the first would run on beside the second)."""
+    stack = short_lease_stack
+    agent_id = f"reattach-{uuid.uuid4().hex[:6]}"
+    flags = ("--runtime", "container", "--engine-url", container_engine, "--cancel-grace", "2")
+    long_train = TRAIN.replace(f"range({LINES})", "range(750)")  # ~15 s
+    stack.start_server(agent_timeout="3")
+    try:
+        with stack.channel() as channel:
+            stubs = Stubs(channel)
+            stack.start_agent(agent_id, 2, *flags)
+            exp = submit(stubs, manifest("given-up", long_train, gpus=0, extra="max_restarts: 2\n"))
+
+            def run() -> run_service_pb2.Run:  # type: ignore[name-defined]
+                request = run_service_pb2.ListRunsRequest(experiment_id=exp.id)
+                return stubs.runs.ListRuns(request, timeout=10).runs[0]
+
+            wait_until("the run to print", lambda: len(stdout_lines(stubs, run().id)) >= 10, timeout=120, stack=stack)
+            stack.agents[-1].stop(signal.SIGKILL)
+            wait_until("the lease to end", lambda: run().state == RS.RUN_STATE_QUEUED, timeout=60, stack=stack)
+            first = engine.containers.list(filters={"label": f"{LABEL_AGENT}={agent_id}"})
+            assert len(first) == 1 and first[0].labels["org.runyard.attempt"] == "1"  # still running
+            stack.start_agent(agent_id, 2, *flags)
+
+            def containers() -> list[str]:
+                found = engine.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={agent_id}"})
+                return [c.labels["org.runyard.attempt"] for c in found]
+
+            seen: set[tuple[str, ...]] = set()
+
+            def ended() -> bool:
+                seen.add(tuple(sorted(containers())))
+                return all_ended(stubs, [exp.id])
+
+            wait_until("the experiment to end", ended, timeout=120, stack=stack)
+            final = run()
+            assert RS.Name(final.state) == "RUN_STATE_COMPLETED" and final.attempt == 2, stack.logs()
+            assert all(len(s) <= 1 for s in seen), f"two containers of the run at once: {seen}"
+            assert not containers()
+            assert "stopped a container left unvouched too long" in stack.agents[-1].output()
+    finally:
+        remove_agent_containers(engine, agent_id)
