@@ -46,10 +46,11 @@ thousands, and the control plane appends and projects each in one go.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -108,7 +109,8 @@ class OutputOffsets:
     runyard.log lines without a step number their points per metric, so a
     resumed capture reads the files again from their start (cutting is
     deterministic, see `LineCutter`), passes what these counts say was already
-    sent, and goes on with the step counters exactly where they were. `pending`
+    sent, and goes on with the step counters exactly where they were. The cost
+    is reading the files again once per restart (not per batch). `pending`
     is the batch that was on its way when the counts were saved (already
     counted): it is sent again first, with its own event ids, so whether or not
     it reached the control plane it is stored exactly once.
@@ -118,27 +120,35 @@ class OutputOffsets:
     stderr_lines: int = 0
     stdout_points: int = 0
     jsonl_points: int = 0
-    tensorboard_points: int = 0
+    #: Per TensorBoard event file (its path under RESULT_DIR), sorted: files are read in turns whose
+    #: interleaving depends on timing, so one total would not say which file's points were sent.
+    tensorboard: tuple[tuple[str, int], ...] = ()
     pending: tuple[PendingReport, ...] = ()
 
-    def after(self, lines: Sequence[LogLine], points: Sequence[MetricPoint]) -> OutputOffsets:
-        """These counts advanced by a batch (agent lines are not counted: they are not in any file)."""
+    def after(
+        self, lines: Sequence[LogLine], points: Sequence[MetricPoint], tensorboard: Mapping[str, int] | None = None
+    ) -> OutputOffsets:
+        """These counts advanced by a batch (agent lines are not counted: they are not in any file);
+        `tensorboard`: the batch's TensorBoard points per file."""
         out = err = 0
         for line in lines:
             if line.stream == _STDOUT:
                 out += 1
             elif line.stream == _STDERR:
                 err += 1
-        by_source = {SOURCE_STDOUT: 0, SOURCE_JSONL: 0, SOURCE_TENSORBOARD: 0}
+        by_source = {SOURCE_STDOUT: 0, SOURCE_JSONL: 0}
         for p in points:
             if p.source in by_source:
                 by_source[p.source] += 1
+        files = dict(self.tensorboard)
+        for rel, n in (tensorboard or {}).items():
+            files[rel] = files.get(rel, 0) + n
         return OutputOffsets(
             self.stdout_lines + out,
             self.stderr_lines + err,
             self.stdout_points + by_source[SOURCE_STDOUT],
             self.jsonl_points + by_source[SOURCE_JSONL],
-            self.tensorboard_points + by_source[SOURCE_TENSORBOARD],
+            tuple(sorted(files.items())),
         )
 
 
@@ -356,6 +366,7 @@ class Capture:
         #: Counts of what was sent from the files (saved with each batch once files are followed with a ledger).
         self.offsets: OutputOffsets | None = None
         self._resend: list[PendingReport] = []
+        self._tensorboard_runs: collections.deque[tuple[str, int]] = collections.deque()
         self._metrics_file_refused = False
         self._file_problems: list[str] = []
 
@@ -543,6 +554,11 @@ class Capture:
     async def _poll_files(self, final: bool = False) -> None:
         points = await asyncio.to_thread(self._file_points, final)
         self._add_points(points)
+        if self._tensorboard is not None and self._tensorboard.read_counts:
+            if self._ledger is not None and self.offsets is not None:
+                # Which file the batch's TensorBoard points come from, in their order (see _send_recorded).
+                self._tensorboard_runs.extend(self._tensorboard.read_counts)
+            self._tensorboard.read_counts.clear()
         while self._file_problems:
             self.agent_line(self._file_problems.pop(0))
         if self._tensorboard is not None and self._tensorboard.problems:
@@ -590,13 +606,12 @@ class Capture:
             _STDERR_LINES: start.stderr_lines,
             SOURCE_STDOUT: start.stdout_points,
             SOURCE_JSONL: start.jsonl_points,
-            SOURCE_TENSORBOARD: start.tensorboard_points,
         }
         self._skip = {k: n for k, n in self._skip.items() if n}
         self._resend = list(start.pending)
-        self.offsets = OutputOffsets(
-            start.stdout_lines, start.stderr_lines, start.stdout_points, start.jsonl_points, start.tensorboard_points
-        )
+        self.offsets = replace(start, pending=())
+        if self._tensorboard is not None:
+            self._tensorboard.skip = dict(start.tensorboard)
         self._files_final.clear()
         for path, stream in ((stdout, _STDOUT), (stderr, _STDERR)):
             self._followers.append(asyncio.create_task(self._follow(FileTail(path), stream), name="capture-follow"))
@@ -706,7 +721,7 @@ class Capture:
             reports.append(PendingReport(str(uuid.uuid4()), lines=tuple(lines)))
         if points:
             reports.append(PendingReport(str(uuid.uuid4()), points=tuple(points)))
-        counts = self.offsets.after(lines, points)
+        counts = self.offsets.after(lines, points, self._tensorboard_files(points))
         record = replace(counts, pending=tuple(reports))
         if len(lines) + len(points) > _SAVE_ON_LOOP_ITEMS:  # milliseconds of copying: off the event loop
             await asyncio.get_running_loop().run_in_executor(_capture_thread(), self._ledger.save, record)
@@ -715,6 +730,21 @@ class Capture:
         self.offsets = counts
         for report in reports:
             await self._send_report(report)
+
+    def _tensorboard_files(self, points: Sequence[MetricPoint]) -> dict[str, int]:
+        """The taken points' TensorBoard points per file: batches take points in the order they were read."""
+        left = sum(1 for p in points if p.source == SOURCE_TENSORBOARD)
+        files: dict[str, int] = {}
+        while left:
+            rel, n = self._tensorboard_runs[0]
+            taken = min(n, left)
+            files[rel] = files.get(rel, 0) + taken
+            left -= taken
+            if taken == n:
+                self._tensorboard_runs.popleft()
+            else:
+                self._tensorboard_runs[0] = (rel, n - taken)
+        return files
 
     async def _send_report(self, report: PendingReport) -> None:
         if report.lines:

@@ -42,7 +42,7 @@ VERSION = 1
 # A slot: magic, CRC-32 of the body, sequence number, body length; then the body (`encode`).
 _SLOT_HEADER = struct.Struct("<4sIQI")
 _MAGIC = b"RYOL"
-_COUNTS = ("stdout_lines", "stderr_lines", "stdout_points", "jsonl_points", "tensorboard_points")
+_COUNTS = ("stdout_lines", "stderr_lines", "stdout_points", "jsonl_points")
 
 
 def encode(offsets: OutputOffsets) -> bytes:
@@ -55,7 +55,12 @@ def encode(offsets: OutputOffsets) -> bytes:
             kind, data = "points", RunMetricsReported(points=report.points).SerializeToString()
         pending.append({"id": report.event_id, "kind": kind, "bytes": len(data)})
         payloads.append(data)
-    header = {"v": VERSION, **{k: getattr(offsets, k) for k in _COUNTS}, "pending": pending}
+    header = {
+        "v": VERSION,
+        **{k: getattr(offsets, k) for k in _COUNTS},
+        "tensorboard": dict(offsets.tensorboard),
+        "pending": pending,
+    }
     return json.dumps(header, separators=(",", ":")).encode() + b"\n" + b"".join(payloads)
 
 
@@ -68,7 +73,8 @@ def decode(data: bytes) -> OutputOffsets:
     if not isinstance(header, dict) or header.get("v") != VERSION:
         raise ValueError(f"unknown ledger version {header.get('v') if isinstance(header, dict) else header!r}")
     counts = {k: int(header[k]) for k in _COUNTS}
-    if any(n < 0 for n in counts.values()):
+    tensorboard = tuple(sorted((str(rel), int(n)) for rel, n in header["tensorboard"].items()))
+    if any(n < 0 for n in counts.values()) or any(n < 0 for _, n in tensorboard):
         raise ValueError("negative count")
     pending = []
     at = 0
@@ -86,7 +92,7 @@ def decode(data: bytes) -> OutputOffsets:
             raise ValueError(f"unknown pending kind {item['kind']!r}")
     if at != len(body):
         raise ValueError("trailing bytes")
-    return OutputOffsets(**counts, pending=tuple(pending))
+    return OutputOffsets(**counts, tensorboard=tensorboard, pending=tuple(pending))
 
 
 class OutputLedger:

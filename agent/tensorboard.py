@@ -271,6 +271,10 @@ class TensorBoardTail:
         self._files: dict[Path, _FileTail] = {}
         #: Messages for the run's log (a corrupt record, an unreadable file); the caller empties it.
         self.problems: list[str] = []
+        #: Points to pass over per file (relative path): a resumed capture's, sent by a previous agent process.
+        self.skip: dict[str, int] = {}
+        #: (file, points) of each file's points a poll returned, in their order; the caller empties it.
+        self.read_counts: list[tuple[str, int]] = []
 
     def _event_files(self) -> list[Path]:
         found: list[Path] = []
@@ -296,7 +300,14 @@ class TensorBoardTail:
             tail = self._files.setdefault(path, _FileTail())
             if not tail.given_up:
                 try:
-                    points.extend(self._read(path, tail, budget))
+                    read = self._read(path, tail, budget)
+                    rel = self._rel(path)
+                    if skip := min(self.skip.get(rel, 0), len(read)):
+                        del read[:skip]
+                        self.skip[rel] -= skip
+                    if read:
+                        self.read_counts.append((rel, len(read)))
+                    points.extend(read)
                 except UnsafeOutputFile as e:
                     # A link or a FIFO the run planted (runyard.agent.output_files): never read, said once.
                     self.problems.append(str(e))

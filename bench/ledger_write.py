@@ -46,7 +46,7 @@ def batch(lines: int, points: int) -> OutputOffsets:
                 ),
             )
         )
-    return OutputOffsets(100_000, 2_000, 30_000, 0, 0, pending=tuple(reports))
+    return OutputOffsets(100_000, 2_000, 30_000, 0, pending=tuple(reports))
 
 
 def percentile(values: list[float], q: float) -> float:

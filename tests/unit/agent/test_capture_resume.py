@@ -150,13 +150,13 @@ def test_the_ledger_round_trips_counts_and_the_pending_batch(tmp_path: Path) -> 
         PendingReport("a", lines=(LogLine(stream=STDOUT, text="x\u00e9", time_us=5), LogLine(stream=AGENT, text="y"))),
         PendingReport("b", points=(MetricPoint(name="loss", step=3, value=0.5, time_us=7, source="stdout"),)),
     )
-    offsets = OutputOffsets(1, 2, 3, 4, 5, pending=pending)
+    offsets = OutputOffsets(1, 2, 3, 4, (("logs/train/events.out.tfevents.1", 5),), pending=pending)
     assert decode(encode(offsets)) == offsets
     ledger = OutputLedger(tmp_path / "state" / "r~1.output")
     assert ledger.load() is None
     ledger.save(offsets)
     assert ledger.load() == offsets
-    newer = OutputOffsets(7, 2, 3, 4, 5)
+    newer = OutputOffsets(7, 2, 3, 4)
     ledger.save(newer)
     assert ledger.load() == newer
     assert OutputLedger(ledger.path).load() == newer  # what a restarted agent reads
@@ -166,3 +166,55 @@ def test_the_ledger_round_trips_counts_and_the_pending_batch(tmp_path: Path) -> 
     assert OutputLedger(ledger.path).load() == offsets
     ledger.remove()
     assert not list(ledger.path.parent.iterdir())
+
+
+@pytest.mark.parametrize("die_at", [1, 2, 4])
+def test_tensorboard_points_of_several_files_resume_per_file(tmp_path: Path, die_at: int) -> None:
+    """Two event files read in turns: which file's points were sent is counted per file, so a
+    resumed capture passes over exactly those, however the turns fall the second time."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    result = tmp_path / "result"
+    ledger = OutputLedger(tmp_path / ".attempts" / "r~1.output")
+    store = Store()
+    writers = {name: SummaryWriter(str(result / name)) for name in ("a", "b")}
+
+    def write(steps: range) -> None:
+        for step in steps:
+            for name, writer in writers.items():
+                writer.add_scalar(f"loss_{name}", float(step), step)
+                writer.flush()
+
+    def new(sink: DyingSink) -> Capture:
+        limits = BatchLimits(interval_s=0.005, max_points=7)
+        return Capture(
+            sink, StdoutMetricParser([]), None, limits, tail_interval_s=0.005, tensorboard_dir=result, ledger=ledger
+        )
+
+    async def first_agent() -> None:
+        sink = DyingSink(store, die_at)
+        capture = new(sink)
+        capture.start()
+        capture.attach_files(tmp_path / "stdout", tmp_path / "stderr")
+        write(range(0, 15))
+        await until(sink.dead, "the sink to die")
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def second_agent() -> None:
+        capture = new(DyingSink(store))
+        capture.start()
+        capture.attach_files(tmp_path / "stdout", tmp_path / "stderr", ledger.load())
+        write(range(25, 30))
+        for writer in writers.values():
+            writer.close()
+        await capture.drain()
+        await capture.close()
+
+    asyncio.run(first_agent())
+    write(range(15, 25))
+    asyncio.run(second_agent())
+    points = store.points("tensorboard")
+    for name in ("loss_a", "loss_b"):
+        assert [(step, value) for n, step, value in points if n == name] == [(s, float(s)) for s in range(30)]
