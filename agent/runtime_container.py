@@ -172,17 +172,47 @@ def container_dirs(host: RunDirs) -> RunDirs:
     )
 
 
+#: The first Podman whose Docker-compatible API attaches CDI devices (containers/podman#25171). Older ones
+#: accept such a request and start the container without the GPU, so the runtime refuses to start it.
+PODMAN_CDI_VERSION = (5, 4)
+
+
+def cdi_name(uuid: str) -> str:
+    """A GPU's CDI device, as `nvidia-ctk cdi generate --device-name-strategy=uuid` names it."""
+    return f"nvidia.com/gpu={uuid}"
+
+
 def gpu_options(engine: str, gpu_uuids: Sequence[str]) -> dict[str, Any]:
-    """The GPUs by UUID: CDI devices on Podman, device requests on Docker Engine."""
+    """The GPUs by UUID: CDI devices on Podman, NVIDIA device requests on Docker Engine.
+
+    Podman's compat API takes CDI devices only as device requests of the ``cdi``
+    driver (``HostConfig.Devices`` reach it as ``host:container:perms`` strings, which
+    are no CDI names); Docker Engine's NVIDIA runtime takes the UUIDs themselves.
+    """
     if not gpu_uuids:
         return {}
     if engine == "podman":
-        return {"devices": [f"nvidia.com/gpu={uuid}" for uuid in gpu_uuids]}
-    return {
-        "device_requests": [
-            docker.types.DeviceRequest(driver="nvidia", device_ids=list(gpu_uuids), capabilities=[["gpu"]])
-        ]
-    }
+        request = docker.types.DeviceRequest(driver="cdi", device_ids=[cdi_name(u) for u in gpu_uuids])
+    else:
+        request = docker.types.DeviceRequest(driver="nvidia", device_ids=list(gpu_uuids), capabilities=[["gpu"]])
+    return {"device_requests": [request]}
+
+
+def engine_version(client: docker.DockerClient) -> tuple[int, ...]:
+    """The engine's own version (Podman's, or Docker Engine's) as numbers: (5, 4, 2)."""
+    text = str(client.version().get("Version", ""))
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def check_gpu_support(engine: str, version: tuple[int, ...], gpu_uuids: Sequence[str]) -> None:
+    """Refuse GPUs an engine would silently leave out (raises ContainerError)."""
+    if gpu_uuids and engine == "podman" and version < PODMAN_CDI_VERSION:
+        have = ".".join(map(str, version)) or "?"
+        need = ".".join(map(str, PODMAN_CDI_VERSION))
+        raise ContainerError(
+            f"Podman {have} cannot attach GPUs through its Docker-compatible API (Podman {need} or newer can): "
+            "upgrade Podman on this agent, or run it with --runtime process"
+        )
 
 
 def create_options(plan: ContainerPlan, engine: str) -> dict[str, Any]:
@@ -400,6 +430,7 @@ class ContainerRuntime:
         self.agent_id = agent_id
         self.sandbox = sandbox or Sandbox()
         self.engine = engine_kind(client)
+        self.engine_version = engine_version(client)
         self.init_path = Path(work_root) / ".runtime" / "init.sh"
         self._images: list[FrameworkImage] | None = None
 
@@ -488,6 +519,7 @@ class ContainerRuntime:
 
     def start_blocking(self, plan: ContainerPlan) -> ContainerProcess:
         """Create and start the container (a leftover of the same name, from an earlier try, goes first)."""
+        check_gpu_support(self.engine, self.engine_version, plan.gpu_uuids)
         self.install_shim()
         self.prepare_dirs(plan)
         with contextlib.suppress(docker.errors.NotFound):

@@ -11,10 +11,12 @@ import pytest
 from runyard.agent.output_files import UnsafeOutputFile, open_run_file
 from runyard.agent.runtime_container import (
     INIT_SHIM,
+    ContainerError,
     ContainerExit,
     ContainerPlan,
     FrameworkImage,
     Sandbox,
+    check_gpu_support,
     container_dirs,
     container_name,
     create_options,
@@ -75,19 +77,29 @@ def test_no_limits_asked_means_none_set_and_egress_is_a_bridge_never_the_host() 
     assert opts["network_mode"] == "bridge"
 
 
-def test_gpus_by_uuid_on_podman_are_cdi_devices() -> None:
+def test_gpus_by_uuid_on_podman_are_cdi_device_requests() -> None:
     opts = create_options(plan(gpu_uuids=("GPU-aaa", "GPU-bbb")), "podman")
-    assert opts["devices"] == ["nvidia.com/gpu=GPU-aaa", "nvidia.com/gpu=GPU-bbb"]
-    assert "device_requests" not in opts
+    (request,) = opts["device_requests"]
+    assert request["Driver"] == "cdi"
+    assert request["DeviceIDs"] == ["nvidia.com/gpu=GPU-aaa", "nvidia.com/gpu=GPU-bbb"]
+    assert "devices" not in opts
 
 
-def test_gpus_by_uuid_on_docker_are_device_requests() -> None:
+def test_gpus_by_uuid_on_docker_are_nvidia_device_requests() -> None:
     (request,) = gpu_options("docker", ["GPU-aaa", "GPU-bbb"])["device_requests"]
     assert request["Driver"] == "nvidia"
     assert request["DeviceIDs"] == ["GPU-aaa", "GPU-bbb"]
     assert request["Capabilities"] == [["gpu"]]
     assert request["Count"] == 0  # the ids, not "all"
     assert gpu_options("docker", []) == gpu_options("podman", []) == {}
+
+
+def test_gpus_on_a_podman_too_old_for_cdi_are_refused_not_dropped() -> None:
+    with pytest.raises(ContainerError, match=r"Podman 4\.3\.1 cannot attach GPUs"):
+        check_gpu_support("podman", (4, 3, 1), ["GPU-aaa"])
+    check_gpu_support("podman", (4, 3, 1), [])  # no GPU asked: fine
+    check_gpu_support("podman", (5, 4, 2), ["GPU-aaa"])
+    check_gpu_support("docker", (24, 0, 7), ["GPU-aaa"])
 
 
 def test_names_and_container_side_paths() -> None:
