@@ -263,7 +263,7 @@ class AttemptWorker:
         memory = self.work.spec.resources.memory_bytes
         if ended is not None and ended.oom_killed and not stopped_by:
             limit = f"more than resources.memory {describe_bytes(memory)}" if memory else "more than the host had"
-            msg = f"out of memory: the command used {limit} and was killed"
+            msg = f"the command used {limit} and the kernel killed it"
             return await self._end(capture, Outcome.FAILED, OUT_OF_MEMORY, msg, ended.exit_code)
         return await self._finish(capture, returncode, stopped_by)
 
