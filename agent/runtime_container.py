@@ -54,6 +54,7 @@ import structlog
 from runyard.agent import output_files
 from runyard.agent.engine import engine_kind
 from runyard.agent.env import build_run_env
+from runyard.agent.images import FrameworkImage, framework_images
 from runyard.agent.staging import RunDirs
 from runyard.v1.agent_pb2 import WorkAssignment
 from runyard.v1.common_pb2 import RunNetwork
@@ -75,8 +76,6 @@ EXIT_NAME = "exit"
 LABEL_AGENT = "org.runyard.agent"
 LABEL_RUN = "org.runyard.run"
 LABEL_ATTEMPT = "org.runyard.attempt"
-LABEL_FRAMEWORK = "org.runyard.framework"
-LABEL_FRAMEWORK_VERSION = "org.runyard.framework.version"
 
 #: The PATH a run gets when its image declares none.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -384,30 +383,9 @@ class ContainerProcess:
                 log.warning("container not removed", container=self.name, error=str(e))
 
 
-@dataclass(frozen=True)
-class FrameworkImage:
-    """A framework image the engine holds (until runyard.agent.images provides the shared type)."""
-
-    name: str
-    version: str
-    image_id: str
-    digest: str
-
-
-def _version_key(version: str) -> tuple[int | str, ...]:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\-]", version))
-
-
-def framework_images(client: docker.DockerClient) -> list[FrameworkImage]:
-    """The framework images on the engine, found by their labels."""
-    found = []
-    for image in client.images.list(filters={"label": LABEL_FRAMEWORK}):
-        labels = image.labels or {}
-        name, version = labels.get(LABEL_FRAMEWORK, ""), labels.get(LABEL_FRAMEWORK_VERSION, "")
-        if name:
-            digest = str(image.id or "")
-            found.append(FrameworkImage(name, version, str(image.id), digest))
-    return sorted(found, key=lambda f: (f.name, _version_key(f.version)))
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """2.13 after 2.9; numbers before words, so any two versions compare."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-]", version))
 
 
 def pick_framework_image(images: Sequence[FrameworkImage], name: str, version: str) -> FrameworkImage | None:

@@ -18,6 +18,7 @@ from typing import Any
 from runyard import __version__
 from runyard.client import admin as admin_commands
 from runyard.client import commands, completion, daemons, stack, tb_export, usage, views
+from runyard.client import images as images_commands
 from runyard.client.errors import ClientError
 from runyard.config import ConfigError, Settings, load_settings, parse_pairs, parse_size
 
@@ -273,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_flags(p)
 
     usage.add_parser(sub, common)
+
+    # -- this host's container engine ------------------------------------------------------
+    images_commands.add_parser(sub, output)
 
     # -- operations -----------------------------------------------------------------------
     admin = sub.add_parser("admin", help="operate the control plane")

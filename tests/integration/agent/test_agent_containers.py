@@ -20,12 +20,8 @@ from runyard.v1.agent_pb2 import AgentReport, WorkAssignment
 from runyard.v1.common_pb2 import FailureReason, Framework, LogStream, MetricPattern, Resources, RunSpec
 from runyard.v1.events_pb2 import AgentRegistered
 from tests.integration.agent.container_harness import (
-    BASE_IMAGE,
-    framework_labels,
-    labelled_image,
-    podman_engine,
+    PYTHON,
     remove_agent_containers,
-    remove_image,
 )
 from tests.integration.agent.harness import (
     code_tar,
@@ -57,29 +53,20 @@ with open(os.path.join(os.environ["RESULT_DIR"], "model.txt"), "w") as f:
 
 
 @pytest.fixture(scope="module")
-def engine_url() -> Iterator[str]:
-    with podman_engine() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(engine_url: str) -> Iterator[docker.DockerClient]:
-    c = connect(engine_url)
+def client(container_engine: str) -> Iterator[docker.DockerClient]:
+    c = connect(container_engine)
     yield c
     c.close()
 
 
 @pytest.fixture(scope="module")
-def framework(client: docker.DockerClient) -> Iterator[tuple[str, str]]:
-    name = f"agenttest{uuid.uuid4().hex[:6]}"
-    ref = labelled_image(client, BASE_IMAGE, f"localhost/runyard-test/{name}", framework_labels(name, "2.0"))
-    yield name, "2.0"
-    remove_image(client, ref)
+def framework(python_image: str) -> tuple[str, str]:
+    return PYTHON
 
 
 @pytest.fixture
 def config(
-    tmp_path: Path, nats_server: NatsServer, engine_url: str, client: docker.DockerClient
+    tmp_path: Path, nats_server: NatsServer, container_engine: str, client: docker.DockerClient
 ) -> Iterator[AgentConfig]:
     cfg = AgentConfig(
         agent_id=new_agent_id(),
@@ -89,7 +76,7 @@ def config(
         heartbeat_s=0.2,
         cancel_grace_s=2.0,
         runtime="container",
-        engine_url=engine_url,
+        engine_url=container_engine,
     )
     yield cfg
     remove_agent_containers(client, cfg.agent_id)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from runyard.agent.images import FrameworkImage
 from runyard.agent.output_files import UnsafeOutputFile, open_run_file
 from runyard.agent.runtime_container import (
     INIT_SHIM,
     ContainerError,
     ContainerExit,
     ContainerPlan,
-    FrameworkImage,
     Sandbox,
     check_gpu_support,
     container_dirs,
