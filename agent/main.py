@@ -16,8 +16,9 @@ arrives instead of being run.
 Stopping (the stop event, or SIGTERM/SIGINT when the caller passes none):
 fetching stops, running commands get SIGTERM then SIGKILL after
 ``cancel_grace_s``, each unfinished attempt is reported AttemptFailed
-INTERNAL "agent shutting down" (the control plane re-queues it while
-restarts remain), and the connection is drained. The wait for those last
+AGENT_SHUTDOWN "agent shutting down" (an infrastructure event: the control
+plane re-queues it whatever max_restarts says, and does not count it), and
+the connection is drained. The wait for those last
 reports is bounded (``cancel_grace_s`` + 30 s): with NATS gone for good they
 could otherwise be retried forever, and the control plane declares the agent
 lost anyway.
@@ -49,11 +50,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
 import signal
 import socket
 import sys
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -70,6 +71,7 @@ from runyard.agent.config import AgentConfig
 from runyard.agent.gpus import detect_gpus, gpu_model_label
 from runyard.agent.holdings import HeldAttempt, Holdings
 from runyard.agent.reporter import Reporter
+from runyard.agent.sandbox import Bwrap, SandboxMode, probe
 from runyard.agent.staging import prune_work_dirs
 from runyard.agent.worker import DEFAULT_LEASE_S, AttemptWorker, Outcome, WorkerContext
 from runyard.objectstore import open_store
@@ -156,6 +158,12 @@ class Agent:
             # Manifests can ask for a model through the label too (resources.labels: {gpu_model: H100}).
             self.labels.setdefault("gpu_model", gpu_model_label(self.gpus))
         self.config = config
+        try:
+            self.sandbox_mode = SandboxMode(config.sandbox)
+        except ValueError:
+            modes = ", ".join(m.value for m in SandboxMode)
+            raise ValueError(f"agent sandbox must be one of {modes}, not {config.sandbox!r}") from None
+        self.sandbox: Bwrap | None = None
         self.frameworks = dict(config.frameworks) or default_frameworks()
         self.work_root = Path(config.work_dir).resolve()
         self.store = open_store(config.storage_root, config.s3_endpoint_url)
@@ -184,6 +192,7 @@ class Agent:
     # -- entry ----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.sandbox = await asyncio.to_thread(self._probe_sandbox)
         # Orphans of a killed agent process are ended first, with or without NATS.
         self._orphans = await asyncio.to_thread(self._end_orphans)
         connect = asyncio.create_task(self._connect())
@@ -212,7 +221,7 @@ class Agent:
                 work_root=self.work_root,
                 frameworks=self.frameworks,
                 cancel_grace_s=self.config.cancel_grace_s,
-                base_env=dict(os.environ),
+                sandbox=self.sandbox,
                 code_limits=(self.config.max_code_extract_bytes, self.config.max_code_files),
                 holdings=self.holdings,
             )
@@ -252,6 +261,19 @@ class Agent:
             if self._contact_check is not None:
                 self._contact_check[0].cancel()
             self._log.info("agent stopped")
+
+    def _probe_sandbox(self) -> Bwrap | None:
+        """bwrap, when it works here (see runyard.agent.sandbox); raises SandboxError for --sandbox bwrap without it."""
+        hidden = [str(self.work_root), str(Path.home())]
+        hidden += [str(Path(f).resolve().parent) for f in (self.config.nats_nkey_file, self.config.nats_ca_file) if f]
+        if self.config.storage_root and self.config.storage_root.startswith("file://"):
+            hidden.append(urllib.parse.urlparse(self.config.storage_root).path)
+        sandbox, why = probe(self.sandbox_mode, self.frameworks.values(), hidden)
+        if sandbox is None and self.sandbox_mode is SandboxMode.AUTO:
+            self._log.warning("sandbox", detail=why)
+        else:
+            self._log.info("sandbox", detail=why)
+        return sandbox
 
     def _end_orphans(self) -> list[HeldAttempt]:
         """End the attempts a previous agent process left behind (see runyard.agent.holdings)."""
@@ -566,7 +588,7 @@ class Agent:
                 "the agent stopped the attempt"
             )
             self._log.warning("stopping an attempt out of contact", run_id=worker.key[0], attempt=worker.key[1])
-            worker.shutdown(message, worker.kill_grace_s)
+            worker.shutdown(message, worker.kill_grace_s, FailureReason.FAILURE_REASON_INTERNAL)
 
     # -- shutdown -------------------------------------------------------------
 

@@ -51,6 +51,9 @@ class RunDirs:
     result: Path
     metrics_file: Path
     code_archive: Path
+    #: The run's HOME and TMPDIR: its own, gone with the attempt's folder.
+    home: Path
+    tmp: Path
 
     @classmethod
     def under(cls, work_root: Path, run_id: str, attempt: int) -> RunDirs:
@@ -64,13 +67,15 @@ class RunDirs:
             result=root / "result",
             metrics_file=root / "metrics.jsonl",
             code_archive=root / "code.tar.gz",
+            home=root / "home",
+            tmp=root / "tmp",
         )
 
     def create(self) -> None:
         """Fresh folders; a leftover from an earlier try of the same attempt is removed first."""
         if self.root.exists():
             remove_tree(self.root)
-        for d in (self.code, self.data, self.result):
+        for d in (self.code, self.data, self.result, self.home, self.tmp):
             d.mkdir(parents=True)
         self.metrics_file.touch()
 
