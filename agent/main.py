@@ -16,8 +16,9 @@ arrives instead of being run.
 Stopping (the stop event, or SIGTERM/SIGINT when the caller passes none):
 fetching stops, running commands get SIGTERM then SIGKILL after
 ``cancel_grace_s``, each unfinished attempt is reported AttemptFailed
-INTERNAL "agent shutting down" (the control plane re-queues it while
-restarts remain), and the connection is drained. The wait for those last
+AGENT_SHUTDOWN "agent shutting down" (an infrastructure event: the control
+plane re-queues it whatever max_restarts says, and does not count it), and
+the connection is drained. The wait for those last
 reports is bounded (``cancel_grace_s`` + 30 s): with NATS gone for good they
 could otherwise be retried forever, and the control plane declares the agent
 lost anyway.
@@ -49,11 +50,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
 import signal
 import socket
 import sys
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -71,6 +72,7 @@ from runyard.agent.gpus import detect_gpus, gpu_model_label
 from runyard.agent.holdings import HeldAttempt, Holdings
 from runyard.agent.reporter import Reporter
 from runyard.agent.runtime_container import ContainerRuntime
+from runyard.agent.sandbox import Bwrap, SandboxMode, probe
 from runyard.agent.staging import prune_work_dirs
 from runyard.agent.worker import DEFAULT_LEASE_S, AttemptWorker, Outcome, WorkerContext
 from runyard.objectstore import open_store
@@ -160,6 +162,12 @@ class Agent:
         self.config = config
         if config.runtime not in RUNTIMES:
             raise ValueError(f"agent runtime must be one of {', '.join(RUNTIMES)}, got {config.runtime!r}")
+        try:
+            self.sandbox_mode = SandboxMode(config.sandbox)
+        except ValueError:
+            modes = ", ".join(m.value for m in SandboxMode)
+            raise ValueError(f"agent sandbox must be one of {modes}, not {config.sandbox!r}") from None
+        self.sandbox: Bwrap | None = None
         self.frameworks = dict(config.frameworks) or default_frameworks()
         # Set in run() for --runtime container: the engine is dialled there, not in the constructor.
         self.containers: ContainerRuntime | None = None
@@ -192,6 +200,8 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         if self.config.runtime == "container":
             self.containers = await asyncio.to_thread(self._container_runtime)
+        else:
+            self.sandbox = await asyncio.to_thread(self._probe_sandbox)
         # Orphans of a killed agent process are ended first, with or without NATS.
         self._orphans = await asyncio.to_thread(self._end_orphans)
         connect = asyncio.create_task(self._connect())
@@ -220,7 +230,7 @@ class Agent:
                 work_root=self.work_root,
                 frameworks=self.frameworks,
                 cancel_grace_s=self.config.cancel_grace_s,
-                base_env=dict(os.environ),
+                sandbox=self.sandbox,
                 code_limits=(self.config.max_code_extract_bytes, self.config.max_code_files),
                 holdings=self.holdings,
                 containers=self.containers,
@@ -283,6 +293,19 @@ class Agent:
         if self.containers is not None:
             return [Framework(name=i.name, version=i.version, digest=i.digest) for i in self.containers.images()]
         return [Framework(name=name) for name in sorted(self.frameworks)]
+
+    def _probe_sandbox(self) -> Bwrap | None:
+        """bwrap, when it works here (see runyard.agent.sandbox); raises SandboxError for --sandbox bwrap without it."""
+        hidden = [str(self.work_root), str(Path.home())]
+        hidden += [str(Path(f).resolve().parent) for f in (self.config.nats_nkey_file, self.config.nats_ca_file) if f]
+        if self.config.storage_root and self.config.storage_root.startswith("file://"):
+            hidden.append(urllib.parse.urlparse(self.config.storage_root).path)
+        sandbox, why = probe(self.sandbox_mode, self.frameworks.values(), hidden)
+        if sandbox is None and self.sandbox_mode is SandboxMode.AUTO:
+            self._log.warning("sandbox", detail=why)
+        else:
+            self._log.info("sandbox", detail=why)
+        return sandbox
 
     def _end_orphans(self) -> list[HeldAttempt]:
         """End the attempts a previous agent process left behind (see runyard.agent.holdings)."""
@@ -598,7 +621,7 @@ class Agent:
                 "the agent stopped the attempt"
             )
             self._log.warning("stopping an attempt out of contact", run_id=worker.key[0], attempt=worker.key[1])
-            worker.shutdown(message, worker.kill_grace_s)
+            worker.shutdown(message, worker.kill_grace_s, FailureReason.FAILURE_REASON_INTERNAL)
 
     # -- shutdown -------------------------------------------------------------
 

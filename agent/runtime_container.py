@@ -168,6 +168,9 @@ def container_dirs(host: RunDirs) -> RunDirs:
         output=Path(OUTPUT),
         metrics_file=Path(OUTPUT / host.metrics_file.name),
         code_archive=Path(CONTAINER_ROOT / host.code_archive.name),
+        # The tmpfs: the one writable place of the container besides the run's folders.
+        home=Path("/tmp"),
+        tmp=Path("/tmp"),
     )
 
 
@@ -461,7 +464,7 @@ class ContainerRuntime:
         """The attempt's container: its environment is the allowlist with container-side paths."""
         spec = work.spec
         env = self.image_env(image)
-        run_env = build_run_env({}, work, container_dirs(dirs), "/usr/bin/python3")
+        run_env = build_run_env(work, container_dirs(dirs), "/usr/bin/python3")
         path = spec.env.get("PATH")
         run_env["PATH"] = f"{path}:{env['PATH']}" if path else env["PATH"]
         for key in ("HOME", "LANG"):
