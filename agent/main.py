@@ -71,7 +71,7 @@ from runyard.agent.config import AgentConfig
 from runyard.agent.gpus import detect_gpus, gpu_model_label
 from runyard.agent.holdings import HeldAttempt, Holdings
 from runyard.agent.reporter import Reporter
-from runyard.agent.runtime_container import ContainerRuntime
+from runyard.agent.runtime_container import ContainerError, ContainerRuntime, check_gpu_support
 from runyard.agent.sandbox import Bwrap, SandboxMode, probe
 from runyard.agent.staging import prune_work_dirs
 from runyard.agent.worker import DEFAULT_LEASE_S, AttemptWorker, Outcome, WorkerContext
@@ -277,7 +277,18 @@ class Agent:
         """The engine (checked with a ping), the init shim in place, leftovers of an earlier agent removed."""
         from runyard.agent.engine import connect
 
-        runtime = ContainerRuntime(connect(self.config.engine_url), self.config.agent_id, self.work_root)
+        runtime = ContainerRuntime(
+            connect(self.config.engine_url),
+            self.config.agent_id,
+            self.work_root,
+            # Declared GPUs (--gpus) have made-up UUIDs: no device to attach behind them.
+            attach_gpus=self.config.gpus is None,
+        )
+        if self.gpus and runtime.attach_gpus:
+            try:
+                check_gpu_support(runtime.engine, runtime.engine_version, [g.uuid for g in self.gpus])
+            except ContainerError as e:
+                self._log.error("runs with GPUs will be refused", error=str(e))
         runtime.install_shim()
         for name in runtime.remove_leftovers():
             self._log.warning("removed a container a previous agent process left", container=name)

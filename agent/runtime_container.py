@@ -406,8 +406,12 @@ class ContainerRuntime:
         agent_id: str,
         work_root: Path,
         sandbox: Sandbox | None = None,
+        attach_gpus: bool = True,
     ) -> None:
         self.client = client
+        #: False where the agent's GPUs are a declared inventory (`--gpus 4xH100`: tests, development):
+        #: their made-up UUIDs name no device, so runs get CUDA_VISIBLE_DEVICES and no device request.
+        self.attach_gpus = attach_gpus
         self.agent_id = agent_id
         self.sandbox = sandbox or Sandbox()
         self.engine = engine_kind(client)
@@ -483,7 +487,7 @@ class ContainerRuntime:
             memory_bytes=int(spec.resources.memory_bytes),
             cpus=float(spec.resources.cpus),
             egress=spec.network == RunNetwork.RUN_NETWORK_EGRESS,
-            gpu_uuids=tuple(work.gpu_ids),
+            gpu_uuids=tuple(work.gpu_ids) if self.attach_gpus else (),
             sandbox=self.sandbox,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -14,6 +15,7 @@ import pytest
 
 from runyard.agent.config import AgentConfig
 from runyard.agent.engine import connect
+from runyard.agent.gpus import declared_gpus
 from runyard.agent.runtime_container import LABEL_AGENT
 from runyard.objectstore import open_store
 from runyard.v1.agent_pb2 import AgentReport, WorkAssignment
@@ -180,3 +182,20 @@ def test_metrics_file_is_read_through_no_link(config: AgentConfig, framework: tu
     reports = asyncio.run(scenario())
     assert not any("SECRET" in t for t in texts(reports, LogStream.LOG_STREAM_STDOUT))
     assert all(p.name != "stolen" for p in metric_points(reports))
+
+
+def test_declared_gpus_reach_the_run_by_uuid_without_a_device(config: AgentConfig, framework: tuple[str, str]) -> None:
+    """`--gpus 1xH100` (tests, development): the run gets its GPU's UUID, the engine no device request."""
+    gpus = tuple(declared_gpus("1xH100", config.agent_id))
+    config = dataclasses.replace(config, gpus=gpus)
+    assignment = work('echo "gpus=$CUDA_VISIBLE_DEVICES"', framework)
+    assignment.gpu_ids.append(gpus[0].uuid)
+
+    async def scenario() -> list[AgentReport]:
+        async with running_agent(config) as agent:
+            await agent.send_work(assignment)
+            return await agent.until_terminal(assignment.run_id, timeout=30)
+
+    reports = asyncio.run(scenario())
+    assert transitions(reports)[-1] == "completed", reports[-1]
+    assert texts(reports, LogStream.LOG_STREAM_STDOUT) == [f"gpus={gpus[0].uuid}"]

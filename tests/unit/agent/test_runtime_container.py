@@ -15,6 +15,7 @@ from runyard.agent.runtime_container import (
     ContainerError,
     ContainerExit,
     ContainerPlan,
+    ContainerRuntime,
     Sandbox,
     check_gpu_support,
     container_dirs,
@@ -27,6 +28,7 @@ from runyard.agent.runtime_container import (
     read_run_file,
 )
 from runyard.agent.staging import RunDirs
+from runyard.v1.agent_pb2 import WorkAssignment
 
 
 def plan(**changes: object) -> ContainerPlan:
@@ -164,3 +166,21 @@ def test_the_shim_records_output_and_status(tmp_path: Path) -> None:
     assert (out / "stdout").read_text() == "out\n" and (out / "stderr").read_text() == "err\n"
     status, _oom = (out / "exit").read_text().split()
     assert status == "7"
+
+
+def test_declared_gpus_are_named_in_the_environment_but_never_attached() -> None:
+    """`--gpus 4xH100` GPUs have made-up UUIDs: asking the engine for them would fail every run."""
+
+    class FakeRuntime(ContainerRuntime):
+        def __init__(self, attach: bool) -> None:
+            self.agent_id, self.sandbox, self.attach_gpus = "a1", Sandbox(), attach
+            self.init_path = Path("/w/.runtime/init.sh")
+
+        def image_env(self, image: str) -> dict[str, str]:
+            return {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+
+    work = WorkAssignment(run_id="r1", attempt=1, gpu_ids=["GPU-a1-0"])
+    dirs = RunDirs.under(Path("/w"), "r1", 1)
+    declared = FakeRuntime(attach=False).plan(work, dirs, "img")
+    assert declared.gpu_uuids == () and declared.env["CUDA_VISIBLE_DEVICES"] == "GPU-a1-0"
+    assert FakeRuntime(attach=True).plan(work, dirs, "img").gpu_uuids == ("GPU-a1-0",)
