@@ -51,6 +51,9 @@ import docker.errors
 import docker.types
 import structlog
 
+# The SDK's own split of `containers.create` arguments (docker>=7.1,<8), used without its extra inspect.
+from docker.models.containers import _create_container_args  # type: ignore[attr-defined]
+
 from runyard.agent import output_files
 from runyard.agent.engine import engine_kind
 from runyard.agent.env import build_run_env
@@ -386,6 +389,11 @@ class ContainerProcess:
                 log.warning("container not removed", container=self.name, error=str(e))
 
 
+def _declared_env(attrs: Mapping[str, Any]) -> dict[str, str]:
+    config = attrs.get("Config") or {}
+    return dict(item.split("=", 1) for item in (config.get("Env") or []) if "=" in item)
+
+
 def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """2.13 after 2.9; numbers before words, so any two versions compare."""
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-]", version))
@@ -418,6 +426,7 @@ class ContainerRuntime:
         self.engine_version = engine_version(client)
         self.init_path = Path(work_root) / ".runtime" / "init.sh"
         self._images: list[FrameworkImage] | None = None
+        self._image_env: dict[str, dict[str, str]] = {}
 
     def install_shim(self) -> None:
         """Write the init shim where every container mounts it from (read-only, root's)."""
@@ -438,11 +447,12 @@ class ContainerRuntime:
         spec = work.spec
         if spec.image:
             try:
-                self.client.images.get(spec.image)
+                image = self.client.images.get(spec.image)
             except docker.errors.ImageNotFound:
                 raise ContainerError(
                     f"image {spec.image} is not on agent {self.agent_id}: load it there (podman load) first"
                 ) from None
+            self._image_env[spec.image] = _declared_env(image.attrs)
             return spec.image
         name = spec.framework.name or "python"
         found = pick_framework_image(self.images(), name, spec.framework.version)
@@ -455,24 +465,22 @@ class ContainerRuntime:
         return found.image_id
 
     def image_env(self, image: str) -> dict[str, str]:
-        """PATH, HOME and LANG as the image sets them (HOME: /tmp, the one writable place, unless set)."""
-        config = self.client.images.get(image).attrs.get("Config") or {}
-        declared = dict(item.split("=", 1) for item in (config.get("Env") or []) if "=" in item)
-        return {
-            "PATH": declared.get("PATH", DEFAULT_PATH),
-            "HOME": declared.get("HOME", "/tmp"),
-            "LANG": declared.get("LANG", "C.UTF-8"),
-        }
+        """The variables the image declares (an image id's never change: asked once, then remembered)."""
+        if image not in self._image_env:
+            self._image_env[image] = _declared_env(self.client.images.get(image).attrs)
+        return self._image_env[image]
 
     def plan(self, work: WorkAssignment, dirs: RunDirs, image: str) -> ContainerPlan:
         """The attempt's container: its environment is the allowlist with container-side paths."""
         spec = work.spec
-        env = self.image_env(image)
+        declared = self.image_env(image)
         run_env = build_run_env(work, container_dirs(dirs), "/usr/bin/python3")
+        # The image's PATH (its interpreters), after the manifest's own; HOME and TMPDIR stay the tmpfs.
+        image_path = declared.get("PATH", DEFAULT_PATH)
         path = spec.env.get("PATH")
-        run_env["PATH"] = f"{path}:{env['PATH']}" if path else env["PATH"]
-        for key in ("HOME", "LANG"):
-            run_env[key] = spec.env.get(key, env[key])
+        run_env["PATH"] = f"{path}:{image_path}" if path else image_path
+        if "LANG" not in spec.env and "LANG" in declared:
+            run_env["LANG"] = declared["LANG"]
         return ContainerPlan(
             name=container_name(self.agent_id, work.run_id, work.attempt),
             image=image,
@@ -502,22 +510,35 @@ class ContainerRuntime:
         for top in (plan.code, plan.result, plan.output):
             _chown_tree(top, box.uid, box.gid)
 
+    def _create(self, options: dict[str, Any]) -> str:
+        """The engine's create call alone: the SDK's `containers.create` inspects the new container after
+        it, a round trip on every run's way to RUNNING that nothing here needs."""
+        args = dict(options, version=self.client.api.api_version)
+        created = self.client.api.create_container(**_create_container_args(args))
+        return str(created["Id"])
+
     def start_blocking(self, plan: ContainerPlan) -> ContainerProcess:
         """Create and start the container (a leftover of the same name, from an earlier try, goes first)."""
         check_gpu_support(self.engine, self.engine_version, plan.gpu_uuids)
         self.install_shim()
         self.prepare_dirs(plan)
-        with contextlib.suppress(docker.errors.NotFound):
-            self.client.api.remove_container(plan.name, force=True)
+        options = create_options(plan, self.engine)
         try:
-            container = self.client.containers.create(**create_options(plan, self.engine))
+            try:
+                container_id = self._create(options)
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # 409: a leftover of the same name, from an earlier try
+                    raise
+                with contextlib.suppress(docker.errors.NotFound):
+                    self.client.api.remove_container(plan.name, force=True)
+                container_id = self._create(options)
         except docker.errors.ImageNotFound as e:
             raise ContainerError(f"image {plan.image} is not on agent {self.agent_id}: {e}") from e
         except docker.errors.APIError as e:
             raise ContainerError(f"the engine refused to create the container: {e.explanation or e}") from e
-        process = ContainerProcess(self.client, str(container.id), plan.name, plan.output)
+        process = ContainerProcess(self.client, container_id, plan.name, plan.output)
         try:
-            container.start()
+            self.client.api.start(container_id)
         except docker.errors.APIError as e:
             process.remove()
             raise ContainerError(f"the engine could not start the container: {e.explanation or e}") from e

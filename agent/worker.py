@@ -273,14 +273,16 @@ class AttemptWorker:
             returncode, stopped_by = await self._wait(proc)
             ended = proc.exit
             await capture.drain()
+            memory = self.work.spec.resources.memory_bytes
+            if ended is not None and ended.oom_killed and not stopped_by:
+                limit = f"more than resources.memory {describe_bytes(memory)}" if memory else "more than the host had"
+                msg = f"the command used {limit} and the kernel killed it"
+                return await self._end(capture, Outcome.FAILED, OUT_OF_MEMORY, msg, ended.exit_code)
+            return await self._finish(capture, returncode, stopped_by)
         finally:
+            # After the terminal report (the ended container holds nothing a next run needs), but
+            # before the slot is free.
             await asyncio.to_thread(proc.remove)
-        memory = self.work.spec.resources.memory_bytes
-        if ended is not None and ended.oom_killed and not stopped_by:
-            limit = f"more than resources.memory {describe_bytes(memory)}" if memory else "more than the host had"
-            msg = f"the command used {limit} and the kernel killed it"
-            return await self._end(capture, Outcome.FAILED, OUT_OF_MEMORY, msg, ended.exit_code)
-        return await self._finish(capture, returncode, stopped_by)
 
     async def _finish(self, capture: Capture, returncode: int, stopped_by: str) -> Outcome:
         """The command has ended: the terminal report, after the upload when it exited 0."""
