@@ -77,7 +77,7 @@ def build_run_env(work: WorkAssignment, dirs: RunDirs, python: str) -> dict[str,
     spec = work.spec
     hparams = {name: plain_value(v) for name, v in sorted(spec.hyperparameters.items())}
     env = dict(DEFAULTS)
-    env.update({k: v for k, v in spec.env.items() if not k.startswith("RUNYARD_")})
+    env.update(spec.env)
     env.update(
         {
             "DATA_DIR": str(dirs.data),

@@ -14,7 +14,8 @@ work stream, because the slots were busy, it is reported RunCanceled when it
 arrives instead of being run.
 
 Stopping (the stop event, or SIGTERM/SIGINT when the caller passes none):
-fetching stops, running commands get SIGTERM then SIGKILL after
+fetching stops, the agent registers again with 0 slots (so the scheduler
+places nothing more on it, not even the runs it gives back), running commands get SIGTERM then SIGKILL after
 ``cancel_grace_s``, each unfinished attempt is reported AttemptFailed
 AGENT_SHUTDOWN "agent shutting down" (an infrastructure event: the control
 plane re-queues it whatever max_restarts says, and does not count it), and
@@ -90,6 +91,8 @@ WORK_ACK_WAIT_S = 30.0
 _REMEMBERED = 1000
 # How long a stopping agent waits (beyond the cancel grace) for its attempts' last reports.
 SHUTDOWN_REPORT_WAIT_S = 30.0
+# Longest wait for the registration with 0 slots that a stopping agent sends first.
+CLOSING_REPORT_WAIT_S = 5.0
 # Longest wait for the NATS connection to drain on the way out.
 DRAIN_TIMEOUT_S = 2.0
 # A PING not answered within this long counts as never answered (see Agent._check_contact).
@@ -387,7 +390,8 @@ class Agent:
         return AgentRegistered(
             agent_id=self.config.agent_id,
             hostname=socket.gethostname(),
-            slots=self.slots,
+            # A stopping agent takes no more work: the scheduler places nothing on 0 slots.
+            slots=0 if self._stop.is_set() else self.slots,
             # Runs get GPUs by UUID (see runyard.agent.gpus): these ids end up in CUDA_VISIBLE_DEVICES.
             gpu_ids=[g.uuid for g in self.gpus],
             labels=self.labels,
@@ -638,6 +642,12 @@ class Agent:
 
     async def _shutdown(self, *loops: asyncio.Task[None]) -> None:
         self._log.info("stopping", attempts=[f"{r}:{a}" for r, a in self.workers])
+        # Registered again with 0 slots before the attempts end: the runs they give back are not
+        # placed on this agent again while the control plane still counts it alive.
+        try:
+            await asyncio.wait_for(self.reporter.registered(self._registration()), CLOSING_REPORT_WAIT_S)
+        except Exception as e:
+            self._log.warning("could not announce the shutdown", error=repr(e))
         for worker in list(self.workers.values()):
             worker.shutdown()
         for task in loops:

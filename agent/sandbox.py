@@ -4,10 +4,12 @@ Without it a run is user code with the agent's uid and the agent's view of
 the host: it could read the agent's state folder and keys, other runs'
 folders, the local object store's root, and reach NATS, PostgreSQL and the
 control plane on loopback. Under bwrap it gets new mount, PID, IPC, UTS,
-network (and user) namespaces: a root file system that holds only the
-system's folders and the framework interpreter's (read-only), the attempt's
-code and data (read-only), its result folder, metrics file, HOME and TMPDIR
-(writable), a fresh /proc and /dev, a tmpfs /tmp, and a network of its own
+network (and user) namespaces: a read-only root file system that holds only
+the system's folders and the framework interpreter's (read-only), the
+attempt's code and data (read-only) at /runyard/code and /runyard/data, its
+result folder, metrics file, HOME and TMPDIR (writable) at /runyard/result,
+/runyard/output/metrics.jsonl, /runyard/home and /runyard/tmp (the container
+runtime's paths), a fresh /proc and /dev, a tmpfs /tmp, and a network of its own
 with only a loopback (unless the manifest asked for ``network: egress``). No
 capabilities, uid 65534 inside; ``--die-with-parent`` ends it with its agent.
 
@@ -72,6 +74,20 @@ GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri")
 #: The uid and gid a run has inside its user namespace.
 SANDBOX_ID = 65534
 PROBE_TIMEOUT_S = 10.0
+#: Where the attempt's folders appear inside: the container runtime's paths, so a run sees the same
+#: DATA_DIR, RESULT_DIR and metrics file under either runtime, and nothing of the host's layout
+#: (the work root, other runs' ids).
+INSIDE = RunDirs(
+    root=Path("/runyard"),
+    code=Path("/runyard/code"),
+    data=Path("/runyard/data"),
+    result=Path("/runyard/result"),
+    output=Path("/runyard/output"),
+    metrics_file=Path("/runyard/output/metrics.jsonl"),
+    code_archive=Path("/runyard/code.tar.gz"),
+    home=Path("/runyard/home"),
+    tmp=Path("/runyard/tmp"),
+)
 
 # Printed by the interpreter probe: every folder the framework interpreter reads its modules from.
 _INTERPRETER_PROBE = r"""
@@ -140,8 +156,7 @@ def bwrap_argv(
 ) -> list[str]:
     """The bwrap command line that runs ``/bin/sh -c command`` in the attempt's sandbox.
 
-    Paths keep their host names inside, so DATA_DIR, RESULT_DIR and the rest of
-    the run's environment need no translation.
+    The attempt's folders appear at the paths of `INSIDE`: the run's environment is built for those.
     """
     args = [bwrap, "--unshare-all", *(["--share-net"] if network else [])]
     args += ["--die-with-parent", "--cap-drop", "ALL", "--uid", str(SANDBOX_ID), "--gid", str(SANDBOX_ID)]
@@ -153,10 +168,16 @@ def bwrap_argv(
         args += ["--ro-bind-try", "/sys", "/sys"]
     for path in readonly:
         args += ["--ro-bind-try", path, path]
-    args += ["--ro-bind", str(dirs.code), str(dirs.code), "--ro-bind", str(dirs.data), str(dirs.data)]
-    for writable in (dirs.result, dirs.home, dirs.tmp, dirs.metrics_file):
-        args += ["--bind", str(writable), str(writable)]
-    args += ["--chdir", str(dirs.code), "--", "/bin/sh", "-c", command]
+    args += ["--ro-bind", str(dirs.code), str(INSIDE.code), "--ro-bind", str(dirs.data), str(INSIDE.data)]
+    for host, inside in (
+        (dirs.result, INSIDE.result),
+        (dirs.home, INSIDE.home),
+        (dirs.tmp, INSIDE.tmp),
+        (dirs.metrics_file, INSIDE.metrics_file),
+    ):
+        args += ["--bind", str(host), str(inside)]
+    # The root itself (a tmpfs holding the mount points) read-only: nothing but the binds above is writable.
+    args += ["--remount-ro", "/", "--chdir", str(INSIDE.code), "--", "/bin/sh", "-c", command]
     return args
 
 
@@ -201,9 +222,7 @@ def interpreter_paths(python: str, hidden: Iterable[str]) -> tuple[str, ...]:
     return keep_paths(json.loads(done.stdout), hidden)
 
 
-def probe(
-    mode: SandboxMode, interpreters: Iterable[str], hidden: Iterable[str]
-) -> tuple[Bwrap | None, str]:
+def probe(mode: SandboxMode, interpreters: Iterable[str], hidden: Iterable[str]) -> tuple[Bwrap | None, str]:
     """The sandbox the agent uses, and a sentence on why (for its log).
 
     Raises SandboxError when mode is BWRAP and bwrap cannot be used.

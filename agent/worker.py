@@ -37,7 +37,7 @@ from runyard.agent.runtime_container import (
     describe_bytes,
 )
 from runyard.agent.runtime_local import LocalProcess, describe_exit, spawn
-from runyard.agent.sandbox import Bwrap
+from runyard.agent.sandbox import INSIDE, Bwrap
 from runyard.agent.staging import RunDirs, StagingError, remove_tree, stage_code, stage_data, upload_results
 from runyard.objectstore import ObjectStore, ObjectStoreError
 from runyard.v1.agent_pb2 import WorkAssignment
@@ -246,6 +246,7 @@ class AttemptWorker:
         if self.ctx.sandbox is not None:
             egress = spec.network == RunNetwork.RUN_NETWORK_EGRESS
             sandbox_argv = self.ctx.sandbox.argv(spec.command, self.dirs, python, network=egress)
+            env = build_run_env(self.work, INSIDE, python)  # the folders as the run sees them
         self.process = proc = await spawn(spec.command, self.dirs.code, env, self.kill_grace_s, sandbox_argv)
         if self.ctx.holdings is not None:
             held = HeldAttempt(self.key[0], self.key[1], proc.pid, start_ticks(proc.pid) or 0)

@@ -68,7 +68,6 @@ def test_the_manifest_env_cannot_override_runyards_variables() -> None:
             "TMPDIR": "/var/tmp",
             "RUNYARD_RUN_ID": "other-run",
             "RUNYARD_METRICS_FILE": "/w/other/1/metrics.jsonl",
-            "RUNYARD_API_KEY": "forged",
             "PYTHONUNBUFFERED": "0",
             "LANG": "de_DE.UTF-8",
             "MINE": "1",
