@@ -39,6 +39,8 @@ class AgentConfig:
     runtime: str = "process"
     # The engine's API URL for the container runtime; None: runyard.agent.engine's default lookup.
     engine_url: str | None = None
+    # The process runtime's sandbox (runyard.agent.sandbox): "auto" (bwrap when it works here), "bwrap", "none".
+    sandbox: str = "auto"
     # NKey seed file of this agent's NATS user (`runyard admin keys create --role agent` prints the seed).
     nats_nkey_file: str | None = None
     # CA certificate (PEM) to check a tls:// NATS server against.

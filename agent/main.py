@@ -14,12 +14,14 @@ work stream, because the slots were busy, it is reported RunCanceled when it
 arrives instead of being run.
 
 Stopping (the stop event, or SIGTERM/SIGINT when the caller passes none):
-fetching stops, running commands get SIGTERM then SIGKILL after
+fetching stops, the agent registers again with 0 slots (so the scheduler
+places nothing more on it, not even the runs it gives back), running commands get SIGTERM then SIGKILL after
 ``cancel_grace_s``, each unfinished attempt is reported AttemptFailed
-INTERNAL "agent shutting down" (the control plane re-queues it while
-restarts remain), and the connection is drained. With the container runtime a
-stop leaves the containers running instead (their output read so far is
-sent and recorded): the next start adopts them. The wait for those last
+AGENT_SHUTDOWN "agent shutting down" (an infrastructure event: the control
+plane re-queues it whatever max_restarts says, and does not count it), and
+the connection is drained. With the container runtime a stop leaves the
+containers running instead (their output read so far is sent and recorded):
+the next start adopts them. The wait for those last
 reports is bounded (``cancel_grace_s`` + 30 s): with NATS gone for good they
 could otherwise be retried forever, and the control plane declares the agent
 lost anyway.
@@ -61,11 +63,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
 import signal
 import socket
 import sys
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -82,7 +84,8 @@ from runyard.agent.config import AgentConfig
 from runyard.agent.gpus import detect_gpus, gpu_model_label
 from runyard.agent.holdings import HeldAttempt, Holdings
 from runyard.agent.reporter import Reporter
-from runyard.agent.runtime_container import ContainerRuntime, HeldContainer
+from runyard.agent.runtime_container import ContainerError, ContainerRuntime, HeldContainer, check_gpu_support
+from runyard.agent.sandbox import Bwrap, SandboxMode, probe
 from runyard.agent.staging import prune_work_dirs
 from runyard.agent.worker import DEFAULT_LEASE_S, AttemptWorker, Outcome, WorkerContext
 from runyard.objectstore import open_store
@@ -100,6 +103,8 @@ WORK_ACK_WAIT_S = 30.0
 _REMEMBERED = 1000
 # How long a stopping agent waits (beyond the cancel grace) for its attempts' last reports.
 SHUTDOWN_REPORT_WAIT_S = 30.0
+# Longest wait for the registration with 0 slots that a stopping agent sends first.
+CLOSING_REPORT_WAIT_S = 5.0
 # Longest wait for the NATS connection to drain on the way out.
 DRAIN_TIMEOUT_S = 2.0
 # A PING not answered within this long counts as never answered (see Agent._check_contact).
@@ -172,6 +177,12 @@ class Agent:
         self.config = config
         if config.runtime not in RUNTIMES:
             raise ValueError(f"agent runtime must be one of {', '.join(RUNTIMES)}, got {config.runtime!r}")
+        try:
+            self.sandbox_mode = SandboxMode(config.sandbox)
+        except ValueError:
+            modes = ", ".join(m.value for m in SandboxMode)
+            raise ValueError(f"agent sandbox must be one of {modes}, not {config.sandbox!r}") from None
+        self.sandbox: Bwrap | None = None
         self.frameworks = dict(config.frameworks) or default_frameworks()
         # Set in run() for --runtime container: the engine is dialled there, not in the constructor.
         self.containers: ContainerRuntime | None = None
@@ -210,6 +221,8 @@ class Agent:
             self.containers = await asyncio.to_thread(self._container_runtime)
             # Containers a previous agent process left running are adopted; what cannot be, removed.
             self._adoptable = await asyncio.to_thread(self._find_adoptable, self.containers)
+        else:
+            self.sandbox = await asyncio.to_thread(self._probe_sandbox)
         # Orphans of a killed agent process are ended first, with or without NATS.
         self._orphans = await asyncio.to_thread(self._end_orphans)
         connect = asyncio.create_task(self._connect())
@@ -238,7 +251,7 @@ class Agent:
                 work_root=self.work_root,
                 frameworks=self.frameworks,
                 cancel_grace_s=self.config.cancel_grace_s,
-                base_env=dict(os.environ),
+                sandbox=self.sandbox,
                 code_limits=(self.config.max_code_extract_bytes, self.config.max_code_files),
                 holdings=self.holdings,
                 containers=self.containers,
@@ -286,7 +299,18 @@ class Agent:
         """The engine (checked with a ping), the init shim in place."""
         from runyard.agent.engine import connect
 
-        runtime = ContainerRuntime(connect(self.config.engine_url), self.config.agent_id, self.work_root)
+        runtime = ContainerRuntime(
+            connect(self.config.engine_url),
+            self.config.agent_id,
+            self.work_root,
+            # Declared GPUs (--gpus) have made-up UUIDs: no device to attach behind them.
+            attach_gpus=self.config.gpus is None,
+        )
+        if self.gpus and runtime.attach_gpus:
+            try:
+                check_gpu_support(runtime.engine, runtime.engine_version, [g.uuid for g in self.gpus])
+            except ContainerError as e:
+                self._log.error("runs with GPUs will be refused", error=str(e))
         runtime.install_shim()
         self._log.info(
             "container runtime",
@@ -351,6 +375,19 @@ class Agent:
             self._log.info("adopted a container of a previous agent process", run_id=key[0], attempt=key[1])
             self._spawn(self._run_worker(worker))
         self._adoptable = {}
+
+    def _probe_sandbox(self) -> Bwrap | None:
+        """bwrap, when it works here (see runyard.agent.sandbox); raises SandboxError for --sandbox bwrap without it."""
+        hidden = [str(self.work_root), str(Path.home())]
+        hidden += [str(Path(f).resolve().parent) for f in (self.config.nats_nkey_file, self.config.nats_ca_file) if f]
+        if self.config.storage_root and self.config.storage_root.startswith("file://"):
+            hidden.append(urllib.parse.urlparse(self.config.storage_root).path)
+        sandbox, why = probe(self.sandbox_mode, self.frameworks.values(), hidden)
+        if sandbox is None and self.sandbox_mode is SandboxMode.AUTO:
+            self._log.warning("sandbox", detail=why)
+        else:
+            self._log.info("sandbox", detail=why)
+        return sandbox
 
     def _end_orphans(self) -> list[HeldAttempt]:
         """End the attempts a previous agent process left behind (see runyard.agent.holdings)."""
@@ -422,7 +459,8 @@ class Agent:
         return AgentRegistered(
             agent_id=self.config.agent_id,
             hostname=socket.gethostname(),
-            slots=self.slots,
+            # A stopping agent takes no more work: the scheduler places nothing on 0 slots.
+            slots=0 if self._stop.is_set() else self.slots,
             # Runs get GPUs by UUID (see runyard.agent.gpus): these ids end up in CUDA_VISIBLE_DEVICES.
             gpu_ids=[g.uuid for g in self.gpus],
             labels=self.labels,
@@ -675,12 +713,18 @@ class Agent:
                 "the agent stopped the attempt"
             )
             self._log.warning("stopping an attempt out of contact", run_id=worker.key[0], attempt=worker.key[1])
-            worker.shutdown(message, worker.kill_grace_s)
+            worker.shutdown(message, worker.kill_grace_s, FailureReason.FAILURE_REASON_INTERNAL)
 
     # -- shutdown -------------------------------------------------------------
 
     async def _shutdown(self, *loops: asyncio.Task[None]) -> None:
         self._log.info("stopping", attempts=[f"{r}:{a}" for r, a in self.workers])
+        # Registered again with 0 slots before the attempts end: the runs they give back are not
+        # placed on this agent again while the control plane still counts it alive.
+        try:
+            await asyncio.wait_for(self.reporter.registered(self._registration()), CLOSING_REPORT_WAIT_S)
+        except Exception as e:
+            self._log.warning("could not announce the shutdown", error=repr(e))
         for worker in list(self.workers.values()):
             if self.containers is not None:
                 worker.detach()  # its container runs on; the next agent process adopts it

@@ -51,9 +51,13 @@ import docker.errors
 import docker.types
 import structlog
 
+# The SDK's own split of `containers.create` arguments (docker>=7.1,<8), used without its extra inspect.
+from docker.models.containers import _create_container_args  # type: ignore[attr-defined]
+
 from runyard.agent import output_files
 from runyard.agent.engine import engine_kind
 from runyard.agent.env import build_run_env
+from runyard.agent.images import FrameworkImage, framework_images
 from runyard.agent.staging import RunDirs
 from runyard.v1.agent_pb2 import WorkAssignment
 from runyard.v1.common_pb2 import RunNetwork
@@ -75,8 +79,6 @@ EXIT_NAME = "exit"
 LABEL_AGENT = "org.runyard.agent"
 LABEL_RUN = "org.runyard.run"
 LABEL_ATTEMPT = "org.runyard.attempt"
-LABEL_FRAMEWORK = "org.runyard.framework"
-LABEL_FRAMEWORK_VERSION = "org.runyard.framework.version"
 
 #: The PATH a run gets when its image declares none.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -169,20 +171,53 @@ def container_dirs(host: RunDirs) -> RunDirs:
         output=Path(OUTPUT),
         metrics_file=Path(OUTPUT / host.metrics_file.name),
         code_archive=Path(CONTAINER_ROOT / host.code_archive.name),
+        # The tmpfs: the one writable place of the container besides the run's folders.
+        home=Path("/tmp"),
+        tmp=Path("/tmp"),
     )
 
 
+#: The first Podman whose Docker-compatible API attaches CDI devices (containers/podman#25171). Older ones
+#: accept such a request and start the container without the GPU, so the runtime refuses to start it.
+PODMAN_CDI_VERSION = (5, 4)
+
+
+def cdi_name(uuid: str) -> str:
+    """A GPU's CDI device, as `nvidia-ctk cdi generate --device-name-strategy=uuid` names it."""
+    return f"nvidia.com/gpu={uuid}"
+
+
 def gpu_options(engine: str, gpu_uuids: Sequence[str]) -> dict[str, Any]:
-    """The GPUs by UUID: CDI devices on Podman, device requests on Docker Engine."""
+    """The GPUs by UUID: CDI devices on Podman, NVIDIA device requests on Docker Engine.
+
+    Podman's compat API takes CDI devices only as device requests of the ``cdi``
+    driver (``HostConfig.Devices`` reach it as ``host:container:perms`` strings, which
+    are no CDI names); Docker Engine's NVIDIA runtime takes the UUIDs themselves.
+    """
     if not gpu_uuids:
         return {}
     if engine == "podman":
-        return {"devices": [f"nvidia.com/gpu={uuid}" for uuid in gpu_uuids]}
-    return {
-        "device_requests": [
-            docker.types.DeviceRequest(driver="nvidia", device_ids=list(gpu_uuids), capabilities=[["gpu"]])
-        ]
-    }
+        request = docker.types.DeviceRequest(driver="cdi", device_ids=[cdi_name(u) for u in gpu_uuids])
+    else:
+        request = docker.types.DeviceRequest(driver="nvidia", device_ids=list(gpu_uuids), capabilities=[["gpu"]])
+    return {"device_requests": [request]}
+
+
+def engine_version(client: docker.DockerClient) -> tuple[int, ...]:
+    """The engine's own version (Podman's, or Docker Engine's) as numbers: (5, 4, 2)."""
+    text = str(client.version().get("Version", ""))
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def check_gpu_support(engine: str, version: tuple[int, ...], gpu_uuids: Sequence[str]) -> None:
+    """Refuse GPUs an engine would silently leave out (raises ContainerError)."""
+    if gpu_uuids and engine == "podman" and version < PODMAN_CDI_VERSION:
+        have = ".".join(map(str, version)) or "?"
+        need = ".".join(map(str, PODMAN_CDI_VERSION))
+        raise ContainerError(
+            f"Podman {have} cannot attach GPUs through its Docker-compatible API (Podman {need} or newer can): "
+            "upgrade Podman on this agent, or run it with --runtime process"
+        )
 
 
 def create_options(plan: ContainerPlan, engine: str) -> dict[str, Any]:
@@ -365,30 +400,14 @@ class HeldContainer:
     status: str
 
 
-@dataclass(frozen=True)
-class FrameworkImage:
-    """A framework image the engine holds (until runyard.agent.images provides the shared type)."""
-
-    name: str
-    version: str
-    image_id: str
-    digest: str
+def _declared_env(attrs: Mapping[str, Any]) -> dict[str, str]:
+    config = attrs.get("Config") or {}
+    return dict(item.split("=", 1) for item in (config.get("Env") or []) if "=" in item)
 
 
-def _version_key(version: str) -> tuple[int | str, ...]:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\-]", version))
-
-
-def framework_images(client: docker.DockerClient) -> list[FrameworkImage]:
-    """The framework images on the engine, found by their labels."""
-    found = []
-    for image in client.images.list(filters={"label": LABEL_FRAMEWORK}):
-        labels = image.labels or {}
-        name, version = labels.get(LABEL_FRAMEWORK, ""), labels.get(LABEL_FRAMEWORK_VERSION, "")
-        if name:
-            digest = str(image.id or "")
-            found.append(FrameworkImage(name, version, str(image.id), digest))
-    return sorted(found, key=lambda f: (f.name, _version_key(f.version)))
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """2.13 after 2.9; numbers before words, so any two versions compare."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-]", version))
 
 
 def pick_framework_image(images: Sequence[FrameworkImage], name: str, version: str) -> FrameworkImage | None:
@@ -406,13 +425,19 @@ class ContainerRuntime:
         agent_id: str,
         work_root: Path,
         sandbox: Sandbox | None = None,
+        attach_gpus: bool = True,
     ) -> None:
         self.client = client
+        #: False where the agent's GPUs are a declared inventory (`--gpus 4xH100`: tests, development):
+        #: their made-up UUIDs name no device, so runs get CUDA_VISIBLE_DEVICES and no device request.
+        self.attach_gpus = attach_gpus
         self.agent_id = agent_id
         self.sandbox = sandbox or Sandbox()
         self.engine = engine_kind(client)
+        self.engine_version = engine_version(client)
         self.init_path = Path(work_root) / ".runtime" / "init.sh"
         self._images: list[FrameworkImage] | None = None
+        self._image_env: dict[str, dict[str, str]] = {}
 
     def install_shim(self) -> None:
         """Write the init shim where every container mounts it from (read-only, root's)."""
@@ -433,11 +458,12 @@ class ContainerRuntime:
         spec = work.spec
         if spec.image:
             try:
-                self.client.images.get(spec.image)
+                image = self.client.images.get(spec.image)
             except docker.errors.ImageNotFound:
                 raise ContainerError(
                     f"image {spec.image} is not on agent {self.agent_id}: load it there (podman load) first"
                 ) from None
+            self._image_env[spec.image] = _declared_env(image.attrs)
             return spec.image
         name = spec.framework.name or "python"
         found = pick_framework_image(self.images(), name, spec.framework.version)
@@ -450,24 +476,22 @@ class ContainerRuntime:
         return found.image_id
 
     def image_env(self, image: str) -> dict[str, str]:
-        """PATH, HOME and LANG as the image sets them (HOME: /tmp, the one writable place, unless set)."""
-        config = self.client.images.get(image).attrs.get("Config") or {}
-        declared = dict(item.split("=", 1) for item in (config.get("Env") or []) if "=" in item)
-        return {
-            "PATH": declared.get("PATH", DEFAULT_PATH),
-            "HOME": declared.get("HOME", "/tmp"),
-            "LANG": declared.get("LANG", "C.UTF-8"),
-        }
+        """The variables the image declares (an image id's never change: asked once, then remembered)."""
+        if image not in self._image_env:
+            self._image_env[image] = _declared_env(self.client.images.get(image).attrs)
+        return self._image_env[image]
 
     def plan(self, work: WorkAssignment, dirs: RunDirs, image: str) -> ContainerPlan:
         """The attempt's container: its environment is the allowlist with container-side paths."""
         spec = work.spec
-        env = self.image_env(image)
-        run_env = build_run_env({}, work, container_dirs(dirs), "/usr/bin/python3")
+        declared = self.image_env(image)
+        run_env = build_run_env(work, container_dirs(dirs), "/usr/bin/python3")
+        # The image's PATH (its interpreters), after the manifest's own; HOME and TMPDIR stay the tmpfs.
+        image_path = declared.get("PATH", DEFAULT_PATH)
         path = spec.env.get("PATH")
-        run_env["PATH"] = f"{path}:{env['PATH']}" if path else env["PATH"]
-        for key in ("HOME", "LANG"):
-            run_env[key] = spec.env.get(key, env[key])
+        run_env["PATH"] = f"{path}:{image_path}" if path else image_path
+        if "LANG" not in spec.env and "LANG" in declared:
+            run_env["LANG"] = declared["LANG"]
         return ContainerPlan(
             name=container_name(self.agent_id, work.run_id, work.attempt),
             image=image,
@@ -482,7 +506,7 @@ class ContainerRuntime:
             memory_bytes=int(spec.resources.memory_bytes),
             cpus=float(spec.resources.cpus),
             egress=spec.network == RunNetwork.RUN_NETWORK_EGRESS,
-            gpu_uuids=tuple(work.gpu_ids),
+            gpu_uuids=tuple(work.gpu_ids) if self.attach_gpus else (),
             sandbox=self.sandbox,
         )
 
@@ -497,21 +521,35 @@ class ContainerRuntime:
         for top in (plan.code, plan.result, plan.output):
             _chown_tree(top, box.uid, box.gid)
 
+    def _create(self, options: dict[str, Any]) -> str:
+        """The engine's create call alone: the SDK's `containers.create` inspects the new container after
+        it, a round trip on every run's way to RUNNING that nothing here needs."""
+        args = dict(options, version=self.client.api.api_version)
+        created = self.client.api.create_container(**_create_container_args(args))
+        return str(created["Id"])
+
     def start_blocking(self, plan: ContainerPlan) -> ContainerProcess:
         """Create and start the container (a leftover of the same name, from an earlier try, goes first)."""
+        check_gpu_support(self.engine, self.engine_version, plan.gpu_uuids)
         self.install_shim()
         self.prepare_dirs(plan)
-        with contextlib.suppress(docker.errors.NotFound):
-            self.client.api.remove_container(plan.name, force=True)
+        options = create_options(plan, self.engine)
         try:
-            container = self.client.containers.create(**create_options(plan, self.engine))
+            try:
+                container_id = self._create(options)
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # 409: a leftover of the same name, from an earlier try
+                    raise
+                with contextlib.suppress(docker.errors.NotFound):
+                    self.client.api.remove_container(plan.name, force=True)
+                container_id = self._create(options)
         except docker.errors.ImageNotFound as e:
             raise ContainerError(f"image {plan.image} is not on agent {self.agent_id}: {e}") from e
         except docker.errors.APIError as e:
             raise ContainerError(f"the engine refused to create the container: {e.explanation or e}") from e
-        process = ContainerProcess(self.client, str(container.id), plan.name, plan.output)
+        process = ContainerProcess(self.client, container_id, plan.name, plan.output)
         try:
-            container.start()
+            self.client.api.start(container_id)
         except docker.errors.APIError as e:
             process.remove()
             raise ContainerError(f"the engine could not start the container: {e.explanation or e}") from e

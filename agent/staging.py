@@ -53,6 +53,9 @@ class RunDirs:
     output: Path
     metrics_file: Path
     code_archive: Path
+    #: The run's HOME and TMPDIR: its own, gone with the attempt's folder.
+    home: Path
+    tmp: Path
 
     @classmethod
     def under(cls, work_root: Path, run_id: str, attempt: int) -> RunDirs:
@@ -67,13 +70,15 @@ class RunDirs:
             output=root / "output",
             metrics_file=root / "output" / "metrics.jsonl",
             code_archive=root / "code.tar.gz",
+            home=root / "home",
+            tmp=root / "tmp",
         )
 
     def create(self) -> None:
         """Fresh folders; a leftover from an earlier try of the same attempt is removed first."""
         if self.root.exists():
             remove_tree(self.root)
-        for d in (self.code, self.data, self.result, self.output):
+        for d in (self.code, self.data, self.result, self.output, self.home, self.tmp):
             d.mkdir(parents=True)
         self.metrics_file.touch()
 

@@ -38,10 +38,11 @@ from runyard.agent.runtime_container import (
     describe_bytes,
 )
 from runyard.agent.runtime_local import LocalProcess, describe_exit, spawn
+from runyard.agent.sandbox import INSIDE, Bwrap
 from runyard.agent.staging import RunDirs, StagingError, remove_tree, stage_code, stage_data, upload_results
 from runyard.objectstore import ObjectStore, ObjectStoreError
 from runyard.v1.agent_pb2 import WorkAssignment
-from runyard.v1.common_pb2 import FailureReason
+from runyard.v1.common_pb2 import FailureReason, RunNetwork
 
 log = structlog.get_logger("runyard.agent.worker")
 
@@ -55,6 +56,7 @@ UPLOAD_ERROR = FailureReason.FAILURE_REASON_UPLOAD_ERROR
 UNSUPPORTED = FailureReason.FAILURE_REASON_UNSUPPORTED
 INTERNAL = FailureReason.FAILURE_REASON_INTERNAL
 OUT_OF_MEMORY = FailureReason.FAILURE_REASON_OUT_OF_MEMORY
+AGENT_SHUTDOWN = FailureReason.FAILURE_REASON_AGENT_SHUTDOWN
 
 
 class Outcome(enum.Enum):
@@ -76,13 +78,14 @@ class WorkerContext:
     # Framework name -> Python interpreter.
     frameworks: Mapping[str, str]
     cancel_grace_s: float
-    base_env: Mapping[str, str]
     # What one code archive may expand to: (bytes, files and folders).
     code_limits: tuple[int, int] = (MAX_EXTRACTED_BYTES, MAX_EXTRACTED_FILES)
     # Where the attempts this agent holds are recorded for a restarted agent; None: nowhere.
     holdings: Holdings | None = None
     # The container runtime (`runyard agent --runtime container`); None: each command is a local process.
     containers: ContainerRuntime | None = None
+    # The sandbox every command runs in (runyard.agent.sandbox); None: none.
+    sandbox: Bwrap | None = None
 
 
 def human_bytes(n: int) -> str:
@@ -107,6 +110,7 @@ class AttemptWorker:
         self._cancel_grace_s = ctx.cancel_grace_s
         self._stopping = asyncio.Event()
         self._stop_message = SHUTDOWN_MESSAGE
+        self._stop_reason: FailureReason.ValueType = AGENT_SHUTDOWN
         self._stop_grace_s = ctx.cancel_grace_s
         self.process: LocalProcess | ContainerProcess | None = None
         #: The attempt's lease (see runyard.agent.main): half of it without contact and the agent stops it.
@@ -158,10 +162,17 @@ class AttemptWorker:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    def shutdown(self, message: str = SHUTDOWN_MESSAGE, grace_s: float | None = None) -> None:
-        """End the attempt as an infrastructure failure (re-queued while restarts remain)."""
+    def shutdown(
+        self,
+        message: str = SHUTDOWN_MESSAGE,
+        grace_s: float | None = None,
+        reason: FailureReason.ValueType = AGENT_SHUTDOWN,
+    ) -> None:
+        """End the attempt as an infrastructure failure: AGENT_SHUTDOWN (the agent is stopping: the
+        control plane re-queues it, uncharged) or another reason (re-queued while restarts remain)."""
         if not self._stopping.is_set():
             self._stop_message = message
+            self._stop_reason = reason
             if grace_s is not None:
                 self._stop_grace_s = grace_s
         self._stopping.set()
@@ -263,16 +274,21 @@ class AttemptWorker:
         if self._cancel.is_set():
             return await self._end(capture, Outcome.CANCELED, message="canceled before the command started")
         if self._stopping.is_set():
-            return await self._end(capture, Outcome.FAILED, INTERNAL, self._stop_message)
+            return await self._end(capture, Outcome.FAILED, self._stop_reason, self._stop_message)
 
         await staging  # a report that can never be stored (NATS closed for good) ends the attempt here
         if self._stopping.is_set():
-            return await self._end(capture, Outcome.FAILED, INTERNAL, self._stop_message)
+            return await self._end(capture, Outcome.FAILED, self._stop_reason, self._stop_message)
         if self.ctx.containers is not None:
             return await self._run_container(capture, self.ctx.containers)
         assert python is not None
-        env = build_run_env(self.ctx.base_env, self.work, self.dirs, python)
-        self.process = proc = await spawn(spec.command, self.dirs.code, env, self.kill_grace_s)
+        env = build_run_env(self.work, self.dirs, python)
+        sandbox_argv = None
+        if self.ctx.sandbox is not None:
+            egress = spec.network == RunNetwork.RUN_NETWORK_EGRESS
+            sandbox_argv = self.ctx.sandbox.argv(spec.command, self.dirs, python, network=egress)
+            env = build_run_env(self.work, INSIDE, python)  # the folders as the run sees them
+        self.process = proc = await spawn(spec.command, self.dirs.code, env, self.kill_grace_s, sandbox_argv)
         if self.ctx.holdings is not None:
             held = HeldAttempt(self.key[0], self.key[1], proc.pid, start_ticks(proc.pid) or 0)
             await asyncio.to_thread(self.ctx.holdings.record, held)
@@ -331,7 +347,7 @@ class AttemptWorker:
             memory = self.work.spec.resources.memory_bytes
             if ended is not None and ended.oom_killed and not stopped_by:
                 limit = f"more than resources.memory {describe_bytes(memory)}" if memory else "more than the host had"
-                msg = f"out of memory: the command used {limit} and was killed"
+                msg = f"the command used {limit} and the kernel killed it"
                 return await self._end(capture, Outcome.FAILED, OUT_OF_MEMORY, msg, ended.exit_code)
             return await self._finish(capture, returncode, stopped_by)
         except asyncio.CancelledError:
@@ -339,6 +355,8 @@ class AttemptWorker:
             keep = self._detaching.is_set()
             raise
         finally:
+            # After the terminal report (the ended container holds nothing a next run needs), but
+            # before the slot is free.
             if not keep:
                 await asyncio.to_thread(proc.remove)
 
@@ -349,7 +367,7 @@ class AttemptWorker:
         if stopped_by == "cancel":
             return await self._end(capture, Outcome.CANCELED, message=f"canceled on request; command {how}")
         if stopped_by == "shutdown":
-            return await self._end(capture, Outcome.FAILED, INTERNAL, self._stop_message, exit_code)
+            return await self._end(capture, Outcome.FAILED, self._stop_reason, self._stop_message, exit_code)
         if returncode != 0:
             msg = f"command failed with {how}"
             if capture.last_stderr:

@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-code-extract-bytes", type=int, help="bytes one code archive may expand to (default 512 MiB)")
     p.add_argument("--max-code-files", type=int, help="files and folders one code archive may hold (default 50000)")
     p.add_argument("--api-key", help="agent API key sent with every report (env RUNYARD_API_KEY)")
+    p.add_argument(
+        "--sandbox",
+        choices=("auto", "bwrap", "none"),
+        help="where runs are processes: bwrap runs each in its own mount, PID and network namespaces with only "
+        "its folders writable; auto (default) uses bwrap when it works here. Not isolated even so: the run's "
+        "processes have the agent's uid outside the sandbox, no memory, CPU or pids limits, all GPUs visible",
+    )
     _runtime_flags(p, "how runs are run")
     _nats_auth_flags(p)
 

@@ -95,6 +95,7 @@ def agent_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[st
         "api_key": settings.api_key,
         "nats_nkey_file": settings.nats_nkey,
         "nats_ca_file": settings.nats_ca,
+        "sandbox": getattr(args, "sandbox", None),
     }
     if settings.gpus is not None:
         from runyard.agent.gpus import declared_gpus
@@ -130,5 +131,10 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     # run_agent stops gracefully on SIGTERM (`runyard down`, Kubernetes, systemd) and Ctrl-C.
-    asyncio.run(run_agent(config))
+    from runyard.agent.sandbox import SandboxError
+
+    try:
+        asyncio.run(run_agent(config))
+    except SandboxError as e:
+        raise ClientError(str(e)) from None
     return 0

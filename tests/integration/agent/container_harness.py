@@ -11,18 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import docker.errors
 
-from runyard.agent.engine import connect, start_podman_service
+from runyard.agent.engine import connect
 from runyard.agent.runtime_container import (
     LABEL_AGENT,
-    LABEL_FRAMEWORK,
-    LABEL_FRAMEWORK_VERSION,
     ContainerExit,
     ContainerProcess,
     ContainerRuntime,
@@ -32,8 +30,8 @@ from runyard.agent.staging import RunDirs
 from runyard.v1.agent_pb2 import WorkAssignment
 from runyard.v1.common_pb2 import Framework, Resources, RunNetwork, RunSpec
 
-#: The image the stand-in framework image is made from (Debian bookworm minbase + python3).
-BASE_IMAGE = "localhost/test:1"
+#: The framework the sandbox tests run in: tests/containers.py's `python_image`.
+PYTHON = ("python", "3.11")
 
 
 @dataclass
@@ -51,8 +49,8 @@ def spec_work(
     command: str,
     *,
     image: str = "",
-    framework: str = "",
-    version: str = "",
+    framework: str = PYTHON[0],
+    version: str = PYTHON[1],
     memory_bytes: int = 0,
     cpus: int = 0,
     network: RunNetwork.ValueType = RunNetwork.RUN_NETWORK_UNSPECIFIED,
@@ -106,35 +104,14 @@ async def run_in_container(
     )
 
 
-@contextlib.contextmanager
-def podman_engine() -> Iterator[str]:
-    """A podman system service of the caller's own; yields its URL."""
-    service = start_podman_service()
-    try:
-        yield service.url
-    finally:
-        service.stop()
-
-
-def labelled_image(client: docker.DockerClient, base: str, repository: str, labels: Mapping[str, str]) -> str:
-    """An image made from base with labels (and nothing else changed), through a commit; returns its reference."""
-    container = client.containers.create(base, ["/bin/true"])
-    try:
-        # Podman's compat commit ignores conf's Labels; LABEL instructions work on both engines.
-        changes = [f"LABEL {key}={value}" for key, value in labels.items()]
-        container.commit(repository=repository, tag="1", changes=changes)
-    finally:
-        container.remove(force=True)
-    return f"{repository}:1"
-
-
 def custom_image(client: docker.DockerClient, base: str, repository: str, marker: str) -> str:
     """An image of the user's own: base plus a file /runyard-custom holding marker."""
     container = client.containers.run(
-        base, ["/bin/sh", "-c", f"echo {marker} > /runyard-custom"], detach=True, network_mode="none"
+        base, ["/bin/sh", "-c", f"echo {marker} > /runyard-custom"], detach=True, network_mode="none", user="0:0"
     )
     try:
-        container.wait(timeout=60)
+        status = container.wait(timeout=60)
+        assert status["StatusCode"] == 0, container.logs()
         container.commit(repository=repository, tag="1")
     finally:
         container.remove(force=True)
@@ -150,10 +127,6 @@ def remove_agent_containers(client: docker.DockerClient, agent_id: str) -> None:
     for c in client.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={agent_id}"}):
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             c.remove(force=True)
-
-
-def framework_labels(name: str, version: str) -> dict[str, str]:
-    return {LABEL_FRAMEWORK: name, LABEL_FRAMEWORK_VERSION: version}
 
 
 def new_runtime(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -14,18 +15,15 @@ import pytest
 
 from runyard.agent.config import AgentConfig
 from runyard.agent.engine import connect
+from runyard.agent.gpus import declared_gpus
 from runyard.agent.runtime_container import LABEL_AGENT
 from runyard.objectstore import open_store
 from runyard.v1.agent_pb2 import AgentReport, WorkAssignment
 from runyard.v1.common_pb2 import FailureReason, Framework, LogStream, MetricPattern, Resources, RunSpec
 from runyard.v1.events_pb2 import AgentRegistered
 from tests.integration.agent.container_harness import (
-    BASE_IMAGE,
-    framework_labels,
-    labelled_image,
-    podman_engine,
+    PYTHON,
     remove_agent_containers,
-    remove_image,
 )
 from tests.integration.agent.harness import (
     code_tar,
@@ -57,29 +55,20 @@ with open(os.path.join(os.environ["RESULT_DIR"], "model.txt"), "w") as f:
 
 
 @pytest.fixture(scope="module")
-def engine_url() -> Iterator[str]:
-    with podman_engine() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(engine_url: str) -> Iterator[docker.DockerClient]:
-    c = connect(engine_url)
+def client(container_engine: str) -> Iterator[docker.DockerClient]:
+    c = connect(container_engine)
     yield c
     c.close()
 
 
 @pytest.fixture(scope="module")
-def framework(client: docker.DockerClient) -> Iterator[tuple[str, str]]:
-    name = f"agenttest{uuid.uuid4().hex[:6]}"
-    ref = labelled_image(client, BASE_IMAGE, f"localhost/runyard-test/{name}", framework_labels(name, "2.0"))
-    yield name, "2.0"
-    remove_image(client, ref)
+def framework(python_image: str) -> tuple[str, str]:
+    return PYTHON
 
 
 @pytest.fixture
 def config(
-    tmp_path: Path, nats_server: NatsServer, engine_url: str, client: docker.DockerClient
+    tmp_path: Path, nats_server: NatsServer, container_engine: str, client: docker.DockerClient
 ) -> Iterator[AgentConfig]:
     cfg = AgentConfig(
         agent_id=new_agent_id(),
@@ -89,7 +78,7 @@ def config(
         heartbeat_s=0.2,
         cancel_grace_s=2.0,
         runtime="container",
-        engine_url=engine_url,
+        engine_url=container_engine,
     )
     yield cfg
     remove_agent_containers(client, cfg.agent_id)
@@ -193,3 +182,20 @@ def test_metrics_file_is_read_through_no_link(config: AgentConfig, framework: tu
     reports = asyncio.run(scenario())
     assert not any("SECRET" in t for t in texts(reports, LogStream.LOG_STREAM_STDOUT))
     assert all(p.name != "stolen" for p in metric_points(reports))
+
+
+def test_declared_gpus_reach_the_run_by_uuid_without_a_device(config: AgentConfig, framework: tuple[str, str]) -> None:
+    """`--gpus 1xH100` (tests, development): the run gets its GPU's UUID, the engine no device request."""
+    gpus = tuple(declared_gpus("1xH100", config.agent_id))
+    config = dataclasses.replace(config, gpus=gpus)
+    assignment = work('echo "gpus=$CUDA_VISIBLE_DEVICES"', framework)
+    assignment.gpu_ids.append(gpus[0].uuid)
+
+    async def scenario() -> list[AgentReport]:
+        async with running_agent(config) as agent:
+            await agent.send_work(assignment)
+            return await agent.until_terminal(assignment.run_id, timeout=30)
+
+    reports = asyncio.run(scenario())
+    assert transitions(reports)[-1] == "completed", reports[-1]
+    assert texts(reports, LogStream.LOG_STREAM_STDOUT) == [f"gpus={gpus[0].uuid}"]

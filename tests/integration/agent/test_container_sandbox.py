@@ -17,12 +17,9 @@ from runyard.agent.engine import connect
 from runyard.agent.runtime_container import ContainerError, ContainerRuntime, Sandbox
 from runyard.v1.common_pb2 import RunNetwork
 from tests.integration.agent.container_harness import (
-    BASE_IMAGE,
+    PYTHON,
     custom_image,
-    framework_labels,
-    labelled_image,
     new_runtime,
-    podman_engine,
     remove_agent_containers,
     remove_image,
     run_in_container,
@@ -78,30 +75,21 @@ print(json.dumps({
 
 
 @pytest.fixture(scope="module")
-def engine_url() -> Iterator[str]:
-    with podman_engine() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(engine_url: str) -> Iterator[docker.DockerClient]:
-    c = connect(engine_url)
+def client(container_engine: str) -> Iterator[docker.DockerClient]:
+    c = connect(container_engine)
     yield c
     c.close()
 
 
 @pytest.fixture(scope="module")
-def framework(client: docker.DockerClient) -> Iterator[tuple[str, str]]:
-    """A framework image of this module's own (a name no other test uses): (name, version)."""
-    name = f"sandboxtest{uuid.uuid4().hex[:6]}"
-    ref = labelled_image(client, BASE_IMAGE, f"localhost/runyard-test/{name}", framework_labels(name, "1.0"))
-    yield name, "1.0"
-    remove_image(client, ref)
+def framework(python_image: str) -> tuple[str, str]:
+    """The framework the runs ask for: python 3.11, whose image the fixture made sure of."""
+    return PYTHON
 
 
 @pytest.fixture
-def runtime(engine_url: str, tmp_path: Path) -> Iterator[ContainerRuntime]:
-    rt = new_runtime(engine_url, tmp_path / "work")
+def runtime(container_engine: str, tmp_path: Path) -> Iterator[ContainerRuntime]:
+    rt = new_runtime(container_engine, tmp_path / "work")
     yield rt
     remove_agent_containers(rt.client, rt.agent_id)
     rt.client.close()
@@ -117,6 +105,7 @@ def facts(stdout: str) -> dict[str, object]:
 def test_a_run_sees_only_its_sandbox(
     runtime: ContainerRuntime,
     framework: tuple[str, str],
+    python_image: str,
     tmp_path: Path,
     nats_server: NatsServer,
     monkeypatch: pytest.MonkeyPatch,
@@ -151,10 +140,13 @@ def test_a_run_sees_only_its_sandbox(
     assert env["MY_FLAG"] == "on" and env["RESULT_DIR"] == "/runyard/result" and env["DATA_DIR"] == "/runyard/data"
     assert env["RUNYARD_RUN_ID"] == work.run_id
     assert env["RUNYARD_METRICS_FILE"] == "/runyard/output/metrics.jsonl"
-    # Whatever the agent's environment holds, only the allowlist (and the engine's own few) reach the run.
+    # Whatever the agent's environment holds, only the allowlist, the image's own variables and the
+    # engine's few reach the run.
+    config = runtime.client.images.get(python_image).attrs["Config"]
+    image_own = {item.split("=", 1)[0] for item in config.get("Env") or []}
     engine_own = {"HOSTNAME", "container", "TERM", "PWD", "SHLVL", "_"}
-    agent_keys = set(os.environ) - engine_own - {"PATH", "HOME", "LANG"}
-    assert not agent_keys & set(env) - {"PYTHONUNBUFFERED"}, agent_keys & set(env)
+    agent_keys = set(os.environ) - engine_own - image_own - {"PATH", "HOME", "LANG", "PYTHONUNBUFFERED"}
+    assert not agent_keys & set(env), agent_keys & set(env)
 
 
 def test_egress_gets_a_network_but_not_the_hosts_loopback(
@@ -211,8 +203,8 @@ else:
 """
 
 
-def test_the_pids_limit_stops_a_fork_bomb(engine_url: str, framework: tuple[str, str], tmp_path: Path) -> None:
-    runtime = new_runtime(engine_url, tmp_path / "work", sandbox=Sandbox(pids_limit=64))
+def test_the_pids_limit_stops_a_fork_bomb(container_engine: str, framework: tuple[str, str], tmp_path: Path) -> None:
+    runtime = new_runtime(container_engine, tmp_path / "work", sandbox=Sandbox(pids_limit=64))
     try:
         work = spec_work("python3 bomb.py", framework=framework[0])
         ran = asyncio.run(run_in_container(runtime, tmp_path / "work", work, {"bomb.py": FORK_BOMB_PY}))
@@ -252,11 +244,13 @@ def test_cancel_stops_the_container_within_the_grace(
     assert stubborn_code == -9 and 1.5 <= stubborn_s < 5.0  # SIGKILL once the grace was over
 
 
-def test_a_run_in_its_own_image(runtime: ContainerRuntime, client: docker.DockerClient, tmp_path: Path) -> None:
+def test_a_run_in_its_own_image(
+    runtime: ContainerRuntime, client: docker.DockerClient, python_image: str, tmp_path: Path
+) -> None:
     marker = uuid.uuid4().hex
-    ref = custom_image(client, BASE_IMAGE, f"localhost/runyard-test/custom{marker[:6]}", marker)
+    ref = custom_image(client, python_image, f"localhost/runyard-test/custom{marker[:6]}", marker)
     try:
-        work = spec_work("cat /runyard-custom; id -u", image=ref)
+        work = spec_work("cat /runyard-custom && id -u", image=ref)
         ran = asyncio.run(run_in_container(runtime, tmp_path / "work", work))
     finally:
         remove_image(client, ref)

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from runyard.agent.images import FrameworkImage
 from runyard.agent.output_files import UnsafeOutputFile, open_run_file
 from runyard.agent.runtime_container import (
     INIT_SHIM,
+    ContainerError,
     ContainerExit,
     ContainerPlan,
-    FrameworkImage,
+    ContainerRuntime,
     Sandbox,
+    check_gpu_support,
     container_dirs,
     container_name,
     create_options,
@@ -25,6 +28,7 @@ from runyard.agent.runtime_container import (
     read_run_file,
 )
 from runyard.agent.staging import RunDirs
+from runyard.v1.agent_pb2 import WorkAssignment
 
 
 def plan(**changes: object) -> ContainerPlan:
@@ -75,19 +79,29 @@ def test_no_limits_asked_means_none_set_and_egress_is_a_bridge_never_the_host() 
     assert opts["network_mode"] == "bridge"
 
 
-def test_gpus_by_uuid_on_podman_are_cdi_devices() -> None:
+def test_gpus_by_uuid_on_podman_are_cdi_device_requests() -> None:
     opts = create_options(plan(gpu_uuids=("GPU-aaa", "GPU-bbb")), "podman")
-    assert opts["devices"] == ["nvidia.com/gpu=GPU-aaa", "nvidia.com/gpu=GPU-bbb"]
-    assert "device_requests" not in opts
+    (request,) = opts["device_requests"]
+    assert request["Driver"] == "cdi"
+    assert request["DeviceIDs"] == ["nvidia.com/gpu=GPU-aaa", "nvidia.com/gpu=GPU-bbb"]
+    assert "devices" not in opts
 
 
-def test_gpus_by_uuid_on_docker_are_device_requests() -> None:
+def test_gpus_by_uuid_on_docker_are_nvidia_device_requests() -> None:
     (request,) = gpu_options("docker", ["GPU-aaa", "GPU-bbb"])["device_requests"]
     assert request["Driver"] == "nvidia"
     assert request["DeviceIDs"] == ["GPU-aaa", "GPU-bbb"]
     assert request["Capabilities"] == [["gpu"]]
     assert request["Count"] == 0  # the ids, not "all"
     assert gpu_options("docker", []) == gpu_options("podman", []) == {}
+
+
+def test_gpus_on_a_podman_too_old_for_cdi_are_refused_not_dropped() -> None:
+    with pytest.raises(ContainerError, match=r"Podman 4\.3\.1 cannot attach GPUs"):
+        check_gpu_support("podman", (4, 3, 1), ["GPU-aaa"])
+    check_gpu_support("podman", (4, 3, 1), [])  # no GPU asked: fine
+    check_gpu_support("podman", (5, 4, 2), ["GPU-aaa"])
+    check_gpu_support("docker", (24, 0, 7), ["GPU-aaa"])
 
 
 def test_names_and_container_side_paths() -> None:
@@ -152,3 +166,21 @@ def test_the_shim_records_output_and_status(tmp_path: Path) -> None:
     assert (out / "stdout").read_text() == "out\n" and (out / "stderr").read_text() == "err\n"
     status, _oom = (out / "exit").read_text().split()
     assert status == "7"
+
+
+def test_declared_gpus_are_named_in_the_environment_but_never_attached() -> None:
+    """`--gpus 4xH100` GPUs have made-up UUIDs: asking the engine for them would fail every run."""
+
+    class FakeRuntime(ContainerRuntime):
+        def __init__(self, attach: bool) -> None:
+            self.agent_id, self.sandbox, self.attach_gpus = "a1", Sandbox(), attach
+            self.init_path = Path("/w/.runtime/init.sh")
+
+        def image_env(self, image: str) -> dict[str, str]:
+            return {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+
+    work = WorkAssignment(run_id="r1", attempt=1, gpu_ids=["GPU-a1-0"])
+    dirs = RunDirs.under(Path("/w"), "r1", 1)
+    declared = FakeRuntime(attach=False).plan(work, dirs, "img")
+    assert declared.gpu_uuids == () and declared.env["CUDA_VISIBLE_DEVICES"] == "GPU-a1-0"
+    assert FakeRuntime(attach=True).plan(work, dirs, "img").gpu_uuids == ("GPU-a1-0",)
