@@ -581,14 +581,6 @@ class ContainerRuntime:
         with contextlib.suppress(docker.errors.NotFound):
             self.client.api.remove_container(container_id, force=True)
 
-    def remove_leftovers(self) -> list[str]:
-        """Remove this agent's containers a previous agent process left (until runs are reattached)."""
-        removed = []
-        for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={self.agent_id}"}):
-            with contextlib.suppress(docker.errors.NotFound):
-                c.remove(force=True)
-                removed.append(str(c.name))
-        return removed
 
 
 def _chown_tree(top: Path, uid: int, gid: int) -> None:
