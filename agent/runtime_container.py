@@ -582,7 +582,6 @@ class ContainerRuntime:
             self.client.api.remove_container(container_id, force=True)
 
 
-
 def _chown_tree(top: Path, uid: int, gid: int) -> None:
     """chown without following links (the agent runs as root: a link must not hand a host file over)."""
     if os.geteuid() != 0:
