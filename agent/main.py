@@ -514,7 +514,7 @@ class Agent:
 
     async def _work_loop(self, sub: Any) -> None:
         while not self._stop.is_set():
-            while self._free_slots == 0:
+            while self._free_slots <= 0:  # below 0: more adopted containers than slots
                 self._slot_freed.clear()
                 if not await self._until_stop(asyncio.create_task(self._slot_freed.wait())):
                     return
