@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
 import signal
 import socket
@@ -69,12 +68,13 @@ from runyard import bus, natsauth
 from runyard.agent.config import AgentConfig
 from runyard.agent.gpus import detect_gpus, gpu_model_label
 from runyard.agent.holdings import HeldAttempt, Holdings
+from runyard.agent.offers import process_offers
 from runyard.agent.reporter import Reporter
 from runyard.agent.staging import prune_work_dirs
 from runyard.agent.worker import DEFAULT_LEASE_S, AttemptWorker, Outcome, WorkerContext
 from runyard.objectstore import open_store
 from runyard.v1.agent_pb2 import AgentControl, AgentHeartbeat, WorkAssignment
-from runyard.v1.common_pb2 import FailureReason, Framework
+from runyard.v1.common_pb2 import FailureReason
 from runyard.v1.events_pb2 import AgentRegistered
 
 log = structlog.get_logger("runyard.agent")
@@ -98,15 +98,6 @@ GPU_BUSY_RETRY_S = 0.5
 
 T = TypeVar("T")
 Key = tuple[str, int]
-
-
-def default_frameworks() -> dict[str, str]:
-    """Without --framework the agent's own interpreter runs PyTorch and plain Python, and
-    TensorFlow when it is installed beside them (looked up, not imported: that takes seconds)."""
-    offered = {"pytorch": sys.executable, "python": sys.executable}
-    if importlib.util.find_spec("tensorflow") is not None:
-        offered["tensorflow"] = sys.executable
-    return offered
 
 
 def configure_logging() -> None:
@@ -156,7 +147,8 @@ class Agent:
             # Manifests can ask for a model through the label too (resources.labels: {gpu_model: H100}).
             self.labels.setdefault("gpu_model", gpu_model_label(self.gpus))
         self.config = config
-        self.frameworks = dict(config.frameworks) or default_frameworks()
+        self.offers = process_offers(config.frameworks)
+        self.frameworks = self.offers.interpreters
         self.work_root = Path(config.work_dir).resolve()
         self.store = open_store(config.storage_root, config.s3_endpoint_url)
         self.workers: dict[Key, AttemptWorker] = {}
@@ -326,8 +318,9 @@ class Agent:
             # Runs get GPUs by UUID (see runyard.agent.gpus): these ids end up in CUDA_VISIBLE_DEVICES.
             gpu_ids=[g.uuid for g in self.gpus],
             labels=self.labels,
-            frameworks=[Framework(name=name) for name in sorted(self.frameworks)],
+            frameworks=self.offers.frameworks(),
             gpus=[g.to_proto() for g in self.gpus],
+            runtime="process",
         )
 
     # -- loops ----------------------------------------------------------------
