@@ -197,6 +197,17 @@ def _wanted(run: QueuedRun) -> str:
     return f"{run.framework} {run.framework_version}".strip()
 
 
+#: Offers a refusal lists at most: a fleet of mixed images must not make the message a page.
+_MAX_OFFERS_SHOWN = 12
+
+
+def _offered(run: QueuedRun, agents: Sequence[AgentState]) -> str:
+    """What agents offer, the run's own framework first: 'pytorch 2.12, pytorch 2.13, python 3.11'."""
+    every = sorted({o for a in agents for o in a.frameworks}, key=lambda o: (o.name != run.framework, o))
+    shown = ", ".join(str(o) for o in every[:_MAX_OFFERS_SHOWN])
+    return shown + (f", ... ({len(every)} in all)" if len(every) > _MAX_OFFERS_SHOWN else "")
+
+
 def _labels_match(wanted: Mapping[str, str], agent: AgentState) -> bool:
     return all(agent.labels.get(k) == v for k, v in wanted.items())
 
@@ -243,8 +254,8 @@ def can_ever_place(run: QueuedRun, agents: Sequence[AgentState]) -> str | None:
             return f"framework.name: no agent offers framework {run.framework!r} (agents offer: {', '.join(names)})"
         offering = [a for a in named if runs_framework(run, a)]
         if not offering:
-            offered = sorted({str(o) for a in agents for o in a.frameworks})
-            return f"framework.version: no agent offers framework {_wanted(run)} (agents offer: {', '.join(offered)})"
+            offered = _offered(run, agents)
+            return f"framework.version: no agent offers framework {_wanted(run)} (agents offer: {offered})"
         what = f"offering {_wanted(run)}"
     labelled = [a for a in offering if _labels_match(run.labels, a)]
     if not labelled:
