@@ -64,11 +64,19 @@ def default_offers() -> ProcessOffers:
     return ProcessOffers(interpreters, versions)
 
 
-def _installed(distribution: str) -> str | None:
-    """The installed version of a distribution importable here, or None."""
-    if importlib.util.find_spec(distribution) is None:
+def _installed(module: str) -> str | None:
+    """The installed version of the package that provides an importable module; None when it is not importable,
+    "" when no metadata says. The distribution may be named otherwise (tensorflow-cpu provides tensorflow)."""
+    if importlib.util.find_spec(module) is None:
         return None
+    names = [module]
     try:
-        return importlib.metadata.version(distribution)
+        importlib.metadata.version(module)
     except importlib.metadata.PackageNotFoundError:
-        return ""
+        names = importlib.metadata.packages_distributions().get(module, [])
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runyard.agent.config import AgentConfig
 from runyard.agent.main import Agent
-from runyard.agent.offers import process_offers, split_framework
+from runyard.agent.offers import _installed, process_offers, split_framework
 from runyard.v1.common_pb2 import Framework
 
 
@@ -40,3 +40,10 @@ def test_the_registration_says_process_and_carries_the_versions(tmp_path: Path) 
     registered = Agent(config)._registration()
     assert registered.runtime == "process"
     assert list(registered.frameworks) == [Framework(name="python"), Framework(name="pytorch", version="2.13")]
+
+
+def test_a_version_is_found_when_the_distribution_is_named_otherwise() -> None:
+    # tensorflow-cpu provides `tensorflow`, as PyYAML provides `yaml` and scikit-learn `sklearn`.
+    assert _installed("yaml") == importlib.metadata.version("PyYAML")
+    assert _installed("sklearn") == importlib.metadata.version("scikit-learn")
+    assert _installed("no_such_module_here") is None

@@ -60,3 +60,14 @@ def test_the_agents_table_shows_the_runtime_and_framework_versions() -> None:
     [old] = [line for line in lines if line.startswith("old-1")]
     assert "container" in ctr and "pytorch 2.13" in ctr
     assert "process" in old, "an agent from before runtimes were registered runs processes"
+
+
+def test_agents_json_carries_the_runtime_and_each_frameworks_digest() -> None:
+    agent = resources_pb2.Agent(
+        id="ctr-1",
+        runtime="container",
+        frameworks=[common_pb2.Framework(name="pytorch", version="2.13", digest="sha256:ab")],
+    )
+    doc = render.to_dict(agent)
+    assert doc["runtime"] == "container"
+    assert doc["frameworks"] == [{"name": "pytorch", "version": "2.13", "digest": "sha256:ab"}]
