@@ -23,8 +23,8 @@ The rules, in the order they bite:
   and "2.13.x"; a run with its own image needs a container agent, whatever
   frameworks it offers), has every label it asks for, is not draining, and
   has enough free GPUs of the requested model (matched on the short model,
-  e.g. "H100", or the full name). Among the agents that fit, the tightest fit wins, which keeps large
-  holes for large runs.
+  e.g. "H100", or the full name). Among the agents that fit, the tightest
+  fit wins, which keeps large holes for large runs.
 * **No starvation, careful backfill.** When an account's head run fits nowhere
   right now, it gets a reservation: the agent that could hold it soonest (the
   one with the most free matching GPUs already) keeps those free GPUs and a
@@ -36,10 +36,9 @@ The rules, in the order they bite:
   behind it.
 
 A run that no agent could ever hold (more GPUs than any agent has, a model no
-agent has, a framework, framework version or label nobody offers, an image
-and no container agent) waits with that reason and
-reserves nothing; `can_ever_place` turns the same test into a refusal at
-submit time.
+agent has, a framework, framework version or label nobody offers, its own
+image and no container agent) waits with that reason and reserves nothing;
+`can_ever_place` turns the same test into a refusal at submit time.
 """
 
 from __future__ import annotations
@@ -430,7 +429,8 @@ def _signature(run: QueuedRun) -> tuple[object, ...]:
         run.gpu_model.lower(),
         run.framework,
         run.framework_version,
-        bool(run.image),
+        # The image itself, not only whether there is one: a waiting run's reason names it.
+        run.image,
         tuple(sorted(run.labels.items())),
     )
 

@@ -175,3 +175,10 @@ def test_every_placement_can_run_the_runs_code_and_the_rest_say_why(
             assert r.run_id in waiting
             assert waiting[r.run_id].reason.startswith(("framework.name:", "framework.version:", "image:"))
             assert waiting[r.run_id].reason == can_ever_place(r, agents)
+
+
+def test_each_waiting_image_run_names_its_own_image() -> None:
+    agents = [agent("proc", ("pytorch", "2.13"))]
+    decision = schedule([run("a", image="localhost/a:1"), run("b", image="localhost/b:1", position=1)], agents)
+    reasons = {w.run_id: w.reason for w in decision.waiting}
+    assert "localhost/a:1" in reasons["a"] and "localhost/b:1" in reasons["b"]
