@@ -182,3 +182,10 @@ def test_each_waiting_image_run_names_its_own_image() -> None:
     decision = schedule([run("a", image="localhost/a:1"), run("b", image="localhost/b:1", position=1)], agents)
     reasons = {w.run_id: w.reason for w in decision.waiting}
     assert "localhost/a:1" in reasons["a"] and "localhost/b:1" in reasons["b"]
+
+
+def test_a_fleet_of_many_versions_is_summed_up_not_listed_in_full() -> None:
+    agents = [agent(f"a{i}", ("pytorch", f"2.{i}"), ("python", "3.11")) for i in range(30)]
+    reason = can_ever_place(run("r", version="2.99"), agents)
+    assert reason is not None and reason.endswith(", ... (31 in all))")
+    assert "pytorch 2.0" in reason and "python 3.11" not in reason, "the run's own framework comes first"
