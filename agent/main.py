@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import signal
 import socket
 import sys
@@ -83,6 +82,7 @@ from runyard import bus, natsauth
 from runyard.agent.config import AgentConfig
 from runyard.agent.gpus import detect_gpus, gpu_model_label
 from runyard.agent.holdings import HeldAttempt, Holdings
+from runyard.agent.offers import process_offers
 from runyard.agent.reporter import Reporter
 from runyard.agent.runtime_container import ContainerError, ContainerRuntime, HeldContainer, check_gpu_support
 from runyard.agent.sandbox import Bwrap, SandboxMode, probe
@@ -90,7 +90,7 @@ from runyard.agent.staging import prune_work_dirs
 from runyard.agent.worker import DEFAULT_LEASE_S, AttemptWorker, Outcome, WorkerContext
 from runyard.objectstore import open_store
 from runyard.v1.agent_pb2 import AgentControl, AgentHeartbeat, WorkAssignment
-from runyard.v1.common_pb2 import FailureReason, Framework
+from runyard.v1.common_pb2 import FailureReason
 from runyard.v1.events_pb2 import AgentRegistered
 
 log = structlog.get_logger("runyard.agent")
@@ -117,15 +117,6 @@ RUNTIMES = ("process", "container")
 
 T = TypeVar("T")
 Key = tuple[str, int]
-
-
-def default_frameworks() -> dict[str, str]:
-    """Without --framework the agent's own interpreter runs PyTorch and plain Python, and
-    TensorFlow when it is installed beside them (looked up, not imported: that takes seconds)."""
-    offered = {"pytorch": sys.executable, "python": sys.executable}
-    if importlib.util.find_spec("tensorflow") is not None:
-        offered["tensorflow"] = sys.executable
-    return offered
 
 
 def configure_logging() -> None:
@@ -183,7 +174,8 @@ class Agent:
             modes = ", ".join(m.value for m in SandboxMode)
             raise ValueError(f"agent sandbox must be one of {modes}, not {config.sandbox!r}") from None
         self.sandbox: Bwrap | None = None
-        self.frameworks = dict(config.frameworks) or default_frameworks()
+        self.offers = process_offers(config.frameworks)
+        self.frameworks = self.offers.interpreters
         # Set in run() for --runtime container: the engine is dialled there, not in the constructor.
         self.containers: ContainerRuntime | None = None
         self.work_root = Path(config.work_dir).resolve()
@@ -323,7 +315,7 @@ class Agent:
         """What runs may ask for here: the framework images held (containers), or the interpreters (processes)."""
         if self.containers is not None:
             return [Framework(name=i.name, version=i.version, digest=i.digest) for i in self.containers.images()]
-        return [Framework(name=name) for name in sorted(self.frameworks)]
+        return self.offers.frameworks()
 
     def _find_adoptable(self, runtime: ContainerRuntime) -> dict[Key, tuple[WorkAssignment, HeldContainer]]:
         """This agent's containers that a previous agent process started and its records know; the rest removed.

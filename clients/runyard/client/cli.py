@@ -157,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--framework",
         action="append",
         type=_pair,
-        metavar="NAME=PYTHON",
-        help="offer a framework, run by that Python interpreter (repeatable)",
+        metavar="NAME[@VERSION]=PYTHON",
+        help="offer a framework, run by that Python interpreter; @VERSION offers it to runs that name that "
+        "framework.version (repeatable; default: this Python, with the versions installed here)",
     )
     p.add_argument("--label", action="append", type=_pair, metavar="KEY=VALUE", help="agent label (repeatable)")
     p.add_argument(
