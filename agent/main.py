@@ -90,7 +90,7 @@ from runyard.agent.staging import prune_work_dirs
 from runyard.agent.worker import DEFAULT_LEASE_S, AttemptWorker, Outcome, WorkerContext
 from runyard.objectstore import open_store
 from runyard.v1.agent_pb2 import AgentControl, AgentHeartbeat, WorkAssignment
-from runyard.v1.common_pb2 import FailureReason
+from runyard.v1.common_pb2 import FailureReason, Framework
 from runyard.v1.events_pb2 import AgentRegistered
 
 log = structlog.get_logger("runyard.agent")
