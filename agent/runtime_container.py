@@ -382,9 +382,10 @@ class ContainerProcess:
         return ended.returncode
 
     def remove(self) -> None:
+        """The container and its anonymous volumes (a user image's VOLUME paths), never the attempt's folders."""
         with contextlib.suppress(docker.errors.NotFound):
             try:
-                self._client.api.remove_container(self.id, force=True)
+                self._client.api.remove_container(self.id, force=True, v=True)
             except docker.errors.APIError as e:
                 log.warning("container not removed", container=self.name, error=str(e))
 
@@ -530,7 +531,7 @@ class ContainerRuntime:
                 if e.status_code != 409:  # 409: a leftover of the same name, from an earlier try
                     raise
                 with contextlib.suppress(docker.errors.NotFound):
-                    self.client.api.remove_container(plan.name, force=True)
+                    self.client.api.remove_container(plan.name, force=True, v=True)
                 container_id = self._create(options)
         except docker.errors.ImageNotFound as e:
             raise ContainerError(f"image {plan.image} is not on agent {self.agent_id}: {e}") from e
@@ -555,7 +556,7 @@ class ContainerRuntime:
         removed = []
         for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={self.agent_id}"}):
             with contextlib.suppress(docker.errors.NotFound):
-                c.remove(force=True)
+                c.remove(force=True, v=True)
                 removed.append(str(c.name))
         return removed
 
