@@ -284,10 +284,14 @@ def parse_exit_file(data: bytes) -> tuple[int, int] | None:
 def read_run_file(path: Path, limit: int = 4096) -> bytes | None:
     """A file in a folder the run can write: never through a link, only a regular file; None otherwise."""
     try:
-        data, _size = output_files.read_run_file(path, 0)
+        fd = output_files.open_run_file(path)
     except (OSError, output_files.UnsafeOutputFile):
         return None
-    return data[:limit]
+    try:
+        # At most `limit` bytes: the run may have made the file huge.
+        return os.pread(fd, limit, 0)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
