@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` (the main job) and `make test`.
-.PHONY: setup demo test check protos docs bench
+.PHONY: setup demo test check protos docs bench images
 
 setup:
 	scripts/setup.sh --with-buf
@@ -10,6 +10,7 @@ demo: setup
 test: setup
 	scripts/services.sh
 	scripts/check.sh
+	scripts/images.sh
 	.venv/bin/pytest -q -p no:cacheprovider
 
 check:
@@ -17,6 +18,10 @@ check:
 
 protos:
 	.venv/bin/python protos/generate.py
+
+# The framework images the container tests run (python 3.11, pytorch 2.13); skipped when up to date.
+images:
+	scripts/images.sh
 
 # docs/cli.md and docs/manifest.md from the argparse parser and the manifest validator.
 docs:

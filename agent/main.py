@@ -72,6 +72,7 @@ from runyard.agent.config import AgentConfig
 from runyard.agent.gpus import detect_gpus, gpu_model_label
 from runyard.agent.holdings import HeldAttempt, Holdings
 from runyard.agent.reporter import Reporter
+from runyard.agent.runtime_container import ContainerError, ContainerRuntime, check_gpu_support
 from runyard.agent.sandbox import Bwrap, SandboxMode, probe
 from runyard.agent.staging import prune_work_dirs
 from runyard.agent.worker import DEFAULT_LEASE_S, AttemptWorker, Outcome, WorkerContext
@@ -100,6 +101,7 @@ CONTACT_CHECK_GIVE_UP_S = 120
 REREGISTER_AFTER_GAP_S = 10.0
 # Work naming a GPU that a finishing attempt still holds comes back after this long.
 GPU_BUSY_RETRY_S = 0.5
+RUNTIMES = ("process", "container")
 
 T = TypeVar("T")
 Key = tuple[str, int]
@@ -161,6 +163,8 @@ class Agent:
             # Manifests can ask for a model through the label too (resources.labels: {gpu_model: H100}).
             self.labels.setdefault("gpu_model", gpu_model_label(self.gpus))
         self.config = config
+        if config.runtime not in RUNTIMES:
+            raise ValueError(f"agent runtime must be one of {', '.join(RUNTIMES)}, got {config.runtime!r}")
         try:
             self.sandbox_mode = SandboxMode(config.sandbox)
         except ValueError:
@@ -168,6 +172,8 @@ class Agent:
             raise ValueError(f"agent sandbox must be one of {modes}, not {config.sandbox!r}") from None
         self.sandbox: Bwrap | None = None
         self.frameworks = dict(config.frameworks) or default_frameworks()
+        # Set in run() for --runtime container: the engine is dialled there, not in the constructor.
+        self.containers: ContainerRuntime | None = None
         self.work_root = Path(config.work_dir).resolve()
         self.store = open_store(config.storage_root, config.s3_endpoint_url)
         self.workers: dict[Key, AttemptWorker] = {}
@@ -195,7 +201,10 @@ class Agent:
     # -- entry ----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.sandbox = await asyncio.to_thread(self._probe_sandbox)
+        if self.config.runtime == "container":
+            self.containers = await asyncio.to_thread(self._container_runtime)
+        else:
+            self.sandbox = await asyncio.to_thread(self._probe_sandbox)
         # Orphans of a killed agent process are ended first, with or without NATS.
         self._orphans = await asyncio.to_thread(self._end_orphans)
         connect = asyncio.create_task(self._connect())
@@ -227,6 +236,7 @@ class Agent:
                 sandbox=self.sandbox,
                 code_limits=(self.config.max_code_extract_bytes, self.config.max_code_files),
                 holdings=self.holdings,
+                containers=self.containers,
             )
             self.work_root.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(self._prune)
@@ -238,7 +248,8 @@ class Agent:
                 "agent ready",
                 slots=self.slots,
                 gpus=[f"{g.index}:{g.model}:{g.uuid}" for g in self.gpus],
-                frameworks=sorted(self.frameworks),
+                frameworks=[f"{f.name} {f.version}".strip() for f in self._frameworks()],
+                runtime=self.config.runtime,
             )
 
             work = asyncio.create_task(self._work_loop(work_sub), name="agent-work")
@@ -264,6 +275,39 @@ class Agent:
             if self._contact_check is not None:
                 self._contact_check[0].cancel()
             self._log.info("agent stopped")
+
+    def _container_runtime(self) -> ContainerRuntime:
+        """The engine (checked with a ping), the init shim in place, leftovers of an earlier agent removed."""
+        from runyard.agent.engine import connect
+
+        runtime = ContainerRuntime(
+            connect(self.config.engine_url),
+            self.config.agent_id,
+            self.work_root,
+            # Declared GPUs (--gpus) have made-up UUIDs: no device to attach behind them.
+            attach_gpus=self.config.gpus is None,
+        )
+        if self.gpus and runtime.attach_gpus:
+            try:
+                check_gpu_support(runtime.engine, runtime.engine_version, [g.uuid for g in self.gpus])
+            except ContainerError as e:
+                self._log.error("runs with GPUs will be refused", error=str(e))
+        runtime.install_shim()
+        for name in runtime.remove_leftovers():
+            self._log.warning("removed a container a previous agent process left", container=name)
+        self._log.info(
+            "container runtime",
+            engine=runtime.engine,
+            engine_url=self.config.engine_url,
+            images=[f"{i.name} {i.version}" for i in runtime.images(refresh=True)],
+        )
+        return runtime
+
+    def _frameworks(self) -> list[Framework]:
+        """What runs may ask for here: the framework images held (containers), or the interpreters (processes)."""
+        if self.containers is not None:
+            return [Framework(name=i.name, version=i.version, digest=i.digest) for i in self.containers.images()]
+        return [Framework(name=name) for name in sorted(self.frameworks)]
 
     def _probe_sandbox(self) -> Bwrap | None:
         """bwrap, when it works here (see runyard.agent.sandbox); raises SandboxError for --sandbox bwrap without it."""
@@ -352,8 +396,9 @@ class Agent:
             # Runs get GPUs by UUID (see runyard.agent.gpus): these ids end up in CUDA_VISIBLE_DEVICES.
             gpu_ids=[g.uuid for g in self.gpus],
             labels=self.labels,
-            frameworks=[Framework(name=name) for name in sorted(self.frameworks)],
+            frameworks=self._frameworks(),
             gpus=[g.to_proto() for g in self.gpus],
+            runtime=self.config.runtime,
         )
 
     # -- loops ----------------------------------------------------------------

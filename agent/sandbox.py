@@ -82,6 +82,7 @@ INSIDE = RunDirs(
     code=Path("/runyard/code"),
     data=Path("/runyard/data"),
     result=Path("/runyard/result"),
+    output=Path("/runyard/output"),
     metrics_file=Path("/runyard/output/metrics.jsonl"),
     code_archive=Path("/runyard/code.tar.gz"),
     home=Path("/runyard/home"),

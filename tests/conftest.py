@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.containers import container_engine, python_image, pytorch_image
 from tests.support.services import AWS_TEST_ENV, MotoS3, NatsServer, postgres_database
+
+# The container fixtures (a session's own Podman service and the framework images) live in tests/containers.py.
+__all__ = ["container_engine", "python_image", "pytorch_image"]
 
 
 @pytest.fixture

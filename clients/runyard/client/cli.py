@@ -18,6 +18,7 @@ from typing import Any
 from runyard import __version__
 from runyard.client import admin as admin_commands
 from runyard.client import commands, completion, daemons, stack, tb_export, usage, views
+from runyard.client import images as images_commands
 from runyard.client.errors import ClientError
 from runyard.config import ConfigError, Settings, load_settings, parse_pairs, parse_size
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--slots", type=int, default=2, help="runs the local agent holds at once (default 2)")
     p.add_argument("-d", "--detach", action="store_true", help="run in the background; stop with `runyard down`")
+    _runtime_flags(p, "the local agent's runtime")
 
     p = add("down", stack.cmd_down, "stop the stack that `runyard up --detach` started")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a graceful stop (default 60)")
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "its folders writable; auto (default) uses bwrap when it works here. Not isolated even so: the run's "
         "processes have the agent's uid outside the sandbox, no memory, CPU or pids limits, all GPUs visible",
     )
+    _runtime_flags(p, "how runs are run")
     _nats_auth_flags(p)
 
     # -- experiments and runs ------------------------------------------------------------
@@ -279,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     usage.add_parser(sub, common)
 
+    # -- this host's container engine ------------------------------------------------------
+    images_commands.add_parser(sub, output)
+
     # -- operations -----------------------------------------------------------------------
     admin = sub.add_parser("admin", help="operate the control plane")
     admin_sub = admin.add_subparsers(dest="admin_command", metavar="SUBCOMMAND", required=True)
@@ -302,6 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=completion.cmd_completion)
     p.add_argument("shell", choices=completion.SHELLS, metavar="SHELL", help="bash, zsh, fish or tcsh")
     return parser
+
+
+def _runtime_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--runtime",
+        choices=("process", "container"),
+        help=f"{what}: a local process (development), or a sandboxed container per run (default process)",
+    )
+    p.add_argument(
+        "--engine-url",
+        metavar="URL",
+        help="the container engine's API (Podman or Docker), e.g. unix:///run/podman/podman.sock "
+        "(default: $DOCKER_HOST, then the Podman and Docker sockets"
+        + ("; `up` starts a podman service of its own)" if "local" in what else ")"),
+    )
 
 
 def _nats_auth_flags(p: argparse.ArgumentParser) -> None:

@@ -147,7 +147,7 @@ def test_run_environment() -> None:
     assert env["HOME"] == "/w/r1/2/home" and env["TMPDIR"] == "/w/r1/2/tmp" and env["MY_FLAG"] == "1"
     assert env["DATA_DIR"] == "/w/r1/2/data"  # Runyard's own variables win over the manifest's
     assert env["RESULT_DIR"] == "/w/r1/2/result"
-    assert env["RUNYARD_METRICS_FILE"] == "/w/r1/2/metrics.jsonl"
+    assert env["RUNYARD_METRICS_FILE"] == "/w/r1/2/output/metrics.jsonl"
     assert (env["RUNYARD_RUN_ID"], env["RUNYARD_ATTEMPT"], env["RUNYARD_EXPERIMENT_ID"]) == ("r1", "2", "e1")
     assert env["CUDA_VISIBLE_DEVICES"] == "0,3"
     assert env["PYTHONUNBUFFERED"] == "1"

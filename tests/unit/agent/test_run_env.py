@@ -74,7 +74,8 @@ def test_the_manifest_env_cannot_override_runyards_variables() -> None:
         }
     )
     assert env["DATA_DIR"] == "/w/r1/1/data" and env["HOME"] == "/w/r1/1/home" and env["TMPDIR"] == "/w/r1/1/tmp"
-    assert env["RUNYARD_RUN_ID"] == "r1" and env["RUNYARD_METRICS_FILE"] == "/w/r1/1/metrics.jsonl"
+    assert env["RUNYARD_RUN_ID"] == "r1" and env["RUNYARD_METRICS_FILE"] == "/w/r1/1/output/metrics.jsonl"
+    assert "RUNYARD_API_KEY" not in env
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["LANG"] == "de_DE.UTF-8" and env["MINE"] == "1"  # a default and the run's own variable
 

@@ -1,0 +1,122 @@
+"""`runyard images build|list`: the framework images of this host's container engine.
+
+They run on the GPU host, against its engine, not against the server. The agent
+package (image recipes, the engine client) is imported inside the commands, so the
+rest of the command line never pays for it and a client-only installation still works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+from runyard.client import render
+from runyard.client.daemons import _not_installed
+from runyard.client.errors import ClientError
+
+if TYPE_CHECKING:
+    import docker
+
+    from runyard.client.commands import Context
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], output: argparse.ArgumentParser) -> None:
+    images = sub.add_parser(
+        "images",
+        help="build and list the framework images of this host's container engine",
+        description="Framework images are built here, from Debian's packages and the framework's wheels, "
+        "and imported into the engine (Podman or Docker Engine) that `runyard agent --runtime container` uses.",
+    )
+    images_sub = images.add_subparsers(dest="images_command", metavar="SUBCOMMAND", required=True)
+    p = images_sub.add_parser(
+        "build",
+        help="build a framework image (skipped when its build inputs did not change)",
+        description="Build localhost/runyard/FRAMEWORK:VERSION: Debian bookworm (mmdebstrap) with python3, "
+        "the framework's wheels and the runyard.log helper. Frameworks: python 3.11, pytorch 2.13, "
+        "tensorflow 2.21.",
+    )
+    p.set_defaults(func=cmd_images_build)
+    p.add_argument("framework", metavar="FRAMEWORK", help="python, pytorch or tensorflow")
+    p.add_argument("version", metavar="VERSION", help="e.g. 2.13 (the manifest's framework version)")
+    _engine_flag(p)
+    p.add_argument("--force", action="store_true", help="rebuild even when the image is up to date")
+    p = images_sub.add_parser("list", help="the framework images the engine holds", parents=[output])
+    p.set_defaults(func=cmd_images_list)
+    _engine_flag(p)
+
+
+def _engine_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine-url",
+        metavar="URL",
+        help="the engine's API socket, e.g. unix:///run/podman/podman.sock "
+        "(default: $DOCKER_HOST, then Podman's socket, then Docker's)",
+    )
+
+
+def _connect(url: str | None) -> docker.DockerClient:
+    try:
+        from runyard.agent import engine
+    except ModuleNotFoundError as e:
+        _not_installed("agent", e)
+    try:
+        # Importing a framework image can take minutes: the client waits as long.
+        return engine.connect(url, timeout_s=1800)
+    except engine.EngineError as e:
+        raise ClientError(str(e)) from None
+
+
+def cmd_images_build(args: argparse.Namespace, ctx: Context) -> int:
+    from runyard.agent import images
+
+    try:
+        images.recipe_for(args.framework, args.version)
+    except images.ImageError as e:
+        raise ClientError(str(e)) from None
+    client = _connect(args.engine_url)
+    started = time.monotonic()
+    try:
+        with ctx.err.status(f"building {images.image_reference(args.framework, args.version)}") as status:
+
+            def progress(message: str) -> None:
+                ctx.err.print(f"[{time.monotonic() - started:5.0f}s] {message}", markup=False, highlight=False)
+                status.update(message)
+
+            result = images.build_image(client, args.framework, args.version, force=args.force, progress=progress)
+    except images.ImageError as e:
+        raise ClientError(str(e)) from None
+    finally:
+        client.close()
+    verb = "up to date" if result.skipped else f"built in {result.seconds:.0f}s"
+    ctx.out.print(f"{result.reference} {verb} ({result.image_id})", markup=False, highlight=False)
+    return 0
+
+
+def cmd_images_list(args: argparse.Namespace, ctx: Context) -> int:
+    from runyard.agent import images
+
+    client = _connect(args.engine_url)
+    try:
+        found = images.framework_images(client)
+    finally:
+        client.close()
+    if ctx.json:
+        render.print_json(
+            [
+                {"name": i.name, "version": i.version, "image": i.reference, "image_id": i.image_id, "digest": i.digest}
+                for i in found
+            ]
+        )
+    elif not found:
+        ctx.err.print("no framework images: build one with `runyard images build pytorch 2.13`", markup=False)
+    else:
+        table = Table(box=None)
+        for column in ("FRAMEWORK", "VERSION", "IMAGE", "DIGEST"):
+            table.add_column(column)
+        for i in found:
+            table.add_row(i.name, i.version, i.reference, i.digest)
+        ctx.out.print(table)
+    return 0
