@@ -37,7 +37,7 @@ GRACEFUL = (
 )
 STUBBORN = (
     "exec python -c 'import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    "print(\"ready\", flush=True); time.sleep(60)'"
+    'print("ready", flush=True); time.sleep(60)\''
 )
 
 
