@@ -307,6 +307,7 @@ class Agent:
         self._log.info(
             "container runtime",
             engine=runtime.engine,
+            engine_url=self.config.engine_url,
             images=[f"{i.name} {i.version}" for i in runtime.images(refresh=True)],
         )
         return runtime

@@ -284,10 +284,14 @@ def parse_exit_file(data: bytes) -> tuple[int, int] | None:
 def read_run_file(path: Path, limit: int = 4096) -> bytes | None:
     """A file in a folder the run can write: never through a link, only a regular file; None otherwise."""
     try:
-        data, _size = output_files.read_run_file(path, 0)
+        fd = output_files.open_run_file(path)
     except (OSError, output_files.UnsafeOutputFile):
         return None
-    return data[:limit]
+    try:
+        # At most `limit` bytes: the run may have made the file huge.
+        return os.pread(fd, limit, 0)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -382,9 +386,10 @@ class ContainerProcess:
         return ended.returncode
 
     def remove(self) -> None:
+        """The container and its anonymous volumes (a user image's VOLUME paths), never the attempt's folders."""
         with contextlib.suppress(docker.errors.NotFound):
             try:
-                self._client.api.remove_container(self.id, force=True)
+                self._client.api.remove_container(self.id, force=True, v=True)
             except docker.errors.APIError as e:
                 log.warning("container not removed", container=self.name, error=str(e))
 
@@ -541,7 +546,7 @@ class ContainerRuntime:
                 if e.status_code != 409:  # 409: a leftover of the same name, from an earlier try
                     raise
                 with contextlib.suppress(docker.errors.NotFound):
-                    self.client.api.remove_container(plan.name, force=True)
+                    self.client.api.remove_container(plan.name, force=True, v=True)
                 container_id = self._create(options)
         except docker.errors.ImageNotFound as e:
             raise ContainerError(f"image {plan.image} is not on agent {self.agent_id}: {e}") from e
@@ -579,7 +584,7 @@ class ContainerRuntime:
 
     def remove(self, container_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):
-            self.client.api.remove_container(container_id, force=True)
+            self.client.api.remove_container(container_id, force=True, v=True)
 
 
 def _chown_tree(top: Path, uid: int, gid: int) -> None:

@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,7 @@ class Bwrap:
     gpu_devices: tuple[str, ...] = ()
 
     def argv(self, command: str, dirs: RunDirs, python: str, *, network: bool = False) -> list[str]:
+        """The command line that runs `command` for the attempt of `dirs` with interpreter `python`."""
         return bwrap_argv(
             self.path,
             command,
@@ -247,8 +249,6 @@ def probe(mode: SandboxMode, interpreters: Iterable[str], hidden: Iterable[str])
 
 def _try(bwrap: Bwrap) -> None:
     """Run a trivial command in a sandbox like a run's: namespaces can be refused (some containers)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="runyard-sandbox-probe-") as tmp:
         dirs = RunDirs.under(Path(tmp), "probe", 1)
         dirs.create()

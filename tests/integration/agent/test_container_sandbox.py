@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import docker.errors
 import pytest
 
 from runyard.agent.engine import connect
@@ -276,3 +277,28 @@ def test_output_and_exit_reach_the_agent_quickly(
     assert (ran.stdout, ran.stderr) == ("out\n", "err\n")
     # The exit file, not the engine's (slow) wait, told the end.
     assert ran.seconds < 1.5, ran.seconds
+
+
+def test_an_images_volumes_go_with_its_container(
+    runtime: ContainerRuntime, client: docker.DockerClient, python_image: str, tmp_path: Path
+) -> None:
+    """A user image's VOLUME becomes an anonymous volume the run can write: removed with the container."""
+    marker = uuid.uuid4().hex
+    ref = custom_image(client, python_image, f"localhost/runyard-test/vol{marker[:6]}", marker, ("VOLUME /scratch",))
+
+    async def scenario() -> list[str]:
+        proc, _dirs = await start_in_container(runtime, tmp_path / "work", spec_work("true", image=ref))
+        await proc.wait()
+        mounts = client.api.inspect_container(proc.id)["Mounts"]
+        volumes = [str(m["Name"]) for m in mounts if m.get("Type") == "volume"]
+        await asyncio.to_thread(proc.remove)
+        return volumes
+
+    try:
+        volumes = asyncio.run(scenario())
+    finally:
+        remove_image(client, ref)
+    assert volumes, "the image's VOLUME made no volume"
+    for name in volumes:
+        with pytest.raises(docker.errors.NotFound):
+            client.volumes.get(name)

@@ -8,8 +8,11 @@ port and pid through its environment, tries the attack, and prints what it saw; 
 asserts on that AND on the host side (the victim's file, the storage root, the keys, the
 agent's life).
 
-Runtimes: the process runtime under bwrap, and (as a strict xfail) the process runtime
-unsandboxed, which shows that every test can fail: there the attacks succeed.
+Runtimes: the container runtime (Podman, the python framework image), the process runtime
+under bwrap, and (as a strict xfail) the process runtime unsandboxed, which shows that every
+test can fail: there the attacks succeed. The fork bomb and the memory hog run in containers
+only: the process runtime has no pids or memory limit (docs/operating.md says so), and a fork
+bomb without one would take the machine down.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,9 +39,11 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from runyard import bus
+from runyard.agent.engine import connect
 from runyard.objectstore import open_store
 from runyard.v1.agent_pb2 import AgentControl, AgentReport, CancelAttempt, WorkAssignment
-from runyard.v1.common_pb2 import Framework, LogStream, RunSpec
+from runyard.v1.common_pb2 import FailureReason, Framework, LogStream, Resources, RunSpec
+from tests.integration.agent.container_harness import remove_agent_containers
 from tests.integration.agent.harness import code_tar, new_agent_id
 from tests.support.services import NatsServer, free_port, wait_until
 
@@ -59,7 +65,8 @@ TERMINAL = ("completed", "failed", "canceled")
 _UNSANDBOXED = pytest.param(
     "none", marks=pytest.mark.xfail(strict=True, reason="unsandboxed, the process runtime lets the attack through")
 )
-RUNTIMES = ["bwrap", _UNSANDBOXED]
+RUNTIMES = ["container", "bwrap", _UNSANDBOXED]
+MEMORY_MIB = 64
 
 AGENT_SCRIPT = """
 import asyncio, json, os, sys
@@ -77,6 +84,7 @@ class World:
     tmp: Path
     nats: NatsServer
     runtime: str
+    engine_url: str = ""
     agent_id: str = field(default_factory=new_agent_id)
     unique: str = field(default_factory=lambda: f"runyard-attack-{uuid.uuid4().hex[:10]}")
 
@@ -157,7 +165,11 @@ class World:
             "storage_root": self.objects.as_uri(),
             "heartbeat_s": 0.5,
             "cancel_grace_s": 1.0,
-            "sandbox": self.runtime,
+            **(
+                {"runtime": "container", "engine_url": self.engine_url}
+                if self.runtime == "container"
+                else {"sandbox": self.runtime}
+            ),
         }
 
     def agent_env(self) -> dict[str, str]:
@@ -214,10 +226,11 @@ class Scene:
             if line.stream == LogStream.LOG_STREAM_STDOUT
         ]
 
-    def work(self, run_id: str, code: str, command: str, env: dict[str, str]) -> WorkAssignment:
+    def work(self, run_id: str, code: str, command: str, env: dict[str, str], memory_mib: int = 0) -> WorkAssignment:
         spec = RunSpec(
             command=command,
-            framework=Framework(name="python"),
+            framework=Framework(name="python", version="3.11" if self.world.runtime == "container" else ""),
+            resources=Resources(memory_bytes=memory_mib << 20),
             code_uri=f"s3://code/{code}.tar.gz",
             data_uri="s3://datasets/attack/",
             results_uri=f"s3://results/attack/{run_id}",
@@ -259,14 +272,15 @@ async def scene(world: World) -> AsyncIterator[Scene]:
     s = Scene(world, agent, js, sub, grpc)
     try:
         await s.until("", ("registered",), timeout=30)
-        victim = s.work("run-victim", "victim", "python victim.py", {})
+        victim = s.work("run-victim", "victim", "python3 victim.py", {})
         await js.publish(bus.work_subject(world.agent_id), victim.SerializeToString())
         await s.until("run-victim", ("started",))
         model = world.victim_result() / "model.txt"
         await asyncio.to_thread(wait_until, model.exists, 20, "the victim's model.txt")
-        record = world.work / ".attempts" / "run-victim~1.json"
-        await asyncio.to_thread(wait_until, lambda: _record_pgid(record) > 0, 20, "the victim's pgid")
-        s.victim_pgid = _record_pgid(record)
+        if world.runtime != "container":  # a container run has no process group on the host
+            record = world.work / ".attempts" / "run-victim~1.json"
+            await asyncio.to_thread(wait_until, lambda: _record_pgid(record) > 0, 20, "the victim's pgid")
+            s.victim_pgid = _record_pgid(record)
         yield s
     finally:
         with contextlib.suppress(Exception):
@@ -282,6 +296,12 @@ async def scene(world: World) -> AsyncIterator[Scene]:
         grpc.close()
         await nc.close()
         world.cleanup()
+        if world.engine_url:
+            client = connect(world.engine_url)
+            try:
+                remove_agent_containers(client, world.agent_id)
+            finally:
+                client.close()
 
 
 @pytest.fixture
@@ -289,7 +309,11 @@ def world(request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServe
     runtime = request.param
     if runtime == "bwrap" and shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed")
-    w = World(tmp_path, nats_server, runtime)
+    engine_url = ""
+    if runtime == "container":
+        engine_url = request.getfixturevalue("container_engine")
+        request.getfixturevalue("python_image")
+    w = World(tmp_path, nats_server, runtime, engine_url)
     try:
         yield w
     finally:
@@ -331,6 +355,8 @@ def _connections(listener: socket.socket) -> int:
 
 
 def _group_alive(pgid: int) -> bool:
+    if pgid <= 0:
+        return True  # a container run: its end shows in its reports (victim_ended)
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -367,7 +393,7 @@ def attack(world: World, name: str) -> Outcome:
                 "T_UNIQUE": w.unique,
                 "T_HOST_TMP_MARKER": str(w.host_tmp_marker),
             }
-            hostile = s.work("run-hostile", "hostile", f"python hostile.py {name}", env)
+            hostile = s.work("run-hostile", "hostile", f"python3 hostile.py {name}", env)
             await s.js.publish(bus.work_subject(world.agent_id), hostile.SerializeToString())
             end = await s.until("run-hostile", TERMINAL, timeout=60)
             lines = [x for x in s.stdout("run-hostile") if x.startswith("FINDINGS ")]
@@ -456,6 +482,39 @@ def test_running_as_root_fails(world: World) -> None:
     assert set(out.findings) == {"uid", "setuid", "chown", "mount", "etc_passwd"}
     assert not out.succeeded, out.findings
     assert "written by a hostile run" not in Path("/etc/passwd").read_text()
+
+
+@pytest.mark.parametrize("world", ["container"], indirect=True)
+def test_a_fork_bomb_meets_the_pids_limit(world: World) -> None:
+    out = attack(world, "fork_bomb")
+    assert re.match(r"blocked: \w+Error: \[Errno 11\] fork failed after \d+ children", out.findings["fork"]), (
+        out.findings
+    )
+    assert out.agent_alive
+    out.assert_victim_untouched()
+
+
+@pytest.mark.parametrize("world", ["container"], indirect=True)
+def test_allocating_past_the_memory_limit_ends_out_of_memory(world: World) -> None:
+    async def go() -> tuple[AgentReport, list[str], dict[str, str], bool]:
+        async with scene(world) as s:
+            hog = s.work(
+                "run-hostile", "hostile", "python3 hostile.py memory", {"T_MEMORY_MIB": str(MEMORY_MIB)}, MEMORY_MIB
+            )
+            await s.js.publish(bus.work_subject(world.agent_id), hog.SerializeToString())
+            end = await s.until("run-hostile", TERMINAL, timeout=60)
+            victim = world.victim_result()
+            files = {p.name: p.read_text() for p in victim.iterdir()}
+            ended = any(r.WhichOneof("body") in TERMINAL for r in s.of("run-victim"))
+            return end, s.stdout("run-hostile"), files, s.agent.poll() is None and not ended
+
+    end, stdout, victim_files, fine = asyncio.run(go())
+    assert end.WhichOneof("body") == "failed", end
+    assert end.failed.reason == FailureReason.FAILURE_REASON_OUT_OF_MEMORY, end.failed
+    assert not [line for line in stdout if line.startswith("FINDINGS")], "the hog outlived its limit"
+    reached = [int(line.split()[1]) for line in stdout if line.startswith("allocated ")]
+    assert max(reached, default=0) <= MEMORY_MIB, reached
+    assert victim_files == {"model.txt": VICTIM_WEIGHTS} and fine
 
 
 def test_the_hostile_script_reports_every_probe() -> None:

@@ -146,6 +146,9 @@ def test_run_files_are_never_read_through_links_or_fifos(tmp_path: Path) -> None
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "plain").write_text("ok")
     assert read_run_file(tmp_path / "plain") == b"ok"
+    with (tmp_path / "huge").open("wb") as f:  # sparse: a run filling its output folder
+        f.truncate(1 << 40)
+    assert read_run_file(tmp_path / "huge", limit=64) == bytes(64)
     assert read_run_file(tmp_path / "link") is None
     assert read_run_file(tmp_path / "fifo") is None  # and it did not block
     with pytest.raises(UnsafeOutputFile):
