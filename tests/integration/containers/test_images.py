@@ -13,7 +13,7 @@ import docker
 import pytest
 
 from runyard.agent import images
-from runyard.agent.engine import connect
+from runyard.agent.engine import DOCKER_SOCKET, PODMAN_SOCKET, connect
 from runyard.client.cli import main
 
 pytestmark = pytest.mark.integration
@@ -135,3 +135,15 @@ def test_only_images_under_their_own_name_are_advertised(engine: docker.DockerCl
         assert ("python", "9.9") not in {(i.name, i.version) for i in images.framework_images(engine)}
     finally:
         engine.images.remove(image_id, force=True)
+
+
+def test_images_list_starts_a_podman_service_when_no_engine_runs(
+    python_image: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if any(Path(p).exists() for p in (PODMAN_SOCKET, DOCKER_SOCKET)):
+        pytest.skip("an engine socket exists on this host: the fallback is not taken")
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert main(["images", "list", "-o", "json"]) == 0
+    out = capsys.readouterr()
+    assert "starting a podman service" in out.err
+    assert python_image in [i["image"] for i in json.loads(out.out)]
