@@ -147,3 +147,9 @@ def test_images_list_starts_a_podman_service_when_no_engine_runs(
     out = capsys.readouterr()
     assert "starting a podman service" in out.err
     assert python_image in [i["image"] for i in json.loads(out.out)]
+
+
+def test_an_engine_that_is_gone_is_a_clear_error(tmp_path: Path) -> None:
+    gone = docker.DockerClient(base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41")
+    with pytest.raises(images.ImageError, match=r"lost the engine while building localhost/runyard/python:3\.11"):
+        images.build_image(gone, "python", "3.11")
