@@ -25,6 +25,16 @@ Whatever a run prints becomes storable text here, where it is captured
 kept as printed. Metric names from the JSON lines and TensorBoard tags follow
 the same rule, and so do failure messages that quote stderr.
 
+Output files (`Capture.attach_files`, the container runtime): the command's
+stdout and stderr are files its init shim appends to, not pipes; they are
+tailed by offset with the same line cutter (`runyard.agent.output_files`), and
+opened so that a link or FIFO the run planted is never followed. A file keeps
+what is not read yet, so a file reader waits when the batch is full instead of
+dropping lines. The files outlive the agent process: with an `OffsetLedger`
+every batch is recorded (its counts and content) before it is sent, and a
+restarted agent resumes from the record (`OutputOffsets`) with no line lost or
+repeated.
+
 High volume: pipe output is cut into LogLines and metric points on one
 capture thread, not on the event loop, so eight runs printing as fast as they
 can still leave the loop free to send and take acks; and a chatty run's batches
@@ -38,35 +48,100 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import structlog
 
-from runyard.agent.metrics import JsonlMetricParser, JsonlSplitter, StdoutMetricParser
-from runyard.agent.tensorboard import TensorBoardTail
+from runyard.agent.metrics import SOURCE_JSONL, SOURCE_STDOUT, JsonlMetricParser, JsonlSplitter, StdoutMetricParser
+from runyard.agent.output_files import MAX_LINE_BYTES, FileTail, LineCutter, UnsafeOutputFile, read_run_file
+from runyard.agent.tensorboard import SOURCE_TENSORBOARD, TensorBoardTail
 from runyard.storable import storable, storable_bytes
 from runyard.v1.common_pb2 import LogLine, LogStream, MetricPoint
 
-MAX_LINE_BYTES = 16 * 1024
+__all__ = ["MAX_LINE_BYTES", "BatchLimits", "Capture", "OutputOffsets", "PendingBatch", "PendingReport", "ReportSink"]
+
 _READ_CHUNK = 64 * 1024
 # What a line adds to a batch beyond its text (stream, time, framing), for the byte limit.
 _LINE_OVERHEAD = 16
 # Looked up once: attribute access on a protobuf enum wrapper is slow in a hot loop.
 _STDOUT = LogStream.LOG_STREAM_STDOUT
+_STDERR = LogStream.LOG_STREAM_STDERR
 
 log = structlog.get_logger("runyard.agent.capture")
 
 
 class ReportSink(Protocol):
-    """Where batches go (the attempt's reporter); each call returns once the batch is stored."""
+    """Where batches go (the attempt's reporter); each call returns once the batch is stored.
 
-    async def logged(self, lines: Sequence[LogLine]) -> None: ...
+    `event_id` names the report (its Nats-Msg-Id and the stored event's id); empty: a fresh one.
+    A batch sent again with the same id is stored once.
+    """
 
-    async def metrics(self, points: Sequence[MetricPoint]) -> None: ...
+    async def logged(self, lines: Sequence[LogLine], event_id: str = "") -> None: ...
+
+    async def metrics(self, points: Sequence[MetricPoint], event_id: str = "") -> None: ...
+
+
+@dataclass(frozen=True)
+class PendingReport:
+    """One report of output that was being sent: resent as it was, with the same id, after a restart."""
+
+    event_id: str
+    lines: tuple[LogLine, ...] = ()
+    points: tuple[MetricPoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutputOffsets:
+    """How far a capture of output files got: where a restarted agent's capture resumes.
+
+    Counted in lines and points per source, not in bytes: the stdout patterns and
+    runyard.log lines without a step number their points per metric, so a
+    resumed capture reads the files again from their start (cutting is
+    deterministic, see `LineCutter`), passes what these counts say was already
+    sent, and goes on with the step counters exactly where they were. `pending`
+    is the batch that was on its way when the counts were saved (already
+    counted): it is sent again first, with its own event ids, so whether or not
+    it reached the control plane it is stored exactly once.
+    """
+
+    stdout_lines: int = 0
+    stderr_lines: int = 0
+    stdout_points: int = 0
+    jsonl_points: int = 0
+    tensorboard_points: int = 0
+    pending: tuple[PendingReport, ...] = ()
+
+    def after(self, lines: Sequence[LogLine], points: Sequence[MetricPoint]) -> OutputOffsets:
+        """These counts advanced by a batch (agent lines are not counted: they are not in any file)."""
+        out = err = 0
+        for line in lines:
+            if line.stream == _STDOUT:
+                out += 1
+            elif line.stream == _STDERR:
+                err += 1
+        by_source = {SOURCE_STDOUT: 0, SOURCE_JSONL: 0, SOURCE_TENSORBOARD: 0}
+        for p in points:
+            if p.source in by_source:
+                by_source[p.source] += 1
+        return OutputOffsets(
+            self.stdout_lines + out,
+            self.stderr_lines + err,
+            self.stdout_points + by_source[SOURCE_STDOUT],
+            self.jsonl_points + by_source[SOURCE_JSONL],
+            self.tensorboard_points + by_source[SOURCE_TENSORBOARD],
+        )
+
+
+class OffsetLedger(Protocol):
+    """Where a capture of output files keeps its `OutputOffsets` (one small write per batch)."""
+
+    def save(self, offsets: OutputOffsets) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -115,6 +190,10 @@ class PendingBatch:
         return not self._lines and not self._points and not self.dropped
 
     @property
+    def pending_lines(self) -> int:
+        return len(self._lines)
+
+    @property
     def full(self) -> bool:
         lim = self.limits
         return (
@@ -127,12 +206,15 @@ class PendingBatch:
     def add_line(self, line: LogLine, now: float) -> None:
         self.add_lines([line], [len(line.text.encode("utf-8")) + _LINE_OVERHEAD], now)
 
-    def add_lines(self, lines: Sequence[LogLine], sizes: Sequence[int], now: float) -> None:
-        """Lines with their bytes in a batch; those beyond `max_pending_lines` are only counted."""
+    def add_lines(self, lines: Sequence[LogLine], sizes: Sequence[int], now: float, bounded: bool = True) -> None:
+        """Lines with their bytes in a batch; those beyond `max_pending_lines` are only counted.
+
+        `bounded` false: all are kept (a file's reader holds back instead, so it overshoots by one read at most).
+        """
         if not lines:
             return
         room = max(0, self.limits.max_pending_lines - len(self._lines))
-        if room < len(lines):
+        if bounded and room < len(lines):
             self.dropped += len(lines) - room
             lines, sizes = lines[:room], sizes[:room]
         self._lines.extend(lines)
@@ -225,13 +307,6 @@ def _capture_thread() -> ThreadPoolExecutor:
     return _CAPTURE_THREAD
 
 
-def _within_limit(lines: list[bytes]) -> list[bytes]:
-    """Lines longer than MAX_LINE_BYTES split into pieces of at most that (an empty line stays one line)."""
-    if all(len(line) <= MAX_LINE_BYTES for line in lines):
-        return lines
-    return [line[i : i + MAX_LINE_BYTES] for line in lines for i in range(0, len(line) or 1, MAX_LINE_BYTES)]
-
-
 class Capture:
     """Collects one attempt's lines and metrics and ships them through a ReportSink."""
 
@@ -245,6 +320,7 @@ class Capture:
         clock: Callable[[], float] = time.monotonic,
         *,
         tensorboard_dir: Path | None = None,
+        ledger: OffsetLedger | None = None,
     ) -> None:
         self._sink = sink
         self._stdout_parser = stdout_parser
@@ -267,6 +343,17 @@ class Capture:
         self.last_stderr = ""
         self.lines_seen = 0
         self.points_seen = 0
+        # Following output files (attach_files): their tails, the end of reading (drain), what to pass over.
+        self._followers: list[asyncio.Task[None]] = []
+        self._files_final = asyncio.Event()
+        self._room = asyncio.Event()  # set whenever a batch was taken: a held-back file reader reads on
+        self._skip: dict[str, int] = {}
+        self._ledger = ledger
+        #: Counts of what was sent from the files (saved with each batch once files are followed with a ledger).
+        self.offsets: OutputOffsets | None = None
+        self._resend: list[PendingReport] = []
+        self._metrics_file_refused = False
+        self._file_problems: list[str] = []
 
     # -- producers ----------------------------------------------------------
 
@@ -323,7 +410,7 @@ class Capture:
         cut.point_sizes = [p.ByteSize() + 3 for p in cut.points]
         return cut
 
-    async def _on_lines(self, raws: Sequence[bytes], stream: LogStream.ValueType) -> None:
+    async def _on_lines(self, raws: Sequence[bytes], stream: LogStream.ValueType, bounded: bool = True) -> None:
         """Turn the lines into LogLines and points off the event loop, then add them to the batch.
 
         A chatty run's lines take milliseconds of Python per chunk; done on the
@@ -333,8 +420,10 @@ class Capture:
         """
         t = now_us()
         cut = await asyncio.get_running_loop().run_in_executor(_capture_thread(), self._cut, raws, stream, t)
+        if self._skip:  # a resumed capture: pass over what the previous agent process sent
+            self._pass_over(cut, stream)
         now = self._clock()
-        self._batch.add_lines(cut.lines, cut.line_sizes, now)
+        self._batch.add_lines(cut.lines, cut.line_sizes, now, bounded)
         self._batch.add_points(cut.points, now, cut.point_sizes)
         if cut.last_stderr:
             self.last_stderr = cut.last_stderr
@@ -342,32 +431,92 @@ class Capture:
         self.points_seen += len(cut.points)
         self._signal()
 
+    def _pass_over(self, cut: _Cut, stream: LogStream.ValueType) -> None:
+        """Drop the lines and points at the front of `cut` that a previous capture sent already."""
+        key = "stdout" if stream == _STDOUT else "stderr"
+        if n := min(self._skip.get(key, 0), len(cut.lines)):
+            del cut.lines[:n], cut.line_sizes[:n]
+            self._skip[key] -= n
+        if stream == _STDOUT and (n := min(self._skip.get(SOURCE_STDOUT, 0), len(cut.points))):
+            del cut.points[:n], cut.point_sizes[:n]
+            self._skip[SOURCE_STDOUT] -= n
+
+    def _skip_points(self, points: list[MetricPoint]) -> list[MetricPoint]:
+        """File points a previous capture sent already, left out (jsonl and TensorBoard, counted per source)."""
+        if not self._skip or not points:
+            return points
+        kept = []
+        for p in points:
+            if self._skip.get(p.source, 0) > 0:
+                self._skip[p.source] -= 1
+            else:
+                kept.append(p)
+        return kept
+
     async def _read(self, reader: asyncio.StreamReader, stream: LogStream.ValueType) -> None:
-        rest = b""
+        cutter = LineCutter()
         while chunk := await reader.read(_READ_CHUNK):
-            *lines, rest = (rest + chunk).split(b"\n")
-            if len(rest) >= MAX_LINE_BYTES:  # no newline in sight: pass the long line on in pieces
-                cut = len(rest) - len(rest) % MAX_LINE_BYTES
-                lines.append(rest[:cut])
-                rest = rest[cut:]
-            if lines:
-                await self._on_lines(_within_limit(lines), stream)
-        if rest:
-            await self._on_lines(_within_limit([rest]), stream)
+            if lines := cutter.feed(chunk):
+                await self._on_lines(lines, stream)
+        if rest := cutter.finish():
+            await self._on_lines(rest, stream)
+
+    async def _follow(self, tail: FileTail, stream: LogStream.ValueType) -> None:
+        """Tail one output file until drain, then read it to the end it had when drain began."""
+        loop = asyncio.get_running_loop()
+        name = "stdout" if stream == _STDOUT else "stderr"
+        end: int | None = None
+        truncations = 0
+        try:
+            while True:
+                # The file keeps what we have not read: wait for room rather than drop lines.
+                while self._batch.pending_lines >= self._batch.limits.max_pending_lines:
+                    self._room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), timeout=self._tail_interval_s)
+                try:
+                    if self._files_final.is_set() and end is None:
+                        end = await loop.run_in_executor(_capture_thread(), tail.size)
+                    lines, at_end = await loop.run_in_executor(_capture_thread(), tail.read, _READ_CHUNK)
+                except UnsafeOutputFile as e:
+                    self.agent_line(f"the run's {name} is not followed: {e}")
+                    return
+                if tail.truncations != truncations:
+                    truncations = tail.truncations
+                    self.agent_line(f"the run's {name} file was truncated; reading it again from its start")
+                if lines:
+                    await self._on_lines(lines, stream, bounded=False)
+                if end is not None and (at_end or tail.offset >= end):
+                    if rest := tail.cutter.finish():
+                        await self._on_lines(rest, stream, bounded=False)
+                    return
+                if at_end:
+                    await self._tail_pause()
+        finally:
+            tail.close()
+
+    async def _tail_pause(self) -> None:
+        """One tail interval, or less when drain begins."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._files_final.wait(), timeout=self._tail_interval_s)
 
     def _metrics_file_points(self) -> list[MetricPoint]:
         """The points of the JSON lines runyard.log appended since the last look (runs in a worker thread)."""
         if self._metrics_file is None:
             return []
+        if self._metrics_file_refused:
+            return []
         try:
-            with self._metrics_file.open("rb") as f:
-                f.seek(0, 2)
-                end = f.tell()
-                if end < self._metrics_offset:  # truncated or replaced: start over
-                    self._metrics_offset = 0
-                    self._splitter = JsonlSplitter()
-                f.seek(self._metrics_offset)
-                data = f.read()
+            # The run can write the file's folder: never follow a link it planted there (output_files).
+            data, size = read_run_file(self._metrics_file, self._metrics_offset)
+            if size < self._metrics_offset:  # truncated or replaced: start over
+                self._metrics_offset = 0
+                self._splitter = JsonlSplitter()
+                data, size = read_run_file(self._metrics_file, 0)
+        except UnsafeOutputFile as e:
+            self._metrics_file_refused = True
+            self._file_problems.append(f"metrics file not read: {e}")
+            return []
         except FileNotFoundError:
             return []
         except OSError as e:
@@ -385,11 +534,13 @@ class Capture:
             points.extend(p for line in self._splitter.rest() for p in self._jsonl_parser.parse(line, t))
         if self._tensorboard is not None:
             points.extend(self._tensorboard.drain() if final else self._tensorboard.poll())
-        return points
+        return self._skip_points(points)
 
     async def _poll_files(self, final: bool = False) -> None:
         points = await asyncio.to_thread(self._file_points, final)
         self._add_points(points)
+        while self._file_problems:
+            self.agent_line(self._file_problems.pop(0))
         if self._tensorboard is not None and self._tensorboard.problems:
             for text in self._tensorboard.problems:
                 self.agent_line(f"TensorBoard metrics: {text}")
@@ -417,12 +568,58 @@ class Capture:
             self._tail_stop.clear()
             self._tail = asyncio.create_task(self._tail_metrics(), name="capture-tail")
 
+    def attach_files(self, stdout: Path, stderr: Path, offsets: OutputOffsets | None = None) -> None:
+        """Follow the files a command's stdout and stderr are appended to (a container's init shim
+        writes them), and the metrics files, until `drain`.
+
+        The lines are cut, parsed and batched as from pipes. The files stay on
+        disk when the agent stops, so a restarted agent calls this again with the
+        `offsets` its ledger saved: what was sent already is passed over and the
+        batch that was on its way is sent again first (see `OutputOffsets`).
+        Each file is opened without following links and must be a regular file
+        (`runyard.agent.output_files`); one that is not is reported in the log and
+        not read.
+        """
+        start = offsets or OutputOffsets()
+        self._skip = {
+            "stdout": start.stdout_lines,
+            "stderr": start.stderr_lines,
+            SOURCE_STDOUT: start.stdout_points,
+            SOURCE_JSONL: start.jsonl_points,
+            SOURCE_TENSORBOARD: start.tensorboard_points,
+        }
+        self._skip = {k: n for k, n in self._skip.items() if n}
+        self._resend = list(start.pending)
+        self.offsets = OutputOffsets(
+            start.stdout_lines, start.stderr_lines, start.stdout_points, start.jsonl_points, start.tensorboard_points
+        )
+        self._files_final.clear()
+        for path, stream in ((stdout, _STDOUT), (stderr, _STDERR)):
+            self._followers.append(asyncio.create_task(self._follow(FileTail(path), stream), name="capture-follow"))
+        if self._metrics_file is not None or self._tensorboard is not None:
+            self._tail_stop.clear()
+            self._tail = asyncio.create_task(self._tail_metrics(), name="capture-tail")
+        if self._resend:
+            self._wake.set()
+            self._full.set()
+
     async def drain(self, timeout_s: float = 2.0) -> None:
         """After the process exited: read the pipes to EOF, then the metrics files to their end.
 
         A grandchild that escaped the process group may hold a pipe open; the
-        timeout keeps such a run from hanging the attempt forever.
+        timeout keeps such a run from hanging the attempt forever. Followed
+        output files are read to the end they have now, however long that takes
+        (a timeout of 0 stops them at once: the attempt is ending in error).
         """
+        if self._followers:
+            self._files_final.set()
+            if timeout_s <= 0:
+                for task in self._followers:
+                    task.cancel()
+            for task in self._followers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._followers = []
         if self._readers:
             _done, pending = await asyncio.wait(self._readers, timeout=timeout_s)
             for task in pending:
@@ -452,20 +649,53 @@ class Capture:
         async with self._flush_lock:
             self._wake.clear()
             self._full.clear()
+            while self._resend:  # the batch a previous agent process was sending: first, as it was
+                await self._send_report(self._resend[0])
+                self._resend.pop(0)
             while not self._batch.empty:
                 lines, points = self._batch.take(now_us())
-                if lines:
-                    await self._sink.logged(lines)
-                if points:
-                    await self._sink.metrics(points)
+                self._room.set()
+                if self._ledger is not None and self.offsets is not None:
+                    await self._send_recorded(lines, points)
+                else:
+                    if lines:
+                        await self._sink.logged(lines)
+                    if points:
+                        await self._sink.metrics(points)
                 if not everything and self._batch.seconds_until_due(self._clock()) != 0.0:
                     break
             if not self._batch.empty:
                 self._wake.set()  # the loop works out when the rest is due
 
+    async def _send_recorded(self, lines: list[LogLine], points: list[MetricPoint]) -> None:
+        """Save the counts this batch reaches and the batch itself (ids and content), then send it.
+
+        One write per batch, before it goes: an agent killed while sending finds
+        the batch in its ledger and sends it again with the same ids. No fsync:
+        the ledger must outlive the agent process, not the host (the runs do not
+        outlive the host either).
+        """
+        assert self._ledger is not None and self.offsets is not None
+        reports = []
+        if lines:
+            reports.append(PendingReport(str(uuid.uuid4()), lines=tuple(lines)))
+        if points:
+            reports.append(PendingReport(str(uuid.uuid4()), points=tuple(points)))
+        counts = self.offsets.after(lines, points)
+        self._ledger.save(replace(counts, pending=tuple(reports)))
+        self.offsets = counts
+        for report in reports:
+            await self._send_report(report)
+
+    async def _send_report(self, report: PendingReport) -> None:
+        if report.lines:
+            await self._sink.logged(report.lines, event_id=report.event_id)
+        if report.points:
+            await self._sink.metrics(report.points, event_id=report.event_id)
+
     async def close(self) -> None:
         """Stop following and send the rest; call before reporting a terminal transition."""
-        if self._readers or self._tail is not None:
+        if self._readers or self._followers or self._tail is not None:
             await self.drain(timeout_s=0.0)
         if self._flusher is not None:
             # The loop is asked to stop, never cancelled: cancelled inside a send it would lose the
@@ -483,7 +713,7 @@ class Capture:
             await self._wake.wait()
             if self._closing:
                 return
-            delay = self._batch.seconds_until_due(self._clock())
+            delay = 0.0 if self._resend else self._batch.seconds_until_due(self._clock())
             if delay is None:
                 self._wake.clear()
                 continue

@@ -34,6 +34,13 @@ class AgentConfig:
     max_code_files: int = MAX_EXTRACTED_FILES
     # A ROLE_AGENT API key: sent with every report (the control plane refuses reports without one).
     api_key: str = field(default="", repr=False)
+    # "process": each command a local process (development, `make demo`); "container": each attempt in a
+    # sandboxed container on an OCI engine (runyard.agent.runtime_container).
+    runtime: str = "process"
+    # The engine's API URL for the container runtime; None: runyard.agent.engine's default lookup.
+    engine_url: str | None = None
+    # The process runtime's sandbox (runyard.agent.sandbox): "auto" (bwrap when it works here), "bwrap", "none".
+    sandbox: str = "auto"
     # NKey seed file of this agent's NATS user (`runyard admin keys create --role agent` prints the seed).
     nats_nkey_file: str | None = None
     # CA certificate (PEM) to check a tls:// NATS server against.

@@ -1,11 +1,16 @@
-"""The environment a run's command sees (pure).
+"""The environment a run's command sees (pure): an allowlist, nothing of the agent's own.
 
-Order of precedence, lowest first: the agent's own environment, the run's
-``env`` from the manifest, then the variables Runyard owns (DATA_DIR,
-RESULT_DIR, RUNYARD_*, CUDA_VISIBLE_DEVICES, PYTHONUNBUFFERED), so a manifest
-cannot point a run at another run's folders or GPUs. PATH is the one merged
-variable: the framework interpreter's folder goes first, so ``python`` in the
-command is that interpreter whatever PATH the manifest set.
+The agent's environment holds its API key, its NATS credentials and whatever
+cloud credentials its host gave it (AWS_*, under ``runyard up`` the agent's
+key); a run is user code, so it starts from an empty environment and gets
+only: LANG/LC_ALL (C.UTF-8), the run's ``env`` from the manifest, then the
+variables Runyard owns (DATA_DIR, RESULT_DIR, RUNYARD_*, CUDA_VISIBLE_DEVICES,
+PYTHONUNBUFFERED, HOME and TMPDIR, folders of the attempt's own), which the
+manifest cannot override, so it cannot point a run at another run's folders
+or GPUs. PATH is the one merged variable: the framework interpreter's folder
+first, so ``python`` in the command is that interpreter whatever PATH the
+manifest set, then the manifest's PATH if it set one, then the system's
+standard folders.
 
 Hyperparameters arrive as protobuf Values, where every number is a double; a
 whole number is written without ``.0`` (``--hidden ${hidden}`` gets ``64``, not
@@ -56,17 +61,23 @@ def hp_env_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def build_run_env(
-    base: Mapping[str, str],
-    work: WorkAssignment,
-    dirs: RunDirs,
-    python: str,
-) -> dict[str, str]:
+#: The system's standard folders, after the interpreter's (and the manifest's PATH).
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+#: Defaults a manifest may change.
+DEFAULTS: Mapping[str, str] = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
+def run_path(python: str, manifest_path: str | None) -> str:
+    """The interpreter's folder, the manifest's PATH, the system's folders; each folder once."""
+    folders = [os.path.dirname(python), *(manifest_path or "").split(os.pathsep), *SYSTEM_PATH]
+    return os.pathsep.join(dict.fromkeys(f for f in folders if f))
+
+
+def build_run_env(work: WorkAssignment, dirs: RunDirs, python: str) -> dict[str, str]:
     spec = work.spec
     hparams = {name: plain_value(v) for name, v in sorted(spec.hyperparameters.items())}
-    env = dict(base)
+    env = dict(DEFAULTS)
     env.update(spec.env)
-    path = env.get("PATH", os.defpath)
     env.update(
         {
             "DATA_DIR": str(dirs.data),
@@ -78,7 +89,9 @@ def build_run_env(
             "RUNYARD_HPARAMS": json.dumps(hparams, sort_keys=True),
             "CUDA_VISIBLE_DEVICES": ",".join(work.gpu_ids),
             "PYTHONUNBUFFERED": "1",
-            "PATH": os.pathsep.join([os.path.dirname(python), path]),
+            "HOME": str(dirs.home),
+            "TMPDIR": str(dirs.tmp),
+            "PATH": run_path(python, spec.env.get("PATH")),
         }
     )
     for name, value in hparams.items():

@@ -14,10 +14,12 @@ work stream, because the slots were busy, it is reported RunCanceled when it
 arrives instead of being run.
 
 Stopping (the stop event, or SIGTERM/SIGINT when the caller passes none):
-fetching stops, running commands get SIGTERM then SIGKILL after
+fetching stops, the agent registers again with 0 slots (so the scheduler
+places nothing more on it, not even the runs it gives back), running commands get SIGTERM then SIGKILL after
 ``cancel_grace_s``, each unfinished attempt is reported AttemptFailed
-INTERNAL "agent shutting down" (the control plane re-queues it while
-restarts remain), and the connection is drained. The wait for those last
+AGENT_SHUTDOWN "agent shutting down" (an infrastructure event: the control
+plane re-queues it whatever max_restarts says, and does not count it), and
+the connection is drained. The wait for those last
 reports is bounded (``cancel_grace_s`` + 30 s): with NATS gone for good they
 could otherwise be retried forever, and the control plane declares the agent
 lost anyway.
@@ -48,12 +50,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
-import os
 import signal
 import socket
 import sys
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -69,7 +70,10 @@ from runyard import bus, natsauth
 from runyard.agent.config import AgentConfig
 from runyard.agent.gpus import detect_gpus, gpu_model_label
 from runyard.agent.holdings import HeldAttempt, Holdings
+from runyard.agent.offers import process_offers
 from runyard.agent.reporter import Reporter
+from runyard.agent.runtime_container import ContainerError, ContainerRuntime, check_gpu_support
+from runyard.agent.sandbox import Bwrap, SandboxMode, probe
 from runyard.agent.staging import prune_work_dirs
 from runyard.agent.worker import DEFAULT_LEASE_S, AttemptWorker, Outcome, WorkerContext
 from runyard.objectstore import open_store
@@ -87,6 +91,8 @@ WORK_ACK_WAIT_S = 30.0
 _REMEMBERED = 1000
 # How long a stopping agent waits (beyond the cancel grace) for its attempts' last reports.
 SHUTDOWN_REPORT_WAIT_S = 30.0
+# Longest wait for the registration with 0 slots that a stopping agent sends first.
+CLOSING_REPORT_WAIT_S = 5.0
 # Longest wait for the NATS connection to drain on the way out.
 DRAIN_TIMEOUT_S = 2.0
 # A PING not answered within this long counts as never answered (see Agent._check_contact).
@@ -95,18 +101,10 @@ CONTACT_CHECK_GIVE_UP_S = 120
 REREGISTER_AFTER_GAP_S = 10.0
 # Work naming a GPU that a finishing attempt still holds comes back after this long.
 GPU_BUSY_RETRY_S = 0.5
+RUNTIMES = ("process", "container")
 
 T = TypeVar("T")
 Key = tuple[str, int]
-
-
-def default_frameworks() -> dict[str, str]:
-    """Without --framework the agent's own interpreter runs PyTorch and plain Python, and
-    TensorFlow when it is installed beside them (looked up, not imported: that takes seconds)."""
-    offered = {"pytorch": sys.executable, "python": sys.executable}
-    if importlib.util.find_spec("tensorflow") is not None:
-        offered["tensorflow"] = sys.executable
-    return offered
 
 
 def configure_logging() -> None:
@@ -156,7 +154,18 @@ class Agent:
             # Manifests can ask for a model through the label too (resources.labels: {gpu_model: H100}).
             self.labels.setdefault("gpu_model", gpu_model_label(self.gpus))
         self.config = config
-        self.frameworks = dict(config.frameworks) or default_frameworks()
+        if config.runtime not in RUNTIMES:
+            raise ValueError(f"agent runtime must be one of {', '.join(RUNTIMES)}, got {config.runtime!r}")
+        try:
+            self.sandbox_mode = SandboxMode(config.sandbox)
+        except ValueError:
+            modes = ", ".join(m.value for m in SandboxMode)
+            raise ValueError(f"agent sandbox must be one of {modes}, not {config.sandbox!r}") from None
+        self.sandbox: Bwrap | None = None
+        self.offers = process_offers(config.frameworks)
+        self.frameworks = self.offers.interpreters
+        # Set in run() for --runtime container: the engine is dialled there, not in the constructor.
+        self.containers: ContainerRuntime | None = None
         self.work_root = Path(config.work_dir).resolve()
         self.store = open_store(config.storage_root, config.s3_endpoint_url)
         self.workers: dict[Key, AttemptWorker] = {}
@@ -184,6 +193,10 @@ class Agent:
     # -- entry ----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.config.runtime == "container":
+            self.containers = await asyncio.to_thread(self._container_runtime)
+        else:
+            self.sandbox = await asyncio.to_thread(self._probe_sandbox)
         # Orphans of a killed agent process are ended first, with or without NATS.
         self._orphans = await asyncio.to_thread(self._end_orphans)
         connect = asyncio.create_task(self._connect())
@@ -212,9 +225,10 @@ class Agent:
                 work_root=self.work_root,
                 frameworks=self.frameworks,
                 cancel_grace_s=self.config.cancel_grace_s,
-                base_env=dict(os.environ),
+                sandbox=self.sandbox,
                 code_limits=(self.config.max_code_extract_bytes, self.config.max_code_files),
                 holdings=self.holdings,
+                containers=self.containers,
             )
             self.work_root.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(self._prune)
@@ -226,7 +240,8 @@ class Agent:
                 "agent ready",
                 slots=self.slots,
                 gpus=[f"{g.index}:{g.model}:{g.uuid}" for g in self.gpus],
-                frameworks=sorted(self.frameworks),
+                frameworks=[f"{f.name} {f.version}".strip() for f in self._frameworks()],
+                runtime=self.config.runtime,
             )
 
             work = asyncio.create_task(self._work_loop(work_sub), name="agent-work")
@@ -252,6 +267,52 @@ class Agent:
             if self._contact_check is not None:
                 self._contact_check[0].cancel()
             self._log.info("agent stopped")
+
+    def _container_runtime(self) -> ContainerRuntime:
+        """The engine (checked with a ping), the init shim in place, leftovers of an earlier agent removed."""
+        from runyard.agent.engine import connect
+
+        runtime = ContainerRuntime(
+            connect(self.config.engine_url),
+            self.config.agent_id,
+            self.work_root,
+            # Declared GPUs (--gpus) have made-up UUIDs: no device to attach behind them.
+            attach_gpus=self.config.gpus is None,
+        )
+        if self.gpus and runtime.attach_gpus:
+            try:
+                check_gpu_support(runtime.engine, runtime.engine_version, [g.uuid for g in self.gpus])
+            except ContainerError as e:
+                self._log.error("runs with GPUs will be refused", error=str(e))
+        runtime.install_shim()
+        for name in runtime.remove_leftovers():
+            self._log.warning("removed a container a previous agent process left", container=name)
+        self._log.info(
+            "container runtime",
+            engine=runtime.engine,
+            engine_url=self.config.engine_url,
+            images=[f"{i.name} {i.version}" for i in runtime.images(refresh=True)],
+        )
+        return runtime
+
+    def _frameworks(self) -> list[Framework]:
+        """What runs may ask for here: the framework images held (containers), or the interpreters (processes)."""
+        if self.containers is not None:
+            return [Framework(name=i.name, version=i.version, digest=i.digest) for i in self.containers.images()]
+        return self.offers.frameworks()
+
+    def _probe_sandbox(self) -> Bwrap | None:
+        """bwrap, when it works here (see runyard.agent.sandbox); raises SandboxError for --sandbox bwrap without it."""
+        hidden = [str(self.work_root), str(Path.home())]
+        hidden += [str(Path(f).resolve().parent) for f in (self.config.nats_nkey_file, self.config.nats_ca_file) if f]
+        if self.config.storage_root and self.config.storage_root.startswith("file://"):
+            hidden.append(urllib.parse.urlparse(self.config.storage_root).path)
+        sandbox, why = probe(self.sandbox_mode, self.frameworks.values(), hidden)
+        if sandbox is None and self.sandbox_mode is SandboxMode.AUTO:
+            self._log.warning("sandbox", detail=why)
+        else:
+            self._log.info("sandbox", detail=why)
+        return sandbox
 
     def _end_orphans(self) -> list[HeldAttempt]:
         """End the attempts a previous agent process left behind (see runyard.agent.holdings)."""
@@ -322,12 +383,14 @@ class Agent:
         return AgentRegistered(
             agent_id=self.config.agent_id,
             hostname=socket.gethostname(),
-            slots=self.slots,
+            # A stopping agent takes no more work: the scheduler places nothing on 0 slots.
+            slots=0 if self._stop.is_set() else self.slots,
             # Runs get GPUs by UUID (see runyard.agent.gpus): these ids end up in CUDA_VISIBLE_DEVICES.
             gpu_ids=[g.uuid for g in self.gpus],
             labels=self.labels,
-            frameworks=[Framework(name=name) for name in sorted(self.frameworks)],
+            frameworks=self._frameworks(),
             gpus=[g.to_proto() for g in self.gpus],
+            runtime=self.config.runtime,
         )
 
     # -- loops ----------------------------------------------------------------
@@ -566,12 +629,18 @@ class Agent:
                 "the agent stopped the attempt"
             )
             self._log.warning("stopping an attempt out of contact", run_id=worker.key[0], attempt=worker.key[1])
-            worker.shutdown(message, worker.kill_grace_s)
+            worker.shutdown(message, worker.kill_grace_s, FailureReason.FAILURE_REASON_INTERNAL)
 
     # -- shutdown -------------------------------------------------------------
 
     async def _shutdown(self, *loops: asyncio.Task[None]) -> None:
         self._log.info("stopping", attempts=[f"{r}:{a}" for r, a in self.workers])
+        # Registered again with 0 slots before the attempts end: the runs they give back are not
+        # placed on this agent again while the control plane still counts it alive.
+        try:
+            await asyncio.wait_for(self.reporter.registered(self._registration()), CLOSING_REPORT_WAIT_S)
+        except Exception as e:
+            self._log.warning("could not announce the shutdown", error=repr(e))
         for worker in list(self.workers.values()):
             worker.shutdown()
         for task in loops:

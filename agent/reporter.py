@@ -144,16 +144,17 @@ class AttemptReports:
         await self._send(AgentReport(canceled=RunCanceled(attempt=self.attempt, reason=storable(reason))))
 
     # Output batches hold thousands of lines or points: they are copied into the report once,
-    # in place, rather than into a body message and then again into the report.
+    # in place, rather than into a body message and then again into the report. A batch sent
+    # again after an agent restart carries the event id it was first sent with.
 
-    async def logged(self, lines: Sequence[LogLine]) -> None:
-        report = AgentReport()
+    async def logged(self, lines: Sequence[LogLine], event_id: str = "") -> None:
+        report = AgentReport(event_id=event_id)
         report.logged.run_id, report.logged.attempt = self.run_id, self.attempt
         report.logged.lines.extend(lines)
         await self._send(report)
 
-    async def metrics(self, points: Sequence[MetricPoint]) -> None:
-        report = AgentReport()
+    async def metrics(self, points: Sequence[MetricPoint], event_id: str = "") -> None:
+        report = AgentReport(event_id=event_id)
         report.metrics.run_id, report.metrics.attempt = self.run_id, self.attempt
         report.metrics.points.extend(points)
         await self._send(report)

@@ -49,8 +49,13 @@ class RunDirs:
     code: Path
     data: Path
     result: Path
+    # Files the run writes beside its results (metrics, and in a container its stdout/stderr): output/.
+    output: Path
     metrics_file: Path
     code_archive: Path
+    #: The run's HOME and TMPDIR: its own, gone with the attempt's folder.
+    home: Path
+    tmp: Path
 
     @classmethod
     def under(cls, work_root: Path, run_id: str, attempt: int) -> RunDirs:
@@ -62,15 +67,18 @@ class RunDirs:
             code=root / "code",
             data=root / "data",
             result=root / "result",
-            metrics_file=root / "metrics.jsonl",
+            output=root / "output",
+            metrics_file=root / "output" / "metrics.jsonl",
             code_archive=root / "code.tar.gz",
+            home=root / "home",
+            tmp=root / "tmp",
         )
 
     def create(self) -> None:
         """Fresh folders; a leftover from an earlier try of the same attempt is removed first."""
         if self.root.exists():
             remove_tree(self.root)
-        for d in (self.code, self.data, self.result):
+        for d in (self.code, self.data, self.result, self.output, self.home, self.tmp):
             d.mkdir(parents=True)
         self.metrics_file.touch()
 

@@ -65,6 +65,7 @@ from typing import Any
 import numpy
 from tensorboard.compat.proto import event_pb2
 
+from runyard.agent.output_files import UnsafeOutputFile, open_run_file
 from runyard.storable import storable
 from runyard.v1.common_pb2 import MetricPoint
 
@@ -296,6 +297,10 @@ class TensorBoardTail:
             if not tail.given_up:
                 try:
                     points.extend(self._read(path, tail, budget))
+                except UnsafeOutputFile as e:
+                    # A link or a FIFO the run planted (runyard.agent.output_files): never read, said once.
+                    self.problems.append(str(e))
+                    tail.given_up = True
                 except OSError as e:
                     self.problems.append(f"{self._rel(path)}: {e.strerror or e}")
         return points
@@ -303,7 +308,7 @@ class TensorBoardTail:
     def _read(self, path: Path, tail: _FileTail, budget: int | None) -> list[MetricPoint]:
         folder = path.parent.name if path.parent != self.root else ""
         points: list[MetricPoint] = []
-        with path.open("rb") as f:
+        with os.fdopen(open_run_file(path), "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size < tail.offset:
                 self.problems.append(f"{self._rel(path)} shrank; reading it again from the start")

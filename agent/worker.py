@@ -30,11 +30,18 @@ from runyard.agent.env import build_run_env
 from runyard.agent.holdings import HeldAttempt, Holdings, start_ticks
 from runyard.agent.metrics import StdoutMetricParser, compile_patterns
 from runyard.agent.reporter import AttemptReports, Reporter
+from runyard.agent.runtime_container import (
+    ContainerError,
+    ContainerProcess,
+    ContainerRuntime,
+    describe_bytes,
+)
 from runyard.agent.runtime_local import LocalProcess, describe_exit, spawn
+from runyard.agent.sandbox import INSIDE, Bwrap
 from runyard.agent.staging import RunDirs, StagingError, remove_tree, stage_code, stage_data, upload_results
 from runyard.objectstore import ObjectStore, ObjectStoreError
 from runyard.v1.agent_pb2 import WorkAssignment
-from runyard.v1.common_pb2 import FailureReason
+from runyard.v1.common_pb2 import FailureReason, RunNetwork
 
 log = structlog.get_logger("runyard.agent.worker")
 
@@ -47,6 +54,8 @@ STAGING_ERROR = FailureReason.FAILURE_REASON_STAGING_ERROR
 UPLOAD_ERROR = FailureReason.FAILURE_REASON_UPLOAD_ERROR
 UNSUPPORTED = FailureReason.FAILURE_REASON_UNSUPPORTED
 INTERNAL = FailureReason.FAILURE_REASON_INTERNAL
+OUT_OF_MEMORY = FailureReason.FAILURE_REASON_OUT_OF_MEMORY
+AGENT_SHUTDOWN = FailureReason.FAILURE_REASON_AGENT_SHUTDOWN
 
 
 class Outcome(enum.Enum):
@@ -66,11 +75,14 @@ class WorkerContext:
     # Framework name -> Python interpreter.
     frameworks: Mapping[str, str]
     cancel_grace_s: float
-    base_env: Mapping[str, str]
     # What one code archive may expand to: (bytes, files and folders).
     code_limits: tuple[int, int] = (MAX_EXTRACTED_BYTES, MAX_EXTRACTED_FILES)
     # Where the attempts this agent holds are recorded for a restarted agent; None: nowhere.
     holdings: Holdings | None = None
+    # The container runtime (`runyard agent --runtime container`); None: each command is a local process.
+    containers: ContainerRuntime | None = None
+    # The sandbox every command runs in (runyard.agent.sandbox); None: none.
+    sandbox: Bwrap | None = None
 
 
 def human_bytes(n: int) -> str:
@@ -95,8 +107,9 @@ class AttemptWorker:
         self._cancel_grace_s = ctx.cancel_grace_s
         self._stopping = asyncio.Event()
         self._stop_message = SHUTDOWN_MESSAGE
+        self._stop_reason: FailureReason.ValueType = AGENT_SHUTDOWN
         self._stop_grace_s = ctx.cancel_grace_s
-        self.process: LocalProcess | None = None
+        self.process: LocalProcess | ContainerProcess | None = None
         #: The attempt's lease (see runyard.agent.main): half of it without contact and the agent stops it.
         self.lease_s = float(work.lease_seconds) if work.lease_seconds else DEFAULT_LEASE_S
         #: When (monotonic) the control plane last heard that we hold the attempt: its dispatch, then
@@ -123,10 +136,17 @@ class AttemptWorker:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    def shutdown(self, message: str = SHUTDOWN_MESSAGE, grace_s: float | None = None) -> None:
-        """End the attempt as an infrastructure failure (re-queued while restarts remain)."""
+    def shutdown(
+        self,
+        message: str = SHUTDOWN_MESSAGE,
+        grace_s: float | None = None,
+        reason: FailureReason.ValueType = AGENT_SHUTDOWN,
+    ) -> None:
+        """End the attempt as an infrastructure failure: AGENT_SHUTDOWN (the agent is stopping: the
+        control plane re-queues it, uncharged) or another reason (re-queued while restarts remain)."""
         if not self._stopping.is_set():
             self._stop_message = message
+            self._stop_reason = reason
             if grace_s is not None:
                 self._stop_grace_s = grace_s
         self._stopping.set()
@@ -194,7 +214,7 @@ class AttemptWorker:
     async def _run(self, capture: Capture, staging: asyncio.Task[None]) -> Outcome:
         spec = self.work.spec
         python = self._python()
-        if python is None:
+        if python is None and self.ctx.containers is None:
             offered = ", ".join(sorted(self.ctx.frameworks))
             asked = spec.framework.name + (f" {spec.framework.version}" if spec.framework.version else "")
             msg = f"agent {self.ctx.agent_id} offers frameworks [{offered}]; run asks for {asked}"
@@ -213,13 +233,21 @@ class AttemptWorker:
         if self._cancel.is_set():
             return await self._end(capture, Outcome.CANCELED, message="canceled before the command started")
         if self._stopping.is_set():
-            return await self._end(capture, Outcome.FAILED, INTERNAL, self._stop_message)
+            return await self._end(capture, Outcome.FAILED, self._stop_reason, self._stop_message)
 
         await staging  # a report that can never be stored (NATS closed for good) ends the attempt here
         if self._stopping.is_set():
-            return await self._end(capture, Outcome.FAILED, INTERNAL, self._stop_message)
-        env = build_run_env(self.ctx.base_env, self.work, self.dirs, python)
-        self.process = proc = await spawn(spec.command, self.dirs.code, env, self.kill_grace_s)
+            return await self._end(capture, Outcome.FAILED, self._stop_reason, self._stop_message)
+        if self.ctx.containers is not None:
+            return await self._run_container(capture, self.ctx.containers)
+        assert python is not None
+        env = build_run_env(self.work, self.dirs, python)
+        sandbox_argv = None
+        if self.ctx.sandbox is not None:
+            egress = spec.network == RunNetwork.RUN_NETWORK_EGRESS
+            sandbox_argv = self.ctx.sandbox.argv(spec.command, self.dirs, python, network=egress)
+            env = build_run_env(self.work, INSIDE, python)  # the folders as the run sees them
+        self.process = proc = await spawn(spec.command, self.dirs.code, env, self.kill_grace_s, sandbox_argv)
         if self.ctx.holdings is not None:
             held = HeldAttempt(self.key[0], self.key[1], proc.pid, start_ticks(proc.pid) or 0)
             await asyncio.to_thread(self.ctx.holdings.record, held)
@@ -229,11 +257,42 @@ class AttemptWorker:
 
         returncode, stopped_by = await self._wait(proc)
         await capture.drain()
+        return await self._finish(capture, returncode, stopped_by)
+
+    async def _run_container(self, capture: Capture, runtime: ContainerRuntime) -> Outcome:
+        """The command in a fresh container (runyard.agent.runtime_container); its output through files."""
+        started = time.monotonic()
+        try:
+            self.process = proc = await runtime.start(self.work, self.dirs)
+        except ContainerError as e:
+            return await self._end(capture, Outcome.FAILED, UNSUPPORTED, str(e))
+        took = time.monotonic() - started
+        try:
+            await self.reports.started()
+            capture.attach_files(proc.stdout_path, proc.stderr_path)
+            self._log.info("container started", container=proc.name, start_s=round(took, 3))
+            returncode, stopped_by = await self._wait(proc)
+            ended = proc.exit
+            await capture.drain()
+            memory = self.work.spec.resources.memory_bytes
+            if ended is not None and ended.oom_killed and not stopped_by:
+                limit = f"more than resources.memory {describe_bytes(memory)}" if memory else "more than the host had"
+                msg = f"the command used {limit} and the kernel killed it"
+                return await self._end(capture, Outcome.FAILED, OUT_OF_MEMORY, msg, ended.exit_code)
+            return await self._finish(capture, returncode, stopped_by)
+        finally:
+            # After the terminal report (the ended container holds nothing a next run needs), but
+            # before the slot is free.
+            await asyncio.to_thread(proc.remove)
+
+    async def _finish(self, capture: Capture, returncode: int, stopped_by: str) -> Outcome:
+        """The command has ended: the terminal report, after the upload when it exited 0."""
+        spec = self.work.spec
         exit_code, how = describe_exit(returncode)
         if stopped_by == "cancel":
             return await self._end(capture, Outcome.CANCELED, message=f"canceled on request; command {how}")
         if stopped_by == "shutdown":
-            return await self._end(capture, Outcome.FAILED, INTERNAL, self._stop_message, exit_code)
+            return await self._end(capture, Outcome.FAILED, self._stop_reason, self._stop_message, exit_code)
         if returncode != 0:
             msg = f"command failed with {how}"
             if capture.last_stderr:
@@ -271,9 +330,9 @@ class AttemptWorker:
         data_files, data_bytes = stage_data(self.ctx.store, spec.data_uri, self.dirs.data)
         return code_files, data_files, data_bytes
 
-    async def _wait(self, proc: LocalProcess) -> tuple[int, str]:
+    async def _wait(self, proc: LocalProcess | ContainerProcess) -> tuple[int, str]:
         """Exit status, and what stopped the command: '' (it ended), 'cancel' or 'shutdown'."""
-        exited = asyncio.create_task(proc.wait())
+        exited = asyncio.create_task(_returncode(proc))
         canceled = asyncio.create_task(self._cancel.wait())
         stopping = asyncio.create_task(self._stopping.wait())
         try:
@@ -296,3 +355,9 @@ class AttemptWorker:
         remove_tree(self.dirs.root)
         with contextlib.suppress(OSError):
             self.dirs.root.parent.rmdir()
+
+
+async def _returncode(proc: LocalProcess | ContainerProcess) -> int:
+    if isinstance(proc, ContainerProcess):
+        return (await proc.wait()).returncode
+    return await proc.wait()

@@ -13,7 +13,12 @@ GPU's turn (one assignment to its next: the 1 s plus all the bookkeeping).
 `--keep-logs DIR` keeps the server and agent logs and every event's time
 (events.tsv) for a closer look.
 
-    .venv/bin/python bench/overhead.py [--runs 480] [--agents 2] [--gpus 4] [--keep-logs DIR]
+`--seconds S` makes each run `sleep S` (the ideal is then N/K*S); `--runtime container` runs the
+agents with `--runtime container` on a podman system service of the benchmark's own (each run in
+its container of the python framework image; the declared GPUs attach no device).
+
+    .venv/bin/python bench/overhead.py [--runs 480] [--agents 2] [--gpus 4] [--seconds 1]
+        [--runtime process|container] [--keep-logs DIR]
 """
 
 from __future__ import annotations
@@ -45,11 +50,11 @@ from tests.support.stack import Stack, Stubs
 GOAL_RATIO = 0.05
 
 
-def manifest(runs: int) -> str:
+def manifest(runs: int, seconds: float = 1.0) -> str:
     return (
         "name: overhead\n"
         "framework: {name: python}\n"
-        "command: sleep 1\n"
+        f"command: sleep {seconds:g}\n"
         "results: s3://results/overhead\n"
         "resources: {gpus: 1}\n"
         f"hyperparameters:\n  i: {{type: int, min: 1, max: {runs}}}\n"
@@ -99,7 +104,14 @@ def mean_s(values: list[float]) -> float:
     return round(statistics.fmean(values), 4) if values else 0.0
 
 
-def measure(runs: int, agent_count: int, gpus: int, keep_logs: Path | None = None) -> dict[str, Any]:
+def measure(
+    runs: int,
+    agent_count: int,
+    gpus: int,
+    keep_logs: Path | None = None,
+    seconds: float = 1.0,
+    agent_flags: tuple[str, ...] = (),
+) -> dict[str, Any]:
     slots = agent_count * gpus
     with tempfile.TemporaryDirectory() as tmp, postgres_database() as url:
         root = Path(tmp)
@@ -113,7 +125,7 @@ def measure(runs: int, agent_count: int, gpus: int, keep_logs: Path | None = Non
                     admin_service_pb2.SetQuotaRequest(account_id="default", gpu_quota=slots), timeout=30
                 )
                 for i in range(agent_count):
-                    stack.start_agent(f"gpu-{i}", gpus, "--gpus", f"{gpus}xH100")
+                    stack.start_agent(f"gpu-{i}", gpus, "--gpus", f"{gpus}xH100", *agent_flags)
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
                     agents = stubs.admin.ListAgents(admin_service_pb2.ListAgentsRequest(), timeout=10).agents
@@ -123,9 +135,9 @@ def measure(runs: int, agent_count: int, gpus: int, keep_logs: Path | None = Non
                 else:
                     raise RuntimeError(f"agents did not register:\n{stack.logs()}")
                 exp = stubs.experiments.CreateExperiment(
-                    experiment_service_pb2.CreateExperimentRequest(manifest_yaml=manifest(runs)), timeout=60
+                    experiment_service_pb2.CreateExperimentRequest(manifest_yaml=manifest(runs, seconds)), timeout=60
                 ).experiment
-                deadline = time.monotonic() + 30 * runs / slots + 120
+                deadline = time.monotonic() + (30 + seconds) * runs / slots + 120
                 while time.monotonic() < deadline:
                     got = stubs.experiments.GetExperiment(
                         experiment_service_pb2.GetExperimentRequest(experiment_id=exp.id), timeout=30
@@ -147,7 +159,7 @@ def measure(runs: int, agent_count: int, gpus: int, keep_logs: Path | None = Non
     per_run = t["runs"]
     last = max(r["completed"] for r in per_run.values())
     observed = (last - t["created"]).total_seconds()
-    ideal = runs / slots * 1.0
+    ideal = runs / slots * seconds
     spans = list(per_run.values())
     by_gpu: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in spans:
@@ -162,7 +174,7 @@ def measure(runs: int, agent_count: int, gpus: int, keep_logs: Path | None = Non
     return {
         "runs": runs,
         "gpu_slots": slots,
-        "command": "sleep 1",
+        "command": f"sleep {seconds:g}",
         "ideal_seconds": round(ideal, 2),
         "observed_seconds": round(observed, 2),
         "overhead_percent": round(overhead * 100, 2),
@@ -190,10 +202,24 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--gpus", type=int, default=4, help="GPUs per agent")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy the server and agent logs here")
+    parser.add_argument("--seconds", type=float, default=1.0, help="each run's `sleep` (default 1)")
+    parser.add_argument("--runtime", choices=["process", "container"], default="process")
     args = parser.parse_args()
     # A SIGTERM (timeout, Ctrl-C in a wrapper) still stops the server, agents and NATS started here.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    result = {"benchmark": "bookkeeping_overhead", **measure(args.runs, args.agents, args.gpus, args.keep_logs)}
+    flags: tuple[str, ...] = ()
+    service = None
+    if args.runtime == "container":
+        from runyard.agent.engine import start_podman_service
+
+        service = start_podman_service()
+        flags = ("--runtime", "container", "--engine-url", service.url)
+    try:
+        measured = measure(args.runs, args.agents, args.gpus, args.keep_logs, args.seconds, flags)
+    finally:
+        if service is not None:
+            service.stop()
+    result = {"benchmark": "bookkeeping_overhead", "runtime": args.runtime, **measured}
     # Other work on the machine slows every step; say how busy it was.
     result["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))

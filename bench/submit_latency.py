@@ -5,7 +5,12 @@ one `runyard agent`), then for each experiment times CreateExperiment until the
 run's RUNNING update arrives on WatchRun, and lets the run finish before the
 next one. Prints JSON with p50 and p99 (goal: p50 under 100 ms).
 
+`--runtime container` (or `both`) measures an agent with `--runtime container` too, on a
+podman system service of the benchmark's own (goal: a container adds under 300 ms at p50):
+its figures are under `<database>_container`, beside the process runtime's under `<database>`.
+
     .venv/bin/python bench/submit_latency.py [--count 100] [--database sqlite|postgresql]
+        [--runtime process|container|both]
 """
 
 from __future__ import annotations
@@ -48,14 +53,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(kind: str, count: int) -> dict[str, object]:
+def measure(kind: str, count: int, agent_flags: tuple[str, ...] = ()) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
         root = Path(tmp)
         nats = NatsServer(root / "nats").start()
         stack = Stack(root=root, database_url=url, nats_url=nats.url, storage_root=(root / "objects").as_uri())
         try:
             stack.start_server()
-            stack.start_agent("bench-agent", 1)
+            stack.start_agent("bench-agent", 1, *agent_flags)
             latencies: list[float] = []
             with stack.channel() as channel:
                 stubs = Stubs(channel)
@@ -92,11 +97,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--runtime", choices=["process", "container", "both"], default="process")
     args = parser.parse_args()
     kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     result: dict[str, object] = {"benchmark": "submit_to_running", "goal_p50_ms": 100}
-    for kind in kinds:
-        result[kind] = measure(kind, args.count)
+    with contextlib.ExitStack() as stack:
+        engine = ""
+        if args.runtime != "process":
+            from runyard.agent.engine import start_podman_service
+
+            service = start_podman_service()
+            stack.callback(service.stop)
+            engine = service.url
+        for kind in kinds:
+            if args.runtime != "container":
+                result[kind] = measure(kind, args.count)
+            if args.runtime != "process":
+                result[f"{kind}_container"] = measure(
+                    kind, args.count, ("--runtime", "container", "--engine-url", engine)
+                )
     print(json.dumps(result, indent=2))
 
 

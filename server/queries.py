@@ -216,7 +216,11 @@ class Queries:
                 slots=row["slots"],
                 gpu_ids=json.loads(row["gpu_ids"]),
                 labels=json.loads(row["labels"]),
-                frameworks=[common_pb2.Framework(name=n, version=v) for n, v in json.loads(row["frameworks"])],
+                frameworks=[
+                    common_pb2.Framework(name=n, version=v, digest=d)
+                    for n, v, d in schema.agent_frameworks(row["frameworks"])
+                ],
+                runtime=row.get("runtime") or "process",
                 run_ids=runs_on.get(row["id"], []),
                 alive=not row["lost"],
                 draining=bool(row["draining"]),

@@ -30,6 +30,7 @@ _BATCH = 25
 _REFUSAL_CODES = {
     RefusalKind.CAPACITY: grpc.StatusCode.FAILED_PRECONDITION,
     RefusalKind.UNKNOWN_MODEL: grpc.StatusCode.INVALID_ARGUMENT,
+    RefusalKind.NOT_OFFERED: grpc.StatusCode.INVALID_ARGUMENT,
     RefusalKind.QUOTA: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 

@@ -35,6 +35,9 @@ def _value(value: Scalar) -> struct_pb2.Value:
     return struct_pb2.Value(number_value=float(value))
 
 
+_NETWORKS = {"none": common_pb2.RUN_NETWORK_NONE, "egress": common_pb2.RUN_NETWORK_EGRESS}
+
+
 def run_spec(manifest: Manifest, values: Mapping[str, Scalar], code_uri: str, run_id: str) -> common_pb2.RunSpec:
     """Everything an agent needs for one run: the command rendered with this run's values."""
     return common_pb2.RunSpec(
@@ -55,6 +58,8 @@ def run_spec(manifest: Manifest, values: Mapping[str, Scalar], code_uri: str, ru
         env=dict(manifest.env),
         max_restarts=manifest.max_restarts,
         priority=manifest.priority,
+        image=manifest.image,
+        network=_NETWORKS[manifest.network],
     )
 
 

@@ -38,6 +38,10 @@ MAX_DURATION_S = 10 * 366 * 86400.0
 MAX_GPU_HOURS = 1e9
 #: A string value (categorical, const, env): every run carries it in its command and its hyperparameters.
 MAX_VALUE_CHARS = 4096
+#: An image reference (`registry/name:tag` or `name@sha256:...`): OCI's own limit on a repository name is 255.
+MAX_IMAGE_CHARS = 512
+#: A framework version ("2.13", "2.13.0+cu124").
+MAX_VERSION_CHARS = 64
 #: A run's command with the longest values filled in: runs are listed and watched by the thousand.
 MAX_COMMAND_CHARS = 64 * 1024
 

@@ -18,10 +18,13 @@ FRAMEWORKS = ("pytorch", "tensorflow", "python")
 SEARCH_METHODS = ("single", "grid", "list", "random", "tpe")
 GOALS = ("maximize", "minimize")
 EARLY_STOPPING = ("none", "asha")
+#: What a run's container may reach: nothing (the default), or outbound connections for runs that download.
+NETWORKS = ("none", "egress")
 #: No experiment expands into more runs than this, whatever max_runs says.
 MAX_RUNS_PER_EXPERIMENT = 1000
 
 SearchMethod = Literal["single", "grid", "list", "random", "tpe"]
+Network = Literal["none", "egress"]
 Goal = Literal["maximize", "minimize"]
 
 
@@ -133,3 +136,6 @@ class Manifest:
     description: str = ""
     #: Higher runs first within the account's queue.
     priority: int = 0
+    #: The user's own image reference; "" runs the framework's image. Needs a container agent.
+    image: str = ""
+    network: Network = "none"

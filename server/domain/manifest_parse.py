@@ -26,6 +26,7 @@ from runyard.server.domain.manifest_model import (
     FRAMEWORKS,
     GOALS,
     MAX_RUNS_PER_EXPERIMENT,
+    NETWORKS,
     SEARCH_METHODS,
     AshaSettings,
     Categorical,
@@ -37,6 +38,7 @@ from runyard.server.domain.manifest_model import (
     IntRange,
     LogRange,
     Manifest,
+    Network,
     Resources,
     Scalar,
     Search,
@@ -61,6 +63,8 @@ TOP_LEVEL_FIELDS = (
     "max_restarts",
     "env",
     "priority",
+    "image",
+    "network",
 )
 HYPERPARAMETER_FIELDS: dict[str, tuple[str, ...]] = {
     "const": ("type", "value"),
@@ -99,6 +103,15 @@ MAX_PRIORITY = 1000
 _LABEL = re.compile(r"[A-Za-z0-9._/-]{1,63}")
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+#: An OCI image reference: [host[:port]/]path[:tag][@algorithm:hex], the grammar of distribution/reference.
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?"
+    rf"{_IMAGE_PATH}(?:/{_IMAGE_PATH})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,})?"
+)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTPE]i|[KkMGTPE])?B?")
@@ -310,6 +323,10 @@ class _Parser:
             max_restarts=self.field_int(top, "max_restarts", "max_restarts", 0, 0, MAX_RESTARTS),
             env=self.env(top.get("env")),
             priority=self.field_int(top, "priority", "priority", 0, -MAX_PRIORITY, MAX_PRIORITY),
+            image=self.image(top["image"]) if top.get("image") is not None else "",
+            network=cast(Network, self.choice("network", top["network"], NETWORKS) or "none")
+            if "network" in top
+            else "none",
         )
         if self.errors:
             raise ManifestError(self.errors)
@@ -395,8 +412,42 @@ class _Parser:
         if isinstance(raw, int | float) and not isinstance(raw, bool):
             self.error("framework.version", f'must be a string: quote it, as in "{raw}"')
         elif raw is not None:
-            version = self.string("framework.version", raw)
+            version = self.version(raw)
         return Framework(name=name, version=version)
+
+    def version(self, value: object) -> str:
+        """A framework version: agents are matched on it ("2.13" matches an agent's 2.13 and 2.13.x)."""
+        text = self.string("framework.version", value)
+        if not isinstance(value, str) or not text:
+            return text
+        if len(text) > limits.MAX_VERSION_CHARS or not _VERSION.fullmatch(text):
+            self.error(
+                "framework.version",
+                f'must be a version such as "2.13" (1 to {limits.MAX_VERSION_CHARS} letters, digits, '
+                "'.', '_', '+' or '-')",
+            )
+            return ""
+        return text
+
+    def image(self, value: object) -> str:
+        """The user's own image: a reference the agent's engine resolves (it is never pulled from here)."""
+        text = self.string("image", value)
+        if not isinstance(value, str):
+            return ""
+        if not text.strip():
+            self.error("image", "must not be empty (leave it out to run the framework's image)")
+            return ""
+        if len(text) > limits.MAX_IMAGE_CHARS:
+            self.error("image", f"is {len(text)} characters long; at most {limits.MAX_IMAGE_CHARS}")
+            return ""
+        if not _IMAGE.fullmatch(text):
+            self.error(
+                "image",
+                "must be an image reference such as registry.example.com/team/train:1.0 or "
+                "localhost/train@sha256:<digest> (lowercase path, no spaces)",
+            )
+            return ""
+        return text
 
     def resources(self, value: object) -> Resources:
         if value is None:

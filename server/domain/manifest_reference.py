@@ -18,6 +18,7 @@ from runyard.server.domain.manifest_model import (
     FRAMEWORKS,
     GOALS,
     MAX_RUNS_PER_EXPERIMENT,
+    NETWORKS,
     SEARCH_METHODS,
     AshaSettings,
     Framework,
@@ -70,8 +71,10 @@ FIELDS: tuple[FieldDoc, ...] = (
     FieldDoc("description", "string", "none", "Free text shown with the experiment.", "description: first try"),
     FieldDoc(
         "framework", "mapping or string", _default(Framework, "name"),
-        "What runs the command: `{name: pytorch, version: \"2.13\"}`, or only the name. An agent offers a "
-        "framework with `runyard agent --framework NAME=PYTHON`; a run goes only to an agent that offers it.",
+        "What runs the command: `{name: pytorch, version: \"2.13\"}`, or only the name. A container agent "
+        "offers the framework images it holds (`runyard images build pytorch 2.13`); a process agent offers "
+        "`runyard agent --framework NAME=PYTHON` (or `NAME@VERSION=PYTHON`). A run goes only to an agent that "
+        "offers its framework, and its version when it names one.",
         'framework: {name: pytorch, version: "2.13"}',
     ),
     FieldDoc(
@@ -80,7 +83,9 @@ FIELDS: tuple[FieldDoc, ...] = (
     ),
     FieldDoc(
         "framework.version", "string", "none",
-        'The framework version, for the record. Quote it ("2.13"): YAML reads 2.13 as a number.',
+        'The framework version: the run goes only to an agent offering it ("2.13" matches an agent\'s 2.13 and '
+        "2.13.x), and a version no registered agent offers is refused at submit. Without it, any version of the "
+        'framework. Quote it ("2.13"): YAML reads 2.13 as a number.',
         'framework: {name: pytorch, version: "2.13"}',
     ),
     FieldDoc(
@@ -239,6 +244,20 @@ FIELDS: tuple[FieldDoc, ...] = (
         "priority", f"integer -{mp.MAX_PRIORITY}..{mp.MAX_PRIORITY}", _default(Manifest, "priority"),
         "Higher runs first within the account's queue (`runyard admin priority` changes it later).",
         "priority: 10",
+    ),
+    FieldDoc(
+        "image", "string", "the framework's image",
+        "Your own image, run instead of the framework's: an OCI reference the agent's engine already holds "
+        "(`registry.example.com/team/train:1.0`, `localhost/train@sha256:...`). Runs go only to container agents "
+        "(`runyard agent --runtime container`); while agents are registered and none runs containers, it is "
+        "refused at submit. `framework` may still name what the image holds.",
+        "image: localhost/team/train:1.0",
+    ),
+    FieldDoc(
+        "network", _choices(NETWORKS), _default(Manifest, "network"),
+        "What a run's container may reach: `none`, no network at all; `egress`, outbound connections for runs "
+        "that download. Never the control plane, NATS or the database.",
+        "network: egress",
     ),
 )
 

@@ -34,6 +34,7 @@ from runyard.server.domain.run_states import (
     STOPPED_EARLY,
     TERMINAL,
     TRANSITIONS,
+    UNCHARGED_REASONS,
     UPLOADING,
     FailureReasonValue,
     RunStateValue,
@@ -65,7 +66,8 @@ class Run:
     exit_code: int = 0
     message: str = ""
     results_uri: str = ""
-    #: Re-queues so far; a re-queue is allowed while restarts < spec.max_restarts.
+    #: Re-queues charged so far (an agent's graceful shutdown is not); one is allowed while
+    #: restarts < spec.max_restarts.
     restarts: int = 0
     version: int = 0
 
@@ -143,7 +145,8 @@ class Run:
         elif isinstance(event, events_pb2.RunRequeued):
             self.failure_reason = event.reason
             self.message = event.message
-            self.restarts += 1
+            if event.reason not in UNCHARGED_REASONS:
+                self.restarts += 1
         elif isinstance(event, events_pb2.RunCancelRequested):
             self.cancel_requested = True
             self.cancel_reason = event.reason
@@ -237,7 +240,8 @@ class Run:
         self, attempt: int, reason: FailureReasonValue, exit_code: int = 0, message: str = ""
     ) -> list[Message]:
         """End the attempt: back to the queue for an infrastructure failure while restarts
-        remain (and nobody asked to cancel), otherwise the run fails for good."""
+        remain, or for an agent's graceful shutdown always and uncharged (unless somebody
+        asked to cancel or stop the run), otherwise the run fails for good."""
         self.check_attempt(attempt)
         if self.state == FAILED or (self.state == QUEUED and self.attempt > 0):
             return []  # this attempt's end is already recorded: a redelivered report
@@ -245,7 +249,7 @@ class Run:
             raise IllegalTransition(self.run_id, self.state_name, "report failed")
         retry = (
             reason in INFRASTRUCTURE_REASONS
-            and self.restarts < self.spec.max_restarts
+            and (reason in UNCHARGED_REASONS or self.restarts < self.spec.max_restarts)
             and not (self.cancel_requested or self.stop_requested)
         )
         if retry:

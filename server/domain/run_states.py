@@ -42,8 +42,12 @@ INFRASTRUCTURE_REASONS: frozenset[FailureReasonValue] = frozenset(
         common_pb2.FAILURE_REASON_AGENT_LOST,
         common_pb2.FAILURE_REASON_UPLOAD_ERROR,
         common_pb2.FAILURE_REASON_INTERNAL,
+        common_pb2.FAILURE_REASON_AGENT_SHUTDOWN,
     }
 )
+#: Failures that are nobody's: the agent was stopped on purpose (an upgrade, `runyard down`) while
+#: the attempt ran. Re-queued whatever max_restarts says, and never counted against it.
+UNCHARGED_REASONS: frozenset[FailureReasonValue] = frozenset({common_pb2.FAILURE_REASON_AGENT_SHUTDOWN})
 
 
 def state_name(state: RunStateValue) -> str:

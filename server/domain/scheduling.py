@@ -18,11 +18,13 @@ The rules, in the order they bite:
   the head of the account with the lowest GPUs-in-use / quota, recomputed
   after every placement, so two accounts with quotas 4 and 2 split contended
   GPUs about 2:1. (An unlimited account weighs as much as the whole pool.)
-* **Placement.** All of a run's GPUs on one agent that offers its framework,
-  has every label it asks for, is not draining, and has enough free GPUs of
-  the requested model (matched on the short model, e.g. "H100", or the full
-  name). Among the agents that fit, the tightest fit wins, which keeps large
-  holes for large runs.
+* **Placement.** All of a run's GPUs on one agent that offers its framework
+  (and its version, when the run names one: "2.13" matches an agent's "2.13"
+  and "2.13.x"; a run with its own image needs a container agent, whatever
+  frameworks it offers), has every label it asks for, is not draining, and
+  has enough free GPUs of the requested model (matched on the short model,
+  e.g. "H100", or the full name). Among the agents that fit, the tightest
+  fit wins, which keeps large holes for large runs.
 * **No starvation, careful backfill.** When an account's head run fits nowhere
   right now, it gets a reservation: the agent that could hold it soonest (the
   one with the most free matching GPUs already) keeps those free GPUs and a
@@ -34,9 +36,9 @@ The rules, in the order they bite:
   behind it.
 
 A run that no agent could ever hold (more GPUs than any agent has, a model no
-agent has, a framework or label nobody offers) waits with that reason and
-reserves nothing; `can_ever_place` turns the same test into a refusal at
-submit time.
+agent has, a framework, framework version or label nobody offers, its own
+image and no container agent) waits with that reason and reserves nothing;
+`can_ever_place` turns the same test into a refusal at submit time.
 """
 
 from __future__ import annotations
@@ -47,6 +49,26 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 # -- inputs -------------------------------------------------------------------
+
+#: The runtime that runs commands in containers: the only one that can run a run's own image.
+CONTAINER_RUNTIME = "container"
+
+
+@dataclass(frozen=True, order=True)
+class FrameworkOffer:
+    """A framework an agent runs: a container agent's framework image, or a process agent's interpreter."""
+
+    name: str
+    #: "" when the agent does not know it (a process agent's interpreter without a declared version).
+    version: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}".strip()
+
+
+def offers(*names: str) -> frozenset[FrameworkOffer]:
+    """Version-less offers of these framework names."""
+    return frozenset(FrameworkOffer(name) for name in names)
 
 
 @dataclass(frozen=True)
@@ -64,6 +86,10 @@ class QueuedRun:
     priority: int = 0
     #: Log position at which the run was (re)queued: submission order.
     queued_position: int = 0
+    #: The framework version the run needs ("2.13"); "" for any version.
+    framework_version: str = ""
+    #: The run's own image; "" for the framework's. Non-empty: only container agents can run it.
+    image: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,10 +113,12 @@ class AgentState:
     busy_gpu_ids: frozenset[str] = frozenset()
     #: Runs holding slots now.
     running: int = 0
-    frameworks: frozenset[str] = frozenset({"python"})
+    frameworks: frozenset[FrameworkOffer] = offers("python")
     labels: Mapping[str, str] = field(default_factory=dict)
     #: Finishes its runs but takes no new one.
     draining: bool = False
+    #: "process" or "container" (CONTAINER_RUNTIME).
+    runtime: str = "process"
 
 
 @dataclass(frozen=True)
@@ -140,7 +168,7 @@ class Decision:
 
 
 #: Reasons that say the run can never start as things are; no "behind N runs" for those.
-NEVER_PREFIXES = ("framework", "resources", "no agent is connected")
+NEVER_PREFIXES = ("framework", "image", "resources", "no agent is connected")
 
 
 def model_matches(wanted: str, gpu: Gpu) -> bool:
@@ -150,13 +178,42 @@ def model_matches(wanted: str, gpu: Gpu) -> bool:
     return w in (gpu.model.lower(), gpu.name.lower())
 
 
+def version_matches(wanted: str, offered: str) -> bool:
+    """Whether an agent's framework version serves a run's: "" wants any; "2.13" takes 2.13, 2.13.1, 2.13+cpu."""
+    if not wanted:
+        return True
+    return offered == wanted or offered.startswith((f"{wanted}.", f"{wanted}+"))
+
+
+def runs_framework(run: QueuedRun, agent: AgentState) -> bool:
+    """Whether the agent can run the run's code: its image (a container agent), or its framework and version."""
+    if run.image:
+        return agent.runtime == CONTAINER_RUNTIME
+    return any(o.name == run.framework and version_matches(run.framework_version, o.version) for o in agent.frameworks)
+
+
+def _wanted(run: QueuedRun) -> str:
+    return f"{run.framework} {run.framework_version}".strip()
+
+
+#: Offers a refusal lists at most: a fleet of mixed images must not make the message a page.
+_MAX_OFFERS_SHOWN = 12
+
+
+def _offered(run: QueuedRun, agents: Sequence[AgentState]) -> str:
+    """What agents offer, the run's own framework first: 'pytorch 2.12, pytorch 2.13, python 3.11'."""
+    every = sorted({o for a in agents for o in a.frameworks}, key=lambda o: (o.name != run.framework, o))
+    shown = ", ".join(str(o) for o in every[:_MAX_OFFERS_SHOWN])
+    return shown + (f", ... ({len(every)} in all)" if len(every) > _MAX_OFFERS_SHOWN else "")
+
+
 def _labels_match(wanted: Mapping[str, str], agent: AgentState) -> bool:
     return all(agent.labels.get(k) == v for k, v in wanted.items())
 
 
 def _fits_statically(run: QueuedRun, agent: AgentState) -> bool:
     """Could this agent hold the run if it were idle?"""
-    if run.framework not in agent.frameworks or not _labels_match(run.labels, agent) or agent.slots < 1:
+    if not runs_framework(run, agent) or not _labels_match(run.labels, agent) or agent.slots < 1:
         return False
     return run.gpus == 0 or sum(1 for g in agent.gpus if model_matches(run.gpu_model, g)) >= run.gpus
 
@@ -180,14 +237,29 @@ def can_ever_place(run: QueuedRun, agents: Sequence[AgentState]) -> str | None:
         return None
     if any(_fits_statically(run, a) for a in agents):
         return None
-    offering = [a for a in agents if run.framework in a.frameworks]
-    if not offering:
-        offered = sorted({f for a in agents for f in a.frameworks})
-        return f"framework.name: no agent offers framework {run.framework!r} (agents offer: {', '.join(offered)})"
+    if run.image:
+        offering = [a for a in agents if a.runtime == CONTAINER_RUNTIME]
+        if not offering:
+            runtimes = ", ".join(sorted({a.runtime or "process" for a in agents}))
+            return (
+                f"image: no container agent is registered to run image {run.image!r} "
+                f"(agents run commands as: {runtimes}; start one with runyard agent --runtime container)"
+            )
+        what = "running containers"
+    else:
+        named = [a for a in agents if any(o.name == run.framework for o in a.frameworks)]
+        if not named:
+            names = sorted({o.name for a in agents for o in a.frameworks})
+            return f"framework.name: no agent offers framework {run.framework!r} (agents offer: {', '.join(names)})"
+        offering = [a for a in named if runs_framework(run, a)]
+        if not offering:
+            offered = _offered(run, agents)
+            return f"framework.version: no agent offers framework {_wanted(run)} (agents offer: {offered})"
+        what = f"offering {_wanted(run)}"
     labelled = [a for a in offering if _labels_match(run.labels, a)]
     if not labelled:
         wanted = ", ".join(f"{k}={v}" for k, v in sorted(run.labels.items()))
-        return f"resources.labels: no agent offering {run.framework} has the labels {wanted}"
+        return f"resources.labels: no agent {what} has the labels {wanted}"
     if run.gpu_model and not any(model_matches(run.gpu_model, g) for a in labelled for g in a.gpus):
         models = sorted({g.model for a in labelled for g in a.gpus if g.model})
         known = f"agents have: {', '.join(models)}" if models else "no agent has GPUs"
@@ -352,7 +424,15 @@ def schedule(
 
 
 def _signature(run: QueuedRun) -> tuple[object, ...]:
-    return (run.gpus, run.gpu_model.lower(), run.framework, tuple(sorted(run.labels.items())))
+    return (
+        run.gpus,
+        run.gpu_model.lower(),
+        run.framework,
+        run.framework_version,
+        # The image itself, not only whether there is one: a waiting run's reason names it.
+        run.image,
+        tuple(sorted(run.labels.items())),
+    )
 
 
 def _consider(
@@ -409,7 +489,7 @@ def _best_agent(run: QueuedRun, agents: list[_Agent]) -> _Agent | None:
     best_key: tuple[int, int, str] | None = None
     for agent in agents:
         s = agent.state
-        if agent.usable_slots() < 1 or run.framework not in s.frameworks or not _labels_match(run.labels, s):
+        if agent.usable_slots() < 1 or not runs_framework(run, s) or not _labels_match(run.labels, s):
             continue
         usable = len(agent.usable(run.gpu_model))
         if usable < run.gpus:

@@ -612,7 +612,9 @@ class RunsProjector:
                 "slots": msg.slots,
                 "gpu_ids": json.dumps(list(msg.gpu_ids)),
                 "labels": json.dumps(dict(sorted(msg.labels.items()))),
-                "frameworks": json.dumps([[f.name, f.version] for f in msg.frameworks]),
+                "frameworks": json.dumps([[f.name, f.version, f.digest] for f in msg.frameworks]),
+                # Two runtimes exist; anything else (an older agent's "") runs processes. Bounded by the column.
+                "runtime": "container" if msg.runtime == "container" else "process",
                 "lost": False,
                 "registered_at": event.recorded_at,
                 "gpus": json.dumps([json_format.MessageToDict(g, preserving_proto_field_name=True) for g in msg.gpus]),

@@ -7,6 +7,8 @@ Table objects describe the same columns for SQLAlchemy Core statements.
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -92,11 +94,13 @@ agents = Table(
     Column("slots", Integer, nullable=False),
     Column("gpu_ids", Text, nullable=False),  # JSON list
     Column("labels", Text, nullable=False),  # JSON object
-    Column("frameworks", Text, nullable=False),  # JSON list of [name, version]
+    Column("frameworks", Text, nullable=False),  # JSON list of [name, version, digest] (older rows: [name, version])
     Column("lost", Boolean, nullable=False),
     Column("registered_at", DateTime(timezone=True), nullable=False),
     Column("gpus", Text, nullable=False, server_default="[]"),  # JSON list of GpuDevice dicts
     Column("draining", Boolean, nullable=False, server_default=sql_false()),
+    # "process" or "container": how the agent runs commands (an older agent's registration: process).
+    Column("runtime", String(32), nullable=False, server_default="process"),
 )
 
 metric_points = Table(
@@ -154,5 +158,11 @@ attempt_usage = Table(
     Column("ended_at", DateTime(timezone=True), nullable=True),
     Column("gpu_seconds", Float, nullable=False),
 )
+
+
+def agent_frameworks(column: str) -> list[tuple[str, str, str]]:
+    """The agents.frameworks column as (name, version, digest); a row from before digests has digest ""."""
+    return [(str(f[0]), str(f[1]) if len(f) > 1 else "", str(f[2]) if len(f) > 2 else "") for f in json.loads(column)]
+
 
 PROJECTION_TABLES = (experiments, runs, agents, metric_points)

@@ -23,6 +23,9 @@ class RefusalKind(enum.Enum):
     CAPACITY = "capacity"
     #: The manifest names a GPU model no agent has (INVALID_ARGUMENT: names the field).
     UNKNOWN_MODEL = "unknown_model"
+    #: The manifest names a framework version no agent offers, or its own image with no container agent
+    #: (INVALID_ARGUMENT: names the field and what agents offer).
+    NOT_OFFERED = "not_offered"
     #: The account's plan could never admit one run (RESOURCE_EXHAUSTED: names the limit).
     QUOTA = "quota"
 
@@ -53,12 +56,22 @@ def submit_refusal(reads: SchedulingReads, account_id: str, manifest: Manifest) 
         gpu_model=res.gpu_model,
         labels=dict(res.labels),
         framework=manifest.framework.name or "python",
+        framework_version=manifest.framework.version,
+        image=manifest.image,
     )
     quota = quota_refusal(run, reads.account(account_id))
     if quota is not None:
         return Refusal(RefusalKind.QUOTA, quota)
     never = can_ever_place(run, reads.registered_agents())
     if never is not None:
-        kind = RefusalKind.UNKNOWN_MODEL if never.startswith("resources.gpu_model") else RefusalKind.CAPACITY
-        return Refusal(kind, never)
+        return Refusal(_kind_of(never), never)
     return None
+
+
+def _kind_of(never: str) -> RefusalKind:
+    """What kind of refusal a `can_ever_place` reason is, by the field it names."""
+    if never.startswith("resources.gpu_model"):
+        return RefusalKind.UNKNOWN_MODEL
+    if never.startswith(("framework.version", "image")):
+        return RefusalKind.NOT_OFFERED
+    return RefusalKind.CAPACITY

@@ -3,7 +3,7 @@
 One snapshot: the queue, the agents with what is taken on each, and every
 account's plan and use. Reads stay cheap with ten thousand queued runs: the
 queue query takes small columns only, and what a run needs of an agent
-(framework, GPU model, labels) is parsed from its RunSpec once and kept while
+(framework and version, image, GPU model, labels) is parsed from its RunSpec once and kept while
 the run stays queued, since a run's spec never changes.
 
 Accounts come from the accounts read model; an account with no row there (no
@@ -21,7 +21,7 @@ from typing import Any
 from google.protobuf.message import Message
 from sqlalchemy import Engine, and_, func, select
 
-from runyard.server.domain.scheduling import AccountState, AgentState, Gpu, QueuedRun
+from runyard.server.domain.scheduling import AccountState, AgentState, FrameworkOffer, Gpu, QueuedRun
 from runyard.server.projections import schema
 from runyard.v1 import common_pb2, events_pb2
 
@@ -37,6 +37,8 @@ class Requirements:
     framework: str
     gpu_model: str
     labels: tuple[tuple[str, str], ...]
+    framework_version: str = ""
+    image: str = ""
 
     @classmethod
     def of(cls, spec: common_pb2.RunSpec) -> Requirements:
@@ -44,6 +46,8 @@ class Requirements:
             spec.framework.name or "python",
             spec.resources.gpu_model,
             tuple(sorted(spec.resources.agent_labels.items())),
+            spec.framework.version,
+            spec.image,
         )
 
 
@@ -156,6 +160,8 @@ class SchedulingReads:
                     framework=need.framework,
                     priority=int(row.priority),
                     queued_position=int(row.queued_position),
+                    framework_version=need.framework_version,
+                    image=need.image,
                 )
             )
         agents = [
@@ -232,9 +238,10 @@ def agent_state(row: dict[str, Any], holding: Sequence[Holding]) -> AgentState:
         gpus=gpus,
         busy_gpu_ids=frozenset(g for h in mine for g in h.gpu_ids),
         running=len(mine),
-        frameworks=frozenset(name for name, _ in json.loads(row["frameworks"])),
+        frameworks=frozenset(FrameworkOffer(n, v) for n, v, _ in schema.agent_frameworks(row["frameworks"])),
         labels=json.loads(row["labels"]),
         draining=bool(row.get("draining", False)),
+        runtime=str(row.get("runtime") or "process"),
     )
 
 
@@ -310,6 +317,8 @@ def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message, int]])
                 framework=need.framework,
                 priority=msg.spec.priority,
                 queued_position=position,
+                framework_version=need.framework_version,
+                image=need.image,
             )
             created.append(queue[run_id])
             experiment_of[run_id] = msg.experiment_id

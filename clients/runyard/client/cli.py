@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--slots", type=int, default=2, help="runs the local agent holds at once (default 2)")
     p.add_argument("-d", "--detach", action="store_true", help="run in the background; stop with `runyard down`")
+    _runtime_flags(p, "the local agent's runtime")
 
     p = add("down", stack.cmd_down, "stop the stack that `runyard up --detach` started")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a graceful stop (default 60)")
@@ -156,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--framework",
         action="append",
         type=_pair,
-        metavar="NAME=PYTHON",
-        help="offer a framework, run by that Python interpreter (repeatable)",
+        metavar="NAME[@VERSION]=PYTHON",
+        help="offer a framework, run by that Python interpreter; @VERSION offers it to runs that name that "
+        "framework.version (repeatable; default: this Python, with the versions installed here)",
     )
     p.add_argument("--label", action="append", type=_pair, metavar="KEY=VALUE", help="agent label (repeatable)")
     p.add_argument(
@@ -169,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-code-extract-bytes", type=int, help="bytes one code archive may expand to (default 512 MiB)")
     p.add_argument("--max-code-files", type=int, help="files and folders one code archive may hold (default 50000)")
     p.add_argument("--api-key", help="agent API key sent with every report (env RUNYARD_API_KEY)")
+    p.add_argument(
+        "--sandbox",
+        choices=("auto", "bwrap", "none"),
+        help="where runs are processes: bwrap runs each in its own mount, PID and network namespaces with only "
+        "its folders writable; auto (default) uses bwrap when it works here. Not isolated even so: the run's "
+        "processes have the agent's uid outside the sandbox, no memory, CPU or pids limits, all GPUs visible",
+    )
+    _runtime_flags(p, "how runs are run")
     _nats_auth_flags(p)
 
     # -- experiments and runs ------------------------------------------------------------
@@ -299,6 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=completion.cmd_completion)
     p.add_argument("shell", choices=completion.SHELLS, metavar="SHELL", help="bash, zsh, fish or tcsh")
     return parser
+
+
+def _runtime_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--runtime",
+        choices=("process", "container"),
+        help=f"{what}: a local process (development), or a sandboxed container per run (default process)",
+    )
+    p.add_argument(
+        "--engine-url",
+        metavar="URL",
+        help="the container engine's API (Podman or Docker), e.g. unix:///run/podman/podman.sock "
+        "(default: $DOCKER_HOST, then the Podman and Docker sockets"
+        + ("; `up` starts a podman service of its own)" if "local" in what else ")"),
+    )
 
 
 def _nats_auth_flags(p: argparse.ArgumentParser) -> None:

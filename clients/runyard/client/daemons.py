@@ -88,11 +88,14 @@ def agent_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[st
         "frameworks": settings.frameworks,
         "labels": settings.labels,
         "cancel_grace_s": getattr(args, "cancel_grace", None),
+        "runtime": getattr(args, "runtime", None),
+        "engine_url": getattr(args, "engine_url", None),
         "max_code_extract_bytes": getattr(args, "max_code_extract_bytes", None),
         "max_code_files": getattr(args, "max_code_files", None),
         "api_key": settings.api_key,
         "nats_nkey_file": settings.nats_nkey,
         "nats_ca_file": settings.nats_ca,
+        "sandbox": getattr(args, "sandbox", None),
     }
     if settings.gpus is not None:
         from runyard.agent.gpus import declared_gpus
@@ -128,5 +131,10 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     # run_agent stops gracefully on SIGTERM (`runyard down`, Kubernetes, systemd) and Ctrl-C.
-    asyncio.run(run_agent(config))
+    from runyard.agent.sandbox import SandboxError
+
+    try:
+        asyncio.run(run_agent(config))
+    except SandboxError as e:
+        raise ClientError(str(e)) from None
     return 0

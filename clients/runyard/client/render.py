@@ -112,6 +112,26 @@ def failure_reason_name(reason: int) -> str:
     return str(reason)
 
 
+#: What a failure reason means for the user, where its name alone does not say what to do.
+_FAILURE_HINTS = {
+    common_pb2.FAILURE_REASON_OUT_OF_MEMORY: "the run used more memory than its resources.memory; ask for more "
+    "or use less (it is not retried: it would run out again)",
+    common_pb2.FAILURE_REASON_AGENT_SHUTDOWN: "its agent was stopped; the run is re-queued, not charged to "
+    "max_restarts",
+}
+#: Failure reasons the runs table names next to FAILED (the user's own fix differs from a failing command's).
+_TABLE_REASONS = (common_pb2.FAILURE_REASON_OUT_OF_MEMORY,)
+
+
+def failure_text(reason: int, exit_code: int) -> str:
+    """`runyard show`'s failure line: the reason, the exit code, and what the reason means when it needs saying."""
+    text = failure_reason_name(reason)
+    if exit_code:
+        text += f" (exit code {exit_code})"
+    hint = _FAILURE_HINTS.get(reason)  # type: ignore[call-overload]
+    return f"{text}: {hint}" if hint else text
+
+
 def styled_state(name: str) -> Text:
     return Text(name, style=STATE_STYLES.get(name, ""))
 
@@ -249,9 +269,12 @@ def runs_table(runs: Sequence[resources_pb2.Run], metrics: Sequence[str] = (), w
         if with_experiment:
             row.append(r.experiment_id)
         queued = r.state == RS.RUN_STATE_QUEUED and r.queue_position
+        state = styled_state(run_state_name(r.state)) + (f" #{r.queue_position}" if queued else "")
+        if r.state == RS.RUN_STATE_FAILED and r.failure_reason in _TABLE_REASONS:
+            state += f" ({failure_reason_name(r.failure_reason).lower().replace('_', ' ')})"
         row += [
             str(r.index),
-            styled_state(run_state_name(r.state)) + (f" #{r.queue_position}" if queued else ""),
+            state,
             str(r.attempt) if r.attempt else "",
             # A queued run has no agent yet: say what it waits for instead.
             Text(r.waiting_reason, style="dim") if queued else r.agent_id,
@@ -264,8 +287,8 @@ def runs_table(runs: Sequence[resources_pb2.Run], metrics: Sequence[str] = (), w
 
 def agents_table(agents: Iterable[resources_pb2.Agent]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("AGENT", "HOST", "STATE", "SLOTS", "GPUS", "RUNS", "FRAMEWORKS", "LABELS", "REGISTERED"):
-        table.add_column(name, no_wrap=name in ("AGENT", "STATE", "REGISTERED"))
+    for name in ("AGENT", "HOST", "STATE", "RUNTIME", "SLOTS", "GPUS", "RUNS", "FRAMEWORKS", "LABELS", "REGISTERED"):
+        table.add_column(name, no_wrap=name in ("AGENT", "STATE", "RUNTIME", "REGISTERED"))
     for a in agents:
         frameworks = ", ".join(f"{f.name} {f.version}".strip() for f in a.frameworks)
         labels = " ".join(f"{k}={v}" for k, v in sorted(a.labels.items()))
@@ -279,6 +302,7 @@ def agents_table(agents: Iterable[resources_pb2.Agent]) -> Table:
             a.id,
             a.hostname,
             state,
+            a.runtime or "process",
             f"{len(a.run_ids)}/{a.slots}",
             fmt_gpus(a),
             "\n".join(a.run_ids) or "-",
@@ -318,11 +342,7 @@ def run_details(run: resources_pb2.Run) -> Table:
     state = run_state_name(run.state)
     if run.cancel_requested and run.state not in _ENDED:
         state += " (cancel requested)"
-    failure = ""
-    if run.failure_reason:
-        failure = failure_reason_name(run.failure_reason)
-        if run.exit_code:
-            failure += f" (exit code {run.exit_code})"
+    failure = failure_text(run.failure_reason, run.exit_code) if run.failure_reason else ""
     return key_values(
         [
             ("run", run.id),

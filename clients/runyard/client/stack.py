@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
 
@@ -49,6 +49,9 @@ from runyard.client.daemons import default_agent_id
 from runyard.client.errors import ClientError
 from runyard.config import Settings, UpState, pid_alive, read_state, remove_state, state_path, write_state
 from runyard.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from runyard.agent.engine import PodmanService
 
 DEFAULT_DATA_DIR = ".runyard"
 DEFAULT_PORT = 50051
@@ -248,10 +251,23 @@ def _grant_up_storage(endpoint: str, api_key: str) -> None:
 class Supervisor:
     """Runs the stack in the foreground until a signal or a child's death."""
 
-    def __init__(self, data_dir: Path, port: int, slots: int, out: Console, err: Console) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        slots: int,
+        out: Console,
+        err: Console,
+        runtime: str = "process",
+        engine_url: str | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.slots = slots
+        self.runtime = runtime
+        self.engine_url = engine_url
+        # The podman service `up --runtime container` started itself (no --engine-url): stopped on the way out.
+        self.podman: PodmanService | None = None
         self.out = out
         self.err = err
         self.children: list[Child] = []
@@ -324,6 +340,9 @@ class Supervisor:
         agent_key = _agent_key(d, endpoint, keys["admin_key"], agent_id, agent_nkey)
         _grant_up_storage(endpoint, keys["admin_key"])
 
+        runtime = ["--runtime", self.runtime]
+        if self.runtime == "container":
+            runtime += ["--engine-url", self.engine_url or self._start_podman()]
         agent = self._spawn(
             "agent",
             [
@@ -334,6 +353,7 @@ class Supervisor:
                 "--work-dir", str(d / "agent"),
                 "--storage-root", storage_root,
                 "--nats-nkey", str(agent_nkey),
+                *runtime,
             ],
             # In the environment rather than on the command line, where `ps` would show it.
             {**env, "RUNYARD_API_KEY": agent_key},
@@ -366,6 +386,16 @@ class Supervisor:
         self.out.print(f"Runyard is up: endpoint {endpoint} (data in {d})", markup=False, highlight=False)
         self.out.print("Logs are in that folder; stop with Ctrl-C or `runyard down`.", markup=False, highlight=False)
         self.out.file.flush()
+
+    def _start_podman(self) -> str:
+        """A podman system service of the stack's own (its socket in a short /tmp path: unix sockets are)."""
+        from runyard.agent.engine import EngineError, start_podman_service
+
+        try:
+            self.podman = start_podman_service()
+        except EngineError as e:
+            raise ClientError(str(e)) from None
+        return str(self.podman.url)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         child = Child(name, argv, self.data_dir / f"{name}.log")
@@ -405,6 +435,9 @@ class Supervisor:
     def _stop_all(self) -> None:
         for child in reversed(self.children):
             child.stop(STOP_GRACE_S.get(child.name, 10.0))
+        if self.podman is not None:
+            self.podman.stop()
+            self.podman = None
         remove_state(pid=os.getpid())
 
 
@@ -422,17 +455,27 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     port = args.port if args.port else free_port()
     check_port_free(port)
     data_dir.mkdir(parents=True, exist_ok=True)
+    runtime, engine_url = getattr(args, "runtime", None) or "process", getattr(args, "engine_url", None)
     if args.detach:
-        return _detach(data_dir, port, args.slots, out, err)
-    return Supervisor(data_dir, port, args.slots, out, err).run()
+        return _detach(data_dir, port, args.slots, out, err, runtime, engine_url)
+    return Supervisor(data_dir, port, args.slots, out, err, runtime, engine_url).run()
 
 
-def _detach(data_dir: Path, port: int, slots: int, out: Console, err: Console) -> int:
+def _detach(
+    data_dir: Path,
+    port: int,
+    slots: int,
+    out: Console,
+    err: Console,
+    runtime: str = "process",
+    engine_url: str | None = None,
+) -> int:
     """Run the supervisor in a new session and return once it has written the state file."""
     log_path = data_dir / "up.log"
     argv = [
         sys.executable, "-m", "runyard.client.cli", "up",
-        "--data-dir", str(data_dir), "--port", str(port), "--slots", str(slots),
+        "--data-dir", str(data_dir), "--port", str(port), "--slots", str(slots), "--runtime", runtime,
+        *(["--engine-url", engine_url] if engine_url else []),
     ]  # fmt: skip
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(

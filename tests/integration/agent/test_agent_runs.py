@@ -202,7 +202,7 @@ def test_failing_command_reports_user_code_with_exit_status(tmp_path: Path, nats
 
 
 def test_cancel_stops_the_process_group(tmp_path: Path, nats_server: NatsServer) -> None:
-    config = agent_config(tmp_path, nats_server)
+    config = agent_config(tmp_path, nats_server, sandbox="none")  # the test reads the pids the run writes
     pid_file = tmp_path / "pids"
     # A shell that starts a child which ignores SIGTERM: SIGKILL after the grace must end both.
     command = (
@@ -278,7 +278,7 @@ def test_missing_code_is_a_staging_error_naming_the_uri(tmp_path: Path, nats_ser
 
 
 def test_shutdown_fails_running_attempts_and_heartbeats_name_them(tmp_path: Path, nats_server: NatsServer) -> None:
-    config = agent_config(tmp_path, nats_server, cancel_grace_s=1.0)
+    config = agent_config(tmp_path, nats_server, cancel_grace_s=1.0, sandbox="none")
     pid_file = tmp_path / "pid"
     assignment = work(f"echo $$ > {pid_file}; exec sleep 60", framework="python")
 
@@ -306,7 +306,7 @@ def test_shutdown_fails_running_attempts_and_heartbeats_name_them(tmp_path: Path
     assert beat.agent_id == config.agent_id and list(beat.attempts) == [f"{assignment.run_id}:1"]
     assert transitions(reports) == ["staging", "started", "failed"]
     failed = reports[-1].failed
-    assert failed.reason == FailureReason.FAILURE_REASON_INTERNAL
+    assert failed.reason == FailureReason.FAILURE_REASON_AGENT_SHUTDOWN
     assert failed.message == "agent shutting down"
     wait_until(lambda: process_gone(pid), timeout=5, message=f"process {pid} still alive")
 

@@ -68,7 +68,8 @@ def check_links_not_uploaded(reports: list[AgentReport], store: ObjectStore, res
 def test_links_in_result_dir_are_skipped_not_followed_with_file_storage(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    config = agent_config(tmp_path, nats_server)
+    # Unsandboxed: the upload's own defence is under test (the script, and the links' targets, are host files).
+    config = agent_config(tmp_path, nats_server, sandbox="none")
     store = open_store(config.storage_root, None)
     assignment = linking_run(tmp_path, "s3://results/links/run-a")
     reports = asyncio.run(one_run(config, assignment))
@@ -81,7 +82,9 @@ def test_links_in_result_dir_are_skipped_not_followed_with_file_storage(
 def test_links_in_result_dir_are_skipped_not_followed_with_s3_storage(
     tmp_path: Path, nats_server: NatsServer, moto_s3: MotoS3
 ) -> None:
-    config = agent_config(tmp_path, nats_server, storage_root=None, s3_endpoint_url=moto_s3.endpoint_url)
+    config = agent_config(
+        tmp_path, nats_server, storage_root=None, s3_endpoint_url=moto_s3.endpoint_url, sandbox="none"
+    )
     store = open_store(None, moto_s3.endpoint_url)
     store.ensure_bucket("results")
     reports = asyncio.run(one_run(config, linking_run(tmp_path, "s3://results/links/run-b")))

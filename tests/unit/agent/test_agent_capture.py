@@ -75,10 +75,10 @@ class Sink:
     def __init__(self) -> None:
         self.batches: list[tuple[str, list[str]]] = []
 
-    async def logged(self, lines: Sequence[LogLine]) -> None:
+    async def logged(self, lines: Sequence[LogLine], event_id: str = "") -> None:
         self.batches.append(("logged", [f"{LogStream.Name(x.stream)[11:]}:{x.text}" for x in lines]))
 
-    async def metrics(self, points: Sequence[MetricPoint]) -> None:
+    async def metrics(self, points: Sequence[MetricPoint], event_id: str = "") -> None:
         self.batches.append(("metrics", [f"{p.source}:{p.name}@{p.step}={p.value:g}" for p in points]))
 
 
@@ -220,7 +220,7 @@ class SlowSink(Sink):
         self.sending = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def logged(self, lines: Sequence[LogLine]) -> None:
+    async def logged(self, lines: Sequence[LogLine], event_id: str = "") -> None:
         self.sending.set()
         await self.release.wait()
         await super().logged(lines)

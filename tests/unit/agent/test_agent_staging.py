@@ -143,15 +143,15 @@ def test_run_environment() -> None:
     )
     work = WorkAssignment(run_id="r1", attempt=2, experiment_id="e1", spec=spec, gpu_ids=["0", "3"])
     dirs = RunDirs.under(Path("/w"), "r1", 2)
-    env = build_run_env({"HOME": "/root", "PATH": "/usr/bin"}, work, dirs, "/opt/torch/bin/python")
-    assert env["HOME"] == "/root" and env["MY_FLAG"] == "1"
+    env = build_run_env(work, dirs, "/opt/torch/bin/python")
+    assert env["HOME"] == "/w/r1/2/home" and env["TMPDIR"] == "/w/r1/2/tmp" and env["MY_FLAG"] == "1"
     assert env["DATA_DIR"] == "/w/r1/2/data"  # Runyard's own variables win over the manifest's
     assert env["RESULT_DIR"] == "/w/r1/2/result"
-    assert env["RUNYARD_METRICS_FILE"] == "/w/r1/2/metrics.jsonl"
+    assert env["RUNYARD_METRICS_FILE"] == "/w/r1/2/output/metrics.jsonl"
     assert (env["RUNYARD_RUN_ID"], env["RUNYARD_ATTEMPT"], env["RUNYARD_EXPERIMENT_ID"]) == ("r1", "2", "e1")
     assert env["CUDA_VISIBLE_DEVICES"] == "0,3"
     assert env["PYTHONUNBUFFERED"] == "1"
-    assert env["PATH"] == "/opt/torch/bin:/custom/bin"
+    assert env["PATH"] == "/opt/torch/bin:/custom/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     assert json.loads(env["RUNYARD_HPARAMS"]) == {
         "lr": 0.003,
         "hidden": 128,
@@ -168,7 +168,7 @@ def test_run_environment() -> None:
 
 def test_no_gpus_means_an_empty_cuda_visible_devices() -> None:
     work = WorkAssignment(run_id="r", attempt=1, spec=RunSpec(command="true"))
-    env = build_run_env({}, work, RunDirs.under(Path("/w"), "r", 1), "/usr/bin/python3")
+    env = build_run_env(work, RunDirs.under(Path("/w"), "r", 1), "/usr/bin/python3")
     assert env["CUDA_VISIBLE_DEVICES"] == ""
 
 

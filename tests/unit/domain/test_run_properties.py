@@ -99,6 +99,18 @@ class RunMachine(RuleBasedStateMachine):
     def report_failed(self, attempt: str, reason: int, exit_code: int) -> None:
         self._decide("report_failed", self._attempt(attempt), reason, exit_code, "failed")
 
+    @rule()
+    def agent_shutdown(self) -> None:
+        """An agent stopped gracefully: re-queued, uncharged, unless a cancel or a stop was asked."""
+        before = copy.deepcopy(self.run)
+        self._decide("report_failed", self.run.attempt, common_pb2.FAILURE_REASON_AGENT_SHUTDOWN, 143, "stopped")
+        if before.state in HOLDING_SLOTS:
+            if before.cancel_requested or before.stop_requested:
+                assert self.run.state == common_pb2.RUN_STATE_FAILED
+            else:
+                assert self.run.state == common_pb2.RUN_STATE_QUEUED
+                assert self.run.restarts == before.restarts
+
     @rule(reason=st.sampled_from(["", "user"]))
     def request_cancel(self, reason: str) -> None:
         self._decide("request_cancel", reason)
@@ -124,6 +136,12 @@ class RunMachine(RuleBasedStateMachine):
         self.last_attempt = run.attempt
         assert run.attempt == sum(isinstance(e, events_pb2.RunAssigned) for e in self.log)
         assert 0 <= run.restarts <= run.spec.max_restarts
+        charged = [
+            e
+            for e in self.log
+            if isinstance(e, events_pb2.RunRequeued) and e.reason != common_pb2.FAILURE_REASON_AGENT_SHUTDOWN
+        ]
+        assert run.restarts == len(charged), "only charged re-queues count against max_restarts"
         if run.state in HOLDING_SLOTS:
             assert run.agent_id and run.attempt >= 1
         if run.cancel_requested or run.stop_requested:

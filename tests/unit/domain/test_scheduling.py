@@ -16,6 +16,7 @@ from runyard.server.domain.scheduling import (
     Gpu,
     QueuedRun,
     can_ever_place,
+    offers,
     queue_order,
     quota_refusal,
     schedule,
@@ -63,7 +64,7 @@ def test_busy_gpus_and_draining_agents_get_nothing() -> None:
 def test_labels_and_frameworks_must_match() -> None:
     agents = [
         agent("a", 1, labels={"pool": "x"}),
-        agent("b", 1, labels={"pool": "y"}, frameworks=frozenset({"tensorflow"})),
+        agent("b", 1, labels={"pool": "y"}, frameworks=offers("tensorflow")),
     ]
     tf = run("tf", framework="tensorflow", labels={"pool": "y"})
     x = run("x", labels={"pool": "x"}, position=1)
