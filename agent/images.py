@@ -34,6 +34,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests
 
 import runyard
 
@@ -145,8 +146,8 @@ def build_key(recipe: Recipe, wheel_hashes: Mapping[str, str], helper: Mapping[s
         "packages": sorted(recipe.packages),
         "requirements": list(recipe.requirements),
         "excluded": list(_EXCLUDED_PATHS),
-        "user": IMAGE_USER,
-        "path": IMAGE_PATH,
+        # The image's configuration (user, environment, labels) but the key's own label.
+        "config": image_changes(recipe, ""),
         "wheels": dict(sorted(wheel_hashes.items())),
         "helper": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(helper.items())},
     }
@@ -255,8 +256,13 @@ def build_image(
     if shutil.which("mmdebstrap") is None:
         raise ImageError("mmdebstrap is not installed: `apt-get install mmdebstrap` (see docs/operating.md)")
     started = time.monotonic()
-    with _build_lock(recipe, progress):
-        return _build(client, recipe, force, workdir, progress, started)
+    try:
+        with _build_lock(recipe, progress):
+            return _build(client, recipe, force, workdir, progress, started)
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as e:
+        if isinstance(e, docker.errors.APIError):
+            raise ImageError(f"the engine refused a request while building {recipe.reference}: {e}") from e
+        raise ImageError(f"lost the engine while building {recipe.reference} (did it stop?): {e}") from e
 
 
 @contextlib.contextmanager

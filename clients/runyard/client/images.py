@@ -8,7 +8,12 @@ rest of the command line never pays for it and a client-only installation still 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.table import Table
@@ -53,20 +58,47 @@ def _engine_flag(p: argparse.ArgumentParser) -> None:
         "--engine-url",
         metavar="URL",
         help="the engine's API socket, e.g. unix:///run/podman/podman.sock "
-        "(default: $DOCKER_HOST, then Podman's socket, then Docker's)",
+        "(default: $DOCKER_HOST, then Podman's socket, then Docker's; with none of them but podman installed, "
+        "a podman service started for the command)",
     )
 
 
-def _connect(url: str | None) -> docker.DockerClient:
+@contextlib.contextmanager
+def _engine(url: str | None, ctx: Context) -> Iterator[docker.DockerClient]:
+    """A client of the engine; with no engine named or running but Podman installed, a podman service of its own.
+
+    Podman needs no daemon: a service started for one command fills the same storage
+    the host's socket (and the agent) would use, so `runyard images build` works on a
+    host where nobody started `podman.socket` yet.
+    """
     try:
         from runyard.agent import engine
     except ModuleNotFoundError as e:
         _not_installed("agent", e)
+    service = None
+    named = bool(os.environ.get("DOCKER_HOST")) or any(
+        Path(p).exists() for p in (engine.PODMAN_SOCKET, engine.DOCKER_SOCKET)
+    )
+    if url is None and not named and shutil.which("podman"):
+        ctx.err.print("no engine socket found: starting a podman service for this command", markup=False)
+        try:
+            service = engine.start_podman_service()
+        except engine.EngineError as e:
+            raise ClientError(str(e)) from None
+        url = service.url
     try:
         # Importing a framework image can take minutes: the client waits as long.
-        return engine.connect(url, timeout_s=1800)
+        client = engine.connect(url, timeout_s=1800)
     except engine.EngineError as e:
+        if service is not None:
+            service.stop()
         raise ClientError(str(e)) from None
+    try:
+        yield client
+    finally:
+        client.close()
+        if service is not None:
+            service.stop()
 
 
 def cmd_images_build(args: argparse.Namespace, ctx: Context) -> int:
@@ -76,10 +108,10 @@ def cmd_images_build(args: argparse.Namespace, ctx: Context) -> int:
         images.recipe_for(args.framework, args.version)
     except images.ImageError as e:
         raise ClientError(str(e)) from None
-    client = _connect(args.engine_url)
     started = time.monotonic()
     try:
-        with ctx.err.status(f"building {images.image_reference(args.framework, args.version)}") as status:
+        reference = images.image_reference(args.framework, args.version)
+        with _engine(args.engine_url, ctx) as client, ctx.err.status(f"building {reference}") as status:
 
             def progress(message: str) -> None:
                 ctx.err.print(f"[{time.monotonic() - started:5.0f}s] {message}", markup=False, highlight=False)
@@ -88,8 +120,6 @@ def cmd_images_build(args: argparse.Namespace, ctx: Context) -> int:
             result = images.build_image(client, args.framework, args.version, force=args.force, progress=progress)
     except images.ImageError as e:
         raise ClientError(str(e)) from None
-    finally:
-        client.close()
     verb = "up to date" if result.skipped else f"built in {result.seconds:.0f}s"
     ctx.out.print(f"{result.reference} {verb} ({result.image_id})", markup=False, highlight=False)
     return 0
@@ -98,11 +128,8 @@ def cmd_images_build(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_images_list(args: argparse.Namespace, ctx: Context) -> int:
     from runyard.agent import images
 
-    client = _connect(args.engine_url)
-    try:
+    with _engine(args.engine_url, ctx) as client:
         found = images.framework_images(client)
-    finally:
-        client.close()
     if ctx.json:
         render.print_json(
             [

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
 
 from runyard.agent import images
-from runyard.agent.engine import connect
+from runyard.agent.engine import DOCKER_SOCKET, PODMAN_SOCKET, connect
 from runyard.client.cli import main
 
 pytestmark = pytest.mark.integration
@@ -116,3 +119,37 @@ def test_the_pytorch_image_runs_torch_and_sklearn(engine: docker.DockerClient, p
     script = "import torch, sklearn, numpy, runyard; print(torch.__version__.split('+')[0], sklearn.__name__)"
     out = run_in(engine, pytorch_image, ["python", "-c", script], network_disabled=True)
     assert out.split() == ["2.13.0", "sklearn"]
+
+
+def test_only_images_under_their_own_name_are_advertised(engine: docker.DockerClient, tmp_path: Path) -> None:
+    """A user's image carrying our labels (built FROM ours, say) is not offered as a framework version."""
+    tarball = tmp_path / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        info = tarfile.TarInfo("hello")
+        tar.addfile(info, io.BytesIO(b""))
+    name = f"localhost/runyard-test-{uuid.uuid4().hex[:8]}/impostor:1"
+    changes = [f"LABEL {images.LABEL_FRAMEWORK}=python", f"LABEL {images.LABEL_VERSION}=9.9"]
+    image_id = images.import_tarball(engine, tarball, name, changes)
+    try:
+        assert engine.images.get(name).labels[images.LABEL_VERSION] == "9.9"
+        assert ("python", "9.9") not in {(i.name, i.version) for i in images.framework_images(engine)}
+    finally:
+        engine.images.remove(image_id, force=True)
+
+
+def test_images_list_starts_a_podman_service_when_no_engine_runs(
+    python_image: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if any(Path(p).exists() for p in (PODMAN_SOCKET, DOCKER_SOCKET)):
+        pytest.skip("an engine socket exists on this host: the fallback is not taken")
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert main(["images", "list", "-o", "json"]) == 0
+    out = capsys.readouterr()
+    assert "starting a podman service" in out.err
+    assert python_image in [i["image"] for i in json.loads(out.out)]
+
+
+def test_an_engine_that_is_gone_is_a_clear_error(tmp_path: Path) -> None:
+    gone = docker.DockerClient(base_url=f"unix://{tmp_path}/no-engine.sock", version="1.41")
+    with pytest.raises(images.ImageError, match=r"lost the engine while building localhost/runyard/python:3\.11"):
+        images.build_image(gone, "python", "3.11")

@@ -68,6 +68,12 @@ def test_the_helper_is_the_light_root_package_only(tmp_path: Path) -> None:
     assert '"acc": 0.5' in (tmp_path / "m.jsonl").read_text()
 
 
+def test_the_image_configuration_is_an_input_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = images.build_key(PYTORCH, WHEELS, HELPER)
+    monkeypatch.setattr(images, "IMAGE_USER", "1000:1000")
+    assert images.build_key(PYTORCH, WHEELS, HELPER) != key
+
+
 def test_the_image_carries_its_labels_and_an_unprivileged_user() -> None:
     changes = images.image_changes(PYTORCH, "sha256:k")
     assert "LABEL org.runyard.framework=pytorch" in changes
