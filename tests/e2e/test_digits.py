@@ -133,51 +133,6 @@ def test_digits_grid_on_the_embedded_stack(tmp_path: Path) -> None:
         subprocess.run(cli("down"), env=env, timeout=60)
 
 
-def test_digits_grid_in_containers_on_postgres_nats_and_s3(
-    tmp_path: Path, pg_url: str, moto_s3: MotoS3, container_engine: str, pytorch_image: str
-) -> None:
-    """The same grid with `runyard agent --runtime container`: each run in its PyTorch image's sandbox."""
-    s3: Any = moto_s3.client()
-    for bucket in ("datasets", "results", "runyard"):
-        s3.create_bucket(Bucket=bucket)
-    stack = Stack(
-        root=tmp_path,
-        database_url=pg_url,
-        nats_url=MACHINE_NATS,
-        s3_endpoint_url=moto_s3.endpoint_url,
-        extra_env=AWS_TEST_ENV,
-    )
-    agent_id = f"e2e-{uuid.uuid4().hex[:8]}"
-    try:
-        stack.start_server()
-        stack.start_agent(agent_id, 2, "--runtime", "container", "--engine-url", container_engine)
-        env = {
-            **stack.env(),
-            "RUNYARD_ENDPOINT": stack.endpoint,
-            "RUNYARD_API_KEY": stack.admin_key,
-            "RUNYARD_S3_ENDPOINT_URL": moto_s3.endpoint_url,
-        }
-        run_cli("data", "upload", str(prepare_data(tmp_path)), "s3://datasets/digits/digits.npz", env=env)
-        experiment = json.loads(run_cli("submit", str(EXAMPLE / "manifest.yaml"), "-o", "json", env=env).stdout)
-        run_cli("watch", experiment["id"], env=env, timeout=600)
-        shown = json.loads(run_cli("show", experiment["id"], "-o", "json", env=env).stdout)
-        runs = check_experiment(shown, 4)
-        for run in runs:
-            keys = [
-                o["Key"] for o in s3.list_objects_v2(Bucket="results", Prefix=f"digits-mlp/{run['id']}/")["Contents"]
-            ]
-            assert f"digits-mlp/{run['id']}/model.pt" in keys
-        check_run_outputs(runs[0]["id"], env)
-        # Each of the 4 attempts ran in a container of its own.
-        agent_log = (tmp_path / f"{agent_id}.log").read_text()
-        assert agent_log.count("container started") == 4, agent_log[-3000:]
-    except BaseException:
-        print(stack.logs())
-        raise
-    finally:
-        stack.stop()
-
-
 def test_the_embedded_stack_with_containers_runs_its_own_engine(tmp_path: Path, python_image: str) -> None:
     """`runyard up --runtime container`: a podman service of its own, runs in containers, gone with `down`."""
     data_dir = tmp_path / "runyard"
