@@ -99,7 +99,7 @@ async def bench(url: str, runs: int, image: str) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--image", default="localhost/test:1")
+    parser.add_argument("--image", default="localhost/runyard/python:3.11")
     parser.add_argument("--engine-url")
     args = parser.parse_args()
     service = None if args.engine_url else start_podman_service()

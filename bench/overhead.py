@@ -17,7 +17,7 @@ GPU's turn (one assignment to its next: the 1 s plus all the bookkeeping).
 agents with `--runtime container` on a podman system service of the benchmark's own (each run in
 its container of the python framework image; the declared GPUs attach no device).
 
-    .venv/bin/python bench/overhead.py [--runs 480] [--agents 2] [--gpus 4] [--seconds 1]
+    .venv/bin/python bench/overhead.py [--runs 480] [--agents 2] [--gpus 4] [--seconds 1] [--runtime process|container|both]
         [--runtime process|container] [--keep-logs DIR]
 """
 
@@ -203,13 +203,35 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=4, help="GPUs per agent")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy the server and agent logs here")
     parser.add_argument("--seconds", type=float, default=1.0, help="each run's `sleep` (default 1)")
-    parser.add_argument("--runtime", choices=["process", "container"], default="process")
+    parser.add_argument(
+        "--runtime",
+        choices=["process", "container", "both"],
+        default="process",
+        help="both: the same experiment with each runtime, side by side in one invocation",
+    )
     args = parser.parse_args()
     # A SIGTERM (timeout, Ctrl-C in a wrapper) still stops the server, agents and NATS started here.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    runtimes = ["process", "container"] if args.runtime == "both" else [args.runtime]
+    results = [measure_runtime(runtime, args) for runtime in runtimes]
+    if len(results) == 2:
+        process, container = results
+        out: dict[str, Any] = {
+            "benchmark": "bookkeeping_overhead",
+            "runtimes": results,
+            "container_minus_process_overhead_percent": round(
+                float(container["overhead_percent"]) - float(process["overhead_percent"]), 2
+            ),
+        }
+    else:
+        out = results[0]
+    print(json.dumps(out, indent=2))
+
+
+def measure_runtime(runtime: str, args: argparse.Namespace) -> dict[str, Any]:
     flags: tuple[str, ...] = ()
     service = None
-    if args.runtime == "container":
+    if runtime == "container":
         from runyard.agent.engine import start_podman_service
 
         service = start_podman_service()
@@ -219,10 +241,10 @@ def main() -> None:
     finally:
         if service is not None:
             service.stop()
-    result = {"benchmark": "bookkeeping_overhead", "runtime": args.runtime, **measured}
+    result = {"benchmark": "bookkeeping_overhead", "runtime": runtime, **measured}
     # Other work on the machine slows every step; say how busy it was.
     result["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
