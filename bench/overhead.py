@@ -17,8 +17,8 @@ GPU's turn (one assignment to its next: the 1 s plus all the bookkeeping).
 agents with `--runtime container` on a podman system service of the benchmark's own (each run in
 its container of the python framework image; the declared GPUs attach no device).
 
-    .venv/bin/python bench/overhead.py [--runs 480] [--agents 2] [--gpus 4] [--seconds 1] [--runtime process|container|both]
-        [--runtime process|container] [--keep-logs DIR]
+    .venv/bin/python bench/overhead.py [--runs 480] [--agents 2] [--gpus 4] [--seconds 1]
+        [--runtime process|container|both] [--keep-logs DIR]
 """
 
 from __future__ import annotations
