@@ -23,7 +23,6 @@ from grpc_reflection.v1alpha import reflection
 
 from runyard import bus, natsauth
 from runyard.objectstore import open_store
-from runyard.server.account_queries import AccountQueries
 from runyard.server.api.admin import AdminService
 from runyard.server.api.auth import AuthInterceptor
 from runyard.server.api.edge import EdgeInterceptor
@@ -40,12 +39,13 @@ from runyard.server.first_run import ensure_first_account
 from runyard.server.ingest.agent_auth import AgentAuth
 from runyard.server.ingest.consumer import Ingest
 from runyard.server.projections.runner import ProjectionRunner
-from runyard.server.queries import Queries
-from runyard.server.scheduler.explainer import QueueExplainer
+from runyard.server.queries.accounts import AccountQueries
+from runyard.server.queries.queue_explainer import QueueExplainer
+from runyard.server.queries.resources import Queries
+from runyard.server.queries.scheduling import SchedulingReads
 from runyard.server.scheduler.leader import LeaderLease
-from runyard.server.scheduler.reads import SchedulingReads
 from runyard.server.scheduler.scheduler import Scheduler
-from runyard.server.search.driver import SearchDriver
+from runyard.server.search_driver import SearchDriver
 from runyard.server.store import EventStore
 from runyard.v1 import (
     admin_service_pb2,

@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from runyard.server.domain import events as ev
 from runyard.server.domain.account import Account, ApiKey, account_stream, api_key_stream, hash_secret
-from runyard.server.domain.command import format_value
+from runyard.server.domain.command_template import format_value
 from runyard.server.domain.errors import DomainError
 from runyard.server.domain.experiment import Experiment, new_run
 from runyard.server.domain.manifest import parse_manifest
@@ -172,7 +172,7 @@ class Commands:
                 to_stop.append(run_id)
         return to_stop, position
 
-    # -- what an experiment's searcher decided (runyard.server.search) --------------
+    # -- what an experiment's searcher decided (runyard.server.search_driver) -------
 
     def add_trial(
         self, experiment_id: str, index: int, values: Mapping[str, Scalar], event_id: uuid.UUID

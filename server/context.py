@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from runyard.server.commands import Commands
 from runyard.server.config import ServerConfig
 from runyard.server.projections.runner import ProjectionRunner
-from runyard.server.queries import Queries
+from runyard.server.queries.resources import Queries
 from runyard.server.store import EventStore
 from runyard.v1 import common_pb2, resources_pb2
 
 if TYPE_CHECKING:
-    from runyard.server.scheduler.explainer import QueueExplainer
-    from runyard.server.scheduler.reads import SchedulingReads
+    from runyard.server.queries.queue_explainer import QueueExplainer
+    from runyard.server.queries.scheduling import SchedulingReads
 
 T = TypeVar("T")
 

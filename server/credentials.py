@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from runyard.server.account_queries import KeyRecord
 from runyard.server.domain.account import hash_secret
+from runyard.server.queries.accounts import KeyRecord
 from runyard.v1 import common_pb2
 
 #: Most cached answers; past it the cache starts over (bounds memory under a flood of bogus keys).

@@ -30,8 +30,8 @@ from pathlib import Path
 import structlog
 import yaml
 
-from runyard.server.account_queries import AccountQueries
 from runyard.server.commands import Commands, FirstKeys
+from runyard.server.queries.accounts import AccountQueries
 
 log = structlog.get_logger(__name__)
 

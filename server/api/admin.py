@@ -11,11 +11,11 @@ import asyncio
 import grpc
 
 import runyard
-from runyard.server.account_queries import AccountQueries
 from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, page_size
 from runyard.server.context import ServerContext
 from runyard.server.domain.account import check_account_id
+from runyard.server.queries.accounts import AccountQueries
 from runyard.v1 import admin_service_pb2 as pb
 from runyard.v1 import admin_service_pb2_grpc as pb_grpc
 from runyard.v1 import common_pb2, resources_pb2

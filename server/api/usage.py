@@ -18,7 +18,7 @@ from runyard.server.api import auth
 from runyard.server.api.errors import Context, page_size
 from runyard.server.context import ServerContext
 from runyard.server.domain import billing
-from runyard.server.usage_queries import PageKey, UsageQueries
+from runyard.server.queries.usage import PageKey, UsageQueries
 from runyard.v1 import usage_service_pb2 as pb
 from runyard.v1 import usage_service_pb2_grpc as pb_grpc
 

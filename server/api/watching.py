@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator, Sequence
 from runyard.server.api.head import LogHead
 from runyard.server.api.updates import UpdateBuilder, decode_cursor, encode_cursor
 from runyard.server.domain import events as ev
-from runyard.server.queries import Queries
-from runyard.server.scheduler.explainer import QueueExplainer, QueueStatus
+from runyard.server.queries.queue_explainer import QueueExplainer, QueueStatus
+from runyard.server.queries.resources import Queries
 from runyard.server.store import EventStore
 from runyard.v1 import common_pb2, watch_pb2
 

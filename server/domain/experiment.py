@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from runyard.server.domain.command import render_command
+from runyard.server.domain.command_template import render_command
 from runyard.server.domain.errors import DomainError, IllegalTransition
 from runyard.server.domain.ids import run_id_for
 from runyard.server.domain.manifest_model import Manifest, Scalar
 from runyard.server.domain.manifest_parse import MAX_PRIORITY
-from runyard.server.domain.search import expand_trials
+from runyard.server.domain.search_space import expand_trials
 from runyard.server.domain.searchers import is_searched
 from runyard.v1 import common_pb2, events_pb2
 

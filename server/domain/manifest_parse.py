@@ -18,8 +18,8 @@ from typing import Any, cast
 import yaml
 
 from runyard.server.domain import manifest_limits as limits
-from runyard.server.domain.command import format_value, unknown_placeholders
 from runyard.server.domain.command_quoting import needs_quoting, quoting_problems
+from runyard.server.domain.command_template import format_value, unknown_placeholders
 from runyard.server.domain.errors import FieldError, ManifestError
 from runyard.server.domain.manifest_model import (
     EARLY_STOPPING,
@@ -44,7 +44,7 @@ from runyard.server.domain.manifest_model import (
     Search,
     SearchMethod,
 )
-from runyard.server.domain.search import grid_count, grid_size, value_error, value_key
+from runyard.server.domain.search_space import grid_count, grid_size, value_error, value_key
 
 _FieldParser = Callable[[str, object], str]
 _NumberParser = Callable[[str, object], float | None]

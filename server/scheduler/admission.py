@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from runyard.server.domain.errors import ManifestError
 from runyard.server.domain.manifest import Manifest, parse_manifest
 from runyard.server.domain.scheduling import QueuedRun, can_ever_place, quota_refusal
-from runyard.server.scheduler.reads import SchedulingReads
+from runyard.server.queries.scheduling import SchedulingReads
 
 
 class RefusalKind(enum.Enum):

@@ -72,9 +72,9 @@ from runyard.server.context import ServerContext
 from runyard.server.domain.errors import DomainError
 from runyard.server.domain.events import decode
 from runyard.server.domain.scheduling import Decision, Placement, schedule
+from runyard.server.queries.scheduling import OVERLAY_TYPES, Holding, SchedulingReads, Snapshot, overlay
 from runyard.server.scheduler.heartbeats import Heartbeats
 from runyard.server.scheduler.leader import LeaderLease
-from runyard.server.scheduler.reads import OVERLAY_TYPES, Holding, SchedulingReads, Snapshot, overlay
 from runyard.server.store import ConcurrencyError
 from runyard.server.store.notify import commit_is_echo, commit_is_quiet, quiet_commits
 from runyard.v1 import agent_pb2, common_pb2, events_pb2

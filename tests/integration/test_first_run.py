@@ -11,12 +11,12 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from runyard.server.account_queries import AccountQueries
 from runyard.server.commands import Commands
 from runyard.server.domain.account import hash_secret
 from runyard.server.first_run import ensure_first_account
 from runyard.server.projections import schema
 from runyard.server.projections.runner import ProjectionRunner
+from runyard.server.queries.accounts import AccountQueries
 from runyard.server.store import EventStore
 from runyard.v1 import common_pb2
 

@@ -9,7 +9,7 @@ import pytest
 
 from runyard.server.domain import events as ev
 from runyard.server.projections.runner import ProjectionRunner
-from runyard.server.queries import Queries
+from runyard.server.queries.resources import Queries
 from runyard.server.store import EventStore, NewEvent
 from runyard.v1 import common_pb2, events_pb2
 

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import insert
 
-from runyard.server import run_scores
 from runyard.server.projections import schema
+from runyard.server.queries import run_scores
 from runyard.server.store import EventStore
 from runyard.v1 import resources_pb2
 

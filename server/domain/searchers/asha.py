@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from runyard.server.domain.manifest_model import Goal, Manifest
-from runyard.server.domain.search import expand_trials
+from runyard.server.domain.search_space import expand_trials
 from runyard.server.domain.searchers.base import (
     Decision,
     PoolSnapshot,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from runyard.server.domain.manifest_model import Manifest
-from runyard.server.domain.search import expand_trials
+from runyard.server.domain.search_space import expand_trials
 from runyard.server.domain.searchers.base import (
     Decision,
     PoolSnapshot,

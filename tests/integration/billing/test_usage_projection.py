@@ -20,9 +20,9 @@ from runyard.server.domain import billing
 from runyard.server.domain import events as ev
 from runyard.server.projections import schema
 from runyard.server.projections.runner import ProjectionRunner
+from runyard.server.queries.usage import UsageQueries
 from runyard.server.store import EventStore, NewEvent
 from runyard.server.store.schema import event_log
-from runyard.server.usage_queries import UsageQueries
 from runyard.v1 import common_pb2, events_pb2
 from tests.integration.billing.ledger import attempts_from_log, bill_by_day, total
 

@@ -9,8 +9,8 @@ from runyard.server.commands import Commands
 from runyard.server.domain.scheduling import FrameworkOffer
 from runyard.server.projections import schema
 from runyard.server.projections.runner import ProjectionRunner
-from runyard.server.queries import Queries
-from runyard.server.scheduler.reads import SchedulingReads
+from runyard.server.queries.resources import Queries
+from runyard.server.queries.scheduling import SchedulingReads
 from runyard.server.store import EventStore
 from runyard.v1 import agent_pb2, common_pb2, events_pb2
 

@@ -7,8 +7,8 @@ import pytest
 from runyard.server.commands import Commands
 from runyard.server.domain.errors import DomainError
 from runyard.server.projections.runner import ProjectionRunner
-from runyard.server.scheduler.explainer import QueueExplainer
-from runyard.server.scheduler.reads import SchedulingReads
+from runyard.server.queries.queue_explainer import QueueExplainer
+from runyard.server.queries.scheduling import SchedulingReads
 from runyard.server.store import EventStore
 from runyard.v1 import agent_pb2, common_pb2, events_pb2
 from tests.integration.scheduling.helpers import manifest

@@ -23,9 +23,9 @@ import pytest
 from google.protobuf.message import Message
 
 from runyard.server.domain.events import decode
-from runyard.server.domain.experiment_search import INPUT_TYPES, NewBest, Numbered, Searches
+from runyard.server.domain.search_state import INPUT_TYPES, NewBest, Numbered, Searches
 from runyard.server.domain.searchers import Complete, CreateTrial, Promote, StopRun
-from runyard.server.search.driver import DECISION_TYPES, decision_event_id
+from runyard.server.search_driver import DECISION_TYPES, decision_event_id
 from runyard.server.store import EventStore
 from runyard.v1 import common_pb2, events_pb2, resources_pb2, run_service_pb2
 from tests.integration.scheduling.helpers import (

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from runyard.server import downsample
+from runyard.server.queries import downsample
 from runyard.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,

@@ -14,8 +14,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runyard.server.domain.command import render_command
 from runyard.server.domain.command_quoting import quoting_problems
+from runyard.server.domain.command_template import render_command
 
 FRAGMENTS = [
     "echo ",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runyard.server.domain.command import render_command
+from runyard.server.domain.command_template import render_command
 from runyard.server.domain.errors import ManifestError
 from runyard.server.domain.manifest import parse_manifest
 

@@ -8,10 +8,10 @@ from typing import NoReturn
 import pytest
 
 from runyard.server.domain import events as ev
-from runyard.server.domain.experiment_search import Searches
+from runyard.server.domain.search_state import Searches
 from runyard.server.domain.searchers import Complete, CreateTrial
 from runyard.v1 import common_pb2, events_pb2
-from tests.unit.domain.test_experiment_search import T0, Entry, asha_yaml, created_entry
+from tests.unit.domain.test_search_state import T0, Entry, asha_yaml, created_entry
 
 
 def metrics(experiment_id: str, run_id: str) -> Entry:

@@ -10,7 +10,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from runyard.server.scheduler.reads import Holding
+from runyard.server.queries.scheduling import Holding
 from runyard.server.scheduler.scheduler import Scheduler
 from runyard.v1 import agent_pb2, common_pb2
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runyard.server.domain.scheduling import QueuedRun
-from runyard.server.scheduler.reads import Holding, Snapshot, account_states, agent_state, overlay
+from runyard.server.queries.scheduling import Holding, Snapshot, account_states, agent_state, overlay
 from runyard.v1 import common_pb2, events_pb2
 
 RS = common_pb2.RunState

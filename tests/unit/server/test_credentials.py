@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from runyard.server.account_queries import KeyRecord
 from runyard.server.credentials import Credentials, Principal, may_report_as
 from runyard.server.domain.account import hash_secret
+from runyard.server.queries.accounts import KeyRecord
 from runyard.v1 import common_pb2
 
 

@@ -8,7 +8,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runyard.server.downsample import keep
+from runyard.server.queries.downsample import keep
 
 histories = st.lists(
     st.tuples(st.integers(0, 10_000), st.floats(allow_nan=False, allow_infinity=False, width=64)),

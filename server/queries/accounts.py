@@ -1,6 +1,6 @@
 """Reads of the accounts and api_keys read models, and the key lookup that auth relies on.
 
-Kept beside `queries.py` rather than in it so that the auth path (a lookup
+Kept beside `resources.py` rather than in it so that the auth path (a lookup
 by secret hash on every call) has one small, obvious home.
 """
 

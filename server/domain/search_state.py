@@ -1,6 +1,6 @@
 """Experiments as their searchers see them: the log's events in, numbered decisions out.
 
-The experiment driver (`runyard.server.search`) reads the log in position
+The search driver (`runyard.server.search_driver`) reads the log in position
 order and hands every event here; this module decides, with no I/O and no
 clock, what the experiment's searcher is told and what it decided. Because
 the inputs are log events in log order, a driver that starts over from

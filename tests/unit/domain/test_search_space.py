@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runyard.server.domain.manifest import expand_trials, parse_manifest, render_command
-from runyard.server.domain.search import value_error
+from runyard.server.domain.search_space import value_error
 
 HEADER = "name: sweep\nresults: s3://r/sweep\n"
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from runyard.server.domain.scheduling import schedule
-from runyard.server.scheduler.reads import SchedulingReads
+from runyard.server.queries.scheduling import SchedulingReads
 from runyard.v1 import common_pb2, resources_pb2
 
 # Recompute at most this often while the log moves...

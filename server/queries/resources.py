@@ -14,9 +14,9 @@ from typing import Any
 from google.protobuf import json_format
 from sqlalchemy import Engine, and_, func, select
 
-from runyard.server import downsample, run_scores
 from runyard.server.projections import schema
 from runyard.server.projections.read_models import is_ended, utc
+from runyard.server.queries import downsample, run_scores
 from runyard.v1 import common_pb2, resources_pb2
 
 RS = common_pb2.RunState
@@ -278,7 +278,7 @@ class Queries:
     def metric_history(
         self, run_id: str, names: Sequence[str] = (), max_points: int = 0
     ) -> tuple[list[common_pb2.MetricPoint], dict[str, int]]:
-        """The run's points in logged order, at most `max_points` per metric (0: all; see server/downsample.py),
+        """The run's points in logged order, at most `max_points` per metric (0: all; see server/queries/downsample.py),
         and how many points each metric has in all."""
         t = schema.metric_points
         query = select(t.c.name, t.c.step, t.c.value, t.c.time_us, t.c.source).where(t.c.run_id == run_id)

@@ -25,13 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runyard.server.domain import events as ev
-from runyard.server.domain.command import format_value
+from runyard.server.domain.command_template import format_value
 from runyard.server.domain.experiment import Experiment, new_run
-from runyard.server.domain.experiment_search import BUDGET_STOP, INPUT_TYPES, NewBest, Numbered, Searches
 from runyard.server.domain.ids import run_id_for
 from runyard.server.domain.manifest import expand_trials, parse_manifest
 from runyard.server.domain.manifest_model import Manifest
 from runyard.server.domain.run import Run
+from runyard.server.domain.search_state import BUDGET_STOP, INPUT_TYPES, NewBest, Numbered, Searches
 from runyard.server.domain.searchers import (
     AshaConfig,
     AshaSearcher,

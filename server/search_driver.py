@@ -2,7 +2,7 @@
 
 One driver acts at a time: the scheduler's leader's (`active`), like ingest.
 When a replica starts leading it starts over from position 0: it reads the
-inputs (`experiment_search.INPUT_TYPES`) in log order into fresh searchers,
+inputs (`search_state.INPUT_TYPES`) in log order into fresh searchers,
 which re-derive every decision already made, in the same order, with the same
 numbers. A decision's event id is `event_id_for(experiment, "decision", n)`;
 ids already in the log (read once at the start) are skipped, and an append of
@@ -34,7 +34,7 @@ from runyard.server.commands import NotFound
 from runyard.server.context import ServerContext
 from runyard.server.domain import events as ev
 from runyard.server.domain.errors import DomainError
-from runyard.server.domain.experiment_search import INPUT_TYPES, NewBest, Numbered, Searches
+from runyard.server.domain.search_state import INPUT_TYPES, NewBest, Numbered, Searches
 from runyard.server.domain.searchers import Complete, CreateTrial, Promote, StopRun
 from runyard.server.store import EventStore
 from runyard.v1 import events_pb2

@@ -18,7 +18,7 @@ import yaml
 from sqlalchemy import Connection, and_, func, select
 
 from runyard.server.projections import schema
-from runyard.server.usage_queries import run_gpu_seconds
+from runyard.server.queries.usage import run_gpu_seconds
 from runyard.v1 import resources_pb2
 
 

@@ -1,1 +1,0 @@
-"""The experiment driver: the I/O edge between the log and the experiments' searchers."""
