@@ -263,15 +263,6 @@ def create_options(plan: ContainerPlan, engine: str) -> dict[str, Any]:
     return options
 
 
-def describe_bytes(n: int) -> str:
-    """256 MiB, 2 GiB, 1.5 GiB: the way a manifest would say it."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            value = n / size
-            return f"{value:.0f} {unit}" if value.is_integer() else f"{value:.1f} {unit}"
-    return f"{n} B"
-
-
 _EXIT_LINE = re.compile(rb"^(\d{1,3}) (\d+)\n")
 
 

@@ -35,12 +35,12 @@ from runyard.agent.runtime_container import (
     ContainerError,
     ContainerProcess,
     ContainerRuntime,
-    describe_bytes,
 )
 from runyard.agent.runtime_local import LocalProcess, describe_exit, spawn
 from runyard.agent.sandbox import INSIDE, Bwrap
 from runyard.agent.staging import RunDirs, StagingError, remove_tree, stage_code, stage_data, upload_results
 from runyard.objectstore import ObjectStore, ObjectStoreError
+from runyard.server.domain.units import format_bytes
 from runyard.v1.agent_pb2 import WorkAssignment
 from runyard.v1.common_pb2 import FailureReason, RunNetwork
 
@@ -86,15 +86,6 @@ class WorkerContext:
     containers: ContainerRuntime | None = None
     # The sandbox every command runs in (runyard.agent.sandbox); None: none.
     sandbox: Bwrap | None = None
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 class AttemptWorker:
@@ -269,7 +260,7 @@ class AttemptWorker:
         took = time.monotonic() - started
         capture.agent_line(
             f"staged {code_files} code files from {spec.code_uri or '(none)'} and {data_files} data files "
-            f"({human_bytes(data_bytes)}) from {spec.data_uri or '(none)'} in {took:.2f}s"
+            f"({format_bytes(data_bytes)}) from {spec.data_uri or '(none)'} in {took:.2f}s"
         )
         if self._cancel.is_set():
             return await self._end(capture, Outcome.CANCELED, message="canceled before the command started")
@@ -347,7 +338,7 @@ class AttemptWorker:
             await capture.drain()
             memory = self.work.spec.resources.memory_bytes
             if ended is not None and ended.oom_killed and not stopped_by:
-                limit = f"more than resources.memory {describe_bytes(memory)}" if memory else "more than the host had"
+                limit = f"more than resources.memory {format_bytes(memory)}" if memory else "more than the host had"
                 msg = f"the command used {limit} and the kernel killed it"
                 return await self._end(capture, Outcome.FAILED, OUT_OF_MEMORY, msg, ended.exit_code)
             return await self._finish(capture, returncode, stopped_by)
@@ -391,7 +382,7 @@ class AttemptWorker:
             capture.agent_line(f"not uploaded: {link} is a symbolic link (links in $RESULT_DIR are never followed)")
         if spec.results_uri:
             capture.agent_line(
-                f"uploaded {files} result files ({human_bytes(size)}) to {spec.results_uri} "
+                f"uploaded {files} result files ({format_bytes(size)}) to {spec.results_uri} "
                 f"in {time.monotonic() - started:.2f}s"
             )
         else:

@@ -68,8 +68,7 @@ from tests.support.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW_VENV = REPO / ".bench" / "mlflow-venv"
-RS = common_pb2.RunState
-ENDED = {RS.RUN_STATE_COMPLETED, RS.RUN_STATE_FAILED, RS.RUN_STATE_CANCELED}
+ENDED = {common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_CANCELED}
 
 LOAD_PY = """\
 import sys, time
@@ -220,10 +219,10 @@ def wait_ended(client: Client, run_ids: list[str], timeout: float) -> None:
     for run_id in run_ids:
         while (run := client.get_run(run_id)).state not in ENDED:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} still {RS.Name(run.state)} after {timeout}s")
+                raise TimeoutError(f"run {run_id} still {common_pb2.RunState.Name(run.state)} after {timeout}s")
             time.sleep(0.1)
-        if run.state != RS.RUN_STATE_COMPLETED:
-            raise RuntimeError(f"run {run_id} ended {RS.Name(run.state)}: {run.message}")
+        if run.state != common_pb2.RUN_STATE_COMPLETED:
+            raise RuntimeError(f"run {run_id} ended {common_pb2.RunState.Name(run.state)}: {run.message}")
 
 
 def latency_run(client: Client, root: Path, name: str, points: int) -> tuple[list[str], LatencyProbe]:

@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from runyard.server.domain.units import parse_size
+
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ConfigError",
@@ -347,40 +349,6 @@ def _coerce(value: Any, kind: str, where: str) -> Any:
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "ki": 1024,
-    "kib": 1024,
-    "mi": 1024**2,
-    "mib": 1024**2,
-    "gi": 1024**3,
-    "gib": 1024**3,
-}
-
-
-def parse_size(text: str) -> int:
-    """'104857600', '100MiB', '100M' -> bytes; a plain integer is taken as is."""
-    s = text.strip().lower().replace("_", "")
-    digits = s.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
-    unit = s[len(digits) :].strip()
-    if not digits or unit not in _SIZE_UNITS:
-        raise ValueError(f"{text!r} is not a size (e.g. 104857600, 100MiB, 1G)")
-    try:
-        number = float(digits) if "." in digits else int(digits)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size (e.g. 104857600, 100MiB, 1G)") from None
-    if number < 0:
-        raise ValueError(f"{text!r} is negative")
-    return int(number * _SIZE_UNITS[unit])
 
 
 # -- the `runyard up` state file ------------------------------------------------------------

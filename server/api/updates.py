@@ -9,9 +9,6 @@ from runyard.server.domain.events import decode
 from runyard.server.store import RecordedEvent
 from runyard.v1 import common_pb2, events_pb2, watch_pb2
 
-RS = common_pb2.RunState
-SK = watch_pb2.SearchUpdate.Kind
-
 
 def encode_cursor(position: int) -> str:
     return f"p{position}"
@@ -46,7 +43,11 @@ class UpdateBuilder:
             # A rung decision (or the budget): the searcher's view of it, then the run's.
             update.search.CopyFrom(
                 watch_pb2.SearchUpdate(
-                    kind=SK.KIND_STOPPED, rung=msg.rung, level=msg.level, value=msg.value, reason=msg.reason
+                    kind=watch_pb2.SearchUpdate.KIND_STOPPED,
+                    rung=msg.rung,
+                    level=msg.level,
+                    value=msg.value,
+                    reason=msg.reason,
                 )
             )
             return update
@@ -70,16 +71,17 @@ class UpdateBuilder:
         s = watch_pb2.SearchUpdate()
         run_id = ""
         if isinstance(msg, events_pb2.ExperimentRunAdded):
-            s.kind, run_id = SK.KIND_TRIAL_STARTED, msg.run_id
+            s.kind, run_id = watch_pb2.SearchUpdate.KIND_TRIAL_STARTED, msg.run_id
             s.hyperparameters.update(msg.hyperparameters)
         elif isinstance(msg, events_pb2.RunPromoted):
-            s.kind, run_id, s.rung, s.level, s.value = SK.KIND_PROMOTED, msg.run_id, msg.rung, msg.level, msg.value
+            s.kind, run_id = watch_pb2.SearchUpdate.KIND_PROMOTED, msg.run_id
+            s.rung, s.level, s.value = msg.rung, msg.level, msg.value
         elif isinstance(msg, events_pb2.ExperimentBestFound):
-            s.kind, run_id, s.step, s.value = SK.KIND_NEW_BEST, msg.run_id, msg.step, msg.value
+            s.kind, run_id, s.step, s.value = watch_pb2.SearchUpdate.KIND_NEW_BEST, msg.run_id, msg.step, msg.value
         elif isinstance(msg, events_pb2.ExperimentBudgetSpent):
-            s.kind, s.reason = SK.KIND_BUDGET_SPENT, msg.reason
+            s.kind, s.reason = watch_pb2.SearchUpdate.KIND_BUDGET_SPENT, msg.reason
         elif isinstance(msg, events_pb2.ExperimentCompleted):
-            s.kind, s.reason = SK.KIND_COMPLETED, msg.reason
+            s.kind, s.reason = watch_pb2.SearchUpdate.KIND_COMPLETED, msg.reason
         else:
             return None
         update = watch_pb2.RunUpdate(cursor=encode_cursor(event.position), run_id=run_id, search=s)
@@ -89,30 +91,30 @@ class UpdateBuilder:
     def _status(self, run_id: str, msg: Message) -> watch_pb2.RunStatusChange | None:
         s = watch_pb2.RunStatusChange()
         if isinstance(msg, events_pb2.RunCreated):
-            s.state = RS.RUN_STATE_QUEUED
+            s.state = common_pb2.RUN_STATE_QUEUED
         elif isinstance(msg, events_pb2.RunAssigned):
-            s.state, s.attempt, s.agent_id = RS.RUN_STATE_ASSIGNED, msg.attempt, msg.agent_id
+            s.state, s.attempt, s.agent_id = common_pb2.RUN_STATE_ASSIGNED, msg.attempt, msg.agent_id
         elif isinstance(msg, events_pb2.RunStaging):
-            s.state, s.attempt = RS.RUN_STATE_STAGING, msg.attempt
+            s.state, s.attempt = common_pb2.RUN_STATE_STAGING, msg.attempt
         elif isinstance(msg, events_pb2.RunStarted):
-            s.state, s.attempt = RS.RUN_STATE_RUNNING, msg.attempt
+            s.state, s.attempt = common_pb2.RUN_STATE_RUNNING, msg.attempt
         elif isinstance(msg, events_pb2.RunUploading):
-            s.state, s.attempt, s.exit_code = RS.RUN_STATE_UPLOADING, msg.attempt, msg.exit_code
+            s.state, s.attempt, s.exit_code = common_pb2.RUN_STATE_UPLOADING, msg.attempt, msg.exit_code
         elif isinstance(msg, events_pb2.RunCompleted):
-            s.state, s.attempt, s.final = RS.RUN_STATE_COMPLETED, msg.attempt, True
+            s.state, s.attempt, s.final = common_pb2.RUN_STATE_COMPLETED, msg.attempt, True
         elif isinstance(msg, events_pb2.RunFailed):
-            s.state, s.attempt, s.final = RS.RUN_STATE_FAILED, msg.attempt, True
+            s.state, s.attempt, s.final = common_pb2.RUN_STATE_FAILED, msg.attempt, True
             s.failure_reason, s.exit_code, s.message = msg.reason, msg.exit_code, msg.message
         elif isinstance(msg, events_pb2.RunRequeued):
-            s.state, s.attempt = RS.RUN_STATE_QUEUED, msg.attempt
+            s.state, s.attempt = common_pb2.RUN_STATE_QUEUED, msg.attempt
             s.failure_reason, s.message = msg.reason, msg.message
         elif isinstance(msg, events_pb2.RunCancelRequested):
-            s.state = self.states.get(run_id, RS.RUN_STATE_UNSPECIFIED)  # type: ignore[assignment]
+            s.state = self.states.get(run_id, common_pb2.RUN_STATE_UNSPECIFIED)  # type: ignore[assignment]
             s.cancel_requested, s.message = True, msg.reason
         elif isinstance(msg, events_pb2.RunCanceled):
-            s.state, s.attempt, s.final, s.message = RS.RUN_STATE_CANCELED, msg.attempt, True, msg.reason
+            s.state, s.attempt, s.final, s.message = common_pb2.RUN_STATE_CANCELED, msg.attempt, True, msg.reason
         elif isinstance(msg, events_pb2.RunStoppedEarly):
-            s.state, s.attempt, s.final, s.message = RS.RUN_STATE_STOPPED_EARLY, msg.attempt, True, msg.reason
+            s.state, s.attempt, s.final, s.message = common_pb2.RUN_STATE_STOPPED_EARLY, msg.attempt, True, msg.reason
         else:
             return None
         self.states[run_id] = s.state

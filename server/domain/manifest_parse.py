@@ -9,10 +9,10 @@ ManifestError is raised at the end if anything was recorded.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
-from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
 import yaml
@@ -45,6 +45,7 @@ from runyard.server.domain.manifest_model import (
     SearchMethod,
 )
 from runyard.server.domain.search_space import grid_count, grid_size, value_error, value_key
+from runyard.server.domain.units import parse_size
 
 _FieldParser = Callable[[str, object], str]
 _NumberParser = Callable[[str, object], float | None]
@@ -114,13 +115,6 @@ _IMAGE = re.compile(
 )
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTPE]i|[KkMGTPE])?B?")
-_SIZE_UNITS: dict[str | None, int] = {
-    None: 1,
-    **{u: 1000 ** (i + 1) for i, u in enumerate("KMGTPE")},
-    "k": 1000,
-    **{u + "i": 1024 ** (i + 1) for i, u in enumerate("KMGTPE")},
-}
 
 
 #: libyaml's safe loader where PyYAML was built with it (its wheels are): a rebuild parses every stored manifest.
@@ -488,11 +482,9 @@ class _Parser:
         size: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
             size = value
-        elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
-            try:
-                size = int(Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)])
-            except InvalidOperation:
-                size = None
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                size = parse_size(value)
         if size is None or size < 1:
             self.error(path, "must be a size such as 4Gi, 512Mi or 1G, or a number of bytes")
             return 0

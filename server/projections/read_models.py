@@ -26,6 +26,7 @@ from sqlalchemy.sql.dml import Insert
 
 from runyard.server.domain.events import decode
 from runyard.server.domain.manifest import load_yaml, parse_manifest
+from runyard.server.domain.run_states import TERMINAL
 from runyard.server.domain.searchers import is_searched
 from runyard.server.store import RecordedEvent
 from runyard.storable import fit, storable
@@ -33,21 +34,19 @@ from runyard.v1 import common_pb2, events_pb2
 
 from . import schema
 
-RS = common_pb2.RunState
-_ENDED = (RS.RUN_STATE_COMPLETED, RS.RUN_STATE_FAILED, RS.RUN_STATE_CANCELED, RS.RUN_STATE_STOPPED_EARLY)
 # Plain ints: looking a value up on the enum wrapper costs a Python call, and a rebuild sets states 10,000s of times.
 _QUEUED, _ASSIGNED, _STAGING, _RUNNING = (
-    RS.RUN_STATE_QUEUED,
-    RS.RUN_STATE_ASSIGNED,
-    RS.RUN_STATE_STAGING,
-    RS.RUN_STATE_RUNNING,
+    common_pb2.RUN_STATE_QUEUED,
+    common_pb2.RUN_STATE_ASSIGNED,
+    common_pb2.RUN_STATE_STAGING,
+    common_pb2.RUN_STATE_RUNNING,
 )
 _UPLOADING, _COMPLETED, _FAILED, _CANCELED, _STOPPED_EARLY = (
-    RS.RUN_STATE_UPLOADING,
-    RS.RUN_STATE_COMPLETED,
-    RS.RUN_STATE_FAILED,
-    RS.RUN_STATE_CANCELED,
-    RS.RUN_STATE_STOPPED_EARLY,
+    common_pb2.RUN_STATE_UPLOADING,
+    common_pb2.RUN_STATE_COMPLETED,
+    common_pb2.RUN_STATE_FAILED,
+    common_pb2.RUN_STATE_CANCELED,
+    common_pb2.RUN_STATE_STOPPED_EARLY,
 )
 
 Row = dict[str, Any]
@@ -713,4 +712,4 @@ def _stop_message(msg: events_pb2.RunStopRequested) -> str:
 
 
 def is_ended(state: int) -> bool:
-    return state in _ENDED
+    return state in TERMINAL

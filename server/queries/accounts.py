@@ -11,12 +11,10 @@ from datetime import datetime
 
 from sqlalchemy import Engine, and_, func, select
 
+from runyard.server.domain.run_states import HOLDING_SLOTS
 from runyard.server.projections import schema
 from runyard.server.projections.read_models import utc
 from runyard.v1 import common_pb2, resources_pb2
-
-RS = common_pb2.RunState
-_HOLDING = (RS.RUN_STATE_ASSIGNED, RS.RUN_STATE_STAGING, RS.RUN_STATE_RUNNING, RS.RUN_STATE_UPLOADING)
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ class AccountQueries:
             if ids:
                 for acct, gpus in conn.execute(
                     select(r.c.account_id, func.sum(r.c.gpus))
-                    .where(and_(r.c.account_id.in_(ids), r.c.state.in_(_HOLDING)))
+                    .where(and_(r.c.account_id.in_(ids), r.c.state.in_(sorted(HOLDING_SLOTS))))
                     .group_by(r.c.account_id)
                 ):
                     in_use[acct] = int(gpus or 0)
@@ -90,7 +88,7 @@ class AccountQueries:
                     .where(
                         and_(
                             r.c.account_id.in_(ids),
-                            r.c.state == RS.RUN_STATE_QUEUED,
+                            r.c.state == common_pb2.RUN_STATE_QUEUED,
                             r.c.cancel_requested.is_(False),
                         )
                     )

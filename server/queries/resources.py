@@ -14,13 +14,11 @@ from typing import Any
 from google.protobuf import json_format
 from sqlalchemy import Engine, and_, func, select
 
+from runyard.server.domain.run_states import HOLDING_SLOTS
 from runyard.server.projections import schema
 from runyard.server.projections.read_models import is_ended, utc
 from runyard.server.queries import downsample, run_scores
 from runyard.v1 import common_pb2, resources_pb2
-
-RS = common_pb2.RunState
-ES = resources_pb2.ExperimentState
 
 
 def _ts(target: object, value: datetime | None) -> None:
@@ -63,12 +61,12 @@ def experiment_state(cancel_requested: bool, counts: dict[int, int], run_count: 
     """
     ended = sum(n for state, n in counts.items() if is_ended(state))
     if searching or ended < run_count:
-        return ES.EXPERIMENT_STATE_ACTIVE
-    if cancel_requested or counts.get(RS.RUN_STATE_CANCELED, 0):
-        return ES.EXPERIMENT_STATE_CANCELED
-    if counts.get(RS.RUN_STATE_FAILED, 0):
-        return ES.EXPERIMENT_STATE_FAILED
-    return ES.EXPERIMENT_STATE_COMPLETED
+        return resources_pb2.EXPERIMENT_STATE_ACTIVE
+    if cancel_requested or counts.get(common_pb2.RUN_STATE_CANCELED, 0):
+        return resources_pb2.EXPERIMENT_STATE_CANCELED
+    if counts.get(common_pb2.RUN_STATE_FAILED, 0):
+        return resources_pb2.EXPERIMENT_STATE_FAILED
+    return resources_pb2.EXPERIMENT_STATE_COMPLETED
 
 
 class Queries:
@@ -170,12 +168,12 @@ class Queries:
                 manifest_yaml=row["manifest_yaml"],
                 code_uri=row["code_uri"],
                 run_count=row["run_count"],
-                runs_by_state={RS.Name(s): n for s, n in sorted(c.items())},  # type: ignore[arg-type]
+                runs_by_state={common_pb2.RunState.Name(s): n for s, n in sorted(c.items())},  # type: ignore[arg-type]
                 searching=bool(row.get("searching", False)),
                 end_reason=row.get("end_reason", "") or "",
             )
             _ts(exp.created_at, row["created_at"])
-            if state != ES.EXPERIMENT_STATE_ACTIVE:
+            if state != resources_pb2.EXPERIMENT_STATE_ACTIVE:
                 _ts(exp.ended_at, ended_at.get(row["id"]))
             out.append((int(row["position"]), exp))
         return out
@@ -186,18 +184,18 @@ class Queries:
         with self._engine.connect() as conn:
             cap = conn.execute(select(a.c.max_queued_runs).where(a.c.id == account_id)).scalar()
             queued = conn.execute(
-                select(func.count()).where(r.c.account_id == account_id, r.c.state == RS.RUN_STATE_QUEUED)
+                select(func.count()).where(r.c.account_id == account_id, r.c.state == common_pb2.RUN_STATE_QUEUED)
             ).scalar_one()
         return int(cap or 0), int(queued)
 
     def all_runs_ended(self, experiment_id: str) -> bool:
         exp = self.get_experiment(experiment_id, with_runs=False)
-        return exp is not None and exp.state != ES.EXPERIMENT_STATE_ACTIVE
+        return exp is not None and exp.state != resources_pb2.EXPERIMENT_STATE_ACTIVE
 
     def list_agents(self, agent_id: str = "") -> list[resources_pb2.Agent]:
         """Every agent (or just `agent_id`) with its GPUs, drain state and the runs it holds."""
         a, r = schema.agents, schema.runs
-        holding = (RS.RUN_STATE_ASSIGNED, RS.RUN_STATE_STAGING, RS.RUN_STATE_RUNNING, RS.RUN_STATE_UPLOADING)
+        holding = sorted(HOLDING_SLOTS)
         agents_query = select(a).order_by(a.c.id)
         runs_query = select(r.c.id, r.c.agent_id).where(r.c.state.in_(holding)).order_by(r.c.position)
         if agent_id:
@@ -236,7 +234,7 @@ class Queries:
         t = schema.runs
         query = (
             select(t.c.id, t.c.spec)
-            .where(and_(t.c.state == RS.RUN_STATE_QUEUED, t.c.cancel_requested.is_(False)))
+            .where(and_(t.c.state == common_pb2.RUN_STATE_QUEUED, t.c.cancel_requested.is_(False)))
             .order_by(t.c.queued_position)
             .limit(limit)
         )
@@ -246,7 +244,7 @@ class Queries:
     def holding_runs(self) -> list[tuple[str, str, list[str], int, int, bool]]:
         """(run id, agent id, gpu ids, attempt, state, cancel requested) of runs that hold slots."""
         t = schema.runs
-        holding = (RS.RUN_STATE_ASSIGNED, RS.RUN_STATE_STAGING, RS.RUN_STATE_RUNNING, RS.RUN_STATE_UPLOADING)
+        holding = sorted(HOLDING_SLOTS)
         query = select(t.c.id, t.c.agent_id, t.c.gpu_ids, t.c.attempt, t.c.state, t.c.cancel_requested).where(
             t.c.state.in_(holding)
         )

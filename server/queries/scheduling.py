@@ -21,12 +21,11 @@ from typing import Any
 from google.protobuf.message import Message
 from sqlalchemy import Engine, and_, func, select
 
+from runyard.server.domain.run_states import HOLDING_SLOTS
 from runyard.server.domain.scheduling import AccountState, AgentState, FrameworkOffer, Gpu, QueuedRun
 from runyard.server.projections import schema
 from runyard.v1 import common_pb2, events_pb2
 
-RS = common_pb2.RunState
-HOLDING = (RS.RUN_STATE_ASSIGNED, RS.RUN_STATE_STAGING, RS.RUN_STATE_RUNNING, RS.RUN_STATE_UPLOADING)
 _CHUNK = 500
 
 
@@ -95,7 +94,7 @@ class SchedulingReads:
         with self._engine.connect() as conn:
             r = schema.runs
             columns = [r.c.id, r.c.account_id, r.c.experiment_id, r.c.gpus, r.c.priority, r.c.queued_position]
-            waiting = and_(r.c.state == RS.RUN_STATE_QUEUED, r.c.cancel_requested.is_(False))
+            waiting = and_(r.c.state == common_pb2.RUN_STATE_QUEUED, r.c.cancel_requested.is_(False))
             if per_account is None:
                 query = select(*columns).where(waiting).order_by(r.c.queued_position)
             else:
@@ -134,7 +133,7 @@ class SchedulingReads:
                         r.c.attempt,
                         r.c.state,
                         r.c.cancel_requested,
-                    ).where(r.c.state.in_(HOLDING))
+                    ).where(r.c.state.in_(sorted(HOLDING_SLOTS)))
                 )
             ]
             agent_rows = [dict(x) for x in conn.execute(select(schema.agents)).mappings()]
@@ -336,7 +335,7 @@ def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message, int]])
                 tuple(msg.gpu_ids),
                 waiting.gpus,
                 msg.attempt,
-                RS.RUN_STATE_ASSIGNED,
+                common_pb2.RUN_STATE_ASSIGNED,
                 False,
             )
         elif held is None:

@@ -80,7 +80,6 @@ from runyard.server.store.notify import commit_is_echo, commit_is_quiet, quiet_c
 from runyard.v1 import agent_pb2, common_pb2, events_pb2
 
 log = structlog.get_logger(__name__)
-RS = common_pb2.RunState
 
 # A run ASSIGNED this long without its agent's heartbeats listing the attempt is dispatched again.
 REDISPATCH_AFTER_S = 6.0
@@ -461,7 +460,7 @@ class Scheduler:
         self._dispatched.clear()
         self._cached = None
         snapshot = await asyncio.to_thread(self.reads.snapshot, None)
-        assigned = [h for h in snapshot.holding if h.state == RS.RUN_STATE_ASSIGNED and not h.cancel_requested]
+        assigned = [h for h in snapshot.holding if h.state == common_pb2.RUN_STATE_ASSIGNED and not h.cancel_requested]
         await self._resend(assigned, fresh=True)
         for h in snapshot.holding:
             if h.cancel_requested:
@@ -481,7 +480,7 @@ class Scheduler:
     async def _check_dispatches(self, holding: Sequence[Holding]) -> None:
         """Re-send work whose agent is alive but has not taken it (its heartbeats do not list it)."""
         now = time.monotonic()
-        assigned = {(h.run_id, h.attempt): h for h in holding if h.state == RS.RUN_STATE_ASSIGNED}
+        assigned = {(h.run_id, h.attempt): h for h in holding if h.state == common_pb2.RUN_STATE_ASSIGNED}
         for key in [k for k in self._dispatched if k not in assigned]:
             del self._dispatched[key]
         lost: list[Holding] = []

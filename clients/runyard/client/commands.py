@@ -30,15 +30,14 @@ from runyard.client.packing import pack_code
 from runyard.client.progress import transfer_bar
 from runyard.client.sdk import Client
 from runyard.config import Settings
+from runyard.server.domain.units import format_bytes
 from runyard.v1 import common_pb2, resources_pb2
 
 if TYPE_CHECKING:
     from runyard.objectstore import ObjectInfo, ObjectStore
 
-RS = common_pb2.RunState
-ES = resources_pb2.ExperimentState
 #: How a run may end and still count as done well (a run its searcher stopped early did its job).
-_DONE = (RS.RUN_STATE_COMPLETED, RS.RUN_STATE_STOPPED_EARLY)
+_DONE = (common_pb2.RUN_STATE_COMPLETED, common_pb2.RUN_STATE_STOPPED_EARLY)
 
 
 @dataclass
@@ -373,11 +372,11 @@ def _watch(ctx: Context, identifier: str, kind: str, show_logs: bool, json_lines
         ended_ok = all(state in _DONE for state in finals.values())
         by_state: dict[str, int] = {}
         for state in finals.values():
-            by_state[RS.Name(state)] = by_state.get(RS.Name(state), 0) + 1  # type: ignore[arg-type]
+            by_state[common_pb2.RunState.Name(state)] = by_state.get(common_pb2.RunState.Name(state), 0) + 1  # type: ignore[arg-type]
         summary = f"experiment {identifier} ended: {render.runs_summary(by_state)}"
     else:
         experiment = client.get_experiment(identifier)
-        ended_ok = experiment.state == ES.EXPERIMENT_STATE_COMPLETED
+        ended_ok = experiment.state == resources_pb2.EXPERIMENT_STATE_COMPLETED
         summary = (
             f"experiment {identifier} {render.experiment_state_name(experiment.state)}: "
             f"{render.runs_summary(dict(experiment.runs_by_state))}"
@@ -551,7 +550,7 @@ def cmd_download(args: argparse.Namespace, ctx: Context) -> int:
     objects = results_objects(ctx, run)
     if not objects:
         state = render.run_state_name(run.state)
-        hint = "" if run.state == RS.RUN_STATE_COMPLETED else "; results are stored when the run completes"
+        hint = "" if run.state == common_pb2.RUN_STATE_COMPLETED else "; results are stored when the run completes"
         raise ClientError(f"no results at {run.results_uri} (run {run.id} is {state}{hint})")
     count, total = download_results(ctx, run, dest, objects)
     if ctx.json:
@@ -560,7 +559,7 @@ def cmd_download(args: argparse.Namespace, ctx: Context) -> int:
         )
     else:
         ctx.out.print(
-            f"downloaded {_files(count)} ({render.fmt_bytes(total)}) from {run.results_uri} to {dest}",
+            f"downloaded {_files(count)} ({format_bytes(total)}) from {run.results_uri} to {dest}",
             markup=False,
             highlight=False,
         )
@@ -606,7 +605,7 @@ def cmd_data_upload(args: argparse.Namespace, ctx: Context) -> int:
     if ctx.json:
         render.print_json({"source": str(local), "uri": uri, "files": count, "bytes": total})
     else:
-        ctx.out.print(f"uploaded {_files(count)} ({render.fmt_bytes(total)}) to {uri}", markup=False, highlight=False)
+        ctx.out.print(f"uploaded {_files(count)} ({format_bytes(total)}) to {uri}", markup=False, highlight=False)
     return 0
 
 
@@ -621,9 +620,9 @@ def cmd_data_ls(args: argparse.Namespace, ctx: Context) -> int:
         ctx.err.print(f"no objects under {args.uri}", markup=False, highlight=False)
         return 0
     for o in objects:
-        ctx.line(f"{render.fmt_bytes(o.size):>10}  {o.uri}")
+        ctx.line(f"{format_bytes(o.size):>10}  {o.uri}")
     ctx.err.print(
-        f"{len(objects)} object{'s' if len(objects) != 1 else ''}, {render.fmt_bytes(sum(o.size for o in objects))}",
+        f"{len(objects)} object{'s' if len(objects) != 1 else ''}, {format_bytes(sum(o.size for o in objects))}",
         markup=False,
         highlight=False,
     )
@@ -668,7 +667,7 @@ def cmd_admin_info(args: argparse.Namespace, ctx: Context) -> int:
                     ("endpoint", ctx.settings.endpoint),
                     ("version", info.version),
                     ("code uri prefix", info.code_uri_prefix),
-                    ("max code size", render.fmt_bytes(info.max_code_bytes)),
+                    ("max code size", format_bytes(info.max_code_bytes)),
                     ("log head position", str(info.head_position)),
                     *(
                         (

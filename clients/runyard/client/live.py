@@ -18,8 +18,6 @@ from rich.text import Text
 from runyard.client import render
 from runyard.v1 import common_pb2, resources_pb2, watch_pb2
 
-RS = common_pb2.RunState
-
 
 @dataclass
 class BoardRow:
@@ -27,7 +25,7 @@ class BoardRow:
 
     run_id: str
     index: int = -1
-    state: int = RS.RUN_STATE_QUEUED
+    state: int = common_pb2.RUN_STATE_QUEUED
     attempt: int = 0
     agent_id: str = ""
     step: int | None = None
@@ -60,7 +58,7 @@ class RunsBoard:
         row = BoardRow(
             run_id=run.id,
             index=run.index,
-            state=run.state or RS.RUN_STATE_QUEUED,
+            state=run.state or common_pb2.RUN_STATE_QUEUED,
             attempt=run.attempt,
             agent_id=run.agent_id,
             metrics=dict(run.latest_metrics),
@@ -90,7 +88,7 @@ class RunsBoard:
             row.state = status.state
             row.attempt = status.attempt or row.attempt
             row.agent_id = status.agent_id or row.agent_id
-            row.note = "" if status.state != RS.RUN_STATE_QUEUED else row.note
+            row.note = "" if status.state != common_pb2.RUN_STATE_QUEUED else row.note
         elif body == "queue":
             row.note = f"#{update.queue.position}: {update.queue.reason}"
         else:

@@ -23,10 +23,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from runyard.server.domain.run_states import TERMINAL
 from runyard.v1 import common_pb2, resources_pb2, watch_pb2
-
-RS = common_pb2.RunState
-ES = resources_pb2.ExperimentState
 
 # Terminal states and how each looks.
 STATE_STYLES = {
@@ -97,12 +95,14 @@ def print_json(value: Any, out: TextIO | None = None, lines: bool = False) -> No
 
 
 def run_state_name(state: int) -> str:
-    return RS.Name(state).removeprefix("RUN_STATE_") if state in RS.values() else str(state)  # type: ignore[arg-type]
+    if state not in common_pb2.RunState.values():
+        return str(state)
+    return common_pb2.RunState.Name(state).removeprefix("RUN_STATE_")  # type: ignore[arg-type]
 
 
 def experiment_state_name(state: int) -> str:
-    if state in ES.values():
-        return ES.Name(state).removeprefix("EXPERIMENT_STATE_")  # type: ignore[arg-type]
+    if state in resources_pb2.ExperimentState.values():
+        return resources_pb2.ExperimentState.Name(state).removeprefix("EXPERIMENT_STATE_")  # type: ignore[arg-type]
     return str(state)
 
 
@@ -142,11 +142,11 @@ def parse_run_state(text: str) -> common_pb2.RunState.ValueType:
     choices = [n.removeprefix("RUN_STATE_") for n in _state_names() if n != "RUN_STATE_UNSPECIFIED"]
     if name not in choices:
         raise ValueError(f"unknown run state {text!r} (choose from {', '.join(c.lower() for c in choices)})")
-    return RS.Value(f"RUN_STATE_{name}")
+    return common_pb2.RunState.Value(f"RUN_STATE_{name}")
 
 
 def _state_names() -> list[str]:
-    return [v.name for v in RS.DESCRIPTOR.values]
+    return [v.name for v in common_pb2.RunState.DESCRIPTOR.values]
 
 
 def fmt_time(ts: Timestamp | None, with_date: bool = True) -> str:
@@ -181,15 +181,6 @@ def fmt_hyperparameters(run: resources_pb2.Run) -> str:
     return " ".join(f"{k}={fmt_value(v)}" for k, v in sorted(params.items()))
 
 
-def fmt_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
 def fmt_duration(start: Timestamp, end: Timestamp | None) -> str:
     if start.seconds == 0:
         return ""
@@ -203,8 +194,8 @@ def fmt_duration(start: Timestamp, end: Timestamp | None) -> str:
 def runs_summary(runs_by_state: Mapping[str, int]) -> str:
     """'3 running, 5 queued, 2 completed' in the order of the state machine."""
     parts = []
-    for value in RS.values():
-        name = RS.Name(value)
+    for value in common_pb2.RunState.values():
+        name = common_pb2.RunState.Name(value)
         count = runs_by_state.get(name, 0)
         if count:
             parts.append(f"{count} {name.removeprefix('RUN_STATE_').lower()}")
@@ -268,9 +259,9 @@ def runs_table(runs: Sequence[resources_pb2.Run], metrics: Sequence[str] = (), w
         row: list[str | Text] = [r.id]
         if with_experiment:
             row.append(r.experiment_id)
-        queued = r.state == RS.RUN_STATE_QUEUED and r.queue_position
+        queued = r.state == common_pb2.RUN_STATE_QUEUED and r.queue_position
         state = styled_state(run_state_name(r.state)) + (f" #{r.queue_position}" if queued else "")
-        if r.state == RS.RUN_STATE_FAILED and r.failure_reason in _TABLE_REASONS:
+        if r.state == common_pb2.RUN_STATE_FAILED and r.failure_reason in _TABLE_REASONS:
             state += f" ({failure_reason_name(r.failure_reason).lower().replace('_', ' ')})"
         row += [
             str(r.index),
@@ -340,7 +331,7 @@ def key_values(rows: Sequence[tuple[str, str | Text]]) -> Table:
 
 def run_details(run: resources_pb2.Run) -> Table:
     state = run_state_name(run.state)
-    if run.cancel_requested and run.state not in _ENDED:
+    if run.cancel_requested and run.state not in TERMINAL:
         state += " (cancel requested)"
     failure = failure_text(run.failure_reason, run.exit_code) if run.failure_reason else ""
     return key_values(
@@ -369,7 +360,6 @@ def run_details(run: resources_pb2.Run) -> Table:
     )
 
 
-_ENDED = (RS.RUN_STATE_COMPLETED, RS.RUN_STATE_FAILED, RS.RUN_STATE_CANCELED, RS.RUN_STATE_STOPPED_EARLY)
 
 
 def metrics_latest_table(points: Sequence[common_pb2.MetricPoint], totals: Mapping[str, int] | None = None) -> Table:
@@ -495,7 +485,7 @@ def status_text(status: watch_pb2.RunStatusChange) -> Text:
         details.append(f"on {status.agent_id}")
     if status.failure_reason:
         details.append(failure_reason_name(status.failure_reason).lower().replace("_", " "))
-    if status.exit_code and status.state != RS.RUN_STATE_UPLOADING:
+    if status.exit_code and status.state != common_pb2.RUN_STATE_UPLOADING:
         details.append(f"exit code {status.exit_code}")
     if details:
         text.append(" " + " ".join(details))

@@ -22,13 +22,12 @@ from rich.text import Text
 
 from runyard.client import render
 from runyard.client.errors import ClientError
+from runyard.server.domain.units import format_bytes
 from runyard.v1 import common_pb2, resources_pb2
 
 if TYPE_CHECKING:  # commands imports this module
     from runyard.client.commands import Context
 
-RS = common_pb2.RunState
-ES = resources_pb2.ExperimentState
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ def leaderboard_table(experiment: resources_pb2.Experiment) -> Table:
 
 def _state_cell(run: resources_pb2.Run) -> Text:
     text: Text = render.styled_state(render.run_state_name(run.state))
-    if run.state == RS.RUN_STATE_QUEUED and run.queue_position:
+    if run.state == common_pb2.RUN_STATE_QUEUED and run.queue_position:
         text.append(f" #{run.queue_position}")
     return text
 
@@ -150,7 +149,7 @@ def best_line(experiment: resources_pb2.Experiment) -> str:
     if not goal.metric or not runs or not is_scored(runs[0]):
         return ""
     top = runs[0]
-    label = "best so far" if experiment.state == ES.EXPERIMENT_STATE_ACTIVE else "best"
+    label = "best so far" if experiment.state == resources_pb2.EXPERIMENT_STATE_ACTIVE else "best"
     return (
         f"{label}: {top.id} {goal.metric}={render.fmt_value(top.best_metric)} at step {top.best_step}"
         f" ({render.fmt_hyperparameters(top)})"
@@ -285,7 +284,7 @@ def cmd_best(args: argparse.Namespace, ctx: Context) -> int:
                 f"best run {run.id}: {goal.metric}={render.fmt_value(run.best_metric)} at step {run.best_step}"
                 f" ({render.fmt_hyperparameters(run)})"
             )
-            ctx.line(f"downloaded {count} file{'s' if count != 1 else ''} ({render.fmt_bytes(total)}) to {dest}")
+            ctx.line(f"downloaded {count} file{'s' if count != 1 else ''} ({format_bytes(total)}) to {dest}")
         return 0
     raise ClientError(
         f"none of the {len(candidates)} scored runs of {experiment.id} has results stored yet; "

@@ -21,7 +21,6 @@ from runyard.agent.runtime_container import (
     container_dirs,
     container_name,
     create_options,
-    describe_bytes,
     gpu_options,
     parse_exit_file,
     pick_framework_image,
@@ -123,12 +122,6 @@ def test_exit_file() -> None:
     assert parse_exit_file(b"garbage\n") is None
     assert ContainerExit(143, False).returncode == -15
     assert ContainerExit(3, False).returncode == 3
-
-
-def test_describe_bytes() -> None:
-    assert describe_bytes(256 << 20) == "256 MiB"
-    assert describe_bytes(2 << 30) == "2 GiB"
-    assert describe_bytes(3 << 29) == "1.5 GiB"
 
 
 def test_framework_image_choice() -> None:

@@ -155,7 +155,13 @@ def test_state_file_round_trip_and_owner_only_removal(env: dict[str, str]) -> No
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1048576", 1048576), ("100MiB", 100 * 1024**2), ("2M", 2_000_000), ("1.5GiB", int(1.5 * 1024**3))],
+    [
+        ("1048576", 1048576),
+        ("100MiB", 100 * 1024**2),
+        ("2M", 2_000_000),
+        ("1.5GiB", int(1.5 * 1024**3)),
+        ("2T", 2 * 10**12),  # refused before the manifest's grammar and this one became one
+    ],
 )
 def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected

@@ -116,7 +116,18 @@ def test_defaults_of_a_minimal_manifest() -> None:
 
 @pytest.mark.parametrize(
     ("memory", "size"),
-    [("4Gi", 4 * 2**30), ("512Mi", 512 * 2**20), ("1G", 10**9), ("1.5Gi", 3 * 2**29), (1024, 1024), ("2048", 2048)],
+    [
+        ("4Gi", 4 * 2**30),
+        ("512Mi", 512 * 2**20),
+        ("1G", 10**9),
+        ("1.5Gi", 3 * 2**29),
+        (1024, 1024),
+        ("2048", 2048),
+        # The CLI settings' spellings, one grammar since units.py: lower case, MiB, digit groups.
+        ("8g", 8 * 10**9),
+        ("256 MiB", 256 * 2**20),
+        ("1_000_000", 10**6),
+    ],
 )
 def test_memory_sizes(memory: object, size: int) -> None:
     assert parse_manifest(manifest_with("resources.memory", memory)).resources.memory_bytes == size
