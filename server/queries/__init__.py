@@ -3,8 +3,9 @@
 The write side (commands, ingest, the search driver, the scheduler's leader)
 appends events; the projectors turn them into tables; the modules here read
 those tables and nothing else (never the event log's payloads). Keeping them
-together makes that boundary visible: a module here may import
-`runyard.server.projections.schema` and the pure domain, and no command path.
+together makes that boundary visible: a module here imports the projections'
+tables, the pure domain, protobuf and its neighbours here, and nothing that
+writes (tests/unit/server/test_read_side.py holds it to that).
 
 - `resources`: experiments, runs, agents and metrics as API resources.
 - `accounts`: accounts and API keys (the key lookup auth makes on every call).

@@ -319,7 +319,7 @@ class Scheduler:
         A run's end frees GPUs the moment RunCompleted is stored; the read
         models show it a batch later. Rather than wait for that batch, read the
         transitions logged since the models' position and lay them over the
-        snapshot (`reads.overlay`); new runs join the queue from their
+        snapshot (`queries.scheduling.overlay`); new runs join the queue from their
         RunCreated, so a submit is placed without waiting for the read models.
         Anything else in between (re-queues, agents, plans) needs the read
         models: None, and the caller catches them up.
