@@ -106,7 +106,9 @@ FIELDS: tuple[FieldDoc, ...] = (
     ),
     FieldDoc(
         "resources.memory", "size", "no limit",
-        "Memory per run: `4Gi`, `512Mi`, `1G` or a number of bytes.", "resources: {memory: 4Gi}",
+        "Memory per run: `4Gi`, `512MiB`, `1G` or a number of bytes (`K` ... `E` are powers of 1000, `Ki` ... `Ei`"
+        " of 1024; the CLI's size settings read sizes the same way).",
+        "resources: {memory: 4Gi}",
     ),
     FieldDoc(
         "resources.gpu_model", "string", "any model",
