@@ -35,7 +35,7 @@ EXAMPLES = "e.g. 104857600, 512Mi, 4GiB, 1G, 2T"
 
 def parse_size(text: str) -> int:
     """The number of bytes `text` says ('4Gi' -> 4294967296); ValueError naming the text when it is not a size."""
-    match = _SIZE.fullmatch(text)
+    match = _SIZE.fullmatch(text.strip())
     if match is None:
         problem = "is negative" if text.strip().startswith("-") else "is not a size"
         raise ValueError(f"{text!r} {problem} ({EXAMPLES})")
