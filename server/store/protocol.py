@@ -27,6 +27,9 @@ from .model import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 class EventLogTransaction(Protocol):
     """A unit of work's appends: to any number of streams, committed together or not at all."""
 
+    last_position: int
+    """The position of this unit of work's last appended event; 0 while it appended nothing."""
+
     def append(
         self, stream_id: str, events: Sequence[NewEvent], expected_version: ExpectedVersion = ANY
     ) -> AppendResult: ...

@@ -263,6 +263,7 @@ def test_a_transaction_appends_to_several_streams_atomically(store: EventLog) ->
         tx.append(experiment, [new_event()], NO_STREAM)
         tx.append(run_a, [new_event(), new_event()], NO_STREAM)
         result = tx.append(run_b, [new_event()], NO_STREAM)
+        assert tx.last_position == head + 4
 
     unsubscribe()
     assert result.last_position == head + 4
@@ -295,6 +296,7 @@ def test_a_retry_inside_the_transaction_that_appended_is_a_no_op(store: EventLog
     with store.transaction() as tx:
         first = tx.append(s, batch, NO_STREAM)
         assert tx.append(s, batch, NO_STREAM) == AppendResult(first.last_position, 2, appended=False)
+        assert tx.last_position == first.last_position
         with pytest.raises(DuplicateEventError):
             tx.append(other, batch[:1], NO_STREAM)
         with pytest.raises(ConcurrencyError):
