@@ -472,8 +472,8 @@ def test_a_late_commit_is_delivered_not_skipped(store: EventLog) -> None:
     time out waiting for it (or see the positions out of order). The slow
     transaction is held open (threading.Event) until the later appends are
     either visible to the subscriber (the naive log) or observably waiting
-    behind it (PostgreSQL sessions waiting on a lock); SQLite has a single
-    writer, so there they can only wait, and a short window suffices.
+    behind it (PostgreSQL sessions waiting on a lock); SQLite and the in-memory log have a
+    single writer, so there they can only wait, and a short window suffices.
     """
     head = store.head_position()
     late, later_count = stream("late"), 6
