@@ -1,4 +1,4 @@
-"""Fixtures shared by integration and end-to-end tests: real services, one per test."""
+"""Fixtures shared by the tests: real services, one per test, and the event log in memory for handler tests."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from runyard.server.store import InMemoryEventStore
 from tests.containers import container_engine, python_image, pytorch_image
 from tests.support.services import AWS_TEST_ENV, MotoS3, NatsServer, postgres_database
 
@@ -19,6 +20,21 @@ __all__ = ["container_engine", "python_image", "pytorch_image"]
 def pg_url() -> Iterator[str]:
     with postgres_database() as url:
         yield url
+
+
+@pytest.fixture
+def memory_event_store() -> Iterator[InMemoryEventStore]:
+    """An empty event log in memory (the `EventLog` protocol, contract-tested like PostgreSQL and SQLite).
+
+    For handler tests that need the log's rules but no database: a test or a
+    conftest switches its `event_store` to it with
+    `def event_store(memory_event_store): return memory_event_store`.
+    """
+    store = InMemoryEventStore()
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @pytest.fixture

@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, Table, update
 
 from runyard.server.store import RecordedEvent
+from runyard.server.store.dialects import insert_ignoring
 from runyard.v1 import events_pb2
 
 from . import schema
-from .read_models import Decoded, insert_ignoring, storable_id, storable_row, type_names
+from .read_models import Decoded, storable_id, storable_row, type_names
 
 
 class AccountsProjector:

@@ -19,16 +19,14 @@ from typing import Any, Protocol
 
 from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
-from sqlalchemy import BigInteger, Connection, Integer, String, Table, Text, delete, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import BigInteger, Connection, Integer, String, Table, Text, select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.sql.dml import Insert
 
 from runyard.server.domain.events import decode
 from runyard.server.domain.manifest import load_yaml, parse_manifest
 from runyard.server.domain.run_states import TERMINAL
 from runyard.server.domain.searchers import is_searched
-from runyard.server.store import RecordedEvent
+from runyard.server.store import RecordedEvent, dialects
 from runyard.storable import fit, storable
 from runyard.v1 import common_pb2, events_pb2
 
@@ -127,15 +125,6 @@ def careful_inserts() -> Iterator[None]:
         _careful.reset(token)
 
 
-def insert_ignoring(conn: Connection, table: Table) -> Insert:
-    """An INSERT that leaves alone a row whose key (or other unique value) is stored already: the first opening wins."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    return insert(table)
-
-
 class _Rows:
     """Rows of one table touched by a batch: loaded once, written once.
 
@@ -193,15 +182,7 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[Row]) -> None:
     if not rows:
         return
     rows = [storable_row(table, row) for row in rows]
-    if conn.dialect.name != "postgresql" or _careful.get():
-        conn.execute(insert_ignoring(conn, table), list(rows))
-        return
-    columns = list(rows[0])
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    names = ", ".join(f'"{c}"' for c in columns)
-    with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
-        for row in rows:
-            copy.write_row([row[c] for c in columns])
+    dialects.bulk_insert(conn, table, rows, skip_stored=_careful.get())
 
 
 #: metric_points columns in the order of a `PointRow`.
@@ -229,25 +210,22 @@ def insert_metric_points(conn: Connection, rows: Sequence[PointRow]) -> None:
     names = {t: storable_id(t, _POINT_NAME_WIDTH) for t in {r[4] for r in rows}}
     sources = {t: storable_id(t, _POINT_SOURCE_WIDTH) for t in {r[8] for r in rows}}
     fitted = (runs, names, sources)
-    if conn.dialect.name != "postgresql":
-        conn.execute(
-            insert(schema.metric_points),
-            [
-                dict(zip(POINT_COLUMNS, (p, i, runs[r], a, names[n], s, v, t, sources[src]), strict=True))
-                for p, i, r, a, n, s, v, t, src in rows
-            ],
+
+    def as_rows() -> list[dict[str, Any]]:
+        return [
+            dict(zip(POINT_COLUMNS, (p, i, runs[r], a, names[n], s, v, t, sources[src]), strict=True))
+            for p, i, r, a, n, s, v, t, src in rows
+        ]
+
+    def as_copy_text() -> str:
+        # Run ids, names and sources repeat: each distinct one is escaped once, then looked up.
+        er, en, es = ({t: f.translate(_COPY_ESCAPES) for t, f in m.items()} for m in fitted)
+        return "".join(
+            f"{pos}\t{idx}\t{er[run]}\t{att}\t{en[name]}\t{step}\t{value!r}\t{t}\t{es[src]}\n"
+            for pos, idx, run, att, name, step, value, t, src in rows
         )
-        return
-    # Run ids, names and sources repeat: each distinct one is escaped once, then looked up.
-    er, en, es = ({t: f.translate(_COPY_ESCAPES) for t, f in m.items()} for m in fitted)
-    text = "".join(
-        f"{pos}\t{idx}\t{er[run]}\t{att}\t{en[name]}\t{step}\t{value!r}\t{t}\t{es[src]}\n"
-        for pos, idx, run, att, name, step, value, t, src in rows
-    )
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    names_sql = ", ".join(f'"{c}"' for c in POINT_COLUMNS)
-    with cursor.copy(f'COPY "{schema.metric_points.name}" ({names_sql}) FROM STDIN') as copy:
-        copy.write(text)
+
+    dialects.load_rows(conn, schema.metric_points, POINT_COLUMNS, rows=as_rows, copy_text=as_copy_text)
 
 
 def _bind(name: str) -> Any:
@@ -348,12 +326,7 @@ class ReadModelProjector:
         to step over its dead twin (about three times slower). TRUNCATE is
         transactional there; it locks the tables until the reset commits.
         """
-        if conn.dialect.name == "postgresql":
-            names = ", ".join(f'"{table.name}"' for table in self.tables)
-            conn.execute(text(f"TRUNCATE {names}"))
-            return
-        for table in self.tables:
-            conn.execute(delete(table))
+        dialects.empty_tables(conn, self.tables)
 
 
 @dataclass(frozen=True, slots=True)

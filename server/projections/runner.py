@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy import Connection, delete, insert, select, update
 
-from runyard.server.store import EventStore, RecordedEvent
+from runyard.server.store import EventStore, RecordedEvent, dialects
 
 from . import schema
 from .read_models import ReadModelProjector, Skipped
@@ -353,15 +353,13 @@ def _commit_asynchronously(conn: Connection) -> None:
     so they are applied again from the log, which stays fully durable. (Live
     batches are small: there the extra round trip would cost more than the flush.)
     """
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+    dialects.commit_asynchronously(conn)
 
 
 def _lock_checkpoint(conn: Connection) -> int:
     table = schema.checkpoints
     query = select(table.c.position).where(table.c.name == CHECKPOINT)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
+    query = dialects.locking_rows(conn, query)
     position = conn.execute(query).scalar_one_or_none()
     if position is None:
         conn.execute(insert(table).values(name=CHECKPOINT, position=0))

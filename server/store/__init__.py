@@ -30,6 +30,15 @@ positions stay gap-free integers in commit order, which cursors, "wait
 until the projection reached N" and replay-equals-live all rely on, and
 because SQLite serializes writers anyway.
 
+Backends
+--------
+`EventLog` (protocol.py) is what the rest of the server may use; two
+backends meet it: `EventStore` (SQLAlchemy: PostgreSQL, SQLite) and
+`InMemoryEventStore` (memory.py, for fast handler tests). What the SQL
+dialects do differently for the read models and the scheduler's leader
+lives in dialects.py, so that callers outside this package never branch on
+the database.
+
 Wake-ups are hints: commits of this process wake its followers at once; on
 PostgreSQL the append NOTIFYs every process at commit. Followers always
 re-read from their own position, and poll as a fallback.
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 from .engine import create_store_engine
 from .event_store import EventStore
+from .memory import InMemoryEventStore, InMemoryEventTransaction, NestedTransactionError
 from .migrate import migrate
 from .model import (
     ANY,
@@ -52,6 +62,7 @@ from .model import (
     RecordedEvent,
     UnstorableText,
 )
+from .protocol import EventLog, EventLogTransaction
 from .transaction import Transaction
 
 __all__ = [
@@ -61,8 +72,13 @@ __all__ = [
     "AppendResult",
     "ConcurrencyError",
     "DuplicateEventError",
+    "EventLog",
+    "EventLogTransaction",
     "EventStore",
     "ExpectedVersion",
+    "InMemoryEventStore",
+    "InMemoryEventTransaction",
+    "NestedTransactionError",
     "NewEvent",
     "RecordedEvent",
     "Transaction",

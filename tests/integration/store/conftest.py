@@ -1,4 +1,11 @@
-"""Fixtures of the event log tests: a store per backend, and a subscriber running in a thread."""
+"""Fixtures of the event log tests: a store per backend, and a subscriber running in a thread.
+
+`store` runs a test once on each backend of the `EventLog` protocol: in memory,
+on the session's PostgreSQL database and on a SQLite file of its own (the
+model of pyeventsourcing's tests/persistence.py: one set of cases, every
+backend). A case that only means something on a database says so with
+`sql_only(store, why)`.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +13,37 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
-from runyard.server.store import EventStore, NewEvent, RecordedEvent
-from tests.support.databases import database_url, pg_session_url  # noqa: F401  (fixtures)
+from runyard.server.store import EventLog, EventStore, InMemoryEventStore, NewEvent, RecordedEvent
+from tests.support.databases import pg_session_url, sqlite_url  # noqa: F401  (fixtures)
+
+BACKENDS = ["memory", "postgresql", "sqlite"]
 
 
-@pytest.fixture
-def store(database_url: str) -> Iterator[EventStore]:  # noqa: F811
-    opened = EventStore.open(database_url)
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
+    """The test runs once per backend: in memory, on the session's PostgreSQL database, on its own SQLite file."""
+    opened: EventLog
+    if request.param == "memory":
+        opened = InMemoryEventStore()
+    elif request.param == "postgresql":
+        opened = EventStore.open(str(request.getfixturevalue("pg_session_url")))
+    else:
+        opened = EventStore.open(sqlite_url(tmp_path))
     try:
         yield opened
     finally:
         opened.close()
+
+
+def sql_only(store: EventLog, why: str) -> EventStore:
+    """Skip the case on a backend without a database, saying why; the store as an EventStore otherwise."""
+    if not isinstance(store, EventStore):
+        pytest.skip(f"{type(store).__name__}: {why}")
+    return store
 
 
 def new_event(type_: str = "runyard.v1.Test", correlation_id: str | None = None, data: bytes = b"") -> NewEvent:
@@ -42,9 +66,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 
 class Subscriber:
-    """Runs `EventStore.subscribe` in a thread and collects what it yields."""
+    """Runs `EventLog.subscribe` in a thread and collects what it yields."""
 
-    def __init__(self, store: EventStore, after: int, poll_interval: float = 0.05, **filters: object) -> None:
+    def __init__(self, store: EventLog, after: int, poll_interval: float = 0.05, **filters: object) -> None:
         self.events: list[RecordedEvent] = []
         self.error: BaseException | None = None
         self.stop = threading.Event()

@@ -1,8 +1,11 @@
-"""The event log's contract, run against PostgreSQL and SQLite alike.
+"""The event log's contract, run against every backend: in memory, PostgreSQL and SQLite.
 
 Everything else in Runyard relies on these: optimistic concurrency per
 stream, idempotent appends, atomic batches and transactions, and a
-subscription by position that never skips or repeats an event.
+subscription by position that never skips or repeats an event. One set of
+cases, each run on each backend by the `store` fixture; the few that only
+mean something with a database (a transaction's SQL connection, replicas
+on one PostgreSQL) say why they skip the memory backend.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from runyard.server.store import (
     ANY,
@@ -21,13 +24,15 @@ from runyard.server.store import (
     AppendResult,
     ConcurrencyError,
     DuplicateEventError,
+    EventLog,
     EventStore,
     NewEvent,
     RecordedEvent,
 )
 from runyard.server.store.notify import LISTENER_APPLICATION_NAME
+from runyard.server.store.schema import event_log
 
-from .conftest import Subscriber, new_event, positions, stream, wait_until
+from .conftest import Subscriber, new_event, positions, sql_only, stream, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +40,7 @@ pytestmark = pytest.mark.integration
 # -- appending and reading ------------------------------------------------------
 
 
-def test_append_assigns_versions_from_one_and_the_next_positions(store: EventStore) -> None:
+def test_append_assigns_versions_from_one_and_the_next_positions(store: EventLog) -> None:
     s = stream("run")
     head = store.head_position()
     payload = bytes(range(256))
@@ -66,7 +71,7 @@ def test_append_assigns_versions_from_one_and_the_next_positions(store: EventSto
     assert store.head_position() == head + 2
 
 
-def test_expected_version_is_checked_and_the_error_names_the_stream(store: EventStore) -> None:
+def test_expected_version_is_checked_and_the_error_names_the_stream(store: EventLog) -> None:
     s = stream("run")
     store.append(s, [new_event(), new_event()], NO_STREAM)
 
@@ -88,7 +93,7 @@ def test_expected_version_is_checked_and_the_error_names_the_stream(store: Event
     assert store.stream_version(s) == 4
 
 
-def _race_two_writers(store: EventStore, s: str, expected_version: int) -> list[object]:
+def _race_two_writers(store: EventLog, s: str, expected_version: int) -> list[object]:
     barrier = threading.Barrier(2)
     outcomes: list[object] = []
 
@@ -107,7 +112,7 @@ def _race_two_writers(store: EventStore, s: str, expected_version: int) -> list[
     return outcomes
 
 
-def test_two_writers_on_one_stream_exactly_one_wins(store: EventStore) -> None:
+def test_two_writers_on_one_stream_exactly_one_wins(store: EventLog) -> None:
     """Both decided on version 1; whoever comes second must reload, never overwrite."""
     for _ in range(10):
         s = stream("run")
@@ -120,7 +125,7 @@ def test_two_writers_on_one_stream_exactly_one_wins(store: EventStore) -> None:
         assert [e.version for e in store.read_stream(s)] == [1, 2]
 
 
-def test_a_writer_waiting_behind_an_open_transaction_gets_a_conflict(store: EventStore) -> None:
+def test_a_writer_waiting_behind_an_open_transaction_gets_a_conflict(store: EventLog) -> None:
     s = stream("run")
     store.append(s, [new_event()], NO_STREAM)
     holding = threading.Event()
@@ -152,7 +157,7 @@ def test_a_writer_waiting_behind_an_open_transaction_gets_a_conflict(store: Even
     assert [e.version for e in store.read_stream(s)] == [1, 2]
 
 
-def test_a_repeated_event_id_is_stored_once_even_with_a_stale_expected_version(store: EventStore) -> None:
+def test_a_repeated_event_id_is_stored_once_even_with_a_stale_expected_version(store: EventLog) -> None:
     s = stream("run")
     batch = [new_event(), new_event()]
     first = store.append(s, batch, NO_STREAM)
@@ -167,7 +172,7 @@ def test_a_repeated_event_id_is_stored_once_even_with_a_stale_expected_version(s
     assert store.stream_version(s) == 3
 
 
-def test_concurrent_retries_of_one_append_store_it_once(store: EventStore) -> None:
+def test_concurrent_retries_of_one_append_store_it_once(store: EventLog) -> None:
     s = stream("run")
     batch = [new_event()]
     barrier = threading.Barrier(4)
@@ -188,7 +193,7 @@ def test_concurrent_retries_of_one_append_store_it_once(store: EventStore) -> No
     assert len(store.read_stream(s)) == 1
 
 
-def test_a_batch_with_some_stored_ids_is_refused_whole(store: EventStore) -> None:
+def test_a_batch_with_some_stored_ids_is_refused_whole(store: EventLog) -> None:
     s = stream("run")
     stored = new_event()
     store.append(s, [stored], NO_STREAM)
@@ -203,7 +208,7 @@ def test_a_batch_with_some_stored_ids_is_refused_whole(store: EventStore) -> Non
     assert len(store.read_stream(s)) == 1
 
 
-def test_a_batch_is_atomic_and_contiguous_under_concurrency(store: EventStore) -> None:
+def test_a_batch_is_atomic_and_contiguous_under_concurrency(store: EventLog) -> None:
     """Batches from several writers never interleave: each occupies consecutive positions."""
     streams = [stream("metrics") for _ in range(3)]
     head = store.head_position()
@@ -229,7 +234,7 @@ def test_a_batch_is_atomic_and_contiguous_under_concurrency(store: EventStore) -
         assert [e.version for e in store.read_stream(s)] == list(range(1, 501))
 
 
-def test_empty_and_malformed_appends_are_refused(store: EventStore) -> None:
+def test_empty_and_malformed_appends_are_refused(store: EventLog) -> None:
     s = stream("run")
     with pytest.raises(ValueError):
         store.append(s, [])
@@ -248,7 +253,7 @@ def test_empty_and_malformed_appends_are_refused(store: EventStore) -> None:
 # -- transactions ------------------------------------------------------------------
 
 
-def test_a_transaction_appends_to_several_streams_atomically(store: EventStore) -> None:
+def test_a_transaction_appends_to_several_streams_atomically(store: EventLog) -> None:
     experiment, run_a, run_b = stream("exp"), stream("run"), stream("run")
     head = store.head_position()
     seen: list[int] = []
@@ -258,7 +263,7 @@ def test_a_transaction_appends_to_several_streams_atomically(store: EventStore) 
         tx.append(experiment, [new_event()], NO_STREAM)
         tx.append(run_a, [new_event(), new_event()], NO_STREAM)
         result = tx.append(run_b, [new_event()], NO_STREAM)
-        assert tx.connection.execute(text("SELECT 1")).scalar_one() == 1
+        assert tx.last_position == head + 4
 
     unsubscribe()
     assert result.last_position == head + 4
@@ -271,7 +276,37 @@ def test_a_transaction_appends_to_several_streams_atomically(store: EventStore) 
     assert wait_until(lambda: max(seen, default=0) >= head + 4, 5.0)
 
 
-def test_a_failed_transaction_leaves_nothing(store: EventStore) -> None:
+def test_a_transaction_s_connection_sees_its_own_appends_before_commit(store: EventLog) -> None:
+    """Projection writes on `tx.connection` commit with the events: it is the transaction's own session."""
+    sql = sql_only(store, "no SQL connection: the in-memory log has no tables beside it")
+    s = stream("run")
+    head = sql.head_position()
+    with sql.transaction() as tx:
+        tx.append(s, [new_event()], NO_STREAM)
+        assert tx.connection.execute(select(func.max(event_log.c.position))).scalar_one() == head + 1
+        assert sql.head_position() == head
+    assert sql.head_position() == head + 1
+
+
+def test_a_retry_inside_the_transaction_that_appended_is_a_no_op(store: EventLog) -> None:
+    """The transaction's own appends count before commit: for idempotency, versions and positions."""
+    s, other = stream("run"), stream("run")
+    batch = [new_event(), new_event()]
+    head = store.head_position()
+    with store.transaction() as tx:
+        first = tx.append(s, batch, NO_STREAM)
+        assert tx.append(s, batch, NO_STREAM) == AppendResult(first.last_position, 2, appended=False)
+        assert tx.last_position == first.last_position
+        with pytest.raises(DuplicateEventError):
+            tx.append(other, batch[:1], NO_STREAM)
+        with pytest.raises(ConcurrencyError):
+            tx.append(s, [new_event()], NO_STREAM)
+        assert tx.append(s, [new_event()], 2) == AppendResult(head + 3, 3, appended=True)
+        assert tx.append(other, [new_event()], NO_STREAM) == AppendResult(head + 4, 1, appended=True)
+    assert [(e.stream_id, e.version) for e in store.read_all(head)] == [(s, 1), (s, 2), (s, 3), (other, 1)]
+
+
+def test_a_failed_transaction_leaves_nothing(store: EventLog) -> None:
     a, b = stream("exp"), stream("run")
     head = store.head_position()
 
@@ -291,7 +326,7 @@ def test_a_failed_transaction_leaves_nothing(store: EventStore) -> None:
     assert [e.position for e in store.read_all(head)] == [head + 1]
 
 
-def test_reads_do_not_wait_for_an_open_transaction(store: EventStore) -> None:
+def test_reads_do_not_wait_for_an_open_transaction(store: EventLog) -> None:
     """Projections read the log while their own write transaction is open (one thread)."""
     s = stream("run")
     store.append(s, [new_event()], NO_STREAM)
@@ -309,7 +344,7 @@ def test_reads_do_not_wait_for_an_open_transaction(store: EventStore) -> None:
 # -- reading --------------------------------------------------------------------------
 
 
-def test_read_stream_pages_by_version(store: EventStore) -> None:
+def test_read_stream_pages_by_version(store: EventLog) -> None:
     s = stream("logs")
     store.append(s, [new_event() for _ in range(7)], NO_STREAM)
     assert [e.version for e in store.read_stream(s, after_version=2, limit=3)] == [3, 4, 5]
@@ -318,7 +353,7 @@ def test_read_stream_pages_by_version(store: EventStore) -> None:
     assert store.read_stream(stream("absent")) == []
 
 
-def test_read_all_filters_by_stream_correlation_and_type_in_position_order(store: EventStore) -> None:
+def test_read_all_filters_by_stream_correlation_and_type_in_position_order(store: EventLog) -> None:
     exp1, exp2 = f"exp-{uuid.uuid4().hex[:8]}", f"exp-{uuid.uuid4().hex[:8]}"
     run1, run2, run3 = stream("run"), stream("run"), stream("run")
     head = store.head_position()
@@ -345,7 +380,7 @@ def test_read_all_filters_by_stream_correlation_and_type_in_position_order(store
         store.read_all(head, 0)
 
 
-def test_read_all_until_reads_a_window_of_positions(store: EventStore) -> None:
+def test_read_all_until_reads_a_window_of_positions(store: EventLog) -> None:
     run1, run2 = stream("run"), stream("run")
     head = store.head_position()
     store.append(run1, [new_event("A"), new_event("B"), new_event("A")])
@@ -366,7 +401,7 @@ def test_read_all_until_reads_a_window_of_positions(store: EventStore) -> None:
 # -- subscribing ----------------------------------------------------------------------
 
 
-def test_read_followed_takes_every_opener_and_the_followed_correlations_only(store: EventStore) -> None:
+def test_read_followed_takes_every_opener_and_the_followed_correlations_only(store: EventLog) -> None:
     exp1, exp2 = f"exp-{uuid.uuid4().hex[:8]}", f"exp-{uuid.uuid4().hex[:8]}"
     run1, run2 = stream("run"), stream("run")
     head = store.head_position()
@@ -387,7 +422,7 @@ def test_read_followed_takes_every_opener_and_the_followed_correlations_only(sto
         read(head, 0, [exp1])
 
 
-def test_a_subscriber_sees_every_event_of_concurrent_writers_once_in_order(store: EventStore) -> None:
+def test_a_subscriber_sees_every_event_of_concurrent_writers_once_in_order(store: EventLog) -> None:
     """8 writers x 500 single-event appends race a live subscriber: nothing lost, nothing twice."""
     writers, per_writer = 8, 500
     head = store.head_position()
@@ -411,9 +446,9 @@ def test_a_subscriber_sees_every_event_of_concurrent_writers_once_in_order(store
         assert [e.version for e in got if e.stream_id == s] == list(range(1, per_writer + 1))
 
 
-def _lock_waiters(store: EventStore) -> int:
-    """Sessions of this database waiting on a lock (PostgreSQL); SQLite does not say."""
-    if store.dialect != "postgresql":
+def _lock_waiters(store: EventLog) -> int:
+    """Sessions of this database waiting on a lock (PostgreSQL); SQLite and memory do not say."""
+    if not isinstance(store, EventStore) or store.dialect != "postgresql":
         return 0
     with store.engine.connect() as conn:
         return int(
@@ -426,7 +461,7 @@ def _lock_waiters(store: EventStore) -> int:
         )
 
 
-def test_a_late_commit_is_delivered_not_skipped(store: EventStore) -> None:
+def test_a_late_commit_is_delivered_not_skipped(store: EventLog) -> None:
     """A transaction takes the next position, then is slow to commit while later appends start.
 
     On a log that hands out positions from a sequence or autoincrement
@@ -437,8 +472,8 @@ def test_a_late_commit_is_delivered_not_skipped(store: EventStore) -> None:
     time out waiting for it (or see the positions out of order). The slow
     transaction is held open (threading.Event) until the later appends are
     either visible to the subscriber (the naive log) or observably waiting
-    behind it (PostgreSQL sessions waiting on a lock); SQLite has a single
-    writer, so there they can only wait, and a short window suffices.
+    behind it (PostgreSQL sessions waiting on a lock); SQLite and the in-memory log have a
+    single writer, so there they can only wait, and a short window suffices.
     """
     head = store.head_position()
     late, later_count = stream("late"), 6
@@ -473,7 +508,7 @@ def test_a_late_commit_is_delivered_not_skipped(store: EventStore) -> None:
     assert got[0].stream_id == late
 
 
-def test_a_subscriber_wakes_promptly_on_an_append(store: EventStore) -> None:
+def test_a_subscriber_wakes_promptly_on_an_append(store: EventLog) -> None:
     s = stream("run")
     head = store.head_position()
     # Polling alone would take a minute: only the commit notification can wake it in time.
@@ -486,7 +521,7 @@ def test_a_subscriber_wakes_promptly_on_an_append(store: EventStore) -> None:
     assert [e.stream_id for e in got] == [s]
 
 
-def test_a_filtered_subscription_follows_one_experiment_and_ends_on_stop(store: EventStore) -> None:
+def test_a_filtered_subscription_follows_one_experiment_and_ends_on_stop(store: EventLog) -> None:
     experiment = f"exp-{uuid.uuid4().hex[:8]}"
     run = stream("run")
     head = store.head_position()
@@ -502,7 +537,7 @@ def test_a_filtered_subscription_follows_one_experiment_and_ends_on_stop(store: 
     assert [e.type for e in got] == ["A", "B"]
 
 
-def test_wait_for_append_blocks_until_the_head_moves(store: EventStore) -> None:
+def test_wait_for_append_blocks_until_the_head_moves(store: EventLog) -> None:
     head = store.head_position()
     started = time.monotonic()
     assert store.wait_for_append(head, timeout=0.2) is False
@@ -517,7 +552,7 @@ def test_wait_for_append_blocks_until_the_head_moves(store: EventStore) -> None:
     writer.join(10)
 
 
-def test_on_commit_calls_back_with_the_head_until_unsubscribed(store: EventStore) -> None:
+def test_on_commit_calls_back_with_the_head_until_unsubscribed(store: EventLog) -> None:
     seen: list[int] = []
     unsubscribe = store.on_commit(seen.append)
     result = store.append(stream("run"), [new_event()])
