@@ -188,7 +188,9 @@ class Life:
             if any(isinstance(m, events_pb2.RunStopRequested) for m in outcome.events):
                 return [action.run_id]
         elif isinstance(action, Promote):
-            promoted = events_pb2.RunPromoted(run_id=action.run_id, rung=action.rung, level=action.level, value=action.value)
+            promoted = events_pb2.RunPromoted(
+                run_id=action.run_id, rung=action.rung, level=action.level, value=action.value
+            )
             self.commands.record_for_experiment(exp, promoted, event_id)
         elif isinstance(action, NewBest):
             best = events_pb2.ExperimentBestFound(run_id=action.run_id, step=action.step, value=action.value)
@@ -302,7 +304,7 @@ def build(store: EventStore) -> None:
     life.complete(legacy_run, attempt)
 
     # Searched and still searching: its first two trials wait in the queue.
-    waiting, _ = commands.create_experiment(ACCOUNT, ASHA.replace("asha-random", "asha-waiting"), "", "req-waiting")
+    commands.create_experiment(ACCOUNT, ASHA.replace("asha-random", "asha-waiting"), "", "req-waiting")
     life.pump()
 
     # Canceled while its runs wait.
@@ -368,7 +370,8 @@ def decisions(store: EventStore) -> list[dict[str, object]]:
         if e.type in inputs:
             for n in searches.feed(e.stream_id, e.correlation_id, ev.decode(e.type, e.data), e.recorded_at):
                 fields = {k: jsonable(v) for k, v in dataclasses.asdict(n.action).items()}
-                out.append({"experiment": n.experiment_id, "number": n.number, "kind": type(n.action).__name__, **fields})
+                kind = type(n.action).__name__
+                out.append({"experiment": n.experiment_id, "number": n.number, "kind": kind, **fields})
     return out
 
 

@@ -146,6 +146,7 @@ def test_searchers_rebuilt_from_an_old_log_derive_main_s_decisions(store: EventS
             continue
         for n in searches.feed(e.stream_id, e.correlation_id, ev.decode(e.type, e.data), e.recorded_at):
             fields = dataclasses.asdict(n.action)
-            derived.append({"experiment": n.experiment_id, "number": n.number, "kind": type(n.action).__name__, **fields})
+            kind = type(n.action).__name__
+            derived.append({"experiment": n.experiment_id, "number": n.number, "kind": kind, **fields})
     assert derived == main_models()["decisions"]
     assert {d["kind"] for d in derived} >= {"CreateTrial", "StopRun", "Promote", "NewBest", "Complete"}
