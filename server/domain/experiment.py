@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from runyard.server.domain.command import format_value, render_command
 from runyard.server.domain.errors import DomainError, IllegalTransition
-from runyard.server.domain.experiment_facts import facts_of, manifest_of, runs_at_submit, trials_from
+from runyard.server.domain.experiment_facts import facts_of, manifest_of, runs_at_submit
 from runyard.server.domain.ids import run_id_for
 from runyard.server.domain.manifest_model import Manifest, Scalar
 from runyard.server.domain.manifest_parse import MAX_PRIORITY
@@ -195,11 +195,6 @@ class Experiment:
         if manifest is None:
             raise DomainError(f"experiment {self.experiment_id}: its stored manifest no longer validates")
         return manifest
-
-    @property
-    def trials(self) -> list[dict[str, Scalar]]:
-        """The trials a searched experiment's searcher starts, in run order, as decided at submit (empty for tpe)."""
-        return trials_from(self.facts)
 
     def add_trial(
         self, index: int, values: Mapping[str, Scalar]

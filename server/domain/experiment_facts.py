@@ -2,8 +2,8 @@
 
 The manifest is parsed once, when the experiment is submitted; what it decided
 (priority, searched or not, the objective its runs are ranked by, what each
-run asks for, the trials a searcher will start, the validated manifest the runs
-are made from) is recorded beside the user's YAML. Readers (projections, the
+run asks for, the validated manifest the runs are made from, from which a
+searcher's trials follow as a pure function) is recorded beside the user's YAML. Readers (projections, the
 searcher, a handler adding a trial) take these facts and never parse the YAML
 again, so a parser that grows stricter or a default that changes cannot change
 what an experiment already logged means.
@@ -66,8 +66,6 @@ def facts_of(manifest: Manifest) -> facts_pb2.ExperimentFacts:
     if search.metric:
         facts.objective_metric = search.metric
         facts.objective_maximize = search.goal != "minimize"
-    if searched and search.method != "tpe":
-        facts.trials.extend(trial_of(t) for t in expand_trials(manifest))
     return facts
 
 
@@ -126,11 +124,6 @@ def trial_of(values: Mapping[str, Scalar]) -> facts_pb2.Trial:
 
 def trial_from(trial: facts_pb2.Trial) -> dict[str, Scalar]:
     return {v.name: scalar_from(v.value) for v in trial.values}
-
-
-def trials_from(facts: facts_pb2.ExperimentFacts) -> list[dict[str, Scalar]]:
-    """The trials recorded at submit, in run order."""
-    return [trial_from(t) for t in facts.trials]
 
 
 def _hyperparameter_of(name: str, hp: Hyperparameter) -> facts_pb2.HyperparameterSpec:
@@ -260,5 +253,4 @@ __all__: Sequence[str] = [
     "scalar_of",
     "trial_from",
     "trial_of",
-    "trials_from",
 ]

@@ -30,7 +30,7 @@ from datetime import datetime
 
 from google.protobuf.message import Message
 
-from runyard.server.domain.experiment_facts import manifest_of, trials_from
+from runyard.server.domain.experiment_facts import manifest_of
 from runyard.server.domain.manifest_model import Manifest
 from runyard.server.domain.searchers import (
     Complete,
@@ -232,8 +232,7 @@ class Searches:
         searched = facts.searched
         if not searched and search_.max_time_s is None and search_.max_gpu_hours is None:
             return []
-        trials = trials_from(facts) if search_.method != "tpe" else None
-        searcher = searcher_for(manifest, msg.experiment_id, trials=trials) if searched else None
+        searcher = searcher_for(manifest, msg.experiment_id) if searched else None
         search = ExperimentSearch(msg.experiment_id, manifest, at, searcher)
         for run_id in msg.run_ids:
             search.runs[run_id] = _RunUse()

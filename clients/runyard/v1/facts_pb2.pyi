@@ -36,7 +36,6 @@ class ExperimentFacts(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     RUNS_AT_SUBMIT_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
-    TRIALS_FIELD_NUMBER: _builtins.int
     priority: _builtins.int
     """Queue priority the manifest asked for (ExperimentPrioritySet may change it later)."""
     searched: _builtins.bool
@@ -57,13 +56,9 @@ class ExperimentFacts(_message.Message):
     def plan(self) -> Global___ExperimentPlan:
         """The validated manifest the runs are made from; absent only for an old
         event whose manifest no stricter parser accepts any more (never searched).
-        """
-
-    @_builtins.property
-    def trials(self) -> _containers.RepeatedCompositeFieldContainer[Global___Trial]:
-        """For a searched experiment whose trials are known up front (grid, list,
-        random, with or without ASHA): every trial in run order. Empty otherwise
-        (tpe picks its trials from results; a plain experiment's are its runs).
+        A searcher's trials are a pure function of it (grid order, seeded random),
+        so they are not listed: the event stays about the manifest's size, where
+        a 1000-run grid of long values listed would make one event of megabytes.
         """
 
     def __init__(
@@ -76,11 +71,10 @@ class ExperimentFacts(_message.Message):
         resources: _common_pb2.Resources | None = ...,
         runs_at_submit: _builtins.int = ...,
         plan: Global___ExperimentPlan | None = ...,
-        trials: _abc.Iterable[Global___Trial] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["objective_maximize", b"objective_maximize", "objective_metric", b"objective_metric", "plan", b"plan", "priority", b"priority", "resources", b"resources", "runs_at_submit", b"runs_at_submit", "searched", b"searched", "trials", b"trials"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["objective_maximize", b"objective_maximize", "objective_metric", b"objective_metric", "plan", b"plan", "priority", b"priority", "resources", b"resources", "runs_at_submit", b"runs_at_submit", "searched", b"searched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -347,7 +341,7 @@ Global___ScalarValue: _TypeAlias = ScalarValue  # noqa: Y015
 
 @_typing.final
 class Trial(_message.Message):
-    """Trial: one assignment of hyperparameter values, in the manifest's order."""
+    """Trial: one assignment of hyperparameter values, in the manifest's order (a run of method list)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -11,8 +11,6 @@ contract, `sequence` for grid and random search, `asha` for early stopping,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from runyard.server.domain.manifest_model import Manifest
 from runyard.server.domain.searchers.asha import AshaConfig, AshaSearcher, TimeUnit
 from runyard.server.domain.searchers.base import (
@@ -67,14 +65,11 @@ def is_searched(manifest: Manifest) -> bool:
     return search.early_stopping == "asha" or search.max_parallel is not None or search.method == "tpe"
 
 
-def searcher_for(
-    manifest: Manifest, experiment_id: str, asha: AshaConfig | None = None, trials: Sequence[Trial] | None = None
-) -> Searcher:
+def searcher_for(manifest: Manifest, experiment_id: str, asha: AshaConfig | None = None) -> Searcher:
     """The searcher a manifest asks for: TPE, ASHA over its trials when early_stopping is asha, else the sequence.
 
     The rung ladder comes from the manifest's `search.asha` (defaults: rungs at
-    1, 3, 9, ... epochs, no upper bound) unless `asha` overrides it. `trials`
-    are those recorded at submit; None expands them from the manifest.
+    1, 3, 9, ... epochs, no upper bound) unless `asha` overrides it.
     """
     if manifest.search.method == "tpe":
         from runyard.server.domain.searchers.tpe import TpeSearcher
@@ -85,5 +80,5 @@ def searcher_for(
             a = manifest.search.asha
             unit: TimeUnit = "steps" if a.time_unit == "steps" else "epochs"
             asha = AshaConfig(a.min_resource, a.reduction_factor, a.max_resource, unit)
-        return AshaSearcher.from_manifest(manifest, experiment_id, asha, trials)
-    return SequenceSearcher.from_manifest(manifest, experiment_id, trials)
+        return AshaSearcher.from_manifest(manifest, experiment_id, asha)
+    return SequenceSearcher.from_manifest(manifest, experiment_id)

@@ -120,15 +120,13 @@ class AshaSearcher:
         self._stopped: list[str] = []
 
     @classmethod
-    def from_manifest(
-        cls, manifest: Manifest, experiment_id: str, config: AshaConfig, trials: Sequence[Trial] | None = None
-    ) -> AshaSearcher:
-        """`trials` as recorded at submit (ExperimentCreated.facts); expanded from the manifest when None."""
+    def from_manifest(cls, manifest: Manifest, experiment_id: str, config: AshaConfig) -> AshaSearcher:
         goal = manifest.search.goal
         if goal is None:
             raise ValueError("ASHA needs search.goal (maximize or minimize)")
-        chosen = expand_trials(manifest) if trials is None else trials
-        return cls(chosen, goal, config, manifest.search.max_parallel, experiment_run_ids(experiment_id))
+        return cls(
+            expand_trials(manifest), goal, config, manifest.search.max_parallel, experiment_run_ids(experiment_id)
+        )
 
     @property
     def trials(self) -> Sequence[Trial]:

@@ -36,12 +36,8 @@ class SequenceSearcher:
         self._pool = TrialPool(trials=list(trials), max_parallel=max_parallel, run_id_of=run_id_of)
 
     @classmethod
-    def from_manifest(
-        cls, manifest: Manifest, experiment_id: str, trials: Sequence[Trial] | None = None
-    ) -> SequenceSearcher:
-        """`trials` as recorded at submit (ExperimentCreated.facts); expanded from the manifest when None."""
-        chosen = expand_trials(manifest) if trials is None else trials
-        return cls(chosen, manifest.search.max_parallel, experiment_run_ids(experiment_id))
+    def from_manifest(cls, manifest: Manifest, experiment_id: str) -> SequenceSearcher:
+        return cls(expand_trials(manifest), manifest.search.max_parallel, experiment_run_ids(experiment_id))
 
     @property
     def trials(self) -> Sequence[Trial]:
