@@ -181,29 +181,25 @@ def _search_of(search: Search) -> facts_pb2.SearchPlan:
     )
 
 
-def _optional(msg: facts_pb2.SearchPlan | facts_pb2.AshaPlan, name: str) -> object:
-    return getattr(msg, name) if msg.HasField(name) else None
-
-
 def _search_from(plan: facts_pb2.SearchPlan) -> Search:
     a = plan.asha
     return Search(
         method=cast(SearchMethod, plan.method),
-        max_runs=cast(int | None, _optional(plan, "max_runs")),
-        max_parallel=cast(int | None, _optional(plan, "max_parallel")),
+        max_runs=plan.max_runs if plan.HasField("max_runs") else None,
+        max_parallel=plan.max_parallel if plan.HasField("max_parallel") else None,
         runs=tuple(trial_from(run) for run in plan.runs),
         seed=plan.seed,
-        metric=cast(str | None, _optional(plan, "metric")),
-        goal=cast(Goal | None, _optional(plan, "goal")),
+        metric=plan.metric if plan.HasField("metric") else None,
+        goal=cast(Goal, plan.goal) if plan.HasField("goal") else None,
         early_stopping=plan.early_stopping,
         asha=AshaSettings(
             min_resource=a.min_resource,
             reduction_factor=a.reduction_factor,
-            max_resource=cast(int | None, _optional(a, "max_resource")),
+            max_resource=a.max_resource if a.HasField("max_resource") else None,
             time_unit=a.time_unit,
         ),
-        max_time_s=cast(float | None, _optional(plan, "max_time_s")),
-        max_gpu_hours=cast(float | None, _optional(plan, "max_gpu_hours")),
+        max_time_s=plan.max_time_s if plan.HasField("max_time_s") else None,
+        max_gpu_hours=plan.max_gpu_hours if plan.HasField("max_gpu_hours") else None,
     )
 
 

@@ -162,6 +162,10 @@ class Life:
         self.commands.update_run(run_id, lambda r: r.report_uploading(attempt, 0))
         self.commands.update_run(run_id, lambda r: r.report_completed(attempt, r.spec.results_uri))
 
+    def stopped(self, run_id: str, attempt: int) -> None:
+        """The agent stopped the run the searcher told to stop."""
+        self.commands.update_run(run_id, lambda r: r.report_canceled(attempt, "stopped"))
+
     def pump(self) -> list[str]:
         """Feed the searcher everything new, record its decisions as the driver does; the runs told to stop."""
         stopped: list[str] = []
@@ -223,16 +227,15 @@ class Life:
                     run = self.commands.load_run(run_id)
                     self.metrics(run_id, attempt, metric, step, score(run, step))
                 for run_id in self.pump():
-                    attempt = running.pop(run_id)
-                    self.commands.update_run(run_id, lambda r, a=attempt: r.report_canceled(a, "stopped"))
+                    self.stopped(run_id, running.pop(run_id))
             for run_id, attempt in running.items():
                 self.complete(run_id, attempt)
             self.pump()
 
 
 def hp(run: Any, name: str) -> float:
-    value = run.spec.hyperparameters[name]
-    return value.number_value
+    value: float = run.spec.hyperparameters[name].number_value
+    return value
 
 
 def build(store: EventStore) -> None:

@@ -131,8 +131,8 @@ def hyperparameter(draw: st.DrawFn) -> dict[str, Any]:
         return {"type": "int", "min": low, "max": low + draw(st.integers(1, 20)), "step": draw(st.integers(1, 5))}
     if kind == "categorical":
         return {"type": "categorical", "values": draw(st.lists(SCALAR, min_size=1, max_size=4, unique_by=repr))}
-    low = draw(st.floats(1e-4, 1.0))
-    spec: dict[str, Any] = {"type": kind, "min": low, "max": low * draw(st.floats(1.5, 100.0))}
+    bottom = draw(st.floats(1e-4, 1.0))
+    spec: dict[str, Any] = {"type": kind, "min": bottom, "max": bottom * draw(st.floats(1.5, 100.0))}
     if draw(st.booleans()):
         spec["count"] = draw(st.integers(2, 4))
     return spec
