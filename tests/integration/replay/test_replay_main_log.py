@@ -17,21 +17,23 @@ import base64
 import dataclasses
 import json
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf import json_format
-from sqlalchemy import DateTime, select, update
+from sqlalchemy import DateTime, select, text, update
 
 from runyard.server.domain import events as ev
 from runyard.server.domain.experiment_search import INPUT_TYPES, Searches
 from runyard.server.projections import schema
 from runyard.server.projections.runner import ProjectionRunner
 from runyard.server.queries import Queries
-from runyard.server.store import EventStore, NewEvent
+from runyard.server.store import EventStore, NewEvent, create_store_engine, migrate
 from runyard.server.store.schema import event_log
+from tests.support.databases import fresh_postgres_database, sqlite_url
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +152,42 @@ def test_searchers_rebuilt_from_an_old_log_derive_main_s_decisions(store: EventS
             derived.append({"experiment": n.experiment_id, "number": n.number, "kind": kind, **fields})
     assert derived == main_models()["decisions"]
     assert {d["kind"] for d in derived} >= {"CreateTrial", "StopRun", "Promote", "NewBest", "Complete"}
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path)
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
+def test_upgrading_a_database_main_left_keeps_every_leaderboard(empty_database: str) -> None:
+    """Revision 0006 fills the objective of the rows already projected, as the old leaderboard read it."""
+    migrate(empty_database, "0005")
+    engine = create_store_engine(empty_database)
+    rows = {
+        "exp-legacy": "name: l\ncommand: c\nresults: s3://r\nsearch: {metric: acc}\n",
+        "exp-min": "name: m\ncommand: c\nresults: s3://r\nsearch: {method: single, metric: loss, goal: minimize}\n",
+        "exp-none": "name: n\ncommand: c\nresults: s3://r\n",
+    }
+    try:
+        with engine.begin() as conn:
+            for position, (exp_id, manifest_yaml) in enumerate(rows.items(), start=1):
+                conn.execute(
+                    text(
+                        "INSERT INTO experiments (id, account_id, name, manifest_yaml, code_uri, run_count,"
+                        " cancel_requested, created_at, priority, position)"
+                        " VALUES (:id, 'a', :id, :m, '', 1, false, :t, 0, :p)"
+                    ),
+                    {"id": exp_id, "m": manifest_yaml, "t": datetime.now(UTC), "p": position},
+                )
+        migrate(empty_database, "head")
+        t = schema.experiments.c
+        with engine.connect() as conn:
+            found = conn.execute(select(t.id, t.objective_metric, t.objective_maximize)).all()
+        got = {r.id: (r.objective_metric, bool(r.objective_maximize)) for r in found}
+    finally:
+        engine.dispose()
+    assert got == {"exp-legacy": ("acc", True), "exp-min": ("loss", False), "exp-none": ("", True)}
