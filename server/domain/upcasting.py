@@ -44,32 +44,29 @@ def legacy_facts(manifest_yaml: str) -> facts_pb2.ExperimentFacts:
 @functools.lru_cache(maxsize=256)
 def _facts_for(manifest_yaml: str) -> facts_pb2.ExperimentFacts:
     try:
+        doc: object = load_yaml(manifest_yaml or "")
+    except Exception:
+        doc = None
+    try:
         facts = facts_of(parse_manifest(manifest_yaml))
     except Exception:  # DomainError, or whatever a manifest the API never saw provokes: no reader fails on it
-        facts = facts_pb2.ExperimentFacts(priority=_lenient_priority(manifest_yaml))
+        facts = facts_pb2.ExperimentFacts(priority=_lenient_priority(doc))
     facts.ClearField("objective_metric")
     facts.ClearField("objective_maximize")
-    found = _lenient_objective(manifest_yaml)
+    found = _lenient_objective(doc)
     if found is not None:
         facts.objective_metric, facts.objective_maximize = found
     return facts
 
 
-def _lenient_priority(manifest_yaml: str) -> int:
-    try:
-        loaded = load_yaml(manifest_yaml)
-    except Exception:
-        return 0
-    value = loaded.get("priority", 0) if isinstance(loaded, dict) else 0
+def _lenient_priority(doc: object) -> int:
+    """The experiments read model's reading of a manifest that no longer validates: 0 unless an integer."""
+    value = doc.get("priority", 0) if isinstance(doc, dict) else 0
     return value if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31 else 0
 
 
-def _lenient_objective(manifest_yaml: str) -> tuple[str, bool] | None:
+def _lenient_objective(doc: object) -> tuple[str, bool] | None:
     """The leaderboard's reading: a validated manifest once, so a stricter parser must not hide its objective."""
-    try:
-        doc = load_yaml(manifest_yaml or "")
-    except Exception:
-        return None
     search = doc.get("search") if isinstance(doc, dict) else None
     if not isinstance(search, dict) or not search.get("metric"):
         return None
