@@ -44,15 +44,16 @@ def legacy_facts(manifest_yaml: str) -> facts_pb2.ExperimentFacts:
 @functools.lru_cache(maxsize=256)
 def _facts_for(manifest_yaml: str) -> facts_pb2.ExperimentFacts:
     try:
+        # A manifest that validates names its objective as the lenient reading does: the parser takes
+        # `search.metric` only as a non-empty string and `search.goal` only as maximize or minimize.
+        return facts_of(parse_manifest(manifest_yaml))
+    except Exception:  # DomainError, or whatever a manifest the API never saw provokes: no reader fails on it
+        pass
+    try:
         doc: object = load_yaml(manifest_yaml or "")
     except Exception:
         doc = None
-    try:
-        facts = facts_of(parse_manifest(manifest_yaml))
-    except Exception:  # DomainError, or whatever a manifest the API never saw provokes: no reader fails on it
-        facts = facts_pb2.ExperimentFacts(priority=_lenient_priority(doc))
-    facts.ClearField("objective_metric")
-    facts.ClearField("objective_maximize")
+    facts = facts_pb2.ExperimentFacts(priority=_lenient_priority(doc))
     found = _lenient_objective(doc)
     if found is not None:
         facts.objective_metric, facts.objective_maximize = found
