@@ -8,9 +8,14 @@ and compares the same.
 
 Stream and id helpers live in `ids` and are re-exported here, so callers need
 one import for everything they write to the log.
+
+Events keep their meaning as the schema grows: `decode` hands every reader an
+old event in the current shape (`upcasting`), so no reader branches on age.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 from google.protobuf.message import Message
 
@@ -26,6 +31,7 @@ from runyard.server.domain.ids import (
     run_metrics_stream,
     run_stream,
 )
+from runyard.server.domain.upcasting import upcast_experiment_created
 from runyard.v1 import events_pb2
 
 __all__ = [
@@ -70,8 +76,15 @@ def encode(msg: Message) -> tuple[str, bytes]:
     return event_type(msg), msg.SerializeToString(deterministic=True)
 
 
+_EXPERIMENT_CREATED = events_pb2.ExperimentCreated.DESCRIPTOR.full_name
+
+
 def decode(type_: str, data: bytes) -> Message:
+    """The payload in today's shape: an event logged in an older shape is upcast here, the one place on read."""
     cls = EVENT_TYPES.get(type_)
     if cls is None:
         raise UnknownEventType(type_)
-    return cls.FromString(data)
+    msg = cls.FromString(data)
+    if type_ == _EXPERIMENT_CREATED:
+        return upcast_experiment_created(cast(events_pb2.ExperimentCreated, msg))
+    return msg

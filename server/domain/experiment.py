@@ -12,19 +12,21 @@ id and the manifest, so a retried create produces byte-identical events.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from runyard.server.domain.command_template import render_command
+from runyard.server.domain.command_template import format_value, render_command
 from runyard.server.domain.errors import DomainError, IllegalTransition
+from runyard.server.domain.experiment_facts import facts_of, manifest_of, runs_at_submit
 from runyard.server.domain.ids import run_id_for
 from runyard.server.domain.manifest_model import Manifest, Scalar
 from runyard.server.domain.manifest_parse import MAX_PRIORITY
 from runyard.server.domain.search_space import expand_trials
-from runyard.server.domain.searchers import is_searched
-from runyard.v1 import common_pb2, events_pb2
+from runyard.v1 import common_pb2, events_pb2, facts_pb2
+
+__all__ = ["Experiment", "new_run", "run_spec", "runs_at_submit"]
 
 
 def _value(value: Scalar) -> struct_pb2.Value:
@@ -84,15 +86,6 @@ _SEARCH_EVENTS = (
 )
 
 
-def runs_at_submit(manifest: Manifest) -> int:
-    """How many runs an experiment queues when it is submitted (a searched one adds the rest as slots free)."""
-    search = manifest.search
-    if not is_searched(manifest):
-        return len(expand_trials(manifest))
-    total = search.max_runs if search.method == "tpe" else len(expand_trials(manifest))
-    return min(total or 1, search.max_parallel or total or 1)
-
-
 @dataclass
 class Experiment:
     """An experiment as its stream says it is; `version` is the number of events applied."""
@@ -104,6 +97,8 @@ class Experiment:
     code_uri: str
     client_request_id: str
     run_ids: tuple[str, ...]
+    #: What was decided at submit (ExperimentCreated.facts; upcast from the manifest for older events).
+    facts: facts_pb2.ExperimentFacts = field(default_factory=facts_pb2.ExperimentFacts)
     cancel_requested: bool = False
     cancel_reason: str = ""
     #: Set by an admin after creation (ExperimentPrioritySet); None while the manifest's priority holds.
@@ -123,9 +118,14 @@ class Experiment:
         code_uri: str,
         client_request_id: str,
     ) -> tuple[events_pb2.ExperimentCreated, list[tuple[str, events_pb2.RunCreated]]]:
-        """The experiment's opening event and, per run in index order, its id and RunCreated."""
+        """The experiment's opening event and, per run in index order, its id and RunCreated.
+
+        The opening event records the facts the manifest decides (`experiment_facts`),
+        so nothing after the submit parses `manifest_yaml` again.
+        """
         runs: list[tuple[str, events_pb2.RunCreated]] = []
-        trials = [] if is_searched(manifest) else expand_trials(manifest)
+        facts = facts_of(manifest)
+        trials = [] if facts.searched else expand_trials(manifest)
         for index, values in enumerate(trials):
             run_id = run_id_for(experiment_id, index)
             created = new_run(experiment_id, account_id, manifest, code_uri, index, values)
@@ -138,6 +138,7 @@ class Experiment:
             code_uri=code_uri,
             client_request_id=client_request_id,
             run_ids=[run_id for run_id, _ in runs],
+            facts=facts,
         )
         return opened, runs
 
@@ -156,6 +157,7 @@ class Experiment:
             code_uri=first.code_uri,
             client_request_id=first.client_request_id,
             run_ids=tuple(first.run_ids),
+            facts=first.facts,
             version=1,
         )
         for event in stream:
@@ -185,6 +187,26 @@ class Experiment:
         self.cancel_requested = True
         self.cancel_reason = event.reason
         self.version += 1
+
+    @property
+    def manifest(self) -> Manifest:
+        """The validated manifest as recorded at submit (no YAML parsed); DomainError for an old, unparsable one."""
+        manifest = manifest_of(self.name, self.facts)
+        if manifest is None:
+            raise DomainError(f"experiment {self.experiment_id}: its stored manifest no longer validates")
+        return manifest
+
+    def add_trial(
+        self, index: int, values: Mapping[str, Scalar]
+    ) -> tuple[events_pb2.ExperimentRunAdded, events_pb2.RunCreated]:
+        """A searcher's trial `index`: the experiment's ExperimentRunAdded and the new run's RunCreated.
+
+        Built from the recorded facts; the caller appends both in one transaction.
+        """
+        created = new_run(self.experiment_id, self.account_id, self.manifest, self.code_uri, index, values)
+        shown = {name: format_value(value) for name, value in values.items()}
+        added = events_pb2.ExperimentRunAdded(run_id=created.run_id, index=index, hyperparameters=shown)
+        return added, created
 
     def set_priority(self, priority: int) -> list[Message]:
         """Reorder the experiment's queued runs; the same priority again records nothing."""

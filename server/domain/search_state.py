@@ -30,9 +30,8 @@ from datetime import datetime
 
 from google.protobuf.message import Message
 
-from runyard.server.domain.errors import DomainError
+from runyard.server.domain.experiment_facts import manifest_of
 from runyard.server.domain.manifest_model import Manifest
-from runyard.server.domain.manifest_parse import parse_manifest
 from runyard.server.domain.searchers import (
     Complete,
     CreateTrial,
@@ -40,7 +39,6 @@ from runyard.server.domain.searchers import (
     RunOutcome,
     Searcher,
     StopRun,
-    is_searched,
     searcher_for,
 )
 from runyard.v1 import events_pb2
@@ -226,12 +224,12 @@ class Searches:
     # -- inputs -------------------------------------------------------------------
 
     def _created(self, msg: events_pb2.ExperimentCreated, at: datetime) -> list[Numbered]:
-        try:
-            manifest = parse_manifest(msg.manifest_yaml)
-        except DomainError:
+        facts = msg.facts  # decided at submit (or upcast from an older event's manifest by `decode`)
+        manifest = manifest_of(msg.name, facts)
+        if manifest is None:
             return []  # stored before a stricter parser: such an experiment was never searched
         search_ = manifest.search
-        searched = is_searched(manifest)
+        searched = facts.searched
         if not searched and search_.max_time_s is None and search_.max_gpu_hours is None:
             return []
         searcher = searcher_for(manifest, msg.experiment_id) if searched else None

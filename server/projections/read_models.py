@@ -23,9 +23,7 @@ from sqlalchemy import BigInteger, Connection, Integer, String, Table, Text, sel
 from sqlalchemy.exc import OperationalError
 
 from runyard.server.domain.events import decode
-from runyard.server.domain.manifest import load_yaml, parse_manifest
 from runyard.server.domain.run_states import TERMINAL
-from runyard.server.domain.searchers import is_searched
 from runyard.server.store import RecordedEvent, dialects
 from runyard.storable import fit, storable
 from runyard.v1 import common_pb2, events_pb2
@@ -541,7 +539,7 @@ class RunsProjector:
 
     def _experiment_event(self, rows: _Rows, key: str, event: RecordedEvent, msg: Message) -> None:
         if isinstance(msg, events_pb2.ExperimentCreated):
-            priority, searching = _manifest_facts(msg.manifest_yaml)
+            facts = msg.facts  # decided at submit (or upcast from an older event's manifest by `decode`)
             rows.add(
                 {
                     "id": msg.experiment_id,
@@ -552,9 +550,11 @@ class RunsProjector:
                     "run_count": len(msg.run_ids),
                     "cancel_requested": False,
                     "created_at": event.recorded_at,
-                    "priority": priority,
-                    "searching": searching,
+                    "priority": facts.priority,
+                    "searching": facts.searched,
                     "end_reason": "",
+                    "objective_metric": storable(facts.objective_metric),
+                    "objective_maximize": facts.objective_maximize if facts.objective_metric else True,
                     "position": event.position,
                 }
             )
@@ -656,26 +656,6 @@ class RunsProjector:
             prev = current.get(name)
             if prev is None or step >= prev[0]:
                 current[name] = [float(step), value]
-
-
-@functools.lru_cache(maxsize=256)
-def _manifest_facts(manifest_yaml: str) -> tuple[int, bool]:
-    """The priority a manifest asks for (0 when it names none), and whether its searcher adds its runs.
-
-    A searched experiment stays ACTIVE until ExperimentCompleted. A rebuild
-    parses every stored manifest, so each is parsed once, and experiments
-    submitted from one manifest file share the answer.
-    """
-    try:
-        manifest = parse_manifest(manifest_yaml)
-    except Exception:  # DomainError, or whatever a manifest the API never saw provokes: no read model fails on it
-        try:
-            loaded = load_yaml(manifest_yaml)
-        except Exception:
-            return 0, False
-        value = loaded.get("priority", 0) if isinstance(loaded, dict) else 0
-        return (value if isinstance(value, int) and not isinstance(value, bool) else 0), False
-    return manifest.priority, is_searched(manifest)
 
 
 def _stop_message(msg: events_pb2.RunStopRequested) -> str:

@@ -25,6 +25,9 @@ from sqlalchemy import (
 from sqlalchemy import (
     false as sql_false,
 )
+from sqlalchemy import (
+    true as sql_true,
+)
 
 metadata = MetaData()
 
@@ -50,6 +53,9 @@ experiments = Table(
     # True while the experiment's searcher may still add runs (searched experiments).
     Column("searching", Boolean, nullable=False, server_default=sql_false()),
     Column("end_reason", Text, nullable=False, server_default=""),
+    # The metric its runs are ranked by ("" for none) and its direction, as decided at submit (revision 0006).
+    Column("objective_metric", Text, nullable=False, server_default=""),
+    Column("objective_maximize", Boolean, nullable=False, server_default=sql_true()),
     # Log position of ExperimentCreated: a stable, unique order for pagination.
     Column("position", BigInteger, nullable=False, unique=True),
 )

@@ -4,8 +4,9 @@ The best value is computed here, on the server, from the metrics projection,
 so every client (CLI, SDK, a generated gRPC client) ranks runs the same way and
 none has to fetch whole metric histories to do it. Which metric counts, and in
 which direction, is the experiment's own choice (manifest ``search.metric`` and
-``search.goal``), so runs are only ever scored against their experiment's
-objective.
+``search.goal``), recorded at submit on ExperimentCreated and kept on the
+experiments read model, so runs are only ever scored against their
+experiment's objective and no manifest is parsed to rank them.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import yaml
 from sqlalchemy import Connection, and_, func, select
 
+from runyard.server.domain.experiment_facts import objective as objective_in
+from runyard.server.domain.upcasting import legacy_facts
 from runyard.server.projections import schema
 from runyard.server.queries.usage import run_gpu_seconds
 from runyard.v1 import resources_pb2
@@ -31,21 +33,14 @@ class Objective:
 
 
 def objective_of(manifest_yaml: str) -> Objective | None:
-    """The search objective that the manifest names, or None when it names no metric.
+    """The objective an experiment logged before facts were recorded is ranked by (see `upcasting`).
 
     Read leniently on purpose: the manifest was validated when the experiment was
     created, and a parser that has since grown stricter must not make an old
     experiment's leaderboard disappear.
     """
-    try:
-        doc = yaml.safe_load(manifest_yaml or "")
-    except yaml.YAMLError:
-        return None
-    search = doc.get("search") if isinstance(doc, dict) else None
-    if not isinstance(search, dict) or not search.get("metric"):
-        return None
-    goal = str(search.get("goal") or "maximize").strip().lower()
-    return Objective(str(search["metric"]), maximize=not goal.startswith("min"))
+    found = objective_in(legacy_facts(manifest_yaml))
+    return None if found is None else Objective(*found)
 
 
 def best_points(conn: Connection, run_ids: Sequence[str], objective: Objective) -> dict[str, tuple[float, int]]:
@@ -75,12 +70,8 @@ def objectives(conn: Connection, experiment_ids: Iterable[str]) -> dict[str, Obj
     if not ids:
         return {}
     t = schema.experiments
-    found = {}
-    for exp_id, manifest_yaml in conn.execute(select(t.c.id, t.c.manifest_yaml).where(t.c.id.in_(ids))):
-        objective = objective_of(manifest_yaml)
-        if objective is not None:
-            found[exp_id] = objective
-    return found
+    rows = conn.execute(select(t.c.id, t.c.objective_metric, t.c.objective_maximize).where(t.c.id.in_(ids)))
+    return {exp_id: Objective(metric, bool(maximize)) for exp_id, metric, maximize in rows if metric}
 
 
 def annotate(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import insert
 
+from runyard.server.domain.upcasting import legacy_facts
 from runyard.server.projections import schema
 from runyard.server.queries import run_scores
 from runyard.server.store import EventStore
@@ -25,11 +26,14 @@ def manifest(search: str) -> str:
 
 
 def add_experiment(store: EventStore, exp_id: str, manifest_yaml: str, position: int) -> None:
+    """The experiment's row with the objective the projector records from its ExperimentCreated's facts."""
+    facts = legacy_facts(manifest_yaml)
     with store.engine.begin() as conn:
         conn.execute(
             insert(schema.experiments).values(
                 id=exp_id, account_id="default", name=exp_id, manifest_yaml=manifest_yaml, code_uri="",
                 run_count=1, cancel_requested=False, created_at=datetime.now(UTC), priority=0, position=position,
+                objective_metric=facts.objective_metric, objective_maximize=facts.objective_maximize,
             )
         )  # fmt: skip
 

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from runyard.v1 import common_pb2 as _common_pb2
+from runyard.v1 import facts_pb2 as _facts_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -38,6 +39,7 @@ class ExperimentCreated(_message.Message):
     CODE_URI_FIELD_NUMBER: _builtins.int
     CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
     RUN_IDS_FIELD_NUMBER: _builtins.int
+    FACTS_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     account_id: _builtins.str
     name: _builtins.str
@@ -49,6 +51,14 @@ class ExperimentCreated(_message.Message):
     def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the runs created with the experiment, in index order."""
 
+    @_builtins.property
+    def facts(self) -> _facts_pb2.ExperimentFacts:
+        """What was decided from the manifest at submit, so that no reader parses
+        manifest_yaml again (it stays as the user's input, for display). Events
+        logged before this field existed get it on read, from their manifest
+        (server/domain/upcasting.py); the log itself is never rewritten.
+        """
+
     def __init__(
         self,
         *,
@@ -59,10 +69,11 @@ class ExperimentCreated(_message.Message):
         code_uri: _builtins.str = ...,
         client_request_id: _builtins.str = ...,
         run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        facts: _facts_pb2.ExperimentFacts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "client_request_id", b"client_request_id", "code_uri", b"code_uri", "experiment_id", b"experiment_id", "manifest_yaml", b"manifest_yaml", "name", b"name", "run_ids", b"run_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "client_request_id", b"client_request_id", "code_uri", b"code_uri", "experiment_id", b"experiment_id", "facts", b"facts", "manifest_yaml", b"manifest_yaml", "name", b"name", "run_ids", b"run_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
