@@ -9,6 +9,7 @@ ManifestError is raised at the end if anything was recorded.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -159,19 +160,27 @@ def parse_manifest(text: str) -> Manifest:
 
 
 def _kind(value: object) -> str:
+    """What a wrong value is, with the value itself when it is short: `a string ("two")`."""
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return "a boolean"
+        return f"a boolean ({str(value).lower()})"
     if isinstance(value, int | float):
-        return "a number"
+        text = repr(value)
+        return f"a number ({text})" if len(text) <= 24 else "a number"
     if isinstance(value, str):
-        return "a string"
+        return f"a string ({_quoted(value)})"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
     return f"a {type(value).__name__}"
+
+
+def _quoted(text: str) -> str:
+    """A string as JSON quotes it (every control character escaped), cut after 40 characters."""
+    shown = json.dumps(text[:40])
+    return shown if len(text) <= 40 else f"{shown[:-1]}...\""
 
 
 def _at(path: str, key: object) -> str:
@@ -613,9 +622,12 @@ class _Parser:
         count = self.integer(_at(path, "count"), fields["count"], 1) if "count" in fields else None
         base = 10.0
         if log and "base" in fields:
-            base = self.number(_at(path, "base"), fields["base"]) or 10.0
-            if base <= 0 or base == 1:
+            written = self.number(_at(path, "base"), fields["base"])
+            # `is None`, not `or`: a base of 0 is an error to report, not an absent base.
+            if written is not None and (written <= 0 or written == 1):
                 self.error(_at(path, "base"), "must be greater than 0 and not 1")
+            elif written is not None:
+                base = written
         if low is None or high is None:
             return None
         if log and low <= 0:
