@@ -53,8 +53,13 @@ def _integer(minimum: int = -_SAFE, maximum: int = _SAFE) -> Schema:
 
 
 def _nullable(schema: Schema) -> Schema:
-    """The validator treats an explicit null as absent for this field."""
-    return {"anyOf": [schema, {"type": "null"}]}
+    """The validator treats an explicit null as absent for this field.
+
+    A list of types, not `anyOf` with null: each keyword applies only to its own type, so the
+    schema's errors stay at the field that is wrong instead of "not valid under any of" above it.
+    """
+    types = schema["type"]
+    return {**schema, "type": [*(types if isinstance(types, list) else [types]), "null"]}
 
 
 def _mapping(properties: Mapping[str, Schema], fields: Sequence[str], required: Sequence[str] = ()) -> Schema:
@@ -75,9 +80,7 @@ def _mapping(properties: Mapping[str, Schema], fields: Sequence[str], required: 
 def _scalar() -> Schema:
     """A hyperparameter or env value. Integers are bounded to 2**53 by the validator, floats only to finite:
     a bound here would refuse 1e20, which the validator takes."""
-    return {
-        "anyOf": [{"type": "string", "maxLength": limits.MAX_VALUE_CHARS}, {"type": "boolean"}, {"type": "number"}]
-    }
+    return {"type": ["string", "boolean", "number"], "maxLength": limits.MAX_VALUE_CHARS}
 
 
 def _uri() -> Schema:
@@ -100,7 +103,13 @@ def _framework() -> Schema:
         mp.FRAMEWORK_FIELDS,
         required=["name"],
     )
-    return {"anyOf": [{"enum": list(FRAMEWORKS)}, mapping, {"type": "null"}]}
+    # The name alone, or the mapping: each keyword applies to its own type (enum through if/then: it has none).
+    return {
+        **mapping,
+        "type": ["string", "object", "null"],
+        "if": {"type": "string"},
+        "then": {"enum": list(FRAMEWORKS)},
+    }
 
 
 def _resources() -> Schema:
@@ -115,7 +124,7 @@ def _resources() -> Schema:
             {
                 "gpus": _integer(0, mp.MAX_GPUS),
                 "cpus": _integer(1, mp.MAX_CPUS),
-                "memory": {"anyOf": [_integer(1, _SAFE), size]},
+                "memory": {**_integer(1, _SAFE), **size, "type": ["integer", "string"]},
                 "gpu_model": _nullable({"type": "string", "pattern": r"\S"}),
                 "labels": _nullable(labels),
             },
@@ -157,14 +166,23 @@ def _hyperparameter_types() -> dict[str, Schema]:
 
 
 def _hyperparameters(typed: Mapping[str, Schema]) -> Schema:
+    # A mapping with a `type`, a list (short for categorical) or a single value (short for const). The mapping's
+    # fields are chosen by its `type` through if/then, so an error names the field (`hyperparameters.lr.min`).
     spec = {
-        "anyOf": [
-            {"$ref": f"#/$defs/hyperparameter_{kind}"} for kind in typed
-        ] + [
-            {"type": "array", "minItems": 1, "maxItems": limits.MAX_VALUES_PER_HYPERPARAMETER, "items": _scalar(),
-             "description": "Short for {type: categorical, values: [...]}."},
-            {**_scalar(), "description": "Short for {type: const, value: ...}."},
-        ]
+        "type": ["object", "array", "string", "number", "boolean"],
+        "description": "A mapping with a `type` (" + ", ".join(typed) + "); a list, short for categorical; "
+        "or one value, short for const.",
+        "required": ["type"],
+        "properties": {"type": {"enum": list(typed)}},
+        "allOf": [
+            {"if": {"type": "object", "required": ["type"], "properties": {"type": {"const": kind}}},
+             "then": {"$ref": f"#/$defs/hyperparameter_{kind}"}}
+            for kind in typed
+        ],
+        "minItems": 1,
+        "maxItems": limits.MAX_VALUES_PER_HYPERPARAMETER,
+        "items": _scalar(),
+        "maxLength": limits.MAX_VALUE_CHARS,
     }  # fmt: skip
     return _nullable(
         {
@@ -187,10 +205,10 @@ def _search() -> Schema:
         mp.ASHA_FIELDS,
     )
     duration = {
-        "anyOf": [
-            {"type": "number", "exclusiveMinimum": 0, "maximum": limits.MAX_DURATION_S},
-            {"type": "string", "pattern": mp._DURATION.pattern},
-        ]
+        "type": ["number", "string"],
+        "exclusiveMinimum": 0,
+        "maximum": limits.MAX_DURATION_S,
+        "pattern": mp._DURATION.pattern,
     }
     schema = _mapping(
         {
@@ -225,7 +243,9 @@ def _search() -> Schema:
     return _nullable(schema)
 
 
-def _when(condition: Mapping[str, Schema], required: Sequence[str], properties: Mapping[str, Schema] = ()) -> Schema:
+def _when(
+    condition: Mapping[str, Schema], required: Sequence[str], properties: Mapping[str, Schema] | None = None
+) -> Schema:
     """If these fields are present and match, then `required` are present (and match `properties`)."""
     then: Schema = {"required": list(required)}
     if properties:
@@ -275,9 +295,6 @@ def _describe(schema: Schema, path: str) -> None:
         default = "" if doc.default in (REQUIRED, "see below") else f" Default: {doc.default}."
         schema["description"] = f"{doc.text}{default}"
         schema["markdownDescription"] = f"{doc.text}{default}\n\n```yaml\n{doc.example}\n```"
-    for option in schema.get("anyOf", []):
-        if option.get("type") == "object" and "properties" in option:
-            _describe(option, path)
     for name, sub in schema.get("properties", {}).items():
         _describe(sub, f"{path}.{name}" if path else name)
 
