@@ -218,7 +218,11 @@ def _search() -> Schema:
             "runs": {
                 "type": "array",
                 "minItems": 1,
-                "items": {"type": "object", "propertyNames": {"pattern": _IDENTIFIER}, "additionalProperties": _scalar()},
+                "items": {
+                    "type": "object",
+                    "propertyNames": {"pattern": _IDENTIFIER},
+                    "additionalProperties": _scalar(),
+                },
             },
             "seed": _integer(),
             "metric": {"type": "string", "minLength": 1},

@@ -17,12 +17,11 @@ from typing import Any
 
 from runyard import __version__
 from runyard.client import admin as admin_commands
-from runyard.client import commands, completion, daemons, stack, tb_export, usage, views
+from runyard.client import commands, completion, daemons, manifests, stack, tb_export, usage, views
 from runyard.client import images as images_commands
-from runyard.client import manifests
 from runyard.client.errors import ClientError
-from runyard.extras import MissingExtra
 from runyard.config import ConfigError, Settings, load_settings, parse_pairs, parse_size
+from runyard.extras import MissingExtra
 
 # Commands that are part of a stack read no state file and need no connection.
 _PROCESS_COMMANDS = ("server", "agent", "up", "down")
