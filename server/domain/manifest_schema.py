@@ -155,11 +155,9 @@ def _hyperparameter_types() -> dict[str, Schema]:
         properties: dict[str, Schema] = {"type": {"const": kind, "description": f"{kind}: {doc.text}"}}
         required = ["type"]
         for name, default, what in doc.fields:
-            properties[name] = {**fields[kind][name], "description": what if default == REQUIRED else f"{what}."}
+            properties[name] = {**fields[kind][name], "description": f"{what}; {_default_words(default)}."}
             if default == REQUIRED:
                 required.append(name)
-            else:
-                properties[name]["description"] = f"{what}; default {default}."
         schema = _mapping(properties, allowed, required=required)
         typed[kind] = {"description": f"{doc.text} Example: `{doc.example}`", **schema}
     return typed
@@ -292,11 +290,16 @@ def _top_level() -> dict[str, Schema]:
     }
 
 
+def _default_words(default: str) -> str:
+    """manifest_reference's default column as words: "required", "required for grid", "default 10"."""
+    return default if default.startswith(REQUIRED) else f"default {default}"
+
+
 def _describe(schema: Schema, path: str) -> None:
     """Add manifest_reference's words to the field at `path` and, below it, its subfields."""
     doc = _DOCS.get(path)
     if doc is not None:
-        default = "" if doc.default in (REQUIRED, "see below") else f" Default: {doc.default}."
+        default = f" {_default_words(doc.default).capitalize()}." if doc.default != "see below" else ""
         schema["description"] = f"{doc.text}{default}"
         schema["markdownDescription"] = f"{doc.text}{default}\n\n```yaml\n{doc.example}\n```"
     for name, sub in schema.get("properties", {}).items():
