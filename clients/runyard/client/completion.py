@@ -28,8 +28,8 @@ def autocomplete(parser: argparse.ArgumentParser) -> None:
         return
     try:
         import argcomplete
-    except ImportError:  # the hook outlived the package: offer nothing rather than a traceback in the shell
-        return
+    except ImportError:  # the hook outlived the package: offer nothing, and run no command for the shell
+        raise SystemExit(0) from None
     argcomplete.autocomplete(parser)
 
 

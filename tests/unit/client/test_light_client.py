@@ -102,8 +102,8 @@ MODULE_DISTS = {m: {canonicalize_name(d) for d in ds} for m, ds in importlib.met
 
 def run_light(mode: str, payload: object, stdin: str = "", env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of the harness; fails if it imported anything outside the base closure."""
-    environ = {**os.environ, "REFUSED": json.dumps(REFUSED), **(env or {})}
-    environ.pop("_ARGCOMPLETE", None)
+    environ = {k: v for k, v in os.environ.items() if k != "_ARGCOMPLETE"}
+    environ.update(REFUSED=json.dumps(REFUSED), **(env or {}))
     done = subprocess.run(
         [sys.executable, "-c", HARNESS, mode, json.dumps(payload)],
         input=stdin,
@@ -218,4 +218,26 @@ def test_a_command_that_needs_an_extra_names_it(argv: list[str], extra: str, tmp
     code, out, err = run_light("cli", argv, env={"HOME": str(tmp_path), "RUNYARD_CONFIG": str(tmp_path / "none")})
     assert code == 1, out + err
     assert f"pip install 'runyard[{extra}]'" in err, err
+    assert "Traceback" not in err
+
+
+def test_making_nats_keys_names_the_server_extra() -> None:
+    code, _, err = run_light(
+        "exec",
+        "from runyard import natsauth\n"
+        "from runyard.extras import MissingExtra\n"
+        "try:\n"
+        "    natsauth.new_user_nkey()\n"
+        "except MissingExtra as e:\n"
+        "    print(e, file=__import__('sys').stderr)\n"
+        "    raise SystemExit(5)\n",
+    )
+    assert code == 5, err
+    assert "making or reading NATS NKeys needs `pip install 'runyard[server]'` (no module nkeys)" in err
+
+
+def test_a_completion_request_without_argcomplete_ends_quietly() -> None:
+    """A shell hook left from an install with the completion extra: no answer, no traceback, no command run."""
+    code, out, err = run_light("cli", ["list"], env={"_ARGCOMPLETE": "1", "COMP_LINE": "runyard li", "COMP_POINT": "10"})
+    assert (code, out) == (0, "")
     assert "Traceback" not in err
