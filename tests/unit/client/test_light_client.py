@@ -238,6 +238,7 @@ def test_making_nats_keys_names_the_server_extra() -> None:
 
 def test_a_completion_request_without_argcomplete_ends_quietly() -> None:
     """A shell hook left from an install with the completion extra: no answer, no traceback, no command run."""
-    code, out, err = run_light("cli", ["list"], env={"_ARGCOMPLETE": "1", "COMP_LINE": "runyard li", "COMP_POINT": "10"})
+    asking = {"_ARGCOMPLETE": "1", "COMP_LINE": "runyard li", "COMP_POINT": "10"}
+    code, out, err = run_light("cli", ["list"], env=asking)
     assert (code, out) == (0, "")
     assert "Traceback" not in err
