@@ -5,8 +5,10 @@ a run writes under RESULT_DIR (runyard.agent.tensorboard.split_records), on the
 agent's CPU beside the training job. Measured side by side in one process on
 the same buffer of real framed records (scalar events as torch writes them):
 `split_records(verify=True)` with google-crc32c's C build and with the
-pure-Python fallback, and the bare checksum of a 1 MiB block with each. Prints
-JSON: MiB/s of each, the ratio native / Python, and the load average.
+pure-Python fallback, the loop as it was before (its copy here: the Python CRC
+through per-record slices), and the bare checksum of a 1 MiB block with each.
+Prints JSON: MiB/s of each, the ratios native / Python and now / before, and
+the load average.
 
     .venv/bin/python bench/tensorboard_crc.py [--mib 4] [--repeat 5]
 """
@@ -41,6 +43,29 @@ def framed_events(size: int) -> bytes:
         out += header + struct.pack("<I", tb.masked_crc32c(header)) + raw + struct.pack("<I", tb.masked_crc32c(raw))
         step += 1
     return bytes(out)
+
+
+def baseline_split_records(buffer: bytes) -> int:
+    """The agent's loop before google-crc32c (per-record slicing, the Python CRC): the side-by-side peer."""
+
+    def masked(data: bytes) -> int:
+        crc = tb.python_crc32c(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    records, pos, end = 0, 0, len(buffer)
+    while end - pos >= 12:
+        header = buffer[pos : pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        if masked(header) != struct.unpack_from("<I", buffer, pos + 8)[0]:
+            break
+        if end - pos < 12 + length + 4:
+            break
+        data = buffer[pos + 12 : pos + 12 + length]
+        if masked(data) != struct.unpack_from("<I", buffer, pos + 12 + length)[0]:
+            break
+        records += 1
+        pos += 12 + length + 4
+    return records
 
 
 def best_mib_s(work: Callable[[], object], nbytes: int, repeat: int) -> float:
@@ -86,11 +111,17 @@ def main() -> None:
         finally:
             tb.crc32c = native or tb.python_crc32c
     result["records"] = records
+    assert baseline_split_records(buffer) == records
+    result["before_split_records_mib_s"] = round(
+        best_mib_s(functools.partial(baseline_split_records, buffer), len(buffer), args.repeat), 1
+    )
     if native is not None:
         for what in ("split_records", "checksum"):
             fast = float(str(result[f"native_{what}_mib_s"]))
             slow = float(str(result[f"python_{what}_mib_s"]))
             result[f"{what}_ratio_native_over_python"] = round(fast / slow, 1)
+        now, before = (float(str(result[f"{k}_split_records_mib_s"])) for k in ("native", "before"))
+        result["split_records_ratio_now_over_before"] = round(now / before, 1)
     print(json.dumps(result, indent=2))
 
 
