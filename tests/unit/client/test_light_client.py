@@ -100,10 +100,14 @@ BASE_CLOSURE = _closure({r.name for r in _base_requirements()})
 MODULE_DISTS = {m: {canonicalize_name(d) for d in ds} for m, ds in importlib.metadata.packages_distributions().items()}
 
 
-def run_light(mode: str, payload: object, stdin: str = "", env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of the harness; fails if it imported anything outside the base closure."""
+def run_light(
+    mode: str, payload: object, stdin: str = "", env: dict[str, str] | None = None, base_only: bool = True
+) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the harness; with `base_only`, fails if it imported anything outside the
+    base install's closure."""
     environ = {k: v for k, v in os.environ.items() if k != "_ARGCOMPLETE"}
-    environ.update(REFUSED=json.dumps(REFUSED), **(env or {}))
+    environ["REFUSED"] = json.dumps(REFUSED)
+    environ.update(env or {})
     done = subprocess.run(
         [sys.executable, "-c", HARNESS, mode, json.dumps(payload)],
         input=stdin,
@@ -126,7 +130,7 @@ def run_light(mode: str, payload: object, stdin: str = "", env: dict[str, str] |
         and m in MODULE_DISTS
         and not MODULE_DISTS[m] & BASE_CLOSURE
     ]
-    assert not foreign, f"imported outside the base install ({sorted(BASE_CLOSURE)}): {foreign}"
+    assert not foreign or not base_only, f"imported outside the base install ({sorted(BASE_CLOSURE)}): {foreign}"
     return done.returncode, done.stdout, stderr
 
 
@@ -242,3 +246,19 @@ def test_a_completion_request_without_argcomplete_ends_quietly() -> None:
     code, out, err = run_light("cli", ["list"], env=asking)
     assert (code, out) == (0, "")
     assert "Traceback" not in err
+
+
+AGENT_ONLY = ("pynvml", "tensorboard", "numpy", "docker", "google_crc32c")
+SERVER_ONLY = ("sqlalchemy", "alembic", "psycopg", "optuna", "grpc_health", "grpc_reflection")
+CONVENIENCES = ("plotext", "argcomplete", "torch", "tensorflow", "sklearn")
+
+
+@pytest.mark.parametrize(
+    ("module", "refused"),
+    [("runyard.server.main", AGENT_ONLY + CONVENIENCES), ("runyard.agent.main", SERVER_ONLY + CONVENIENCES)],
+    ids=["server-without-agent-extra", "agent-without-server-extra"],
+)
+def test_the_server_and_the_agent_each_need_only_their_own_extra(module: str, refused: tuple[str, ...]) -> None:
+    """A control-plane host installs runyard[server], a GPU host runyard[agent]: neither imports the other's."""
+    code, _, err = run_light("exec", f"import {module}", env={"REFUSED": json.dumps(refused)}, base_only=False)
+    assert code == 0, err
