@@ -148,6 +148,8 @@ def parse_manifest(text: str) -> Manifest:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ManifestError([FieldError("manifest", f"is not valid YAML{where}: {problem}")]) from None
+    except ValueError as exc:  # a decimal integer of more digits than Python converts (sys.int_info)
+        raise ManifestError([FieldError("manifest", f"holds a number that cannot be read: {exc}"[:200])]) from None
     if doc is None:
         raise ManifestError([FieldError("manifest", "is empty")])
     if not isinstance(doc, dict):
@@ -165,6 +167,8 @@ def _kind(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int) and abs(value) >= 10**24:  # long: and repr of 4,300+ digits raises ValueError
+        return "a number"
     if isinstance(value, int | float):
         text = repr(value)
         return f"a number ({text})" if len(text) <= 24 else "a number"

@@ -97,6 +97,8 @@ def test_json_output_for_scripts_and_editors(capsys: pytest.CaptureFixture[str],
         (b"- a list\n", "manifest: must be a mapping of fields, not a list"),
         (b'name: x\ncommand: "a\\x00b"\nresults: s3://r/x\n', "command: must not contain the NUL character"),
         (b"#" * (MAX_MANIFEST_BYTES + 10), "manifest: is larger than 512 KiB"),
+        (b"name: x\npriority: " + b"9" * 5000 + b"\n", "manifest: holds a number that cannot be read"),
+        (b"name: x\ndescription: 0x" + b"f" * 4000 + b"\n", "description: must be a string, not a number\n"),
     ],
 )
 def test_hostile_files_get_one_clear_line(
