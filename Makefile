@@ -35,3 +35,4 @@ bench:
 	.venv/bin/python bench/overhead.py
 	.venv/bin/python bench/metrics_ingest.py
 	.venv/bin/python bench/asha_efficiency.py
+	.venv/bin/python bench/tensorboard_crc.py

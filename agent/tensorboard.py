@@ -58,6 +58,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,8 @@ def _crc_table() -> tuple[int, ...]:
 _CRC_TABLE = _crc_table()
 
 
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), the checksum TFRecord uses (zlib only has the other CRC-32)."""
+def python_crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli) byte by byte: the fallback where google-crc32c's C build is missing (~12 MiB/s)."""
     crc = 0xFFFFFFFF
     table = _CRC_TABLE
     for byte in data:
@@ -121,7 +122,30 @@ def crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
+def _native_crc32c() -> Callable[[bytes], int] | None:
+    """google-crc32c's C (SSE4.2/ARMv8 CRC instructions) when installed and built: every event file byte is
+    checked beside the training job, and the Python loop costs a core per ~12 MiB/s. Its own pure-Python
+    fallback is no faster than ours, so only the C build counts."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return None
+    if getattr(google_crc32c, "implementation", "") != "c":
+        return None
+    value: Callable[[bytes], int] = google_crc32c.value
+    return value
+
+
+#: CRC-32C, the checksum TFRecord uses (zlib only has the other CRC-32).
+crc32c: Callable[[bytes], int] = _native_crc32c() or python_crc32c
+
+
+_LENGTH_AND_CRC = struct.Struct("<QI")
+_CRC = struct.Struct("<I")
+
+
 def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC: rotated and offset, so a CRC over data holding CRCs stays strong."""
     crc = crc32c(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -139,22 +163,34 @@ class Framing:
 
 
 def split_records(buffer: bytes, verify: bool = True) -> Framing:
-    """Cut a buffer that starts on a record boundary into complete records."""
+    """Cut a buffer that starts on a record boundary into complete records.
+
+    The agent's hot loop over every record a run writes (a scalar event is ~50 bytes): one struct
+    call for the header and the masking inlined, ~1.7x the straightforward loop in bench/tensorboard_crc.py.
+    """
     records: list[bytes] = []
     pos = 0
     end = len(buffer)
+    head = _LENGTH_AND_CRC.unpack_from
+    foot = _CRC.unpack_from
+    checksum = crc32c  # the module's, read once per call (a test or the bench may swap it)
     while end - pos >= _HEADER:
-        header = buffer[pos : pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        if verify and masked_crc32c(header) != struct.unpack_from("<I", buffer, pos + 8)[0]:
-            return Framing(records, pos, "header")
-        if end - pos < _HEADER + length + _FOOTER:
+        length, header_crc = head(buffer, pos)
+        if verify:
+            crc = checksum(buffer[pos : pos + 8])
+            if (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF != header_crc:
+                return Framing(records, pos, "header")
+        start = pos + _HEADER
+        stop = start + length
+        if end < stop + _FOOTER:
             return Framing(records, pos, None, length)
-        data = buffer[pos + _HEADER : pos + _HEADER + length]
-        if verify and masked_crc32c(data) != struct.unpack_from("<I", buffer, pos + _HEADER + length)[0]:
-            return Framing(records, pos, "data", length)
+        data = buffer[start:stop]
+        if verify:
+            crc = checksum(data)
+            if (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF != foot(buffer, stop)[0]:
+                return Framing(records, pos, "data", length)
         records.append(data)
-        pos += _HEADER + length + _FOOTER
+        pos = stop + _FOOTER
     return Framing(records, pos)
 
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Writes the generated references under docs/: the CLI (from the argparse parser) and the manifest
-(from the validator's field lists, defaults and `manifest_reference`).
+"""Writes the generated references under docs/: the CLI (from the argparse parser), the manifest
+(from the validator's field lists, defaults and `manifest_reference`) and its JSON Schema.
 
-    .venv/bin/python scripts/gen_docs.py          # rewrite docs/cli.md and docs/manifest.md
+    .venv/bin/python scripts/gen_docs.py          # rewrite docs/cli.md, docs/manifest.md, docs/manifest.schema.json
     .venv/bin/python scripts/gen_docs.py --check  # exit 1 if either is stale (the test suite runs this)
 
-Run it after adding or changing a command, a flag or a manifest field; never edit the two files by hand.
+Run it after adding or changing a command, a flag or a manifest field; never edit these files by hand.
 """
 
 from __future__ import annotations
@@ -92,7 +92,11 @@ def manifest_reference() -> str:
         "An experiment is one YAML file. Only `name`, `command` and `results` are required; everything else "
         "has the default below. A bad field is refused at submit with a message naming it "
         "(`hyperparameters.lr.min: must be greater than 0 on a log scale`), every bad field at once. "
-        "Defaults and choices here come from the validator itself (`server/domain/manifest_parse.py`).\n\n"
+        "Defaults and choices here come from the validator itself (`server/domain/manifest_parse.py`). "
+        "`runyard validate MANIFEST` runs that validator offline (no server) and prints every problem at once; "
+        "`runyard schema manifest` prints the manifest's JSON Schema for editors (a copy: "
+        "[`manifest.schema.json`](manifest.schema.json); first line of a manifest: "
+        "`# yaml-language-server: $schema=manifest.schema.json`).\n\n"
         "The smallest manifest:\n\n```yaml\n" + BASE_MANIFEST + "```\n\n"
         "A full one: [`examples/digits-pytorch/search.yaml`](../examples/digits-pytorch/search.yaml); "
         "the quick start's: [`examples/digits-pytorch/quickstart.yaml`](../examples/digits-pytorch/quickstart.yaml)."
@@ -123,9 +127,19 @@ def manifest_reference() -> str:
     return "".join(out)
 
 
+# -- the manifest's JSON Schema -------------------------------------------------------------------
+
+
+def manifest_schema() -> str:
+    """What `runyard schema manifest` prints: a copy in the repository for editors (`$schema=` a path or URL)."""
+    from runyard.client.manifests import schema_text
+
+    return schema_text()
+
+
 # -- writing and checking -------------------------------------------------------------------------
 
-GENERATED = {"cli.md": cli_reference, "manifest.md": manifest_reference}
+GENERATED = {"cli.md": cli_reference, "manifest.md": manifest_reference, "manifest.schema.json": manifest_schema}
 
 
 def main(argv: list[str] | None = None) -> int:

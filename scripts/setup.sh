@@ -26,7 +26,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch is pinned (pyproject's "train" extra): a looser pin would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install --quiet -e ".[dev,train]"
+# Every extra: the server and the agent for `runyard up` and the tests, plot and completion for the CLI tests.
+.venv/bin/python -m pip install --quiet -e ".[server,agent,plot,completion,train,dev]"
 if [ "${1:-}" = "--with-buf" ] && command -v npm >/dev/null; then
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
 fi

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from runyard import bus
+from runyard import bus, extras
 
 #: Where an agent's replies arrive (JetStream API answers, pulled messages): one prefix per agent,
 #: so that no agent may subscribe to another's. Outside `_INBOX`, where the control plane's replies go.
@@ -41,16 +41,25 @@ def agent_inbox_prefix(agent_id: str) -> str:
     return f"{AGENT_INBOX_ROOT}.{bus.check_agent_id(agent_id)}"
 
 
+def _nkeys() -> Any:
+    """The nkeys package, an extra of the server and the agent (the CLI needs it only to make keys)."""
+    try:
+        import nkeys
+    except ImportError as e:
+        raise extras.explain("making or reading NATS NKeys", e, "server") from None
+    return nkeys
+
+
 def new_user_nkey() -> tuple[str, str]:
     """A fresh NATS user NKey: (seed, public key). The seed is the secret."""
-    import nkeys
+    nkeys = _nkeys()
 
     seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
     return seed, public_key(seed)
 
 
 def public_key(seed: str) -> str:
-    import nkeys
+    nkeys = _nkeys()
 
     return str(nkeys.from_seed(bytearray(seed.strip().encode())).public_key.decode())
 

@@ -10,6 +10,7 @@ ManifestError is raised at the end if anything was recorded.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -141,6 +142,8 @@ def parse_manifest(text: str) -> Manifest:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ManifestError([FieldError("manifest", f"is not valid YAML{where}: {problem}")]) from None
+    except ValueError as exc:  # a decimal integer of more digits than Python converts (sys.int_info)
+        raise ManifestError([FieldError("manifest", f"holds a number that cannot be read: {exc}"[:200])]) from None
     if doc is None:
         raise ManifestError([FieldError("manifest", "is empty")])
     if not isinstance(doc, dict):
@@ -153,19 +156,29 @@ def parse_manifest(text: str) -> Manifest:
 
 
 def _kind(value: object) -> str:
+    """What a wrong value is, with the value itself when it is short: `a string ("two")`."""
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int) and abs(value) >= 10**24:  # long: and repr of 4,300+ digits raises ValueError
         return "a number"
+    if isinstance(value, int | float):
+        text = repr(value)
+        return f"a number ({text})" if len(text) <= 24 else "a number"
     if isinstance(value, str):
-        return "a string"
+        return f"a string ({_quoted(value)})"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
     return f"a {type(value).__name__}"
+
+
+def _quoted(text: str) -> str:
+    """A string as JSON quotes it (every control character escaped), cut after 40 characters."""
+    shown = json.dumps(text[:40])
+    return shown if len(text) <= 40 else f"{shown[:-1]}...\""
 
 
 def _at(path: str, key: object) -> str:
@@ -605,9 +618,12 @@ class _Parser:
         count = self.integer(_at(path, "count"), fields["count"], 1) if "count" in fields else None
         base = 10.0
         if log and "base" in fields:
-            base = self.number(_at(path, "base"), fields["base"]) or 10.0
-            if base <= 0 or base == 1:
+            written = self.number(_at(path, "base"), fields["base"])
+            # `is None`, not `or`: a base of 0 is an error to report, not an absent base.
+            if written is not None and (written <= 0 or written == 1):
                 self.error(_at(path, "base"), "must be greater than 0 and not 1")
+            elif written is not None:
+                base = written
         if low is None or high is None:
             return None
         if log and low <= 0:

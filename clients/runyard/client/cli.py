@@ -17,15 +17,16 @@ from typing import Any
 
 from runyard import __version__
 from runyard.client import admin as admin_commands
-from runyard.client import commands, completion, daemons, stack, tb_export, usage, views
+from runyard.client import commands, completion, daemons, manifests, stack, tb_export, usage, views
 from runyard.client import images as images_commands
 from runyard.client.errors import ClientError
 from runyard.config import ConfigError, Settings, load_settings, parse_pairs, parse_size
+from runyard.extras import MissingExtra
 
 # Commands that are part of a stack read no state file and need no connection.
 _PROCESS_COMMANDS = ("server", "agent", "up", "down")
 # Commands that need no settings at all.
-_LOCAL_COMMANDS = ("completion",)
+_LOCAL_COMMANDS = ("completion", "validate", "schema")
 
 
 def _size(text: str) -> int:
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     _nats_auth_flags(p)
 
     # -- experiments and runs ------------------------------------------------------------
+    manifests.add_parsers(sub, output)
+
     p = add("submit", commands.cmd_submit, "submit an experiment: upload the code, create its runs", client)
     p.add_argument("manifest", metavar="MANIFEST", help="the experiment's YAML manifest")
     p.add_argument("code_dir", metavar="CODE_DIR", nargs="?", help="code to upload (default: the manifest's folder)")
@@ -365,14 +368,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     completion.autocomplete(parser)
     args = parser.parse_args(argv)
     err = sys.stderr
-    if args.command in _LOCAL_COMMANDS:
-        return int(args.func(args))
+    settings = None
+    if args.command not in _LOCAL_COMMANDS:
+        try:
+            settings = settings_from_args(args)
+        except ConfigError as e:
+            print(f"error: {e}", file=err)
+            return 2
     try:
-        settings = settings_from_args(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=err)
-        return 2
-    try:
+        if settings is None:
+            return int(args.func(args))
         if args.command in _PROCESS_COMMANDS:
             return int(args.func(args, settings))
         ctx = commands.Context(settings, output=getattr(args, "output", "table"))
@@ -380,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args, ctx))
         finally:
             ctx.close()
-    except ClientError as e:
+    except (ClientError, MissingExtra) as e:
         print(f"error: {e}", file=err)
         return 1
     except KeyboardInterrupt:

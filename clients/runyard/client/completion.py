@@ -4,27 +4,40 @@ argcomplete completes from the argparse parser itself, so every new command or f
 completes with no work here. The shell asks by running `runyard` with `_ARGCOMPLETE`
 set; `autocomplete` answers and exits before anything else runs (it is a no-op
 otherwise), so it must be called before the arguments are parsed.
+
+argcomplete is an extra (`runyard[completion]`): it is imported only when the shell asks
+for completions or `runyard completion SHELL` prints the hook, so a base install runs
+every other command without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
-import argcomplete
-from argcomplete.shell_integration import shellcode
+from runyard import extras
 
 SHELLS = ("bash", "zsh", "fish", "tcsh")
 
 
 def autocomplete(parser: argparse.ArgumentParser) -> None:
     """Answer a completion request from the shell, if this is one (then the process exits)."""
+    if "_ARGCOMPLETE" not in os.environ:  # argcomplete's own test, without importing it on every command
+        return
+    try:
+        import argcomplete
+    except ImportError:  # the hook outlived the package: offer nothing, and run no command for the shell
+        raise SystemExit(0) from None
     argcomplete.autocomplete(parser)
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
     """Print the shell code that hooks runyard's completion into the user's shell."""
+    extras.require("`runyard completion`", "completion")
+    from argcomplete.shell_integration import shellcode
+
     sys.stdout.write(shellcode(["runyard"], shell=args.shell))
     return 0
 

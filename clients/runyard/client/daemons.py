@@ -2,7 +2,8 @@
 
 The server and the agent are imported only here, inside the commands, so the client
 commands (and `runyard --help`) never pay for SQLAlchemy, NATS or the training
-runtime, and a client-only installation still works.
+runtime, and a client-only installation (`pip install runyard`) still works: these
+two commands then say which extra to install (`runyard.extras`).
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
+from runyard import extras
 from runyard.client.errors import ClientError
 from runyard.config import Settings
 
 
 def _not_installed(part: str, e: ModuleNotFoundError) -> NoReturn:
-    """A missing runyard.server/agent module is an installation gap; any other import error is a bug."""
-    if e.name and e.name.startswith(f"runyard.{part}"):
-        raise ClientError(f"the Runyard {part} is not part of this installation (no module {e.name})") from None
-    raise e
+    """A missing runyard.server/agent module or dependency is an installation gap; any other import error is a bug."""
+    raise extras.explain(f"`runyard {part}`", e, part) from None
 
 
 def server_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -48,6 +48,7 @@ def server_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[s
 
 
 def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
+    extras.require("`runyard server`", "server")
     try:
         from runyard.server.config import ServerConfig
         from runyard.server.main import run_server
@@ -111,6 +112,7 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import gc
 
+    extras.require("`runyard agent`", "agent")
     try:
         from runyard.agent.config import AgentConfig
         from runyard.agent.main import run_agent

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
+from runyard import extras
 from runyard.client import render
-from runyard.client.daemons import _not_installed
 from runyard.client.errors import ClientError
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def _engine(url: str | None, ctx: Context) -> Iterator[docker.DockerClient]:
     try:
         from runyard.agent import engine
     except ModuleNotFoundError as e:
-        _not_installed("agent", e)
+        raise extras.explain("`runyard images`", e, "agent") from None
     service = None
     named = bool(os.environ.get("DOCKER_HOST")) or any(
         Path(p).exists() for p in (engine.PODMAN_SOCKET, engine.DOCKER_SOCKET)
@@ -102,6 +102,7 @@ def _engine(url: str | None, ctx: Context) -> Iterator[docker.DockerClient]:
 
 
 def cmd_images_build(args: argparse.Namespace, ctx: Context) -> int:
+    extras.require("`runyard images`", "agent")
     from runyard.agent import images
 
     try:
@@ -126,6 +127,7 @@ def cmd_images_build(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_images_list(args: argparse.Namespace, ctx: Context) -> int:
+    extras.require("`runyard images`", "agent")
     from runyard.agent import images
 
     with _engine(args.engine_url, ctx) as client:

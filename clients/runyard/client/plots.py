@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from rich.console import Console
 from rich.text import Text
 
+from runyard import extras
 from runyard.client.errors import ClientError
 from runyard.v1 import common_pb2
 
@@ -60,8 +61,10 @@ def render(curves: Mapping[str, Mapping[str, Curve]], width: int = 100, colorles
     """The panels as text, ANSI colours unless `colorless`; raises ClientError without plotext."""
     try:
         import plotext
-    except ImportError as e:  # a platform without a plotext wheel
-        raise ClientError(f"drawing plots needs the plotext package ({e}); try `runyard metrics RUN --all`") from None
+    except ImportError:  # an extra: `runyard[plot]`
+        raise ClientError(
+            f"drawing plots needs `{extras.install_line('plot')}`; without it: `runyard metrics RUN --all`"
+        ) from None
     panels = [(name, series) for name, series in curves.items() if any(series.values())]
     if not panels:
         return ""

