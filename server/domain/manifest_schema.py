@@ -31,6 +31,7 @@ from runyard.server.domain.manifest_model import (
     SEARCH_METHODS,
 )
 from runyard.server.domain.manifest_reference import FIELDS, HYPERPARAMETER_TYPES, REQUIRED
+from runyard.server.domain.units import SIZE_PATTERN
 
 Schema = dict[str, Any]
 
@@ -113,7 +114,7 @@ def _framework() -> Schema:
 
 
 def _resources() -> Schema:
-    size = {"type": "string", "pattern": rf"^\s*{mp._SIZE.pattern}\s*$"}
+    size = {"type": "string", "pattern": rf"^\s*{SIZE_PATTERN}\s*$"}
     labels = {
         "type": "object",
         "propertyNames": {"pattern": _whole(mp._LABEL)},

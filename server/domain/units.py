@@ -26,7 +26,9 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_SIZE = re.compile(r"\s*(\d+(?:_\d+)*(?:\.\d+(?:_\d+)*)?)\s*(?:([kmgtpe])(i)?)?b?\s*", re.IGNORECASE | re.ASCII)
+#: The size grammar as a regular expression without flags, so JSON Schema (ECMA-262) can carry it too.
+SIZE_PATTERN = r"\s*(\d+(?:_\d+)*(?:\.\d+(?:_\d+)*)?)\s*(?:([kKmMgGtTpPeE])([iI])?)?[bB]?\s*"
+_SIZE = re.compile(SIZE_PATTERN, re.ASCII)
 _PREFIXES = "kmgtpe"
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
