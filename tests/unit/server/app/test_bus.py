@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from runyard.server.app.aggregates import RUN
 from runyard.server.app.bus import MessageBus
 from runyard.server.app.commands import (
     ApplyAgentReport,
@@ -109,6 +110,7 @@ def test_a_cancel_of_a_held_run_is_sent_to_its_agent_and_a_queued_one_only_wakes
     handle(bus, CancelExperiment(experiment_id, "canceled by user"))
     assert seen.stopped == [], "a queued run ends at once: no agent holds it"
     assert seen.wakeups == 2, "the experiment's cancel and the run's end"
+    assert bus.load(RUN, queued).state_name == "CANCELED"
 
 
 def test_registrations_drains_and_plans_wake_the_scheduler(recorded: tuple[MessageBus, Effects]) -> None:

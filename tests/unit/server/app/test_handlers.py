@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.message import Message
 
 from runyard.server.app import experiments
-from runyard.server.app.aggregates import ACCOUNT, EXPERIMENT, change
+from runyard.server.app.aggregates import ACCOUNT, EXPERIMENT, RUN, change
 from runyard.server.app.bus import MessageBus
 from runyard.server.app.commands import CancelExperiment, SetQuota, SubmitExperiment
 from runyard.server.app.errors import LimitExceeded, NotFound, PermissionDenied
@@ -91,6 +91,7 @@ def test_cancel_ends_queued_runs_and_a_second_cancel_changes_nothing(event_store
     assert bus.execute(CancelExperiment(experiment_id, "canceled by user")) == 0
     assert event_store.head_position() == head
     assert bus.load(EXPERIMENT, experiment_id).cancel_requested
+    assert [bus.load(RUN, r).state_name for r in run_ids] == ["CANCELED", "CANCELED"]
 
 
 class Objects:
