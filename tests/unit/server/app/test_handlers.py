@@ -20,6 +20,7 @@ from runyard.server.app.storage_access import SubmitStorageCheck
 from runyard.server.app.unit_of_work import MAX_RETRIES, UnitOfWork
 from runyard.server.domain.account import Account
 from runyard.server.domain.errors import ManifestError
+from runyard.server.domain.manifest import parse_manifest
 from runyard.server.store import ConcurrencyError, EventStore
 from tests.unit.server.app.helpers import account, manifest, submitted_runs
 
@@ -101,7 +102,8 @@ class Objects:
 
 def checked_bus(event_store: EventStore, tmp_path: Path, queued: int = 0, cap: int = 0) -> MessageBus:
     config: Any = SimpleNamespace(code_uri_prefix=f"file://{tmp_path}/code/", storage_root=str(tmp_path))
-    checks = SubmitChecks(SubmitStorageCheck(config, Objects()), None, lambda account_id: (cap, queued))
+    objects: Any = Objects()
+    checks = SubmitChecks(SubmitStorageCheck(config, objects), None, lambda account_id: (cap, queued))
     return MessageBus(event_store, handlers(checks))
 
 
@@ -111,7 +113,7 @@ def test_submit_parses_the_manifest_once_for_every_check_and_the_create(
     bus = checked_bus(event_store, tmp_path, queued=1, cap=10)
     account(bus)
     parses = 0
-    parse = experiments.parse_manifest
+    parse = parse_manifest
 
     def counting(text: str) -> Any:
         nonlocal parses
