@@ -54,7 +54,13 @@ class MessageBus:
         self._effects = merged
 
     async def handle(self, command: Any) -> Any:
-        """Run the command's handler off the event loop, then await its effects; returns the handler's result."""
+        """Run the command's handler off the event loop, then await its effects; returns the handler's result.
+
+        A caller that goes away (a canceled RPC) does not stop either: what was committed has its effects.
+        """
+        return await asyncio.shield(self._handle(command))
+
+    async def _handle(self, command: Any) -> Any:
         committed: list[Committed] = []
         try:
             return await asyncio.to_thread(self._run, command, committed)

@@ -165,3 +165,28 @@ def test_effects_of_what_was_committed_run_even_when_the_handler_then_fails(even
     with pytest.raises(Boom):
         handle(bus, DrainAgent("agent-1"))
     assert seen.wakeups == 1, "what was stored counts"
+
+
+def test_a_caller_that_goes_away_does_not_lose_the_effects_of_what_was_committed(event_store: EventStore) -> None:
+    seen = Effects()
+    started, go_on = threading.Event(), threading.Event()
+
+    def slow_drain(command: object, uow: UnitOfWork) -> None:
+        started.set()
+        go_on.wait(10)
+        uow.append(ev.agent_stream("agent-1"), [events_pb2.AgentDrainRequested(reason="x")])
+
+    async def main() -> None:
+        bus = MessageBus(event_store, {DrainAgent: slow_drain})
+        bus.add_effects(effects(seen.wake, seen.stop))
+        call = asyncio.create_task(bus.handle(DrainAgent("agent-1")))
+        await asyncio.to_thread(started.wait, 10)
+        call.cancel()  # the RPC's client hung up
+        go_on.set()
+        for _ in range(500):
+            if seen.wakeups:
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert seen.wakeups == 1
