@@ -1,8 +1,11 @@
 """The composition root: builds one control-plane replica from its config.
 
 Everything is wired here and handed down explicitly: the event store, the
-read-model runner, the command layer, object storage, NATS, the scheduler, the
-ingest and the gRPC servicers. Tests build a replica the same way.
+read-model runner, the application's bus (its handlers, with what a submit is
+checked against, and the effects of each committed event type), object
+storage, NATS, and the adapters that turn what arrives into commands: the
+scheduler, the ingest, the experiment driver and the gRPC servicers. Tests
+build a replica the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ from runyard.server.api.head import LogHead
 from runyard.server.api.runs import RunService
 from runyard.server.api.usage import UsageService
 from runyard.server.api.watching import Watcher
-from runyard.server.commands import Commands
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.effects import effects
+from runyard.server.app.experiments import SubmitChecks
+from runyard.server.app.handlers import handlers
+from runyard.server.app.storage_access import SubmitStorageCheck
 from runyard.server.config import ServerConfig
 from runyard.server.context import ServerContext
 from runyard.server.credentials import Credentials
@@ -73,6 +80,7 @@ class Replica:
     """A running replica; `port` is the bound gRPC port."""
 
     ctx: ServerContext
+    bus: MessageBus
     server: grpc.aio.Server
     port: int
     scheduler: Scheduler
@@ -113,16 +121,19 @@ async def start_replica(config: ServerConfig) -> Replica:
     ctx = ServerContext(
         config=config,
         store=store,
-        commands=Commands(store),
         queries=Queries(store.read_engine),
         projections=projections,
         objects=open_store(config.storage_root, config.s3_endpoint_url),
     )
+    storage = SubmitStorageCheck(config, ctx.objects)
+    scheduling_reads = SchedulingReads(store.snapshot_engine)
+    checks = SubmitChecks(storage, scheduling_reads, ctx.queries.queue_room)
+    app = MessageBus(store, handlers(checks), loop=loop)
     accounts = AccountQueries(store.read_engine)
     if config.bootstrap_keys_file:
         await asyncio.to_thread(
             ensure_first_account,
-            ctx.commands,
+            app,
             accounts,
             Path(config.bootstrap_keys_file),
             config.default_gpu_quota,
@@ -152,26 +163,26 @@ async def start_replica(config: ServerConfig) -> Replica:
     await bus.ensure_streams(js)
 
     stop = asyncio.Event()
-    scheduler = Scheduler(ctx, js, nc, LeaderLease(store.engine))
-    ctx.cancel_sender = scheduler.send_cancel
-    ctx.on_scheduler_wakeup(scheduler.wakeup)
-    ctx.scheduling_reads = SchedulingReads(store.snapshot_engine)
-    ctx.queue_explainer = QueueExplainer(ctx.scheduling_reads, scheduler.heartbeats.alive, lambda: projections.position)
-    ingest = Ingest(ctx, js, credentials)
+    scheduler = Scheduler(ctx, js, nc, LeaderLease(store.engine), app)
+    # What follows a commit, by the type of each event committed (runyard.server.app.effects).
+    app.add_effects(effects(wake_scheduler=scheduler.wakeup, stop_on_agent=scheduler.send_cancel))
+    ctx.queue_explainer = QueueExplainer(scheduling_reads, scheduler.heartbeats.alive, lambda: projections.position)
+    ingest = Ingest(app, js, credentials)
     scheduler.accept_heartbeat = AgentAuth(credentials).accept_heartbeat
     # One ingest at a time keeps each run's reports in order: the scheduler's leader's.
     ingest.active = lambda: scheduler.leading
     # Experiments' searchers are fed and obeyed by the leader only, too.
-    driver = SearchDriver(ctx, active=lambda: scheduler.leading)
+    driver = SearchDriver(store, app, active=lambda: scheduler.leading)
 
     # Auth runs first (outermost); the edge then checks what an authenticated caller sent (runyard.server.api.edge).
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(credentials), EdgeInterceptor()], options=[("grpc.so_reuseport", 0)]
     )
     watcher = Watcher(store, ctx.queries, head, ctx.queue_explainer)
-    experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(ExperimentService(ctx, watcher), server)
-    run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(ctx, watcher), server)
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(ctx), server)
+    experiments = ExperimentService(ctx, app, watcher, storage)
+    experiment_service_pb2_grpc.add_ExperimentServiceServicer_to_server(experiments, server)
+    run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(ctx, app, watcher), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(ctx, app), server)
     usage_service_pb2_grpc.add_UsageServiceServicer_to_server(UsageService(ctx), server)
     aio_health: Any = getattr(health, "aio")  # noqa: B009 - the async servicer has no type stubs
     health_servicer = aio_health.HealthServicer()
@@ -189,7 +200,7 @@ async def start_replica(config: ServerConfig) -> Replica:
         asyncio.create_task(ingest.run(stop), name="ingest"),
         asyncio.create_task(driver.run(stop), name="experiment-driver"),
     ]
-    return Replica(ctx, server, port, scheduler, ingest, driver, tasks, stop, nc, health_servicer, unsubscribe)
+    return Replica(ctx, app, server, port, scheduler, ingest, driver, tasks, stop, nc, health_servicer, unsubscribe)
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:

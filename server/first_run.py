@@ -30,7 +30,8 @@ from pathlib import Path
 import structlog
 import yaml
 
-from runyard.server.commands import Commands, FirstKeys
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import BootstrapFirstAccount, FirstKeys
 from runyard.server.queries.accounts import AccountQueries
 
 log = structlog.get_logger(__name__)
@@ -55,7 +56,7 @@ def keys_yaml(keys: FirstKeys) -> str:
 
 
 def ensure_first_account(
-    commands: Commands,
+    bus: MessageBus,
     accounts: AccountQueries,
     path: Path,
     gpu_quota: int,
@@ -78,8 +79,10 @@ def ensure_first_account(
         write_private(staging, keys_yaml(keys))
 
     try:
-        created = commands.bootstrap_first_account(
-            FIRST_ACCOUNT, gpu_quota, staged=stage, agent=agent_id, storage_prefixes=storage_prefixes
+        created = bus.execute(
+            BootstrapFirstAccount(
+                FIRST_ACCOUNT, gpu_quota, staged=stage, agent=agent_id, storage_prefixes=tuple(storage_prefixes)
+            )
         )
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -30,8 +30,9 @@ from datetime import UTC, datetime
 import structlog
 from google.protobuf.message import Message
 
-from runyard.server.commands import NotFound
-from runyard.server.context import ServerContext
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import AddTrial, RecordForExperiment, StopRunEarly
+from runyard.server.app.errors import NotFound
 from runyard.server.domain import events as ev
 from runyard.server.domain.errors import DomainError
 from runyard.server.domain.search_state import INPUT_TYPES, NewBest, Numbered, Searches
@@ -68,10 +69,10 @@ def _type_names(types: tuple[type[Message], ...]) -> list[str]:
 
 
 class SearchDriver:
-    def __init__(self, ctx: ServerContext, active: Callable[[], bool] = lambda: True) -> None:
-        self._ctx = ctx
+    def __init__(self, store: EventStore, bus: MessageBus, active: Callable[[], bool] = lambda: True) -> None:
+        self._bus = bus
         self.active = active
-        self._store: EventStore = ctx.store
+        self._store = store
         self._input_types = [
             t for t in _type_names(INPUT_TYPES) if t != events_pb2.ExperimentCreated.DESCRIPTOR.full_name
         ]
@@ -112,13 +113,11 @@ class SearchDriver:
             unsubscribe()
 
     async def step(self) -> None:
-        """Feed everything new, record the decisions, send stops; check budgets."""
+        """Feed everything new, record the decisions (the bus sends the stops); check budgets."""
         if not self._leading:
             await asyncio.to_thread(self._start_over)
             self._leading = True
-        to_stop = await asyncio.to_thread(self._catch_up)
-        if to_stop:
-            await self._ctx.stop_runs(to_stop)
+        await asyncio.to_thread(self._catch_up)
 
     # -- in a worker thread ---------------------------------------------------------
 
@@ -131,14 +130,13 @@ class SearchDriver:
             after = batch[-1].position
         log.info("experiment driver: replaying the log", decisions_recorded=len(self._known))
 
-    def _catch_up(self) -> list[str]:
+    def _catch_up(self) -> None:
         """Feed every new input of a live experiment (or a new one) in log order; record what they decide.
 
         Only live experiments' events are read (finished ones are skipped in
         the database, metric batches included); when an ExperimentCreated
         adds an experiment, the batch stops there and the next read includes it.
         """
-        to_stop: list[str] = []
         opening = events_pb2.ExperimentCreated.DESCRIPTOR.full_name
         while True:
             batch = self._store.read_followed(
@@ -154,14 +152,13 @@ class SearchDriver:
                     continue
                 msg = ev.decode(event.type, event.data)
                 for numbered in self.searches.feed(event.stream_id, event.correlation_id, msg, event.recorded_at):
-                    self._record(numbered, to_stop)
+                    self._record(numbered)
                 if event.type == opening and event.correlation_id in self.searches:
                     break  # a new live experiment: read on with it included
             else:
                 if len(batch) < BATCH:
                     break
         self._check_budgets()
-        return to_stop
 
     def _check_budgets(self) -> None:
         for experiment_id, reason in self.searches.budgets_spent(datetime.now(UTC)):
@@ -169,35 +166,34 @@ class SearchDriver:
                 continue
             self._budgets_asked.add(experiment_id)
             log.info("experiment budget spent", experiment_id=experiment_id, reason=reason)
-            self._ctx.commands.record_for_experiment(
-                experiment_id, events_pb2.ExperimentBudgetSpent(reason=reason), budget_event_id(experiment_id)
+            self._bus.execute(
+                RecordForExperiment(
+                    experiment_id, events_pb2.ExperimentBudgetSpent(reason=reason), budget_event_id(experiment_id)
+                )
             )
 
-    def _record(self, numbered: Numbered, to_stop: list[str]) -> None:
+    def _record(self, numbered: Numbered) -> None:
         event_id = decision_event_id(numbered.experiment_id, numbered.number)
         if event_id in self._known:
             return
         experiment_id, action = numbered.experiment_id, numbered.action
-        commands = self._ctx.commands
+        execute = self._bus.execute
         try:
             if isinstance(action, CreateTrial):
-                commands.add_trial(experiment_id, action.index, action.hyperparameters, event_id)
+                execute(AddTrial(experiment_id, action.index, action.hyperparameters, event_id))
             elif isinstance(action, StopRun):
-                outcome = commands.stop_run_early(action.run_id, action, event_id)
-                if any(isinstance(m, events_pb2.RunStopRequested) for m in outcome.events):
-                    to_stop.append(action.run_id)
+                execute(StopRunEarly(action.run_id, action, event_id))  # RunStopRequested: the bus sends the stop
             elif isinstance(action, Promote):
                 promoted = events_pb2.RunPromoted(
                     run_id=action.run_id, rung=action.rung, level=action.level, value=action.value
                 )
-                commands.record_for_experiment(experiment_id, promoted, event_id)
+                execute(RecordForExperiment(experiment_id, promoted, event_id))
             elif isinstance(action, NewBest):
                 best = events_pb2.ExperimentBestFound(run_id=action.run_id, step=action.step, value=action.value)
-                commands.record_for_experiment(experiment_id, best, event_id)
+                execute(RecordForExperiment(experiment_id, best, event_id))
             elif isinstance(action, Complete):
-                commands.record_for_experiment(
-                    experiment_id, events_pb2.ExperimentCompleted(reason=action.reason), event_id
-                )
+                completed = events_pb2.ExperimentCompleted(reason=action.reason)
+                execute(RecordForExperiment(experiment_id, completed, event_id))
         except (NotFound, DomainError) as exc:
             # A decision on a run that moved on (it ended meanwhile): nothing to record.
             log.info("searcher decision not applicable", experiment_id=experiment_id, error=str(exc))

@@ -13,6 +13,18 @@ import grpc
 import runyard
 from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, page_size
+from runyard.server.app.accounts import CreatedKey
+from runyard.server.app.aggregates import ACCOUNT, API_KEY
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import (
+    CreateAccount,
+    CreateApiKey,
+    DrainAgent,
+    RevokeApiKey,
+    SetAccountStorage,
+    SetExperimentPriority,
+    SetQuota,
+)
 from runyard.server.context import ServerContext
 from runyard.server.domain.account import check_account_id
 from runyard.server.queries.accounts import AccountQueries
@@ -22,8 +34,9 @@ from runyard.v1 import common_pb2, resources_pb2
 
 
 class AdminService(pb_grpc.AdminServiceServicer):
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, bus: MessageBus) -> None:
         self._ctx = ctx
+        self._bus = bus
         self._accounts = AccountQueries(ctx.store.read_engine)
 
     async def RebuildProjections(
@@ -62,14 +75,15 @@ class AdminService(pb_grpc.AdminServiceServicer):
 
     async def CreateAccount(self, request: pb.CreateAccountRequest, context: Context) -> pb.CreateAccountResponse:
         try:
-            position = await asyncio.to_thread(
-                self._ctx.commands.create_account,
-                request.account_id,
-                request.name,
-                request.gpu_quota,
-                request.max_queued_runs,
-                request.run_quota,
-                list(request.storage_prefixes),
+            position = await self._bus.handle(
+                CreateAccount(
+                    request.account_id,
+                    request.name,
+                    request.gpu_quota,
+                    request.max_queued_runs,
+                    request.run_quota,
+                    list(request.storage_prefixes),
+                )
             )
         except Exception as exc:
             await abort(context, exc)
@@ -87,11 +101,8 @@ class AdminService(pb_grpc.AdminServiceServicer):
     ) -> pb.SetAccountStorageResponse:
         try:
             check_account_id(request.account_id)
-            position = await asyncio.to_thread(
-                self._ctx.commands.set_account_storage,
-                request.account_id,
-                list(request.allow),
-                list(request.revoke),
+            position = await self._bus.handle(
+                SetAccountStorage(request.account_id, list(request.allow), list(request.revoke))
             )
         except Exception as exc:
             await abort(context, exc)
@@ -107,22 +118,17 @@ class AdminService(pb_grpc.AdminServiceServicer):
 
     def _with_storage(self, account: resources_pb2.Account) -> resources_pb2.Account:
         """Grants come from the account's own stream (few events, read by id); the accounts table has no column."""
-        account.storage_prefixes[:] = self._ctx.commands.load_account(account.id).storage_prefixes
+        account.storage_prefixes[:] = self._bus.load(ACCOUNT, account.id).storage_prefixes
         return account
 
     async def SetQuota(self, request: pb.SetQuotaRequest, context: Context) -> pb.SetQuotaResponse:
         try:
-            position = await asyncio.to_thread(
-                self._ctx.commands.set_quota,
-                request.account_id,
-                request.gpu_quota,
-                request.max_queued_runs,
-                request.run_quota,
+            # A larger plan may admit queued runs at once: AccountQuotaSet wakes the scheduler.
+            position = await self._bus.handle(
+                SetQuota(request.account_id, request.gpu_quota, request.max_queued_runs, request.run_quota)
             )
         except Exception as exc:
             await abort(context, exc)
-        # A larger plan may admit queued runs at once.
-        self._ctx.scheduler_wakeup()
         account = await self._ctx.read_after(position, lambda: self._account(request.account_id))
         return pb.SetQuotaResponse(account=account)
 
@@ -138,13 +144,8 @@ class AdminService(pb_grpc.AdminServiceServicer):
                     "revoke that key first or choose another agent id",
                 )
         try:
-            created = await asyncio.to_thread(
-                self._ctx.commands.create_api_key,
-                request.account_id,
-                role,
-                request.name,
-                request.agent_id,
-                request.nats_public_key,
+            created: CreatedKey = await self._bus.handle(
+                CreateApiKey(request.account_id, role, request.name, request.agent_id, request.nats_public_key)
             )
         except Exception as exc:
             await abort(context, exc)
@@ -166,13 +167,13 @@ class AdminService(pb_grpc.AdminServiceServicer):
         # the api_keys read model has no column for them.
         for key in keys:
             if key.role == common_pb2.ROLE_AGENT and not key.revoked:
-                loaded = await asyncio.to_thread(self._ctx.commands.load_api_key, key.id)
+                loaded = await asyncio.to_thread(self._bus.load, API_KEY, key.id)
                 key.nats_public_key = loaded.nats_public_key
         return pb.ListApiKeysResponse(keys=keys)
 
     async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: Context) -> pb.RevokeApiKeyResponse:
         try:
-            position = await asyncio.to_thread(self._ctx.commands.revoke_api_key, request.key_id, "revoked by an admin")
+            position = await self._bus.handle(RevokeApiKey(request.key_id, "revoked by an admin"))
         except Exception as exc:
             await abort(context, exc)
         key = await self._ctx.read_after(position, lambda: self._accounts.get_api_key(request.key_id))
@@ -184,27 +185,20 @@ class AdminService(pb_grpc.AdminServiceServicer):
         self, request: pb.SetExperimentPriorityRequest, context: Context
     ) -> pb.SetExperimentPriorityResponse:
         try:
-            position = await asyncio.to_thread(
-                self._ctx.commands.set_experiment_priority, request.experiment_id, request.priority
-            )
+            position = await self._bus.handle(SetExperimentPriority(request.experiment_id, request.priority))
         except Exception as exc:
             await abort(context, exc)
         if position:
             await self._ctx.read_after(position, lambda: None)
-            self._ctx.scheduler_wakeup()
         return pb.SetExperimentPriorityResponse()
 
     async def DrainAgent(self, request: pb.DrainAgentRequest, context: Context) -> pb.DrainAgentResponse:
         if not request.agent_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent_id: is required")
         try:
-            position = await asyncio.to_thread(
-                self._ctx.commands.drain_agent, request.agent_id, request.undrain, "drained by an admin"
-            )
+            position = await self._bus.handle(DrainAgent(request.agent_id, request.undrain, "drained by an admin"))
         except Exception as exc:
             await abort(context, exc)
-        if request.undrain:
-            self._ctx.scheduler_wakeup()
         agents = await self._ctx.read_after(position, lambda: self._ctx.queries.list_agents(request.agent_id))
         if not agents:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"agent {request.agent_id} not found")

@@ -1,4 +1,4 @@
-"""Maps failures to gRPC status codes with messages a person can act on."""
+"""Maps failures to gRPC status codes with messages a person can act on: the one place that does."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from runyard.server.commands import AlreadyExists, NotFound
+from runyard.server.app.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+)
 from runyard.server.domain.errors import IllegalTransition, ManifestError, StaleAttempt
 
 if TYPE_CHECKING:
@@ -20,6 +27,14 @@ async def abort(context: Context, exc: BaseException) -> NoReturn:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, AlreadyExists):
         await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, PermissionDenied):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+    if isinstance(exc, InvalidArgument):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, FailedPrecondition):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, LimitExceeded):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, ManifestError):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid manifest: {exc}")
     if isinstance(exc, IllegalTransition | StaleAttempt):

@@ -12,13 +12,12 @@ import grpc
 from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, decode_page_token, page_size
 from runyard.server.api.paging import MAX_PAGE_BYTES, trim_runs
-from runyard.server.api.storage_access import SubmitStorageCheck
 from runyard.server.api.watching import Watcher
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import CancelExperiment, SubmitExperiment
+from runyard.server.app.experiments import Submitted
+from runyard.server.app.storage_access import SubmitStorageCheck
 from runyard.server.context import ServerContext
-from runyard.server.domain.errors import ManifestError
-from runyard.server.domain.experiment import runs_at_submit
-from runyard.server.domain.manifest import parse_manifest
-from runyard.server.scheduler.admission import RefusalKind, refusal_for_yaml
 from runyard.v1 import experiment_service_pb2 as pb
 from runyard.v1 import experiment_service_pb2_grpc as pb_grpc
 from runyard.v1 import resources_pb2
@@ -26,20 +25,12 @@ from runyard.v1 import resources_pb2
 #: Experiments read per query while filling a page (see _experiment_page).
 _BATCH = 25
 
-# Why a submit is refused when no run of it could ever start (see runyard.server.scheduler.admission).
-_REFUSAL_CODES = {
-    RefusalKind.CAPACITY: grpc.StatusCode.FAILED_PRECONDITION,
-    RefusalKind.UNKNOWN_MODEL: grpc.StatusCode.INVALID_ARGUMENT,
-    RefusalKind.NOT_OFFERED: grpc.StatusCode.INVALID_ARGUMENT,
-    RefusalKind.QUOTA: grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-
-
 class ExperimentService(pb_grpc.ExperimentServiceServicer):
-    def __init__(self, ctx: ServerContext, watcher: Watcher) -> None:
+    def __init__(self, ctx: ServerContext, bus: MessageBus, watcher: Watcher, storage: SubmitStorageCheck) -> None:
         self._ctx = ctx
+        self._bus = bus
         self._watcher = watcher
-        self._storage = SubmitStorageCheck(ctx.config, ctx.commands, ctx.objects)
+        self._storage = storage
 
     async def UploadCode(
         self, request_iterator: AsyncIterator[pb.UploadCodeRequest], context: Context
@@ -72,26 +63,14 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
     ) -> pb.CreateExperimentResponse:
         if not request.manifest_yaml.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "manifest_yaml: is empty")
-        account_id = auth.current_principal().account_id
-        # Storage first: whether another account's code package exists is none of the caller's business.
-        denied = await asyncio.to_thread(self._storage.refusal, account_id, request.manifest_yaml, request.code_uri)
-        if denied is not None:
-            await context.abort(*denied)
-        # One trip off the event loop for both checks: each hop costs a thread hand-off on the submit's path.
-        refused = await asyncio.to_thread(self._submit_refusal, account_id, request.manifest_yaml)
-        if refused is not None:
-            await context.abort(*refused)
+        submit = SubmitExperiment(
+            auth.current_principal().account_id, request.manifest_yaml, request.code_uri, request.client_request_id
+        )
         try:
-            experiment_id, position = await asyncio.to_thread(
-                self._ctx.commands.create_experiment,
-                auth.current_principal().account_id,
-                request.manifest_yaml,
-                request.code_uri,
-                request.client_request_id,
-            )
+            submitted: Submitted = await self._bus.handle(submit)
         except Exception as exc:
             await abort(context, exc)
-        self._ctx.scheduler_wakeup()
+        experiment_id, position = submitted.experiment_id, submitted.position
         experiment = await self._ctx.read_after(position, lambda: self._ctx.queries.get_experiment(experiment_id))
         if experiment is None:
             if self._ctx.projections.position >= position:  # the read models went past it: the runs one skipped it
@@ -102,30 +81,6 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
                 )
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the experiment was stored but the read model lags; retry")
         return pb.CreateExperimentResponse(experiment=trim_runs(experiment))
-
-    def _submit_refusal(self, account_id: str, manifest_yaml: str) -> tuple[grpc.StatusCode, str] | None:
-        """Why the account's plan or its queued-runs cap refuses this experiment; None when it may be created."""
-        refusal = refusal_for_yaml(self._ctx.scheduling_reads, account_id, manifest_yaml)
-        if refusal is not None:
-            return _REFUSAL_CODES[refusal.kind], refusal.message
-        too_many = self._queue_cap_refusal(account_id, manifest_yaml)
-        return None if too_many is None else (grpc.StatusCode.RESOURCE_EXHAUSTED, too_many)
-
-    def _queue_cap_refusal(self, account_id: str, manifest_yaml: str) -> str | None:
-        """Why the account's queued-runs cap (max_queued_runs) refuses this experiment; None when it fits."""
-        cap, queued = self._ctx.queries.queue_room(account_id)
-        if not cap:
-            return None
-        try:
-            adding = runs_at_submit(parse_manifest(manifest_yaml))
-        except (ManifestError, ValueError):
-            return None  # creating it says what is wrong with the manifest
-        if queued + adding <= cap:
-            return None
-        return (
-            f"max_queued_runs: account {account_id} may have {cap} runs queued; {queued} are queued and this"
-            f" experiment would add {adding}"
-        )
 
     async def _own(self, experiment_id: str, context: Context) -> None:
         """NOT_FOUND unless the experiment exists and belongs to the caller's account (or the caller is an admin)."""
@@ -174,12 +129,9 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
     ) -> pb.CancelExperimentResponse:
         await self._own(request.experiment_id, context)
         try:
-            to_stop, position = await asyncio.to_thread(
-                self._ctx.commands.cancel_experiment, request.experiment_id, "canceled by user"
-            )
+            position = await self._bus.handle(CancelExperiment(request.experiment_id, "canceled by user"))
         except Exception as exc:
             await abort(context, exc)
-        await self._ctx.stop_runs(to_stop)
         experiment = await self._ctx.read_after(
             position, lambda: self._ctx.queries.get_experiment(request.experiment_id)
         )

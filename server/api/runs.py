@@ -11,6 +11,9 @@ from runyard.server.api import auth
 from runyard.server.api.errors import Context, abort, decode_page_token, page_size
 from runyard.server.api.paging import MAX_PAGE_BYTES, fitting
 from runyard.server.api.watching import Watcher
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import CancelRun
+from runyard.server.app.unit_of_work import Outcome
 from runyard.server.context import ServerContext
 from runyard.server.domain import events as ev
 from runyard.v1 import events_pb2
@@ -19,8 +22,9 @@ from runyard.v1 import run_service_pb2_grpc as pb_grpc
 
 
 class RunService(pb_grpc.RunServiceServicer):
-    def __init__(self, ctx: ServerContext, watcher: Watcher) -> None:
+    def __init__(self, ctx: ServerContext, bus: MessageBus, watcher: Watcher) -> None:
         self._ctx = ctx
+        self._bus = bus
         self._watcher = watcher
 
     async def _run_or_404(self, run_id: str, context: Context) -> None:
@@ -65,12 +69,9 @@ class RunService(pb_grpc.RunServiceServicer):
     async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.CancelRunResponse:
         await self._run_or_404(request.run_id, context)
         try:
-            outcome = await asyncio.to_thread(self._ctx.commands.cancel_run, request.run_id, "canceled by user")
+            outcome: Outcome = await self._bus.handle(CancelRun(request.run_id, "canceled by user"))
         except Exception as exc:
             await abort(context, exc)
-        if any(isinstance(m, events_pb2.RunCancelRequested) for m in outcome.events):
-            await self._ctx.stop_runs([request.run_id])
-        self._ctx.scheduler_wakeup()
         run = await self._ctx.read_after(outcome.position, lambda: self._ctx.queries.get_run(request.run_id))
         return pb.CancelRunResponse(run=run)
 

@@ -80,3 +80,25 @@ TRANSITIONS: dict[type[Message], Transition] = {
     events_pb2.RunStopRequested: Transition("stop early", HOLDING_SLOTS, None),
     events_pb2.RunStoppedEarly: Transition("report stopped", HOLDING_SLOTS | {QUEUED}, STOPPED_EARLY),
 }
+
+#: How far along its life a run is in each state: an end is as far as a run goes.
+PROGRESS: dict[RunStateValue, int] = {QUEUED: 0, ASSIGNED: 1, STAGING: 2, RUNNING: 3, UPLOADING: 4} | {
+    state: 5 for state in TERMINAL
+}
+
+
+def is_ahead(state: str, event: type[Message]) -> bool:
+    """Does `event` take a run in `state` (a name, as IllegalTransition says it) further than its next step?
+
+    Then its predecessor is not stored yet (a report that came early), rather than the run
+    having moved past it (a late one).
+    """
+    target = TRANSITIONS[event].target if event in TRANSITIONS else None
+    if target is None:
+        return False
+    end = max(PROGRESS.values())
+    try:
+        now = PROGRESS.get(common_pb2.RunState.Value(f"RUN_STATE_{state}"), end)
+    except ValueError:
+        now = end
+    return now < PROGRESS[target]

@@ -6,7 +6,10 @@ crash before the ack redelivers it, and the report's event id turns the second
 append into a no-op. Reports of one agent come in order on one subject; a
 replica stores a fetched batch run by run, each run's reports in order and
 different runs' side by side (their streams are independent), so one slow
-append does not hold up every other run. Fetching does not wait for a batch
+append does not hold up every other run. Each report is parsed once, when it
+is taken; storing it is the application's (`ApplyAgentReport(s)` through the
+bus, which also wakes the scheduler when what was stored frees or asks for
+GPUs). Fetching does not wait for a batch
 to be stored: each report joins its run's queue at once, and the run's
 worker takes it in turn, so a run's RunCompleted is stored right after its
 predecessors, not after every report of the batch before it.
@@ -42,18 +45,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from sqlalchemy.exc import DataError
 
 from runyard import bus
-from runyard.server.commands import NotFound
-from runyard.server.context import ServerContext
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import ApplyAgentReport, ApplyAgentReports
+from runyard.server.app.errors import NotFound
+from runyard.server.app.reports import REPORTED_EVENTS
 from runyard.server.credentials import Credentials
 from runyard.server.domain.errors import DomainError, IllegalTransition
+from runyard.server.domain.run_states import is_ahead
 from runyard.server.ingest.agent_auth import AgentAuth
-from runyard.server.store.notify import quiet_commits
 from runyard.storable import is_storable, make_storable
 from runyard.v1 import agent_pb2
 
@@ -75,8 +81,8 @@ FETCH_WAIT_S = 1.0
 
 
 class Ingest:
-    def __init__(self, ctx: ServerContext, js: Any, credentials: Credentials) -> None:
-        self._ctx = ctx
+    def __init__(self, bus: MessageBus, js: Any, credentials: Credentials) -> None:
+        self._bus = bus
         self._js = js
         self._auth = AgentAuth(credentials)
         self.handled = 0
@@ -94,7 +100,7 @@ class Ingest:
             stream=bus.REPORTS_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10_000, ack_wait=30),
         )
-        self._queues: dict[str, list[Any]] = {}
+        self._queues: dict[str, list[Taken]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._gate = asyncio.Semaphore(PARALLEL_RUNS)
         self._in_hand = 0
@@ -163,15 +169,16 @@ class Ingest:
             await asyncio.sleep(0.05)
 
     def _take(self, msgs: list[Any]) -> None:
-        """Queue each report behind those of its run (or agent); a worker per run stores them in order."""
+        """Parse each report (once) and queue it behind those of its run (or agent); a worker per run stores them."""
         for msg in msgs:
-            key = _order_key(msg)
+            taken = Taken(msg, _parse(msg))
+            key = _order_key(taken.report)
             self._in_hand += 1
             queue = self._queues.get(key)
             if queue is not None:  # that run's worker takes it in turn
-                queue.append(msg)
+                queue.append(taken)
                 continue
-            self._queues[key] = [msg]
+            self._queues[key] = [taken]
             worker = asyncio.create_task(self._work_through(key), name="ingest-run")
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
@@ -187,10 +194,12 @@ class Ingest:
                     try:
                         await self._handle_many(taken)
                     except Exception:
-                        log.exception("handling reports failed; they will be redelivered", subject=taken[0].subject)
-                        for msg in taken:
+                        log.exception(
+                            "handling reports failed; they will be redelivered", subject=taken[0].msg.subject
+                        )
+                        for one in taken:
                             with contextlib.suppress(Exception):
-                                await msg.nak(delay=1.0)
+                                await one.msg.nak(delay=1.0)
                     finally:
                         self._in_hand -= len(taken)
                         self._room.set()
@@ -199,36 +208,27 @@ class Ingest:
             del self._queues[key]
             self._in_hand -= len(queue)
 
-    async def _handle_many(self, msgs: list[Any]) -> None:
+    async def _handle_many(self, taken: list[Taken]) -> None:
         """One run's reports in order: stored in one transaction when it takes them all, else one by one."""
-        if len(msgs) > 1 and (batch := await self._admissible(msgs)) is not None:
-            reports = [report for _, report in batch]
+        if len(taken) > 1 and (reports := await self._admissible(taken)) is not None:
             try:
-                if all(r.WhichOneof("body") in _QUIET for r in reports):
-                    with quiet_commits():
-                        position = await asyncio.to_thread(self._ctx.commands.apply_reports, reports)
-                else:
-                    position = await asyncio.to_thread(self._ctx.commands.apply_reports, reports)
+                await self._bus.handle(ApplyAgentReports(reports))
             except Exception as exc:  # one of them is refused or raced: each on its own says which
                 log.debug("reports taken one by one", run_id=reports[0].run_id, reason=str(exc))
             else:
-                for msg, _ in batch:
-                    await msg.ack()
-                self.handled += len(batch)
-                if position and any(r.WhichOneof("body") not in _QUIET for r in reports):
-                    self._ctx.scheduler_wakeup()
+                for one in taken:
+                    await one.msg.ack()
+                self.handled += len(taken)
                 return
-        for msg in msgs:
-            await self._handle(msg)
+        for one in taken:
+            await self._handle(one.msg, one.report)
 
-    async def _admissible(self, msgs: list[Any]) -> list[tuple[Any, agent_pb2.AgentReport]] | None:
+    async def _admissible(self, taken: list[Taken]) -> list[agent_pb2.AgentReport] | None:
         """The reports, when all are readable, authorized and about one run; None otherwise."""
         batch = []
-        for msg in msgs:
-            report = agent_pb2.AgentReport()
-            try:
-                report.ParseFromString(msg.data)
-            except Exception:
+        for one in taken:
+            msg, report = one.msg, one.report
+            if report is None:
                 return None
             if (
                 not report.run_id
@@ -238,14 +238,11 @@ class Ingest:
             ):
                 return None
             _storable_body(report)
-            batch.append((msg, report))
-        return batch if len({r.run_id for _, r in batch}) == 1 else None
+            batch.append(report)
+        return batch if len({r.run_id for r in batch}) == 1 else None
 
-    async def _handle(self, msg: Any) -> None:
-        report = agent_pb2.AgentReport()
-        try:
-            report.ParseFromString(msg.data)
-        except Exception:
+    async def _handle(self, msg: Any, report: agent_pb2.AgentReport | None) -> None:
+        if report is None:
             log.warning("dropping an unreadable report", subject=msg.subject)
             await msg.ack()
             return
@@ -269,7 +266,7 @@ class Ingest:
             await msg.ack()
             return
         try:
-            position = await asyncio.to_thread(self._apply, report)
+            await self._bus.handle(ApplyAgentReport(report))
         except IllegalTransition as exc:
             delivered = _deliveries(msg)
             if _ahead(exc, report) and delivered < EARLY_REPORT_RETRIES:
@@ -303,15 +300,6 @@ class Ingest:
             return
         await msg.ack()
         self.handled += 1
-        if position and report.WhichOneof("body") not in _QUIET:
-            self._ctx.scheduler_wakeup()
-
-    def _apply(self, report: agent_pb2.AgentReport) -> int:
-        """Store one report (in a worker thread); see `_QUIET` for the commits that wake no scheduler."""
-        if report.WhichOneof("body") in _QUIET:
-            with quiet_commits():
-                return self._ctx.commands.apply_report(report)
-        return self._ctx.commands.apply_report(report)
 
     async def _refusal(self, msg: Any, report: agent_pb2.AgentReport) -> str:
         """Why the report may not be stored ("" when it may)."""
@@ -330,13 +318,12 @@ class Ingest:
         return ""
 
 
-# Reports that change nothing the scheduler decides on (a run's output, and steps that keep its
-# GPUs held): stored as quiet commits, and they do not wake it. Every other report (an end that
-# frees GPUs, a registration, anything new) does.
-_QUIET = ("logged", "metrics", "staging", "started", "uploading")
-# How far along its life a run is in each state, and how far each report takes it.
-_STAGE = {"QUEUED": 0, "ASSIGNED": 1, "STAGING": 2, "RUNNING": 3, "UPLOADING": 4}
-_REPORT_STAGE = {"staging": 2, "started": 3, "uploading": 4, "completed": 5, "failed": 5, "canceled": 5}
+@dataclass(frozen=True)
+class Taken:
+    """A report as fetched and as parsed (None: unreadable), kept together until it is acked."""
+
+    msg: Any
+    report: agent_pb2.AgentReport | None
 
 
 #: Longest id a report may name: the read models' id columns (read_models.ID_WIDTH).
@@ -367,15 +354,22 @@ def _storable_body(report: agent_pb2.AgentReport) -> None:
 
 def _ahead(exc: IllegalTransition, report: agent_pb2.AgentReport) -> bool:
     """Is the report ahead of the run (its predecessor not stored yet), rather than behind it (late)?"""
-    return _STAGE.get(exc.state, 5) < _REPORT_STAGE.get(report.WhichOneof("body") or "", 0)
+    event = REPORTED_EVENTS.get(report.WhichOneof("body") or "")
+    return event is not None and is_ahead(exc.state, event)
 
 
-def _order_key(msg: Any) -> str:
-    """Reports with the same key are stored in arrival order: a run's, or an agent's own."""
+def _parse(msg: Any) -> agent_pb2.AgentReport | None:
     report = agent_pb2.AgentReport()
     try:
         report.ParseFromString(msg.data)
     except Exception:
+        return None
+    return report
+
+
+def _order_key(report: agent_pb2.AgentReport | None) -> str:
+    """Reports with the same key are stored in arrival order: a run's, or an agent's own."""
+    if report is None:
         return ""
     return f"run:{report.run_id}" if report.run_id else f"agent:{report.agent_id}"
 

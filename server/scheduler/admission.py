@@ -12,8 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from runyard.server.domain.errors import ManifestError
-from runyard.server.domain.manifest import Manifest, parse_manifest
+from runyard.server.domain.manifest import Manifest
 from runyard.server.domain.scheduling import QueuedRun, can_ever_place, quota_refusal
 from runyard.server.queries.scheduling import SchedulingReads
 
@@ -36,18 +35,8 @@ class Refusal:
     message: str
 
 
-def refusal_for_yaml(reads: SchedulingReads | None, account_id: str, manifest_yaml: str) -> Refusal | None:
-    """The refusal for a manifest as submitted; None also when it does not parse (creating it says why)."""
-    if reads is None:
-        return None
-    try:
-        manifest = parse_manifest(manifest_yaml)
-    except ManifestError:
-        return None
-    return submit_refusal(reads, account_id, manifest)
-
-
 def submit_refusal(reads: SchedulingReads, account_id: str, manifest: Manifest) -> Refusal | None:
+    """Why no run of this (parsed) manifest could ever start for the account; None when one could."""
     res = manifest.resources
     run = QueuedRun(
         run_id="",

@@ -44,15 +44,15 @@ and a run is never started again while an earlier attempt may still be alive.
 An agent silent for `agent_timeout_s` is declared lost at once (AgentLost: it
 gets no new work), but the attempts it held end only with their leases.
 
-Woken by commits to the log that may change a decision (this replica's at
-once, others' through PostgreSQL NOTIFY), by an agent's first heartbeat, or
-by a one-second tick. A run's log lines and metric points are stored as quiet
-commits (`quiet_commits`) and wake nothing here, nor do the NOTIFY echoes of
-this replica's own commits (the committing thread woke the loop already);
-ingest and the API also wake the loop explicitly after what frees or asks for
-capacity. A cycle catches the read models up only when the log has grown past
-them, and its own assignments do not wake the next one unless the policy may
-have more to place.
+Woken by commits to the log that may change a decision, by an agent's first
+heartbeat, or by a one-second tick. This replica's own commits wake it through
+the application's bus, by the type of each committed event
+(`runyard.server.app.effects`): a run's log lines and metric points, and the
+steps that keep its GPUs held, wake nothing. Others' commits wake it through
+PostgreSQL NOTIFY (`commit_is_heard`), but not the NOTIFY echoes of this
+replica's own. A cycle catches the read models up only when the log has grown
+past them, and its own assignments do not wake the next one unless the policy
+may have more to place.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ from typing import Any
 import structlog
 
 from runyard import bus
-from runyard.server.commands import Outcome
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import AssignRun, AssignRuns, DeclareAgentLost, ExpireAttempt
+from runyard.server.app.unit_of_work import Outcome
 from runyard.server.context import ServerContext
 from runyard.server.domain.errors import DomainError
 from runyard.server.domain.events import decode
@@ -76,7 +78,7 @@ from runyard.server.queries.scheduling import OVERLAY_TYPES, Holding, Scheduling
 from runyard.server.scheduler.heartbeats import Heartbeats
 from runyard.server.scheduler.leader import LeaderLease
 from runyard.server.store import ConcurrencyError
-from runyard.server.store.notify import commit_is_echo, commit_is_quiet, quiet_commits
+from runyard.server.store.notify import commit_is_echo, commit_is_heard
 from runyard.v1 import agent_pb2, common_pb2, events_pb2
 
 log = structlog.get_logger(__name__)
@@ -129,8 +131,9 @@ def _window_cut(snapshot: Snapshot) -> bool:
 
 
 class Scheduler:
-    def __init__(self, ctx: ServerContext, js: Any, nc: Any, lease: LeaderLease) -> None:
+    def __init__(self, ctx: ServerContext, js: Any, nc: Any, lease: LeaderLease, bus: MessageBus) -> None:
         self._ctx = ctx
+        self._bus = bus
         self._js = js
         self._nc = nc
         self._lease = lease
@@ -182,8 +185,8 @@ class Scheduler:
     def _on_commit(self, position: int) -> None:
         with self._head_guard:
             self._head = max(self._head, position)
-        if commit_is_quiet() or commit_is_echo():
-            return
+        if not commit_is_heard() or commit_is_echo():
+            return  # this replica's own commit: the bus woke us if its events may change a decision
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
@@ -376,21 +379,20 @@ class Scheduler:
     ) -> tuple[list[Outcome], dict[str, tuple[str, common_pb2.RunSpec]]]:
         """Append the cycle's RunAssigned events (one commit when none conflicts); read what to send.
 
-        In a worker thread. The commits are quiet: the next cycle is woken only when there may be
-        more to place (`_more_to_place`), not by every assignment.
+        In a worker thread. RunAssigned wakes nothing (runyard.server.app.effects): the next cycle
+        is woken only when there may be more to place (`_more_to_place`), not by every assignment.
         """
         specs = self.reads.specs([p.run_id for p in placements])
         for p in placements:  # runs placed straight from their RunCreated, perhaps not in the read models yet
             known = self._created_specs.pop(p.run_id, None)
             if p.run_id not in specs and known is not None:
                 specs[p.run_id] = known
-        batch = [(p.run_id, p.agent_id, p.gpu_ids, p.gpu_model) for p in placements]
-        with quiet_commits():
-            try:
-                outcomes = self._ctx.commands.assign_runs(batch)
-            except (ConcurrencyError, DomainError) as exc:
-                log.info("a run moved on during the cycle; assigning one by one", error=str(exc))
-                outcomes = [self._assign_one(p) for p in placements]
+        batch = AssignRuns([AssignRun(p.run_id, p.agent_id, p.gpu_ids, p.gpu_model) for p in placements])
+        try:
+            outcomes: list[Outcome] = self._bus.execute(batch)
+        except (ConcurrencyError, DomainError) as exc:
+            log.info("a run moved on during the cycle; assigning one by one", error=str(exc))
+            outcomes = [self._assign_one(p) for p in placements]
         return outcomes, specs
 
     async def _dispatch(
@@ -411,7 +413,8 @@ class Scheduler:
 
     def _assign_one(self, p: Placement) -> Outcome:
         try:
-            return self._ctx.commands.assign_run(p.run_id, p.agent_id, p.gpu_ids, p.gpu_model)
+            outcome: Outcome = self._bus.execute(AssignRun(p.run_id, p.agent_id, p.gpu_ids, p.gpu_model))
+            return outcome
         except (ConcurrencyError, DomainError) as exc:
             log.info("assignment skipped", run_id=p.run_id, error=str(exc))
             return Outcome([], 0)
@@ -544,11 +547,8 @@ class Scheduler:
         position = 0
         for agent_id, run_ids in silent.items():
             log.warning("agent lost; its attempts end with their leases", agent_id=agent_id, runs=run_ids)
-            position = await asyncio.to_thread(
-                self._ctx.commands.agent_lost,
-                agent_id,
-                [],
-                f"no heartbeat for {self._ctx.config.agent_timeout_s:.0f}s",
+            position = await self._bus.handle(
+                DeclareAgentLost(agent_id, [], f"no heartbeat for {self._ctx.config.agent_timeout_s:.0f}s")
             )
             self._declared_lost.add(agent_id)
         for agent_id, attempts in expired.items():
@@ -560,9 +560,7 @@ class Scheduler:
                     why = f"no heartbeat from agent {agent_id}"
                 message = f"{why}: its lease of {self._lease_s:.0f}s ended"
                 log.warning("attempt lease ended", agent_id=agent_id, run_id=h.run_id, attempt=h.attempt, why=why)
-                done = await asyncio.to_thread(
-                    self._ctx.commands.expire_attempt, agent_id, h.run_id, h.attempt, message
-                )
+                done = await self._bus.handle(ExpireAttempt(agent_id, h.run_id, h.attempt, message))
                 position = max(position, done)
                 self._sent_at.pop((h.run_id, h.attempt), None)
                 # Should the agent still have it after all (it should not), it stops it.

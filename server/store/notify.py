@@ -6,14 +6,13 @@ this process knows of advances from three sources: its own commits (at
 once, in the committing thread), PostgreSQL NOTIFY from any process (a
 listener thread), and reads of the head from the database.
 
-A subscriber that only cares about some commits (the scheduler does not
-care about log lines) can ask, inside its callback, where the commit came
-from: `commit_is_quiet()` is true for commits a thread made inside
-`quiet_commits()` (the committer says nothing changed that others decide
-on), and `commit_is_echo()` is true when the listener passes on a NOTIFY of
-one of this process's own sessions, whose commit woke the callbacks in the
-committing thread already (or, when the listener got there first, was
-quiet or is woken about explicitly). Both are hints like the rest.
+A subscriber that acts on this process's own commits some other way (the
+scheduler: the application's bus wakes it by the type of each event it
+committed) can ask, inside its callback, where the commit came from:
+`commit_is_heard()` is true when the listener heard of it from the database
+(another process's commit, or the head read after a reconnect), and
+`commit_is_echo()` is true when what it heard is the NOTIFY of one of this
+process's own sessions. Both are hints like the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -40,24 +39,9 @@ LISTENER_APPLICATION_NAME = "runyard-event-log-listener"
 _this_thread = threading.local()
 
 
-@contextlib.contextmanager
-def quiet_commits() -> Iterator[None]:
-    """Commits this thread makes inside the block are quiet: `commit_is_quiet()` in their callbacks.
-
-    For commits that no one needs to act on at once (a run's log lines and
-    metric points): callbacks still run, and may skip the work they would do.
-    """
-    depth = getattr(_this_thread, "quiet", 0)
-    _this_thread.quiet = depth + 1
-    try:
-        yield
-    finally:
-        _this_thread.quiet = depth
-
-
-def commit_is_quiet() -> bool:
-    """Inside an on_commit callback: was the commit made inside `quiet_commits()`?"""
-    return getattr(_this_thread, "quiet", 0) > 0
+def commit_is_heard() -> bool:
+    """Inside an on_commit callback: did the listener hear of this head from the database (not our own commit)?"""
+    return getattr(_this_thread, "heard", False)
 
 
 def commit_is_echo() -> bool:
@@ -207,6 +191,7 @@ class PostgresListener:
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             conn.execute(f"LISTEN {self._stop_channel}")
             self._listening.set()
+            _this_thread.heard = True  # every head this thread passes on was heard, not committed here
             self._on_position(self._read_head())
             while not self._stop.is_set():
                 for note in conn.notifies(timeout=5.0):

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from runyard.server.commands import Commands
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import CreateAccount, CreateApiKey, RevokeApiKey, SetQuota
 from runyard.server.domain.account import hash_secret
 from runyard.server.first_run import ensure_first_account
 from runyard.server.projections import schema
@@ -45,7 +46,7 @@ def test_replicas_starting_together_create_one_account_and_one_keys_file(url: st
             try:
                 barrier.wait()
                 won.append(
-                    ensure_first_account(Commands(store), AccountQueries(store.read_engine), keys_file, 8, "gpu-0")
+                    ensure_first_account(MessageBus(store), AccountQueries(store.read_engine), keys_file, 8, "gpu-0")
                 )
             except BaseException as exc:  # reported below
                 errors.append(exc)
@@ -74,7 +75,7 @@ def test_replicas_starting_together_create_one_account_and_one_keys_file(url: st
 
         # A later start leaves the file as it is: the secrets are never written again.
         before = keys_file.read_bytes()
-        assert not ensure_first_account(Commands(stores[1]), AccountQueries(stores[1].read_engine), keys_file, 8)
+        assert not ensure_first_account(MessageBus(stores[1]), AccountQueries(stores[1].read_engine), keys_file, 8)
         assert keys_file.read_bytes() == before
     finally:
         for s in stores:
@@ -84,12 +85,12 @@ def test_replicas_starting_together_create_one_account_and_one_keys_file(url: st
 def test_accounts_and_keys_read_models_rebuild_to_identical_rows(url: str) -> None:
     store = EventStore.open(url)
     try:
-        commands = Commands(store)
-        commands.create_account("acme", "Acme", gpu_quota=2)
-        commands.set_quota("acme", 4, max_queued_runs=9)
-        key = commands.create_api_key("acme", common_pb2.ROLE_USER, "laptop")
-        commands.create_api_key("acme", common_pb2.ROLE_AGENT, agent_id="gpu-1")
-        commands.revoke_api_key(key.key_id, "lost laptop")
+        bus = MessageBus(store)
+        bus.execute(CreateAccount("acme", "Acme", gpu_quota=2))
+        bus.execute(SetQuota("acme", 4, max_queued_runs=9))
+        key = bus.execute(CreateApiKey("acme", common_pb2.ROLE_USER, "laptop"))
+        bus.execute(CreateApiKey("acme", common_pb2.ROLE_AGENT, agent_id="gpu-1"))
+        bus.execute(RevokeApiKey(key.key_id, "lost laptop"))
         runner = ProjectionRunner(store)
         runner.catch_up()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runyard.server.commands import Commands
+from runyard.server.app.aggregates import EXPERIMENT, RUN
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import ApplyAgentReport, ApplyAgentReports, AssignRun, SubmitExperiment
 from runyard.server.domain import events as ev
 from runyard.server.domain.errors import DomainError, IllegalTransition, StaleAttempt
 from runyard.server.store import EventStore
@@ -14,10 +16,10 @@ from tests.integration.scheduling.helpers import manifest
 pytestmark = pytest.mark.integration
 
 
-def assigned_run(commands: Commands) -> str:
-    experiment_id, _ = commands.create_experiment("acct", manifest("one", "true", gpus=0, runs=1), "", "")
-    (run_id,) = commands.load_experiment(experiment_id).run_ids
-    commands.assign_run(run_id, "agent-1", [])
+def assigned_run(bus: MessageBus) -> str:
+    experiment_id = bus.execute(SubmitExperiment("acct", manifest("one", "true", gpus=0, runs=1))).experiment_id
+    (run_id,) = bus.load(EXPERIMENT, experiment_id).run_ids
+    bus.execute(AssignRun(run_id, "agent-1", []))
     return run_id
 
 
@@ -41,41 +43,41 @@ def types_after(store: EventStore, position: int) -> list[tuple[str, str]]:
 
 
 def test_a_batch_stores_what_one_by_one_would_in_order_and_once(store: EventStore) -> None:
-    commands = Commands(store)
-    one, many = assigned_run(commands), assigned_run(commands)
+    bus = MessageBus(store)
+    one, many = assigned_run(bus), assigned_run(bus)
     head = store.head_position()
     for r in the_end(one):
-        commands.apply_report(r)
+        bus.execute(ApplyAgentReport(r))
     singly = types_after(store, head)
     head = store.head_position()
-    commands.apply_reports(the_end(many))
+    bus.execute(ApplyAgentReports(the_end(many)))
     assert types_after(store, head) == singly
-    assert commands.load_run(many).state_name == "COMPLETED"
+    assert bus.load(RUN, many).state_name == "COMPLETED"
     # Redelivered reports store nothing more: the same output by its ids, the same end by the run's state;
     # an earlier step the run has left behind refuses the whole batch (the ingest then takes them one by one).
     head = store.head_position()
-    commands.apply_reports(the_end(many)[2::2])
+    bus.execute(ApplyAgentReports(the_end(many)[2::2]))
     assert store.head_position() == head
     with pytest.raises(IllegalTransition):
-        commands.apply_reports(the_end(many))
+        bus.execute(ApplyAgentReports(the_end(many)))
     assert store.head_position() == head
 
 
 def test_a_refused_report_stores_nothing_of_the_batch(store: EventStore) -> None:
-    commands = Commands(store)
-    run_id = assigned_run(commands)
+    bus = MessageBus(store)
+    run_id = assigned_run(bus)
     head = store.head_position()
     reports = the_end(run_id)
     skipping = [reports[0], reports[4]]  # completed before uploading
     with pytest.raises(IllegalTransition):
-        commands.apply_reports(skipping)
+        bus.execute(ApplyAgentReports(skipping))
     stale = [reports[0], report(run_id, "x", started=events_pb2.RunStarted(attempt=2))]
     with pytest.raises(StaleAttempt):
-        commands.apply_reports(stale)
+        bus.execute(ApplyAgentReports(stale))
     other_agent = [reports[0], report(run_id, "y", agent_id="agent-2", started=events_pb2.RunStarted(attempt=1))]
     with pytest.raises(DomainError, match="held by agent agent-1, not by agent agent-2"):
-        commands.apply_reports(other_agent)
+        bus.execute(ApplyAgentReports(other_agent))
     assert store.head_position() == head
     with pytest.raises(ValueError):
-        commands.apply_reports([reports[0], report("run-other", "z", staging=events_pb2.RunStaging(attempt=1))])
+        bus.execute(ApplyAgentReports([reports[0], report("run-other", "z", staging=events_pb2.RunStaging(attempt=1))]))
     assert ev.run_stream(run_id) and store.head_position() == head

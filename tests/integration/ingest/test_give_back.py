@@ -56,7 +56,7 @@ def test_a_report_delivered_to_a_stopping_ingest_is_redelivered_at_once(
             await js.publish(bus.reports_subject("agent-1"), b"a report")
             await _deliver_without_taking(nc, sub)
             if given_back:
-                ingest = Ingest(ctx=None, js=js, credentials=None)  # type: ignore[arg-type]  # handles nothing here
+                ingest = Ingest(bus=None, js=js, credentials=None)  # type: ignore[arg-type]  # handles nothing here
                 ingest._last_fetch = asyncio.get_running_loop().time() - 10  # its last fetch ended long ago
                 await ingest._give_back(sub)
             # Well inside the 30 s ack wait: only a report given back can be here by then.

@@ -1,3 +1,5 @@
+# mypy: ignore-errors
+# It runs against main 696c377, where runyard.server.commands still exists (see the docstring).
 """Write an event log with the code of main at 696c377, and the read models that code computed from it.
 
 Run once, against the old code, from its checkout (it imports whatever `runyard` that venv has):

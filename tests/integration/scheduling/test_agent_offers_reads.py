@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import update
 
-from runyard.server.commands import Commands
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import ApplyAgentReport
 from runyard.server.domain.scheduling import FrameworkOffer
 from runyard.server.projections import schema
 from runyard.server.projections.runner import ProjectionRunner
@@ -19,25 +20,25 @@ pytestmark = pytest.mark.integration
 DIGEST = "sha256:" + "ef" * 32
 
 
-def register(commands: Commands, agent_id: str, event_id: str, **fields: object) -> None:
+def register(bus: MessageBus, agent_id: str, event_id: str, **fields: object) -> None:
     registered = events_pb2.AgentRegistered(agent_id=agent_id, hostname="h", slots=1, **fields)  # type: ignore[arg-type]
-    commands.apply_report(agent_pb2.AgentReport(event_id=event_id, agent_id=agent_id, registered=registered))
+    bus.execute(ApplyAgentReport(agent_pb2.AgentReport(event_id=event_id, agent_id=agent_id, registered=registered)))
 
 
 def test_runtime_and_digests_are_read_back_and_an_older_agents_registration_runs_processes(store: EventStore) -> None:
-    commands = Commands(store)
+    bus = MessageBus(store)
     projections = ProjectionRunner(store)
     register(
-        commands,
+        bus,
         "ctr-1",
         "reg-1",
         frameworks=[common_pb2.Framework(name="pytorch", version="2.13", digest=DIGEST)],
         runtime="container",
     )
     # As an agent from before runtimes and versions were registered sent it.
-    register(commands, "old-1", "reg-2", frameworks=[common_pb2.Framework(name="python")])
+    register(bus, "old-1", "reg-2", frameworks=[common_pb2.Framework(name="python")])
     # A runtime nobody knows is stored as a process agent's (the column is bounded; only containers run images).
-    register(commands, "odd-1", "reg-3", runtime="x" * 500)
+    register(bus, "odd-1", "reg-3", runtime="x" * 500)
     projections.catch_up()
 
     agents = {a.id: a for a in Queries(store.read_engine).list_agents()}

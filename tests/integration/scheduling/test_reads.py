@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runyard.server.commands import Commands
+from runyard.server.app.aggregates import EXPERIMENT, RUN
+from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import ApplyAgentReport, AssignRun, AssignRuns, SubmitExperiment
 from runyard.server.domain.errors import DomainError
 from runyard.server.projections.runner import ProjectionRunner
 from runyard.server.queries.queue_explainer import QueueExplainer
@@ -17,11 +19,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_cycle_reads_each_accounts_queue_head_and_the_explainer_the_whole_queue(store: EventStore) -> None:
-    commands = Commands(store)
+    bus = MessageBus(store)
     projections = ProjectionRunner(store)
-    commands.create_experiment("a", manifest("low", "true", gpus=1, runs=3), "", "")
-    commands.create_experiment("a", manifest("high", "true", gpus=1, runs=2, extra="priority: 5\n"), "", "")
-    commands.create_experiment("b", manifest("b", "true", gpus=2, runs=3, gpu_model="H100"), "", "")
+    bus.execute(SubmitExperiment("a", manifest("low", "true", gpus=1, runs=3)))
+    bus.execute(SubmitExperiment("a", manifest("high", "true", gpus=1, runs=2, extra="priority: 5\n")))
+    bus.execute(SubmitExperiment("b", manifest("b", "true", gpus=2, runs=3, gpu_model="H100")))
     agent = events_pb2.AgentRegistered(
         agent_id="gpu-1",
         hostname="h",
@@ -30,7 +32,7 @@ def test_a_cycle_reads_each_accounts_queue_head_and_the_explainer_the_whole_queu
         frameworks=[common_pb2.Framework(name="python")],
         gpus=[common_pb2.GpuDevice(index=0, uuid="GPU-gpu-1-0", model="H100")],
     )
-    commands.apply_report(agent_pb2.AgentReport(event_id="reg-1", agent_id="gpu-1", registered=agent))
+    bus.execute(ApplyAgentReport(agent_pb2.AgentReport(event_id="reg-1", agent_id="gpu-1", registered=agent)))
     projections.catch_up()
     reads = SchedulingReads(store.engine)
 
@@ -54,18 +56,28 @@ def test_a_cycle_reads_each_accounts_queue_head_and_the_explainer_the_whole_queu
 
 
 def test_a_cycles_assignments_commit_together_or_not_at_all(store: EventStore) -> None:
-    commands = Commands(store)
-    experiment_id, _ = commands.create_experiment("a", manifest("three", "true", gpus=1, runs=3), "", "")
-    run_ids = list(commands.load_experiment(experiment_id).run_ids)
-    first = commands.assign_runs(
-        [(run_ids[0], "gpu-1", ["GPU-gpu-1-0"], "H100"), (run_ids[1], "gpu-1", ["GPU-gpu-1-1"], "H100")]
+    bus = MessageBus(store)
+    experiment_id = bus.execute(SubmitExperiment("a", manifest("three", "true", gpus=1, runs=3))).experiment_id
+    run_ids = list(bus.load(EXPERIMENT, experiment_id).run_ids)
+    first = bus.execute(
+        AssignRuns(
+            [
+                AssignRun(run_ids[0], "gpu-1", ["GPU-gpu-1-0"], "H100"),
+                AssignRun(run_ids[1], "gpu-1", ["GPU-gpu-1-1"], "H100"),
+            ]
+        )
     )
     assert [type(o.events[0]).__name__ for o in first] == ["RunAssigned", "RunAssigned"]
-    assert commands.load_run(run_ids[0]).gpu_ids == ("GPU-gpu-1-0",)
+    assert bus.load(RUN, run_ids[0]).gpu_ids == ("GPU-gpu-1-0",)
 
     # One of them is no longer QUEUED: nothing of the batch is stored.
     with pytest.raises(DomainError):
-        commands.assign_runs(
-            [(run_ids[2], "gpu-2", ["GPU-gpu-2-0"], "H100"), (run_ids[0], "gpu-2", ["GPU-gpu-2-1"], "H100")]
+        bus.execute(
+            AssignRuns(
+                [
+                    AssignRun(run_ids[2], "gpu-2", ["GPU-gpu-2-0"], "H100"),
+                    AssignRun(run_ids[0], "gpu-2", ["GPU-gpu-2-1"], "H100"),
+                ]
+            )
         )
-    assert commands.load_run(run_ids[2]).attempt == 0
+    assert bus.load(RUN, run_ids[2]).attempt == 0

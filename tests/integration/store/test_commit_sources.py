@@ -10,7 +10,7 @@ import pytest
 
 from runyard.server.projections.runner import ProjectionRunner
 from runyard.server.store import EventStore, NewEvent
-from runyard.server.store.notify import commit_is_echo
+from runyard.server.store.notify import commit_is_echo, commit_is_heard
 from runyard.v1 import events_pb2
 
 pytestmark = pytest.mark.integration
@@ -26,11 +26,13 @@ def test_notifies_of_our_own_commits_are_echoes_and_another_process_s_are_not(pg
     ours = EventStore.open(pg_session_url)
     theirs = EventStore.open(pg_session_url)  # another replica: its own pool and sessions
     seen: list[tuple[int, bool, str]] = []
+    heard: dict[int, bool] = {}
     guard = threading.Condition()
 
     def callback(position: int) -> None:
         with guard:
             seen.append((position, commit_is_echo(), threading.current_thread().name))
+            heard[position] = commit_is_heard()
             guard.notify_all()
 
     unsubscribe = ours.on_commit(callback)
@@ -49,6 +51,8 @@ def test_notifies_of_our_own_commits_are_echoes_and_another_process_s_are_not(pg
         assert thread == threading.current_thread().name or echo, seen
         # Another process's commit comes only through the listener, and is no echo.
         assert by_position[other] == (False, "runyard-event-log-listener"), seen
+        # The scheduler is woken through the log only by what was heard (runyard.server.app.effects does the rest).
+        assert heard[other] and heard[mine] == echo, heard
     finally:
         unsubscribe()
         theirs.close()

@@ -27,7 +27,7 @@ def scheduler() -> tuple[Scheduler, FakeJetStream]:
         config=SimpleNamespace(agent_timeout_s=15.0, attempt_lease_s=60.0), store=SimpleNamespace(engine=None)
     )
     js = FakeJetStream()
-    s = Scheduler(ctx, js, None, lease=None)  # type: ignore[arg-type]
+    s = Scheduler(ctx, js, None, lease=None, bus=None)  # type: ignore[arg-type]
     s.reads.specs = lambda ids: {i: ("exp-1", common_pb2.RunSpec(command="true")) for i in ids}  # type: ignore[method-assign,assignment]
     return s, js
 

@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from runyard.server.app.commands import DeclareAgentLost, ExpireAttempt
 from runyard.server.queries.scheduling import Holding
 from runyard.server.scheduler.scheduler import Scheduler
 from runyard.v1 import agent_pb2, common_pb2
@@ -20,17 +21,19 @@ TIMEOUT_S = 15.0
 
 
 class FakeCommands:
+    """Takes the commands the scheduler sends to the application's bus."""
+
     def __init__(self) -> None:
         self.lost: list[str] = []
         self.expired: list[tuple[str, str, int]] = []
 
-    def agent_lost(self, agent_id: str, run_ids: list[str], message: str) -> int:
-        assert run_ids == [], "a silent agent's attempts end with their leases, not with the agent"
-        self.lost.append(agent_id)
-        return 1
-
-    def expire_attempt(self, agent_id: str, run_id: str, attempt: int, message: str) -> int:
-        self.expired.append((agent_id, run_id, attempt))
+    async def handle(self, command: object) -> int:
+        if isinstance(command, DeclareAgentLost):
+            assert command.run_ids == [], "a silent agent's attempts end with their leases, not with the agent"
+            self.lost.append(command.agent_id)
+            return 1
+        assert isinstance(command, ExpireAttempt)
+        self.expired.append((command.agent_id, command.run_id, command.attempt))
         return 2
 
 
@@ -47,11 +50,10 @@ def scheduler() -> tuple[Scheduler, FakeCommands, FakeJetStream]:
     ctx: Any = SimpleNamespace(
         config=SimpleNamespace(agent_timeout_s=TIMEOUT_S, attempt_lease_s=LEASE_S),
         store=SimpleNamespace(engine=None),
-        commands=commands,
         projections=SimpleNamespace(wait_for=lambda position, timeout: None),
     )
     js = FakeJetStream()
-    s = Scheduler(ctx, js, None, lease=None)  # type: ignore[arg-type]
+    s = Scheduler(ctx, js, None, lease=None, bus=commands)  # type: ignore[arg-type]
     return s, commands, js
 
 

@@ -1,0 +1,198 @@
+"""Handlers of the experiment use cases: submit, cancel, reprioritise, and the searcher's decisions.
+
+Submit parses the manifest once and hands the parsed manifest to every check
+(the account's storage grants, what the account's plan and the cluster could
+ever run, the queued-runs cap) and to the domain that creates it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from runyard.server.app import commands as c
+from runyard.server.app.aggregates import EXPERIMENT, RUN, load
+from runyard.server.app.aggregates import change as change_aggregate
+from runyard.server.app.errors import FailedPrecondition, InvalidArgument, LimitExceeded
+from runyard.server.app.storage_access import SubmitStorageCheck
+from runyard.server.app.unit_of_work import Outcome, UnitOfWork
+from runyard.server.domain import events as ev
+from runyard.server.domain.errors import ManifestError
+from runyard.server.domain.experiment import Experiment, runs_at_submit
+from runyard.server.domain.manifest import Manifest, parse_manifest
+from runyard.server.domain.run import Run
+from runyard.server.queries.scheduling import SchedulingReads
+from runyard.server.scheduler.admission import RefusalKind, submit_refusal
+from runyard.server.store import NO_STREAM, ConcurrencyError
+
+#: The status a caller gets for each admission refusal (see runyard.server.scheduler.admission).
+_ADMISSION = {
+    RefusalKind.CAPACITY: FailedPrecondition,
+    RefusalKind.UNKNOWN_MODEL: InvalidArgument,
+    RefusalKind.NOT_OFFERED: InvalidArgument,
+    RefusalKind.QUOTA: LimitExceeded,
+}
+
+
+@dataclass(frozen=True)
+class SubmitChecks:
+    """What a submit is checked against before anything is stored (None: that check is off)."""
+
+    storage: SubmitStorageCheck | None = None
+    scheduling: SchedulingReads | None = None
+    #: (max_queued_runs, runs queued now) of an account, from the read models.
+    queue_room: Callable[[str], tuple[int, int]] | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    experiment_id: str
+    position: int
+
+
+def submit_experiment(cmd: c.SubmitExperiment, uow: UnitOfWork, checks: SubmitChecks = SubmitChecks()) -> Submitted:
+    """Returns the experiment and its position; a repeated request id returns the first experiment.
+
+    Refusals come first, in this order: storage (whether another account's code
+    package exists is none of the caller's business), then the plan and the
+    cluster, then the queued-runs cap. A manifest that does not parse skips the
+    checks that need it and is refused by the create, with what is wrong.
+    """
+    manifest: Manifest | None
+    unparsed: Exception | None = None
+    try:
+        manifest = parse_manifest(cmd.manifest_yaml)
+    except (ManifestError, ValueError) as exc:
+        manifest, unparsed = None, exc
+    if checks.storage is not None:
+        checks.storage.check(uow, cmd.account_id, manifest, cmd.code_uri)
+    if manifest is not None:
+        _check_admission(checks, cmd.account_id, manifest)
+    if unparsed is not None:
+        raise unparsed
+    assert manifest is not None
+    return _create(cmd, manifest, uow)
+
+
+def _check_admission(checks: SubmitChecks, account_id: str, manifest: Manifest) -> None:
+    """Why the account's plan, the cluster or the queued-runs cap refuses this experiment."""
+    if checks.scheduling is not None:
+        refusal = submit_refusal(checks.scheduling, account_id, manifest)
+        if refusal is not None:
+            raise _ADMISSION[refusal.kind](refusal.message)
+    if checks.queue_room is None:
+        return
+    cap, queued = checks.queue_room(account_id)
+    if not cap:
+        return
+    try:
+        adding = runs_at_submit(manifest)
+    except ValueError:
+        return  # creating it says what is wrong with the manifest
+    if queued + adding > cap:
+        raise LimitExceeded(
+            f"max_queued_runs: account {account_id} may have {cap} runs queued; {queued} are queued and this"
+            f" experiment would add {adding}"
+        )
+
+
+def _create(cmd: c.SubmitExperiment, manifest: Manifest, uow: UnitOfWork) -> Submitted:
+    if cmd.client_request_id:
+        experiment_id = ev.experiment_id_for_request(cmd.account_id, cmd.client_request_id)
+    else:
+        experiment_id = ev.new_experiment_id()
+    stream = ev.experiment_stream(experiment_id)
+    existing = uow.first_position(stream)
+    if existing:
+        return Submitted(experiment_id, existing)
+    created, runs = Experiment.create(
+        experiment_id, cmd.account_id, manifest, cmd.manifest_yaml, cmd.code_uri, cmd.client_request_id
+    )
+    try:
+        with uow.transaction() as tx:
+            tx.append(stream, [created], NO_STREAM, experiment_id)
+            for run_id, run_created in runs:
+                tx.append(ev.run_stream(run_id), [run_created], NO_STREAM, experiment_id)
+    except ConcurrencyError:
+        # The same request id raced with itself: the first one won.
+        first = uow.first_position(stream)
+        if not first:
+            raise
+        return Submitted(experiment_id, first)
+    return Submitted(experiment_id, tx.last_position)
+
+
+def cancel_experiment(cmd: c.CancelExperiment, uow: UnitOfWork) -> int:
+    """Cancels every unfinished run; the bus sends the cancels to the agents holding them. Returns the position."""
+    reason = cmd.reason
+    outcome = change_aggregate(
+        uow, EXPERIMENT, cmd.experiment_id, lambda e: [] if e.cancel_requested else e.request_cancel(reason)
+    )
+    position = outcome.position
+    experiment = load(uow, EXPERIMENT, cmd.experiment_id)
+    for run_id in experiment.run_ids:
+        run = load(uow, RUN, run_id)
+        if run.is_terminal or run.cancel_requested:
+            continue
+        done = change_aggregate(
+            uow, RUN, run_id, lambda r: [] if r.is_terminal or r.cancel_requested else r.request_cancel(reason)
+        )
+        position = max(position, done.position)
+    return position
+
+
+def set_experiment_priority(cmd: c.SetExperimentPriority, uow: UnitOfWork) -> int:
+    """Reorder an experiment's queued runs; returns the position (0 when unchanged)."""
+    return change_aggregate(uow, EXPERIMENT, cmd.experiment_id, lambda e: e.set_priority(cmd.priority)).position
+
+
+def add_trial(cmd: c.AddTrial, uow: UnitOfWork) -> tuple[int, bool]:
+    """Create run `index` of a searched experiment; returns (position, whether it was created now).
+
+    ExperimentRunAdded and the run's RunCreated commit together, with ids
+    derived from `event_id`, so a decision re-derived after a restart adds
+    nothing. A run added after the experiment was canceled (or its budget
+    spent) is ended at once: the cancel did not see it.
+    """
+    experiment = load(uow, EXPERIMENT, cmd.experiment_id)
+    # Built from the facts recorded at submit (upcast for older experiments): no manifest parse here.
+    added, created = experiment.add_trial(cmd.index, cmd.values)
+    with uow.transaction() as tx:
+        first = tx.append(
+            ev.experiment_stream(cmd.experiment_id), [added], correlation_id=cmd.experiment_id, ids=[cmd.event_id]
+        )
+        tx.append(
+            ev.run_stream(created.run_id), [created], NO_STREAM, cmd.experiment_id, [uuid.uuid5(cmd.event_id, "run")]
+        )
+    position = tx.last_position
+    if first.appended and (experiment.cancel_requested or experiment.budget_spent):
+        reason = experiment.cancel_reason if experiment.cancel_requested else "budget"
+        decide: Callable[[Run], list[Message]] = (
+            (lambda r: [] if r.is_terminal else r.request_cancel(reason))
+            if experiment.cancel_requested
+            else (lambda r: r.request_stop(reason))
+        )
+        position = max(position, change_aggregate(uow, RUN, created.run_id, decide).position)
+    return position or first.last_position, first.appended
+
+
+def stop_run_early(cmd: c.StopRunEarly, uow: UnitOfWork) -> Outcome:
+    """Ask a run to stop for the experiment's searcher (ends STOPPED_EARLY); nothing when it has ended."""
+    stop = cmd.stop
+    return change_aggregate(
+        uow,
+        RUN,
+        cmd.run_id,
+        lambda run: run.request_stop(stop.reason, stop.rung, stop.level, stop.value),
+        lambda n: [cmd.event_id],
+    )
+
+
+def record_for_experiment(cmd: c.RecordForExperiment, uow: UnitOfWork) -> int:
+    """Append a searcher's record (promotion, new best, budget spent, completion) to the experiment stream."""
+    return uow.append(
+        ev.experiment_stream(cmd.experiment_id), [cmd.event], correlation_id=cmd.experiment_id, ids=[cmd.event_id]
+    ).last_position
