@@ -22,7 +22,7 @@ from runyard.server.app.aggregates import Kind
 from runyard.server.app.handlers import Handler
 from runyard.server.app.handlers import handlers as default_handlers
 from runyard.server.app.unit_of_work import A, Committed, UnitOfWork
-from runyard.server.store import EventStore
+from runyard.server.store import EventLog
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +36,7 @@ class MessageBus:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventLog,
         handlers: Mapping[type, Handler] | None = None,
         effects: Effects | None = None,
         loop: asyncio.AbstractEventLoop | None = None,

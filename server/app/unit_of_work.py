@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from runyard.server.app.errors import NotFound
 from runyard.server.domain import events as ev
-from runyard.server.store import ANY, AppendResult, ConcurrencyError, EventStore, ExpectedVersion, NewEvent, Transaction
+from runyard.server.store import ANY, AppendResult, ConcurrencyError, EventLog, EventLogTransaction, ExpectedVersion, NewEvent
 
 #: Times a decision is made again on a stream another writer changed meanwhile.
 MAX_RETRIES = 20
@@ -54,7 +54,7 @@ def new_events(
 class Batch:
     """Appends that commit together (`UnitOfWork.transaction`)."""
 
-    def __init__(self, tx: Transaction, staged: list[Committed]) -> None:
+    def __init__(self, tx: EventLogTransaction, staged: list[Committed]) -> None:
         self._tx = tx
         self._staged = staged
 
@@ -79,7 +79,7 @@ class Batch:
 class UnitOfWork:
     """Reads and appends of one command; `committed` holds what its commits stored, in order."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventLog) -> None:
         self.store = store
         self.committed: list[Committed] = []
 

@@ -1,4 +1,4 @@
-"""The handlers' event log: for now a temporary SQLite EventStore (the in-memory store takes its place later)."""
+"""The handlers' event log: the in-memory store (fast), and SQLite to show the handlers hold on a real backend too."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from runyard.server.store import EventStore
+from runyard.server.store import EventLog, EventStore, InMemoryEventStore
 
 
-@pytest.fixture
-def event_store(tmp_path: Path) -> Iterator[EventStore]:
-    store = EventStore.open(f"sqlite:///{tmp_path}/log.db")
+@pytest.fixture(params=["memory", "sqlite"])
+def event_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
+    store: EventLog = InMemoryEventStore() if request.param == "memory" else EventStore.open(f"sqlite:///{tmp_path}/log.db")
     try:
         yield store
     finally:
