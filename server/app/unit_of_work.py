@@ -18,7 +18,15 @@ from google.protobuf.message import Message
 
 from runyard.server.app.errors import NotFound
 from runyard.server.domain import events as ev
-from runyard.server.store import ANY, AppendResult, ConcurrencyError, EventLog, EventLogTransaction, ExpectedVersion, NewEvent
+from runyard.server.store import (
+    ANY,
+    AppendResult,
+    ConcurrencyError,
+    EventLog,
+    EventLogTransaction,
+    ExpectedVersion,
+    NewEvent,
+)
 
 #: Times a decision is made again on a stream another writer changed meanwhile.
 MAX_RETRIES = 20
