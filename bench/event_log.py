@@ -65,12 +65,12 @@ from sqlalchemy import (
     text,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runyard.server.store import ANY, EventStore, NewEvent
 from tests.support.services import postgres_database
 
+REPO = Path(__file__).resolve().parent.parent
 PAYLOAD = bytes(range(256)) * 2  # about the size of a RunMetricsReported batch
 EVENT_TYPE = "runyard.v1.RunMetricsReported"
 PYEVENTSOURCING = "eventsourcing==9.5.6"
@@ -171,7 +171,9 @@ class Totals:
         return self.count[name] / self.seconds[name]
 
 
-def measure(url: str, single: int, batches: int, rounds: int, peer_url: str | None, writer_events: int) -> dict[str, Any]:
+def measure(
+    url: str, single: int, batches: int, rounds: int, peer_url: str | None, writer_events: int
+) -> dict[str, Any]:
     store = EventStore.open(url)
     totals = Totals()
     try:
@@ -215,13 +217,13 @@ def measure(url: str, single: int, batches: int, rounds: int, peer_url: str | No
             totals.add("raw_batch100", _timed(raw_batch, 0, batches_per_round), batches_per_round * 100)
             totals.add("append_batch100", _timed(append_batch, 0, batches_per_round), batches_per_round * 100)
             if peer is not None and peer_url is not None:
-                seconds = _run_peer(peer, peer_url, per_round, batches_per_round)
-                totals.add("pyeventsourcing_single", seconds["single_s"], per_round)
-                totals.add("pyeventsourcing_batch100", seconds["batch_s"], batches_per_round * 100)
+                peer_s = _run_peer(peer, peer_url, per_round, batches_per_round)
+                totals.add("pyeventsourcing_single", peer_s["single_s"], per_round)
+                totals.add("pyeventsourcing_batch100", peer_s["batch_s"], batches_per_round * 100)
             if writer_events and store.dialect == "postgresql":
                 for writers in (1, 4):
-                    seconds = _concurrent_appends(url, writers, writer_events // writers, f"r{r}")
-                    totals.add(f"writers_{writers}", seconds, (writer_events // writers) * writers)
+                    wall_s = _concurrent_appends(url, writers, writer_events // writers, f"r{r}")
+                    totals.add(f"writers_{writers}", wall_s, (writer_events // writers) * writers)
 
         total = store.head_position()
         began = time.perf_counter()
@@ -240,7 +242,7 @@ def measure(url: str, single: int, batches: int, rounds: int, peer_url: str | No
     finally:
         store.close()
 
-    result = {f"{name}_per_s": round(totals.rate(name)) for name in totals.seconds}
+    result: dict[str, Any] = {f"{name}_per_s": round(totals.rate(name)) for name in totals.seconds}
     result["replay_read_all_events_per_s"] = round(replayed / replay_s)
     result["log_events"] = total
     result["log_gap_free"] = count == distinct == last - first + 1 == total and first == 1
@@ -295,7 +297,7 @@ def _concurrent_appends(url: str, writers: int, per_writer: int, tag: str) -> fl
         p.join()
         if p.exitcode != 0:
             raise RuntimeError(f"a writer exited with {p.exitcode}")
-    return max(end for _, end in spans) - min(start for start, _ in spans)
+    return float(max(end for _, end in spans) - min(start for start, _ in spans))
 
 
 # -- pyeventsourcing ------------------------------------------------------------------
