@@ -134,8 +134,18 @@ class EventStore:
         `expected_version` the stream must be exactly there (NO_STREAM = absent)
         or ConcurrencyError tells the caller to reload and decide again.
         """
-        with self.transaction() as tx:
-            return tx.append(stream_id, events, expected_version)
+        if self.dialect == "sqlite":
+            with self.transaction() as tx:
+                return tx.append(stream_id, events, expected_version)
+        # On PostgreSQL one statement in autocommit is a transaction of its own: runyard_append
+        # locks, checks, inserts and NOTIFYs, and the statement's commit releases the lock. One
+        # round trip instead of three (BEGIN, the call, COMMIT), and the log's write lock is no
+        # longer held while the answer travels to us and COMMIT travels back.
+        with self.read_engine.connect() as conn:
+            result = Transaction(conn).append(stream_id, events, expected_version)
+        if result.appended:
+            self._tracker.advance(result.last_position)
+        return result
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:

@@ -18,8 +18,11 @@ the time the lock is ours, and on PostgreSQL each statement of a READ
 COMMITTED transaction (and of a VOLATILE function) takes a fresh snapshot.
 
 On PostgreSQL the four steps are the `runyard_append` SQL function created
-by revision 0001: one round trip per append, the same as a bare INSERT. On
-SQLite they run here, where a round trip is a function call.
+by revision 0001: one round trip per append, the same as a bare INSERT. A
+single-stream `EventStore.append` runs it alone in autocommit, so BEGIN and
+COMMIT cost no round trips of their own and the lock is released by the
+statement's own commit. On SQLite they run here, where a round trip is a
+function call.
 
 The unique constraints (stream_id, version) and (event_id) back the checks
 up: if anything ever wrote around the lock, the database still refuses the
