@@ -2,7 +2,7 @@
 
 runyard_append's lookups (event ids, the stream's version, the head) have
 indexes; PL/pgSQL caches their plans per session, and plans made while the
-log was empty scanned the whole table ever after (revision 0006). Counted
+log was empty scanned the whole table ever after (revision 0007). Counted
 in buffers, not seconds: the figure does not depend on the machine's load.
 """
 

@@ -11,16 +11,16 @@ primary key), so with sequential scans off for the function's own statements
 the plans stay index scans at any size: 21 buffers and about 0.3 ms at 0,
 3,000 or 15,000 events. Nothing outside the function changes.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
