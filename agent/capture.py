@@ -384,6 +384,7 @@ class Capture:
         self._readers: list[asyncio.Task[None]] = []
         self._tail: asyncio.Task[None] | None = None
         self._tail_stop = asyncio.Event()
+        self._to_the_end = False  # the process exited: its pipes are read to their end, nothing holds back
         self.last_stderr = ""
         self.lines_seen = 0
         self.points_seen = 0
@@ -521,9 +522,11 @@ class Capture:
         blocks in its own prints, as it would writing to a slow terminal. A sink
         that takes nothing for `stall_s` (NATS away) must not stop the run: the
         reader goes on, and lines beyond `max_pending_lines` are counted, not kept.
+        Once the process has exited (`drain`) nothing holds back: what is left is
+        at most what its pipe held, and it must be read before drain's timeout.
         """
         waited = 0.0
-        while self._batch.full and waited < self._batch.limits.stall_s and not self._closing:
+        while self._batch.full and waited < self._batch.limits.stall_s and not (self._closing or self._to_the_end):
             self._room.clear()
             started = self._clock()
             with contextlib.suppress(TimeoutError):
@@ -636,6 +639,7 @@ class Capture:
 
     def attach(self, stdout: asyncio.StreamReader | None, stderr: asyncio.StreamReader | None) -> None:
         """Follow a freshly spawned process's pipes and metrics file."""
+        self._to_the_end = False
         for reader, stream in ((stdout, LogStream.LOG_STREAM_STDOUT), (stderr, LogStream.LOG_STREAM_STDERR)):
             if reader is not None:
                 self._readers.append(asyncio.create_task(self._read(reader, stream), name="capture-read"))
@@ -695,6 +699,8 @@ class Capture:
                     await task
             self._followers = []
         if self._readers:
+            self._to_the_end = True
+            self._room.set()
             _done, pending = await asyncio.wait(self._readers, timeout=timeout_s)
             for task in pending:
                 task.cancel()
