@@ -82,6 +82,8 @@ _SAVE_ON_LOOP_ITEMS = 500
 # A read of this many lines or fewer (a quiet run's) is cut on the event loop: tens of microseconds,
 # and it does not queue behind chatty runs' 64 KiB reads on the capture thread.
 _CUT_ON_LOOP_LINES = 32
+# Once drain gave up on a pipe's end, a read that brings nothing within this long is its end.
+_GIVEN_UP_READ_S = 0.05
 # Keys of what a resumed capture passes over, beside the point sources (SOURCE_*).
 _STDOUT_LINES, _STDERR_LINES = "stdout lines", "stderr lines"
 
@@ -385,6 +387,8 @@ class Capture:
         self._tail: asyncio.Task[None] | None = None
         self._tail_stop = asyncio.Event()
         self._to_the_end = False  # the process exited: its pipes are read to their end, nothing holds back
+        self._pipes_given_up = False  # drain's timeout passed: a pipe still open is not waited for
+        self._pipe_reads: set[asyncio.Future[bytes]] = set()
         self.last_stderr = ""
         self.lines_seen = 0
         self.points_seen = 0
@@ -506,12 +510,34 @@ class Capture:
         cutter = LineCutter()
         while True:
             await self._wait_for_room()
-            if not (chunk := await reader.read(_READ_CHUNK)):
+            if not (chunk := await self._next_chunk(reader)):
                 break
             if lines := cutter.feed(chunk):
                 await self._on_lines(lines, stream)
         if rest := cutter.finish():
             await self._on_lines(rest, stream)
+
+    async def _next_chunk(self, reader: asyncio.StreamReader) -> bytes:
+        """The pipe's next bytes; b"" at its end, or once `drain` gave up waiting for its end.
+
+        Only the wait for bytes is cancelled then, never a read that returned:
+        StreamReader.read takes nothing from its buffer until it returns.
+        """
+        if self._pipes_given_up:  # what is still buffered comes at once; more may never come
+            try:
+                return await asyncio.wait_for(reader.read(_READ_CHUNK), timeout=_GIVEN_UP_READ_S)
+            except TimeoutError:
+                return b""
+        read = asyncio.ensure_future(reader.read(_READ_CHUNK))
+        self._pipe_reads.add(read)
+        try:
+            return await read
+        except asyncio.CancelledError:
+            if read.cancelled() and self._pipes_given_up:
+                return b""
+            raise
+        finally:
+            self._pipe_reads.discard(read)
 
     async def _wait_for_room(self) -> None:
         """While a whole message waits to be sent, read no further (at most `BatchLimits.stall_s`).
@@ -685,7 +711,10 @@ class Capture:
         """After the process exited: read the pipes to EOF, then the metrics files to their end.
 
         A grandchild that escaped the process group may hold a pipe open; the
-        timeout keeps such a run from hanging the attempt forever. Followed
+        timeout keeps such a run from hanging the attempt forever: past it, the
+        readers stop waiting for more bytes, but what they had read or what
+        was buffered is still cut and sent (however long a loaded machine takes
+        for it). Followed
         output files are read to the end they have now, however long that takes
         (a timeout of 0 stops them at once: the attempt is ending in error).
         """
@@ -702,8 +731,16 @@ class Capture:
             self._to_the_end = True
             self._room.set()
             _done, pending = await asyncio.wait(self._readers, timeout=timeout_s)
-            for task in pending:
-                task.cancel()
+            if timeout_s <= 0:
+                for task in pending:
+                    task.cancel()
+            elif pending:
+                # Past the timeout only a pipe held open by someone else is given up: a reader still cutting
+                # what it read (a loaded machine, a busy capture thread) finishes, and what is left buffered
+                # is read; cancelled there, those lines would be lost without a word.
+                self._pipes_given_up = True
+                for read in list(self._pipe_reads):
+                    read.cancel()
             for task in self._readers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

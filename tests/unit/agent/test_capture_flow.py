@@ -191,3 +191,28 @@ def test_a_quiet_runs_lines_are_not_held_behind_a_flooding_run() -> None:
             await capture.close()
 
     asyncio.run(scenario())
+
+
+def test_drains_timeout_gives_up_a_pipe_held_open_but_not_the_lines_already_there() -> None:
+    """A grandchild keeps the pipe open (no EOF ever): drain ends after its timeout, and every line the run
+    printed before is still sent, though cutting them takes longer than the timeout."""
+    limits = BatchLimits(interval_s=0.001, busy_interval_s=0.001, stall_s=60.0)
+    total = 100_000
+
+    async def scenario() -> GatedSink:
+        sink = GatedSink()
+        for _ in range(100_000):
+            sink.gate.release()
+        parser = StdoutMetricParser(compile_patterns([r"step (?P<step>\d+) loss=(?P<loss>[0-9.]+)"])[0])
+        capture = Capture(sink, parser, None, limits)
+        capture.start()
+        reader = asyncio.StreamReader(limit=1 << 24)
+        reader.feed_data(flood(total))  # and never EOF: someone else holds the pipe's write end
+        capture.attach(reader, None)
+        await asyncio.wait_for(capture.drain(timeout_s=0.01), 30)
+        await asyncio.wait_for(capture.close(), 30)
+        return sink
+
+    sink = asyncio.run(scenario())
+    assert sink.lines == [f"step {i} loss=0.5" for i in range(total)]
+    assert sink.points == list(range(total))
