@@ -90,12 +90,12 @@ def test_a_flooding_run_is_held_in_its_pipe_while_a_whole_message_waits() -> Non
         capture.attach(reader, None)
         read_ahead = []
         for _ in range(10):  # ten sends, each let through only once the agent stopped reading
-            await until(lambda: capture._batch.full)  # noqa: B023
+            await until(lambda: capture._batch.full)
             for _ in range(50):  # give a reader that would read on every chance to
                 await asyncio.sleep(0)
             read_ahead.append(capture.lines_seen - len(sink.lines))
             sink.gate.release()
-            await until(lambda: sink.sends == len(read_ahead))  # noqa: B023
+            await until(lambda: sink.sends == len(read_ahead))
         for _ in range(1000):
             sink.gate.release()
         await asyncio.wait_for(capture.drain(), 10)
