@@ -2,12 +2,17 @@
 
 Lines are cut from the raw pipes (not ``readline``) so that a process printing
 a megabyte without a newline cannot stall or crash the agent: a line longer
-than `MAX_LINE_BYTES` is split. A batch goes out when it is `BatchLimits.interval_s`
-old or full (lines, bytes or points), whichever comes first, so a quiet run's
-first line shows up within ~100 ms and a chatty run ships few large messages.
-If the sink falls behind, at most `BatchLimits.max_pending_lines` lines wait;
-the rest are counted and the count is reported as an agent line instead of
-growing the agent's memory without bound.
+than `MAX_LINE_BYTES` is split. A quiet run's batch goes out `BatchLimits.interval_s`
+after its first line (at most one message every `BatchLimits.min_gap_s`), a
+chatty run's after `BatchLimits.busy_interval_s` or when full (lines, bytes or
+points), so a quiet run's print shows up within tens of milliseconds and a
+chatty run ships few large messages. While a batch is full the readers read
+no further: a run printing faster than the agent can send waits in its own
+pipe, and the agent's lag from read to send stays about one message. Only a
+sink that takes nothing for `BatchLimits.stall_s` lets a pipe's reader go on;
+then at most `BatchLimits.max_pending_lines` lines wait, the rest are counted
+and the count is reported as an agent line instead of growing the agent's
+memory without bound.
 
 The RUNYARD_METRICS_FILE written by ``runyard.log`` and the TensorBoard event
 files under RESULT_DIR (`TensorBoardTail`) are polled every ``tail_interval_s``:
@@ -74,6 +79,11 @@ _STDOUT = LogStream.LOG_STREAM_STDOUT
 _STDERR = LogStream.LOG_STREAM_STDERR
 # A batch this small is recorded on the event loop (tens of microseconds); a bigger one on the capture thread.
 _SAVE_ON_LOOP_ITEMS = 500
+# A read of this many lines or fewer (a quiet run's) is cut on the event loop: tens of microseconds,
+# and it does not queue behind chatty runs' 64 KiB reads on the capture thread.
+_CUT_ON_LOOP_LINES = 32
+# Once drain gave up on a pipe's end, a read that brings nothing within this long is its end.
+_GIVEN_UP_READ_S = 0.05
 # Keys of what a resumed capture passes over, beside the point sources (SOURCE_*).
 _STDOUT_LINES, _STDERR_LINES = "stdout lines", "stderr lines"
 
@@ -162,9 +172,11 @@ class OffsetLedger(Protocol):
 class BatchLimits:
     """When a batch goes out, and how big one may be.
 
-    A quiet run's output goes out `interval_s` after it was read, so a watcher
-    sees a print within about a tenth of a second. A chatty run (its last batch
-    held `busy_items` lines or points or more: some 2,000 a second) waits
+    A quiet run's output goes out `interval_s` after it was read, and at most
+    one message every `min_gap_s`: a print shows up in a watcher within tens
+    of milliseconds, and a run printing a line every few milliseconds still
+    makes no more than ~25 messages a second. A chatty run (its last batch
+    held `busy_items` lines or points or more: over ~1,000 a second) waits
     `busy_interval_s` instead, or until a batch is full: up to 5,000 lines or
     points per message. The control plane stores each message in one
     transaction and projects it in one COPY, so its cost is mostly per message
@@ -172,16 +184,25 @@ class BatchLimits:
     second each make ~30 messages a second, not ~160. The byte limits keep a
     message well under NATS's default 1 MiB max_payload, with room for the
     envelope.
+
+    While a batch is full, a pipe's reader reads no further (see
+    `Capture._wait_for_room`): a run printing faster than its output can be
+    sent is held back in its own pipe, and what the agent has read is sent
+    within about `busy_interval_s` plus one send. Only a sink that takes
+    nothing for `stall_s` lets the reader go on, and then lines beyond
+    `max_pending_lines` are counted, not kept.
     """
 
-    interval_s: float = 0.1
+    interval_s: float = 0.01
+    min_gap_s: float = 0.04
     busy_interval_s: float = 0.5
-    busy_items: int = 200
+    busy_items: int = 50
     max_lines: int = 5000
     max_bytes: int = 256 * 1024
     max_points: int = 5000
     max_point_bytes: int = 256 * 1024
     max_pending_lines: int = 100_000
+    stall_s: float = 2.0
 
 
 class PendingBatch:
@@ -196,6 +217,7 @@ class PendingBatch:
         self._point_bytes: list[int] = []
         self._points_bytes = 0
         self._since: float | None = None
+        self._taken_at: float | None = None
         self._busy = False
         self.dropped = 0
 
@@ -257,11 +279,19 @@ class PendingBatch:
             return None
         if self.full:
             return 0.0
-        wait = self.limits.busy_interval_s if self._busy else self.limits.interval_s
-        return max(0.0, self._since + wait - now)
+        if self._busy:
+            due = self._since + self.limits.busy_interval_s
+        else:
+            due = self._since + self.limits.interval_s
+            if self._taken_at is not None:
+                due = max(due, self._taken_at + self.limits.min_gap_s)
+        return max(0.0, due - now)
 
-    def take(self, time_us: int) -> tuple[list[LogLine], list[MetricPoint]]:
-        """One message worth of lines and points (within the limits); call again until empty."""
+    def take(self, time_us: int, now: float | None = None) -> tuple[list[LogLine], list[MetricPoint]]:
+        """One message worth of lines and points (within the limits); call again until empty.
+
+        `now` (the clock of `seconds_until_due`): when the message goes, for `BatchLimits.min_gap_s`.
+        """
         lim = self.limits
         n, size = _fit(self._line_bytes, lim.max_lines, lim.max_bytes)
         lines, self._lines = self._lines[:n], self._lines[n:]
@@ -282,6 +312,8 @@ class PendingBatch:
         self._points_bytes -= size
         self._since = None if self.empty else self._since
         self._busy = max(len(lines), len(points)) >= lim.busy_items
+        if now is not None:
+            self._taken_at = now
         return lines, points
 
 
@@ -354,6 +386,9 @@ class Capture:
         self._readers: list[asyncio.Task[None]] = []
         self._tail: asyncio.Task[None] | None = None
         self._tail_stop = asyncio.Event()
+        self._to_the_end = False  # the process exited: its pipes are read to their end, nothing holds back
+        self._pipes_given_up = False  # drain's timeout passed: a pipe still open is not waited for
+        self._pipe_reads: set[asyncio.Future[bytes]] = set()
         self.last_stderr = ""
         self.lines_seen = 0
         self.points_seen = 0
@@ -434,7 +469,10 @@ class Capture:
         thread the loop gets the GIL back within the switch interval.
         """
         t = now_us()
-        cut = await asyncio.get_running_loop().run_in_executor(_capture_thread(), self._cut, raws, stream, t)
+        if len(raws) <= _CUT_ON_LOOP_LINES:
+            cut = self._cut(raws, stream, t)
+        else:
+            cut = await asyncio.get_running_loop().run_in_executor(_capture_thread(), self._cut, raws, stream, t)
         if self._skip:  # a resumed capture: pass over what the previous agent process sent
             self._pass_over(cut, stream)
         now = self._clock()
@@ -470,11 +508,56 @@ class Capture:
 
     async def _read(self, reader: asyncio.StreamReader, stream: LogStream.ValueType) -> None:
         cutter = LineCutter()
-        while chunk := await reader.read(_READ_CHUNK):
+        while True:
+            await self._wait_for_room()
+            if not (chunk := await self._next_chunk(reader)):
+                break
             if lines := cutter.feed(chunk):
                 await self._on_lines(lines, stream)
         if rest := cutter.finish():
             await self._on_lines(rest, stream)
+
+    async def _next_chunk(self, reader: asyncio.StreamReader) -> bytes:
+        """The pipe's next bytes; b"" at its end, or once `drain` gave up waiting for its end.
+
+        Only the wait for bytes is cancelled then, never a read that returned:
+        StreamReader.read takes nothing from its buffer until it returns.
+        """
+        if self._pipes_given_up:  # what is still buffered comes at once; more may never come
+            try:
+                return await asyncio.wait_for(reader.read(_READ_CHUNK), timeout=_GIVEN_UP_READ_S)
+            except TimeoutError:
+                return b""
+        read = asyncio.ensure_future(reader.read(_READ_CHUNK))
+        self._pipe_reads.add(read)
+        try:
+            return await read
+        except asyncio.CancelledError:
+            if read.cancelled() and self._pipes_given_up:
+                return b""
+            raise
+        finally:
+            self._pipe_reads.discard(read)
+
+    async def _wait_for_room(self) -> None:
+        """While a whole message waits to be sent, read no further (at most `BatchLimits.stall_s`).
+
+        Reading on would only move the backlog from the run's pipe into the
+        agent's memory and make every line wait longer between its read and its
+        send; held back here, a run printing faster than its output can be sent
+        blocks in its own prints, as it would writing to a slow terminal. A sink
+        that takes nothing for `stall_s` (NATS away) must not stop the run: the
+        reader goes on, and lines beyond `max_pending_lines` are counted, not kept.
+        Once the process has exited (`drain`) nothing holds back: what is left is
+        at most what its pipe held, and it must be read before drain's timeout.
+        """
+        waited = 0.0
+        while self._batch.full and waited < self._batch.limits.stall_s and not (self._closing or self._to_the_end):
+            self._room.clear()
+            started = self._clock()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), timeout=self._batch.limits.stall_s - waited)
+            waited += self._clock() - started
 
     async def _follow(self, tail: FileTail, stream: LogStream.ValueType) -> None:
         """Tail one output file until drain, then read it to the end it had when drain began."""
@@ -484,8 +567,9 @@ class Capture:
         truncations = 0
         try:
             while True:
-                # The file keeps what we have not read: wait for room rather than drop lines.
-                while self._batch.pending_lines >= self._batch.limits.max_pending_lines:
+                # The file keeps what we have not read: wait for room rather than drop lines, and read
+                # no further while a whole message waits (the lag from read to send stays one message).
+                while self._batch.full or self._batch.pending_lines >= self._batch.limits.max_pending_lines:
                     self._room.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._room.wait(), timeout=self._tail_interval_s)
@@ -581,6 +665,7 @@ class Capture:
 
     def attach(self, stdout: asyncio.StreamReader | None, stderr: asyncio.StreamReader | None) -> None:
         """Follow a freshly spawned process's pipes and metrics file."""
+        self._to_the_end = False
         for reader, stream in ((stdout, LogStream.LOG_STREAM_STDOUT), (stderr, LogStream.LOG_STREAM_STDERR)):
             if reader is not None:
                 self._readers.append(asyncio.create_task(self._read(reader, stream), name="capture-read"))
@@ -626,7 +711,10 @@ class Capture:
         """After the process exited: read the pipes to EOF, then the metrics files to their end.
 
         A grandchild that escaped the process group may hold a pipe open; the
-        timeout keeps such a run from hanging the attempt forever. Followed
+        timeout keeps such a run from hanging the attempt forever: past it, the
+        readers stop waiting for more bytes, but what they had read or what
+        was buffered is still cut and sent (however long a loaded machine takes
+        for it). Followed
         output files are read to the end they have now, however long that takes
         (a timeout of 0 stops them at once: the attempt is ending in error).
         """
@@ -640,9 +728,19 @@ class Capture:
                     await task
             self._followers = []
         if self._readers:
+            self._to_the_end = True
+            self._room.set()
             _done, pending = await asyncio.wait(self._readers, timeout=timeout_s)
-            for task in pending:
-                task.cancel()
+            if timeout_s <= 0:
+                for task in pending:
+                    task.cancel()
+            elif pending:
+                # Past the timeout only a pipe held open by someone else is given up: a reader still cutting
+                # what it read (a loaded machine, a busy capture thread) finishes, and what is left buffered
+                # is read; cancelled there, those lines would be lost without a word.
+                self._pipes_given_up = True
+                for read in list(self._pipe_reads):
+                    read.cancel()
             for task in self._readers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -693,7 +791,7 @@ class Capture:
                 await self._send_report(self._resend[0])
                 self._resend.pop(0)
             while not self._batch.empty:
-                lines, points = self._batch.take(now_us())
+                lines, points = self._batch.take(now_us(), self._clock())
                 self._room.set()
                 if self._ledger is not None and self.offsets is not None:
                     await self._send_recorded(lines, points)

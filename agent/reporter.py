@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import nats.errors
@@ -41,6 +41,9 @@ from runyard.v1.events_pb2 import (
 )
 
 log = structlog.get_logger("runyard.agent.reporter")
+
+# A batch of more lines or points than this is built and serialized off the event loop.
+BUILD_ON_LOOP_ITEMS = 200
 
 
 class ReportLostError(Exception):
@@ -72,12 +75,19 @@ class Reporter:
         """The agent key as a header (empty without a key): reports and heartbeats carry it."""
         return dict(self._auth)
 
-    async def send(self, report: AgentReport) -> None:
-        """Store one report; fills in event_id and agent_id when empty."""
+    def prepare(self, report: AgentReport) -> bytes:
+        """Fill in event_id (when empty) and agent_id; the report's bytes. Safe in a worker thread."""
         if not report.event_id:
             report.event_id = str(uuid.uuid4())
         report.agent_id = self.agent_id
-        data = report.SerializeToString()
+        return report.SerializeToString()
+
+    async def send(self, report: AgentReport) -> None:
+        """Store one report; fills in event_id and agent_id when empty."""
+        await self.publish(report, self.prepare(report))
+
+    async def publish(self, report: AgentReport, data: bytes) -> None:
+        """Store a prepared report (`prepare`): `data` is what is sent, `report` names it in errors."""
         headers = {"Nats-Msg-Id": report.event_id, **self._auth}
         delay = 0.05
         while True:
@@ -145,16 +155,38 @@ class AttemptReports:
 
     # Output batches hold thousands of lines or points: they are copied into the report once,
     # in place, rather than into a body message and then again into the report. A batch sent
-    # again after an agent restart carries the event id it was first sent with.
+    # again after an agent restart carries the event id it was first sent with. A big batch
+    # is copied and serialized in a worker thread: tens of milliseconds of Python that, on the
+    # event loop, every other run's sends and reads would wait behind (a quiet run's line
+    # behind eight chatty runs' batches).
 
     async def logged(self, lines: Sequence[LogLine], event_id: str = "") -> None:
-        report = AgentReport(event_id=event_id)
-        report.logged.run_id, report.logged.attempt = self.run_id, self.attempt
-        report.logged.lines.extend(lines)
-        await self._send(report)
+        def build() -> AgentReport:
+            report = AgentReport(event_id=event_id)
+            report.logged.run_id, report.logged.attempt = self.run_id, self.attempt
+            report.logged.lines.extend(lines)
+            return report
+
+        await self._send_built(build, len(lines))
 
     async def metrics(self, points: Sequence[MetricPoint], event_id: str = "") -> None:
-        report = AgentReport(event_id=event_id)
-        report.metrics.run_id, report.metrics.attempt = self.run_id, self.attempt
-        report.metrics.points.extend(points)
-        await self._send(report)
+        def build() -> AgentReport:
+            report = AgentReport(event_id=event_id)
+            report.metrics.run_id, report.metrics.attempt = self.run_id, self.attempt
+            report.metrics.points.extend(points)
+            return report
+
+        await self._send_built(build, len(points))
+
+    async def _send_built(self, build: Callable[[], AgentReport], items: int) -> None:
+        def prepared() -> tuple[AgentReport, bytes]:
+            report = build()
+            report.run_id = self.run_id
+            return report, self._reporter.prepare(report)
+
+        async with self._lock:  # built inside the lock too: the attempt's reports keep their order
+            if items > BUILD_ON_LOOP_ITEMS:
+                report, data = await asyncio.to_thread(prepared)
+            else:
+                report, data = prepared()
+            await self._reporter.publish(report, data)

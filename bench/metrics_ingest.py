@@ -32,7 +32,14 @@ its own venv, created on first use at ``.bench/mlflow-venv`` (git-ignored) with
     .venv/bin/python bench/metrics_ingest.py [--runs 8] [--points 100000] [--database postgresql|sqlite]
                                              [--mlflow-seconds 15] [--no-mlflow]
 
-Prints one JSON document: both rates, their ratio (goal: Runyard 10x MLflow),
+Where the time goes (``where_the_time_goes``): a plain NATS subscription beside
+the ingest's keeps every agent report with its arrival time (decoded only once
+the load is over), so each point's way splits into print -> agent read (the
+point's time, stamped when the agent read the line) -> sent (on NATS) ->
+appended (its event's time) -> watched (the probe's WatchRun), for both probes
+and for every load point.
+
+Prints one JSON document: both rates, their ratio (goal, issue 12: Runyard >= 30x MLflow's best case),
 latency p50/p99 in milliseconds, the CPU seconds each Runyard process used under
 load, and the machine's load average before and after (other work on a shared
 machine moves every figure here). ``BENCH_LOGS=FILE`` keeps the server and agent
@@ -44,6 +51,7 @@ held back there, which bounds the agent's memory.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -55,14 +63,14 @@ import textwrap
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runyard.client.sdk import Client
-from runyard.v1 import common_pb2, watch_pb2
+from runyard.v1 import agent_pb2, common_pb2, watch_pb2
 from tests.support.services import NatsServer, free_port, postgres_database, wait_for_port
 from tests.support.stack import Stack
 
@@ -187,6 +195,8 @@ class LatencyProbe:
     client: Client
     run_id: str
     delays: list[float] = field(default_factory=list)
+    #: Per point: (step, printed, agent read, appended to the log, arrived at the watcher), in seconds.
+    stages: list[tuple[int, float, float, float, float]] = field(default_factory=list)
     error: str = ""
 
     def __post_init__(self) -> None:
@@ -198,12 +208,92 @@ class LatencyProbe:
             for update in self.client.watch_run(self.run_id):
                 if update.HasField("metrics"):
                     now = time.time()
-                    self.delays.extend(now - p.value for p in update.metrics.points if p.name == "lat")
+                    appended = update.time.ToMicroseconds() / 1e6
+                    for p in update.metrics.points:
+                        if p.name == "lat":
+                            self.delays.append(now - p.value)
+                            self.stages.append((p.step, p.value, p.time_us / 1e6, appended, now))
         except Exception as e:  # reported in the result, not raised in a thread
             self.error = repr(e)
 
+    @property
+    def run_ids(self) -> set[str]:
+        return {self.run_id}
+
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+
+
+class ReportTap:
+    """Every agent report as it reaches NATS (a plain subscription beside the ingest's), with its arrival time.
+
+    Kept raw while the load runs (no parsing on the measured machine's time) and
+    decoded afterwards: it splits a point's way into print -> agent read (the
+    point's time) -> sent (here) -> appended (the event's time) -> watched.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.raw: list[tuple[float, bytes]] = []
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    async def _run(self) -> None:
+        import nats
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        nc = await nats.connect(self.url)
+        raw, now = self.raw, time.time
+
+        async def take(msg: object) -> None:
+            raw.append((now(), msg.data))  # type: ignore[attr-defined]
+
+        await nc.subscribe("runyard.reports.*", cb=take, pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30)
+        self._ready.set()
+        await self._stop.wait()
+        await nc.drain()
+
+    def close(self) -> None:
+        if self._thread.is_alive() and self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def sent_at(self, run_ids: set[str], name: str) -> dict[tuple[str, int], float]:
+        """(run, step) -> when the report holding that point reached NATS (its first send)."""
+        seen: dict[tuple[str, int], float] = {}
+        for arrived, data in self.raw:
+            report = agent_pb2.AgentReport()
+            report.ParseFromString(data)
+            if report.run_id in run_ids and report.HasField("metrics"):
+                for p in report.metrics.points:
+                    if p.name == name:
+                        seen.setdefault((report.run_id, p.step), arrived)
+        return seen
+
+
+def stages_ms(rows: Sequence[tuple[float, ...]]) -> dict[str, dict[str, float | int]]:
+    """Percentiles of each stage of rows (printed, read, sent, appended[, watched]), and of the whole."""
+    names = ["print_to_agent_read", "read_to_sent", "sent_to_appended", "appended_to_watch"]
+    out = {}
+    for i, name in enumerate(names[: len(rows[0]) - 1] if rows else []):
+        out[name] = percentiles_ms([r[i + 1] - r[i] for r in rows])
+    if rows:
+        out["total"] = percentiles_ms([r[-1] - r[0] for r in rows])
+    return out
+
+
+def probe_stages(probe: LatencyProbe, sent: dict[tuple[str, int], float]) -> dict[str, dict[str, float | int]]:
+    rows = [
+        (printed, read, sent[(probe.run_id, step)], appended, watched)
+        for step, printed, read, appended, watched in probe.stages
+        if (probe.run_id, step) in sent
+    ]
+    return stages_ms(rows)
 
 
 def submit(client: Client, folder: Path, name: str, script: str, command: str, runs: int, pattern: str) -> list[str]:
@@ -239,6 +329,7 @@ def measure_runyard(db: str, runs: int, points: int, probe_points: int) -> dict[
         root = Path(tmp)
         nats = NatsServer(root / "nats").start()
         stack = Stack(root=root, database_url=url, nats_url=nats.url, storage_root=(root / "objects").as_uri())
+        tap = ReportTap(nats.url)
         try:
             stack.start_server()
             stack.start_agent("bench-agent", runs + 1)
@@ -249,6 +340,7 @@ def measure_runyard(db: str, runs: int, points: int, probe_points: int) -> dict[
                 wait_ended(client, probe_ids, 120)
                 probe.join(30)
                 idle, idle_error = probe.delays, probe.error
+                idle_probe = probe
 
                 # Throughput, with a latency probe beside it.
                 probe_ids, probe = latency_run(client, root, "latency-load", probe_points)
@@ -268,6 +360,10 @@ def measure_runyard(db: str, runs: int, points: int, probe_points: int) -> dict[
                 wait_ended(client, load_ids + probe_ids, 120)
                 probe.join(30)
                 under_load = probe.delays
+                tap.close()
+                sent = tap.sent_at({*load_ids, *probe_ids, *idle_probe.run_ids}, "loss")
+                sent.update(tap.sent_at({*probe_ids, *idle_probe.run_ids}, "lat"))
+                load_stages: list[tuple[float, ...]] = []
 
                 # Afterwards: when each point was printed (its value) and appended (its event's time).
                 first_print = float("inf")
@@ -283,6 +379,8 @@ def measure_runyard(db: str, runs: int, points: int, probe_points: int) -> dict[
                                 first_print = min(first_print, p.value)
                                 log_delays.append(appended - p.value)
                                 read_delays.append(p.time_us / 1e6 - p.value)
+                                if (at := sent.get((run_id, p.step))) is not None:
+                                    load_stages.append((p.value, p.time_us / 1e6, at, appended))
                             total += 1
                         last_append = max(last_append, appended)
                 spans = [
@@ -311,6 +409,12 @@ def measure_runyard(db: str, runs: int, points: int, probe_points: int) -> dict[
                     },
                     "latency_print_to_log_under_load": percentiles_ms(log_delays),
                     "of_which_print_to_agent_read": percentiles_ms(read_delays),
+                    "where_the_time_goes": {
+                        "idle_probe": probe_stages(idle_probe, sent),
+                        "probe_under_load": probe_stages(probe, sent),
+                        "load_points": stages_ms(load_stages),
+                        "reports_seen_on_nats": len(tap.raw),
+                    },
                     "cpu_seconds_during_load": cpu_used(cpu_before, cpu_after),
                     "probe_errors": [e for e in (idle_error, probe.error) if e],
                 }
@@ -318,6 +422,7 @@ def measure_runyard(db: str, runs: int, points: int, probe_points: int) -> dict[
             print(stack.logs(), file=sys.stderr)
             raise
         finally:
+            tap.close()
             stack.stop()
             nats.stop()
             if os.environ.get("BENCH_LOGS"):
@@ -486,7 +591,8 @@ def main() -> None:
             "python": platform.python_version(),
             "load_average_before": round(os.getloadavg()[0], 2),
         },
-        "goal": "Runyard points/s into the projection >= 10x MLflow's log_batch points/s",
+        "goal": "points/s into the projection >= 30x MLflow's best case; print -> WatchRun p99 < 100 ms idle, "
+        "< 250 ms under the load",
     }
     result["runyard"] = runyard = measure_runyard(args.database, args.runs, args.points, args.probe_points)
     if not args.no_mlflow:

@@ -116,7 +116,6 @@ class RunService(pb_grpc.RunServiceServicer):
     async def GetRunMetrics(self, request: pb.GetRunMetricsRequest, context: Context) -> pb.GetRunMetricsResponse:
         """Every point, or at most `max_points` per metric downsampled as server/queries/downsample.py says."""
         await self._run_or_404(request.run_id, context)
-        points, counts = await asyncio.to_thread(
-            self._ctx.queries.metric_history, request.run_id, list(request.names), request.max_points
+        return await asyncio.to_thread(
+            self._ctx.queries.metric_history_reply, request.run_id, list(request.names), request.max_points
         )
-        return pb.GetRunMetricsResponse(points=points, point_counts=counts)

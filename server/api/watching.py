@@ -47,6 +47,7 @@ class Watcher:
         streams = [ev.run_stream(run_id), ev.run_logs_stream(run_id), ev.run_metrics_stream(run_id)]
         builder = UpdateBuilder()
         told: QueueStatus | None = None
+        looked_for_end = False
         while True:
             head = self._head.position
             events = await self._read(after, streams, None)
@@ -68,8 +69,12 @@ class Watcher:
                     queue=watch_pb2.RunQueueStatus(reason=queue.reason, position=queue.position),
                 )
             if not events:
-                if await self._ended_before(run_id, after):
-                    return
+                # Only a watch resumed past the run's final update can miss it: looked at once, not on every
+                # wake-up (other runs' commits wake the watch many times a second under load).
+                if not looked_for_end:
+                    looked_for_end = True
+                    if await self._ended_before(run_id, after):
+                        return
                 await self._head.wait_beyond(max(after, head), POLL_S)
 
     async def experiment(self, experiment_id: str, cursor: str) -> AsyncIterator[watch_pb2.RunUpdate]:

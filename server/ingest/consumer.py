@@ -187,8 +187,10 @@ class Ingest:
         """Store one run's reports in arrival order until its queue is empty (at most PARALLEL_RUNS at once)."""
         queue = self._queues[key]
         try:
-            async with self._gate:
-                while queue:
+            while queue:
+                # The gate is taken per turn, not per queue: a run printing without pause keeps its queue
+                # full, and held for the whole queue it would make a quiet run's line wait for seconds.
+                async with self._gate:
                     taken = queue[:RUN_BATCH]
                     del queue[:RUN_BATCH]
                     try:

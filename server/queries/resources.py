@@ -18,7 +18,7 @@ from runyard.server.domain.run_states import HOLDING_SLOTS
 from runyard.server.projections import schema
 from runyard.server.projections.read_models import is_ended, utc
 from runyard.server.queries import downsample, run_scores
-from runyard.v1 import common_pb2, resources_pb2
+from runyard.v1 import common_pb2, resources_pb2, run_service_pb2
 
 
 def _ts(target: object, value: datetime | None) -> None:
@@ -278,27 +278,42 @@ class Queries:
     ) -> tuple[list[common_pb2.MetricPoint], dict[str, int]]:
         """The run's points in logged order, at most `max_points` per metric (0: all; see server/queries/downsample.py),
         and how many points each metric has in all."""
+        reply = self.metric_history_reply(run_id, names, max_points)
+        return list(reply.points), dict(reply.point_counts)
+
+    def metric_history_reply(
+        self, run_id: str, names: Sequence[str] = (), max_points: int = 0
+    ) -> run_service_pb2.GetRunMetricsResponse:
+        """`metric_history` as the GetRunMetrics reply, built in place.
+
+        A run's history is tens of thousands of points: the rows come as the
+        driver's plain tuples (no Row objects) and each point is added to the
+        reply's own list (`points.add`), which costs a third of building
+        MetricPoints and copying them into the reply (bench/metric_history.py).
+        """
         t = schema.metric_points
         query = select(t.c.name, t.c.step, t.c.value, t.c.time_us, t.c.source).where(t.c.run_id == run_id)
         if names:
             query = query.where(t.c.name.in_(list(names)))
         query = query.order_by(t.c.position, t.c.idx)
         with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
-        of_metric: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            of_metric.setdefault(row.name, []).append(i)
-        counts = {name: len(indices) for name, indices in of_metric.items()}
-        if max_points > 0 and any(len(indices) > max_points for indices in of_metric.values()):
+            rows: list[Any] = list(conn.execute(query).cursor.fetchall())
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row[0]] = counts.get(row[0], 0) + 1
+        if max_points > 0 and any(n > max_points for n in counts.values()):
+            of_metric: dict[str, list[int]] = {}
+            for i, row in enumerate(rows):
+                of_metric.setdefault(row[0], []).append(i)
             picked: list[int] = []
             for indices in of_metric.values():
-                steps = [rows[i].step for i in indices]
-                values = [rows[i].value for i in indices]
+                steps = [rows[i][1] for i in indices]
+                values = [rows[i][2] for i in indices]
                 picked.extend(indices[j] for j in downsample.keep(steps, values, max_points))
             picked.sort()
             rows = [rows[i] for i in picked]
-        points = [
-            common_pb2.MetricPoint(name=r.name, step=r.step, value=r.value, time_us=r.time_us, source=r.source)
-            for r in rows
-        ]
-        return points, counts
+        reply = run_service_pb2.GetRunMetricsResponse(point_counts=counts)
+        add = reply.points.add
+        for name, step, value, time_us, source in rows:
+            add(name=name, step=step, value=value, time_us=time_us, source=source)
+        return reply
