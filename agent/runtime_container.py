@@ -560,13 +560,18 @@ class ContainerRuntime:
     def held_containers(self) -> list[HeldContainer]:
         """This agent's containers on the engine (running or not), by their labels."""
         found = []
-        for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={self.agent_id}"}):
-            labels = c.labels or {}
+        # Sparse: the list answer alone, with no inspect per container, which fails (Podman: 500, not 404)
+        # for a container removed between the list and the inspect.
+        listed = self.client.containers.list(all=True, sparse=True, filters={"label": f"{LABEL_AGENT}={self.agent_id}"})
+        for c in listed:
+            labels = c.attrs.get("Labels") or {}
             try:
                 attempt = int(labels.get(LABEL_ATTEMPT, ""))
             except ValueError:
                 attempt = 0
-            found.append(HeldContainer(str(c.id), str(c.name), labels.get(LABEL_RUN, ""), attempt, str(c.status)))
+            names = c.attrs.get("Names") or [""]
+            name = str(names[0]).lstrip("/")
+            found.append(HeldContainer(str(c.id), name, labels.get(LABEL_RUN, ""), attempt, str(c.status)))
         return found
 
     def reattach(self, held: HeldContainer, output: Path) -> ContainerProcess:

@@ -176,8 +176,9 @@ def test_a_container_whose_attempt_the_control_plane_gave_up_on_is_stopped_not_a
             stack.start_agent(agent_id, 2, *flags)
 
             def containers() -> list[str]:
-                found = engine.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={agent_id}"})
-                return [c.labels["org.runyard.attempt"] for c in found]
+                # Sparse: no inspect per container, which fails for one the agent removes meanwhile.
+                found = engine.containers.list(all=True, sparse=True, filters={"label": f"{LABEL_AGENT}={agent_id}"})
+                return [c.attrs["Labels"]["org.runyard.attempt"] for c in found]
 
             seen: set[tuple[str, ...]] = set()
 

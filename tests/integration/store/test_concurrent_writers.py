@@ -24,7 +24,7 @@ from runyard.server.store import (
     RecordedEvent,
 )
 
-from .conftest import Subscriber, new_event, stream
+from .conftest import Subscriber, new_event, sql_only, stream
 
 pytestmark = pytest.mark.integration
 
@@ -146,6 +146,7 @@ def test_a_refused_single_append_stores_nothing_and_holds_no_lock(store: EventSt
 
 def test_an_acknowledged_single_append_is_committed(store: EventStore) -> None:
     """The one-statement append commits before it answers: a second store (other connections) sees it."""
+    store = sql_only(store, "one process's log: there is no other connection to look through")
     s = stream("run")
     event = new_event()
     result = store.append(s, [event], NO_STREAM)
