@@ -130,7 +130,7 @@ WRAPPERS: list[tuple[str, bool]] = [
 any_value = st.text(
     st.one_of(
         st.sampled_from(list("'\"`$()[]{}\\\n\t #;&|<>*?~!=%E")),
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+        st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
     ),
     max_size=40,
 )
