@@ -185,7 +185,7 @@ class Commands:
         spent) is ended at once: the cancel did not see it.
         """
         experiment = self.load_experiment(experiment_id)
-        manifest = parse_manifest(experiment.manifest_yaml)
+        manifest = parse_manifest(experiment.manifest_yaml, stored=True)
         created = new_run(experiment_id, experiment.account_id, manifest, experiment.code_uri, index, values)
         shown = {name: format_value(value) for name, value in values.items()}
         added = events_pb2.ExperimentRunAdded(run_id=created.run_id, index=index, hyperparameters=shown)

@@ -227,7 +227,7 @@ class Searches:
 
     def _created(self, msg: events_pb2.ExperimentCreated, at: datetime) -> list[Numbered]:
         try:
-            manifest = parse_manifest(msg.manifest_yaml)
+            manifest = parse_manifest(msg.manifest_yaml, stored=True)
         except DomainError:
             return []  # stored before a stricter parser: such an experiment was never searched
         search_ = manifest.search

@@ -695,7 +695,7 @@ def _manifest_facts(manifest_yaml: str) -> tuple[int, bool]:
     submitted from one manifest file share the answer.
     """
     try:
-        manifest = parse_manifest(manifest_yaml)
+        manifest = parse_manifest(manifest_yaml, stored=True)
     except Exception:  # DomainError, or whatever a manifest the API never saw provokes: no read model fails on it
         try:
             loaded = load_yaml(manifest_yaml)

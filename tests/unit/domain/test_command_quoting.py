@@ -8,15 +8,19 @@ hostile value and run by a real `/bin/sh` in a temporary folder.
 from __future__ import annotations
 
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
+from runyard.server.domain import events as ev
 from runyard.server.domain.command import render_command
 from runyard.server.domain.command_quoting import comment_placeholders, quoting_problems
 from runyard.server.domain.errors import ManifestError
+from runyard.server.domain.experiment_search import Searches
 from runyard.server.domain.manifest import parse_manifest
+from runyard.v1 import events_pb2
 
 #: Ends a comment (or a here-document line), then runs `touch pwned` in the current folder.
 NEWLINE_ESCAPE = "a\ntouch pwned #"
@@ -24,13 +28,13 @@ NEWLINE_ESCAPE = "a\ntouch pwned #"
 QUOTE_ESCAPE = "'; touch pwned; '"
 
 
-def manifest(command: str, *values: str) -> str:
+def manifest(command: str, *values: str, search: dict[str, object] | None = None) -> str:
     doc = {
         "name": "quoting",
         "command": command,
         "results": "s3://results/quoting",
         "hyperparameters": {"x": {"type": "categorical", "values": list(values)}},
-        "search": {"method": "grid"},
+        "search": search or {"method": "grid"},
     }
     return yaml.safe_dump(doc, width=10**9)
 
@@ -139,3 +143,24 @@ def test_a_stored_manifest_with_a_commented_placeholder_still_parses() -> None:
     # Accepted before this scanner: re-reading it (replay, adding a searched run) must not start failing.
     parsed = parse_manifest(manifest("python train.py --opt ${x}  # was: --optimizer ${x}", "sgd momentum", "adam"))
     assert parsed.command.endswith("# was: --optimizer ${x}")
+
+
+#: Accepted before the scanner saw through "#" in a here-document; refused at submit now.
+ONCE_ACCEPTED = "cat <<E\n#${x}\nE\necho ${x}"
+
+
+def test_a_manifest_in_the_log_is_not_judged_again() -> None:
+    text = manifest(ONCE_ACCEPTED, "a b", "c")
+    assert "after a here-document" in refusal(ONCE_ACCEPTED, "a b", "c")
+    assert parse_manifest(text, stored=True).command == ONCE_ACCEPTED
+
+
+def test_replaying_an_experiment_accepted_under_older_quoting_rules_still_searches_it() -> None:
+    # The experiment driver re-reads the stored manifest (max_parallel: its searcher adds the runs one by one):
+    # a stricter scanner must not end the search.
+    text = manifest(ONCE_ACCEPTED, "a b", "c", search={"method": "random", "max_runs": 3, "max_parallel": 1})
+    created = events_pb2.ExperimentCreated(experiment_id="exp-old", account_id="acct-1", name="x", manifest_yaml=text)
+    searches = Searches()
+    decided = searches.feed(ev.experiment_stream("exp-old"), "exp-old", created, datetime(2026, 3, 2, tzinfo=UTC))
+    assert "exp-old" in searches
+    assert decided  # its searcher started: the first trials are decided
