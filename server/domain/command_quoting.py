@@ -49,6 +49,9 @@ from dataclasses import dataclass
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
+#: Without any of these (placeholders aside) every placeholder is at the top level: nothing to scan.
+_OPENERS = re.compile(r"""['"`\\<#]|\$[('{\[]|\(\(""")
+
 #: As `render_command` reads a template: an escaped `$${`, or a placeholder.
 _TOKEN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -129,8 +132,11 @@ def comment_placeholders(template: str, names: Collection[str]) -> frozenset[int
 
 
 def _placed(template: str, names: Collection[str]) -> Iterator[tuple[str, str, int]]:
-    """(name, context, offset) for each placeholder of `names`, by each way shells read the template."""
+    """(name, context, offset) for each placeholder of `names`, by each way shells read the template (those at
+    the top level may be left out: no caller reports them)."""
     if not any(m.group(1) in names for m in _PLACEHOLDER.finditer(template)):
+        return
+    if not _OPENERS.search(_PLACEHOLDER.sub("", template)):
         return
     yield from _scan(template, names, dollar_quote=True)
     if "$'" in template:
