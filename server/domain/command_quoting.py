@@ -50,7 +50,7 @@ from dataclasses import dataclass
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 #: Without any of these (placeholders aside) every placeholder is at the top level: nothing to scan.
-_OPENERS = re.compile(r"""['"`\\<#]|\$[('{\[]|\(\(""")
+_OPENERS = re.compile(r"""['"`\\<#[]|\$[('{\[]|\(\(""")
 
 #: As `render_command` reads a template: an escaped `$${`, or a placeholder.
 _TOKEN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -75,6 +75,7 @@ _WHERE = {
     "arith": "inside $((...)) or ((...))",
     "param": "inside ${...}",
     "bracket": "inside bash's $[...]",
+    "subscript": "inside a bash array subscript (name[...]), which bash evaluates",
     "escaped": "right after a backslash",
     "heredoc": "after a here-document (<<), where its body may be",
     "case": "after a case statement inside $(...), whose ')' this check does not follow (write it outside $(...))",
@@ -138,13 +139,14 @@ def _placed(template: str, names: Collection[str]) -> Iterator[tuple[str, str, i
         return
     if not _OPENERS.search(_PLACEHOLDER.sub("", template)):
         return
-    yield from _scan(template, names, dollar_quote=True)
-    if "$'" in template:
-        yield from _scan(template, names, dollar_quote=False)
+    yield from _scan(template, names, bash=True)
+    if "$'" in template or "((" in template:
+        yield from _scan(template, names, bash=False)
 
 
-def _scan(template: str, names: Collection[str], *, dollar_quote: bool) -> Iterator[tuple[str, str, int]]:
-    """One reading: `dollar_quote` reads $'...' as bash does (a quote with backslash escapes), else as dash."""
+def _scan(template: str, names: Collection[str], *, bash: bool) -> Iterator[tuple[str, str, int]]:
+    """One reading: `bash` reads $'...', ((...)), $[...] and name[...] as bash does, else as dash (a `$`, two
+    subshells, text)."""
     stack = [_Frame("top")]
     heredoc = False
     lost = ""  # once set, where every later placeholder is judged to be (the scanner may have lost the context)
@@ -201,7 +203,7 @@ def _scan(template: str, names: Collection[str], *, dollar_quote: bool) -> Itera
                 stack.pop()
                 i += 1
             else:
-                i = _open_expansion(template, i, stack)
+                i = _open_expansion(template, i, stack, bash)
             continue
         # top, subst, arith, param: quotes and expansions nest.
         if c == "#" and ctx in _SAFE and frame.word_start and not heredoc:
@@ -219,17 +221,17 @@ def _scan(template: str, names: Collection[str], *, dollar_quote: bool) -> Itera
             frame.word_start = False
             stack.append(_Frame("double"))
             i += 1
-        elif c == "$" and dollar_quote and template.startswith("$'", i):
+        elif c == "$" and bash and template.startswith("$'", i):
             frame.word_start = False
             stack.append(_Frame("ansi"))
             i += 2
         elif c == "}" and ctx == "param":
             stack.pop()
             i += 1
-        elif c == "[" and ctx == "bracket":
+        elif c == "[" and ctx in ("bracket", "subscript"):
             frame.depth += 1
             i += 1
-        elif c == "]" and ctx == "bracket":
+        elif c == "]" and ctx in ("bracket", "subscript"):
             if frame.depth > 0:
                 frame.depth -= 1
             else:
@@ -240,7 +242,13 @@ def _scan(template: str, names: Collection[str], *, dollar_quote: bool) -> Itera
             lost = lost or "case"
             frame.word_start = False
             i += 4
-        elif c == "(" and ctx in _SAFE and template.startswith("((", i):
+        elif c == "[" and bash and ctx in _SAFE and _names_an_array(template, i):
+            # name[...] at a word's start: bash evaluates the subscript of an assignment (or of declare, unset,
+            # read, printf -v, [[ -v ]]) as arithmetic, and runs a $(...) in it even inside quotes.
+            frame.word_start = False
+            stack.append(_Frame("subscript"))
+            i += 1
+        elif c == "(" and bash and ctx in _SAFE and template.startswith("((", i):
             # bash's arithmetic command (dash reads two subshells); a word starts after its "))".
             frame.word_start = True
             stack.append(_Frame("arith"))
@@ -264,10 +272,20 @@ def _scan(template: str, names: Collection[str], *, dollar_quote: bool) -> Itera
             i += 2
         else:
             frame.word_start = c in _WORD_BREAKS
-            i = _open_expansion(template, i, stack)
+            i = _open_expansion(template, i, stack, bash)
 
 
-def _open_expansion(template: str, i: int, stack: list[_Frame]) -> int:
+def _names_an_array(template: str, i: int) -> bool:
+    """Whether the `[` at `i` follows a name that begins a word (`a[`, not `$a[`, `[[` or `x.a[`)."""
+    j = i
+    while j > 0 and (template[j - 1].isascii() and (template[j - 1].isalnum() or template[j - 1] == "_")):
+        j -= 1
+    if j == i or template[j].isdigit():
+        return False
+    return j == 0 or template[j - 1] in _WORD_BREAKS
+
+
+def _open_expansion(template: str, i: int, stack: list[_Frame], bash: bool) -> int:
     """Push the expansion that starts at `i` (`$((`, `$(`, `${`, `$[`, a backtick); the index after what was read."""
     if template.startswith("$((", i):
         stack[-1].word_start = False
@@ -281,7 +299,7 @@ def _open_expansion(template: str, i: int, stack: list[_Frame]) -> int:
         stack[-1].word_start = False
         stack.append(_Frame("param"))
         return i + 2
-    if template.startswith("$[", i):  # bash's old arithmetic expansion
+    if bash and template.startswith("$[", i):  # bash's old arithmetic expansion
         stack[-1].word_start = False
         stack.append(_Frame("bracket"))
         return i + 2

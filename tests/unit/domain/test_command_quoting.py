@@ -7,6 +7,7 @@ hostile value and run by a real `/bin/sh` in a temporary folder.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,6 +109,11 @@ def test_every_comment_the_shell_sees_holds_its_value(command: str, tmp_path: Pa
         ("echo $'\\'' ${x} '", "inside single quotes"),
         # A pattern's ")" inside $(...) is not the end of the substitution, and a "#" after it is a comment.
         ("echo $(case a in a)# ${x}\n;; esac)", "after a case statement inside $(...)"),
+        # dash reads ((...)) as two subshells: "<< 2" there starts a here-document.
+        ("(( 1 << 2 ))\necho ${x}\n2", "after a here-document (<<)"),
+        # bash runs a $(...) in an array subscript even inside single quotes.
+        ("a[${x}]=1", "inside a bash array subscript"),
+        ("unset a[${x}]", "inside a bash array subscript"),
     ],
 )
 def test_a_placeholder_the_scanner_used_to_miss_is_refused_at_submit(command: str, where: str) -> None:
@@ -124,12 +130,22 @@ def test_a_placeholder_the_scanner_used_to_miss_is_refused_at_submit(command: st
         "echo a#' ${x}'",
         "echo $'\\'' ${x} '",
         "echo $(case a in a)# ${x}\n;; esac)",
+        "(( 1 << 2 ))\necho ${x}\n2",
     ],
 )
 def test_what_those_templates_would_run_with_sh(command: str, tmp_path: Path) -> None:
     """The refusals above are not over-cautious: rendered anyway, each runs a value with /bin/sh."""
     for value in (QUOTE_ESCAPE, NEWLINE_ESCAPE, "$(touch pwned)"):
         run(render_command(command, {"x": value}), tmp_path)
+    assert (tmp_path / "pwned").exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("command", ["a[${x}]=1", "echo $[1 + ${x}]", "(( ${x} ))", "echo $'\\${x}'"])
+def test_what_those_templates_would_run_with_bash(command: str, tmp_path: Path) -> None:
+    """An image's /bin/sh may be bash: these run a value there."""
+    for value in ("$(touch pwned)", "a[$(touch pwned)]", "\\'' ; touch pwned ; "):
+        subprocess.run(["bash", "-c", render_command(command, {"x": value})], cwd=tmp_path, capture_output=True)
     assert (tmp_path / "pwned").exists()
 
 
