@@ -9,8 +9,9 @@ parses quotes: at the top level of the command, in a `( ... )` subshell or in a
   x = `1'; touch /tmp/x; '` runs the touch in the inner shell);
 - inside "..." a value holding `$(...)` or a backtick is expanded;
 - inside backticks the first backtick of the value ends the substitution;
-- inside `$((...))`, bash's `((...))` and `$[...]` and `${...}` the value is evaluated (bash
-  evaluates array subscripts in arithmetic, `a[$(cmd)]`);
+- inside `$((...))`, bash's `((...))`, `$[...]` and array subscripts (`a[${x}]=1`)
+  and `${...}` the value is evaluated (bash runs `$(cmd)` in a subscript, even
+  one in quotes: `a[$(cmd)]`);
 - after a backslash the first quote of the value is escaped, so the rest is bare;
 - in a here-document body quotes are not parsed at all, and a line of the
   value equal to the delimiter ends the body: the rest runs as commands.
@@ -25,11 +26,14 @@ every context: numbers, booleans and plain words may go anywhere, e.g.
 `python -c "print(${n})"`. Only placeholders of hyperparameters with some value
 outside that set are judged.
 
-The scanner follows POSIX sh (plus bash's $'...' and ((...))) closely enough to
-place each placeholder; it reads the template once, left to right (linear
-time). Where dash and bash read a template differently (`$'...'` is a quote in
-bash and busybox, `$` then a plain '...' in dash) it reads it both ways and
-judges every placeholder by both readings. A comment starts, as in the shell,
+The scanner follows POSIX sh (plus bash's $'...', ((...)), $[...] and
+subscripts) closely enough to place each placeholder; it reads the template
+once, left to right (linear time). Where dash and bash read a template
+differently (`$'...'` is a quote in bash and busybox, `$` then a plain '...' in
+dash; `((1 << 2))` is arithmetic in bash, two subshells and a here-document in
+dash) it reads it both ways and judges every placeholder by both readings.
+A `case` inside `$(...)` is not followed (its patterns' ")" would end the
+substitution): every placeholder after it is judged unsafe. A comment starts, as in the shell,
 only at a `#` that begins a word; after a here-document's `<<` every later
 placeholder is judged as in its body (the scanner does not look for the
 delimiter), comments included. A template it cannot follow (unbalanced quotes)
