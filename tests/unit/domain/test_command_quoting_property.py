@@ -3,7 +3,7 @@
 Two generators. Templates built from random shell fragments (quotes, $(...),
 backticks, $((...)), ${...}, backslashes, here-documents, comments, case) get a
 value built to break out of each of them: when `quoting_problems` finds
-nothing, the rendered command is run by a real `/bin/sh` in a temporary folder
+nothing, the rendered command is run by a real `/bin/sh` (or bash) in a temporary folder
 and the value's `touch pwned` must not have happened. Templates built by
 wrapping one `printf` of the value in shell constructs get any text as the
 value: where every wrapper is safe the template must be accepted and the
@@ -13,6 +13,7 @@ run; other accepted templates must not run the value's `touch pwned`.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -74,15 +75,20 @@ hostile_values = st.builds(
 )
 
 
-def run(command: str, folder: Path) -> None:
+#: The agent runs `/bin/sh -c` (dash here); an image's /bin/sh may be bash.
+SHELLS = ["/bin/sh"] + (["bash"] if shutil.which("bash") else [])
+shells = st.sampled_from(SHELLS)
+
+
+def run(command: str, folder: Path, shell: str = "/bin/sh") -> None:
     subprocess.run(
-        ["/bin/sh", "-c", command], cwd=folder, stdin=subprocess.DEVNULL, capture_output=True, timeout=5, check=False
+        [shell, "-c", command], cwd=folder, stdin=subprocess.DEVNULL, capture_output=True, timeout=5, check=False
     )
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(parts=st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=14), value=hostile_values)
-def test_a_template_the_scanner_accepts_never_runs_a_value(parts: list[str], value: str) -> None:
+@given(parts=st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=14), value=hostile_values, shell=shells)
+def test_a_template_the_scanner_accepts_never_runs_a_value(parts: list[str], value: str, shell: str) -> None:
     template = "".join(parts)
     assume("${x}" in template)
     if quoting_problems(template, {"x"}):
@@ -91,9 +97,9 @@ def test_a_template_the_scanner_accepts_never_runs_a_value(parts: list[str], val
         folder = Path(where)
         # A template that runs its own argument as a script (`sh -c ${x}`) runs any value by design:
         # a value with nothing to break out of shows it. No fragment writes a file, so any file is the value's.
-        run(render_command(template, {"x": "touch canary"}), folder)
+        run(render_command(template, {"x": "touch canary"}), folder, shell)
         assume(not any(folder.iterdir()))
-        run(render_command(template, {"x": value}), folder)
+        run(render_command(template, {"x": value}), folder, shell)
         made = sorted(p.name for p in folder.iterdir())
         assert not made, f"template {template!r} ran the value {value!r}: {made}"
 
@@ -139,8 +145,14 @@ any_value = st.text(
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(wrappers=st.lists(st.sampled_from(WRAPPERS), min_size=1, max_size=3), value=any_value | hostile_values)
-def test_an_accepted_value_arrives_verbatim_as_one_argument(wrappers: list[tuple[str, bool]], value: str) -> None:
+@given(
+    wrappers=st.lists(st.sampled_from(WRAPPERS), min_size=1, max_size=3),
+    value=any_value | hostile_values,
+    shell=shells,
+)
+def test_an_accepted_value_arrives_verbatim_as_one_argument(
+    wrappers: list[tuple[str, bool]], value: str, shell: str
+) -> None:
     template = CORE
     for wrapper, _ in wrappers:
         template = wrapper.format(template)
@@ -153,7 +165,7 @@ def test_an_accepted_value_arrives_verbatim_as_one_argument(wrappers: list[tuple
     if safe:
         with tempfile.TemporaryDirectory() as where:
             folder = Path(where)
-            run(render_command(template, {"x": value}), folder)
+            run(render_command(template, {"x": value}), folder, shell)
             made = sorted(p.name for p in folder.iterdir())
             assert made == ["got"], f"template {template!r} ran the value {value!r}: {made}"
             got = (folder / "got").read_bytes().decode("utf-8", "surrogateescape")
@@ -162,9 +174,9 @@ def test_an_accepted_value_arrives_verbatim_as_one_argument(wrappers: list[tuple
     # Wrappers that are refused alone may be accepted nested (their quotes cancel out): the printf may then get
     # less, and the template may write odd files of its own, but the value's touch must not run.
     with tempfile.TemporaryDirectory() as where:
-        run(render_command(template, {"x": "touch canary"}), Path(where))
+        run(render_command(template, {"x": "touch canary"}), Path(where), shell)
         assume(not any("canary" in p.name for p in Path(where).iterdir()))
     with tempfile.TemporaryDirectory() as where:
-        run(render_command(template, {"x": value}), Path(where))
+        run(render_command(template, {"x": value}), Path(where), shell)
         made = sorted(p.name for p in Path(where).iterdir())
         assert not any("pwned" in name for name in made), f"template {template!r} ran the value {value!r}: {made}"
