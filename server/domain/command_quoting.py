@@ -246,9 +246,10 @@ def _scan(template: str, names: Collection[str], *, bash: bool) -> Iterator[tupl
             lost = lost or "case"
             frame.word_start = False
             i += 4
-        elif c == "[" and bash and ctx in _SAFE and _names_an_array(template, i):
-            # name[...] at a word's start: bash evaluates the subscript of an assignment (or of declare, unset,
-            # read, printf -v, [[ -v ]]) as arithmetic, and runs a $(...) in it even inside quotes.
+        elif c == "[" and bash and ctx in _SAFE and (_names_an_array(template, i) or _keys_element(template, i, frame)):
+            # name[...] at a word's start, or [key]=value in a=(...): bash evaluates the subscript of an assignment
+            # (or of declare, unset, read, printf -v, [[ -v ]]) as arithmetic, and runs a $(...) in it even inside
+            # quotes.
             frame.word_start = False
             stack.append(_Frame("subscript"))
             i += 1
@@ -287,6 +288,11 @@ def _names_an_array(template: str, i: int) -> bool:
     if j == i or template[j].isdigit():
         return False
     return j == 0 or template[j - 1] in _WORD_BREAKS
+
+
+def _keys_element(template: str, i: int, frame: _Frame) -> bool:
+    """Whether the `[` at `i` may open `[key]=value` of a compound array assignment (not `[ test ]`, `[[`)."""
+    return frame.word_start and template[i + 1 : i + 2] not in ("", " ", "\t", "\n", "[")
 
 
 def _open_expansion(template: str, i: int, stack: list[_Frame], bash: bool) -> int:

@@ -114,6 +114,7 @@ def test_every_comment_the_shell_sees_holds_its_value(command: str, tmp_path: Pa
         # bash runs a $(...) in an array subscript even inside single quotes.
         ("a[${x}]=1", "inside a bash array subscript"),
         ("unset a[${x}]", "inside a bash array subscript"),
+        ("a=([${x}]=1)", "inside a bash array subscript"),
     ],
 )
 def test_a_placeholder_the_scanner_used_to_miss_is_refused_at_submit(command: str, where: str) -> None:
@@ -141,7 +142,7 @@ def test_what_those_templates_would_run_with_sh(command: str, tmp_path: Path) ->
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-@pytest.mark.parametrize("command", ["a[${x}]=1", "echo $[1 + ${x}]", "(( ${x} ))", "echo $'\\${x}'"])
+@pytest.mark.parametrize("command", ["a[${x}]=1", "a=([${x}]=1)", "echo $[1 + ${x}]", "(( ${x} ))", "echo $'\\${x}'"])
 def test_what_those_templates_would_run_with_bash(command: str, tmp_path: Path) -> None:
     """An image's /bin/sh may be bash: these run a value there."""
     for value in ("$(touch pwned)", "a[$(touch pwned)]", "\\'' ; touch pwned ; "):
