@@ -13,6 +13,8 @@ here-document the quotes Runyard adds are themselves text, and a value such as
 `1'; touch /tmp/x; '` would end the user's quotes and run as shell code
 (`sh -c 'echo ${x}'`). `quoting_problems` finds such placeholders so that a
 manifest using one is refused at submit (see `runyard.server.domain.command_quoting`).
+Inside a comment a value is written without its newlines: a newline would end
+the comment and run the rest of the value.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import re
 import shlex
 from collections.abc import Collection, Mapping
 
+from runyard.server.domain.command_quoting import comment_placeholders
 from runyard.server.domain.manifest_model import Scalar
 
 _TOKEN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -57,13 +60,17 @@ def format_value(value: Scalar) -> str:
 
 def render_command(template: str, values: Mapping[str, Scalar]) -> str:
     """Substitute every hyperparameter placeholder; raises ValueError naming an unknown one."""
+    texts = {name: format_value(value) for name, value in values.items()}
+    multiline = [name for name, text in texts.items() if "\n" in text]
+    in_comment = comment_placeholders(template, multiline) if multiline else frozenset()
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
         if name is None:
             return "${"
-        if name in values:
-            return shlex.quote(format_value(values[name]))
+        if name in texts:
+            text = texts[name]
+            return shlex.quote(text.replace("\n", " ") if match.start() in in_comment else text)
         if is_environment_name(name):
             return match.group(0)
         raise ValueError(f"unknown placeholder ${{{name}}}: not a hyperparameter")

@@ -127,8 +127,15 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader: SafeLoader or CSafeLoader
 
 
-def parse_manifest(text: str) -> Manifest:
-    """Validate a manifest; raises ManifestError naming every bad field."""
+def parse_manifest(text: str, *, stored: bool = False) -> Manifest:
+    """Validate a manifest; raises ManifestError naming every bad field.
+
+    `stored`: the manifest is re-read from the log, where its command was
+    judged at submit: the command quoting rules (`command_quoting`) are not
+    applied again, so a scanner that grew stricter since never refuses an
+    experiment already accepted (its values are still written inert in comments
+    by `render_command`).
+    """
     oversized = limits.too_large(text)
     if oversized is not None:
         raise ManifestError([oversized])
@@ -151,7 +158,7 @@ def parse_manifest(text: str) -> Manifest:
     unstorable = limits.text_errors(doc) if limits.may_hold_unstorable(text) else []
     if unstorable:
         raise ManifestError(unstorable)
-    manifest = _Parser().manifest(doc)
+    manifest = _Parser(stored=stored).manifest(doc)
     return manifest
 
 
@@ -214,7 +221,8 @@ def _is_scalar(value: object) -> bool:
 
 
 class _Parser:
-    def __init__(self) -> None:
+    def __init__(self, *, stored: bool = False) -> None:
+        self.stored = stored
         self.errors: list[FieldError] = []
         self._categorical_keys: dict[int, set[tuple[str, object]]] = {}
 
@@ -314,7 +322,8 @@ class _Parser:
         if raw_hps is None or isinstance(raw_hps, dict):
             for unknown in unknown_placeholders(command, set(written)):
                 self.error("command", f"unknown placeholder ${{{unknown}}}: not a hyperparameter")
-        self.command_quoting(command, hyperparameters, written)
+        if not self.stored:
+            self.command_quoting(command, hyperparameters, written)
         self.command_length(command, hyperparameters)
         manifest = Manifest(
             name=name,

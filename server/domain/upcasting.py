@@ -46,7 +46,8 @@ def _facts_for(manifest_yaml: str) -> facts_pb2.ExperimentFacts:
     try:
         # A manifest that validates names its objective as the lenient reading does: the parser takes
         # `search.metric` only as a non-empty string and `search.goal` only as maximize or minimize.
-        return facts_of(parse_manifest(manifest_yaml))
+        # stored=True: the command was judged at submit; a stricter quoting scanner since must not unsearch it.
+        return facts_of(parse_manifest(manifest_yaml, stored=True))
     except Exception:  # DomainError, or whatever a manifest the API never saw provokes: no reader fails on it
         pass
     try:

@@ -160,14 +160,14 @@ def test_text_the_backends_cannot_store_is_refused_naming_the_field(stubs: Stubs
 
 @pytest.mark.parametrize(
     "command",
-    ["sh -c 'echo ${x}'", 'sh -c "echo ${x}"', "sh -c \"echo '${x}'\"", "echo `echo ${x}`"],
+    ["sh -c 'echo ${x}'", 'sh -c "echo ${x}"', "sh -c \"echo '${x}'\"", "echo `echo ${x}`", "cat <<E\n#${x}\nE"],
 )
 def test_a_placeholder_inside_quotes_is_refused_at_submit(stubs: Stubs, command: str) -> None:
     # With x = "1; touch /tmp/x" the run executed the touch.
     body = manifest(command, extra='hyperparameters:\n  x: {type: const, value: "1; touch /tmp/x"}\n')
     err = refusal(create, stubs, body)
     assert code_of(err) == grpc.StatusCode.INVALID_ARGUMENT
-    assert "invalid manifest: command: ${x} is inside" in details(err)
+    assert "invalid manifest: command: ${x} is " in details(err) and "a value of x needs shell quoting" in details(err)
 
 
 def test_an_experiment_whose_runs_outgrow_a_default_client_is_answered_in_part(stubs: Stubs, stack: Stack) -> None:
