@@ -12,6 +12,7 @@ from sqlalchemy import Engine, Select, and_, bindparam, func, inspect, or_, sele
 from sqlalchemy.engine import URL
 
 from .engine import create_store_engine, read_only, snapshot_reads
+from .following import follow
 from .migrate import migrate_engine
 from .model import ANY, AppendResult, ExpectedVersion, NewEvent, RecordedEvent
 from .notify import HeadTracker, PostgresListener
@@ -266,22 +267,18 @@ class EventStore:
         one delays an event but never loses it.
         """
         self._ensure_listener()
-        filtered = stream_ids is not None or correlation_id is not None
-        scanned = after_position  # every event up to here has been read (matching or not)
-        while not stop.is_set() and not self._closed:
-            # With filters, the head read *before* the batch tells how far an
-            # incomplete batch has scanned, so that we wait beyond it.
-            head = self.head_position() if filtered else 0
-            batch = self.read_all(scanned, batch_size, stream_ids=stream_ids, correlation_id=correlation_id)
-            for recorded in batch:
-                if stop.is_set():
-                    return
-                scanned = recorded.position
-                yield recorded
-            if len(batch) == batch_size:
-                continue
-            scanned = max(scanned, head)
-            self._tracker.wait_beyond(scanned, poll_interval, stop)
+        return follow(
+            self.read_all,
+            self.head_position,
+            self._tracker,
+            lambda: self._closed,
+            after_position,
+            stop=stop,
+            stream_ids=stream_ids,
+            correlation_id=correlation_id,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+        )
 
     def wait_for_append(self, after_position: int, timeout: float) -> bool:
         """Block until the log head passes `after_position`; False when `timeout` ran out first."""

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+from .following import follow
 from .model import (
     ANY,
     AppendResult,
@@ -263,20 +264,18 @@ class InMemoryEventStore:
         Every commit wakes it; `poll_interval` only bounds how long it waits
         before looking at `stop` and the log again.
         """
-        filtered = stream_ids is not None or correlation_id is not None
-        scanned = after_position  # every event up to here has been read (matching or not)
-        while not stop.is_set() and not self._closed:
-            head = self.head_position() if filtered else 0
-            batch = self.read_all(scanned, batch_size, stream_ids=stream_ids, correlation_id=correlation_id)
-            for recorded in batch:
-                if stop.is_set():
-                    return
-                scanned = recorded.position
-                yield recorded
-            if len(batch) == batch_size:
-                continue
-            scanned = max(scanned, head)
-            self._tracker.wait_beyond(scanned, poll_interval, stop)
+        return follow(
+            self.read_all,
+            self.head_position,
+            self._tracker,
+            lambda: self._closed,
+            after_position,
+            stop=stop,
+            stream_ids=stream_ids,
+            correlation_id=correlation_id,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+        )
 
     def wait_for_append(self, after_position: int, timeout: float) -> bool:
         """Block until the log head passes `after_position`; False when `timeout` ran out first."""
