@@ -19,7 +19,6 @@ and the load average before and after.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -30,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.metrics_ingest import MLFLOW_VENV, database, mlflow_python, submit, wait_ended, wait_http
+from bench.metrics_ingest import database, mlflow_python, mlflow_server, submit, wait_ended
 from runyard.client.sdk import Client
-from tests.support.services import NatsServer, free_port, wait_for_port
+from tests.support.services import NatsServer
 from tests.support.stack import Stack
 
 SCRIPT = """\
@@ -110,46 +109,18 @@ print(json.dumps({"points": got, "n": repeat, "p50_ms": round(took[len(took) // 
 
 def measure_mlflow(points: int, repeat: int) -> dict[str, object]:
     python = mlflow_python()
-    with tempfile.TemporaryDirectory(prefix="mlflow-history-") as tmp:
-        root = Path(tmp)
-        port = free_port()
-        log = root / "mlflow-server.log"
-        argv = [
-            str(MLFLOW_VENV / "bin" / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        with open(log, "wb") as out:
-            server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
-        try:
-            wait_for_port(port, timeout=120)
-            wait_http(f"http://127.0.0.1:{port}/health", server, log)
-            driver = root / "driver.py"
-            driver.write_text(MLFLOW_DRIVER, encoding="utf-8")
-            reply = subprocess.run(
-                [python, str(driver), f"http://127.0.0.1:{port}", str(points), str(repeat)],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            if reply.returncode != 0:
-                raise RuntimeError(f"mlflow driver failed:\n{reply.stderr[-4000:]}")
-            return {"backend": "sqlite", **json.loads(reply.stdout.strip().splitlines()[-1])}
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, 15)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, 9)
-                server.wait()
+    with mlflow_server("mlflow-history-") as (root, port):
+        driver = root / "driver.py"
+        driver.write_text(MLFLOW_DRIVER, encoding="utf-8")
+        reply = subprocess.run(
+            [python, str(driver), f"http://127.0.0.1:{port}", str(points), str(repeat)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if reply.returncode != 0:
+            raise RuntimeError(f"mlflow driver failed:\n{reply.stderr[-4000:]}")
+        return {"backend": "sqlite", **json.loads(reply.stdout.strip().splitlines()[-1])}
 
 
 def main() -> None:

@@ -529,10 +529,10 @@ def drive_mlflow(python: Path, root: Path, port: int, runs: int, points: int, se
     }
 
 
-def measure_mlflow(runs: int, points: int, seconds: float) -> dict[str, object]:
-    """The same load on MLflow (`runs` concurrent clients), then one client alone: its best case here."""
-    python = mlflow_python()
-    with tempfile.TemporaryDirectory(prefix="mlflow-ingest-") as tmp:
+@contextlib.contextmanager
+def mlflow_server(prefix: str) -> Iterator[tuple[Path, int]]:
+    """An MLflow tracking server on SQLite in a temporary folder: (that folder, its port); stopped after."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         root = Path(tmp)
         port = free_port()
         log = root / "mlflow-server.log"
@@ -553,8 +553,7 @@ def measure_mlflow(runs: int, points: int, seconds: float) -> dict[str, object]:
         try:
             wait_for_port(port, timeout=120)
             wait_http(f"http://127.0.0.1:{port}/health", server, log)
-            concurrent = drive_mlflow(python, root, port, runs, points, seconds)
-            alone = drive_mlflow(python, root, port, 1, points, seconds)
+            yield root, port
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, 15)
@@ -563,6 +562,14 @@ def measure_mlflow(runs: int, points: int, seconds: float) -> dict[str, object]:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, 9)
                 server.wait()
+
+
+def measure_mlflow(runs: int, points: int, seconds: float) -> dict[str, object]:
+    """The same load on MLflow (`runs` concurrent clients), then one client alone: its best case here."""
+    python = mlflow_python()
+    with mlflow_server("mlflow-ingest-") as (root, port):
+        concurrent = drive_mlflow(python, root, port, runs, points, seconds)
+        alone = drive_mlflow(python, root, port, 1, points, seconds)
         return {
             "version": mlflow_version(python),
             "backend": "sqlite",
