@@ -28,6 +28,7 @@ from runyard.server.domain.run_states import (
     FAILED,
     HOLDING_SLOTS,
     INFRASTRUCTURE_REASONS,
+    PAUSED,
     QUEUED,
     RUNNING,
     STAGING,
@@ -36,6 +37,7 @@ from runyard.server.domain.run_states import (
     TRANSITIONS,
     UNCHARGED_REASONS,
     UPLOADING,
+    WAITING,
     FailureReasonValue,
     RunStateValue,
     state_name,
@@ -69,6 +71,16 @@ class Run:
     #: Re-queues charged so far (an agent's graceful shutdown is not); one is allowed while
     #: restarts < spec.max_restarts.
     restarts: int = 0
+    #: The latest complete checkpoint (RunCheckpointed) of any attempt; None: none yet.
+    latest_checkpoint: common_pb2.Checkpoint | None = None
+    #: The scheduler is taking this attempt's GPUs (RunPreemptRequested): its stop re-queues it.
+    preempt_requested: bool = False
+    preempt: events_pb2.RunPreemptRequested | None = None
+    #: The run should stop and wait PAUSED (RunPauseRequested): its stop pauses it.
+    pause_requested: bool = False
+    pause_reason: str = ""
+    #: The ASHA rung the run is paused at (0: not paused for a rung).
+    paused_rung: int = 0
     version: int = 0
 
     # -- reading the log -------------------------------------------------
@@ -120,10 +132,13 @@ class Run:
         if isinstance(event, events_pb2.RunAssigned):
             if event.attempt != self.attempt + 1:
                 raise StaleAttempt(self.run_id, self.attempt + 1, event.attempt)
-        elif isinstance(event, events_pb2.RunCanceled | events_pb2.RunStoppedEarly) and self.state == QUEUED:
+        elif (
+            isinstance(event, events_pb2.RunCanceled | events_pb2.RunStoppedEarly | events_pb2.RunPaused)
+            and self.state in WAITING
+        ):
             if event.attempt != 0:
                 raise StaleAttempt(self.run_id, 0, event.attempt)
-        elif not isinstance(event, events_pb2.RunCancelRequested | events_pb2.RunStopRequested):
+        elif not isinstance(event, _REQUESTS):
             self.check_attempt(getattr(event, "attempt"))  # noqa: B009 - every other run event has one
 
     def _record(self, event: Message) -> None:
@@ -134,6 +149,25 @@ class Run:
             self.failure_reason = common_pb2.FAILURE_REASON_UNSPECIFIED
             self.exit_code = 0
             self.message = ""
+            self.preempt_requested = False
+            self.preempt = None
+            self.pause_requested = False
+        elif isinstance(event, events_pb2.RunCheckpointed):
+            checkpoint = common_pb2.Checkpoint()
+            checkpoint.CopyFrom(event.checkpoint)
+            self.latest_checkpoint = checkpoint
+        elif isinstance(event, events_pb2.RunPreemptRequested):
+            self.preempt_requested = True
+            self.preempt = event
+        elif isinstance(event, events_pb2.RunPauseRequested):
+            self.pause_requested = True
+            self.pause_reason = event.reason
+            self.paused_rung = event.rung
+        elif isinstance(event, events_pb2.RunPaused):
+            self.pause_requested = False
+            self.pause_reason = event.reason or self.pause_reason
+        elif isinstance(event, events_pb2.RunResumed):
+            self.paused_rung = 0
         elif isinstance(event, events_pb2.RunUploading):
             self.exit_code = event.exit_code
         elif isinstance(event, events_pb2.RunCompleted):
@@ -243,10 +277,13 @@ class Run:
         remain, or for an agent's graceful shutdown always and uncharged (unless somebody
         asked to cancel or stop the run), otherwise the run fails for good."""
         self.check_attempt(attempt)
-        if self.state == FAILED or (self.state == QUEUED and self.attempt > 0):
+        if self.state in (FAILED, PAUSED) or (self.state == QUEUED and self.attempt > 0):
             return []  # this attempt's end is already recorded: a redelivered report
         if not self.holds_slots:
             raise IllegalTransition(self.run_id, self.state_name, "report failed")
+        asked = self.pause_requested or self.preempt_requested
+        if reason in INFRASTRUCTURE_REASONS and asked and not (self.cancel_requested or self.stop_requested):
+            return [self._stopped(attempt)]
         retry = (
             reason in INFRASTRUCTURE_REASONS
             and (reason in UNCHARGED_REASONS or self.restarts < self.spec.max_restarts)
@@ -259,7 +296,7 @@ class Run:
     def request_cancel(self, reason: str = "") -> list[Message]:
         """A queued run is canceled at once; a run on an agent is asked to stop, and
         is CANCELED when the agent reports it stopped (or the agent is lost)."""
-        if self.state == QUEUED:
+        if self.state in WAITING:
             return [events_pb2.RunCanceled(attempt=0, reason=reason)]
         if self.holds_slots:
             return [] if self.cancel_requested else [events_pb2.RunCancelRequested(reason=reason)]
@@ -273,20 +310,28 @@ class Run:
         """
         if self.is_terminal or self.stop_requested or self.cancel_requested:
             return []
-        if self.state == QUEUED:
+        if self.state in WAITING:
             return [events_pb2.RunStoppedEarly(attempt=0, reason=reason)]
         return [events_pb2.RunStopRequested(reason=reason, rung=rung, level=level, value=value)]
 
     def report_canceled(self, attempt: int, reason: str = "") -> list[Message]:
         """The agent stopped the attempt: CANCELED, or STOPPED_EARLY when the searcher asked for the stop."""
         self.check_attempt(attempt)
-        if self.state in (CANCELED, STOPPED_EARLY):
-            return []
+        if self.state in (CANCELED, STOPPED_EARLY, PAUSED) or (self.state == QUEUED and self.attempt > 0):
+            return []  # this attempt's end is already recorded: a redelivered report
         if not self.holds_slots:
             raise IllegalTransition(self.run_id, self.state_name, "report canceled")
         return [self._stopped(attempt, reason)]
 
     def _stopped(self, attempt: int, reason: str = "") -> Message:
+        """What an attempt the agent stopped on our request becomes: cancel beats stop beats pause beats preempt."""
+        if not (self.cancel_requested or self.stop_requested):
+            if self.pause_requested:
+                return events_pb2.RunPaused(attempt=attempt, reason=self.pause_reason)
+            if self.preempt_requested and self.preempt is not None:
+                return events_pb2.RunRequeued(
+                    attempt=attempt, reason=common_pb2.FAILURE_REASON_PREEMPTED, message=self.preempt.reason
+                )
         if self.stop_requested and not self.cancel_requested:
             return events_pb2.RunStoppedEarly(attempt=attempt, reason=self.cancel_reason)
         return events_pb2.RunCanceled(attempt=attempt, reason=reason or self.cancel_reason)
@@ -299,10 +344,74 @@ class Run:
             return []
         if attempt is not None and attempt != self.attempt:
             return []
-        if self.cancel_requested or self.stop_requested:
+        if self.cancel_requested or self.stop_requested or self.pause_requested or self.preempt_requested:
             return [self._stopped(self.attempt)]
         return self.report_failed(
             self.attempt,
             common_pb2.FAILURE_REASON_AGENT_LOST,
             message=message or f"agent {agent_id} was lost",
         )
+
+    # -- checkpoints, preemption, pause ----------------------------------------
+
+    def report_checkpointed(self, attempt: int, checkpoint: common_pb2.Checkpoint) -> list[Message]:
+        """The agent stored a complete checkpoint of this attempt; a redelivered report records nothing."""
+        self.check_attempt(attempt)
+        latest = self.latest_checkpoint
+        if latest is not None and latest.checkpoint_id == checkpoint.checkpoint_id:
+            return []
+        if not self.holds_slots:
+            raise IllegalTransition(self.run_id, self.state_name, "record a checkpoint")
+        if checkpoint.attempt != attempt or checkpoint.run_id != self.run_id:
+            raise DomainError(
+                f"run {self.run_id}: checkpoint {checkpoint.checkpoint_id!r} names run "
+                f"{checkpoint.run_id!r} attempt {checkpoint.attempt}, not attempt {attempt} of this run"
+            )
+        return [events_pb2.RunCheckpointed(attempt=attempt, checkpoint=checkpoint)]
+
+    @property
+    def resume_from(self) -> common_pb2.Checkpoint | None:
+        """What the next attempt stages into $CHECKPOINT_DIR: its own latest checkpoint, else the fork's."""
+        if self.latest_checkpoint is not None:
+            return self.latest_checkpoint
+        return self.spec.start_from if self.spec.HasField("start_from") else None
+
+    def request_preempt(self, reason: str, by_run_id: str, rule: str, grace_seconds: int) -> list[Message]:
+        """The scheduler takes this attempt's GPUs: nothing to do unless the run holds slots and
+        nobody asked it to stop for another reason already."""
+        if not self.holds_slots or self.spec.not_preemptible:
+            return []
+        if self.preempt_requested or self.pause_requested or self.cancel_requested or self.stop_requested:
+            return []
+        return [
+            events_pb2.RunPreemptRequested(reason=reason, by_run_id=by_run_id, rule=rule, grace_seconds=grace_seconds)
+        ]
+
+    def request_pause(self, reason: str, rung: int = 0) -> list[Message]:
+        """Hold the run: from the queue at once, from an agent once it stopped (with a last checkpoint).
+        Nothing for a run that has ended, is paused, or is already stopping."""
+        if self.is_terminal or self.state == PAUSED:
+            return []
+        if self.state == QUEUED:
+            if self.cancel_requested:
+                return []
+            return [events_pb2.RunPaused(attempt=0, reason=reason)]
+        if self.pause_requested or self.cancel_requested or self.stop_requested:
+            return []
+        return [events_pb2.RunPauseRequested(reason=reason, rung=rung)]
+
+    def resume(self, reason: str = "", rung: int = 0) -> list[Message]:
+        """A paused run goes back to the queue; nothing for a run that is not paused."""
+        if self.state != PAUSED:
+            return []
+        return [events_pb2.RunResumed(reason=reason, rung=rung)]
+
+
+#: Events a command records without naming an attempt: they are about whichever attempt is current.
+_REQUESTS = (
+    events_pb2.RunCancelRequested,
+    events_pb2.RunStopRequested,
+    events_pb2.RunPreemptRequested,
+    events_pb2.RunPauseRequested,
+    events_pb2.RunResumed,
+)

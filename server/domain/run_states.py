@@ -3,9 +3,13 @@
 QUEUED -> ASSIGNED -> STAGING -> RUNNING -> UPLOADING -> COMPLETED, with FAILED,
 CANCELED and STOPPED_EARLY (the experiment's searcher stopped it) reachable
 from every state that holds slots (CANCELED and STOPPED_EARLY from the queue
-too), and RunRequeued taking an attempt that failed for infrastructure reasons
-back to QUEUED. Both the commands (deciding) and `apply` (replaying) consult
-this one table, so the log can never hold a transition the commands refuse.
+and from PAUSED too), RunRequeued taking an attempt that failed for
+infrastructure reasons (or was preempted) back to QUEUED, and PAUSED: a run
+held off the agents with its checkpoint (from the queue at once, from an agent
+once it stopped), which RunResumed puts back in the queue. RunCheckpointed,
+RunPreemptRequested and RunPauseRequested record without moving the run. Both
+the commands (deciding) and `apply` (replaying) consult this one table, so the
+log can never hold a transition the commands refuse.
 """
 
 from __future__ import annotations
@@ -29,9 +33,12 @@ COMPLETED = common_pb2.RUN_STATE_COMPLETED
 FAILED = common_pb2.RUN_STATE_FAILED
 CANCELED = common_pb2.RUN_STATE_CANCELED
 STOPPED_EARLY = common_pb2.RUN_STATE_STOPPED_EARLY
+PAUSED = common_pb2.RUN_STATE_PAUSED
 
 #: States in which an attempt holds slots (and GPUs) on an agent; billing runs in these.
 HOLDING_SLOTS: frozenset[RunStateValue] = frozenset({ASSIGNED, STAGING, RUNNING, UPLOADING})
+#: States of a run off the agents that a command may still end or move at once (attempt 0 events).
+WAITING: frozenset[RunStateValue] = frozenset({QUEUED, PAUSED})
 #: States a run never leaves.
 TERMINAL: frozenset[RunStateValue] = frozenset({COMPLETED, FAILED, CANCELED, STOPPED_EARLY})
 
@@ -43,11 +50,15 @@ INFRASTRUCTURE_REASONS: frozenset[FailureReasonValue] = frozenset(
         common_pb2.FAILURE_REASON_UPLOAD_ERROR,
         common_pb2.FAILURE_REASON_INTERNAL,
         common_pb2.FAILURE_REASON_AGENT_SHUTDOWN,
+        common_pb2.FAILURE_REASON_PREEMPTED,
     }
 )
 #: Failures that are nobody's: the agent was stopped on purpose (an upgrade, `runyard down`) while
 #: the attempt ran. Re-queued whatever max_restarts says, and never counted against it.
-UNCHARGED_REASONS: frozenset[FailureReasonValue] = frozenset({common_pb2.FAILURE_REASON_AGENT_SHUTDOWN})
+#: A preemption (the scheduler's own decision) is nobody's fault either.
+UNCHARGED_REASONS: frozenset[FailureReasonValue] = frozenset(
+    {common_pb2.FAILURE_REASON_AGENT_SHUTDOWN, common_pb2.FAILURE_REASON_PREEMPTED}
+)
 
 
 def state_name(state: RunStateValue) -> str:
@@ -76,13 +87,18 @@ TRANSITIONS: dict[type[Message], Transition] = {
     events_pb2.RunFailed: Transition("report failed", HOLDING_SLOTS, FAILED),
     events_pb2.RunRequeued: Transition("requeue", HOLDING_SLOTS, QUEUED),
     events_pb2.RunCancelRequested: Transition("cancel", HOLDING_SLOTS, None),
-    events_pb2.RunCanceled: Transition("report canceled", HOLDING_SLOTS | {QUEUED}, CANCELED),
+    events_pb2.RunCanceled: Transition("report canceled", HOLDING_SLOTS | WAITING, CANCELED),
     events_pb2.RunStopRequested: Transition("stop early", HOLDING_SLOTS, None),
-    events_pb2.RunStoppedEarly: Transition("report stopped", HOLDING_SLOTS | {QUEUED}, STOPPED_EARLY),
+    events_pb2.RunStoppedEarly: Transition("report stopped", HOLDING_SLOTS | WAITING, STOPPED_EARLY),
+    events_pb2.RunCheckpointed: Transition("record a checkpoint", HOLDING_SLOTS, None),
+    events_pb2.RunPreemptRequested: Transition("preempt", HOLDING_SLOTS, None),
+    events_pb2.RunPauseRequested: Transition("pause", HOLDING_SLOTS, None),
+    events_pb2.RunPaused: Transition("report paused", HOLDING_SLOTS | {QUEUED}, PAUSED),
+    events_pb2.RunResumed: Transition("resume", frozenset({PAUSED}), QUEUED),
 }
 
 #: How far along its life a run is in each state: an end is as far as a run goes.
-PROGRESS: dict[RunStateValue, int] = {QUEUED: 0, ASSIGNED: 1, STAGING: 2, RUNNING: 3, UPLOADING: 4} | {
+PROGRESS: dict[RunStateValue, int] = {QUEUED: 0, PAUSED: 0, ASSIGNED: 1, STAGING: 2, RUNNING: 3, UPLOADING: 4} | {
     state: 5 for state in TERMINAL
 }
 

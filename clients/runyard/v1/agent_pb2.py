@@ -26,7 +26,7 @@ from runyard.v1 import common_pb2 as runyard_dot_v1_dot_common__pb2
 from runyard.v1 import events_pb2 as runyard_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16runyard/v1/agent.proto\x12\nrunyard.v1\x1a\x17runyard/v1/common.proto\x1a\x17runyard/v1/events.proto\"\x93\x01\n\x0eWorkAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12!\n\x04spec\x18\x04 \x01(\x0b\x32\x13.runyard.v1.RunSpec\x12\x0f\n\x07gpu_ids\x18\x05 \x03(\t\x12\x15\n\rlease_seconds\x18( \x01(\r\"G\n\rCancelAttempt\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x15\n\rgrace_seconds\x18\x03 \x01(\r\"C\n\x0c\x41gentControl\x12+\n\x06\x63\x61ncel\x18\x01 \x01(\x0b\x32\x19.runyard.v1.CancelAttemptH\x00\x42\x06\n\x04\x62ody\"o\n\rAttemptFailed\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12)\n\x06reason\x18\x02 \x01(\x0e\x32\x19.runyard.v1.FailureReason\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xe6\x03\n\x0b\x41gentReport\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x31\n\nregistered\x18\n \x01(\x0b\x32\x1b.runyard.v1.AgentRegisteredH\x00\x12)\n\x07staging\x18\x0b \x01(\x0b\x32\x16.runyard.v1.RunStagingH\x00\x12)\n\x07started\x18\x0c \x01(\x0b\x32\x16.runyard.v1.RunStartedH\x00\x12-\n\tuploading\x18\r \x01(\x0b\x32\x18.runyard.v1.RunUploadingH\x00\x12-\n\tcompleted\x18\x0e \x01(\x0b\x32\x18.runyard.v1.RunCompletedH\x00\x12+\n\x06\x66\x61iled\x18\x0f \x01(\x0b\x32\x19.runyard.v1.AttemptFailedH\x00\x12+\n\x08\x63\x61nceled\x18\x10 \x01(\x0b\x32\x17.runyard.v1.RunCanceledH\x00\x12\'\n\x06logged\x18\x11 \x01(\x0b\x32\x15.runyard.v1.RunLoggedH\x00\x12\x31\n\x07metrics\x18\x12 \x01(\x0b\x32\x1e.runyard.v1.RunMetricsReportedH\x00\x42\x06\n\x04\x62ody\"E\n\x0e\x41gentHeartbeat\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x02 \x03(\t\x12\x0f\n\x07time_us\x18\x03 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16runyard/v1/agent.proto\x12\nrunyard.v1\x1a\x17runyard/v1/common.proto\x1a\x17runyard/v1/events.proto\"\xc0\x01\n\x0eWorkAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12!\n\x04spec\x18\x04 \x01(\x0b\x32\x13.runyard.v1.RunSpec\x12\x0f\n\x07gpu_ids\x18\x05 \x03(\t\x12\x15\n\rlease_seconds\x18( \x01(\r\x12+\n\x0bresume_from\x18) \x01(\x0b\x32\x16.runyard.v1.Checkpoint\"W\n\rCancelAttempt\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x15\n\rgrace_seconds\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"C\n\x0c\x41gentControl\x12+\n\x06\x63\x61ncel\x18\x01 \x01(\x0b\x32\x19.runyard.v1.CancelAttemptH\x00\x42\x06\n\x04\x62ody\"o\n\rAttemptFailed\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12)\n\x06reason\x18\x02 \x01(\x0e\x32\x19.runyard.v1.FailureReason\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x9b\x04\n\x0b\x41gentReport\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x31\n\nregistered\x18\n \x01(\x0b\x32\x1b.runyard.v1.AgentRegisteredH\x00\x12)\n\x07staging\x18\x0b \x01(\x0b\x32\x16.runyard.v1.RunStagingH\x00\x12)\n\x07started\x18\x0c \x01(\x0b\x32\x16.runyard.v1.RunStartedH\x00\x12-\n\tuploading\x18\r \x01(\x0b\x32\x18.runyard.v1.RunUploadingH\x00\x12-\n\tcompleted\x18\x0e \x01(\x0b\x32\x18.runyard.v1.RunCompletedH\x00\x12+\n\x06\x66\x61iled\x18\x0f \x01(\x0b\x32\x19.runyard.v1.AttemptFailedH\x00\x12+\n\x08\x63\x61nceled\x18\x10 \x01(\x0b\x32\x17.runyard.v1.RunCanceledH\x00\x12\'\n\x06logged\x18\x11 \x01(\x0b\x32\x15.runyard.v1.RunLoggedH\x00\x12\x31\n\x07metrics\x18\x12 \x01(\x0b\x32\x1e.runyard.v1.RunMetricsReportedH\x00\x12\x33\n\x0c\x63heckpointed\x18\x13 \x01(\x0b\x32\x1b.runyard.v1.RunCheckpointedH\x00\x42\x06\n\x04\x62ody\"E\n\x0e\x41gentHeartbeat\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x02 \x03(\t\x12\x0f\n\x07time_us\x18\x03 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runyard.v1.agent_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKASSIGNMENT']._serialized_start=89
-  _globals['_WORKASSIGNMENT']._serialized_end=236
-  _globals['_CANCELATTEMPT']._serialized_start=238
-  _globals['_CANCELATTEMPT']._serialized_end=309
-  _globals['_AGENTCONTROL']._serialized_start=311
-  _globals['_AGENTCONTROL']._serialized_end=378
-  _globals['_ATTEMPTFAILED']._serialized_start=380
-  _globals['_ATTEMPTFAILED']._serialized_end=491
-  _globals['_AGENTREPORT']._serialized_start=494
-  _globals['_AGENTREPORT']._serialized_end=980
-  _globals['_AGENTHEARTBEAT']._serialized_start=982
-  _globals['_AGENTHEARTBEAT']._serialized_end=1051
+  _globals['_WORKASSIGNMENT']._serialized_end=281
+  _globals['_CANCELATTEMPT']._serialized_start=283
+  _globals['_CANCELATTEMPT']._serialized_end=370
+  _globals['_AGENTCONTROL']._serialized_start=372
+  _globals['_AGENTCONTROL']._serialized_end=439
+  _globals['_ATTEMPTFAILED']._serialized_start=441
+  _globals['_ATTEMPTFAILED']._serialized_end=552
+  _globals['_AGENTREPORT']._serialized_start=555
+  _globals['_AGENTREPORT']._serialized_end=1094
+  _globals['_AGENTHEARTBEAT']._serialized_start=1096
+  _globals['_AGENTHEARTBEAT']._serialized_end=1165
 # @@protoc_insertion_point(module_scope)

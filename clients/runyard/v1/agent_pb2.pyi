@@ -36,6 +36,7 @@ class WorkAssignment(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     GPU_IDS_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    RESUME_FROM_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     attempt: _builtins.int
     experiment_id: _builtins.str
@@ -48,6 +49,12 @@ class WorkAssignment(_message.Message):
     def spec(self) -> _common_pb2.RunSpec: ...
     @_builtins.property
     def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def resume_from(self) -> _common_pb2.Checkpoint:
+        """The checkpoint to stage into $CHECKPOINT_DIR before the command starts (the run's latest
+        RunCheckpointed, or its spec's start_from); unset: start fresh.
+        """
+
     def __init__(
         self,
         *,
@@ -57,10 +64,11 @@ class WorkAssignment(_message.Message):
         spec: _common_pb2.RunSpec | None = ...,
         gpu_ids: _abc.Iterable[_builtins.str] | None = ...,
         lease_seconds: _builtins.int = ...,
+        resume_from: _common_pb2.Checkpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resume_from", b"resume_from", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "experiment_id", b"experiment_id", "gpu_ids", b"gpu_ids", "lease_seconds", b"lease_seconds", "run_id", b"run_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "experiment_id", b"experiment_id", "gpu_ids", b"gpu_ids", "lease_seconds", b"lease_seconds", "resume_from", b"resume_from", "run_id", b"run_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -75,20 +83,24 @@ class CancelAttempt(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     attempt: _builtins.int
     grace_seconds: _builtins.int
     """Seconds between SIGTERM and SIGKILL."""
+    reason: _builtins.str
+    """Why, for the run's log: "preempted by run r-12 (fair-share)", "experiment paused"."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
         grace_seconds: _builtins.int = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "grace_seconds", b"grace_seconds", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "grace_seconds", b"grace_seconds", "reason", b"reason", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -170,6 +182,7 @@ class AgentReport(_message.Message):
     CANCELED_FIELD_NUMBER: _builtins.int
     LOGGED_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    CHECKPOINTED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     agent_id: _builtins.str
     run_id: _builtins.str
@@ -192,6 +205,8 @@ class AgentReport(_message.Message):
     def logged(self) -> _events_pb2.RunLogged: ...
     @_builtins.property
     def metrics(self) -> _events_pb2.RunMetricsReported: ...
+    @_builtins.property
+    def checkpointed(self) -> _events_pb2.RunCheckpointed: ...
     def __init__(
         self,
         *,
@@ -207,12 +222,13 @@ class AgentReport(_message.Message):
         canceled: _events_pb2.RunCanceled | None = ...,
         logged: _events_pb2.RunLogged | None = ...,
         metrics: _events_pb2.RunMetricsReported | None = ...,
+        checkpointed: _events_pb2.RunCheckpointed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "canceled", b"canceled", "completed", b"completed", "failed", b"failed", "logged", b"logged", "metrics", b"metrics", "registered", b"registered", "staging", b"staging", "started", b"started", "uploading", b"uploading"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "canceled", b"canceled", "checkpointed", b"checkpointed", "completed", b"completed", "failed", b"failed", "logged", b"logged", "metrics", b"metrics", "registered", b"registered", "staging", b"staging", "started", b"started", "uploading", b"uploading"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "body", b"body", "canceled", b"canceled", "completed", b"completed", "event_id", b"event_id", "failed", b"failed", "logged", b"logged", "metrics", b"metrics", "registered", b"registered", "run_id", b"run_id", "staging", b"staging", "started", b"started", "uploading", b"uploading"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "body", b"body", "canceled", b"canceled", "checkpointed", b"checkpointed", "completed", b"completed", "event_id", b"event_id", "failed", b"failed", "logged", b"logged", "metrics", b"metrics", "registered", b"registered", "run_id", b"run_id", "staging", b"staging", "started", b"started", "uploading", b"uploading"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["registered", "staging", "started", "uploading", "completed", "failed", "canceled", "logged", "metrics"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["registered", "staging", "started", "uploading", "completed", "failed", "canceled", "logged", "metrics", "checkpointed"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17runyard/v1/common.proto\x12\nrunyard.v1\x1a\x1cgoogle/protobuf/struct.proto\":\n\tFramework\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"\xc2\x01\n\tResources\x12\x0c\n\x04gpus\x18\x01 \x01(\r\x12\x0c\n\x04\x63pus\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x11\n\tgpu_model\x18\x04 \x01(\t\x12<\n\x0c\x61gent_labels\x18\x05 \x03(\x0b\x32&.runyard.v1.Resources.AgentLabelsEntry\x1a\x32\n\x10\x41gentLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\tGpuDevice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\"\x1e\n\rMetricPattern\x12\r\n\x05regex\x18\x01 \x01(\t\"\xa5\x04\n\x07RunSpec\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x41\n\x0fhyperparameters\x18\x02 \x03(\x0b\x32(.runyard.v1.RunSpec.HyperparametersEntry\x12(\n\tframework\x18\x03 \x01(\x0b\x32\x15.runyard.v1.Framework\x12(\n\tresources\x18\x04 \x01(\x0b\x32\x15.runyard.v1.Resources\x12\x10\n\x08\x63ode_uri\x18\x05 \x01(\t\x12\x10\n\x08\x64\x61ta_uri\x18\x06 \x01(\t\x12\x13\n\x0bresults_uri\x18\x07 \x01(\t\x12\x32\n\x0fmetric_patterns\x18\x08 \x03(\x0b\x32\x19.runyard.v1.MetricPattern\x12)\n\x03\x65nv\x18\t \x03(\x0b\x32\x1c.runyard.v1.RunSpec.EnvEntry\x12\x14\n\x0cmax_restarts\x18\n \x01(\r\x12\x10\n\x08priority\x18\x0b \x01(\x05\x12\r\n\x05image\x18\x0c \x01(\t\x12\'\n\x07network\x18\r \x01(\x0e\x32\x16.runyard.v1.RunNetwork\x1aN\n\x14HyperparametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x0bMetricPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0f\n\x07time_us\x18\x04 \x01(\x03\x12\x0e\n\x06source\x18\x05 \x01(\t\"O\n\x07LogLine\x12%\n\x06stream\x18\x01 \x01(\x0e\x32\x15.runyard.v1.LogStream\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07time_us\x18\x03 \x01(\x03*\xfe\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x16\n\x12RUN_STATE_ASSIGNED\x10\x02\x12\x15\n\x11RUN_STATE_STAGING\x10\x03\x12\x15\n\x11RUN_STATE_RUNNING\x10\x04\x12\x17\n\x13RUN_STATE_UPLOADING\x10\x05\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x06\x12\x14\n\x10RUN_STATE_FAILED\x10\x07\x12\x16\n\x12RUN_STATE_CANCELED\x10\x08\x12\x1b\n\x17RUN_STATE_STOPPED_EARLY\x10\t*\xb1\x02\n\rFailureReason\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41ILURE_REASON_USER_CODE\x10\x01\x12 \n\x1c\x46\x41ILURE_REASON_STAGING_ERROR\x10\x02\x12\x1f\n\x1b\x46\x41ILURE_REASON_UPLOAD_ERROR\x10\x03\x12\x1d\n\x19\x46\x41ILURE_REASON_AGENT_LOST\x10\x04\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSUPPORTED\x10\x05\x12\x1b\n\x17\x46\x41ILURE_REASON_INTERNAL\x10\x06\x12 \n\x1c\x46\x41ILURE_REASON_OUT_OF_MEMORY\x10\x07\x12!\n\x1d\x46\x41ILURE_REASON_AGENT_SHUTDOWN\x10\x08*W\n\nRunNetwork\x12\x1b\n\x17RUN_NETWORK_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_NETWORK_NONE\x10\x01\x12\x16\n\x12RUN_NETWORK_EGRESS\x10\x02*K\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x12\x0e\n\nROLE_AGENT\x10\x03*k\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x12\x14\n\x10LOG_STREAM_AGENT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17runyard/v1/common.proto\x12\nrunyard.v1\x1a\x1cgoogle/protobuf/struct.proto\":\n\tFramework\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"\xc2\x01\n\tResources\x12\x0c\n\x04gpus\x18\x01 \x01(\r\x12\x0c\n\x04\x63pus\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x11\n\tgpu_model\x18\x04 \x01(\t\x12<\n\x0c\x61gent_labels\x18\x05 \x03(\x0b\x32&.runyard.v1.Resources.AgentLabelsEntry\x1a\x32\n\x10\x41gentLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\tGpuDevice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\"\x1e\n\rMetricPattern\x12\r\n\x05regex\x18\x01 \x01(\t\"\x8c\x05\n\x07RunSpec\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x41\n\x0fhyperparameters\x18\x02 \x03(\x0b\x32(.runyard.v1.RunSpec.HyperparametersEntry\x12(\n\tframework\x18\x03 \x01(\x0b\x32\x15.runyard.v1.Framework\x12(\n\tresources\x18\x04 \x01(\x0b\x32\x15.runyard.v1.Resources\x12\x10\n\x08\x63ode_uri\x18\x05 \x01(\t\x12\x10\n\x08\x64\x61ta_uri\x18\x06 \x01(\t\x12\x13\n\x0bresults_uri\x18\x07 \x01(\t\x12\x32\n\x0fmetric_patterns\x18\x08 \x03(\x0b\x32\x19.runyard.v1.MetricPattern\x12)\n\x03\x65nv\x18\t \x03(\x0b\x32\x1c.runyard.v1.RunSpec.EnvEntry\x12\x14\n\x0cmax_restarts\x18\n \x01(\r\x12\x10\n\x08priority\x18\x0b \x01(\x05\x12\r\n\x05image\x18\x0c \x01(\t\x12\'\n\x07network\x18\r \x01(\x0e\x32\x16.runyard.v1.RunNetwork\x12*\n\nstart_from\x18\x0e \x01(\x0b\x32\x16.runyard.v1.Checkpoint\x12\x17\n\x0fnot_preemptible\x18\x0f \x01(\x08\x12 \n\x18preemption_grace_seconds\x18\x10 \x01(\r\x1aN\n\x14HyperparametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb5\x01\n\nCheckpoint\x12\x15\n\rcheckpoint_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\r\n\x05\x66iles\x18\x06 \x01(\r\x12\x14\n\x0cmanifest_uri\x18\x07 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x08 \x01(\t\x12\x0f\n\x07time_us\x18\t \x01(\x03\"Y\n\x0bMetricPoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0f\n\x07time_us\x18\x04 \x01(\x03\x12\x0e\n\x06source\x18\x05 \x01(\t\"O\n\x07LogLine\x12%\n\x06stream\x18\x01 \x01(\x0e\x32\x15.runyard.v1.LogStream\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07time_us\x18\x03 \x01(\x03*\x94\x02\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x16\n\x12RUN_STATE_ASSIGNED\x10\x02\x12\x15\n\x11RUN_STATE_STAGING\x10\x03\x12\x15\n\x11RUN_STATE_RUNNING\x10\x04\x12\x17\n\x13RUN_STATE_UPLOADING\x10\x05\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x06\x12\x14\n\x10RUN_STATE_FAILED\x10\x07\x12\x16\n\x12RUN_STATE_CANCELED\x10\x08\x12\x1b\n\x17RUN_STATE_STOPPED_EARLY\x10\t\x12\x14\n\x10RUN_STATE_PAUSED\x10\n*\xcf\x02\n\rFailureReason\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41ILURE_REASON_USER_CODE\x10\x01\x12 \n\x1c\x46\x41ILURE_REASON_STAGING_ERROR\x10\x02\x12\x1f\n\x1b\x46\x41ILURE_REASON_UPLOAD_ERROR\x10\x03\x12\x1d\n\x19\x46\x41ILURE_REASON_AGENT_LOST\x10\x04\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSUPPORTED\x10\x05\x12\x1b\n\x17\x46\x41ILURE_REASON_INTERNAL\x10\x06\x12 \n\x1c\x46\x41ILURE_REASON_OUT_OF_MEMORY\x10\x07\x12!\n\x1d\x46\x41ILURE_REASON_AGENT_SHUTDOWN\x10\x08\x12\x1c\n\x18\x46\x41ILURE_REASON_PREEMPTED\x10\t*W\n\nRunNetwork\x12\x1b\n\x17RUN_NETWORK_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_NETWORK_NONE\x10\x01\x12\x16\n\x12RUN_NETWORK_EGRESS\x10\x02*K\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x12\x0e\n\nROLE_AGENT\x10\x03*k\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x12\x14\n\x10LOG_STREAM_AGENT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,16 +38,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNSPEC_HYPERPARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_RUNSPEC_ENVENTRY']._loaded_options = None
   _globals['_RUNSPEC_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATE']._serialized_start=1162
-  _globals['_RUNSTATE']._serialized_end=1416
-  _globals['_FAILUREREASON']._serialized_start=1419
-  _globals['_FAILUREREASON']._serialized_end=1724
-  _globals['_RUNNETWORK']._serialized_start=1726
-  _globals['_RUNNETWORK']._serialized_end=1813
-  _globals['_ROLE']._serialized_start=1815
-  _globals['_ROLE']._serialized_end=1890
-  _globals['_LOGSTREAM']._serialized_start=1892
-  _globals['_LOGSTREAM']._serialized_end=1999
+  _globals['_RUNSTATE']._serialized_start=1449
+  _globals['_RUNSTATE']._serialized_end=1725
+  _globals['_FAILUREREASON']._serialized_start=1728
+  _globals['_FAILUREREASON']._serialized_end=2063
+  _globals['_RUNNETWORK']._serialized_start=2065
+  _globals['_RUNNETWORK']._serialized_end=2152
+  _globals['_ROLE']._serialized_start=2154
+  _globals['_ROLE']._serialized_end=2229
+  _globals['_LOGSTREAM']._serialized_start=2231
+  _globals['_LOGSTREAM']._serialized_end=2338
   _globals['_FRAMEWORK']._serialized_start=69
   _globals['_FRAMEWORK']._serialized_end=127
   _globals['_RESOURCES']._serialized_start=130
@@ -59,13 +59,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICPATTERN']._serialized_start=405
   _globals['_METRICPATTERN']._serialized_end=435
   _globals['_RUNSPEC']._serialized_start=438
-  _globals['_RUNSPEC']._serialized_end=987
-  _globals['_RUNSPEC_HYPERPARAMETERSENTRY']._serialized_start=865
-  _globals['_RUNSPEC_HYPERPARAMETERSENTRY']._serialized_end=943
-  _globals['_RUNSPEC_ENVENTRY']._serialized_start=945
-  _globals['_RUNSPEC_ENVENTRY']._serialized_end=987
-  _globals['_METRICPOINT']._serialized_start=989
-  _globals['_METRICPOINT']._serialized_end=1078
-  _globals['_LOGLINE']._serialized_start=1080
-  _globals['_LOGLINE']._serialized_end=1159
+  _globals['_RUNSPEC']._serialized_end=1090
+  _globals['_RUNSPEC_HYPERPARAMETERSENTRY']._serialized_start=968
+  _globals['_RUNSPEC_HYPERPARAMETERSENTRY']._serialized_end=1046
+  _globals['_RUNSPEC_ENVENTRY']._serialized_start=1048
+  _globals['_RUNSPEC_ENVENTRY']._serialized_end=1090
+  _globals['_CHECKPOINT']._serialized_start=1093
+  _globals['_CHECKPOINT']._serialized_end=1274
+  _globals['_METRICPOINT']._serialized_start=1276
+  _globals['_METRICPOINT']._serialized_end=1365
+  _globals['_LOGLINE']._serialized_start=1367
+  _globals['_LOGLINE']._serialized_end=1446
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     """The experiment's searcher stopped the run (ASHA rung, budget): not a
     failure; its GPUs were freed and billing ended when the agent stopped it.
     """
+    RUN_STATE_PAUSED: _RunState.ValueType  # 10
+    """Held off the agents with its latest checkpoint kept: `runyard pause`, or an ASHA rung
+    waiting for a promotion. Not terminal; RunResumed takes it back to QUEUED. Holds no GPUs
+    and bills nothing.
+    """
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
     """RunState is the run state machine of DESIGN.md."""
@@ -65,6 +70,11 @@ RUN_STATE_CANCELED: RunState.ValueType  # 8
 RUN_STATE_STOPPED_EARLY: RunState.ValueType  # 9
 """The experiment's searcher stopped the run (ASHA rung, budget): not a
 failure; its GPUs were freed and billing ended when the agent stopped it.
+"""
+RUN_STATE_PAUSED: RunState.ValueType  # 10
+"""Held off the agents with its latest checkpoint kept: `runyard pause`, or an ASHA rung
+waiting for a promotion. Not terminal; RunResumed takes it back to QUEUED. Holds no GPUs
+and bills nothing.
 """
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
@@ -93,6 +103,10 @@ class _FailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Failure
     """The agent was stopped on purpose (a graceful shutdown): an infrastructure event, so the
     run is re-queued without counting against its max_restarts.
     """
+    FAILURE_REASON_PREEMPTED: _FailureReason.ValueType  # 9
+    """The scheduler took the attempt's GPUs for another run (RunPreemptRequested): re-queued,
+    never counted against max_restarts, resumed from its latest checkpoint.
+    """
 
 class FailureReason(_FailureReason, metaclass=_FailureReasonEnumTypeWrapper):
     """FailureReason says why an attempt ended without results."""
@@ -115,6 +129,10 @@ FAILURE_REASON_OUT_OF_MEMORY: FailureReason.ValueType  # 7
 FAILURE_REASON_AGENT_SHUTDOWN: FailureReason.ValueType  # 8
 """The agent was stopped on purpose (a graceful shutdown): an infrastructure event, so the
 run is re-queued without counting against its max_restarts.
+"""
+FAILURE_REASON_PREEMPTED: FailureReason.ValueType  # 9
+"""The scheduler took the attempt's GPUs for another run (RunPreemptRequested): re-queued,
+never counted against max_restarts, resumed from its latest checkpoint.
 """
 Global___FailureReason: _TypeAlias = FailureReason  # noqa: Y015
 
@@ -388,6 +406,9 @@ class RunSpec(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
+    START_FROM_FIELD_NUMBER: _builtins.int
+    NOT_PREEMPTIBLE_FIELD_NUMBER: _builtins.int
+    PREEMPTION_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     command: _builtins.str
     """The command, hyperparameters already substituted."""
     code_uri: _builtins.str
@@ -402,6 +423,10 @@ class RunSpec(_message.Message):
     image: _builtins.str
     """The user's own image (manifest `image:`); empty: the framework's image."""
     network: Global___RunNetwork.ValueType
+    not_preemptible: _builtins.bool
+    """Manifest `preemptible: false` (or the account's policy): the scheduler never preempts it."""
+    preemption_grace_seconds: _builtins.int
+    """Manifest `preemption.grace`: SIGTERM to SIGKILL when the run is preempted or paused; 0: 60 s."""
     @_builtins.property
     def hyperparameters(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]: ...
     @_builtins.property
@@ -412,6 +437,12 @@ class RunSpec(_message.Message):
     def metric_patterns(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPattern]: ...
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def start_from(self) -> Global___Checkpoint:
+        """The checkpoint the run's first attempt starts from (`runyard submit --from RUN`, manifest
+        `from_run`); later attempts start from the run's own latest checkpoint when it has one.
+        """
+
     def __init__(
         self,
         *,
@@ -428,14 +459,73 @@ class RunSpec(_message.Message):
         priority: _builtins.int = ...,
         image: _builtins.str = ...,
         network: Global___RunNetwork.ValueType = ...,
+        start_from: Global___Checkpoint | None = ...,
+        not_preemptible: _builtins.bool = ...,
+        preemption_grace_seconds: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["framework", b"framework", "resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["framework", b"framework", "resources", b"resources", "start_from", b"start_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_uri", b"code_uri", "command", b"command", "data_uri", b"data_uri", "env", b"env", "framework", b"framework", "hyperparameters", b"hyperparameters", "image", b"image", "max_restarts", b"max_restarts", "metric_patterns", b"metric_patterns", "network", b"network", "priority", b"priority", "resources", b"resources", "results_uri", b"results_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_uri", b"code_uri", "command", b"command", "data_uri", b"data_uri", "env", b"env", "framework", b"framework", "hyperparameters", b"hyperparameters", "image", b"image", "max_restarts", b"max_restarts", "metric_patterns", b"metric_patterns", "network", b"network", "not_preemptible", b"not_preemptible", "preemption_grace_seconds", b"preemption_grace_seconds", "priority", b"priority", "resources", b"resources", "results_uri", b"results_uri", "start_from", b"start_from"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunSpec: _TypeAlias = RunSpec  # noqa: Y015
+
+@_typing.final
+class Checkpoint(_message.Message):
+    """Checkpoint is one complete checkpoint of a run, as stored: the files the run wrote under
+    $CHECKPOINT_DIR, uploaded under <results_uri>/checkpoints/<checkpoint_id>/, and a manifest
+    object (JSON: every file's relative path, size and sha256) written last. It exists for
+    Runyard once its RunCheckpointed event is stored, which the agent reports only after the
+    manifest is up: a checkpoint half uploaded when its agent died has no event and is never
+    restored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    MANIFEST_URI_FIELD_NUMBER: _builtins.int
+    MANIFEST_SHA256_FIELD_NUMBER: _builtins.int
+    TIME_US_FIELD_NUMBER: _builtins.int
+    checkpoint_id: _builtins.str
+    """"<attempt>-<seq>", unique within the run: e.g. "2-7" is attempt 2's seventh checkpoint."""
+    run_id: _builtins.str
+    """The run that wrote it (for a fork, another run of the same account)."""
+    attempt: _builtins.int
+    step: _builtins.int
+    """The training step it holds: the highest metric step the run had reported when it was taken."""
+    size_bytes: _builtins.int
+    files: _builtins.int
+    manifest_uri: _builtins.str
+    """Full URI of the manifest object, and the sha256 (hex) of its bytes."""
+    manifest_sha256: _builtins.str
+    time_us: _builtins.int
+    """Unix time in microseconds, as seen by the agent, when the manifest was stored."""
+    def __init__(
+        self,
+        *,
+        checkpoint_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        step: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+        files: _builtins.int = ...,
+        manifest_uri: _builtins.str = ...,
+        manifest_sha256: _builtins.str = ...,
+        time_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "checkpoint_id", b"checkpoint_id", "files", b"files", "manifest_sha256", b"manifest_sha256", "manifest_uri", b"manifest_uri", "run_id", b"run_id", "size_bytes", b"size_bytes", "step", b"step", "time_us", b"time_us"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
 
 @_typing.final
 class MetricPoint(_message.Message):

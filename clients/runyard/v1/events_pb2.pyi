@@ -260,6 +260,52 @@ class ExperimentCancelRequested(_message.Message):
 Global___ExperimentCancelRequested: _TypeAlias = ExperimentCancelRequested  # noqa: Y015
 
 @_typing.final
+class ExperimentPaused(_message.Message):
+    """ExperimentPaused: `runyard pause`. Its running runs are asked to pause (RunPauseRequested),
+    its queued runs are paused at once, and runs the searcher adds meanwhile start paused.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExperimentPaused: _TypeAlias = ExperimentPaused  # noqa: Y015
+
+@_typing.final
+class ExperimentResumed(_message.Message):
+    """ExperimentResumed: `runyard resume`. Its paused runs go back to the queue (RunResumed) and
+    continue from their latest checkpoints.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExperimentResumed: _TypeAlias = ExperimentResumed  # noqa: Y015
+
+@_typing.final
 class RunCreated(_message.Message):
     """RunCreated opens a run stream; the run starts QUEUED."""
 
@@ -583,6 +629,148 @@ class RunStoppedEarly(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunStoppedEarly: _TypeAlias = RunStoppedEarly  # noqa: Y015
+
+@_typing.final
+class RunCheckpointed(_message.Message):
+    """RunCheckpointed: the agent stored one complete checkpoint of the current attempt (manifest
+    last). The latest one is what the run's next attempt starts from.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    @_builtins.property
+    def checkpoint(self) -> _common_pb2.Checkpoint: ...
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        checkpoint: _common_pb2.Checkpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "checkpoint", b"checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCheckpointed: _TypeAlias = RunCheckpointed  # noqa: Y015
+
+@_typing.final
+class RunPreemptRequested(_message.Message):
+    """RunPreemptRequested: the scheduler takes the attempt's GPUs for another run. The agent sends
+    SIGTERM, waits the run's preemption grace, takes a last checkpoint and reports the stop; the
+    run is then re-queued (RunRequeued, reason PREEMPTED), uncharged against max_restarts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    BY_RUN_ID_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, for a person: "account b is below its fair share (0 of 2 GPUs)"."""
+    by_run_id: _builtins.str
+    """The queued run the GPUs are for."""
+    rule: _builtins.str
+    """Which rule: "fair-share" or "priority"."""
+    grace_seconds: _builtins.int
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        by_run_id: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        grace_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_run_id", b"by_run_id", "grace_seconds", b"grace_seconds", "reason", b"reason", "rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunPreemptRequested: _TypeAlias = RunPreemptRequested  # noqa: Y015
+
+@_typing.final
+class RunPauseRequested(_message.Message):
+    """RunPauseRequested: the run should stop with a checkpoint and wait PAUSED (an experiment's
+    pause, or an ASHA rung waiting for a promotion: rung > 0).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    RUNG_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    rung: _builtins.int
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        rung: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "rung", b"rung"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunPauseRequested: _TypeAlias = RunPauseRequested  # noqa: Y015
+
+@_typing.final
+class RunPaused(_message.Message):
+    """RunPaused: the run is held (attempt 0 when it was paused from the queue; otherwise the
+    attempt the agent stopped). It holds no GPUs; billing of that attempt ended here.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunPaused: _TypeAlias = RunPaused  # noqa: Y015
+
+@_typing.final
+class RunResumed(_message.Message):
+    """RunResumed: a paused run goes back to the queue; its next attempt starts from its latest
+    checkpoint.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    RUNG_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    rung: _builtins.int
+    """The ASHA rung the promotion is for (0: not a promotion)."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        rung: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "rung", b"rung"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunResumed: _TypeAlias = RunResumed  # noqa: Y015
 
 @_typing.final
 class RunLogged(_message.Message):

@@ -41,6 +41,8 @@ _TO_STAGING: Path = [*_TO_ASSIGNED, lambda r: r.report_staging(r.attempt)]
 _TO_RUNNING: Path = [*_TO_STAGING, lambda r: r.report_started(r.attempt)]
 _TO_UPLOADING: Path = [*_TO_RUNNING, lambda r: r.report_uploading(r.attempt, 0)]
 _CANCEL: Path = [lambda r: r.request_cancel("user")]
+_PAUSE: Path = [lambda r: r.request_pause("user")]
+_PREEMPT: Path = [lambda r: r.request_preempt("account b is below its fair share", "run-b", "fair-share", 60)]
 
 #: How a run reaches each starting state of the transition table. Runs allow one restart.
 PATHS: dict[str, Path] = {
@@ -62,6 +64,10 @@ PATHS: dict[str, Path] = {
         *_TO_RUNNING,
         lambda r: r.report_failed(r.attempt, common_pb2.FAILURE_REASON_USER_CODE, 1, "exit 1"),
     ],
+    "RUNNING+pause": [*_TO_RUNNING, *_PAUSE],
+    "RUNNING+preempt": [*_TO_RUNNING, *_PREEMPT],
+    "PAUSED": _PAUSE,
+    "PAUSED+ran": [*_TO_RUNNING, *_PAUSE, lambda r: r.report_canceled(r.attempt, "")],
     "CANCELED": _CANCEL,
     "CANCELED+stopped": [*_TO_RUNNING, *_CANCEL, lambda r: r.report_canceled(r.attempt, "user")],
 }

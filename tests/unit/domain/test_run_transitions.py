@@ -36,6 +36,9 @@ Outcome = Next | str
 HOLDING = ["ASSIGNED", "STAGING", "RUNNING", "UPLOADING"]
 HOLDING_CANCEL = [f"{s}+cancel" for s in HOLDING]
 QUEUES = ["QUEUED", "REQUEUED"]
+PAUSED = ["PAUSED", "PAUSED+ran"]
+#: Holding runs the control plane asked to pause or preempt: they end the way the request says.
+HOLDING_ASKED = ["RUNNING+pause", "RUNNING+preempt"]
 
 
 def _each(labels: list[str], outcome: Outcome) -> dict[str, Outcome]:
@@ -58,6 +61,18 @@ COMMANDS: dict[str, Callable[[Run], list[Message]]] = {
     "report canceled": lambda r: r.report_canceled(r.attempt, "user"),
     "agent lost": lambda r: r.agent_lost(AGENT),
     "another agent lost": lambda r: r.agent_lost(OTHER_AGENT),
+    "pause": lambda r: r.request_pause("user"),
+    "resume": lambda r: r.resume("user"),
+    "preempt": lambda r: r.request_preempt("account b is below its fair share", "run-b", "fair-share", 60),
+    "report checkpointed": lambda r: r.report_checkpointed(
+        r.attempt, common_pb2.Checkpoint(checkpoint_id=f"{r.attempt}-9", run_id=r.run_id, attempt=r.attempt, step=5)
+    ),
+}
+
+#: What a stopped attempt of a run asked to pause / be preempted becomes.
+_ASKED_ENDS = {
+    "RUNNING+pause": Next(S.RUN_STATE_PAUSED, events_pb2.RunPaused),
+    "RUNNING+preempt": Next(S.RUN_STATE_QUEUED, events_pb2.RunRequeued),
 }
 
 # Pairs not listed are refused with IllegalTransition.
@@ -74,10 +89,12 @@ TABLE: dict[str, dict[str, Outcome]] = {
         "STAGING+cancel": Next(S.RUN_STATE_RUNNING, events_pb2.RunStarted),
         "RUNNING": NOOP,
         "RUNNING+cancel": NOOP,
+        **_each(HOLDING_ASKED, NOOP),
     },
     "report uploading": {
         "RUNNING": Next(S.RUN_STATE_UPLOADING, events_pb2.RunUploading),
         "RUNNING+cancel": Next(S.RUN_STATE_UPLOADING, events_pb2.RunUploading),
+        **_each(HOLDING_ASKED, Next(S.RUN_STATE_UPLOADING, events_pb2.RunUploading)),
         "UPLOADING": NOOP,
         "UPLOADING+cancel": NOOP,
     },
@@ -87,33 +104,49 @@ TABLE: dict[str, dict[str, Outcome]] = {
         "COMPLETED": NOOP,
     },
     "report failed (user code)": {
-        **_each(HOLDING + HOLDING_CANCEL, Next(S.RUN_STATE_FAILED, events_pb2.RunFailed)),
+        **_each(HOLDING + HOLDING_CANCEL + HOLDING_ASKED, Next(S.RUN_STATE_FAILED, events_pb2.RunFailed)),
         "FAILED": NOOP,
         "REQUEUED": NOOP,
+        **_each(PAUSED, NOOP),
     },
     "report failed (infrastructure)": {
         **_each(HOLDING, Next(S.RUN_STATE_QUEUED, events_pb2.RunRequeued)),
         # A run someone asked to stop is not retried.
         **_each(HOLDING_CANCEL, Next(S.RUN_STATE_FAILED, events_pb2.RunFailed)),
+        **_ASKED_ENDS,
         "FAILED": NOOP,
         "REQUEUED": NOOP,
+        **_each(PAUSED, NOOP),
     },
     "cancel": {
-        **_each(QUEUES, Next(S.RUN_STATE_CANCELED, events_pb2.RunCanceled)),
-        **_same_state(HOLDING, events_pb2.RunCancelRequested),
+        **_each(QUEUES + PAUSED, Next(S.RUN_STATE_CANCELED, events_pb2.RunCanceled)),
+        **_same_state(HOLDING + HOLDING_ASKED, events_pb2.RunCancelRequested),
         **_each(HOLDING_CANCEL, NOOP),
     },
     "report canceled": {
         **_each(HOLDING + HOLDING_CANCEL, Next(S.RUN_STATE_CANCELED, events_pb2.RunCanceled)),
+        **_ASKED_ENDS,
         "CANCELED": NOOP,
         "CANCELED+stopped": NOOP,
+        # The attempt's end is recorded already (re-queued, paused): a redelivered report.
+        "REQUEUED": NOOP,
+        **_each(PAUSED, NOOP),
     },
     "agent lost": {
         **_each(list(PATHS), NOOP),
         **_each(HOLDING, Next(S.RUN_STATE_QUEUED, events_pb2.RunRequeued)),
         **_each(HOLDING_CANCEL, Next(S.RUN_STATE_CANCELED, events_pb2.RunCanceled)),
+        **_ASKED_ENDS,
     },
     "another agent lost": _each(list(PATHS), NOOP),
+    "pause": {
+        **_each(list(PATHS), NOOP),
+        **_each(QUEUES, Next(S.RUN_STATE_PAUSED, events_pb2.RunPaused)),
+        **_same_state([*HOLDING, "RUNNING+preempt"], events_pb2.RunPauseRequested),
+    },
+    "resume": {**_each(list(PATHS), NOOP), **_each(PAUSED, Next(S.RUN_STATE_QUEUED, events_pb2.RunResumed))},
+    "preempt": {**_each(list(PATHS), NOOP), **_same_state(HOLDING, events_pb2.RunPreemptRequested)},
+    "report checkpointed": _same_state(HOLDING + HOLDING_CANCEL + HOLDING_ASKED, events_pb2.RunCheckpointed),
 }
 
 PAIRS = [(label, command) for label in PATHS for command in COMMANDS]
