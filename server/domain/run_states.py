@@ -98,8 +98,9 @@ TRANSITIONS: dict[type[Message], Transition] = {
 }
 
 #: How far along its life a run is in each state: an end is as far as a run goes.
-PROGRESS: dict[RunStateValue, int] = {QUEUED: 0, PAUSED: 0, ASSIGNED: 1, STAGING: 2, RUNNING: 3, UPLOADING: 4} | {
-    state: 5 for state in TERMINAL
+#: PAUSED ends its attempt: a report of that attempt arriving now is late, as after a terminal state.
+PROGRESS: dict[RunStateValue, int] = {QUEUED: 0, ASSIGNED: 1, STAGING: 2, RUNNING: 3, UPLOADING: 4} | {
+    state: 5 for state in TERMINAL | {PAUSED}
 }
 
 

@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from runyard.server.domain.errors import DomainError
 from runyard.server.domain.run import Run
-from runyard.server.domain.run_states import HOLDING_SLOTS, TERMINAL, TRANSITIONS
+from runyard.server.domain.run_states import HOLDING_SLOTS, TERMINAL, TRANSITIONS, UNCHARGED_REASONS
 from runyard.v1 import common_pb2, events_pb2
 
 from .runs import new_run
@@ -139,7 +139,7 @@ class RunMachine(RuleBasedStateMachine):
         charged = [
             e
             for e in self.log
-            if isinstance(e, events_pb2.RunRequeued) and e.reason != common_pb2.FAILURE_REASON_AGENT_SHUTDOWN
+            if isinstance(e, events_pb2.RunRequeued) and e.reason not in UNCHARGED_REASONS
         ]
         assert run.restarts == len(charged), "only charged re-queues count against max_restarts"
         if run.state in HOLDING_SLOTS:

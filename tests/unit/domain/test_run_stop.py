@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from runyard.server.domain.errors import IllegalTransition, StaleAttempt
 from runyard.server.domain.run import Run
-from runyard.server.domain.run_states import HOLDING_SLOTS, TERMINAL, RunStateValue, state_name
+from runyard.server.domain.run_states import HOLDING_SLOTS, TERMINAL, WAITING, RunStateValue, state_name
 from runyard.v1 import common_pb2, events_pb2
 
 from .runs import AGENT, OTHER_AGENT, PATHS, Path, new_run, step
@@ -96,8 +96,9 @@ def _advance(source: str, target: str, event: type[Message]) -> dict[str, Outcom
 # pairs not listed are refused with IllegalTransition.
 TABLE: dict[str, dict[str, Outcome]] = {
     "stop": {
-        **_each(QUEUES, Next(S.RUN_STATE_STOPPED_EARLY, events_pb2.RunStoppedEarly)),
-        **_stays(HOLDING, events_pb2.RunStopRequested),
+        # A paused run ends at once, as a queued one does; a stop beats a pause or preemption under way.
+        **_each([*QUEUES, "PAUSED", "PAUSED+ran"], Next(S.RUN_STATE_STOPPED_EARLY, events_pb2.RunStoppedEarly)),
+        **_stays([*HOLDING, "RUNNING+pause", "RUNNING+preempt"], events_pb2.RunStopRequested),
         **_each([f"{s}+cancel" for s in HOLDING], NOOP),
         **_each(STOPPING, NOOP),
         "RUNNING+stop+cancel": NOOP,
@@ -253,7 +254,7 @@ def test_apply_accepts_a_stop_request_only_while_the_run_holds_slots(label: str)
 @pytest.mark.parametrize("label", list(STOP_PATHS))
 def test_apply_refuses_stopped_early_after_the_run_ended(label: str) -> None:
     run, _ = run_in(label)
-    attempt = 0 if run.state == S.RUN_STATE_QUEUED else run.attempt
+    attempt = 0 if run.state in WAITING else run.attempt
     event = events_pb2.RunStoppedEarly(attempt=attempt, reason="asha")
     if run.state in TERMINAL:
         with pytest.raises(IllegalTransition, match=f"is {run.state_name}; cannot report stopped"):
