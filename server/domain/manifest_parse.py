@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, cast
 
@@ -185,7 +186,7 @@ def _kind(value: object) -> str:
 def _quoted(text: str) -> str:
     """A string as JSON quotes it (every control character escaped), cut after 40 characters."""
     shown = json.dumps(text[:40])
-    return shown if len(text) <= 40 else f"{shown[:-1]}...\""
+    return shown if len(text) <= 40 else f'{shown[:-1]}..."'
 
 
 def _at(path: str, key: object) -> str:
@@ -639,6 +640,9 @@ class _Parser:
             self.error(_at(path, "min"), "must be greater than 0 on a log scale")
         if high < low:
             self.error(_at(path, "max"), f"must be at least min ({low})")
+        elif not log and not math.isfinite(high - low) and not self.stored:
+            # Samplers draw min + u * (max - min): a width beyond a double's range overflows there.
+            self.error(_at(path, "max"), f"must be within {sys.float_info.max:.6g} of min ({low})")
         return LogRange(low, high, base, count) if log else DoubleRange(low, high, count)
 
     # -- search --------------------------------------------------------------

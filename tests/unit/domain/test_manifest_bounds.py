@@ -224,3 +224,11 @@ def test_a_command_is_bounded_with_its_longest_values_filled_in() -> None:
         "is 4097 characters long"
         in refused(manifest(x={"type": "categorical", "values": ["v" * 4097]}))["hyperparameters.x.values[0]"]
     )
+
+
+def test_a_double_range_wider_than_a_double_holds_is_refused() -> None:
+    """Each bound is finite, but max - min is not: a sampler's min + u * (max - min) would overflow."""
+    errors = refused(
+        manifest(x={"type": "double", "min": -1.7e308, "max": 1.7e308}, search="{method: random, max_runs: 2}")
+    )
+    assert "within" in errors["hyperparameters.x.max"]
