@@ -218,6 +218,22 @@ def upload_results(store: ObjectStore, result_dir: Path, results_uri: str) -> Up
     return Uploaded(files, size, tuple(links))
 
 
+def upload_attempt_output(store: ObjectStore, dirs: RunDirs, results_uri: str, attempt: int, with_results: bool) -> int:
+    """<results_uri>/attempts/<attempt>/: result/ (`with_results`: the attempt did not complete, its
+    results would be lost with its folder) and output.log; returns the result files. Raises ObjectStoreError.
+
+    Links in result/ are never followed (as in upload_results).
+    """
+    check_uri("results", results_uri)
+    prefix = f"{results_uri.rstrip('/')}/attempts/{attempt}"
+    files = 0
+    if with_results and dirs.result.is_dir() and not dirs.result.is_symlink():
+        files = store.upload_dir(dirs.result, prefix, follow_symlinks=False)
+    if dirs.transcript.is_file():
+        store.upload_file(dirs.transcript, f"{prefix}/output.log")
+    return files
+
+
 def _walk_links(path: Path, found: Callable[[Path], None]) -> None:
     for dirpath, dirnames, filenames in os.walk(path):
         for name in [*dirnames, *filenames]:
