@@ -85,6 +85,8 @@ log = structlog.get_logger(__name__)
 
 # A run ASSIGNED this long without its agent's heartbeats listing the attempt is dispatched again.
 REDISPATCH_AFTER_S = 6.0
+# SIGTERM-to-SIGKILL seconds of a graceful stop (pause, preemption) when the run's spec names none.
+DEFAULT_STOP_GRACE_S = 60
 # Heartbeats sent this soon after a dispatch may predate the agent taking the work.
 HEARTBEAT_GRACE_S = 2.5
 # Replicas that do not lead try for the lock this often; the leader checks it still holds it as often.
@@ -442,11 +444,18 @@ class Scheduler:
         self._dispatched[(run_id, attempt)] = (time.monotonic(), resend + 1)
         self._sent_at[(run_id, attempt)] = time.monotonic()
 
-    async def send_cancel(self, run_id: str) -> None:
+    async def send_cancel(self, run_id: str, reason: str = "", graceful: bool = False) -> None:
+        """Ask the agent holding the run to stop it; `graceful`: with the run's preemption grace (or 60 s)."""
         run = await asyncio.to_thread(self._ctx.queries.get_run, run_id)
         if run is None or not run.agent_id:
             return
-        control = agent_pb2.AgentControl(cancel=agent_pb2.CancelAttempt(run_id=run_id, attempt=run.attempt))
+        grace = 0
+        if graceful:
+            specs = await asyncio.to_thread(self.reads.specs, [run_id])
+            spec = specs[run_id][1] if run_id in specs else None
+            grace = (spec.preemption_grace_seconds if spec is not None else 0) or DEFAULT_STOP_GRACE_S
+        cancel = agent_pb2.CancelAttempt(run_id=run_id, attempt=run.attempt, grace_seconds=grace, reason=reason)
+        control = agent_pb2.AgentControl(cancel=cancel)
         await self._js.publish(
             bus.control_subject(run.agent_id),
             control.SerializeToString(),

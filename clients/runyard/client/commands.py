@@ -519,6 +519,36 @@ def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_pause(args: argparse.Namespace, ctx: Context) -> int:
+    return _pause_or_resume(args, ctx, pause=True)
+
+
+def cmd_resume(args: argparse.Namespace, ctx: Context) -> int:
+    return _pause_or_resume(args, ctx, pause=False)
+
+
+def _pause_or_resume(args: argparse.Namespace, ctx: Context, pause: bool) -> int:
+    if id_kind(args.experiment) != "experiment":
+        raise ClientError(f"{args.experiment}: pause and resume take an experiment id (exp-...)")
+    client = ctx.client()
+    reason = args.reason or ""
+    if pause:
+        experiment = client.pause_experiment(args.experiment, reason)
+    else:
+        experiment = client.resume_experiment(args.experiment, reason)
+    if ctx.json:
+        render.print_json(render.to_dict(experiment))
+        return 0
+    what = "paused" if pause else "resumed"
+    ctx.out.print(
+        f"{experiment.id} {what} ({render.experiment_state_name(experiment.state)}): "
+        f"{render.runs_summary(dict(experiment.runs_by_state))}",
+        markup=False,
+        highlight=False,
+    )
+    return 0
+
+
 # -- object storage: download, data upload, data ls ------------------------------------------
 
 
