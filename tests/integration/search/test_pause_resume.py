@@ -207,11 +207,11 @@ def test_a_paused_search_keeps_every_decision_across_a_kill_and_the_resume(stack
     channel, stubs = stubs_at(f"127.0.0.1:{port}", stack.admin_key)
     with channel:
         # The new server replays the search: paused runs are alive, so no trial is added for them.
-        got = wait_until(
-            "the restarted server to show the experiment PAUSED",
-            lambda: (e := experiment(stubs, exp.id)).state == ES.EXPERIMENT_STATE_PAUSED and e,
-            stack=stack,
-        )
+        def shown_paused() -> resources_pb2.Experiment | None:
+            got = experiment(stubs, exp.id)
+            return got if got.state == ES.EXPERIMENT_STATE_PAUSED else None
+
+        got = wait_until("the restarted server to show the experiment PAUSED", shown_paused, stack=stack)
         assert got.run_count == trials_when_paused
         assert all(r.state == RS.RUN_STATE_PAUSED for r in runs_of(stubs, exp.id))
         resume(stubs, exp.id)
