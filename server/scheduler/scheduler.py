@@ -104,12 +104,13 @@ CYCLE_WINDOW_PER_ACCOUNT = 1000
 SNAPSHOT_REUSE_S = 1.0
 # A cycle lays at most this many run transitions over the read models (`_overlaid`); more: it catches them up.
 OVERLAY_LIMIT = 500
-# Events the read models must show before a cycle may rely on them: re-queues, agents, plans. (New runs are
-# laid over the snapshot from their RunCreated, so a submit does not wait for the read models.)
+# Events the read models must show before a cycle may rely on them: re-queues and resumes, agents, plans. (New
+# runs are laid over the snapshot from their RunCreated, so a submit does not wait for the read models.)
 _NEEDS_READ_MODELS = frozenset(
     t.DESCRIPTOR.full_name
     for t in (
         events_pb2.RunRequeued,
+        events_pb2.RunResumed,
         events_pb2.AgentRegistered,
         events_pb2.AgentLost,
         events_pb2.AgentDrainRequested,
