@@ -226,13 +226,14 @@ def add_trial(cmd: c.AddTrial, uow: UnitOfWork) -> tuple[int, bool]:
     added, created = experiment.add_trial(cmd.index, cmd.values)
     opening: list[Message] = [created]
     ids = [uuid.uuid5(cmd.event_id, "run")]
-    if experiment.paused and not experiment.cancel_requested:
-        opening.append(events_pb2.RunPaused(attempt=0, reason=EXPERIMENT_PAUSE))
-        ids.append(uuid.uuid5(cmd.event_id, "paused"))
     with uow.transaction() as tx:
         first = tx.append(
             ev.experiment_stream(cmd.experiment_id), [added], correlation_id=cmd.experiment_id, ids=[cmd.event_id]
         )
+        if first.appended and experiment.paused and not experiment.cancel_requested:
+            # New now (not a decision stored before): it starts paused, in its opening commit.
+            opening.append(events_pb2.RunPaused(attempt=0, reason=EXPERIMENT_PAUSE))
+            ids.append(uuid.uuid5(cmd.event_id, "paused"))
         tx.append(ev.run_stream(created.run_id), opening, NO_STREAM, cmd.experiment_id, ids)
     position = tx.last_position
     if first.appended and not experiment.paused and load(uow, EXPERIMENT, cmd.experiment_id).paused:
