@@ -194,6 +194,19 @@ def _resume_if_paused_for_experiment(run: Run) -> list[Message]:
     return run.resume(EXPERIMENT_RESUME)
 
 
+def resume_within(experiment: Experiment, run: Run, reason: str = "", rung: int = 0) -> list[Message]:
+    """A searcher's resume of a paused run (ASHA's promotion) that respects its experiment's pause.
+
+    While the experiment is paused the run is resumed and paused again for the
+    experiment in one commit (RunResumed, RunPaused attempt 0): the promotion is
+    recorded, and the experiment's resume queues the run later.
+    """
+    resumed = run.resume(reason, rung)
+    if resumed and experiment.paused:
+        return [*resumed, events_pb2.RunPaused(attempt=0, reason=EXPERIMENT_PAUSE)]
+    return resumed
+
+
 def settle_paused_run(cmd: c.SettlePausedRun, uow: UnitOfWork) -> int:
     """After a RunPaused: a run paused for its experiment that was resumed (or ended) meanwhile queues again."""
     run = load(uow, RUN, cmd.run_id)

@@ -164,3 +164,20 @@ def test_the_experiment_aggregate_records_pause_and_resume() -> None:
     assert not experiment.paused and experiment.resume() == []
     with pytest.raises(IllegalTransition, match="ENDED"):
         experiment.pause(runs_ended=True)
+
+
+def test_a_searchers_resume_while_the_experiment_is_paused_waits_for_the_experiments_resume(
+    event_store: EventStore,
+) -> None:
+    from runyard.server.app.experiments import resume_within
+
+    bus, _ = bus_with_effects(event_store)
+    experiment_id, (run_id,) = submitted_runs(bus)
+    uow = UnitOfWork(event_store)
+    change(uow, RUN, run_id, lambda r: r.request_pause("asha", rung=1))
+    handle(bus, PauseExperiment(experiment_id))
+    experiment = bus.load(EXPERIMENT, experiment_id)
+    change(uow, RUN, run_id, lambda r: resume_within(experiment, r, "promoted", rung=1))
+    assert states(bus, [run_id]) == ["PAUSED"] and bus.load(RUN, run_id).pause_reason == EXPERIMENT_PAUSE
+    handle(bus, ResumeExperiment(experiment_id))
+    assert states(bus, [run_id]) == ["QUEUED"]
