@@ -284,6 +284,8 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
 
 def _search_status(experiment: resources_pb2.Experiment) -> str:
     """'searching' while the searcher may add runs, then why it stopped ("" for a plain experiment)."""
+    if experiment.state == resources_pb2.EXPERIMENT_STATE_PAUSED:
+        return f"paused (`runyard resume {experiment.id}` goes on)"
     if experiment.searching:
         return "searching (the searcher adds runs as slots free)"
     return f"ended: {experiment.end_reason}" if experiment.end_reason else ""

@@ -19,6 +19,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 def test_pause_then_resume_print_the_experiment_state(fake: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "--endpoint", fake.endpoint, "pause", "exp-1")
     assert code == 0 and out.startswith("exp-1 paused (PAUSED): ")
+    code, out, _ = run_cli(capsys, "--endpoint", fake.endpoint, "show", "exp-1")
+    assert code == 0 and "PAUSED" in out and "runyard resume exp-1" in out
     code, out, _ = run_cli(capsys, "--endpoint", fake.endpoint, "-o", "json", "resume", "exp-1", "--reason", "go")
     assert code == 0 and json.loads(out)["state"] == "EXPERIMENT_STATE_ACTIVE"
 
