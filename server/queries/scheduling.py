@@ -342,8 +342,10 @@ def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message, int]])
                 False,
             )
         elif held is None:
-            ended = isinstance(msg, events_pb2.RunCanceled | events_pb2.RunStoppedEarly | events_pb2.RunPaused)
-            if ended and msg.attempt == 0:
+            if (
+                isinstance(msg, events_pb2.RunCanceled | events_pb2.RunStoppedEarly | events_pb2.RunPaused)
+                and msg.attempt == 0
+            ):
                 queue.pop(run_id, None)  # ended (or paused) straight from the queue: it waits for nothing
             continue
         elif isinstance(
