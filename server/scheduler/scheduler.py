@@ -67,6 +67,7 @@ from typing import Any
 import structlog
 
 from runyard import bus
+from runyard.server.app.aggregates import RUN
 from runyard.server.app.bus import MessageBus
 from runyard.server.app.commands import AssignRun, AssignRuns, DeclareAgentLost, ExpireAttempt
 from runyard.server.app.unit_of_work import Outcome
@@ -477,7 +478,20 @@ class Scheduler:
         await self._resend(assigned, fresh=True)
         for h in snapshot.holding:
             if h.cancel_requested:
-                await self.send_cancel(h.run_id)
+                await self._resend_stop(h.run_id)
+
+    async def _resend_stop(self, run_id: str) -> None:
+        """The stop a run was asked for, again: a pause keeps its grace (and last checkpoint) and its reason."""
+        try:
+            run = await asyncio.to_thread(self._bus.load, RUN, run_id)
+        except Exception:
+            log.exception("cannot read the run to re-send its stop; sending a plain cancel", run_id=run_id)
+            await self.send_cancel(run_id)
+            return
+        if run.pause_requested and not (run.cancel_requested or run.stop_requested):
+            await self.send_cancel(run_id, reason=run.pause_reason, graceful=True)
+        else:
+            await self.send_cancel(run_id)
 
     async def _resend(self, runs: Sequence[Holding], fresh: bool) -> None:
         if not runs:
