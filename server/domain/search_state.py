@@ -18,7 +18,9 @@ searcher, stop the runs still going) are made when that event is read back,
 so they too are a function of the log alone.
 
 GPU time is counted as billing counts it (`domain.billing`): from RunAssigned
-to the attempt's end, times its GPUs, from the events' recorded times.
+to the attempt's end (RunPaused included), times its GPUs, from the events'
+recorded times. A paused run has not ended: it counts against max_parallel
+and the searcher waits for it, as for a queued one.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ INPUT_TYPES: tuple[type[Message], ...] = (
     events_pb2.ExperimentBudgetSpent,
     events_pb2.RunAssigned,
     events_pb2.RunRequeued,
+    events_pb2.RunPaused,
     events_pb2.RunMetricsReported,
     *_ENDINGS,
 )
@@ -287,12 +290,12 @@ class Searches:
             use.gpus, use.since = len(msg.gpu_ids), at
             return []
         outcome = _ENDINGS.get(type(msg))
-        if outcome is None and not isinstance(msg, events_pb2.RunRequeued):
+        if outcome is None and not isinstance(msg, events_pb2.RunRequeued | events_pb2.RunPaused):
             return []
         if use.since is not None:
             search.gpu_seconds += use.gpus * max(0.0, (at - use.since).total_seconds())
             use.since = None
-        if outcome is None:  # re-queued: the run goes on, only its GPU time stopped
+        if outcome is None:  # re-queued or paused: the run is alive (not ended), only its GPU time stopped
             return []
         use.ended = True
         if search.searcher is None:
