@@ -69,6 +69,10 @@ def experiment_state(cancel_requested: bool, counts: dict[int, int], run_count: 
     return resources_pb2.EXPERIMENT_STATE_COMPLETED
 
 
+# `_whole_history`'s statement for psycopg's binary cursor.
+_BATCHES_SQL = "SELECT points, counts FROM metric_batches WHERE run_id = %s ORDER BY position"
+
+
 class Queries:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -331,10 +335,14 @@ class Queries:
         tenth of the time of decoding and adding them row by row (bench/metric_history.py).
         """
         t = schema.metric_batches
+        query = select(t.c.points, t.c.counts).where(t.c.run_id == run_id).order_by(t.c.position)
         with self._engine.connect() as conn:
-            rows = conn.execute(
-                select(t.c.points, t.c.counts).where(t.c.run_id == run_id).order_by(t.c.position)
-            ).cursor.fetchall()
+            if conn.dialect.name == "postgresql":
+                # Binary results: bytea as it is, not hex text to decode (half the fetch time for 10,000 points).
+                cursor = conn.connection.dbapi_connection.cursor(binary=True)  # type: ignore[union-attr]
+                rows = cursor.execute(_BATCHES_SQL, (run_id,)).fetchall()
+            else:
+                rows = conn.execute(query).cursor.fetchall()
         counts: dict[str, int] = {}
         for _, batch_counts in rows:
             for name, n in json.loads(batch_counts).items():
