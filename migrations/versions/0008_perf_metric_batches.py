@@ -43,8 +43,9 @@ def upgrade() -> None:
     )
     batches = sa.table("metric_batches", *(sa.column(c) for c in ("position", "run_id", "points", "counts")))
     conn = op.get_bind()
-    query = sa.select(
+    page = sa.select(
         points.c.position,
+        points.c.idx,
         points.c.run_id,
         points.c.name,
         points.c.step,
@@ -52,34 +53,37 @@ def upgrade() -> None:
         points.c.time_us,
         points.c.source,
     ).order_by(points.c.position, points.c.idx)
-    pending: list[dict[str, object]] = []
+    # Page by (position, idx), so a log of millions of points is never in memory at once; a position's points
+    # may span two pages: its batch is closed only when the next position begins.
     current: tuple[int, str] | None = None
     reply = run_service_pb2.GetRunMetricsResponse()
     counts: dict[str, int] = {}
+    after = (-1, -1)
+    while rows := conn.execute(
+        page.where(sa.tuple_(points.c.position, points.c.idx) > sa.tuple_(*after)).limit(_PAGE)
+    ).all():
+        pending: list[dict[str, object]] = []
+        for position, idx, run_id, name, step, value, time_us, source in rows:
+            if current is None or current[0] != position:
+                if current is not None:
+                    pending.append(_batch(current, reply, counts))
+                current, reply, counts = (position, run_id), run_service_pb2.GetRunMetricsResponse(), {}
+            reply.points.add(name=name, step=step, value=value, time_us=time_us, source=source)
+            counts[name] = counts.get(name, 0) + 1
+            after = (position, idx)
+        if pending:
+            conn.execute(batches.insert(), pending)
+    if current is not None:
+        conn.execute(batches.insert(), [_batch(current, reply, counts)])
 
-    def close() -> None:
-        if current is not None:
-            pending.append(
-                {
-                    "position": current[0],
-                    "run_id": current[1],
-                    "points": reply.SerializeToString(),
-                    "counts": json.dumps(counts),
-                }
-            )
 
-    for position, run_id, name, step, value, time_us, source in conn.execute(query):
-        if current is None or current[0] != position:
-            close()
-            if len(pending) >= 1000:
-                conn.execute(batches.insert(), pending)
-                pending = []
-            current, reply, counts = (position, run_id), run_service_pb2.GetRunMetricsResponse(), {}
-        reply.points.add(name=name, step=step, value=value, time_us=time_us, source=source)
-        counts[name] = counts.get(name, 0) + 1
-    close()
-    if pending:
-        conn.execute(batches.insert(), pending)
+_PAGE = 20_000
+
+
+def _batch(
+    key: tuple[int, str], reply: run_service_pb2.GetRunMetricsResponse, counts: dict[str, int]
+) -> dict[str, object]:
+    return {"position": key[0], "run_id": key[1], "points": reply.SerializeToString(), "counts": json.dumps(counts)}
 
 
 def downgrade() -> None:
