@@ -1,16 +1,23 @@
 """The floor under submit -> RUNNING and a GPU's turn: each hop's raw cost on this machine, now.
 
 Submit -> RUNNING is a chain of hops, each waiting on the one before: the
-CreateExperiment call, its commit (ExperimentCreated + RunCreated), the
+CreateExperiment call and its commit (ExperimentCreated + RunCreated), the
 scheduler's commit of RunAssigned, a JetStream publish of the work and the
-agent's pull, the agent's RunStaging and RunStarted reports (each a JetStream
-publish acked, then stored by ingest in a commit of its own), the command's
-spawn, and the watcher's read. This measures the raw primitives those hops
-are made of, with nothing of Runyard's around them: one PostgreSQL
-transaction of one INSERT (psycopg, autocommit off, commit), a JetStream
-publish with its ack plus a pull of the same message, and an asyncio
-subprocess spawn of ``true`` to its exit. Their sum over the chain is the
-floor a design of these hops cannot go under on this machine.
+agent's pull, the agent's RunStaging report (a JetStream publish acked, stored
+by ingest in a commit), the spawn of the command and of its guard, the
+RunStarted report and its commit, and the watcher's read. A GPU's turn
+(bench/overhead.py) adds to the command: the uploading and completed reports'
+acks, RunCompleted's commit, RunAssigned's commit, the work's and the staging
+report's round trips, the two spawns, and the sandbox's own setup before the
+command runs (bwrap's namespaces and mounts: a spawn in the sandbox to its
+exit, less a bare one).
+
+This measures those primitives with nothing of Runyard's around them: one
+PostgreSQL transaction of one INSERT (psycopg, commit), a JetStream publish
+with its ack plus a pull of the same message, and an asyncio subprocess spawn
+of ``true`` to its exit, bare and (where bwrap works) with the agent's own
+bwrap command line (agent/sandbox.py). Each chain's sum is the floor a design
+of these hops cannot go under on this machine.
 
     .venv/bin/python bench/latency_floor.py [--repeat 200]
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -34,8 +42,10 @@ import psycopg
 
 from tests.support.services import NatsServer, postgres_database
 
-# Hops of submit -> RUNNING (bench/submit_latency.py) of each kind, on the critical path.
-CHAIN = {"commit": 4, "jetstream_round_trip": 3, "spawn": 1}
+# Hops of each kind on the critical path of submit -> RUNNING (bench/submit_latency.py)...
+CHAIN = {"commit": 4, "jetstream_round_trip": 3, "spawn": 2}
+# ...and of a GPU's turn beyond its command (bench/overhead.py; the sandbox's setup where there is one).
+TURN_CHAIN = {"commit": 2, "jetstream_round_trip": 4, "spawn": 2, "sandbox_setup": 1}
 
 
 def figures(took: list[float]) -> dict[str, float]:
@@ -76,14 +86,33 @@ async def jetstream(url: str, repeat: int) -> list[float]:
     return took
 
 
-async def spawns(repeat: int) -> list[float]:
+async def spawns(repeat: int, argv: list[str]) -> list[float]:
     took = []
     for _ in range(repeat):
         started = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec("true")
+        proc = await asyncio.create_subprocess_exec(*argv)
         await proc.wait()
         took.append(time.perf_counter() - started)
     return took
+
+
+def sandboxed_true(root: Path) -> list[str] | None:
+    """The agent's bwrap command line for `true` (agent/sandbox.py), or None where bwrap does not work."""
+    from runyard.agent import sandbox, staging
+
+    try:
+        bwrap, _ = sandbox.probe(sandbox.SandboxMode.BWRAP, [sys.executable], [])
+    except sandbox.SandboxError:
+        return None
+    assert bwrap is not None
+    dirs = staging.RunDirs(**{f.name: root / f.name for f in dataclasses.fields(staging.RunDirs)})
+    for name, path in vars(dirs).items():
+        if name == "metrics_file":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    return bwrap.argv("true", dirs, sys.executable)
 
 
 def main() -> None:
@@ -97,13 +126,23 @@ def main() -> None:
             hops = {
                 "commit": figures(commits(url, args.repeat)),
                 "jetstream_round_trip": figures(asyncio.run(jetstream(nats_server.url, args.repeat))),
-                "spawn": figures(asyncio.run(spawns(args.repeat))),
+                "spawn": figures(asyncio.run(spawns(args.repeat, ["true"]))),
             }
+            sandboxed = sandboxed_true(Path(tmp) / "run")
+            if sandboxed is not None:
+                hops["spawn_in_bwrap_sandbox"] = figures(asyncio.run(spawns(args.repeat, sandboxed)))
         finally:
             nats_server.stop()
     result["hops"] = hops
     result["submit_to_running_chain"] = CHAIN
+    if "spawn_in_bwrap_sandbox" in hops:
+        setup = hops["spawn_in_bwrap_sandbox"]["p50_ms"] - hops["spawn"]["p50_ms"]
+        hops["sandbox_setup"] = {"p50_ms": round(setup, 2)}
     result["submit_to_running_floor_p50_ms"] = round(sum(hops[k]["p50_ms"] * n for k, n in CHAIN.items()), 2)
+    result["gpu_turn_chain"] = TURN_CHAIN
+    turn = sum(hops[k]["p50_ms"] * n for k, n in TURN_CHAIN.items() if k in hops)
+    result["gpu_turn_floor_p50_ms"] = round(turn, 2)
+    result["overhead_floor_percent_for_1s_runs"] = round(turn / 1000 * 100, 2)
     result["load_average_1m_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))
 
