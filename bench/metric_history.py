@@ -13,7 +13,9 @@ timed the same way.
                                              [--no-mlflow]
 
 Prints one JSON document: each side's p50 and min in milliseconds, the ratio,
-and the load average before and after.
+and the load average before and after. ``rows_path`` is Runyard's same history
+read through a names filter, row by row from metric_points (how every history
+was read before the serialized metric_batches), timed in the same invocation.
 """
 
 from __future__ import annotations
@@ -75,7 +77,17 @@ def measure_runyard(db: str, points: int, repeat: int) -> dict[str, object]:
                         raise TimeoutError("the projection never showed every point")
                     time.sleep(0.2)
                 got = len(client.get_run_metrics(run_id))
-                return {"database": db, "points": got, **timings_ms(lambda: client.get_run_metrics(run_id), repeat)}
+                whole = timings_ms(lambda: client.get_run_metrics(run_id), repeat)
+                # The same points through a names filter, which reads metric_points row by row: the way every
+                # history was read before metric_batches (migration 0008), measured beside it.
+                rows = timings_ms(lambda: client.get_run_metrics(run_id, ["loss"]), repeat)
+                return {
+                    "database": db,
+                    "points": got,
+                    **whole,
+                    "rows_path": rows,
+                    "rows_path_over_batches_p50": round(rows["p50_ms"] / whole["p50_ms"], 2),
+                }
         except Exception:
             print(stack.logs(), file=sys.stderr)
             raise

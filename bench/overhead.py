@@ -1,6 +1,6 @@
 """Bookkeeping overhead: N runs of a 1-second command on K GPU slots, against the ideal N/K seconds.
 
-The same test Ray Tune publishes (14% overhead there; goal here: under 5%).
+The same test Ray Tune publishes (14% overhead there; goal here, issue 12: under 2% for 480 runs on 8 slots).
 A real `runyard server` (PostgreSQL, a private nats-server) and real
 `runyard agent` processes with declared GPUs (`--gpus 4xH100`) run one
 experiment of N runs of `sleep 1`, one GPU each. Wall time is read from the
@@ -9,7 +9,7 @@ per run on average: assignment to command start (dispatch + staging), the
 command (1 s + process start), exit to completion (upload), a GPU's idle
 gap between one run's completion and the next assignment of that GPU, and a
 GPU's turn (one assignment to its next: the 1 s plus all the bookkeeping).
-`overhead_ratio` is checked against `goal_overhead_ratio` (0.05) in `goal_met`.
+`overhead_ratio` is checked against `goal_overhead_ratio` (0.02) in `goal_met`.
 `--keep-logs DIR` keeps the server and agent logs and every event's time
 (events.tsv) for a closer look.
 
@@ -46,8 +46,8 @@ from runyard.v1 import admin_service_pb2, events_pb2, experiment_service_pb2, re
 from tests.support.services import NatsServer, postgres_database
 from tests.support.stack import Stack, Stubs
 
-# The goal: observed wall time within 5% of the ideal N/K seconds (Ray Tune publishes 14%).
-GOAL_RATIO = 0.05
+# The goal (issue 12): observed wall time within 2% of the ideal N/K seconds (Ray Tune publishes 14%).
+GOAL_RATIO = 0.02
 
 
 def manifest(runs: int, seconds: float = 1.0) -> str:
@@ -180,7 +180,7 @@ def measure(
         "overhead_percent": round(overhead * 100, 2),
         "overhead_ratio": round(overhead, 4),
         "ray_tune_published_overhead_percent": 14,
-        "goal_overhead_percent": 5,
+        "goal_overhead_percent": round(GOAL_RATIO * 100, 2),
         "goal_overhead_ratio": GOAL_RATIO,
         "goal_met": overhead < GOAL_RATIO,
         "per_run_mean_seconds": {

@@ -26,7 +26,7 @@ from runyard.server.domain.events import decode
 from runyard.server.domain.run_states import TERMINAL
 from runyard.server.store import RecordedEvent, dialects
 from runyard.storable import fit, storable
-from runyard.v1 import common_pb2, events_pb2
+from runyard.v1 import common_pb2, events_pb2, run_service_pb2
 
 from . import schema
 
@@ -545,9 +545,10 @@ class RunsProjector:
         # Each kind touches its own table (metrics only the runs' latest values), so kinds apply one after another.
         for key, event, msg in by_kind["run"]:
             self._run_event(runs, key, event, msg)
+        batches: list[Row] = []
         for _, event, msg in by_kind["run-metrics"]:
             if type(msg) is events_pb2.RunMetricsReported:
-                self._metrics(runs, latest, event, msg, points)
+                self._metrics(runs, latest, event, msg, points, batches)
         for key, event, msg in by_kind["experiment"]:
             self._experiment_event(experiments, key, event, msg)
         for key, event, msg in by_kind["agent"]:
@@ -562,6 +563,7 @@ class RunsProjector:
                 update(schema.runs).where(schema.runs.c.experiment_id == experiment_id).values(priority=priority)
             )
         insert_metric_points(conn, points)
+        insert_many(conn, schema.metric_batches, batches)
 
     # -- experiments -------------------------------------------------------
 
@@ -656,11 +658,15 @@ class RunsProjector:
         event: RecordedEvent,
         msg: events_pb2.RunMetricsReported,
         points: list[PointRow],
+        batches: list[Row],
     ) -> None:
         """One row per point (tuples in `POINT_COLUMNS` order: a batch may hold 5,000 of them) and the latest values.
 
         `latest` holds the batch's runs' latest values, parsed from their rows
-        once; `apply` writes them back once.
+        once; `apply` writes them back once. `batches` gets the event's
+        metric_batches row: its kept points as their rows store them, serialized
+        at once from the event's own points (in C) when none was dropped or
+        changed, else point by point.
         """
         # Filed under the run whose stream holds the event, never the run its body names (an agent's
         # report naming another run must not add to it); old events always named their own run.
@@ -677,16 +683,37 @@ class RunsProjector:
                 current = latest[run_id] = json.loads(row["latest_metrics"])
         if attempt > INT32_MAX:
             attempt = INT32_MAX
+        first = len(points)
+        changed = False
+        counts: dict[str, int] = {}
         for idx, p in enumerate(msg.points):
             name, step, value = p.name, p.step, p.value
             if not math.isfinite(value):
+                changed = True
                 continue  # agents send none; a forged NaN has no row (SQLite would store it as NULL)
             if not (name.isascii() and "\x00" not in name and len(name) <= _POINT_NAME_WIDTH):
+                changed = True
                 name = storable_id(name, _POINT_NAME_WIDTH)  # the point and the latest values under one name
             points.append((position, idx, run_id, attempt, name, step, value, p.time_us, p.source))
+            counts[name] = counts.get(name, 0) + 1
             prev = current.get(name)
             if prev is None or step >= prev[0]:
                 current[name] = [float(step), value]
+        kept = points[first:]
+        if not kept:
+            return
+        sources = {r[8] for r in kept}
+        if changed or any(storable_id(src, _POINT_SOURCE_WIDTH) != src for src in sources):
+            batch = run_service_pb2.GetRunMetricsResponse()
+            add = batch.points.add
+            for _, _, _, _, name, step, value, time_us, src in kept:
+                add(name=name, step=step, value=value, time_us=time_us, source=storable_id(src, _POINT_SOURCE_WIDTH))
+        else:
+            batch = run_service_pb2.GetRunMetricsResponse(points=msg.points)
+            batch.DiscardUnknownFields()  # a newer agent's fields are not in the rows either
+        batches.append(
+            {"position": position, "run_id": run_id, "points": batch.SerializeToString(), "counts": json.dumps(counts)}
+        )
 
 
 def _stop_message(msg: events_pb2.RunStopRequested) -> str:

@@ -77,6 +77,10 @@ def experiment_state(
     return resources_pb2.EXPERIMENT_STATE_COMPLETED
 
 
+# `_whole_history`'s statement for psycopg's binary cursor.
+_BATCHES_SQL = "SELECT points, counts FROM metric_batches WHERE run_id = %s ORDER BY position"
+
+
 class Queries:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -303,6 +307,10 @@ class Queries:
         reply's own list (`points.add`), which costs a third of building
         MetricPoints and copying them into the reply (bench/metric_history.py).
         """
+        if not names:
+            whole = self._whole_history(run_id, max_points)
+            if whole is not None:
+                return whole
         t = schema.metric_points
         query = select(t.c.name, t.c.step, t.c.value, t.c.time_us, t.c.source).where(t.c.run_id == run_id)
         if names:
@@ -328,4 +336,31 @@ class Queries:
         add = reply.points.add
         for name, step, value, time_us, source in rows:
             add(name=name, step=step, value=value, time_us=time_us, source=source)
+        return reply
+
+    def _whole_history(self, run_id: str, max_points: int) -> run_service_pb2.GetRunMetricsResponse | None:
+        """Every point of the run, from its metric_batches in one statement, or None when some metric has more
+        than `max_points` (downsampling needs the rows).
+
+        The batches are serialized GetRunMetricsResponses in log order; their concatenation parses (in C) as
+        one reply with every point in (position, idx) order, the order of the rows: 10,000 points in about a
+        tenth of the time of decoding and adding them row by row (bench/metric_history.py).
+        """
+        t = schema.metric_batches
+        query = select(t.c.points, t.c.counts).where(t.c.run_id == run_id).order_by(t.c.position)
+        with self._engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # Binary results: bytea as it is, not hex text to decode (half the fetch time for 10,000 points).
+                cursor = conn.connection.dbapi_connection.cursor(binary=True)  # type: ignore[union-attr]
+                rows = cursor.execute(_BATCHES_SQL, (run_id,)).fetchall()
+            else:
+                rows = conn.execute(query).cursor.fetchall()
+        counts: dict[str, int] = {}
+        for _, batch_counts in rows:
+            for name, n in json.loads(batch_counts).items():
+                counts[name] = counts.get(name, 0) + n
+        if max_points > 0 and any(n > max_points for n in counts.values()):
+            return None
+        reply = run_service_pb2.GetRunMetricsResponse.FromString(b"".join(points for points, _ in rows))
+        reply.point_counts.update(counts)
         return reply

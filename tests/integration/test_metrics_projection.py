@@ -6,8 +6,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from sqlalchemy import func, select
 
 from runyard.server.domain import events as ev
+from runyard.server.projections import schema
 from runyard.server.projections.runner import ProjectionRunner
 from runyard.server.queries.resources import Queries
 from runyard.server.store import EventStore, NewEvent
@@ -53,3 +55,35 @@ def test_points_read_back_exactly_then_downsampled(store: EventStore) -> None:
     kept = [p for p in points if p.name == "long"]
     assert len(kept) <= 50
     assert {p.step for p in kept} >= {0, 4999} and {p.value for p in kept} >= {0.0, 96.0}
+
+
+def test_a_whole_history_comes_from_the_serialized_batches_exactly_as_the_rows_store_it(store: EventStore) -> None:
+    clean = [
+        common_pb2.MetricPoint(name="loss", step=s, value=1 / (s + 1), time_us=s, source="stdout") for s in range(3)
+    ]
+    # A batch the projector changes: a NaN has no row, a name with NUL and a source wider than its column are fitted.
+    changed = [
+        common_pb2.MetricPoint(name="acc", step=1, value=float("nan"), source="stdout"),
+        common_pb2.MetricPoint(name="bad\x00name", step=2, value=2.0, source="s" * 40),
+        common_pb2.MetricPoint(name="acc", step=3, value=0.5, source="jsonl"),
+    ]
+    append(store, "run-b", clean)
+    append(store, "run-b", changed)
+    append(store, "run-b", [common_pb2.MetricPoint(name="acc", step=4, value=float("inf"))])  # no kept point
+    ProjectionRunner(store).catch_up()
+    queries = Queries(store.read_engine)
+
+    with store.read_engine.connect() as conn:
+        stored = conn.execute(
+            select(func.count()).select_from(schema.metric_batches).where(schema.metric_batches.c.run_id == "run-b")
+        ).scalar_one()
+    assert stored == 2  # one per event that kept a point
+    whole = queries.metric_history("run-b")
+    names = sorted(whole[1])
+    # The rows' path (a names filter reads metric_points) gives the same points and counts.
+    assert whole == queries.metric_history("run-b", names)
+    assert len(whole[0]) == 5 and whole[0][:3] == clean
+    assert whole[1]["acc"] == 1 and "bad\x00name" not in whole[1]
+    # More points than `max_points` for some metric: downsampled from the rows; within it: the batches.
+    assert queries.metric_history("run-b", max_points=2)[1] == whole[1]
+    assert queries.metric_history("run-b", max_points=3) == whole

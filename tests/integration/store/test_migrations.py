@@ -124,3 +124,45 @@ def test_the_event_log_revision_downgrades_and_upgrades_again(empty_database: st
         assert store.head_position() == 0
     finally:
         store.close()
+
+
+def test_metric_batches_are_filled_in_from_the_points_stored_before_them(empty_database: str) -> None:
+    from sqlalchemy import insert
+
+    from runyard.server.projections import schema
+    from runyard.server.queries.resources import Queries
+
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0007")
+    engine = create_store_engine(empty_database)
+    try:
+        rows = [
+            {"position": pos, "idx": idx, "run_id": run, "attempt": 1, "name": name, "step": pos * 10 + idx}
+            | {"value": pos + idx / 10, "time_us": pos, "source": "stdout"}
+            for pos, run in ((3, "run-a"), (5, "run-b"), (7, "run-a"))
+            for idx, name in enumerate(("loss", "acc", "loss"))
+        ]
+        # Five events of 4,999 points: the migration's pages of 20,000 rows end inside the fifth.
+        long = [
+            {"position": 10 + pos, "idx": idx, "run_id": "run-long", "attempt": 1, "name": "loss", "step": idx}
+            | {"value": float(idx), "time_us": idx, "source": "stdout"}
+            for pos in range(5)
+            for idx in range(4999)
+        ]
+        with engine.begin() as conn:
+            conn.execute(insert(schema.metric_points), rows + long)
+        command.upgrade(config, "head")
+        queries = Queries(engine)
+        whole = queries.metric_history("run-a")
+        with engine.connect() as conn:
+            positions = conn.execute(schema.metric_batches.select().order_by("position")).all()
+        assert [(r.position, r.run_id) for r in positions][:3] == [(3, "run-a"), (5, "run-b"), (7, "run-a")]
+        assert [(r.position, r.run_id) for r in positions][3:] == [(10 + p, "run-long") for p in range(5)]
+        points, counts = queries.metric_history("run-long")
+        assert counts == {"loss": 5 * 4999} and [p.step for p in points] == list(range(4999)) * 5
+        assert (points, counts) == queries.metric_history("run-long", ["loss"])
+        assert whole == queries.metric_history("run-a", ["acc", "loss"])  # as the rows give them
+        assert [(p.name, p.step) for p in whole[0]] == [(r["name"], r["step"]) for r in rows if r["run_id"] == "run-a"]
+        assert whole[1] == {"loss": 4, "acc": 2}
+    finally:
+        engine.dispose()
