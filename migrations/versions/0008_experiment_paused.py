@@ -3,7 +3,7 @@
 No experiment was paused before this revision (the events are new), so every
 existing row is not paused: the default.
 
-Revision ID: 0008_pause
+Revision ID: 0008
 Revises: 0007
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_pause"
+revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None

@@ -9,8 +9,8 @@ transaction as their metric_points rows; the whole history is the
 concatenation of a run's batches. Rows there already are filled in here from
 metric_points, one batch per position, in (position, idx) order.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from alembic import op
 
 from runyard.v1 import run_service_pb2
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
