@@ -64,6 +64,16 @@ def add_parsers(
     )
     p = accounts_sub.add_parser("list", help="every account with its plan and what it uses now", parents=client)
     p.set_defaults(func=cmd_accounts_list)
+    p = accounts_sub.add_parser("set", help="set an account's policy (preemption)", parents=client)
+    p.set_defaults(func=cmd_accounts_set)
+    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument(
+        "--preemptible",
+        type=_boolean,
+        required=True,
+        metavar="true|false",
+        help="whether the scheduler may stop the account's runs to give their GPUs to others (default true)",
+    )
 
     p = admin_sub.add_parser("quota", help="change an account's plan (limits not given stay)", parents=client)
     p.set_defaults(func=cmd_quota)
@@ -205,6 +215,25 @@ def cmd_storage(args: argparse.Namespace, ctx: Context) -> int:
         render.print_json(_account_dict(account))
     else:
         ctx.line(f"account {account.id} may read and write: {_storage(account)}")
+    return 0
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def cmd_accounts_set(args: argparse.Namespace, ctx: Context) -> int:
+    account = ctx.client().set_account_preemption(args.account_id, args.preemptible)
+    if ctx.json:
+        render.print_json(_account_dict(account))
+    else:
+        may = "may not" if account.not_preemptible else "may"
+        ctx.line(f"account {account.id}: the scheduler {may} preempt its runs")
     return 0
 
 
