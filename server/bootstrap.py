@@ -165,7 +165,13 @@ async def start_replica(config: ServerConfig) -> Replica:
     stop = asyncio.Event()
     scheduler = Scheduler(ctx, js, nc, LeaderLease(store.engine), app)
     # What follows a commit, by the type of each event committed (runyard.server.app.effects).
-    app.add_effects(effects(wake_scheduler=scheduler.wakeup, stop_on_agent=scheduler.send_cancel))
+    app.add_effects(
+        effects(
+            wake_scheduler=scheduler.wakeup,
+            stop_on_agent=scheduler.send_cancel,
+            preempt_on_agent=scheduler.send_preempt,
+        )
+    )
     ctx.queue_explainer = QueueExplainer(scheduling_reads, scheduler.heartbeats.alive, lambda: projections.position)
     ingest = Ingest(app, js, credentials)
     scheduler.accept_heartbeat = AgentAuth(credentials).accept_heartbeat

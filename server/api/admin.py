@@ -21,9 +21,9 @@ from runyard.server.app.commands import (
     CreateApiKey,
     DrainAgent,
     RevokeApiKey,
+    SetAccountPreemption,
     SetAccountStorage,
     SetExperimentPriority,
-    SetAccountPreemption,
     SetQuota,
 )
 from runyard.server.context import ServerContext

@@ -7,7 +7,10 @@ lines, metric points), not by steps that keep a run's GPUs held (staging,
 started, uploading), not by its own assignments (the scheduler wakes its next
 cycle itself when the policy may have more to place). A run asked to stop
 (canceled by a user or its experiment, or stopped early by the searcher) gets
-a cancel sent to the agent holding it.
+a cancel sent to the agent holding it. A run preempted for another run
+(RunPreemptRequested) gets a cancel with the grace its manifest gave it and
+the reason ("preempted by run r-12 (fair-share)"); the agent reports the stop as
+canceled and the Run aggregate turns it into RunRequeued(PREEMPTED).
 """
 
 from __future__ import annotations
@@ -44,10 +47,24 @@ def run_id_of(stream: str) -> str:
     return stream.removeprefix(_RUN_STREAM)
 
 
+#: Seconds between SIGTERM and SIGKILL for a preempted run whose manifest gave none.
+DEFAULT_PREEMPTION_GRACE_S = 60
+
+
+def preemption_text(msg: events_pb2.RunPreemptRequested) -> str:
+    """What the agent writes in the run's log when it stops it for another run."""
+    return f"preempted by run {msg.by_run_id} ({msg.rule})"
+
+
 def effects(
-    wake_scheduler: Callable[[], Any], stop_on_agent: Callable[[str], Awaitable[None]]
+    wake_scheduler: Callable[[], Any],
+    stop_on_agent: Callable[[str], Awaitable[None]],
+    preempt_on_agent: Callable[[str, int, str], Awaitable[None]] | None = None,
 ) -> dict[type[Message], list[Effect]]:
-    """The effect table of a replica: `wake_scheduler()` must be safe to call from any thread."""
+    """The effect table of a replica: `wake_scheduler()` must be safe to call from any thread.
+
+    `preempt_on_agent(run_id, grace_seconds, reason)` sends the stop of a preempted run (none: no preemption).
+    """
     table: dict[type[Message], list[Effect]] = {}
 
     def wake(_: Committed) -> None:
@@ -61,4 +78,13 @@ def effects(
             table.setdefault(event_type, []).append(wake)
     for event_type in STOP_ON_AGENT:
         table.setdefault(event_type, []).append(stop)
+    if preempt_on_agent is not None:
+
+        def preempt(committed: Committed) -> Awaitable[None]:
+            msg = committed.event
+            assert isinstance(msg, events_pb2.RunPreemptRequested)
+            grace = msg.grace_seconds or DEFAULT_PREEMPTION_GRACE_S
+            return preempt_on_agent(run_id_of(committed.stream), grace, preemption_text(msg))
+
+        table.setdefault(events_pb2.RunPreemptRequested, []).append(preempt)
     return table

@@ -185,7 +185,7 @@ def _kind(value: object) -> str:
 def _quoted(text: str) -> str:
     """A string as JSON quotes it (every control character escaped), cut after 40 characters."""
     shown = json.dumps(text[:40])
-    return shown if len(text) <= 40 else f"{shown[:-1]}...\""
+    return shown if len(text) <= 40 else f'{shown[:-1]}..."'
 
 
 def _at(path: str, key: object) -> str:

@@ -3,7 +3,8 @@
 Billing starts when an attempt is given its GPUs (RunAssigned) and ends when
 its results are stored (RunCompleted) or when it ends otherwise: RunFailed,
 RunCanceled, RunStoppedEarly (its searcher stopped it), or RunRequeued for an attempt lost to an infrastructure failure
-(the next attempt is billed on its own, from its own RunAssigned). A run
+or preempted (PREEMPTED: billed up to the end of its grace like any other end; the time it then waits in the queue
+is not). The next attempt is billed on its own, from its own RunAssigned. A run
 canceled while still queued never had GPUs and costs nothing.
 
 An attempt ends when it is known to have ended: the agent's report of it, or,

@@ -68,11 +68,13 @@ import structlog
 
 from runyard import bus
 from runyard.server.app.bus import MessageBus
-from runyard.server.app.commands import AssignRun, AssignRuns, DeclareAgentLost, ExpireAttempt
+from runyard.server.app.commands import AssignRun, AssignRuns, DeclareAgentLost, ExpireAttempt, PreemptRun
+from runyard.server.app.effects import DEFAULT_PREEMPTION_GRACE_S
 from runyard.server.app.unit_of_work import Outcome
 from runyard.server.context import ServerContext
 from runyard.server.domain.errors import DomainError
 from runyard.server.domain.events import decode
+from runyard.server.domain.preemption import RunningRun, choose_victims
 from runyard.server.domain.scheduling import Decision, Placement, schedule
 from runyard.server.queries.scheduling import OVERLAY_TYPES, Holding, SchedulingReads, Snapshot, overlay
 from runyard.server.scheduler.heartbeats import Heartbeats
@@ -114,6 +116,7 @@ _NEEDS_READ_MODELS = frozenset(
         events_pb2.AgentDrainCleared,
         events_pb2.AccountCreated,
         events_pb2.AccountQuotaSet,
+        events_pb2.AccountPreemptionSet,
         events_pb2.ExperimentPrioritySet,
     )
 )
@@ -128,6 +131,32 @@ def _window_cut(snapshot: Snapshot) -> bool:
     for q in snapshot.queue:
         per_account[q.account_id] = per_account.get(q.account_id, 0) + 1
     return any(n >= CYCLE_WINDOW_PER_ACCOUNT for n in per_account.values())
+
+
+def running_runs(holding: Sequence[Holding]) -> list[RunningRun]:
+    """The runs holding GPUs, as the preemption policy weighs them."""
+    return [
+        RunningRun(
+            h.run_id,
+            h.account_id,
+            h.agent_id,
+            h.gpu_ids,
+            priority=h.priority,
+            not_preemptible=h.not_preemptible,
+            started_position=h.assigned_position,
+            stopping=h.cancel_requested or h.preempt_requested,
+            preempted=h.preempt_requested,
+        )
+        for h in holding
+        if h.gpu_ids
+    ]
+
+
+def _queued_gpus(snapshot: Snapshot) -> dict[str, int]:
+    wanted: dict[str, int] = {}
+    for q in snapshot.queue:
+        wanted[q.account_id] = wanted.get(q.account_id, 0) + q.gpus
+    return wanted
 
 
 class Scheduler:
@@ -175,6 +204,10 @@ class Scheduler:
         # Agents declared lost (AgentLost appended) and not heard from since.
         self._declared_lost: set[str] = set()
         self._nats_reconnects = 0
+        #: Waiting run -> the agent whose runs were preempted for it: it reserves that agent (see `_preempt`).
+        self._promised: dict[str, str] = {}
+        #: Runs preempted by this replica's cycles (for the figures).
+        self.preempted = 0
 
     def wakeup(self) -> None:
         self._wake.set()
@@ -267,6 +300,8 @@ class Scheduler:
                 self._cached = None  # a run moved on in a way the snapshot did not show: read afresh
             if self._more_to_place(snapshot, assigned[0]):
                 self._wake.set()
+        elif decision.reservations:
+            await self._preempt(snapshot, decision)
         if time.monotonic() - self._stats_at >= STATS_EVERY_S:
             self._log_stats()
 
@@ -305,7 +340,9 @@ class Scheduler:
             caught_up = time.perf_counter()
             snapshot = self.reads.snapshot(self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
         read = time.perf_counter()
-        decision = schedule(snapshot.queue, snapshot.agents, snapshot.accounts)
+        queued = {q.run_id for q in snapshot.queue}
+        self._promised = {r: a for r, a in self._promised.items() if r in queued}
+        decision = schedule(snapshot.queue, snapshot.agents, snapshot.accounts, self._promised)
         took = time.perf_counter() - read
         self.read_seconds += read - started
         self.catch_up_seconds += caught_up - started
@@ -419,6 +456,41 @@ class Scheduler:
             log.info("assignment skipped", run_id=p.run_id, error=str(exc))
             return Outcome([], 0)
 
+    # -- preemption -----------------------------------------------------------------
+
+    async def _preempt(self, snapshot: Snapshot, decision: Decision) -> None:
+        """Stop runs whose GPUs a waiting run may take (runyard.server.domain.preemption); only in a cycle
+        that placed nothing, so the snapshot's free capacity is what the policy sees.
+
+        The waiting runs weighed are those holding a reservation: each account's first run left
+        waiting for capacity (not quota). While earlier victims are still stopping the policy
+        preempts nothing more. Each taker then reserves the victims' agent (`_promised`), so the
+        GPUs they free are kept for it.
+        """
+        victims = choose_victims(
+            [q for q in snapshot.queue if q.run_id in decision.reservations],
+            running_runs(snapshot.holding),
+            [a for a in snapshot.agents if not a.draining],
+            snapshot.accounts,
+            snapshot.protected,
+            _queued_gpus(snapshot),
+        )
+        if not victims:
+            return
+        specs = await asyncio.to_thread(self.reads.specs, [v.run_id for v in victims])
+        for v in victims:
+            spec = specs.get(v.run_id, ("", common_pb2.RunSpec()))[1]
+            grace = spec.preemption_grace_seconds or DEFAULT_PREEMPTION_GRACE_S
+            log.info("preempting", run_id=v.run_id, by_run_id=v.by_run_id, rule=v.rule, reason=v.reason)
+            try:
+                await self._bus.handle(PreemptRun(v.run_id, v.reason, v.by_run_id, v.rule, grace))
+            except (ConcurrencyError, DomainError) as exc:
+                log.info("preemption skipped", run_id=v.run_id, error=str(exc))
+                continue
+            self._promised[v.by_run_id] = v.agent_id
+            self.preempted += 1
+        self._cached = None
+
     # -- dispatch -------------------------------------------------------------------
 
     async def _send_work(
@@ -442,16 +514,21 @@ class Scheduler:
         self._dispatched[(run_id, attempt)] = (time.monotonic(), resend + 1)
         self._sent_at[(run_id, attempt)] = time.monotonic()
 
-    async def send_cancel(self, run_id: str) -> None:
+    async def send_cancel(self, run_id: str, grace_seconds: int = 0, reason: str = "", kind: str = "cancel") -> None:
         run = await asyncio.to_thread(self._ctx.queries.get_run, run_id)
         if run is None or not run.agent_id:
             return
-        control = agent_pb2.AgentControl(cancel=agent_pb2.CancelAttempt(run_id=run_id, attempt=run.attempt))
+        cancel = agent_pb2.CancelAttempt(run_id=run_id, attempt=run.attempt, grace_seconds=grace_seconds, reason=reason)
+        control = agent_pb2.AgentControl(cancel=cancel)
         await self._js.publish(
             bus.control_subject(run.agent_id),
             control.SerializeToString(),
-            headers={"Nats-Msg-Id": f"cancel:{run_id}:{run.attempt}"},
+            headers={"Nats-Msg-Id": f"{kind}:{run_id}:{run.attempt}"},
         )
+
+    async def send_preempt(self, run_id: str, grace_seconds: int, reason: str) -> None:
+        """Stop a preempted run: SIGTERM, then SIGKILL after its grace; the agent logs `reason`."""
+        await self.send_cancel(run_id, grace_seconds, reason, kind="preempt")
 
     async def _take_over(self) -> None:
         """A new leader re-sends work and cancels that its predecessor may have lost.
@@ -468,6 +545,15 @@ class Scheduler:
         for h in snapshot.holding:
             if h.cancel_requested:
                 await self.send_cancel(h.run_id)
+            elif h.preempt_requested:
+                await self._resend_preempt(h)
+
+    async def _resend_preempt(self, h: Holding) -> None:
+        """A new leader sends a preemption its predecessor may have lost, with the run's grace."""
+        specs = await asyncio.to_thread(self.reads.specs, [h.run_id])
+        spec = specs.get(h.run_id, ("", common_pb2.RunSpec()))[1]
+        grace = spec.preemption_grace_seconds or DEFAULT_PREEMPTION_GRACE_S
+        await self.send_preempt(h.run_id, grace, "preempted")
 
     async def _resend(self, runs: Sequence[Holding], fresh: bool) -> None:
         if not runs:

@@ -334,6 +334,7 @@ def run_details(run: resources_pb2.Run) -> Table:
     if run.cancel_requested and run.state not in TERMINAL:
         state += " (cancel requested)"
     failure = failure_text(run.failure_reason, run.exit_code) if run.failure_reason else ""
+    preempted = f"by run {run.preempted_by} ({run.preempt_rule})" if run.preempted_by else ""
     return key_values(
         [
             ("run", run.id),
@@ -349,6 +350,8 @@ def run_details(run: resources_pb2.Run) -> Table:
             ("hyperparameters", fmt_hyperparameters(run)),
             ("results", run.results_uri),
             ("failure", failure),
+            ("preempted", preempted),
+            ("preemptible", "no (manifest preemptible: false)" if run.not_preemptible else ""),
             ("message", run.message),
             ("created", fmt_time(run.created_at)),
             ("assigned", fmt_time(run.assigned_at)),
@@ -358,8 +361,6 @@ def run_details(run: resources_pb2.Run) -> Table:
             ("billed", f"{run.gpu_seconds:,.3f} GPU-seconds" if run.gpu_seconds else ""),
         ]
     )
-
-
 
 
 def metrics_latest_table(points: Sequence[common_pb2.MetricPoint], totals: Mapping[str, int] | None = None) -> Table:
@@ -410,7 +411,6 @@ def latest_values(points: Sequence[common_pb2.MetricPoint]) -> dict[str, dict[st
 
 #: MetricPoint.source of a point the agent parsed from a line the run printed (agent/metrics.py).
 METRIC_SOURCE_STDOUT = "stdout"
-
 
 
 def update_lines(update: watch_pb2.RunUpdate, with_run: bool, show_logs: bool = True) -> list[Text]:

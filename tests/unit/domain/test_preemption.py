@@ -116,7 +116,7 @@ def worlds(
     n = 0
     for ag in agents:
         gpus = [g.gpu_id for g in ag.gpus]
-        while gpus and draw(st.booleans()):
+        while gpus and bool(draw(st.booleans())):
             size = draw(st.integers(1, len(gpus)))
             taken, gpus = gpus[:size], gpus[size:]
             n += 1
