@@ -287,6 +287,22 @@ def _top_level() -> dict[str, Schema]:
         "priority": _integer(-mp.MAX_PRIORITY, mp.MAX_PRIORITY),
         "image": _nullable({"type": "string", "maxLength": limits.MAX_IMAGE_CHARS, "pattern": _whole(mp._IMAGE)}),
         "network": {"enum": list(NETWORKS)},
+        "preemptible": _nullable({"type": "boolean"}),
+        "preemption": _nullable(
+            _mapping(
+                {
+                    "grace": _nullable(
+                        {
+                            "type": ["number", "string"],
+                            "exclusiveMinimum": 0,
+                            "maximum": mp.MAX_PREEMPTION_GRACE_S,
+                            "pattern": mp._DURATION.pattern,
+                        }
+                    )
+                },
+                mp.PREEMPTION_FIELDS,
+            )
+        ),
     }
 
 
