@@ -206,6 +206,8 @@ class Scheduler:
         self._nats_reconnects = 0
         #: Waiting run -> the agent whose runs were preempted for it: it reserves that agent (see `_preempt`).
         self._promised: dict[str, str] = {}
+        #: Reserved (capacity-blocked) run -> monotonic time this leader first saw it so.
+        self._blocked_since: dict[str, float] = {}
         #: Runs preempted by this replica's cycles (for the figures).
         self.preempted = 0
 
@@ -290,6 +292,8 @@ class Scheduler:
             snapshot, decision = await asyncio.to_thread(self._read_and_decide)
             assigned = None
         await self._check_dispatches(snapshot.holding)
+        now = time.monotonic()
+        self._blocked_since = {r: self._blocked_since.get(r, now) for r in decision.reservations}
         if decision.placements:
             phase = time.perf_counter()
             if assigned is None:
@@ -463,12 +467,18 @@ class Scheduler:
         that placed nothing, so the snapshot's free capacity is what the policy sees.
 
         The waiting runs weighed are those holding a reservation: each account's first run left
-        waiting for capacity (not quota). While earlier victims are still stopping the policy
+        waiting for capacity (not quota), once it has waited so `preemption_wait_s` (short waits
+        end by themselves as runs finish). While earlier victims are still stopping the policy
         preempts nothing more. Each taker then reserves the victims' agent (`_promised`), so the
         GPUs they free are kept for it.
         """
+        now = time.monotonic()
+        wait = self._ctx.config.preemption_wait_s
+        due = {r for r, since in self._blocked_since.items() if now - since >= wait}
+        if not due:
+            return
         victims = choose_victims(
-            [q for q in snapshot.queue if q.run_id in decision.reservations],
+            [q for q in snapshot.queue if q.run_id in due],
             running_runs(snapshot.holding),
             [a for a in snapshot.agents if not a.draining],
             snapshot.accounts,

@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # commands imports this module
     from runyard.client.commands import Context
 
 
-
 @dataclass(frozen=True)
 class Objective:
     """The experiment's search metric and direction; `metric` is "" when the manifest names none."""
