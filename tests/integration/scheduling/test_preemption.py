@@ -127,7 +127,7 @@ def test_a_run_below_its_fair_share_preempts_the_youngest_runs_on_one_agent(stac
             ]
             assert all(o[2].agent_id != agent for o in others), "no run of a is left on the victims' agent"  # type: ignore[attr-defined]
             for r in victims:
-                (position, requested_at, msg) = asked[r][0]
+                (_, requested_at, msg) = asked[r][0]
                 assert isinstance(msg, events_pb2.RunPreemptRequested)
                 assert msg.by_run_id == taker_run and msg.rule == "fair-share" and msg.grace_seconds == GRACE_S
                 assert msg.reason.startswith("account b is below its fair share (0 of 2 GPUs); account a holds"), msg
@@ -196,8 +196,12 @@ def test_a_run_below_its_fair_share_preempts_the_youngest_runs_on_one_agent(stac
                 run = user_a.runs.GetRun(run_service_pb2.GetRunRequest(run_id=r), timeout=10).run
                 assert run.gpu_seconds == bill_of_run(held, r, until) / 1e6
                 # The queue time between the attempts is never billed.
-                gap = (held[(r, 2)].start - preempted.end).total_seconds()  # type: ignore[operator]
-                summed = sum((h.end - h.start).total_seconds() for k, h in held.items() if k[0] == r)  # type: ignore[operator]
+                assert preempted.end is not None
+                gap = (held[(r, 2)].start - preempted.end).total_seconds()
+                summed = 0.0
+                for k, h in held.items():
+                    if k[0] == r and h.end is not None:
+                        summed += (h.end - h.start).total_seconds() * h.gpus
                 assert gap > 0 and abs(run.gpu_seconds - summed) < 1e-3
 
 

@@ -67,7 +67,7 @@ def test_a_grace_given_by_the_manifest_is_sent(event_store: EventStore) -> None:
 
 
 def test_the_account_policy_records_only_changes(event_store: EventStore) -> None:
-    bus, seen = _bus(event_store)
+    bus, _ = _bus(event_store)
     account(bus)
     assert bus.load(ACCOUNT, "acct").preemptible
     assert bus.execute(SetAccountPreemption("acct", True)) == 0, "already preemptible: nothing recorded"
