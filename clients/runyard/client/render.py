@@ -363,6 +363,8 @@ def run_details(run: resources_pb2.Run) -> Table:
     )
 
 
+
+
 def metrics_latest_table(points: Sequence[common_pb2.MetricPoint], totals: Mapping[str, int] | None = None) -> Table:
     """One row per metric: its last step and value, and how many points it has.
 
@@ -411,6 +413,7 @@ def latest_values(points: Sequence[common_pb2.MetricPoint]) -> dict[str, dict[st
 
 #: MetricPoint.source of a point the agent parsed from a line the run printed (agent/metrics.py).
 METRIC_SOURCE_STDOUT = "stdout"
+
 
 
 def update_lines(update: watch_pb2.RunUpdate, with_run: bool, show_logs: bool = True) -> list[Text]:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # commands imports this module
     from runyard.client.commands import Context
 
 
+
 @dataclass(frozen=True)
 class Objective:
     """The experiment's search metric and direction; `metric` is "" when the manifest names none."""
