@@ -44,6 +44,16 @@ and a run is never started again while an earlier attempt may still be alive.
 An agent silent for `agent_timeout_s` is declared lost at once (AgentLost: it
 gets no new work), but the attempts it held end only with their leases.
 
+Preemption. In a cycle that placed nothing, each account's first run left
+waiting for capacity (the one holding a reservation) that has waited
+`preemption_wait_s` may take GPUs from running runs (`runyard.server.domain.preemption`:
+fair share across accounts, priority within one). The victims get
+RunPreemptRequested (PreemptRun); its effect sends their agents a cancel with
+the run's grace; the agents report the stop as canceled and the Run aggregate
+re-queues them, PREEMPTED and uncharged. The taker then reserves the victims'
+agent (`_promised`), so the GPUs they free are kept for it, and nothing more is
+preempted while any victim is still stopping.
+
 Woken by commits to the log that may change a decision, by an agent's first
 heartbeat, or by a one-second tick. This replica's own commits wake it through
 the application's bus, by the type of each committed event
@@ -559,11 +569,13 @@ class Scheduler:
                 await self._resend_preempt(h)
 
     async def _resend_preempt(self, h: Holding) -> None:
-        """A new leader sends a preemption its predecessor may have lost, with the run's grace."""
+        """A new leader sends a preemption its predecessor may have lost, with the run's grace and reason."""
         specs = await asyncio.to_thread(self.reads.specs, [h.run_id])
         spec = specs.get(h.run_id, ("", common_pb2.RunSpec()))[1]
         grace = spec.preemption_grace_seconds or DEFAULT_PREEMPTION_GRACE_S
-        await self.send_preempt(h.run_id, grace, "preempted")
+        run = await asyncio.to_thread(self._ctx.queries.get_run, h.run_id)
+        by = f" by run {run.preempted_by} ({run.preempt_rule})" if run is not None and run.preempted_by else ""
+        await self.send_preempt(h.run_id, grace, f"preempted{by}")
 
     async def _resend(self, runs: Sequence[Holding], fresh: bool) -> None:
         if not runs:

@@ -212,10 +212,17 @@ def test_runs_that_may_not_be_preempted_never_are(stack: Stack, protected_by: st
         admin = Stubs(admin_channel)
         key_a, key_b = create_account(admin, "a", gpu_quota=4), create_account(admin, "b", gpu_quota=4)
         if protected_by == "account":
-            reply = admin.admin.SetAccountPreemption(
-                admin_service_pb2.SetAccountPreemptionRequest(account_id="a", preemptible=False), timeout=10
+            out = subprocess.run(
+                cli("admin", "accounts", "set", "a", "--preemptible", "false"),
+                env={**stack.env(), "RUNYARD_ENDPOINT": stack.endpoint, "RUNYARD_API_KEY": stack.admin_key},
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
-            assert reply.account.not_preemptible
+            assert out.returncode == 0, out.stderr
+            assert "account a: the scheduler may not preempt its runs" in out.stdout, out.stdout
+            listed = admin.admin.ListAccounts(admin_service_pb2.ListAccountsRequest(), timeout=10).accounts
+            assert {x.id: x.not_preemptible for x in listed}["a"]
         start_gpu_agents(stack, admin, {"gpu-x": "2xH100", "gpu-y": "2xH100"})
         channel_a, user_a = stubs_at(stack.endpoint, key_a)
         channel_b, user_b = stubs_at(stack.endpoint, key_b)
