@@ -244,3 +244,31 @@ def test_runs_that_may_not_be_preempted_never_are(stack: Stack, protected_by: st
             if protected_by == "manifest":
                 shown = user_a.runs.GetRun(run_service_pb2.GetRunRequest(run_id=filled.runs[0].id), timeout=10).run
                 assert shown.not_preemptible and not shown.preempted_by
+
+
+def test_a_higher_priority_run_of_the_same_account_preempts_its_lower_priority_runs(stack: Stack) -> None:
+    stack.start_server(preemption_wait=PREEMPTION_WAIT)
+    with stack.channel() as admin_channel:
+        admin = Stubs(admin_channel)
+        key = create_account(admin, "a", gpu_quota=8)  # quota to spare: the urgent run waits for GPUs, not quota
+        start_gpu_agents(stack, admin, {"gpu-x": "2xH100", "gpu-y": "2xH100"})
+        channel, user = stubs_at(stack.endpoint, key)
+        with channel:
+            filled = submit(user, manifest("fill", steps(16), gpus=1, runs=4, extra="preemption: {grace: 3s}\n"))
+
+            def all_running() -> bool:
+                runs = experiment(user, filled.id).runs
+                return len(runs) == 4 and all(r.state == RS.RUN_STATE_RUNNING for r in runs)
+
+            wait_until("the four low-priority runs to run", all_running, stack=stack)
+            urgent = submit(user, manifest("urgent", "python -c 'print(1)'", gpus=2, extra="priority: 10\n"))
+            urgent_run = urgent.runs[0].id
+            wait_until("every run to finish", lambda: all_ended(admin, [filled.id, urgent.id]), timeout=180)
+            log = run_events(stack.database_url)
+            asked = [e[2] for ev in log.values() for e in of_type(ev, events_pb2.RunPreemptRequested)]
+            assert len(asked) == 2, asked
+            for msg in asked:
+                assert isinstance(msg, events_pb2.RunPreemptRequested)
+                assert msg.by_run_id == urgent_run and msg.rule == "priority" and msg.grace_seconds == 3
+                assert msg.reason == f"run {urgent_run} of account a has priority 10, higher than this run's 0"
+            assert experiment(user, filled.id).state == resources_pb2.EXPERIMENT_STATE_COMPLETED
