@@ -157,6 +157,8 @@ def choose_victims(
     # Free GPUs of each agent that no taker of this decision has claimed yet.
     free = {a.agent_id: [g for g in a.gpus if g.gpu_id not in busy] for a in agents if not a.draining}
     by_id = {a.agent_id: a for a in agents}
+    # Free slots of each agent: a run needs one besides its GPUs.
+    slots = {a: by_id[a].slots - sum(1 for r in running if r.agent_id == a) for a in free}
     victims: list[Victim] = []
     # Accounts furthest below their fair share first, then each account's queue order.
     order = sorted(
@@ -164,15 +166,17 @@ def choose_victims(
         key=lambda q: (in_use.get(q.account_id, 0) / max(fair.get(q.account_id, 0.0), 1e-9), *queue_order(q)),
     )
     for run in order:
-        picked = _pick(run, candidates, free, by_id, in_use, fair, accounts, protected)
+        picked = _pick(run, candidates, free, slots, by_id, in_use, fair, accounts, protected)
         if picked is None:
             continue
         agent_id, chosen, rule = picked
         for v in chosen:
+            victims.append(Victim(v.run_id, run.run_id, rule, _reason(rule, run, v, in_use, fair), agent_id))
+        for v in chosen:
             del candidates[v.run_id]
             in_use[v.account_id] -= v.gpus
-            victims.append(Victim(v.run_id, run.run_id, rule, _reason(rule, run, v, in_use, fair, accounts), agent_id))
         in_use[run.account_id] = in_use.get(run.account_id, 0) + run.gpus
+        slots[agent_id] += len(chosen) - 1
         # What the taker will hold on that agent is no longer free for the next taker.
         usable = [g for g in free[agent_id] if model_matches(run.gpu_model, g)]
         taken = {g.gpu_id for g in usable[: run.gpus]}
@@ -184,6 +188,7 @@ def _pick(
     run: QueuedRun,
     candidates: Mapping[str, RunningRun],
     free: Mapping[str, list[Gpu]],
+    slots: Mapping[str, int],
     agents: Mapping[str, AgentState],
     in_use: Mapping[str, int],
     fair: Mapping[str, float],
@@ -203,7 +208,7 @@ def _pick(
         if sum(1 for g in agent.gpus if model_matches(run.gpu_model, g)) < run.gpus:
             continue
         have = sum(1 for g in free_gpus if model_matches(run.gpu_model, g))
-        if have >= run.gpus:
+        if have >= run.gpus and slots[agent_id] >= 1:
             continue  # it fits already: the scheduler places it (or keeps the capacity for it)
         here = [c for c in candidates.values() if c.agent_id == agent_id and not c.not_preemptible]
         here = [c for c in here if c.account_id not in protected]
@@ -214,7 +219,8 @@ def _pick(
                 eligible = [c for c in here if c.account_id != mine]
             else:
                 continue
-            chosen = _fewest(run, eligible, have, in_use, fair, rule, {g.gpu_id: g for g in agent.gpus})
+            models = {g.gpu_id: g for g in agent.gpus}
+            chosen = _fewest(run, eligible, have, slots[agent_id], in_use, fair, rule, models)
             if chosen is None:
                 continue
             taken = sum(c.gpus for c in chosen)
@@ -234,6 +240,7 @@ def _fewest(
     run: QueuedRun,
     eligible: Sequence[RunningRun],
     have: int,
+    free_slots: int,
     in_use: Mapping[str, int],
     fair: Mapping[str, float],
     rule: str,
@@ -243,7 +250,7 @@ def _fewest(
 
     Under fair-share no victim's account may fall below its fair share.
     GPUs of another model than the run asks for do not help, so such runs are
-    never chosen.
+    never chosen. The run needs a slot too: `free_slots` and one per victim.
     """
 
     def helps(c: RunningRun) -> int:
@@ -254,19 +261,23 @@ def _fewest(
     left = dict(in_use)
     chosen: list[RunningRun] = []
     got = have
+
+    def enough(gpus: int, victims: int) -> bool:
+        return gpus >= run.gpus and free_slots + victims >= 1
+
     for c in ordered:
-        if got >= run.gpus:
+        if enough(got, len(chosen)):
             break
         if rule == FAIR_SHARE and left.get(c.account_id, 0) - c.gpus < fair.get(c.account_id, 0.0) - 1e-9:
             continue
         chosen.append(c)
         left[c.account_id] = left.get(c.account_id, 0) - c.gpus
         got += helps(c)
-    if got < run.gpus:
+    if not enough(got, len(chosen)):
         return None
     # Drop victims not needed after all (a big one chosen late may cover small ones chosen first).
     for c in [*reversed(chosen), *chosen]:
-        if c in chosen and got - helps(c) >= run.gpus:
+        if c in chosen and enough(got - helps(c), len(chosen) - 1):
             chosen.remove(c)
             got -= helps(c)
     return chosen
@@ -276,9 +287,8 @@ def _reason(
     rule: str,
     run: QueuedRun,
     victim: RunningRun,
-    in_use_after: Mapping[str, int],
+    in_use: Mapping[str, int],
     fair: Mapping[str, float],
-    accounts: Mapping[str, AccountState],
 ) -> str:
     if rule == PRIORITY:
         return (
@@ -286,8 +296,8 @@ def _reason(
             f"higher than this run's {victim.priority}"
         )
     a, b = victim.account_id, run.account_id
-    held = in_use_after.get(a, 0) + victim.gpus
-    b_now = in_use_after.get(b, 0)
+    held = in_use.get(a, 0)
+    b_now = in_use.get(b, 0)
     return (
         f"account {b} is below its fair share ({b_now} of {_n(fair.get(b, 0.0))} GPUs); "
         f"account {a} holds {held} of its fair {_n(fair.get(a, 0.0))}"

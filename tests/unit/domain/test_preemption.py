@@ -225,3 +225,12 @@ def test_nothing_while_a_victim_is_stopping(world: tuple) -> None:  # type: igno
         first = held[0]
         held = [RunningRun(**{**first.__dict__, "stopping": True, "preempted": True}), *held[1:]]
         assert choose_victims(waiting, held, agents, accounts, protected) == []
+
+
+def test_a_free_gpu_without_a_free_slot_does_not_hold_the_run() -> None:
+    one_slot = AgentState("x", 1, (Gpu("x-g0", "H100"), Gpu("x-g1", "H100")))
+    held = [running("a1", "a", "x", [0])]
+    victims = choose_victims([QueuedRun("a2", "a", gpus=1, priority=5)], held, [one_slot])
+    assert [(v.run_id, v.rule) for v in victims] == [("a1", PRIORITY)]
+    two_slots = AgentState("x", 2, one_slot.gpus)
+    assert choose_victims([QueuedRun("a2", "a", gpus=1, priority=5)], held, [two_slots]) == []
