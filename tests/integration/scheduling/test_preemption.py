@@ -68,7 +68,7 @@ def steps(count: int) -> str:
 
 
 def run_events(database_url: str) -> dict[str, list[tuple[int, datetime, object]]]:
-    """Every run stream's events, decoded, as (position, recorded_at, message), straight from the log."""
+    """Every run's events and log lines, decoded, as (position, recorded_at, message), straight from the log."""
     store = EventStore.open(database_url, migrate=False)
     try:
         out: dict[str, list[tuple[int, datetime, object]]] = defaultdict(list)
@@ -76,8 +76,9 @@ def run_events(database_url: str) -> dict[str, list[tuple[int, datetime, object]
         while batch := store.read_all(after, 1000):
             for e in batch:
                 after = e.position
-                if e.stream_id.startswith("run:"):
-                    out[e.stream_id.removeprefix("run:")].append((e.position, e.recorded_at, decode(e.type, e.data)))
+                kind, _, run_id = e.stream_id.partition(":")
+                if kind in ("run", "run-logs"):  # a run's transitions, and its output (RunLogged)
+                    out[run_id].append((e.position, e.recorded_at, decode(e.type, e.data)))
         return out
     finally:
         store.close()
