@@ -423,6 +423,7 @@ class Scheduler:
             catch_up_ms_per_cycle=round(1e3 * self.catch_up_seconds / self.cycles, 3),
             assign_ms_per_run=round(1e3 * self.assign_seconds / max(self.assigned, 1), 3),
             assigned=self.assigned,
+            preempted=self.preempted,
         )
 
     def _store_assignments(
@@ -560,7 +561,11 @@ class Scheduler:
         self._dispatched.clear()
         self._cached = None
         snapshot = await asyncio.to_thread(self.reads.snapshot, None)
-        assigned = [h for h in snapshot.holding if h.state == common_pb2.RUN_STATE_ASSIGNED and not h.cancel_requested]
+        assigned = [
+            h
+            for h in snapshot.holding
+            if h.state == common_pb2.RUN_STATE_ASSIGNED and not (h.cancel_requested or h.preempt_requested)
+        ]
         await self._resend(assigned, fresh=True)
         for h in snapshot.holding:
             if h.cancel_requested:
@@ -596,8 +601,8 @@ class Scheduler:
             del self._dispatched[key]
         lost: list[Holding] = []
         for key, h in assigned.items():
-            if h.cancel_requested:
-                continue
+            if h.cancel_requested or h.preempt_requested:
+                continue  # being stopped: its lease ends it if the work never arrived
             if key not in self._dispatched:  # assigned before this leader: watch it from now
                 self._dispatched[key] = (now, 1)
                 continue
