@@ -184,7 +184,18 @@ def cmd_accounts_list(args: argparse.Namespace, ctx: Context) -> int:
         render.print_json([_account_dict(a) for a in accounts])
         return 0
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("ACCOUNT", "NAME", "GPU QUOTA", "GPUS IN USE", "QUEUED", "MAX QUEUED", "RUN QUOTA", "CREATED"):
+    columns = (
+        "ACCOUNT",
+        "NAME",
+        "GPU QUOTA",
+        "GPUS IN USE",
+        "QUEUED",
+        "MAX QUEUED",
+        "RUN QUOTA",
+        "PREEMPTIBLE",
+        "CREATED",
+    )
+    for name in columns:
         table.add_column(name, no_wrap=True)
     table.add_column("STORAGE")
     for a in accounts:
@@ -196,6 +207,7 @@ def cmd_accounts_list(args: argparse.Namespace, ctx: Context) -> int:
             str(a.runs_queued),
             _limit(a.max_queued_runs),
             _limit(a.run_quota),
+            "no" if a.not_preemptible else "yes",
             render.fmt_time(a.created_at),
             _storage(a),
         )
