@@ -171,6 +171,7 @@ async def start_replica(config: ServerConfig) -> Replica:
             wake_scheduler=scheduler.wakeup,
             stop_on_agent=scheduler.send_cancel,
             settle_paused=lambda run_id: app.handle(SettlePausedRun(run_id)),
+            preempt_on_agent=scheduler.send_preempt,
         )
     )
     ctx.queue_explainer = QueueExplainer(scheduling_reads, scheduler.heartbeats.alive, lambda: projections.position)

@@ -30,6 +30,9 @@ class ServerConfig:
     attempt_lease_s: float = 60.0
     # Seconds a graceful shutdown waits for in-flight calls.
     shutdown_grace_s: float = 5.0
+    # Seconds a run must have waited for capacity before the scheduler preempts other runs for it
+    # (runyard.server.domain.preemption): short waits end by themselves as runs finish.
+    preemption_wait_s: float = 30.0
     # When set and no account exists yet: create account "default" with an admin and an agent
     # key and write them to this file (YAML, mode 0600). See runyard.server.first_run.
     bootstrap_keys_file: str | None = None

@@ -21,6 +21,7 @@ from runyard.server.app.commands import (
     CreateApiKey,
     DrainAgent,
     RevokeApiKey,
+    SetAccountPreemption,
     SetAccountStorage,
     SetExperimentPriority,
     SetQuota,
@@ -118,7 +119,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
 
     def _with_storage(self, account: resources_pb2.Account) -> resources_pb2.Account:
         """Grants come from the account's own stream (few events, read by id); the accounts table has no column."""
-        account.storage_prefixes[:] = self._bus.load(ACCOUNT, account.id).storage_prefixes
+        loaded = self._bus.load(ACCOUNT, account.id)
+        account.storage_prefixes[:] = loaded.storage_prefixes
+        account.not_preemptible = not loaded.preemptible
         return account
 
     async def SetQuota(self, request: pb.SetQuotaRequest, context: Context) -> pb.SetQuotaResponse:
@@ -131,6 +134,18 @@ class AdminService(pb_grpc.AdminServiceServicer):
             await abort(context, exc)
         account = await self._ctx.read_after(position, lambda: self._account(request.account_id))
         return pb.SetQuotaResponse(account=account)
+
+    async def SetAccountPreemption(
+        self, request: pb.SetAccountPreemptionRequest, context: Context
+    ) -> pb.SetAccountPreemptionResponse:
+        try:
+            check_account_id(request.account_id)
+            # The scheduler reads the policy from the accounts read model: AccountPreemptionSet wakes it.
+            position = await self._bus.handle(SetAccountPreemption(request.account_id, request.preemptible))
+        except Exception as exc:
+            await abort(context, exc)
+        account = await self._ctx.read_after(position, lambda: self._account(request.account_id))
+        return pb.SetAccountPreemptionResponse(account=account)
 
     async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Context) -> pb.CreateApiKeyResponse:
         role = request.role or common_pb2.ROLE_USER

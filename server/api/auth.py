@@ -77,6 +77,7 @@ RULES: dict[str, str] = {
     "/runyard.v1.AdminService/ListAccounts": ADMIN,
     "/runyard.v1.AdminService/SetQuota": ADMIN,
     "/runyard.v1.AdminService/SetAccountStorage": ADMIN,
+    "/runyard.v1.AdminService/SetAccountPreemption": ADMIN,
     "/runyard.v1.AdminService/CreateApiKey": ADMIN,
     "/runyard.v1.AdminService/ListApiKeys": ADMIN,
     "/runyard.v1.AdminService/RevokeApiKey": ADMIN,

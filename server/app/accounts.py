@@ -52,6 +52,11 @@ def set_quota(cmd: c.SetQuota, uow: UnitOfWork) -> int:
     ).position
 
 
+def set_account_preemption(cmd: c.SetAccountPreemption, uow: UnitOfWork) -> int:
+    """Allow or forbid preempting the account's runs; returns the position (0 when nothing changed)."""
+    return change(uow, ACCOUNT, cmd.account_id, lambda a: a.set_preemption(cmd.preemptible)).position
+
+
 def set_account_storage(cmd: c.SetAccountStorage, uow: UnitOfWork) -> int:
     """Grant and revoke an account's storage prefixes; returns the position (0 when nothing changed)."""
     return change(uow, ACCOUNT, cmd.account_id, lambda a: a.set_storage(cmd.allow, cmd.revoke)).position

@@ -113,6 +113,17 @@ class AssignRun:
 
 
 @dataclass(frozen=True)
+class PreemptRun:
+    """The scheduler takes the run's GPUs for `by_run_id` (rule "fair-share" or "priority"): its agent stops it."""
+
+    run_id: str
+    reason: str
+    by_run_id: str
+    rule: str
+    grace_seconds: int
+
+
+@dataclass(frozen=True)
 class AssignRuns:
     """A scheduling cycle's placements, all or nothing in one transaction."""
 
@@ -182,6 +193,14 @@ class SetQuota:
 
 
 @dataclass(frozen=True)
+class SetAccountPreemption:
+    """Allow or forbid the scheduler to preempt the account's runs."""
+
+    account_id: str
+    preemptible: bool
+
+
+@dataclass(frozen=True)
 class SetAccountStorage:
     account_id: str
     allow: Sequence[str] = ()
@@ -242,6 +261,7 @@ Command = (
     | CancelRun
     | AssignRun
     | AssignRuns
+    | PreemptRun
     | ExpireAttempt
     | DeclareAgentLost
     | DrainAgent
@@ -249,6 +269,7 @@ Command = (
     | ApplyAgentReports
     | CreateAccount
     | SetQuota
+    | SetAccountPreemption
     | SetAccountStorage
     | CreateApiKey
     | RevokeApiKey

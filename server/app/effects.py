@@ -8,10 +8,13 @@ started, uploading), not by its own assignments (the scheduler wakes its next
 cycle itself when the policy may have more to place). A run asked to stop
 (canceled by a user or its experiment, or stopped early by the searcher) gets
 a cancel sent to the agent holding it. A run asked to pause (its experiment
-paused) gets a cancel with the run's preemption grace and the reason, so the
-agent stops it with SIGTERM, waits the grace and takes a last checkpoint; a
-run that has paused is settled (resumed at once if its experiment was resumed
-before the pause landed).
+paused, or ASHA at a rung) gets a cancel with the run's preemption grace and
+the reason, so the agent stops it with SIGTERM, waits the grace and takes a
+last checkpoint; a run that has paused is settled (resumed at once if its
+experiment was resumed before the pause landed). A run preempted for another
+run (RunPreemptRequested) gets a cancel with the grace its manifest gave it
+and the reason ("preempted by run r-12 (fair-share)"); the agent reports the
+stop as canceled and the Run aggregate turns it into RunRequeued(PREEMPTED).
 """
 
 from __future__ import annotations
@@ -49,15 +52,26 @@ def run_id_of(stream: str) -> str:
     return stream.removeprefix(_RUN_STREAM)
 
 
+#: Seconds between SIGTERM and SIGKILL for a preempted run whose manifest gave none.
+DEFAULT_PREEMPTION_GRACE_S = 60
+
+
+def preemption_text(msg: events_pb2.RunPreemptRequested) -> str:
+    """What the agent writes in the run's log when it stops it for another run."""
+    return f"preempted by run {msg.by_run_id} ({msg.rule})"
+
+
 def effects(
     wake_scheduler: Callable[[], Any],
     stop_on_agent: Callable[..., Awaitable[None]],
     settle_paused: Callable[[str], Awaitable[Any]] | None = None,
+    preempt_on_agent: Callable[[str, int, str], Awaitable[None]] | None = None,
 ) -> dict[type[Message], list[Effect]]:
     """The effect table of a replica: `wake_scheduler()` must be safe to call from any thread.
 
-    `stop_on_agent(run_id)` sends a plain cancel; `stop_on_agent(run_id, reason=..., graceful=True)`
-    one with the run's preemption grace. `settle_paused(run_id)` runs SettlePausedRun.
+    `stop_on_agent(run_id)` sends a plain cancel; `stop_on_agent(run_id, reason=..., graceful=True,
+    kind="pause")` one with the run's preemption grace. `settle_paused(run_id)` runs SettlePausedRun.
+    `preempt_on_agent(run_id, grace_seconds, reason)` sends the stop of a preempted run (none: no preemption).
     """
     table: dict[type[Message], list[Effect]] = {}
 
@@ -75,7 +89,7 @@ def effects(
 
     def pause(committed: Committed) -> Awaitable[None]:
         reason = getattr(committed.event, "reason", "") or EXPERIMENT_PAUSE
-        return stop_on_agent(run_id_of(committed.stream), reason=reason, graceful=True)
+        return stop_on_agent(run_id_of(committed.stream), reason=reason, graceful=True, kind="pause")
 
     table.setdefault(events_pb2.RunPauseRequested, []).append(pause)
     if settle_paused is not None:
@@ -87,4 +101,13 @@ def effects(
             return settle(run_id_of(committed.stream))
 
         table.setdefault(events_pb2.RunPaused, []).append(settled)
+    if preempt_on_agent is not None:
+
+        def preempt(committed: Committed) -> Awaitable[None]:
+            msg = committed.event
+            assert isinstance(msg, events_pb2.RunPreemptRequested)
+            grace = msg.grace_seconds or DEFAULT_PREEMPTION_GRACE_S
+            return preempt_on_agent(run_id_of(committed.stream), grace, preemption_text(msg))
+
+        table.setdefault(events_pb2.RunPreemptRequested, []).append(preempt)
     return table

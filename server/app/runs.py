@@ -20,6 +20,16 @@ def assign_run(cmd: c.AssignRun, uow: UnitOfWork) -> Outcome:
     return change(uow, RUN, cmd.run_id, lambda run: run.assign(cmd.agent_id, list(cmd.gpu_ids), cmd.gpu_model))
 
 
+def preempt_run(cmd: c.PreemptRun, uow: UnitOfWork) -> Outcome:
+    """Ask the run's agent to stop it for another run (nothing when it is not preemptible or already stopping)."""
+    return change(
+        uow,
+        RUN,
+        cmd.run_id,
+        lambda run: run.request_preempt(cmd.reason, cmd.by_run_id, cmd.rule, cmd.grace_seconds),
+    )
+
+
 def assign_runs(cmd: c.AssignRuns, uow: UnitOfWork) -> list[Outcome]:
     """Assign many runs in one transaction.
 

@@ -96,6 +96,8 @@ class Account:
     run_quota: int = 0
     #: Storage prefixes its manifests may read and write (canonical; see runyard.server.domain.storage).
     storage_prefixes: tuple[str, ...] = ()
+    #: Whether the scheduler may preempt the account's runs for other accounts' or higher-priority runs.
+    preemptible: bool = True
     version: int = 0
 
     @staticmethod
@@ -156,6 +158,8 @@ class Account:
             self.run_quota = event.run_quota
         elif isinstance(event, events_pb2.AccountStorageSet):
             self.storage_prefixes = tuple(event.storage_prefixes)
+        elif isinstance(event, events_pb2.AccountPreemptionSet):
+            self.preemptible = event.preemptible
         else:
             raise DomainError(f"account {self.account_id}: {event.DESCRIPTOR.name} is not an account event here")
         self.version += 1
@@ -173,6 +177,12 @@ class Account:
         if (gpu_quota, max_queued_runs, run_quota) == (self.gpu_quota, self.max_queued_runs, self.run_quota):
             return []
         return [events_pb2.AccountQuotaSet(gpu_quota=gpu_quota, max_queued_runs=max_queued_runs, run_quota=run_quota)]
+
+    def set_preemption(self, preemptible: bool) -> list[Message]:
+        """Allow or forbid preempting the account's runs; the same policy again records nothing."""
+        if preemptible == self.preemptible:
+            return []
+        return [events_pb2.AccountPreemptionSet(preemptible=preemptible)]
 
 
 @dataclass

@@ -69,6 +69,8 @@ def run_spec(manifest: Manifest, values: Mapping[str, Scalar], code_uri: str, ru
         priority=manifest.priority,
         image=manifest.image,
         network=_NETWORKS[manifest.network],
+        not_preemptible=not manifest.preemptible,
+        preemption_grace_seconds=manifest.preemption_grace_s or 0,
     )
 
 

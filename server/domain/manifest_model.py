@@ -139,3 +139,7 @@ class Manifest:
     #: The user's own image reference; "" runs the framework's image. Needs a container agent.
     image: str = ""
     network: Network = "none"
+    #: False: the scheduler never stops its runs to give their GPUs to others (RunSpec.not_preemptible).
+    preemptible: bool = True
+    #: Seconds between SIGTERM and SIGKILL when a run is preempted; None: the control plane's default (60 s).
+    preemption_grace_s: int | None = None

@@ -68,6 +68,8 @@ TOP_LEVEL_FIELDS = (
     "priority",
     "image",
     "network",
+    "preemptible",
+    "preemption",
 )
 HYPERPARAMETER_FIELDS: dict[str, tuple[str, ...]] = {
     "const": ("type", "value"),
@@ -92,6 +94,9 @@ SEARCH_FIELDS = (
 FRAMEWORK_FIELDS = ("name", "version")
 RESOURCES_FIELDS = ("gpus", "cpus", "memory", "gpu_model", "labels")
 METRICS_FIELDS = ("patterns",)
+PREEMPTION_FIELDS = ("grace",)
+#: The longest SIGTERM-to-SIGKILL grace a preempted run may ask for: its GPUs stay idle for the taker meanwhile.
+MAX_PREEMPTION_GRACE_S = 3600
 ASHA_FIELDS = ("min_resource", "reduction_factor", "max_resource", "time_unit")
 TIME_UNITS = ("epochs", "steps")
 #: "90s", "30m", "2h", "1d" (or a plain number of seconds).
@@ -344,6 +349,8 @@ class _Parser:
             network=cast(Network, self.choice("network", top["network"], NETWORKS) or "none")
             if "network" in top
             else "none",
+            preemptible=self.boolean("preemptible", top["preemptible"]) if top.get("preemptible") is not None else True,
+            preemption_grace_s=self.preemption_grace(top.get("preemption")),
         )
         if self.errors:
             raise ManifestError(self.errors)
@@ -725,6 +732,27 @@ class _Parser:
         if "time_unit" in fields:
             unit = self.choice("search.asha.time_unit", fields["time_unit"], TIME_UNITS) or "epochs"
         return AshaSettings(min_resource, factor, max_resource, unit)
+
+    def boolean(self, path: str, value: object, default: bool = True) -> bool:
+        if not isinstance(value, bool):
+            self.error(path, f"must be true or false, not {_kind(value)}")
+            return default
+        return value
+
+    def preemption_grace(self, value: object) -> int | None:
+        """`preemption: {grace: 60s}`: whole seconds (rounded up), at most an hour; None when not given."""
+        if value is None:
+            return None
+        fields = self.mapping("preemption", value, PREEMPTION_FIELDS)
+        if fields.get("grace") is None:
+            return None
+        seconds = self.duration("preemption.grace", fields["grace"])
+        if seconds is None:
+            return None
+        if seconds > MAX_PREEMPTION_GRACE_S:
+            self.error("preemption.grace", f"must be at most 1h ({MAX_PREEMPTION_GRACE_S} seconds)")
+            return None
+        return math.ceil(seconds)
 
     def duration(self, path: str, value: object) -> float | None:
         """Seconds from 3600, "90s", "30m", "2h" or "1d"."""

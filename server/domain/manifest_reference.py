@@ -261,6 +261,30 @@ FIELDS: tuple[FieldDoc, ...] = (
         "that download. Never the control plane, NATS or the database.",
         "network: egress",
     ),
+    FieldDoc(
+        "preemptible",
+        "boolean",
+        "true",
+        "`false`: the scheduler never stops these runs to give their GPUs to another account's run below its fair "
+        "share, or to a higher-priority run of your account (an admin can protect a whole account: "
+        "`runyard admin accounts set ACCOUNT --preemptible false`).",
+        "preemptible: false",
+    ),
+    FieldDoc(
+        "preemption",
+        "mapping",
+        "none",
+        "How a preempted run is stopped. It is sent SIGTERM, then SIGKILL after `grace`; it goes back to the queue "
+        "(uncharged) and resumes from its latest checkpoint.",
+        "preemption: {grace: 60s}",
+    ),
+    FieldDoc(
+        "preemption.grace",
+        f"duration up to 1h ({mp.MAX_PREEMPTION_GRACE_S}s)",
+        "60s",
+        "Time between SIGTERM and SIGKILL when the run is preempted: write a checkpoint to `$CHECKPOINT_DIR` in it.",
+        "preemption:\n  grace: 2m",
+    ),
 )
 
 

@@ -90,6 +90,7 @@ def _uri() -> Schema:
         "pattern": rf"^(?:s3://{mp._BUCKET.pattern}(?:/[^\s\x00-\x1f]*)?|file:///[^\s\x00-\x1f]*)$",
     }
 
+
 _IDENTIFIER = _whole(mp._IDENTIFIER)
 
 
@@ -284,10 +285,24 @@ def _top_level() -> dict[str, Schema]:
         "max_restarts": _integer(0, mp.MAX_RESTARTS),
         "env": _env(),
         "priority": _integer(-mp.MAX_PRIORITY, mp.MAX_PRIORITY),
-        "image": _nullable(
-            {"type": "string", "maxLength": limits.MAX_IMAGE_CHARS, "pattern": _whole(mp._IMAGE)}
-        ),
+        "image": _nullable({"type": "string", "maxLength": limits.MAX_IMAGE_CHARS, "pattern": _whole(mp._IMAGE)}),
         "network": {"enum": list(NETWORKS)},
+        "preemptible": _nullable({"type": "boolean"}),
+        "preemption": _nullable(
+            _mapping(
+                {
+                    "grace": _nullable(
+                        {
+                            "type": ["number", "string"],
+                            "exclusiveMinimum": 0,
+                            "maximum": mp.MAX_PREEMPTION_GRACE_S,
+                            "pattern": mp._DURATION.pattern,
+                        }
+                    )
+                },
+                mp.PREEMPTION_FIELDS,
+            )
+        ),
     }
 
 

@@ -90,6 +90,8 @@ class QueuedRun:
     framework_version: str = ""
     #: The run's own image; "" for the framework's. Non-empty: only container agents can run it.
     image: str = ""
+    #: The manifest said `preemptible: false` (what preemption needs once the run holds GPUs).
+    not_preemptible: bool = False
 
 
 @dataclass(frozen=True)
@@ -359,14 +361,18 @@ def schedule(
     queue: Iterable[QueuedRun],
     agents: Sequence[AgentState],
     accounts: Mapping[str, AccountState] | None = None,
+    promised: Mapping[str, str] | None = None,
 ) -> Decision:
     """Decide which queued runs start now and where; explain every other one.
 
     `agents` are those that may take work or will again (draining ones are
     never given runs but still count for "could this ever fit"); `accounts`
     carry plans and current use, and an account missing there is unlimited
-    and holds nothing. Nothing passed in is changed.
+    and holds nothing. `promised` maps a waiting run to the agent whose runs
+    were preempted for it: when it must wait, it reserves that agent, so the
+    GPUs its victims free are kept for it. Nothing passed in is changed.
     """
+    promised = promised or {}
     accounts = accounts or {}
     by_account: dict[str, list[QueuedRun]] = defaultdict(list)
     for run in queue:
@@ -397,7 +403,7 @@ def schedule(
         account = states[account_id]
         run = account.queue[account.cursor]
         account.cursor += 1
-        agent = _consider(run, account, open_agents, agents, ever_fits, no_room, reasons, reservations)
+        agent = _consider(run, account, open_agents, agents, ever_fits, no_room, reasons, reservations, promised)
         if agent is not None:
             gpus = _take(run, agent)
             account.take(run)
@@ -444,6 +450,7 @@ def _consider(
     no_room: set[tuple[object, ...]],
     reasons: dict[str, str],
     reservations: dict[str, str],
+    promised: Mapping[str, str],
 ) -> _Agent | None:
     """The agent `run` starts on now; or None, having recorded why it waits (and maybe reserved for it)."""
     signature = _signature(run)
@@ -466,7 +473,7 @@ def _consider(
     first_blocked = account.blocked_run is None
     _keep_quota(run, account)
     if first_blocked:
-        agent = _reserve(run, open_agents)
+        agent = _reserve(run, open_agents, promised.get(run.run_id))
         if agent is not None:
             reservations[run.run_id] = agent.state.agent_id
     reasons[run.run_id] = _capacity_reason(run, open_agents, reservations.get(run.run_id))
@@ -510,12 +517,18 @@ def _take(run: QueuedRun, agent: _Agent) -> list[Gpu]:
     return gpus
 
 
-def _reserve(run: QueuedRun, agents: list[_Agent]) -> _Agent | None:
-    """Keep capacity for a head run on the agent likely to hold it soonest: the one closest to fitting."""
+def _reserve(run: QueuedRun, agents: list[_Agent], promised: str | None = None) -> _Agent | None:
+    """Keep capacity for a head run on the agent likely to hold it soonest: the one closest to fitting,
+    or the one whose runs were preempted for it."""
     candidates = [a for a in agents if _fits_statically(run, a.state)]
     if not candidates:
         return None
-    agent = max(candidates, key=lambda a: (len(a.usable(run.gpu_model)), a.usable_slots(), _neg(a.state.agent_id)))
+    chosen = [a for a in candidates if a.state.agent_id == promised]
+    agent = (
+        chosen[0]
+        if chosen
+        else max(candidates, key=lambda a: (len(a.usable(run.gpu_model)), a.usable_slots(), _neg(a.state.agent_id)))
+    )
     keep = agent.usable(run.gpu_model)[: run.gpus]
     agent.reserved.update(g.gpu_id for g in keep)
     # A slot too, even one still taken: the next one freed there is the head's.

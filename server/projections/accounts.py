@@ -32,7 +32,11 @@ class AccountsProjector:
     name = "accounts"
     tables: Sequence[Table] = (schema.accounts, schema.api_keys)
     reads = type_names(
-        events_pb2.AccountCreated, events_pb2.AccountQuotaSet, events_pb2.ApiKeyCreated, events_pb2.ApiKeyRevoked
+        events_pb2.AccountCreated,
+        events_pb2.AccountQuotaSet,
+        events_pb2.AccountPreemptionSet,
+        events_pb2.ApiKeyCreated,
+        events_pb2.ApiKeyRevoked,
     )
 
     def apply(self, conn: Connection, decoded: Decoded) -> None:
@@ -60,6 +64,8 @@ class AccountsProjector:
         elif isinstance(msg, events_pb2.AccountQuotaSet):
             quota = {"gpu_quota": msg.gpu_quota, "max_queued_runs": msg.max_queued_runs, "run_quota": msg.run_quota}
             conn.execute(update(t).where(t.c.id == _stream_key(event)).values(storable_row(t, quota)))
+        elif isinstance(msg, events_pb2.AccountPreemptionSet):
+            conn.execute(update(t).where(t.c.id == _stream_key(event)).values(preemptible=msg.preemptible))
 
     def _key_event(self, conn: Connection, event: RecordedEvent, msg: object) -> None:
         t = schema.api_keys

@@ -373,6 +373,11 @@ def _created_row(event: RecordedEvent, msg: events_pb2.RunCreated) -> Row:
         "gpu_model": "",
         "queued_position": event.position,
         "position": event.position,
+        "not_preemptible": spec.not_preemptible,
+        "assigned_position": 0,
+        "preempt_requested": False,
+        "preempted_by": "",
+        "preempt_rule": "",
     }
 
 
@@ -393,6 +398,8 @@ def _assigned(row: Row, event: RecordedEvent, msg: events_pb2.RunAssigned) -> No
         gpu_model=msg.gpu_model,
         assigned_at=event.recorded_at,
         started_at=None,
+        assigned_position=event.position,
+        preempt_requested=False,
     )
 
 
@@ -431,7 +438,13 @@ def _requeued(row: Row, event: RecordedEvent, msg: events_pb2.RunRequeued) -> No
         gpu_ids="[]",
         gpu_model="",
         queued_position=event.position,
+        preempt_requested=False,
     )
+
+
+def _preempt_requested(row: Row, event: RecordedEvent, msg: events_pb2.RunPreemptRequested) -> None:
+    # The attempt stops for another run; its RunRequeued(PREEMPTED) ends the preemption (RunAssigned clears it).
+    row.update(preempt_requested=True, preempted_by=msg.by_run_id, preempt_rule=msg.rule, message=msg.reason)
 
 
 def _cancel_requested(row: Row, event: RecordedEvent, msg: events_pb2.RunCancelRequested) -> None:
@@ -484,6 +497,7 @@ _RUN_TRANSITIONS: dict[type[Message], Callable[[Row, RecordedEvent, Any], None]]
     events_pb2.RunFailed: _failed,
     events_pb2.RunRequeued: _requeued,
     events_pb2.RunCancelRequested: _cancel_requested,
+    events_pb2.RunPreemptRequested: _preempt_requested,
     events_pb2.RunCanceled: _canceled,
     events_pb2.RunStopRequested: _stop_requested,
     events_pb2.RunStoppedEarly: _stopped_early,

@@ -92,6 +92,14 @@ runs = Table(
     # Position of the event that (re)queued the run: FIFO order of the queue.
     Column("queued_position", BigInteger, nullable=False),
     Column("position", BigInteger, nullable=False, unique=True),
+    # Preemption (revision 0008_preempt): the spec's `preemptible: false`, the log position of the current
+    # attempt's RunAssigned (youngest first), whether the current attempt is being preempted, and by
+    # which run for which rule (the latest preemption, kept for `show`).
+    Column("not_preemptible", Boolean, nullable=False, server_default=sql_false()),
+    Column("assigned_position", BigInteger, nullable=False, server_default="0"),
+    Column("preempt_requested", Boolean, nullable=False, server_default=sql_false()),
+    Column("preempted_by", String(64), nullable=False, server_default=""),
+    Column("preempt_rule", String(32), nullable=False, server_default=""),
 )
 
 agents = Table(
@@ -150,6 +158,8 @@ accounts = Table(
     Column("max_queued_runs", Integer, nullable=False),
     Column("run_quota", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # False: the scheduler never preempts the account's runs (AccountPreemptionSet; revision 0008_preempt).
+    Column("preemptible", Boolean, nullable=False, server_default=sql_true()),
 )
 
 api_keys = Table(

@@ -4,7 +4,8 @@ Billing starts when an attempt is given its GPUs (RunAssigned) and ends when
 its results are stored (RunCompleted) or when it ends otherwise: RunFailed,
 RunCanceled, RunStoppedEarly (its searcher stopped it), RunPaused (its experiment or
 ASHA paused it: paused time is never billed) or RunRequeued for an attempt lost to an infrastructure failure
-(the next attempt is billed on its own, from its own RunAssigned). A run
+or preempted (PREEMPTED: billed up to the end of its grace like any other end; the time it then waits in the queue
+is not). The next attempt is billed on its own, from its own RunAssigned. A run
 canceled or paused while still queued never had GPUs and costs nothing.
 
 An attempt ends when it is known to have ended: the agent's report of it, or,

@@ -42,6 +42,10 @@ def run_from_row(row: dict[str, object]) -> resources_pb2.Run:
         message=str(row["message"]),
         exit_code=int(row["exit_code"]),  # type: ignore[call-overload]
         cancel_requested=bool(row["cancel_requested"]),
+        # Rows read before the preemption columns existed (a narrower select) have none.
+        preempted_by=str(row.get("preempted_by") or ""),
+        preempt_rule=str(row.get("preempt_rule") or ""),
+        not_preemptible=bool(row.get("not_preemptible") or False),
     )
     for name, value in json.loads(str(row["hyperparameters"])).items():
         json_format.ParseDict(value, run.hyperparameters[name])

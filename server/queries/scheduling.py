@@ -38,6 +38,7 @@ class Requirements:
     labels: tuple[tuple[str, str], ...]
     framework_version: str = ""
     image: str = ""
+    not_preemptible: bool = False
 
     @classmethod
     def of(cls, spec: common_pb2.RunSpec) -> Requirements:
@@ -47,6 +48,7 @@ class Requirements:
             tuple(sorted(spec.resources.agent_labels.items())),
             spec.framework.version,
             spec.image,
+            spec.not_preemptible,
         )
 
 
@@ -63,6 +65,13 @@ class Holding:
     attempt: int
     state: int
     cancel_requested: bool
+    # What preemption weighs (runyard.server.domain.preemption).
+    priority: int = 0
+    not_preemptible: bool = False
+    #: Log position of the attempt's RunAssigned: larger is younger.
+    assigned_position: int = 0
+    #: The attempt is being stopped for another run.
+    preempt_requested: bool = False
 
 
 @dataclass
@@ -77,6 +86,8 @@ class Snapshot:
     agent_rows: list[dict[str, Any]] = field(default_factory=list)
     plans: dict[str, tuple[int, int]] = field(default_factory=dict)
     alive: Callable[[str], bool] | None = None
+    #: Accounts whose policy forbids preempting their runs.
+    protected: frozenset[str] = frozenset()
 
 
 class SchedulingReads:
@@ -121,6 +132,10 @@ class SchedulingReads:
                     int(row.attempt),
                     int(row.state),
                     bool(row.cancel_requested),
+                    int(row.priority),
+                    bool(row.not_preemptible),
+                    int(row.assigned_position),
+                    bool(row.preempt_requested),
                 )
                 for row in conn.execute(
                     select(
@@ -133,16 +148,21 @@ class SchedulingReads:
                         r.c.attempt,
                         r.c.state,
                         r.c.cancel_requested,
+                        r.c.priority,
+                        r.c.not_preemptible,
+                        r.c.assigned_position,
+                        r.c.preempt_requested,
                     ).where(r.c.state.in_(sorted(HOLDING_SLOTS)))
                 )
             ]
             agent_rows = [dict(x) for x in conn.execute(select(schema.agents)).mappings()]
-            plans = {
-                row.id: (int(row.gpu_quota), int(row.run_quota))
-                for row in conn.execute(
-                    select(schema.accounts.c.id, schema.accounts.c.gpu_quota, schema.accounts.c.run_quota)
-                )
-            }
+            plans = {}
+            protected = set()
+            a = schema.accounts
+            for row in conn.execute(select(a.c.id, a.c.gpu_quota, a.c.run_quota, a.c.preemptible)):
+                plans[row.id] = (int(row.gpu_quota), int(row.run_quota))
+                if not row.preemptible:
+                    protected.add(row.id)
             requirements = self._requirements_for(conn, [row.id for row in queued_rows])
         queue = []
         for row in queued_rows:
@@ -161,6 +181,7 @@ class SchedulingReads:
                     queued_position=int(row.queued_position),
                     framework_version=need.framework_version,
                     image=need.image,
+                    not_preemptible=need.not_preemptible,
                 )
             )
         agents = [
@@ -175,6 +196,7 @@ class SchedulingReads:
             agent_rows=agent_rows,
             plans=plans,
             alive=alive,
+            protected=frozenset(protected),
         )
 
     def registered_agents(self) -> list[AgentState]:
@@ -281,6 +303,7 @@ OVERLAY_TYPES = (
     events_pb2.RunStopRequested,
     events_pb2.RunPauseRequested,
     events_pb2.RunPaused,
+    events_pb2.RunPreemptRequested,
 )
 
 
@@ -321,6 +344,7 @@ def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message, int]])
                 queued_position=position,
                 framework_version=need.framework_version,
                 image=need.image,
+                not_preemptible=need.not_preemptible,
             )
             created.append(queue[run_id])
             experiment_of[run_id] = msg.experiment_id
@@ -340,6 +364,9 @@ def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message, int]])
                 msg.attempt,
                 common_pb2.RUN_STATE_ASSIGNED,
                 False,
+                waiting.priority,
+                waiting.not_preemptible,
+                position,
             )
         elif held is None:
             if (
@@ -352,6 +379,8 @@ def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message, int]])
             msg, events_pb2.RunCancelRequested | events_pb2.RunStopRequested | events_pb2.RunPauseRequested
         ):
             holding[run_id] = replace(held, cancel_requested=True)
+        elif isinstance(msg, events_pb2.RunPreemptRequested):
+            holding[run_id] = replace(held, preempt_requested=True)
         elif getattr(msg, "attempt", None) == held.attempt:  # the end of the attempt that holds the GPUs
             del holding[run_id]
     held_now = list(holding.values())

@@ -44,6 +44,16 @@ and a run is never started again while an earlier attempt may still be alive.
 An agent silent for `agent_timeout_s` is declared lost at once (AgentLost: it
 gets no new work), but the attempts it held end only with their leases.
 
+Preemption. In a cycle that placed nothing, each account's first run left
+waiting for capacity (the one holding a reservation) that has waited
+`preemption_wait_s` may take GPUs from running runs (`runyard.server.domain.preemption`:
+fair share across accounts, priority within one). The victims get
+RunPreemptRequested (PreemptRun); its effect sends their agents a cancel with
+the run's grace; the agents report the stop as canceled and the Run aggregate
+re-queues them, PREEMPTED and uncharged. The taker then reserves the victims'
+agent (`_promised`), so the GPUs they free are kept for it, and nothing more is
+preempted while any victim is still stopping.
+
 Woken by commits to the log that may change a decision, by an agent's first
 heartbeat, or by a one-second tick. This replica's own commits wake it through
 the application's bus, by the type of each committed event
@@ -69,11 +79,13 @@ import structlog
 from runyard import bus
 from runyard.server.app.aggregates import RUN
 from runyard.server.app.bus import MessageBus
-from runyard.server.app.commands import AssignRun, AssignRuns, DeclareAgentLost, ExpireAttempt
+from runyard.server.app.commands import AssignRun, AssignRuns, DeclareAgentLost, ExpireAttempt, PreemptRun
+from runyard.server.app.effects import DEFAULT_PREEMPTION_GRACE_S
 from runyard.server.app.unit_of_work import Outcome
 from runyard.server.context import ServerContext
 from runyard.server.domain.errors import DomainError
 from runyard.server.domain.events import decode
+from runyard.server.domain.preemption import RunningRun, choose_victims
 from runyard.server.domain.scheduling import Decision, Placement, schedule
 from runyard.server.queries.scheduling import OVERLAY_TYPES, Holding, SchedulingReads, Snapshot, overlay
 from runyard.server.scheduler.heartbeats import Heartbeats
@@ -118,6 +130,7 @@ _NEEDS_READ_MODELS = frozenset(
         events_pb2.AgentDrainCleared,
         events_pb2.AccountCreated,
         events_pb2.AccountQuotaSet,
+        events_pb2.AccountPreemptionSet,
         events_pb2.ExperimentPrioritySet,
     )
 )
@@ -132,6 +145,32 @@ def _window_cut(snapshot: Snapshot) -> bool:
     for q in snapshot.queue:
         per_account[q.account_id] = per_account.get(q.account_id, 0) + 1
     return any(n >= CYCLE_WINDOW_PER_ACCOUNT for n in per_account.values())
+
+
+def running_runs(holding: Sequence[Holding]) -> list[RunningRun]:
+    """The runs holding GPUs, as the preemption policy weighs them."""
+    return [
+        RunningRun(
+            h.run_id,
+            h.account_id,
+            h.agent_id,
+            h.gpu_ids,
+            priority=h.priority,
+            not_preemptible=h.not_preemptible,
+            started_position=h.assigned_position,
+            stopping=h.cancel_requested or h.preempt_requested,
+            preempted=h.preempt_requested,
+        )
+        for h in holding
+        if h.gpu_ids
+    ]
+
+
+def _queued_gpus(snapshot: Snapshot) -> dict[str, int]:
+    wanted: dict[str, int] = {}
+    for q in snapshot.queue:
+        wanted[q.account_id] = wanted.get(q.account_id, 0) + q.gpus
+    return wanted
 
 
 class Scheduler:
@@ -179,6 +218,12 @@ class Scheduler:
         # Agents declared lost (AgentLost appended) and not heard from since.
         self._declared_lost: set[str] = set()
         self._nats_reconnects = 0
+        #: Waiting run -> the agent whose runs were preempted for it: it reserves that agent (see `_preempt`).
+        self._promised: dict[str, str] = {}
+        #: Reserved (capacity-blocked) run -> monotonic time this leader first saw it so.
+        self._blocked_since: dict[str, float] = {}
+        #: Runs preempted by this replica's cycles (for the figures).
+        self.preempted = 0
 
     def wakeup(self) -> None:
         self._wake.set()
@@ -261,6 +306,8 @@ class Scheduler:
             snapshot, decision = await asyncio.to_thread(self._read_and_decide)
             assigned = None
         await self._check_dispatches(snapshot.holding)
+        now = time.monotonic()
+        self._blocked_since = {r: self._blocked_since.get(r, now) for r in decision.reservations}
         if decision.placements:
             phase = time.perf_counter()
             if assigned is None:
@@ -271,6 +318,8 @@ class Scheduler:
                 self._cached = None  # a run moved on in a way the snapshot did not show: read afresh
             if self._more_to_place(snapshot, assigned[0]):
                 self._wake.set()
+        elif decision.reservations:
+            await self._preempt(snapshot, decision)
         if time.monotonic() - self._stats_at >= STATS_EVERY_S:
             self._log_stats()
 
@@ -309,7 +358,9 @@ class Scheduler:
             caught_up = time.perf_counter()
             snapshot = self.reads.snapshot(self.heartbeats.alive, CYCLE_WINDOW_PER_ACCOUNT)
         read = time.perf_counter()
-        decision = schedule(snapshot.queue, snapshot.agents, snapshot.accounts)
+        queued = {q.run_id for q in snapshot.queue}
+        self._promised = {r: a for r, a in self._promised.items() if r in queued}
+        decision = schedule(snapshot.queue, snapshot.agents, snapshot.accounts, self._promised)
         took = time.perf_counter() - read
         self.read_seconds += read - started
         self.catch_up_seconds += caught_up - started
@@ -376,6 +427,7 @@ class Scheduler:
             catch_up_ms_per_cycle=round(1e3 * self.catch_up_seconds / self.cycles, 3),
             assign_ms_per_run=round(1e3 * self.assign_seconds / max(self.assigned, 1), 3),
             assigned=self.assigned,
+            preempted=self.preempted,
         )
 
     def _store_assignments(
@@ -423,6 +475,47 @@ class Scheduler:
             log.info("assignment skipped", run_id=p.run_id, error=str(exc))
             return Outcome([], 0)
 
+    # -- preemption -----------------------------------------------------------------
+
+    async def _preempt(self, snapshot: Snapshot, decision: Decision) -> None:
+        """Stop runs whose GPUs a waiting run may take (runyard.server.domain.preemption); only in a cycle
+        that placed nothing, so the snapshot's free capacity is what the policy sees.
+
+        The waiting runs weighed are those holding a reservation: each account's first run left
+        waiting for capacity (not quota), once it has waited so `preemption_wait_s` (short waits
+        end by themselves as runs finish). While earlier victims are still stopping the policy
+        preempts nothing more. Each taker then reserves the victims' agent (`_promised`), so the
+        GPUs they free are kept for it.
+        """
+        now = time.monotonic()
+        wait = self._ctx.config.preemption_wait_s
+        due = {r for r, since in self._blocked_since.items() if now - since >= wait}
+        if not due:
+            return
+        victims = choose_victims(
+            [q for q in snapshot.queue if q.run_id in due],
+            running_runs(snapshot.holding),
+            [a for a in snapshot.agents if not a.draining],
+            snapshot.accounts,
+            snapshot.protected,
+            _queued_gpus(snapshot),
+        )
+        if not victims:
+            return
+        specs = await asyncio.to_thread(self.reads.specs, [v.run_id for v in victims])
+        for v in victims:
+            spec = specs.get(v.run_id, ("", common_pb2.RunSpec()))[1]
+            grace = spec.preemption_grace_seconds or DEFAULT_PREEMPTION_GRACE_S
+            log.info("preempting", run_id=v.run_id, by_run_id=v.by_run_id, rule=v.rule, reason=v.reason)
+            try:
+                await self._bus.handle(PreemptRun(v.run_id, v.reason, v.by_run_id, v.rule, grace))
+            except (ConcurrencyError, DomainError) as exc:
+                log.info("preemption skipped", run_id=v.run_id, error=str(exc))
+                continue
+            self._promised[v.by_run_id] = v.agent_id
+            self.preempted += 1
+        self._cached = None
+
     # -- dispatch -------------------------------------------------------------------
 
     async def _send_work(
@@ -446,13 +539,17 @@ class Scheduler:
         self._dispatched[(run_id, attempt)] = (time.monotonic(), resend + 1)
         self._sent_at[(run_id, attempt)] = time.monotonic()
 
-    async def send_cancel(self, run_id: str, reason: str = "", graceful: bool = False) -> None:
-        """Ask the agent holding the run to stop it; `graceful`: with the run's preemption grace (or 60 s)."""
+    async def send_cancel(
+        self, run_id: str, reason: str = "", graceful: bool = False, grace_seconds: int = 0, kind: str = "cancel"
+    ) -> None:
+        """Ask the agent holding the run to stop it, with `grace_seconds` between SIGTERM and SIGKILL or,
+        `graceful`, the run's preemption grace (or 60 s). `kind` ("cancel", "pause", "preempt") keeps
+        JetStream's de-duplication from taking two different stops of one attempt for one message."""
         run = await asyncio.to_thread(self._ctx.queries.get_run, run_id)
         if run is None or not run.agent_id:
             return
-        grace = 0
-        if graceful:
+        grace = grace_seconds
+        if graceful and not grace:
             specs = await asyncio.to_thread(self.reads.specs, [run_id])
             spec = specs[run_id][1] if run_id in specs else None
             grace = (spec.preemption_grace_seconds if spec is not None else 0) or DEFAULT_STOP_GRACE_S
@@ -461,8 +558,12 @@ class Scheduler:
         await self._js.publish(
             bus.control_subject(run.agent_id),
             control.SerializeToString(),
-            headers={"Nats-Msg-Id": f"cancel:{run_id}:{run.attempt}"},
+            headers={"Nats-Msg-Id": f"{kind}:{run_id}:{run.attempt}"},
         )
+
+    async def send_preempt(self, run_id: str, grace_seconds: int, reason: str) -> None:
+        """Stop a preempted run: SIGTERM, then SIGKILL after its grace; the agent logs `reason`."""
+        await self.send_cancel(run_id, reason, grace_seconds=grace_seconds, kind="preempt")
 
     async def _take_over(self) -> None:
         """A new leader re-sends work and cancels that its predecessor may have lost.
@@ -474,11 +575,17 @@ class Scheduler:
         self._dispatched.clear()
         self._cached = None
         snapshot = await asyncio.to_thread(self.reads.snapshot, None)
-        assigned = [h for h in snapshot.holding if h.state == common_pb2.RUN_STATE_ASSIGNED and not h.cancel_requested]
+        assigned = [
+            h
+            for h in snapshot.holding
+            if h.state == common_pb2.RUN_STATE_ASSIGNED and not (h.cancel_requested or h.preempt_requested)
+        ]
         await self._resend(assigned, fresh=True)
         for h in snapshot.holding:
             if h.cancel_requested:
                 await self._resend_stop(h.run_id)
+            elif h.preempt_requested:
+                await self._resend_preempt(h)
 
     async def _resend_stop(self, run_id: str) -> None:
         """The stop a run was asked for, again: a pause keeps its grace (and last checkpoint) and its reason."""
@@ -489,9 +596,18 @@ class Scheduler:
             await self.send_cancel(run_id)
             return
         if run.pause_requested and not (run.cancel_requested or run.stop_requested):
-            await self.send_cancel(run_id, reason=run.pause_reason, graceful=True)
+            await self.send_cancel(run_id, reason=run.pause_reason, graceful=True, kind="pause")
         else:
             await self.send_cancel(run_id)
+
+    async def _resend_preempt(self, h: Holding) -> None:
+        """A new leader sends a preemption its predecessor may have lost, with the run's grace and reason."""
+        specs = await asyncio.to_thread(self.reads.specs, [h.run_id])
+        spec = specs.get(h.run_id, ("", common_pb2.RunSpec()))[1]
+        grace = spec.preemption_grace_seconds or DEFAULT_PREEMPTION_GRACE_S
+        run = await asyncio.to_thread(self._ctx.queries.get_run, h.run_id)
+        by = f" by run {run.preempted_by} ({run.preempt_rule})" if run is not None and run.preempted_by else ""
+        await self.send_preempt(h.run_id, grace, f"preempted{by}")
 
     async def _resend(self, runs: Sequence[Holding], fresh: bool) -> None:
         if not runs:
@@ -512,8 +628,8 @@ class Scheduler:
             del self._dispatched[key]
         lost: list[Holding] = []
         for key, h in assigned.items():
-            if h.cancel_requested:
-                continue
+            if h.cancel_requested or h.preempt_requested:
+                continue  # being stopped: its lease ends it if the work never arrived
             if key not in self._dispatched:  # assigned before this leader: watch it from now
                 self._dispatched[key] = (now, 1)
                 continue

@@ -64,6 +64,16 @@ def add_parsers(
     )
     p = accounts_sub.add_parser("list", help="every account with its plan and what it uses now", parents=client)
     p.set_defaults(func=cmd_accounts_list)
+    p = accounts_sub.add_parser("set", help="set an account's policy (preemption)", parents=client)
+    p.set_defaults(func=cmd_accounts_set)
+    p.add_argument("account_id", metavar="ACCOUNT")
+    p.add_argument(
+        "--preemptible",
+        type=_boolean,
+        required=True,
+        metavar="true|false",
+        help="whether the scheduler may stop the account's runs to give their GPUs to others (default true)",
+    )
 
     p = admin_sub.add_parser("quota", help="change an account's plan (limits not given stay)", parents=client)
     p.set_defaults(func=cmd_quota)
@@ -174,7 +184,18 @@ def cmd_accounts_list(args: argparse.Namespace, ctx: Context) -> int:
         render.print_json([_account_dict(a) for a in accounts])
         return 0
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("ACCOUNT", "NAME", "GPU QUOTA", "GPUS IN USE", "QUEUED", "MAX QUEUED", "RUN QUOTA", "CREATED"):
+    columns = (
+        "ACCOUNT",
+        "NAME",
+        "GPU QUOTA",
+        "GPUS IN USE",
+        "QUEUED",
+        "MAX QUEUED",
+        "RUN QUOTA",
+        "PREEMPTIBLE",
+        "CREATED",
+    )
+    for name in columns:
         table.add_column(name, no_wrap=True)
     table.add_column("STORAGE")
     for a in accounts:
@@ -186,6 +207,7 @@ def cmd_accounts_list(args: argparse.Namespace, ctx: Context) -> int:
             str(a.runs_queued),
             _limit(a.max_queued_runs),
             _limit(a.run_quota),
+            "no" if a.not_preemptible else "yes",
             render.fmt_time(a.created_at),
             _storage(a),
         )
@@ -205,6 +227,25 @@ def cmd_storage(args: argparse.Namespace, ctx: Context) -> int:
         render.print_json(_account_dict(account))
     else:
         ctx.line(f"account {account.id} may read and write: {_storage(account)}")
+    return 0
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def cmd_accounts_set(args: argparse.Namespace, ctx: Context) -> int:
+    account = ctx.client().set_account_preemption(args.account_id, args.preemptible)
+    if ctx.json:
+        render.print_json(_account_dict(account))
+    else:
+        may = "may not" if account.not_preemptible else "may"
+        ctx.line(f"account {account.id}: the scheduler {may} preempt its runs")
     return 0
 
 

@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shutdown-grace", type=float, help="seconds a graceful stop waits for in-flight calls")
     p.add_argument(
+        "--preemption-wait",
+        type=float,
+        help="seconds a run waits for GPUs before the scheduler preempts others' runs for it (default 30)",
+    )
+    p.add_argument(
         "--bootstrap-keys",
         metavar="FILE",
         help="on a database without accounts: create account default, an admin and an agent key, write them here",

@@ -34,6 +34,7 @@ def server_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[s
         "agent_timeout_s": settings.agent_timeout,
         "attempt_lease_s": settings.attempt_lease,
         "shutdown_grace_s": getattr(args, "shutdown_grace", None),
+        "preemption_wait_s": getattr(args, "preemption_wait", None),
         "bootstrap_keys_file": settings.bootstrap_keys,
         "default_gpu_quota": settings.default_gpu_quota,
         "bootstrap_agent_id": settings.bootstrap_agent_id,

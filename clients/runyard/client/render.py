@@ -335,6 +335,7 @@ def run_details(run: resources_pb2.Run) -> Table:
     if run.cancel_requested and run.state not in TERMINAL:
         state += " (cancel requested)"
     failure = failure_text(run.failure_reason, run.exit_code) if run.failure_reason else ""
+    preempted = f"by run {run.preempted_by} ({run.preempt_rule})" if run.preempted_by else ""
     return key_values(
         [
             ("run", run.id),
@@ -350,6 +351,8 @@ def run_details(run: resources_pb2.Run) -> Table:
             ("hyperparameters", fmt_hyperparameters(run)),
             ("results", run.results_uri),
             ("failure", failure),
+            ("preempted", preempted),
+            ("preemptible", "no (manifest preemptible: false)" if run.not_preemptible else ""),
             ("message", run.message),
             ("created", fmt_time(run.created_at)),
             ("assigned", fmt_time(run.assigned_at)),

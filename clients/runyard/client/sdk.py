@@ -399,6 +399,11 @@ class Client:
         )
         return self._unary(self._admin.SetQuota, request).account
 
+    def set_account_preemption(self, account_id: str, preemptible: bool) -> resources_pb2.Account:
+        """Admin: allow or forbid the scheduler to preempt the account's runs."""
+        request = admin_service_pb2.SetAccountPreemptionRequest(account_id=account_id, preemptible=preemptible)
+        return self._unary(self._admin.SetAccountPreemption, request).account
+
     def set_account_storage(
         self, account_id: str, allow: Sequence[str] = (), revoke: Sequence[str] = ()
     ) -> resources_pb2.Account:

@@ -26,7 +26,7 @@ from runyard.v1 import common_pb2 as runyard_dot_v1_dot_common__pb2
 from runyard.v1 import resources_pb2 as runyard_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erunyard/v1/admin_service.proto\x12\nrunyard.v1\x1a\x17runyard/v1/common.proto\x1a\x1arunyard/v1/resources.proto\"\x1b\n\x19RebuildProjectionsRequest\"F\n\x1aRebuildProjectionsResponse\x12\x17\n\x0f\x65vents_replayed\x18\x01 \x01(\x04\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\":\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"P\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.runyard.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\xab\x01\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0f\x63ode_uri_prefix\x18\x02 \x01(\t\x12\x16\n\x0emax_code_bytes\x18\x03 \x01(\x04\x12\x15\n\rhead_position\x18\x04 \x01(\x04\x12\x39\n\x13read_model_failures\x18\x1e \x03(\x0b\x32\x1c.runyard.v1.ReadModelFailure\"l\n\x10ReadModelFailure\x12\x12\n\nread_model\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0f\n\x07skipped\x18\x05 \x01(\x04\"\x91\x01\n\x14\x43reateAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tgpu_quota\x18\x03 \x01(\r\x12\x17\n\x0fmax_queued_runs\x18\x04 \x01(\r\x12\x11\n\trun_quota\x18\x05 \x01(\r\x12\x18\n\x10storage_prefixes\x18< \x03(\t\"=\n\x15\x43reateAccountResponse\x12$\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x13.runyard.v1.Account\"<\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x14ListAccountsResponse\x12%\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x13.runyard.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x0fSetQuotaRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tgpu_quota\x18\x02 \x01(\r\x12\x17\n\x0fmax_queued_runs\x18\x03 \x01(\r\x12\x11\n\trun_quota\x18\x04 \x01(\r\"8\n\x10SetQuotaResponse\x12$\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x13.runyard.v1.Account\"M\n\x18SetAccountStorageRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x61llow\x18\x02 \x03(\t\x12\x0e\n\x06revoke\x18\x03 \x03(\t\"A\n\x19SetAccountStorageResponse\x12$\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x13.runyard.v1.Account\"\x82\x01\n\x13\x43reateApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.runyard.v1.Role\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x17\n\x0fnats_public_key\x18\x32 \x01(\t\"G\n\x14\x43reateApiKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.runyard.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"(\n\x12ListApiKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"7\n\x13ListApiKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.runyard.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"7\n\x14RevokeApiKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.runyard.v1.ApiKey\"G\n\x1cSetExperimentPriorityRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\"\x1f\n\x1dSetExperimentPriorityResponse\"6\n\x11\x44rainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\"6\n\x12\x44rainAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.runyard.v1.Agent\"\x0f\n\rWhoAmIRequest\"T\n\x0eWhoAmIResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.runyard.v1.Role\x12\x0e\n\x06key_id\x18\x03 \x01(\t2\xda\x08\n\x0c\x41\x64minService\x12\x63\n\x12RebuildProjections\x12%.runyard.v1.RebuildProjectionsRequest\x1a&.runyard.v1.RebuildProjectionsResponse\x12K\n\nListAgents\x12\x1d.runyard.v1.ListAgentsRequest\x1a\x1e.runyard.v1.ListAgentsResponse\x12T\n\rGetServerInfo\x12 .runyard.v1.GetServerInfoRequest\x1a!.runyard.v1.GetServerInfoResponse\x12T\n\rCreateAccount\x12 .runyard.v1.CreateAccountRequest\x1a!.runyard.v1.CreateAccountResponse\x12Q\n\x0cListAccounts\x12\x1f.runyard.v1.ListAccountsRequest\x1a .runyard.v1.ListAccountsResponse\x12\x45\n\x08SetQuota\x12\x1b.runyard.v1.SetQuotaRequest\x1a\x1c.runyard.v1.SetQuotaResponse\x12`\n\x11SetAccountStorage\x12$.runyard.v1.SetAccountStorageRequest\x1a%.runyard.v1.SetAccountStorageResponse\x12Q\n\x0c\x43reateApiKey\x12\x1f.runyard.v1.CreateApiKeyRequest\x1a .runyard.v1.CreateApiKeyResponse\x12N\n\x0bListApiKeys\x12\x1e.runyard.v1.ListApiKeysRequest\x1a\x1f.runyard.v1.ListApiKeysResponse\x12Q\n\x0cRevokeApiKey\x12\x1f.runyard.v1.RevokeApiKeyRequest\x1a .runyard.v1.RevokeApiKeyResponse\x12l\n\x15SetExperimentPriority\x12(.runyard.v1.SetExperimentPriorityRequest\x1a).runyard.v1.SetExperimentPriorityResponse\x12K\n\nDrainAgent\x12\x1d.runyard.v1.DrainAgentRequest\x1a\x1e.runyard.v1.DrainAgentResponse\x12?\n\x06WhoAmI\x12\x19.runyard.v1.WhoAmIRequest\x1a\x1a.runyard.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erunyard/v1/admin_service.proto\x12\nrunyard.v1\x1a\x17runyard/v1/common.proto\x1a\x1arunyard/v1/resources.proto\"\x1b\n\x19RebuildProjectionsRequest\"F\n\x1aRebuildProjectionsResponse\x12\x17\n\x0f\x65vents_replayed\x18\x01 \x01(\x04\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\":\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"P\n\x12ListAgentsResponse\x12!\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x11.runyard.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\xab\x01\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0f\x63ode_uri_prefix\x18\x02 \x01(\t\x12\x16\n\x0emax_code_bytes\x18\x03 \x01(\x04\x12\x15\n\rhead_position\x18\x04 \x01(\x04\x12\x39\n\x13read_model_failures\x18\x1e \x03(\x0b\x32\x1c.runyard.v1.ReadModelFailure\"l\n\x10ReadModelFailure\x12\x12\n\nread_model\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0f\n\x07skipped\x18\x05 \x01(\x04\"\x91\x01\n\x14\x43reateAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tgpu_quota\x18\x03 \x01(\r\x12\x17\n\x0fmax_queued_runs\x18\x04 \x01(\r\x12\x11\n\trun_quota\x18\x05 \x01(\r\x12\x18\n\x10storage_prefixes\x18< \x03(\t\"=\n\x15\x43reateAccountResponse\x12$\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x13.runyard.v1.Account\"<\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x14ListAccountsResponse\x12%\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x13.runyard.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x0fSetQuotaRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tgpu_quota\x18\x02 \x01(\r\x12\x17\n\x0fmax_queued_runs\x18\x03 \x01(\r\x12\x11\n\trun_quota\x18\x04 \x01(\r\"8\n\x10SetQuotaResponse\x12$\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x13.runyard.v1.Account\"F\n\x1bSetAccountPreemptionRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0bpreemptible\x18\x02 \x01(\x08\"D\n\x1cSetAccountPreemptionResponse\x12$\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x13.runyard.v1.Account\"M\n\x18SetAccountStorageRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x61llow\x18\x02 \x03(\t\x12\x0e\n\x06revoke\x18\x03 \x03(\t\"A\n\x19SetAccountStorageResponse\x12$\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x13.runyard.v1.Account\"\x82\x01\n\x13\x43reateApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.runyard.v1.Role\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x17\n\x0fnats_public_key\x18\x32 \x01(\t\"G\n\x14\x43reateApiKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.runyard.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"(\n\x12ListApiKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"7\n\x13ListApiKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.runyard.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"7\n\x14RevokeApiKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.runyard.v1.ApiKey\"G\n\x1cSetExperimentPriorityRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\"\x1f\n\x1dSetExperimentPriorityResponse\"6\n\x11\x44rainAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\"6\n\x12\x44rainAgentResponse\x12 \n\x05\x61gent\x18\x01 \x01(\x0b\x32\x11.runyard.v1.Agent\"\x0f\n\rWhoAmIRequest\"T\n\x0eWhoAmIResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.runyard.v1.Role\x12\x0e\n\x06key_id\x18\x03 \x01(\t2\xc5\t\n\x0c\x41\x64minService\x12\x63\n\x12RebuildProjections\x12%.runyard.v1.RebuildProjectionsRequest\x1a&.runyard.v1.RebuildProjectionsResponse\x12K\n\nListAgents\x12\x1d.runyard.v1.ListAgentsRequest\x1a\x1e.runyard.v1.ListAgentsResponse\x12T\n\rGetServerInfo\x12 .runyard.v1.GetServerInfoRequest\x1a!.runyard.v1.GetServerInfoResponse\x12T\n\rCreateAccount\x12 .runyard.v1.CreateAccountRequest\x1a!.runyard.v1.CreateAccountResponse\x12Q\n\x0cListAccounts\x12\x1f.runyard.v1.ListAccountsRequest\x1a .runyard.v1.ListAccountsResponse\x12\x45\n\x08SetQuota\x12\x1b.runyard.v1.SetQuotaRequest\x1a\x1c.runyard.v1.SetQuotaResponse\x12i\n\x14SetAccountPreemption\x12\'.runyard.v1.SetAccountPreemptionRequest\x1a(.runyard.v1.SetAccountPreemptionResponse\x12`\n\x11SetAccountStorage\x12$.runyard.v1.SetAccountStorageRequest\x1a%.runyard.v1.SetAccountStorageResponse\x12Q\n\x0c\x43reateApiKey\x12\x1f.runyard.v1.CreateApiKeyRequest\x1a .runyard.v1.CreateApiKeyResponse\x12N\n\x0bListApiKeys\x12\x1e.runyard.v1.ListApiKeysRequest\x1a\x1f.runyard.v1.ListApiKeysResponse\x12Q\n\x0cRevokeApiKey\x12\x1f.runyard.v1.RevokeApiKeyRequest\x1a .runyard.v1.RevokeApiKeyResponse\x12l\n\x15SetExperimentPriority\x12(.runyard.v1.SetExperimentPriorityRequest\x1a).runyard.v1.SetExperimentPriorityResponse\x12K\n\nDrainAgent\x12\x1d.runyard.v1.DrainAgentRequest\x1a\x1e.runyard.v1.DrainAgentResponse\x12?\n\x06WhoAmI\x12\x19.runyard.v1.WhoAmIRequest\x1a\x1a.runyard.v1.WhoAmIResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,34 +59,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETQUOTAREQUEST']._serialized_end=1111
   _globals['_SETQUOTARESPONSE']._serialized_start=1113
   _globals['_SETQUOTARESPONSE']._serialized_end=1169
-  _globals['_SETACCOUNTSTORAGEREQUEST']._serialized_start=1171
-  _globals['_SETACCOUNTSTORAGEREQUEST']._serialized_end=1248
-  _globals['_SETACCOUNTSTORAGERESPONSE']._serialized_start=1250
-  _globals['_SETACCOUNTSTORAGERESPONSE']._serialized_end=1315
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1318
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1448
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1450
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1521
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1523
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1563
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1565
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1620
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1622
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1659
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1661
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1716
-  _globals['_SETEXPERIMENTPRIORITYREQUEST']._serialized_start=1718
-  _globals['_SETEXPERIMENTPRIORITYREQUEST']._serialized_end=1789
-  _globals['_SETEXPERIMENTPRIORITYRESPONSE']._serialized_start=1791
-  _globals['_SETEXPERIMENTPRIORITYRESPONSE']._serialized_end=1822
-  _globals['_DRAINAGENTREQUEST']._serialized_start=1824
-  _globals['_DRAINAGENTREQUEST']._serialized_end=1878
-  _globals['_DRAINAGENTRESPONSE']._serialized_start=1880
-  _globals['_DRAINAGENTRESPONSE']._serialized_end=1934
-  _globals['_WHOAMIREQUEST']._serialized_start=1936
-  _globals['_WHOAMIREQUEST']._serialized_end=1951
-  _globals['_WHOAMIRESPONSE']._serialized_start=1953
-  _globals['_WHOAMIRESPONSE']._serialized_end=2037
-  _globals['_ADMINSERVICE']._serialized_start=2040
-  _globals['_ADMINSERVICE']._serialized_end=3154
+  _globals['_SETACCOUNTPREEMPTIONREQUEST']._serialized_start=1171
+  _globals['_SETACCOUNTPREEMPTIONREQUEST']._serialized_end=1241
+  _globals['_SETACCOUNTPREEMPTIONRESPONSE']._serialized_start=1243
+  _globals['_SETACCOUNTPREEMPTIONRESPONSE']._serialized_end=1311
+  _globals['_SETACCOUNTSTORAGEREQUEST']._serialized_start=1313
+  _globals['_SETACCOUNTSTORAGEREQUEST']._serialized_end=1390
+  _globals['_SETACCOUNTSTORAGERESPONSE']._serialized_start=1392
+  _globals['_SETACCOUNTSTORAGERESPONSE']._serialized_end=1457
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1460
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1590
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1592
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1663
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1665
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1705
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1707
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1762
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1764
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1801
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1803
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1858
+  _globals['_SETEXPERIMENTPRIORITYREQUEST']._serialized_start=1860
+  _globals['_SETEXPERIMENTPRIORITYREQUEST']._serialized_end=1931
+  _globals['_SETEXPERIMENTPRIORITYRESPONSE']._serialized_start=1933
+  _globals['_SETEXPERIMENTPRIORITYRESPONSE']._serialized_end=1964
+  _globals['_DRAINAGENTREQUEST']._serialized_start=1966
+  _globals['_DRAINAGENTREQUEST']._serialized_end=2020
+  _globals['_DRAINAGENTRESPONSE']._serialized_start=2022
+  _globals['_DRAINAGENTRESPONSE']._serialized_end=2076
+  _globals['_WHOAMIREQUEST']._serialized_start=2078
+  _globals['_WHOAMIREQUEST']._serialized_end=2093
+  _globals['_WHOAMIRESPONSE']._serialized_start=2095
+  _globals['_WHOAMIRESPONSE']._serialized_end=2179
+  _globals['_ADMINSERVICE']._serialized_start=2182
+  _globals['_ADMINSERVICE']._serialized_end=3403
 # @@protoc_insertion_point(module_scope)

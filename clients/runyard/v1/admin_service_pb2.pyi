@@ -346,6 +346,48 @@ class SetQuotaResponse(_message.Message):
 Global___SetQuotaResponse: _TypeAlias = SetQuotaResponse  # noqa: Y015
 
 @_typing.final
+class SetAccountPreemptionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    preemptible: _builtins.bool
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        preemptible: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "preemptible", b"preemptible"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountPreemptionRequest: _TypeAlias = SetAccountPreemptionRequest  # noqa: Y015
+
+@_typing.final
+class SetAccountPreemptionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> _resources_pb2.Account: ...
+    def __init__(
+        self,
+        *,
+        account: _resources_pb2.Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountPreemptionResponse: _TypeAlias = SetAccountPreemptionResponse  # noqa: Y015
+
+@_typing.final
 class SetAccountStorageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -65,6 +65,11 @@ class AdminServiceStub:
                 request_serializer=runyard_dot_v1_dot_admin__service__pb2.SetQuotaRequest.SerializeToString,
                 response_deserializer=runyard_dot_v1_dot_admin__service__pb2.SetQuotaResponse.FromString,
                 _registered_method=True)
+        self.SetAccountPreemption = channel.unary_unary(
+                '/runyard.v1.AdminService/SetAccountPreemption',
+                request_serializer=runyard_dot_v1_dot_admin__service__pb2.SetAccountPreemptionRequest.SerializeToString,
+                response_deserializer=runyard_dot_v1_dot_admin__service__pb2.SetAccountPreemptionResponse.FromString,
+                _registered_method=True)
         self.SetAccountStorage = channel.unary_unary(
                 '/runyard.v1.AdminService/SetAccountStorage',
                 request_serializer=runyard_dot_v1_dot_admin__service__pb2.SetAccountStorageRequest.SerializeToString,
@@ -140,6 +145,13 @@ class AdminServiceServicer:
 
     def SetQuota(self, request, context):
         """SetQuota changes an account's plan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAccountPreemption(self, request, context):
+        """SetAccountPreemption sets whether the scheduler may preempt the account's runs to make room for others.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,6 +235,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetQuota,
                     request_deserializer=runyard_dot_v1_dot_admin__service__pb2.SetQuotaRequest.FromString,
                     response_serializer=runyard_dot_v1_dot_admin__service__pb2.SetQuotaResponse.SerializeToString,
+            ),
+            'SetAccountPreemption': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountPreemption,
+                    request_deserializer=runyard_dot_v1_dot_admin__service__pb2.SetAccountPreemptionRequest.FromString,
+                    response_serializer=runyard_dot_v1_dot_admin__service__pb2.SetAccountPreemptionResponse.SerializeToString,
             ),
             'SetAccountStorage': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAccountStorage,
@@ -423,6 +440,33 @@ class AdminService:
             '/runyard.v1.AdminService/SetQuota',
             runyard_dot_v1_dot_admin__service__pb2.SetQuotaRequest.SerializeToString,
             runyard_dot_v1_dot_admin__service__pb2.SetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountPreemption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.AdminService/SetAccountPreemption',
+            runyard_dot_v1_dot_admin__service__pb2.SetAccountPreemptionRequest.SerializeToString,
+            runyard_dot_v1_dot_admin__service__pb2.SetAccountPreemptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,8 @@ class AdminServiceStub:
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]
     SetQuota: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetQuotaRequest, _admin_service_pb2.SetQuotaResponse]
     """SetQuota changes an account's plan."""
+    SetAccountPreemption: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountPreemptionRequest, _admin_service_pb2.SetAccountPreemptionResponse]
+    """SetAccountPreemption sets whether the scheduler may preempt the account's runs to make room for others."""
     SetAccountStorage: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountStorageRequest, _admin_service_pb2.SetAccountStorageResponse]
     """SetAccountStorage grants and revokes the storage prefixes an account's manifests may use."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]
@@ -68,6 +70,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListAccounts: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccountsRequest, _admin_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
     SetQuota: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetQuotaRequest, _admin_service_pb2.SetQuotaResponse]  # type: ignore[assignment]
     """SetQuota changes an account's plan."""
+    SetAccountPreemption: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountPreemptionRequest, _admin_service_pb2.SetAccountPreemptionResponse]  # type: ignore[assignment]
+    """SetAccountPreemption sets whether the scheduler may preempt the account's runs to make room for others."""
     SetAccountStorage: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetAccountStorageRequest, _admin_service_pb2.SetAccountStorageResponse]  # type: ignore[assignment]
     """SetAccountStorage grants and revokes the storage prefixes an account's manifests may use."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.CreateApiKeyRequest, _admin_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
@@ -127,6 +131,14 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.SetQuotaResponse, _abc.Awaitable[_admin_service_pb2.SetQuotaResponse]]:
         """SetQuota changes an account's plan."""
+
+    @_abc_1.abstractmethod
+    def SetAccountPreemption(
+        self,
+        request: _admin_service_pb2.SetAccountPreemptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.SetAccountPreemptionResponse, _abc.Awaitable[_admin_service_pb2.SetAccountPreemptionResponse]]:
+        """SetAccountPreemption sets whether the scheduler may preempt the account's runs to make room for others."""
 
     @_abc_1.abstractmethod
     def SetAccountStorage(

@@ -1075,6 +1075,27 @@ class AccountQuotaSet(_message.Message):
 Global___AccountQuotaSet: _TypeAlias = AccountQuotaSet  # noqa: Y015
 
 @_typing.final
+class AccountPreemptionSet(_message.Message):
+    """AccountPreemptionSet sets whether the scheduler may preempt the account's runs (an admin's decision)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREEMPTIBLE_FIELD_NUMBER: _builtins.int
+    preemptible: _builtins.bool
+    def __init__(
+        self,
+        *,
+        preemptible: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["preemptible", b"preemptible"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountPreemptionSet: _TypeAlias = AccountPreemptionSet  # noqa: Y015
+
+@_typing.final
 class ApiKeyCreated(_message.Message):
     """ApiKeyCreated stores an API key; only its hash is kept."""
 

@@ -221,6 +221,9 @@ class Run(_message.Message):
     GPU_SECONDS_FIELD_NUMBER: _builtins.int
     BEST_METRIC_FIELD_NUMBER: _builtins.int
     BEST_STEP_FIELD_NUMBER: _builtins.int
+    PREEMPTED_BY_FIELD_NUMBER: _builtins.int
+    PREEMPT_RULE_FIELD_NUMBER: _builtins.int
+    NOT_PREEMPTIBLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     experiment_id: _builtins.str
     account_id: _builtins.str
@@ -248,6 +251,13 @@ class Run(_message.Message):
     """
     best_step: _builtins.int
     """Step of the first point that reached best_metric."""
+    preempted_by: _builtins.str
+    """The latest preemption of the run (RunPreemptRequested): the run that took its GPUs and the rule
+    ("fair-share" or "priority"); empty when it was never preempted. The reason is in `message`.
+    """
+    preempt_rule: _builtins.str
+    not_preemptible: _builtins.bool
+    """The run's manifest said `preemptible: false`."""
     @_builtins.property
     def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -293,10 +303,13 @@ class Run(_message.Message):
         gpu_seconds: _builtins.float = ...,
         best_metric: _builtins.float | None = ...,
         best_step: _builtins.int = ...,
+        preempted_by: _builtins.str = ...,
+        preempt_rule: _builtins.str = ...,
+        not_preemptible: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_best_metric", b"_best_metric", "assigned_at", b"assigned_at", "best_metric", b"best_metric", "created_at", b"created_at", "ended_at", b"ended_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_best_metric", b"_best_metric", "account_id", b"account_id", "agent_id", b"agent_id", "assigned_at", b"assigned_at", "attempt", b"attempt", "best_metric", b"best_metric", "best_step", b"best_step", "cancel_requested", b"cancel_requested", "command", b"command", "created_at", b"created_at", "ended_at", b"ended_at", "exit_code", b"exit_code", "experiment_id", b"experiment_id", "failure_reason", b"failure_reason", "gpu_ids", b"gpu_ids", "gpu_seconds", b"gpu_seconds", "hyperparameters", b"hyperparameters", "id", b"id", "index", b"index", "latest_metrics", b"latest_metrics", "message", b"message", "priority", b"priority", "queue_position", b"queue_position", "results_uri", b"results_uri", "started_at", b"started_at", "state", b"state", "waiting_reason", b"waiting_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_best_metric", b"_best_metric", "account_id", b"account_id", "agent_id", b"agent_id", "assigned_at", b"assigned_at", "attempt", b"attempt", "best_metric", b"best_metric", "best_step", b"best_step", "cancel_requested", b"cancel_requested", "command", b"command", "created_at", b"created_at", "ended_at", b"ended_at", "exit_code", b"exit_code", "experiment_id", b"experiment_id", "failure_reason", b"failure_reason", "gpu_ids", b"gpu_ids", "gpu_seconds", b"gpu_seconds", "hyperparameters", b"hyperparameters", "id", b"id", "index", b"index", "latest_metrics", b"latest_metrics", "message", b"message", "not_preemptible", b"not_preemptible", "preempt_rule", b"preempt_rule", "preempted_by", b"preempted_by", "priority", b"priority", "queue_position", b"queue_position", "results_uri", b"results_uri", "started_at", b"started_at", "state", b"state", "waiting_reason", b"waiting_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__best_metric: _TypeAlias = _typing.Literal["best_metric"]  # noqa: Y015
     _WhichOneofArgType__best_metric: _TypeAlias = _typing.Literal["_best_metric", b"_best_metric"]  # noqa: Y015
@@ -402,6 +415,7 @@ class Account(_message.Message):
     RUNS_QUEUED_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STORAGE_PREFIXES_FIELD_NUMBER: _builtins.int
+    NOT_PREEMPTIBLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     gpu_quota: _builtins.int
@@ -409,6 +423,8 @@ class Account(_message.Message):
     run_quota: _builtins.int
     gpus_in_use: _builtins.int
     runs_queued: _builtins.int
+    not_preemptible: _builtins.bool
+    """The scheduler never preempts the account's runs (AdminService.SetAccountPreemption)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -427,10 +443,11 @@ class Account(_message.Message):
         runs_queued: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         storage_prefixes: _abc.Iterable[_builtins.str] | None = ...,
+        not_preemptible: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gpu_quota", b"gpu_quota", "gpus_in_use", b"gpus_in_use", "id", b"id", "max_queued_runs", b"max_queued_runs", "name", b"name", "run_quota", b"run_quota", "runs_queued", b"runs_queued", "storage_prefixes", b"storage_prefixes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gpu_quota", b"gpu_quota", "gpus_in_use", b"gpus_in_use", "id", b"id", "max_queued_runs", b"max_queued_runs", "name", b"name", "not_preemptible", b"not_preemptible", "run_quota", b"run_quota", "runs_queued", b"runs_queued", "storage_prefixes", b"storage_prefixes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

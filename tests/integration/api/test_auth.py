@@ -238,6 +238,9 @@ CASES: dict[str, Case] = {
     "/runyard.v1.AdminService/CreateAccount": Case(lambda w: A.CreateAccountRequest(account_id="mallory")),
     "/runyard.v1.AdminService/ListAccounts": Case(lambda w: A.ListAccountsRequest()),
     "/runyard.v1.AdminService/SetQuota": Case(lambda w: A.SetQuotaRequest(account_id="alpha", gpu_quota=1000)),
+    "/runyard.v1.AdminService/SetAccountPreemption": Case(
+        lambda w: A.SetAccountPreemptionRequest(account_id="alpha", preemptible=False)
+    ),
     "/runyard.v1.AdminService/SetAccountStorage": Case(
         lambda w: A.SetAccountStorageRequest(account_id="alpha", allow=["s3://beta/"])
     ),

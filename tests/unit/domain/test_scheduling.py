@@ -443,3 +443,17 @@ def test_a_decision_over_ten_thousand_runs_is_fast() -> None:
     per_run = (time.perf_counter() - started) / len(queue)
     assert len(decision.placements) == 64
     assert per_run < 0.001, f"{per_run * 1e6:.0f} us per run"
+
+
+def test_a_run_that_preempted_others_reserves_the_agent_they_free() -> None:
+    # Both agents are full; b1 would reserve n1 (lowest id on a tie), but its victims are on n2.
+    agents = [
+        agent("n1", 2, busy_gpu_ids=frozenset({"GPU-n1-0", "GPU-n1-1"}), running=2),
+        agent("n2", 2, busy_gpu_ids=frozenset({"GPU-n2-0", "GPU-n2-1"}), running=2),
+    ]
+    queue = [run("b1", "b", gpus=2)]
+    assert schedule(queue, agents).reservations == {"b1": "n1"}
+    assert schedule(queue, agents, promised={"b1": "n2"}).reservations == {"b1": "n2"}
+    # A promise of an agent that could never hold it is ignored.
+    small = [*agents, agent("n3", 1)]
+    assert schedule(queue, small, promised={"b1": "n3"}).reservations == {"b1": "n1"}

@@ -117,3 +117,20 @@ def test_a_new_run_already_in_the_rows_or_already_over_is_not_queued_again() -> 
 
 def test_a_new_run_of_an_account_the_snapshot_has_no_plan_for_asks_for_the_read_models() -> None:
     assert overlay(snapshot([], []), [("r7", created("r7", account="newcomer"), 50)]) is None
+
+
+def test_a_preemption_marks_the_run_stopping_and_an_assignment_carries_what_preemption_weighs() -> None:
+    before = snapshot([held("r1", "g0")], [])
+    before.queue = [QueuedRun("r3", "acct", gpus=1, priority=4, queued_position=1, not_preemptible=True)]
+    before.experiment_of = {"r3": "exp"}
+    after = overlay(
+        before,
+        [
+            ("r1", events_pb2.RunPreemptRequested(reason="why", by_run_id="r3", rule="priority"), 11),
+            ("r3", events_pb2.RunAssigned(attempt=1, agent_id="a1", gpu_ids=["g1"]), 12),
+        ],
+    )
+    assert after is not None
+    by_id = {h.run_id: h for h in after.holding}
+    assert by_id["r1"].preempt_requested and not by_id["r1"].cancel_requested
+    assert (by_id["r3"].priority, by_id["r3"].not_preemptible, by_id["r3"].assigned_position) == (4, True, 12)
