@@ -70,7 +70,7 @@ def test_pause_holds_queued_runs_at_once_and_stops_held_ones_gracefully(event_st
     assert bus.load(EXPERIMENT, experiment_id).paused
     assert states(bus, [held, queued]) == ["ASSIGNED", "PAUSED"]
     assert bus.load(RUN, held).pause_requested
-    assert seen.stopped == [(held, {"reason": EXPERIMENT_PAUSE, "graceful": True})]
+    assert seen.stopped == [(held, {"reason": EXPERIMENT_PAUSE, "graceful": True, "kind": "pause"})]
 
     # Again: idempotent, nothing more stored or sent.
     head = event_store.head_position()
