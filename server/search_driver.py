@@ -14,7 +14,10 @@ Decisions become events: a new trial is ExperimentRunAdded + RunCreated (the
 scheduler then queues and places it like any run), a stop is RunStopRequested
 (and a cancel message to the agent, which ends the run STOPPED_EARLY), a
 promotion RunPromoted, a new best ExperimentBestFound, the end
-ExperimentCompleted. Budgets need a clock: while live the driver checks them
+ExperimentCompleted; ASHA's pause variant pauses a run at a rung
+(RunPauseRequested with `rung` = the rung it waits to be promoted to, then
+the agent stops it with a checkpoint and it is PAUSED) and promotes it by
+resuming it (RunResumed with the rung it now trains to). Budgets need a clock: while live the driver checks them
 about every second and records ExperimentBudgetSpent, whose consequences are
 decided when it is read back.
 """
@@ -31,9 +34,10 @@ import structlog
 from google.protobuf.message import Message
 
 from runyard.server.app.bus import MessageBus
-from runyard.server.app.commands import AddTrial, RecordForExperiment, StopRunEarly
+from runyard.server.app.commands import AddTrial, PauseRun, RecordForExperiment, ResumeRun, StopRunEarly
 from runyard.server.app.errors import NotFound
 from runyard.server.domain import events as ev
+from runyard.server.domain import searchers
 from runyard.server.domain.errors import DomainError
 from runyard.server.domain.search_state import INPUT_TYPES, NewBest, Numbered, Searches
 from runyard.server.domain.searchers import Complete, CreateTrial, Promote, StopRun
@@ -53,7 +57,12 @@ DECISION_TYPES = (
     events_pb2.ExperimentBudgetSpent,
     events_pb2.RunStopRequested,
     events_pb2.RunStoppedEarly,
+    events_pb2.RunPauseRequested,
+    events_pb2.RunPaused,
+    events_pb2.RunResumed,
 )
+#: Why ASHA's pause variant pauses and resumes runs (RunPauseRequested.reason, RunResumed.reason).
+ASHA_REASON = "asha"
 
 
 def decision_event_id(experiment_id: str, number: int) -> uuid.UUID:
@@ -183,6 +192,11 @@ class SearchDriver:
                 execute(AddTrial(experiment_id, action.index, action.hyperparameters, event_id))
             elif isinstance(action, StopRun):
                 execute(StopRunEarly(action.run_id, action, event_id))  # RunStopRequested: the bus sends the stop
+            elif isinstance(action, searchers.PauseRun):
+                # Paused at rung k, waiting for a promotion to rung k + 1 (> 0: an ASHA pause).
+                execute(PauseRun(action.run_id, ASHA_REASON, action.rung + 1, event_id))
+            elif isinstance(action, searchers.ResumeRun):
+                execute(ResumeRun(action.run_id, ASHA_REASON, action.rung, event_id))
             elif isinstance(action, Promote):
                 promoted = events_pb2.RunPromoted(
                     run_id=action.run_id, rung=action.rung, level=action.level, value=action.value

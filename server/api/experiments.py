@@ -25,6 +25,7 @@ from runyard.v1 import resources_pb2
 #: Experiments read per query while filling a page (see _experiment_page).
 _BATCH = 25
 
+
 class ExperimentService(pb_grpc.ExperimentServiceServicer):
     def __init__(self, ctx: ServerContext, bus: MessageBus, watcher: Watcher, storage: SubmitStorageCheck) -> None:
         self._ctx = ctx

@@ -1,6 +1,10 @@
-"""Handlers of the run and agent use cases: cancel, assign (the scheduler), leases, lost and drained agents."""
+"""Handlers of the run and agent use cases: cancel, pause, resume, assign (the scheduler), leases, lost and
+drained agents."""
 
 from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
 
 from google.protobuf.message import Message
 
@@ -14,6 +18,22 @@ from runyard.v1 import events_pb2
 
 def cancel_run(cmd: c.CancelRun, uow: UnitOfWork) -> Outcome:
     return change(uow, RUN, cmd.run_id, lambda run: run.request_cancel(cmd.reason))
+
+
+def pause_run(cmd: c.PauseRun, uow: UnitOfWork) -> Outcome:
+    """RunPauseRequested (the bus then asks the agent to stop), or RunPaused from the queue; nothing for a run
+    that ended, is paused or is already stopping."""
+    return change(uow, RUN, cmd.run_id, lambda run: run.request_pause(cmd.reason, cmd.rung), _ids(cmd.event_id))
+
+
+def resume_run(cmd: c.ResumeRun, uow: UnitOfWork) -> Outcome:
+    """RunResumed: the paused run is queued again; nothing for a run that is not paused."""
+    return change(uow, RUN, cmd.run_id, lambda run: run.resume(cmd.reason, cmd.rung), _ids(cmd.event_id))
+
+
+def _ids(event_id: uuid.UUID | None) -> Callable[[int], list[uuid.UUID]] | None:
+    """The decision's event id for the one event a pause or resume records (None: ids are random)."""
+    return None if event_id is None else (lambda n: [event_id])
 
 
 def assign_run(cmd: c.AssignRun, uow: UnitOfWork) -> Outcome:

@@ -91,8 +91,9 @@ SEARCH_FIELDS = (
 FRAMEWORK_FIELDS = ("name", "version")
 RESOURCES_FIELDS = ("gpus", "cpus", "memory", "gpu_model", "labels")
 METRICS_FIELDS = ("patterns",)
-ASHA_FIELDS = ("min_resource", "reduction_factor", "max_resource", "time_unit")
+ASHA_FIELDS = ("min_resource", "reduction_factor", "max_resource", "time_unit", "mode")
 TIME_UNITS = ("epochs", "steps")
+ASHA_MODES = ("stop", "pause")
 #: "90s", "30m", "2h", "1d" (or a plain number of seconds).
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -185,7 +186,7 @@ def _kind(value: object) -> str:
 def _quoted(text: str) -> str:
     """A string as JSON quotes it (every control character escaped), cut after 40 characters."""
     shown = json.dumps(text[:40])
-    return shown if len(text) <= 40 else f"{shown[:-1]}...\""
+    return shown if len(text) <= 40 else f'{shown[:-1]}..."'
 
 
 def _at(path: str, key: object) -> str:
@@ -720,7 +721,12 @@ class _Parser:
         unit = "epochs"
         if "time_unit" in fields:
             unit = self.choice("search.asha.time_unit", fields["time_unit"], TIME_UNITS) or "epochs"
-        return AshaSettings(min_resource, factor, max_resource, unit)
+        mode = "stop"
+        if "mode" in fields:
+            mode = self.choice("search.asha.mode", fields["mode"], ASHA_MODES) or "stop"
+            if mode == "pause" and "max_resource" not in fields:
+                self.error("search.asha.mode", "pause needs max_resource (what a promoted run trains to at last)")
+        return AshaSettings(min_resource, factor, max_resource, unit, mode)
 
     def duration(self, path: str, value: object) -> float | None:
         """Seconds from 3600, "90s", "30m", "2h" or "1d"."""

@@ -90,6 +90,7 @@ def _uri() -> Schema:
         "pattern": rf"^(?:s3://{mp._BUCKET.pattern}(?:/[^\s\x00-\x1f]*)?|file:///[^\s\x00-\x1f]*)$",
     }
 
+
 _IDENTIFIER = _whole(mp._IDENTIFIER)
 
 
@@ -200,9 +201,11 @@ def _search() -> Schema:
             "reduction_factor": _integer(2, _SAFE),
             "max_resource": _integer(1, _SAFE),
             "time_unit": {"enum": list(mp.TIME_UNITS)},
+            "mode": {"enum": list(mp.ASHA_MODES)},
         },
         mp.ASHA_FIELDS,
     )
+    asha["allOf"] = [_when({"mode": {"const": "pause"}}, required=["max_resource"])]
     duration = {
         "type": ["number", "string"],
         "exclusiveMinimum": 0,
@@ -284,9 +287,7 @@ def _top_level() -> dict[str, Schema]:
         "max_restarts": _integer(0, mp.MAX_RESTARTS),
         "env": _env(),
         "priority": _integer(-mp.MAX_PRIORITY, mp.MAX_PRIORITY),
-        "image": _nullable(
-            {"type": "string", "maxLength": limits.MAX_IMAGE_CHARS, "pattern": _whole(mp._IMAGE)}
-        ),
+        "image": _nullable({"type": "string", "maxLength": limits.MAX_IMAGE_CHARS, "pattern": _whole(mp._IMAGE)}),
         "network": {"enum": list(NETWORKS)},
     }
 

@@ -35,7 +35,9 @@ from runyard.server.domain.manifest_model import Manifest
 from runyard.server.domain.searchers import (
     Complete,
     CreateTrial,
+    PauseRun,
     Promote,
+    ResumeRun,
     RunOutcome,
     Searcher,
     StopRun,
@@ -56,7 +58,7 @@ class NewBest:
     value: float
 
 
-Action = CreateTrial | StopRun | Promote | Complete | NewBest
+Action = CreateTrial | StopRun | Promote | PauseRun | ResumeRun | Complete | NewBest
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ INPUT_TYPES: tuple[type[Message], ...] = (
     events_pb2.ExperimentBudgetSpent,
     events_pb2.RunAssigned,
     events_pb2.RunRequeued,
+    events_pb2.RunPaused,
+    events_pb2.RunResumed,
     events_pb2.RunMetricsReported,
     *_ENDINGS,
 )
@@ -286,12 +290,17 @@ class Searches:
         if isinstance(msg, events_pb2.RunAssigned):
             use.gpus, use.since = len(msg.gpu_ids), at
             return []
+        if isinstance(msg, events_pb2.RunResumed):
+            # A paused run back in the queue (its GPU time starts again at its next RunAssigned).
+            return [] if search.searcher is None else search.number(search.searcher.on_run_resumed(run_id, msg.rung))
         outcome = _ENDINGS.get(type(msg))
-        if outcome is None and not isinstance(msg, events_pb2.RunRequeued):
+        if outcome is None and not isinstance(msg, events_pb2.RunRequeued | events_pb2.RunPaused):
             return []
         if use.since is not None:
             search.gpu_seconds += use.gpus * max(0.0, (at - use.since).total_seconds())
             use.since = None
+        if isinstance(msg, events_pb2.RunPaused):  # held: alive, but its GPU time stopped
+            return [] if search.searcher is None else search.number(search.searcher.on_run_paused(run_id))
         if outcome is None:  # re-queued: the run goes on, only its GPU time stopped
             return []
         use.ended = True

@@ -12,14 +12,18 @@ contract, `sequence` for grid and random search, `asha` for early stopping,
 from __future__ import annotations
 
 from runyard.server.domain.manifest_model import Manifest
-from runyard.server.domain.searchers.asha import AshaConfig, AshaSearcher, TimeUnit
+from runyard.server.domain.searchers.asha import AshaConfig, AshaMode, AshaPauseSearcher, AshaSearcher, TimeUnit
 from runyard.server.domain.searchers.base import (
     Closed,
     Complete,
     CreateTrial,
     Decision,
     MetricReported,
+    Paused,
+    PauseRun,
     Promote,
+    Resumed,
+    ResumeRun,
     RunEnded,
     RunOutcome,
     Searcher,
@@ -34,13 +38,18 @@ from runyard.server.domain.searchers.sequence import SequenceSearcher
 
 __all__ = [
     "AshaConfig",
+    "AshaPauseSearcher",
     "AshaSearcher",
     "Closed",
     "Complete",
     "CreateTrial",
     "Decision",
     "MetricReported",
+    "PauseRun",
+    "Paused",
     "Promote",
+    "ResumeRun",
+    "Resumed",
     "RunEnded",
     "RunOutcome",
     "Searcher",
@@ -69,7 +78,8 @@ def searcher_for(manifest: Manifest, experiment_id: str, asha: AshaConfig | None
     """The searcher a manifest asks for: TPE, ASHA over its trials when early_stopping is asha, else the sequence.
 
     The rung ladder comes from the manifest's `search.asha` (defaults: rungs at
-    1, 3, 9, ... epochs, no upper bound) unless `asha` overrides it.
+    1, 3, 9, ... epochs, no upper bound) unless `asha` overrides it; its `mode`
+    picks stop-only ASHA (the default) or the pause-and-promote variant.
     """
     if manifest.search.method == "tpe":
         from runyard.server.domain.searchers.tpe import TpeSearcher
@@ -79,6 +89,9 @@ def searcher_for(manifest: Manifest, experiment_id: str, asha: AshaConfig | None
         if asha is None:
             a = manifest.search.asha
             unit: TimeUnit = "steps" if a.time_unit == "steps" else "epochs"
-            asha = AshaConfig(a.min_resource, a.reduction_factor, a.max_resource, unit)
+            mode: AshaMode = "pause" if a.mode == "pause" else "stop"
+            asha = AshaConfig(a.min_resource, a.reduction_factor, a.max_resource, unit, mode)
+        if asha.mode == "pause":
+            return AshaPauseSearcher.from_manifest(manifest, experiment_id, asha)
         return AshaSearcher.from_manifest(manifest, experiment_id, asha)
     return SequenceSearcher.from_manifest(manifest, experiment_id)
