@@ -1,11 +1,11 @@
 """Searchers: which runs an experiment starts, and which it stops early, decided from events alone.
 
-The interface (`Searcher` in `base`) is four inputs and four decisions; a new
-strategy (Bayesian, Optuna-backed, population based) implements those five
+The interface (`Searcher` in `base`) is six inputs and six decisions; a new
+strategy (Bayesian, Optuna-backed, population based) implements those seven
 methods and nothing in the scheduler or the store changes. Every searcher is
 pure: same inputs in the same order, same state and same decisions, which is
 how an experiment outlives a control-plane restart. See `base` for the
-contract, `sequence` for grid and random search, `asha` for early stopping,
+contract, `sequence` for grid and random search, `asha` for early stopping (stop-only, or pause and promote),
 `tpe` for Bayesian search (Optuna's TPE sampler behind the same interface).
 """
 
