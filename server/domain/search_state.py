@@ -18,7 +18,9 @@ searcher, stop the runs still going) are made when that event is read back,
 so they too are a function of the log alone.
 
 GPU time is counted as billing counts it (`domain.billing`): from RunAssigned
-to the attempt's end, times its GPUs, from the events' recorded times.
+to the attempt's end (RunPaused included), times its GPUs, from the events'
+recorded times. RunPaused and RunResumed are searcher inputs too: ASHA's
+pause variant promotes only a run whose pause the log confirmed.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ After Li et al., "A System for Massively Parallel Hyperparameter Tuning"
 
 Rung k sits at `min_resource * reduction_factor**k` time units (epochs or
 steps, whatever the search metric's `step` counts), for every such level below
-`max_resource` (no bound when None). When a run's search-metric point first
-reaches a rung's level, its value is recorded at that rung, and the decision
-is made at once against the results recorded there *so far*, never waiting
+`max_resource` (no bound when None). In the stop-only variant, when a run's
+search-metric point first reaches a rung's level, its value is recorded at
+that rung, and the decision is made at once against the results recorded there *so far*, never waiting
 for the rung to fill:
 
     n    = results recorded at the rung, this one included
@@ -154,19 +154,10 @@ class AshaSearcher:
     def _better_or_equal(self, a: float, b: float) -> bool:
         return a >= b if self._goal == "maximize" else a <= b
 
-    def _rung_reached(self, step: int) -> int | None:
-        """The highest rung whose level `step` has reached, or None below the first."""
-        reached = None
-        for k, level in enumerate(self._levels):
-            if step < level:
-                break
-            reached = k
-        return reached
-
     def on_metric(self, run_id: str, step: int, value: float) -> list[Decision]:
         if run_id not in self._pool.active or not math.isfinite(value):
             return []
-        rung = self._rung_reached(step)
+        rung = _rung_reached(self._levels, step)
         if rung is None or rung < self._next_rung.get(run_id, 0):
             return []
         self._next_rung[run_id] = rung + 1
