@@ -32,8 +32,11 @@ def resume_run(cmd: c.ResumeRun, uow: UnitOfWork) -> Outcome:
 
 
 def _ids(event_id: uuid.UUID | None) -> Callable[[int], list[uuid.UUID]] | None:
-    """The decision's event id for the one event a pause or resume records (None: ids are random)."""
-    return None if event_id is None else (lambda n: [event_id])
+    """The ids of what a pause or resume records: the decision's id first, the others derived from it
+    (None: random ids). A re-derived decision so appends nothing new."""
+    if event_id is None:
+        return None
+    return lambda n: [event_id] + [uuid.uuid5(event_id, str(i)) for i in range(1, n)]
 
 
 def assign_run(cmd: c.AssignRun, uow: UnitOfWork) -> Outcome:
