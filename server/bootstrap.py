@@ -35,6 +35,7 @@ from runyard.server.api.runs import RunService
 from runyard.server.api.usage import UsageService
 from runyard.server.api.watching import Watcher
 from runyard.server.app.bus import MessageBus
+from runyard.server.app.commands import SettlePausedRun
 from runyard.server.app.effects import effects
 from runyard.server.app.experiments import SubmitChecks
 from runyard.server.app.handlers import handlers
@@ -165,7 +166,13 @@ async def start_replica(config: ServerConfig) -> Replica:
     stop = asyncio.Event()
     scheduler = Scheduler(ctx, js, nc, LeaderLease(store.engine), app)
     # What follows a commit, by the type of each event committed (runyard.server.app.effects).
-    app.add_effects(effects(wake_scheduler=scheduler.wakeup, stop_on_agent=scheduler.send_cancel))
+    app.add_effects(
+        effects(
+            wake_scheduler=scheduler.wakeup,
+            stop_on_agent=scheduler.send_cancel,
+            settle_paused=lambda run_id: app.handle(SettlePausedRun(run_id)),
+        )
+    )
     ctx.queue_explainer = QueueExplainer(scheduling_reads, scheduler.heartbeats.alive, lambda: projections.position)
     ingest = Ingest(app, js, credentials)
     scheduler.accept_heartbeat = AgentAuth(credentials).accept_heartbeat

@@ -57,6 +57,8 @@ RULES: dict[str, str] = {
     "/runyard.v1.ExperimentService/GetExperiment": USER,
     "/runyard.v1.ExperimentService/ListExperiments": USER,
     "/runyard.v1.ExperimentService/CancelExperiment": USER,
+    "/runyard.v1.ExperimentService/PauseExperiment": USER,
+    "/runyard.v1.ExperimentService/ResumeExperiment": USER,
     "/runyard.v1.ExperimentService/WatchExperiment": USER,
     "/runyard.v1.RunService/GetRun": USER,
     "/runyard.v1.RunService/ListRuns": USER,

@@ -1,4 +1,4 @@
-"""ExperimentService: submit, read, cancel and watch experiments."""
+"""ExperimentService: submit, read, cancel, pause, resume and watch experiments."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from runyard.server.api.errors import Context, abort, decode_page_token, page_si
 from runyard.server.api.paging import MAX_PAGE_BYTES, trim_runs
 from runyard.server.api.watching import Watcher
 from runyard.server.app.bus import MessageBus
-from runyard.server.app.commands import CancelExperiment, SubmitExperiment
+from runyard.server.app.commands import CancelExperiment, PauseExperiment, ResumeExperiment, SubmitExperiment
 from runyard.server.app.experiments import Submitted
 from runyard.server.app.storage_access import SubmitStorageCheck
 from runyard.server.context import ServerContext
@@ -137,6 +137,30 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
             position, lambda: self._ctx.queries.get_experiment(request.experiment_id)
         )
         return pb.CancelExperimentResponse(experiment=experiment and trim_runs(experiment))
+
+    async def PauseExperiment(self, request: pb.PauseExperimentRequest, context: Context) -> pb.PauseExperimentResponse:
+        await self._own(request.experiment_id, context)
+        try:
+            position = await self._bus.handle(PauseExperiment(request.experiment_id, request.reason))
+        except Exception as exc:
+            await abort(context, exc)
+        experiment = await self._ctx.read_after(
+            position, lambda: self._ctx.queries.get_experiment(request.experiment_id)
+        )
+        return pb.PauseExperimentResponse(experiment=experiment and trim_runs(experiment))
+
+    async def ResumeExperiment(
+        self, request: pb.ResumeExperimentRequest, context: Context
+    ) -> pb.ResumeExperimentResponse:
+        await self._own(request.experiment_id, context)
+        try:
+            position = await self._bus.handle(ResumeExperiment(request.experiment_id, request.reason))
+        except Exception as exc:
+            await abort(context, exc)
+        experiment = await self._ctx.read_after(
+            position, lambda: self._ctx.queries.get_experiment(request.experiment_id)
+        )
+        return pb.ResumeExperimentResponse(experiment=experiment and trim_runs(experiment))
 
     async def WatchExperiment(
         self, request: pb.WatchExperimentRequest, context: Context

@@ -115,6 +115,14 @@ class UpdateBuilder:
             s.state, s.attempt, s.final, s.message = common_pb2.RUN_STATE_CANCELED, msg.attempt, True, msg.reason
         elif isinstance(msg, events_pb2.RunStoppedEarly):
             s.state, s.attempt, s.final, s.message = common_pb2.RUN_STATE_STOPPED_EARLY, msg.attempt, True, msg.reason
+        elif isinstance(msg, events_pb2.RunPauseRequested):
+            # Still on its agent until it stopped; not final: a paused run goes on after a resume.
+            s.state = self.states.get(run_id, common_pb2.RUN_STATE_UNSPECIFIED)  # type: ignore[assignment]
+            s.message = f"pausing: {msg.reason}" if msg.reason else "pausing"
+        elif isinstance(msg, events_pb2.RunPaused):
+            s.state, s.attempt, s.message = common_pb2.RUN_STATE_PAUSED, msg.attempt, msg.reason
+        elif isinstance(msg, events_pb2.RunResumed):
+            s.state, s.message = common_pb2.RUN_STATE_QUEUED, msg.reason
         else:
             return None
         self.states[run_id] = s.state

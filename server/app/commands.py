@@ -38,6 +38,29 @@ class CancelExperiment:
 
 
 @dataclass(frozen=True)
+class PauseExperiment:
+    """Hold the experiment: queued runs pause at once, runs on agents stop with a last checkpoint."""
+
+    experiment_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ResumeExperiment:
+    """Put the experiment's paused runs back in the queue (each resumes from its latest checkpoint)."""
+
+    experiment_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SettlePausedRun:
+    """A run just paused for its experiment: resume it at once if the experiment was resumed meanwhile."""
+
+    run_id: str
+
+
+@dataclass(frozen=True)
 class SetExperimentPriority:
     experiment_id: str
     priority: int
@@ -236,6 +259,9 @@ class BootstrapFirstAccount:
 Command = (
     SubmitExperiment
     | CancelExperiment
+    | PauseExperiment
+    | ResumeExperiment
+    | SettlePausedRun
     | SetExperimentPriority
     | AddTrial
     | StopRunEarly

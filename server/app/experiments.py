@@ -1,4 +1,4 @@
-"""Handlers of the experiment use cases: submit, cancel, reprioritise, and the searcher's decisions.
+"""Handlers of the experiment use cases: submit, cancel, pause, resume, reprioritise, and the searcher's decisions.
 
 Submit parses the manifest once and hands the parsed manifest to every check
 (the account's storage grants, what the account's plan and the cluster could
@@ -21,12 +21,14 @@ from runyard.server.app.storage_access import SubmitStorageCheck
 from runyard.server.app.unit_of_work import Outcome, UnitOfWork
 from runyard.server.domain import events as ev
 from runyard.server.domain.errors import ManifestError
-from runyard.server.domain.experiment import Experiment, runs_at_submit
+from runyard.server.domain.experiment import EXPERIMENT_PAUSE, EXPERIMENT_RESUME, Experiment, runs_at_submit
 from runyard.server.domain.manifest import Manifest, parse_manifest
 from runyard.server.domain.run import Run
+from runyard.server.domain.run_states import PAUSED
 from runyard.server.queries.scheduling import SchedulingReads
 from runyard.server.scheduler.admission import RefusalKind, submit_refusal
 from runyard.server.store import NO_STREAM, ConcurrencyError
+from runyard.v1 import events_pb2
 
 #: The status a caller gets for each admission refusal (see runyard.server.scheduler.admission).
 _ADMISSION = {
@@ -144,6 +146,80 @@ def cancel_experiment(cmd: c.CancelExperiment, uow: UnitOfWork) -> int:
     return position
 
 
+def _runs_ended(uow: UnitOfWork, experiment: Experiment) -> bool:
+    """Has every run of the experiment ended (a plain experiment with nothing left to pause or resume)?"""
+    return bool(experiment.run_ids) and all(load(uow, RUN, run_id).is_terminal for run_id in experiment.run_ids)
+
+
+def pause_experiment(cmd: c.PauseExperiment, uow: UnitOfWork) -> int:
+    """Pause the experiment, then each unfinished run; returns the position (0 when nothing changed).
+
+    A queued run is PAUSED at once; a run on an agent gets RunPauseRequested,
+    whose effect asks the agent to stop it (SIGTERM, grace, a last checkpoint),
+    and its stop then pauses it. Pausing a paused experiment changes nothing
+    but pauses any run the pause missed.
+    """
+    ended = _runs_ended(uow, load(uow, EXPERIMENT, cmd.experiment_id))
+    position = change_aggregate(uow, EXPERIMENT, cmd.experiment_id, lambda e: e.pause(cmd.reason, ended)).position
+    experiment = load(uow, EXPERIMENT, cmd.experiment_id)
+    if not experiment.paused:
+        return position  # resumed meanwhile
+    for run_id in experiment.run_ids:
+        done = change_aggregate(uow, RUN, run_id, lambda r: r.request_pause(EXPERIMENT_PAUSE))
+        position = max(position, done.position)
+    return position
+
+
+def resume_experiment(cmd: c.ResumeExperiment, uow: UnitOfWork) -> int:
+    """Resume the experiment, then put each run paused for it back in the queue; returns the position.
+
+    Runs paused for another reason (ASHA at a rung) stay paused. A run whose
+    stop was asked but not reported yet pauses later; `settle_paused_run`
+    resumes it then.
+    """
+    ended = _runs_ended(uow, load(uow, EXPERIMENT, cmd.experiment_id))
+    position = change_aggregate(uow, EXPERIMENT, cmd.experiment_id, lambda e: e.resume(cmd.reason, ended)).position
+    experiment = load(uow, EXPERIMENT, cmd.experiment_id)
+    if experiment.paused:
+        return position  # paused again meanwhile
+    for run_id in experiment.run_ids:
+        done = change_aggregate(uow, RUN, run_id, _resume_if_paused_for_experiment)
+        position = max(position, done.position)
+    return position
+
+
+def _resume_if_paused_for_experiment(run: Run) -> list[Message]:
+    if run.state != PAUSED or run.pause_reason != EXPERIMENT_PAUSE:
+        return []
+    return run.resume(EXPERIMENT_RESUME)
+
+
+def resume_within(experiment: Experiment, run: Run, reason: str = "", rung: int = 0) -> list[Message]:
+    """A searcher's resume of a paused run (ASHA's promotion) that respects its experiment's pause.
+
+    While the experiment is paused the run is resumed and paused again for the
+    experiment in one commit (RunResumed, RunPaused attempt 0): the promotion is
+    recorded, and the experiment's resume queues the run later.
+    """
+    resumed = run.resume(reason, rung)
+    if resumed and experiment.paused:
+        return [*resumed, events_pb2.RunPaused(attempt=0, reason=EXPERIMENT_PAUSE)]
+    return resumed
+
+
+def settle_paused_run(cmd: c.SettlePausedRun, uow: UnitOfWork) -> int:
+    """After a RunPaused: a run paused for its experiment that was resumed (or ended) meanwhile queues again."""
+    run = load(uow, RUN, cmd.run_id)
+    if run.state != PAUSED or run.pause_reason != EXPERIMENT_PAUSE:
+        return 0
+    experiment = load(uow, EXPERIMENT, run.experiment_id)
+    if experiment.paused:
+        return 0
+    if experiment.ended_state() is not None:
+        return 0  # canceled: the cancel ends it; completed or budget spent: the searcher stops it
+    return change_aggregate(uow, RUN, cmd.run_id, _resume_if_paused_for_experiment).position
+
+
 def set_experiment_priority(cmd: c.SetExperimentPriority, uow: UnitOfWork) -> int:
     """Reorder an experiment's queued runs; returns the position (0 when unchanged)."""
     return change_aggregate(uow, EXPERIMENT, cmd.experiment_id, lambda e: e.set_priority(cmd.priority)).position
@@ -155,19 +231,28 @@ def add_trial(cmd: c.AddTrial, uow: UnitOfWork) -> tuple[int, bool]:
     ExperimentRunAdded and the run's RunCreated commit together, with ids
     derived from `event_id`, so a decision re-derived after a restart adds
     nothing. A run added after the experiment was canceled (or its budget
-    spent) is ended at once: the cancel did not see it.
+    spent) is ended at once: the cancel did not see it. A run added while the
+    experiment is paused starts PAUSED (in the same commit as its RunCreated).
     """
     experiment = load(uow, EXPERIMENT, cmd.experiment_id)
     # Built from the facts recorded at submit (upcast for older experiments): no manifest parse here.
     added, created = experiment.add_trial(cmd.index, cmd.values)
+    opening: list[Message] = [created]
+    ids = [uuid.uuid5(cmd.event_id, "run")]
     with uow.transaction() as tx:
         first = tx.append(
             ev.experiment_stream(cmd.experiment_id), [added], correlation_id=cmd.experiment_id, ids=[cmd.event_id]
         )
-        tx.append(
-            ev.run_stream(created.run_id), [created], NO_STREAM, cmd.experiment_id, [uuid.uuid5(cmd.event_id, "run")]
-        )
+        if first.appended and experiment.paused and not experiment.cancel_requested:
+            # New now (not a decision stored before): it starts paused, in its opening commit.
+            opening.append(events_pb2.RunPaused(attempt=0, reason=EXPERIMENT_PAUSE))
+            ids.append(uuid.uuid5(cmd.event_id, "paused"))
+        tx.append(ev.run_stream(created.run_id), opening, NO_STREAM, cmd.experiment_id, ids)
     position = tx.last_position
+    if first.appended and not experiment.paused and load(uow, EXPERIMENT, cmd.experiment_id).paused:
+        # Paused between the load and the commit: the pause's sweep may not have seen this run.
+        paused = change_aggregate(uow, RUN, created.run_id, lambda r: r.request_pause(EXPERIMENT_PAUSE))
+        position = max(position, paused.position)
     if first.appended and (experiment.cancel_requested or experiment.budget_spent):
         reason = experiment.cancel_reason if experiment.cancel_requested else "budget"
         decide: Callable[[Run], list[Message]] = (

@@ -19,6 +19,9 @@ def handlers(checks: SubmitChecks | None = None) -> dict[type, Handler]:
     return {
         c.SubmitExperiment: partial(experiments.submit_experiment, checks=checks or SubmitChecks()),
         c.CancelExperiment: experiments.cancel_experiment,
+        c.PauseExperiment: experiments.pause_experiment,
+        c.ResumeExperiment: experiments.resume_experiment,
+        c.SettlePausedRun: experiments.settle_paused_run,
         c.SetExperimentPriority: experiments.set_experiment_priority,
         c.AddTrial: experiments.add_trial,
         c.StopRunEarly: experiments.stop_run_early,

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from google.protobuf.message import Message
 
 from runyard.server.app import commands as c
-from runyard.server.app.aggregates import AGENT, RUN, AgentDrain, change, load
+from runyard.server.app.aggregates import AGENT, EXPERIMENT, RUN, AgentDrain, change, load
+from runyard.server.app.experiments import resume_within
 from runyard.server.app.unit_of_work import Outcome, UnitOfWork
 from runyard.server.domain import events as ev
 from runyard.server.domain.run import Run
@@ -27,8 +28,18 @@ def pause_run(cmd: c.PauseRun, uow: UnitOfWork) -> Outcome:
 
 
 def resume_run(cmd: c.ResumeRun, uow: UnitOfWork) -> Outcome:
-    """RunResumed: the paused run is queued again; nothing for a run that is not paused."""
-    return change(uow, RUN, cmd.run_id, lambda run: run.resume(cmd.reason, cmd.rung), _ids(cmd.event_id))
+    """RunResumed: the paused run is queued again; nothing for a run that is not paused.
+
+    While its experiment is paused, the promotion is recorded and the run paused again for the
+    experiment (`resume_within`): the experiment's resume queues it.
+    """
+
+    def decide(run: Run) -> list[Message]:
+        if not run.experiment_id:
+            return run.resume(cmd.reason, cmd.rung)
+        return resume_within(load(uow, EXPERIMENT, run.experiment_id), run, cmd.reason, cmd.rung)
+
+    return change(uow, RUN, cmd.run_id, decide, _ids(cmd.event_id))
 
 
 def _ids(event_id: uuid.UUID | None) -> Callable[[int], list[uuid.UUID]] | None:

@@ -1,8 +1,10 @@
 """The Experiment aggregate: a manifest expanded into runs, and the cancel of them all.
 
-An experiment's decisions are few: it is created once and a cancel may be
-asked once. A plain experiment gets all its runs with its creation (so a
-reader never sees it without them); a searched one (`is_searched`: early
+An experiment's decisions are few: it is created once, a cancel may be
+asked once, and it may be paused and resumed while it has not ended
+(ExperimentPaused/ExperimentResumed; its runs are paused one by one after).
+A plain experiment gets all its runs with its creation (so a reader never
+sees it without them); a searched one (`is_searched`: early
 stopping or max_parallel) starts empty and its searcher adds runs one by one
 (ExperimentRunAdded), records rung decisions and bests, and ends it
 (ExperimentCompleted). Run ids and specs are pure functions of the experiment
@@ -26,7 +28,12 @@ from runyard.server.domain.manifest_parse import MAX_PRIORITY
 from runyard.server.domain.search_space import expand_trials
 from runyard.v1 import common_pb2, events_pb2, facts_pb2
 
-__all__ = ["Experiment", "new_run", "run_spec", "runs_at_submit"]
+__all__ = ["EXPERIMENT_PAUSE", "EXPERIMENT_RESUME", "Experiment", "new_run", "run_spec", "runs_at_submit"]
+
+#: The reason of the runs an experiment's pause pauses (RunPauseRequested/RunPaused), and of their
+#: resume: an experiment's resume puts back only the runs paused for it (not those ASHA paused at a rung).
+EXPERIMENT_PAUSE = "experiment paused"
+EXPERIMENT_RESUME = "experiment resumed"
 
 
 def _value(value: Scalar) -> struct_pb2.Value:
@@ -107,6 +114,9 @@ class Experiment:
     budget_spent: str = ""
     #: Why the searcher ended the experiment (ExperimentCompleted); "" while it searches.
     completed: str = ""
+    #: Paused (ExperimentPaused) and not resumed since: its runs wait PAUSED, new trials start paused.
+    paused: bool = False
+    pause_reason: str = ""
     version: int = 0
 
     @staticmethod
@@ -169,6 +179,11 @@ class Experiment:
             self.priority = event.priority
             self.version += 1
             return
+        if isinstance(event, events_pb2.ExperimentPaused | events_pb2.ExperimentResumed):
+            self.paused = isinstance(event, events_pb2.ExperimentPaused)
+            self.pause_reason = event.reason if self.paused else ""
+            self.version += 1
+            return
         if isinstance(event, _SEARCH_EVENTS):
             if isinstance(event, events_pb2.ExperimentRunAdded):
                 self.run_ids = (*self.run_ids, event.run_id)
@@ -221,3 +236,37 @@ class Experiment:
         if self.cancel_requested:
             raise IllegalTransition(self.experiment_id, "CANCEL_REQUESTED", "cancel", kind="experiment")
         return [events_pb2.ExperimentCancelRequested(reason=reason)]
+
+    def ended_state(self, runs_ended: bool = False) -> str | None:
+        """The name of the state that ends the experiment (None while it goes on).
+
+        `runs_ended`: every run of a plain (unsearched) experiment has ended, which
+        only the runs' streams know.
+        """
+        if self.cancel_requested:
+            return "CANCEL_REQUESTED"
+        if self.completed:
+            return "COMPLETED"
+        if self.budget_spent:
+            return "BUDGET_SPENT"
+        if runs_ended and not self.facts.searched:
+            return "ENDED"
+        return None
+
+    def pause(self, reason: str = "", runs_ended: bool = False) -> list[Message]:
+        """Hold the experiment: its runs are paused after (by the handler); paused again records nothing."""
+        ended = self.ended_state(runs_ended)
+        if ended is not None:
+            raise IllegalTransition(self.experiment_id, ended, "pause", kind="experiment")
+        if self.paused:
+            return []
+        return [events_pb2.ExperimentPaused(reason=reason)]
+
+    def resume(self, reason: str = "", runs_ended: bool = False) -> list[Message]:
+        """Let the experiment's runs queue again; nothing for an experiment that is not paused."""
+        ended = self.ended_state(runs_ended)
+        if ended is not None:
+            raise IllegalTransition(self.experiment_id, ended, "resume", kind="experiment")
+        if not self.paused:
+            return []
+        return [events_pb2.ExperimentResumed(reason=reason)]

@@ -19,8 +19,11 @@ so they too are a function of the log alone.
 
 GPU time is counted as billing counts it (`domain.billing`): from RunAssigned
 to the attempt's end (RunPaused included), times its GPUs, from the events'
-recorded times. RunPaused and RunResumed are searcher inputs too: ASHA's
-pause variant promotes only a run whose pause the log confirmed.
+recorded times. A paused run has not ended: it counts against max_parallel
+and the searcher waits for it, as for a queued one (ASHA's pause variant,
+which pauses runs itself, frees their slots instead). RunPaused and
+RunResumed are searcher inputs too: that variant promotes only a run whose
+pause the log confirmed.
 """
 
 from __future__ import annotations
@@ -303,7 +306,7 @@ class Searches:
             use.since = None
         if isinstance(msg, events_pb2.RunPaused):  # held: alive, but its GPU time stopped
             return [] if search.searcher is None else search.number(search.searcher.on_run_paused(run_id))
-        if outcome is None:  # re-queued: the run goes on, only its GPU time stopped
+        if outcome is None:  # re-queued: the run is alive (not ended), only its GPU time stopped
             return []
         use.ended = True
         if search.searcher is None:

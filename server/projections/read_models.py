@@ -44,6 +44,7 @@ _UPLOADING, _COMPLETED, _FAILED, _CANCELED, _STOPPED_EARLY = (
     common_pb2.RUN_STATE_CANCELED,
     common_pb2.RUN_STATE_STOPPED_EARLY,
 )
+_PAUSED = common_pb2.RUN_STATE_PAUSED
 
 Row = dict[str, Any]
 
@@ -451,6 +452,28 @@ def _stopped_early(row: Row, event: RecordedEvent, msg: events_pb2.RunStoppedEar
     row.update(state=_STOPPED_EARLY, message=message, ended_at=event.recorded_at, cancel_requested=True)
 
 
+def _pause_requested(row: Row, event: RecordedEvent, msg: events_pb2.RunPauseRequested) -> None:
+    # Like a stop: the scheduler neither re-dispatches it nor counts it queued, and re-sends the stop on takeover.
+    row.update(cancel_requested=True, message=f"pausing: {msg.reason}" if msg.reason else "pausing")
+
+
+def _paused(row: Row, event: RecordedEvent, msg: events_pb2.RunPaused) -> None:
+    # Off the agents, holding nothing: its GPUs are free (billing of the attempt ended here too).
+    row.update(
+        state=_PAUSED,
+        message=f"paused: {msg.reason}" if msg.reason else "paused",
+        agent_id="",
+        gpu_ids="[]",
+        gpu_model="",
+        cancel_requested=False,
+    )
+
+
+def _resumed(row: Row, event: RecordedEvent, msg: events_pb2.RunResumed) -> None:
+    # Back in the queue, behind what was queued before it resumed.
+    row.update(state=_QUEUED, message="", cancel_requested=False, queued_position=event.position)
+
+
 #: How each event after RunCreated changes its run's row; events not listed leave it alone.
 _RUN_TRANSITIONS: dict[type[Message], Callable[[Row, RecordedEvent, Any], None]] = {
     events_pb2.RunAssigned: _assigned,
@@ -464,6 +487,9 @@ _RUN_TRANSITIONS: dict[type[Message], Callable[[Row, RecordedEvent, Any], None]]
     events_pb2.RunCanceled: _canceled,
     events_pb2.RunStopRequested: _stop_requested,
     events_pb2.RunStoppedEarly: _stopped_early,
+    events_pb2.RunPauseRequested: _pause_requested,
+    events_pb2.RunPaused: _paused,
+    events_pb2.RunResumed: _resumed,
 }
 
 
@@ -482,6 +508,8 @@ class RunsProjector:
         events_pb2.ExperimentBudgetSpent,
         events_pb2.ExperimentCancelRequested,
         events_pb2.ExperimentPrioritySet,
+        events_pb2.ExperimentPaused,
+        events_pb2.ExperimentResumed,
         events_pb2.AgentRegistered,
         events_pb2.AgentLost,
         events_pb2.AgentDrainRequested,
@@ -549,6 +577,7 @@ class RunsProjector:
                     "code_uri": msg.code_uri,
                     "run_count": len(msg.run_ids),
                     "cancel_requested": False,
+                    "paused": False,
                     "created_at": event.recorded_at,
                     "priority": facts.priority,
                     "searching": facts.searched,
@@ -570,6 +599,8 @@ class RunsProjector:
             row["end_reason"] = msg.reason
         elif isinstance(msg, events_pb2.ExperimentCancelRequested):
             row["cancel_requested"] = True
+        elif isinstance(msg, events_pb2.ExperimentPaused | events_pb2.ExperimentResumed):
+            row["paused"] = isinstance(msg, events_pb2.ExperimentPaused)
         elif isinstance(msg, events_pb2.ExperimentPrioritySet):
             row["priority"] = msg.priority
             self._priority_updates.append((row["id"], msg.priority))

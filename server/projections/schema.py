@@ -56,6 +56,8 @@ experiments = Table(
     # The metric its runs are ranked by ("" for none) and its direction, as decided at submit (revision 0006).
     Column("objective_metric", Text, nullable=False, server_default=""),
     Column("objective_maximize", Boolean, nullable=False, server_default=sql_true()),
+    # Paused (ExperimentPaused) and not resumed since (revision pause).
+    Column("paused", Boolean, nullable=False, server_default=sql_false()),
     # Log position of ExperimentCreated: a stable, unique order for pagination.
     Column("position", BigInteger, nullable=False, unique=True),
 )

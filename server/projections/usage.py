@@ -2,9 +2,10 @@
 
 Billing starts when an attempt is given its GPUs (RunAssigned) and ends when
 its results are stored (RunCompleted) or when it ends otherwise: RunFailed,
-RunCanceled, RunStoppedEarly (its searcher stopped it), or RunRequeued for an attempt lost to an infrastructure failure
+RunCanceled, RunStoppedEarly (its searcher stopped it), RunPaused (its experiment or
+ASHA paused it: paused time is never billed) or RunRequeued for an attempt lost to an infrastructure failure
 (the next attempt is billed on its own, from its own RunAssigned). A run
-canceled while still queued never had GPUs and costs nothing.
+canceled or paused while still queued never had GPUs and costs nothing.
 
 An attempt ends when it is known to have ended: the agent's report of it, or,
 when its agent is lost, the end of its lease (the RunRequeued or RunFailed
@@ -50,6 +51,7 @@ _ENDINGS = (
     events_pb2.RunCanceled,
     events_pb2.RunStoppedEarly,
     events_pb2.RunRequeued,
+    events_pb2.RunPaused,
 )
 _CHUNK = 500
 

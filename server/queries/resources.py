@@ -54,13 +54,21 @@ def run_from_row(row: dict[str, object]) -> resources_pb2.Run:
     return run
 
 
-def experiment_state(cancel_requested: bool, counts: dict[int, int], run_count: int, searching: bool = False) -> int:
-    """ACTIVE while a run has not ended or the searcher may add runs; then how the runs ended.
+#: Experiment states with runs still to end (the others say how it ended).
+GOING_ON = frozenset({resources_pb2.EXPERIMENT_STATE_ACTIVE, resources_pb2.EXPERIMENT_STATE_PAUSED})
 
-    A run the searcher stopped early counts as done, not failed.
+
+def experiment_state(
+    cancel_requested: bool, counts: dict[int, int], run_count: int, searching: bool = False, paused: bool = False
+) -> int:
+    """ACTIVE (PAUSED when paused) while a run has not ended or the searcher may add runs; then how the runs ended.
+
+    A run the searcher stopped early counts as done, not failed; a paused run has not ended.
     """
     ended = sum(n for state, n in counts.items() if is_ended(state))
     if searching or ended < run_count:
+        if paused and not cancel_requested:
+            return resources_pb2.EXPERIMENT_STATE_PAUSED
         return resources_pb2.EXPERIMENT_STATE_ACTIVE
     if cancel_requested or counts.get(common_pb2.RUN_STATE_CANCELED, 0):
         return resources_pb2.EXPERIMENT_STATE_CANCELED
@@ -158,7 +166,11 @@ class Queries:
         for row in rows:
             c = counts[row["id"]]
             state = experiment_state(
-                bool(row["cancel_requested"]), c, int(row["run_count"]), bool(row.get("searching", False))
+                bool(row["cancel_requested"]),
+                c,
+                int(row["run_count"]),
+                bool(row.get("searching", False)),
+                bool(row.get("paused", False)),
             )
             exp = resources_pb2.Experiment(
                 id=row["id"],
@@ -173,7 +185,7 @@ class Queries:
                 end_reason=row.get("end_reason", "") or "",
             )
             _ts(exp.created_at, row["created_at"])
-            if state != resources_pb2.EXPERIMENT_STATE_ACTIVE:
+            if state not in GOING_ON:
                 _ts(exp.ended_at, ended_at.get(row["id"]))
             out.append((int(row["position"]), exp))
         return out
@@ -190,7 +202,7 @@ class Queries:
 
     def all_runs_ended(self, experiment_id: str) -> bool:
         exp = self.get_experiment(experiment_id, with_runs=False)
-        return exp is not None and exp.state != resources_pb2.EXPERIMENT_STATE_ACTIVE
+        return exp is not None and exp.state not in GOING_ON
 
     def list_agents(self, agent_id: str = "") -> list[resources_pb2.Agent]:
         """Every agent (or just `agent_id`) with its GPUs, drain state and the runs it holds."""

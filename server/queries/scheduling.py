@@ -279,6 +279,8 @@ OVERLAY_TYPES = (
     events_pb2.RunRequeued,
     events_pb2.RunCancelRequested,
     events_pb2.RunStopRequested,
+    events_pb2.RunPauseRequested,
+    events_pb2.RunPaused,
 )
 
 
@@ -291,7 +293,8 @@ def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message, int]])
     some), and fenced by attempt: an old attempt's end never frees the GPUs of
     a newer one. A new run joins the queue at its position (the caller makes
     sure no account's queue was cut at the cycle's window). A re-queued run is
-    left for the next cycle. None when an assignment names a run the snapshot
+    left for the next cycle (so is a resumed one). A paused run leaves the queue,
+    or frees its GPUs like an end. None when an assignment names a run the snapshot
     does not know (outside its window), or a new run's account has no plan in
     it: the caller then waits for the read models instead of guessing.
     """
@@ -339,10 +342,15 @@ def overlay(snapshot: Snapshot, transitions: Sequence[tuple[str, Message, int]])
                 False,
             )
         elif held is None:
-            if isinstance(msg, events_pb2.RunCanceled | events_pb2.RunStoppedEarly) and msg.attempt == 0:
-                queue.pop(run_id, None)  # ended straight from the queue
+            if (
+                isinstance(msg, events_pb2.RunCanceled | events_pb2.RunStoppedEarly | events_pb2.RunPaused)
+                and msg.attempt == 0
+            ):
+                queue.pop(run_id, None)  # ended (or paused) straight from the queue: it waits for nothing
             continue
-        elif isinstance(msg, events_pb2.RunCancelRequested | events_pb2.RunStopRequested):
+        elif isinstance(
+            msg, events_pb2.RunCancelRequested | events_pb2.RunStopRequested | events_pb2.RunPauseRequested
+        ):
             holding[run_id] = replace(held, cancel_requested=True)
         elif getattr(msg, "attempt", None) == held.attempt:  # the end of the attempt that holds the GPUs
             del holding[run_id]

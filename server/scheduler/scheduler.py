@@ -67,6 +67,7 @@ from typing import Any
 import structlog
 
 from runyard import bus
+from runyard.server.app.aggregates import RUN
 from runyard.server.app.bus import MessageBus
 from runyard.server.app.commands import AssignRun, AssignRuns, DeclareAgentLost, ExpireAttempt
 from runyard.server.app.unit_of_work import Outcome
@@ -85,6 +86,8 @@ log = structlog.get_logger(__name__)
 
 # A run ASSIGNED this long without its agent's heartbeats listing the attempt is dispatched again.
 REDISPATCH_AFTER_S = 6.0
+# SIGTERM-to-SIGKILL seconds of a graceful stop (pause, preemption) when the run's spec names none.
+DEFAULT_STOP_GRACE_S = 60
 # Heartbeats sent this soon after a dispatch may predate the agent taking the work.
 HEARTBEAT_GRACE_S = 2.5
 # Replicas that do not lead try for the lock this often; the leader checks it still holds it as often.
@@ -102,12 +105,13 @@ CYCLE_WINDOW_PER_ACCOUNT = 1000
 SNAPSHOT_REUSE_S = 1.0
 # A cycle lays at most this many run transitions over the read models (`_overlaid`); more: it catches them up.
 OVERLAY_LIMIT = 500
-# Events the read models must show before a cycle may rely on them: re-queues, agents, plans. (New runs are
-# laid over the snapshot from their RunCreated, so a submit does not wait for the read models.)
+# Events the read models must show before a cycle may rely on them: re-queues and resumes, agents, plans. (New
+# runs are laid over the snapshot from their RunCreated, so a submit does not wait for the read models.)
 _NEEDS_READ_MODELS = frozenset(
     t.DESCRIPTOR.full_name
     for t in (
         events_pb2.RunRequeued,
+        events_pb2.RunResumed,
         events_pb2.AgentRegistered,
         events_pb2.AgentLost,
         events_pb2.AgentDrainRequested,
@@ -442,11 +446,18 @@ class Scheduler:
         self._dispatched[(run_id, attempt)] = (time.monotonic(), resend + 1)
         self._sent_at[(run_id, attempt)] = time.monotonic()
 
-    async def send_cancel(self, run_id: str) -> None:
+    async def send_cancel(self, run_id: str, reason: str = "", graceful: bool = False) -> None:
+        """Ask the agent holding the run to stop it; `graceful`: with the run's preemption grace (or 60 s)."""
         run = await asyncio.to_thread(self._ctx.queries.get_run, run_id)
         if run is None or not run.agent_id:
             return
-        control = agent_pb2.AgentControl(cancel=agent_pb2.CancelAttempt(run_id=run_id, attempt=run.attempt))
+        grace = 0
+        if graceful:
+            specs = await asyncio.to_thread(self.reads.specs, [run_id])
+            spec = specs[run_id][1] if run_id in specs else None
+            grace = (spec.preemption_grace_seconds if spec is not None else 0) or DEFAULT_STOP_GRACE_S
+        cancel = agent_pb2.CancelAttempt(run_id=run_id, attempt=run.attempt, grace_seconds=grace, reason=reason)
+        control = agent_pb2.AgentControl(cancel=cancel)
         await self._js.publish(
             bus.control_subject(run.agent_id),
             control.SerializeToString(),
@@ -467,7 +478,20 @@ class Scheduler:
         await self._resend(assigned, fresh=True)
         for h in snapshot.holding:
             if h.cancel_requested:
-                await self.send_cancel(h.run_id)
+                await self._resend_stop(h.run_id)
+
+    async def _resend_stop(self, run_id: str) -> None:
+        """The stop a run was asked for, again: a pause keeps its grace (and last checkpoint) and its reason."""
+        try:
+            run = await asyncio.to_thread(self._bus.load, RUN, run_id)
+        except Exception:
+            log.exception("cannot read the run to re-send its stop; sending a plain cancel", run_id=run_id)
+            await self.send_cancel(run_id)
+            return
+        if run.pause_requested and not (run.cancel_requested or run.stop_requested):
+            await self.send_cancel(run_id, reason=run.pause_reason, graceful=True)
+        else:
+            await self.send_cancel(run_id)
 
     async def _resend(self, runs: Sequence[Holding], fresh: bool) -> None:
         if not runs:

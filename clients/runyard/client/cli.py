@@ -266,6 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cancel", commands.cmd_cancel, "cancel a run, or every unfinished run of an experiment", client)
     completion.complete_ids(p.add_argument("id", metavar="ID", help="exp-... or run-..."), "experiment", "run")
 
+    p = add(
+        "pause", commands.cmd_pause,
+        "pause an experiment: queued runs wait, running runs stop with a last checkpoint", client,
+    )  # fmt: skip
+    completion.complete_ids(p.add_argument("experiment", metavar="EXPERIMENT", help="exp-..."), "experiment")
+    p.add_argument("--reason", help="why, recorded in the experiment's log")
+
+    p = add("resume", commands.cmd_resume, "resume a paused experiment: its runs go on from their checkpoints", client)
+    completion.complete_ids(p.add_argument("experiment", metavar="EXPERIMENT", help="exp-..."), "experiment")
+    p.add_argument("--reason", help="why, recorded in the experiment's log")
+
     p = add("download", commands.cmd_download, "download a run's results", client)
     completion.complete_ids(p.add_argument("run", metavar="RUN", help="run-..."), "run")
     p.add_argument("dest", metavar="DEST", nargs="?", help="local folder (default ./RUN)")

@@ -284,6 +284,8 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
 
 def _search_status(experiment: resources_pb2.Experiment) -> str:
     """'searching' while the searcher may add runs, then why it stopped ("" for a plain experiment)."""
+    if experiment.state == resources_pb2.EXPERIMENT_STATE_PAUSED:
+        return f"paused (`runyard resume {experiment.id}` goes on)"
     if experiment.searching:
         return "searching (the searcher adds runs as slots free)"
     return f"ended: {experiment.end_reason}" if experiment.end_reason else ""
@@ -516,6 +518,36 @@ def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
         ctx.out.print(
             f"cancel requested for {run.id} (now {render.run_state_name(run.state)})", markup=False, highlight=False
         )
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace, ctx: Context) -> int:
+    return _pause_or_resume(args, ctx, pause=True)
+
+
+def cmd_resume(args: argparse.Namespace, ctx: Context) -> int:
+    return _pause_or_resume(args, ctx, pause=False)
+
+
+def _pause_or_resume(args: argparse.Namespace, ctx: Context, pause: bool) -> int:
+    if id_kind(args.experiment) != "experiment":
+        raise ClientError(f"{args.experiment}: pause and resume take an experiment id (exp-...)")
+    client = ctx.client()
+    reason = args.reason or ""
+    if pause:
+        experiment = client.pause_experiment(args.experiment, reason)
+    else:
+        experiment = client.resume_experiment(args.experiment, reason)
+    if ctx.json:
+        render.print_json(render.to_dict(experiment))
+        return 0
+    what = "paused" if pause else "resumed"
+    ctx.out.print(
+        f"{experiment.id} {what} ({render.experiment_state_name(experiment.state)}): "
+        f"{render.runs_summary(dict(experiment.runs_by_state))}",
+        markup=False,
+        highlight=False,
+    )
     return 0
 
 

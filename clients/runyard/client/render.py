@@ -37,6 +37,7 @@ STATE_STYLES = {
     "FAILED": "bold red",
     "CANCELED": "yellow",
     "STOPPED_EARLY": "magenta",
+    "PAUSED": "yellow",
     "ACTIVE": "bold blue",
 }
 # Columns of latest metrics in a runs table, beyond which they are left to `runyard metrics`.

@@ -248,6 +248,16 @@ class Client:
         request = experiment_service_pb2.CancelExperimentRequest(experiment_id=experiment_id)
         return self._unary(self._experiments.CancelExperiment, request).experiment
 
+    def pause_experiment(self, experiment_id: str, reason: str = "") -> resources_pb2.Experiment:
+        """Hold every unfinished run: queued ones at once, running ones after a graceful stop with a checkpoint."""
+        request = experiment_service_pb2.PauseExperimentRequest(experiment_id=experiment_id, reason=reason)
+        return self._unary(self._experiments.PauseExperiment, request).experiment
+
+    def resume_experiment(self, experiment_id: str, reason: str = "") -> resources_pb2.Experiment:
+        """Queue the experiment's paused runs again; each resumes from its latest checkpoint."""
+        request = experiment_service_pb2.ResumeExperimentRequest(experiment_id=experiment_id, reason=reason)
+        return self._unary(self._experiments.ResumeExperiment, request).experiment
+
     def watch_experiment(
         self, experiment_id: str, cursor: str | None = None, on_retry: Callable[[str], None] | None = None
     ) -> Iterator[watch_pb2.RunUpdate]:

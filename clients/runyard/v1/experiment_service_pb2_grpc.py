@@ -60,6 +60,16 @@ class ExperimentServiceStub:
                 request_serializer=runyard_dot_v1_dot_experiment__service__pb2.CancelExperimentRequest.SerializeToString,
                 response_deserializer=runyard_dot_v1_dot_experiment__service__pb2.CancelExperimentResponse.FromString,
                 _registered_method=True)
+        self.PauseExperiment = channel.unary_unary(
+                '/runyard.v1.ExperimentService/PauseExperiment',
+                request_serializer=runyard_dot_v1_dot_experiment__service__pb2.PauseExperimentRequest.SerializeToString,
+                response_deserializer=runyard_dot_v1_dot_experiment__service__pb2.PauseExperimentResponse.FromString,
+                _registered_method=True)
+        self.ResumeExperiment = channel.unary_unary(
+                '/runyard.v1.ExperimentService/ResumeExperiment',
+                request_serializer=runyard_dot_v1_dot_experiment__service__pb2.ResumeExperimentRequest.SerializeToString,
+                response_deserializer=runyard_dot_v1_dot_experiment__service__pb2.ResumeExperimentResponse.FromString,
+                _registered_method=True)
         self.WatchExperiment = channel.unary_stream(
                 '/runyard.v1.ExperimentService/WatchExperiment',
                 request_serializer=runyard_dot_v1_dot_experiment__service__pb2.WatchExperimentRequest.SerializeToString,
@@ -104,6 +114,21 @@ class ExperimentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseExperiment(self, request, context):
+        """PauseExperiment holds every unfinished run: queued runs at once, runs on
+        agents after a graceful stop with a last checkpoint. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeExperiment(self, request, context):
+        """ResumeExperiment queues the paused runs again; each resumes from its latest checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchExperiment(self, request, context):
         """WatchExperiment streams the history then live updates of every run.
         """
@@ -138,6 +163,16 @@ def add_ExperimentServiceServicer_to_server(servicer, server):
                     servicer.CancelExperiment,
                     request_deserializer=runyard_dot_v1_dot_experiment__service__pb2.CancelExperimentRequest.FromString,
                     response_serializer=runyard_dot_v1_dot_experiment__service__pb2.CancelExperimentResponse.SerializeToString,
+            ),
+            'PauseExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseExperiment,
+                    request_deserializer=runyard_dot_v1_dot_experiment__service__pb2.PauseExperimentRequest.FromString,
+                    response_serializer=runyard_dot_v1_dot_experiment__service__pb2.PauseExperimentResponse.SerializeToString,
+            ),
+            'ResumeExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeExperiment,
+                    request_deserializer=runyard_dot_v1_dot_experiment__service__pb2.ResumeExperimentRequest.FromString,
+                    response_serializer=runyard_dot_v1_dot_experiment__service__pb2.ResumeExperimentResponse.SerializeToString,
             ),
             'WatchExperiment': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchExperiment,
@@ -281,6 +316,60 @@ class ExperimentService:
             '/runyard.v1.ExperimentService/CancelExperiment',
             runyard_dot_v1_dot_experiment__service__pb2.CancelExperimentRequest.SerializeToString,
             runyard_dot_v1_dot_experiment__service__pb2.CancelExperimentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.ExperimentService/PauseExperiment',
+            runyard_dot_v1_dot_experiment__service__pb2.PauseExperimentRequest.SerializeToString,
+            runyard_dot_v1_dot_experiment__service__pb2.PauseExperimentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runyard.v1.ExperimentService/ResumeExperiment',
+            runyard_dot_v1_dot_experiment__service__pb2.ResumeExperimentRequest.SerializeToString,
+            runyard_dot_v1_dot_experiment__service__pb2.ResumeExperimentResponse.FromString,
             options,
             channel_credentials,
             insecure,

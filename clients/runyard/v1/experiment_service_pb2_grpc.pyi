@@ -41,6 +41,12 @@ class ExperimentServiceStub:
     ListExperiments: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.ListExperimentsRequest, _experiment_service_pb2.ListExperimentsResponse]
     CancelExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.CancelExperimentRequest, _experiment_service_pb2.CancelExperimentResponse]
     """CancelExperiment cancels every unfinished run."""
+    PauseExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.PauseExperimentRequest, _experiment_service_pb2.PauseExperimentResponse]
+    """PauseExperiment holds every unfinished run: queued runs at once, runs on
+    agents after a graceful stop with a last checkpoint. Idempotent.
+    """
+    ResumeExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.ResumeExperimentRequest, _experiment_service_pb2.ResumeExperimentResponse]
+    """ResumeExperiment queues the paused runs again; each resumes from its latest checkpoint."""
     WatchExperiment: _grpc.UnaryStreamMultiCallable[_experiment_service_pb2.WatchExperimentRequest, _experiment_service_pb2.WatchExperimentResponse]
     """WatchExperiment streams the history then live updates of every run."""
 
@@ -57,6 +63,12 @@ class ExperimentServiceAsyncStub(ExperimentServiceStub):
     ListExperiments: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.ListExperimentsRequest, _experiment_service_pb2.ListExperimentsResponse]  # type: ignore[assignment]
     CancelExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.CancelExperimentRequest, _experiment_service_pb2.CancelExperimentResponse]  # type: ignore[assignment]
     """CancelExperiment cancels every unfinished run."""
+    PauseExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.PauseExperimentRequest, _experiment_service_pb2.PauseExperimentResponse]  # type: ignore[assignment]
+    """PauseExperiment holds every unfinished run: queued runs at once, runs on
+    agents after a graceful stop with a last checkpoint. Idempotent.
+    """
+    ResumeExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.ResumeExperimentRequest, _experiment_service_pb2.ResumeExperimentResponse]  # type: ignore[assignment]
+    """ResumeExperiment queues the paused runs again; each resumes from its latest checkpoint."""
     WatchExperiment: _aio.UnaryStreamMultiCallable[_experiment_service_pb2.WatchExperimentRequest, _experiment_service_pb2.WatchExperimentResponse]  # type: ignore[assignment]
     """WatchExperiment streams the history then live updates of every run."""
 
@@ -100,6 +112,24 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.CancelExperimentResponse, _abc.Awaitable[_experiment_service_pb2.CancelExperimentResponse]]:
         """CancelExperiment cancels every unfinished run."""
+
+    @_abc_1.abstractmethod
+    def PauseExperiment(
+        self,
+        request: _experiment_service_pb2.PauseExperimentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_experiment_service_pb2.PauseExperimentResponse, _abc.Awaitable[_experiment_service_pb2.PauseExperimentResponse]]:
+        """PauseExperiment holds every unfinished run: queued runs at once, runs on
+        agents after a graceful stop with a last checkpoint. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeExperiment(
+        self,
+        request: _experiment_service_pb2.ResumeExperimentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_experiment_service_pb2.ResumeExperimentResponse, _abc.Awaitable[_experiment_service_pb2.ResumeExperimentResponse]]:
+        """ResumeExperiment queues the paused runs again; each resumes from its latest checkpoint."""
 
     @_abc_1.abstractmethod
     def WatchExperiment(

@@ -37,6 +37,8 @@ class _ExperimentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Exper
     """Every run ended and at least one failed."""
     EXPERIMENT_STATE_CANCELED: _ExperimentState.ValueType  # 4
     """Cancel was requested and every run ended."""
+    EXPERIMENT_STATE_PAUSED: _ExperimentState.ValueType  # 5
+    """Paused (PauseExperiment) with runs not ended: they wait PAUSED until ResumeExperiment."""
 
 class ExperimentState(_ExperimentState, metaclass=_ExperimentStateEnumTypeWrapper):
     """ExperimentState is derived from the experiment's runs."""
@@ -50,6 +52,8 @@ EXPERIMENT_STATE_FAILED: ExperimentState.ValueType  # 3
 """Every run ended and at least one failed."""
 EXPERIMENT_STATE_CANCELED: ExperimentState.ValueType  # 4
 """Cancel was requested and every run ended."""
+EXPERIMENT_STATE_PAUSED: ExperimentState.ValueType  # 5
+"""Paused (PauseExperiment) with runs not ended: they wait PAUSED until ResumeExperiment."""
 Global___ExperimentState: _TypeAlias = ExperimentState  # noqa: Y015
 
 @_typing.final

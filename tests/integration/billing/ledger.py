@@ -23,6 +23,7 @@ ENDINGS = (
     events_pb2.RunCanceled,
     events_pb2.RunStoppedEarly,
     events_pb2.RunRequeued,
+    events_pb2.RunPaused,
 )
 
 

@@ -120,6 +120,24 @@ class Experiments(experiment_service_pb2_grpc.ExperimentServiceServicer):
     ) -> experiment_service_pb2.CancelExperimentResponse:
         return experiment_service_pb2.CancelExperimentResponse(experiment=self.s.experiments[request.experiment_id])
 
+    def PauseExperiment(
+        self, request: experiment_service_pb2.PauseExperimentRequest, context: grpc.ServicerContext
+    ) -> experiment_service_pb2.PauseExperimentResponse:
+        experiment = self.s.experiments.get(request.experiment_id)
+        if experiment is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"experiment {request.experiment_id} not found")
+        experiment.state = resources_pb2.EXPERIMENT_STATE_PAUSED
+        return experiment_service_pb2.PauseExperimentResponse(experiment=experiment)
+
+    def ResumeExperiment(
+        self, request: experiment_service_pb2.ResumeExperimentRequest, context: grpc.ServicerContext
+    ) -> experiment_service_pb2.ResumeExperimentResponse:
+        experiment = self.s.experiments.get(request.experiment_id)
+        if experiment is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"experiment {request.experiment_id} not found")
+        experiment.state = resources_pb2.EXPERIMENT_STATE_ACTIVE
+        return experiment_service_pb2.ResumeExperimentResponse(experiment=experiment)
+
     def WatchExperiment(
         self, request: experiment_service_pb2.WatchExperimentRequest, context: grpc.ServicerContext
     ) -> Iterator[experiment_service_pb2.WatchExperimentResponse]:

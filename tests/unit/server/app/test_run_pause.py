@@ -51,3 +51,25 @@ def test_a_queued_run_pauses_at_once_and_a_run_not_paused_is_not_resumed(event_s
     assert bus.execute(PauseRun(run_id, "owner")).events == []
     bus.execute(ResumeRun(run_id, "owner"))
     assert bus.load(RUN, run_id).state == QUEUED
+
+
+def test_a_promotion_while_the_experiment_is_paused_is_recorded_and_waits_for_the_experiments_resume(
+    event_store: EventLog,
+) -> None:
+    from runyard.server.app.commands import PauseExperiment, ResumeExperiment
+    from runyard.server.domain.experiment import EXPERIMENT_PAUSE
+
+    bus = MessageBus(event_store)
+    account(bus)
+    experiment_id, (run_id,) = submitted_runs(bus)
+    bus.execute(PauseRun(run_id, "asha", 1))  # from the queue: PAUSED at once
+    bus.execute(PauseExperiment(experiment_id))
+    promotion = uuid.uuid4()
+    bus.execute(ResumeRun(run_id, "asha", 1, promotion))
+    bus.execute(ResumeRun(run_id, "asha", 1, promotion))
+    run = bus.load(RUN, run_id)
+    assert (run.state, run.pause_reason) == (PAUSED, EXPERIMENT_PAUSE)
+    resumed = [e for e in event_store.read_stream(ev.run_stream(run_id)) if e.event_id == promotion]
+    assert [ev.decode(e.type, e.data) for e in resumed] == [events_pb2.RunResumed(reason="asha", rung=1)]
+    bus.execute(ResumeExperiment(experiment_id))
+    assert bus.load(RUN, run_id).state == QUEUED
