@@ -57,10 +57,10 @@ DECISION_TYPES = (
     events_pb2.ExperimentBudgetSpent,
     events_pb2.RunStopRequested,
     events_pb2.RunStoppedEarly,
-    events_pb2.RunPauseRequested,
-    events_pb2.RunPaused,
-    events_pb2.RunResumed,
 )
+#: What ASHA's pause variant records: read with DECISION_TYPES at the start, but not among them, as an
+#: experiment's pause and resume (and an agent's report, for RunPaused) record these types too.
+PAUSE_DECISION_TYPES = (events_pb2.RunPauseRequested, events_pb2.RunPaused, events_pb2.RunResumed)
 #: Why ASHA's pause variant pauses and resumes runs (RunPauseRequested.reason, RunResumed.reason).
 ASHA_REASON = "asha"
 
@@ -133,7 +133,7 @@ class SearchDriver:
     def _start_over(self) -> None:
         self._reset()
         after = 0
-        names = _type_names(DECISION_TYPES)
+        names = _type_names(DECISION_TYPES + PAUSE_DECISION_TYPES)
         while batch := self._store.read_all(after, BATCH, types=names):
             self._known.update(e.event_id for e in batch)
             after = batch[-1].position
