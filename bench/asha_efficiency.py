@@ -1,24 +1,36 @@
-"""ASHA efficiency: GPU time to reach the best configurations, ASHA versus random search without early stopping.
+"""ASHA efficiency: GPU time to reach the best configurations, for random search, stop-only ASHA and pause ASHA.
 
-Both searches get the same configurations (a manifest's seeded random search
-over learning rate, width and dropout, `--configs` of them, in the same order)
-and run them on a simulated cluster of `--parallel` GPUs: every tick each live
-run trains one epoch (one GPU-epoch) and reports its validation accuracy, a
-known function of the epoch (a saturating curve whose height and speed depend
-on the hyperparameters, plus small seeded noise, so curves cross as real ones
-do). The searchers are the real ones from `runyard.server.domain.searchers`,
-fed exactly the inputs the control plane would feed them; random search is
-the same sequence with no early stopping.
+The three searches get the same configurations (a manifest's seeded random
+search over learning rate, width and dropout, `--configs` of them, in the same
+order) and run them on a simulated cluster of `--parallel` GPUs: every tick
+each live run trains one epoch (one GPU-epoch) and reports its validation
+accuracy, a known function of the epoch (a saturating curve whose height and
+speed depend on the hyperparameters, plus small seeded noise, so curves cross
+as real ones do). The searchers are the real ones from
+`runyard.server.domain.searchers`, fed exactly the inputs the control plane
+would feed them:
+
+* random: the same sequence with no early stopping (every run trains all
+  `--epochs`);
+* stop: today's ASHA (`early_stopping: asha`), which stops a run that misses
+  a rung's cut and otherwise lets it train on;
+* pause: ASHA with promotions (`asha: {mode: pause}`): every run pauses at
+  its rung with a checkpoint, and a free GPU resumes the best promotable
+  paused run (the top 1/eta of the highest rung that has one) else starts a
+  new configuration. A resumed run continues from its checkpoint, so its GPU
+  time counts only the epochs it trains after the resume. The pause is
+  reported back at once (RunPaused), as a real agent does within its grace.
 
 For a target accuracy, the figure is the GPU time spent (all runs, stopped
-ones included) when a run first finished all `--epochs` at or above it. The
-targets: the best final accuracy among all the configurations ("best", what
-plain random search ends up with), the top 1% and top 5% of them, and the
-best accuracy ASHA itself ended with ("asha_answer": how much longer random
-search needs to match ASHA's result). The savings factor is random's GPU time
-over ASHA's, per seed (None where ASHA never trained a run to that target:
-it stopped those configurations early), summarised over the seeds. "total"
-compares the GPU time of the whole searches. Prints JSON.
+and paused ones included) when a run first finished all `--epochs` at or
+above it. The targets: the best final accuracy among all the configurations
+("best", what plain random search ends up with), the top 1% and top 5% of
+them, and the best accuracy each ASHA variant itself ended with
+("stop_answer", "pause_answer": how much longer the others need to match it).
+The ratios are GPU times over each other per seed ("random/stop",
+"random/pause", "stop/pause"; None where the divisor never trained a run to
+that target), summarised over the seeds. "total" compares the GPU time of the
+whole searches. Prints JSON.
 
     .venv/bin/python bench/asha_efficiency.py [--seeds 10] [--configs 500] [--epochs 81] [--min-epochs 1]
 """
@@ -40,9 +52,13 @@ from runyard.server.domain.manifest import expand_trials, parse_manifest
 from runyard.server.domain.manifest_model import Scalar
 from runyard.server.domain.searchers import (
     AshaConfig,
+    AshaPauseSearcher,
     AshaSearcher,
     CreateTrial,
     MetricReported,
+    Paused,
+    PauseRun,
+    ResumeRun,
     RunEnded,
     RunOutcome,
     Searcher,
@@ -101,9 +117,11 @@ def simulate(
 ) -> tuple[list[Finish], int]:
     """Run a search on the simulated cluster: every full run's finish in order, and the search's total GPU time.
 
-    GPU time counts every epoch trained by every run, stopped runs included.
+    GPU time counts every epoch trained by every run, stopped and paused runs included; a resumed run
+    goes on from the epochs of its checkpoint (they are not trained, nor counted, again).
     """
     live: dict[str, int] = {}  # run id -> epochs trained
+    checkpoint: dict[str, int] = {}  # paused run id -> epochs of its checkpoint
     index_of: dict[str, int] = {}
     gpu = 0
     finishes: list[Finish] = []
@@ -115,7 +133,13 @@ def simulate(
                 index_of[d.run_id] = d.index
             elif isinstance(d, StopRun):
                 live.pop(d.run_id, None)
+                checkpoint.pop(d.run_id, None)
                 give(RunEnded(d.run_id, RunOutcome.STOPPED_EARLY))
+            elif isinstance(d, PauseRun):
+                checkpoint[d.run_id] = live.pop(d.run_id)
+                give(Paused(d.run_id))
+            elif isinstance(d, ResumeRun):
+                live[d.run_id] = checkpoint.pop(d.run_id)
 
     give(Started())
     while live:
@@ -139,8 +163,13 @@ def first_reaching(finishes: list[Finish], target: float) -> int | None:
     return next((f.gpu_epochs for f in finishes if f.accuracy >= target), None)
 
 
-def ratio(plain: int | None, asha: int | None) -> float | None:
-    return round(plain / asha, 2) if plain and asha else None
+def ratio(numerator: int | None, divisor: int | None) -> float | None:
+    return round(numerator / divisor, 2) if numerator and divisor else None
+
+
+SEARCHES = ("random", "stop", "pause")
+RATIOS = (("random", "stop"), ("random", "pause"), ("stop", "pause"))
+TARGETS = ("best", "top_1_percent", "top_5_percent", "stop_answer", "pause_answer", "total")
 
 
 def one_seed(seed: int, args: argparse.Namespace) -> dict[str, object]:
@@ -152,39 +181,46 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, object]:
         return f"run-{index}"
 
     plain, plain_total = simulate(SequenceSearcher(trials, args.parallel, name), trials, objective, args.epochs)
-    config = AshaConfig(min_resource=args.min_epochs, reduction_factor=args.eta, max_resource=args.epochs)
-    asha_searcher = AshaSearcher(trials, "maximize", config, args.parallel, name)
-    asha, asha_total = simulate(asha_searcher, trials, objective, args.epochs)
+    stop_config = AshaConfig(min_resource=args.min_epochs, reduction_factor=args.eta, max_resource=args.epochs)
+    stop_searcher = AshaSearcher(trials, "maximize", stop_config, args.parallel, name)
+    stop, stop_total = simulate(stop_searcher, trials, objective, args.epochs)
+    pause_config = AshaConfig(args.min_epochs, args.eta, args.epochs, mode="pause")
+    pause_searcher = AshaPauseSearcher(trials, "maximize", pause_config, args.parallel, name)
+    pause, pause_total = simulate(pause_searcher, trials, objective, args.epochs)
 
     finals = sorted((f.accuracy for f in plain), reverse=True)
-    asha_best = max(f.accuracy for f in asha)
     targets = {
         "best": finals[0],
         "top_1_percent": finals[max(1, len(finals) // 100) - 1],
         "top_5_percent": finals[max(1, len(finals) // 20) - 1],
-        "asha_answer": asha_best,
+        "stop_answer": max((f.accuracy for f in stop), default=math.nan),
+        "pause_answer": max((f.accuracy for f in pause), default=math.nan),
     }
-    random_gpu: dict[str, int | None] = {label: first_reaching(plain, t) for label, t in targets.items()}
-    asha_gpu: dict[str, int | None] = {label: first_reaching(asha, t) for label, t in targets.items()}
-    random_gpu["total"], asha_gpu["total"] = plain_total, asha_total
+    finished = {"random": plain, "stop": stop, "pause": pause}
+    gpu: dict[str, dict[str, int | None]] = {
+        search: {label: first_reaching(finished[search], t) for label, t in targets.items()} for search in SEARCHES
+    }
+    gpu["random"]["total"], gpu["stop"]["total"], gpu["pause"]["total"] = plain_total, stop_total, pause_total
+    snapshot = pause_searcher.snapshot()
     return {
         "seed": seed,
         "targets": {label: round(v, 4) for label, v in targets.items()},
-        "random_gpu_epochs": random_gpu,
-        "asha_gpu_epochs": asha_gpu,
-        "savings": {label: ratio(random_gpu[label], asha_gpu[label]) for label in random_gpu},
-        "asha_runs_stopped_early": len(asha_searcher.snapshot().stopped),
-        "asha_runs_trained_to_the_end": len(asha),
+        "gpu_epochs": gpu,
+        "ratios": {f"{a}/{b}": {label: ratio(gpu[a][label], gpu[b][label]) for label in TARGETS} for a, b in RATIOS},
+        "runs_trained_to_the_end": {search: len(finished[search]) for search in SEARCHES},
+        "stop_runs_stopped_early": len(stop_searcher.snapshot().stopped),
+        "pause_promotions": sum(len(p) for p in snapshot.promoted),
+        "pause_runs_never_promoted": len(snapshot.stopped),
     }
 
 
-def summarize(runs: list[dict[str, object]], label: str) -> dict[str, object]:
-    factors = [r["savings"][label] for r in runs]  # type: ignore[index]
+def summarize(runs: list[dict[str, object]], pair: str, label: str) -> dict[str, object]:
+    factors = [r["ratios"][pair][label] for r in runs]  # type: ignore[index]
     met = [float(f) for f in factors if f is not None]
     return {
         "median": round(statistics.median(met), 2) if met else None,
         "geomean": round(statistics.geometric_mean(met), 2) if met else None,
-        "asha_reached_it_in": f"{len(met)}/{len(runs)} seeds",
+        "seeds": f"{len(met)}/{len(runs)}",
     }
 
 
@@ -212,15 +248,30 @@ def main() -> None:
                     "noise": args.noise,
                     "gpu_time_unit": "GPU-epochs (one GPU training one epoch)",
                 },
-                "savings_factor": {
-                    label: summarize(runs, label)
-                    for label in ("asha_answer", "top_5_percent", "top_1_percent", "best", "total")
+                "searches": {
+                    "random": "no early stopping",
+                    "stop": "ASHA, stop-only (early_stopping: asha)",
+                    "pause": "ASHA with promotions (asha: {mode: pause}), resumed from checkpoints",
+                },
+                "ratios": "GPU time of the first over the second to first finish a run at the target (>1: the "
+                "second is cheaper); median and geometric mean over the seeds where both reached it",
+                "summary": {
+                    f"{a}/{b}": {label: summarize(runs, f"{a}/{b}", label) for label in TARGETS} for a, b in RATIOS
+                },
+                "median_gpu_epochs": {
+                    search: {label: _median([r["gpu_epochs"][search][label] for r in runs]) for label in TARGETS}  # type: ignore[index]
+                    for search in SEARCHES
                 },
                 "seeds": runs,
             },
             indent=2,
         )
     )
+
+
+def _median(values: list[int | None]) -> float | None:
+    met = [v for v in values if v is not None]
+    return statistics.median(met) if met else None
 
 
 if __name__ == "__main__":

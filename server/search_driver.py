@@ -14,7 +14,10 @@ Decisions become events: a new trial is ExperimentRunAdded + RunCreated (the
 scheduler then queues and places it like any run), a stop is RunStopRequested
 (and a cancel message to the agent, which ends the run STOPPED_EARLY), a
 promotion RunPromoted, a new best ExperimentBestFound, the end
-ExperimentCompleted. Budgets need a clock: while live the driver checks them
+ExperimentCompleted; ASHA's pause variant pauses a run at a rung
+(RunPauseRequested with `rung` = the rung it waits to be promoted to, then
+the agent stops it with a checkpoint and it is PAUSED) and promotes it by
+resuming it (RunResumed with the rung it now trains to). Budgets need a clock: while live the driver checks them
 about every second and records ExperimentBudgetSpent, whose consequences are
 decided when it is read back.
 """
@@ -31,9 +34,10 @@ import structlog
 from google.protobuf.message import Message
 
 from runyard.server.app.bus import MessageBus
-from runyard.server.app.commands import AddTrial, RecordForExperiment, StopRunEarly
+from runyard.server.app.commands import AddTrial, PauseRun, RecordForExperiment, ResumeRun, StopRunEarly
 from runyard.server.app.errors import NotFound
 from runyard.server.domain import events as ev
+from runyard.server.domain import searchers
 from runyard.server.domain.errors import DomainError
 from runyard.server.domain.search_state import INPUT_TYPES, NewBest, Numbered, Searches
 from runyard.server.domain.searchers import Complete, CreateTrial, Promote, StopRun
@@ -54,6 +58,11 @@ DECISION_TYPES = (
     events_pb2.RunStopRequested,
     events_pb2.RunStoppedEarly,
 )
+#: What ASHA's pause variant records: read with DECISION_TYPES at the start, but not among them, as an
+#: experiment's pause and resume (and an agent's report, for RunPaused) record these types too.
+PAUSE_DECISION_TYPES = (events_pb2.RunPauseRequested, events_pb2.RunPaused, events_pb2.RunResumed)
+#: Why ASHA's pause variant pauses and resumes runs (RunPauseRequested.reason, RunResumed.reason).
+ASHA_REASON = "asha"
 
 
 def decision_event_id(experiment_id: str, number: int) -> uuid.UUID:
@@ -124,7 +133,7 @@ class SearchDriver:
     def _start_over(self) -> None:
         self._reset()
         after = 0
-        names = _type_names(DECISION_TYPES)
+        names = _type_names(DECISION_TYPES + PAUSE_DECISION_TYPES)
         while batch := self._store.read_all(after, BATCH, types=names):
             self._known.update(e.event_id for e in batch)
             after = batch[-1].position
@@ -183,6 +192,11 @@ class SearchDriver:
                 execute(AddTrial(experiment_id, action.index, action.hyperparameters, event_id))
             elif isinstance(action, StopRun):
                 execute(StopRunEarly(action.run_id, action, event_id))  # RunStopRequested: the bus sends the stop
+            elif isinstance(action, searchers.PauseRun):
+                # Paused at rung k, waiting for a promotion to rung k + 1 (> 0: an ASHA pause).
+                execute(PauseRun(action.run_id, ASHA_REASON, action.rung + 1, event_id))
+            elif isinstance(action, searchers.ResumeRun):
+                execute(ResumeRun(action.run_id, ASHA_REASON, action.rung, event_id))
             elif isinstance(action, Promote):
                 promoted = events_pb2.RunPromoted(
                     run_id=action.run_id, rung=action.rung, level=action.level, value=action.value

@@ -87,6 +87,33 @@ class StopRunEarly:
 
 
 @dataclass(frozen=True)
+class PauseRun:
+    """Hold a run PAUSED with its checkpoint (at once from the queue, else once its agent stopped it).
+
+    `rung` > 0: ASHA paused it at a rung, waiting for a promotion to rung `rung`. With `event_id` (a
+    searcher's decision), a re-derived decision records nothing twice.
+    """
+
+    run_id: str
+    reason: str
+    rung: int = 0
+    event_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class ResumeRun:
+    """Put a paused run back in the queue; its next attempt starts from its latest checkpoint.
+
+    `rung` > 0: ASHA promoted it to that rung. `event_id` as for PauseRun.
+    """
+
+    run_id: str
+    reason: str
+    rung: int = 0
+    event_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
 class RecordForExperiment:
     """A searcher's record (promotion, new best, budget spent, completion) on the experiment stream."""
 
@@ -257,6 +284,8 @@ Command = (
     | SetExperimentPriority
     | AddTrial
     | StopRunEarly
+    | PauseRun
+    | ResumeRun
     | RecordForExperiment
     | CancelRun
     | AssignRun

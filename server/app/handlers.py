@@ -27,6 +27,8 @@ def handlers(checks: SubmitChecks | None = None) -> dict[type, Handler]:
         c.StopRunEarly: experiments.stop_run_early,
         c.RecordForExperiment: experiments.record_for_experiment,
         c.CancelRun: runs.cancel_run,
+        c.PauseRun: runs.pause_run,
+        c.ResumeRun: runs.resume_run,
         c.AssignRun: runs.assign_run,
         c.AssignRuns: runs.assign_runs,
         c.PreemptRun: runs.preempt_run,

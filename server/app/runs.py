@@ -1,11 +1,16 @@
-"""Handlers of the run and agent use cases: cancel, assign (the scheduler), leases, lost and drained agents."""
+"""Handlers of the run and agent use cases: cancel, pause, resume, assign (the scheduler), leases, lost and
+drained agents."""
 
 from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
 
 from google.protobuf.message import Message
 
 from runyard.server.app import commands as c
-from runyard.server.app.aggregates import AGENT, RUN, AgentDrain, change, load
+from runyard.server.app.aggregates import AGENT, EXPERIMENT, RUN, AgentDrain, change, load
+from runyard.server.app.experiments import resume_within
 from runyard.server.app.unit_of_work import Outcome, UnitOfWork
 from runyard.server.domain import events as ev
 from runyard.server.domain.run import Run
@@ -14,6 +19,35 @@ from runyard.v1 import events_pb2
 
 def cancel_run(cmd: c.CancelRun, uow: UnitOfWork) -> Outcome:
     return change(uow, RUN, cmd.run_id, lambda run: run.request_cancel(cmd.reason))
+
+
+def pause_run(cmd: c.PauseRun, uow: UnitOfWork) -> Outcome:
+    """RunPauseRequested (the bus then asks the agent to stop), or RunPaused from the queue; nothing for a run
+    that ended, is paused or is already stopping."""
+    return change(uow, RUN, cmd.run_id, lambda run: run.request_pause(cmd.reason, cmd.rung), _ids(cmd.event_id))
+
+
+def resume_run(cmd: c.ResumeRun, uow: UnitOfWork) -> Outcome:
+    """RunResumed: the paused run is queued again; nothing for a run that is not paused.
+
+    While its experiment is paused, the promotion is recorded and the run paused again for the
+    experiment (`resume_within`): the experiment's resume queues it.
+    """
+
+    def decide(run: Run) -> list[Message]:
+        if not run.experiment_id:
+            return run.resume(cmd.reason, cmd.rung)
+        return resume_within(load(uow, EXPERIMENT, run.experiment_id), run, cmd.reason, cmd.rung)
+
+    return change(uow, RUN, cmd.run_id, decide, _ids(cmd.event_id))
+
+
+def _ids(event_id: uuid.UUID | None) -> Callable[[int], list[uuid.UUID]] | None:
+    """The ids of what a pause or resume records: the decision's id first, the others derived from it
+    (None: random ids). A re-derived decision so appends nothing new."""
+    if event_id is None:
+        return None
+    return lambda n: [event_id] + [uuid.uuid5(event_id, str(i)) for i in range(1, n)]
 
 
 def assign_run(cmd: c.AssignRun, uow: UnitOfWork) -> Outcome:

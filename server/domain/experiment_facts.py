@@ -175,6 +175,7 @@ def _search_of(search: Search) -> facts_pb2.SearchPlan:
             reduction_factor=asha.reduction_factor,
             max_resource=asha.max_resource,
             time_unit=asha.time_unit,
+            mode="" if asha.mode == "stop" else asha.mode,  # the default stays unwritten: same facts as before modes
         ),
         max_time_s=search.max_time_s,
         max_gpu_hours=search.max_gpu_hours,
@@ -197,6 +198,7 @@ def _search_from(plan: facts_pb2.SearchPlan) -> Search:
             reduction_factor=a.reduction_factor,
             max_resource=a.max_resource if a.HasField("max_resource") else None,
             time_unit=a.time_unit,
+            mode=a.mode or "stop",  # facts recorded before ASHA had modes: stop-only
         ),
         max_time_s=plan.max_time_s if plan.HasField("max_time_s") else None,
         max_gpu_hours=plan.max_gpu_hours if plan.HasField("max_gpu_hours") else None,

@@ -97,6 +97,9 @@ class AshaSettings:
     max_resource: int | None = None
     #: What the search metric's step counts ("epochs" or "steps"); for reading only.
     time_unit: str = "epochs"
+    #: "stop": runs that miss a rung's cut are stopped; "pause": every run pauses at its rung (with its
+    #: checkpoint) and the promoted ones resume (ASHA's Algorithm 2). Needs max_resource.
+    mode: str = "stop"
 
 
 @dataclass(frozen=True)

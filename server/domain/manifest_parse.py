@@ -97,8 +97,9 @@ METRICS_FIELDS = ("patterns",)
 PREEMPTION_FIELDS = ("grace",)
 #: The longest SIGTERM-to-SIGKILL grace a preempted run may ask for: its GPUs stay idle for the taker meanwhile.
 MAX_PREEMPTION_GRACE_S = 3600
-ASHA_FIELDS = ("min_resource", "reduction_factor", "max_resource", "time_unit")
+ASHA_FIELDS = ("min_resource", "reduction_factor", "max_resource", "time_unit", "mode")
 TIME_UNITS = ("epochs", "steps")
+ASHA_MODES = ("stop", "pause")
 #: "90s", "30m", "2h", "1d" (or a plain number of seconds).
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -731,7 +732,12 @@ class _Parser:
         unit = "epochs"
         if "time_unit" in fields:
             unit = self.choice("search.asha.time_unit", fields["time_unit"], TIME_UNITS) or "epochs"
-        return AshaSettings(min_resource, factor, max_resource, unit)
+        mode = "stop"
+        if "mode" in fields:
+            mode = self.choice("search.asha.mode", fields["mode"], ASHA_MODES) or "stop"
+            if mode == "pause" and "max_resource" not in fields:
+                self.error("search.asha.mode", "pause needs max_resource (what a promoted run trains to at last)")
+        return AshaSettings(min_resource, factor, max_resource, unit, mode)
 
     def boolean(self, path: str, value: object, default: bool = True) -> bool:
         if not isinstance(value, bool):

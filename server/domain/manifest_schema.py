@@ -201,9 +201,11 @@ def _search() -> Schema:
             "reduction_factor": _integer(2, _SAFE),
             "max_resource": _integer(1, _SAFE),
             "time_unit": {"enum": list(mp.TIME_UNITS)},
+            "mode": {"enum": list(mp.ASHA_MODES)},
         },
         mp.ASHA_FIELDS,
     )
+    asha["allOf"] = [_when({"mode": {"const": "pause"}}, required=["max_resource"])]
     duration = {
         "type": ["number", "string"],
         "exclusiveMinimum": 0,

@@ -20,7 +20,10 @@ so they too are a function of the log alone.
 GPU time is counted as billing counts it (`domain.billing`): from RunAssigned
 to the attempt's end (RunPaused included), times its GPUs, from the events'
 recorded times. A paused run has not ended: it counts against max_parallel
-and the searcher waits for it, as for a queued one.
+and the searcher waits for it, as for a queued one (ASHA's pause variant,
+which pauses runs itself, frees their slots instead). RunPaused and
+RunResumed are searcher inputs too: that variant promotes only a run whose
+pause the log confirmed.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from runyard.server.domain.manifest_model import Manifest
 from runyard.server.domain.searchers import (
     Complete,
     CreateTrial,
+    PauseRun,
     Promote,
+    ResumeRun,
     RunOutcome,
     Searcher,
     StopRun,
@@ -58,7 +63,7 @@ class NewBest:
     value: float
 
 
-Action = CreateTrial | StopRun | Promote | Complete | NewBest
+Action = CreateTrial | StopRun | Promote | PauseRun | ResumeRun | Complete | NewBest
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ INPUT_TYPES: tuple[type[Message], ...] = (
     events_pb2.RunAssigned,
     events_pb2.RunRequeued,
     events_pb2.RunPaused,
+    events_pb2.RunResumed,
     events_pb2.RunMetricsReported,
     *_ENDINGS,
 )
@@ -289,13 +295,18 @@ class Searches:
         if isinstance(msg, events_pb2.RunAssigned):
             use.gpus, use.since = len(msg.gpu_ids), at
             return []
+        if isinstance(msg, events_pb2.RunResumed):
+            # A paused run back in the queue (its GPU time starts again at its next RunAssigned).
+            return [] if search.searcher is None else search.number(search.searcher.on_run_resumed(run_id, msg.rung))
         outcome = _ENDINGS.get(type(msg))
         if outcome is None and not isinstance(msg, events_pb2.RunRequeued | events_pb2.RunPaused):
             return []
         if use.since is not None:
             search.gpu_seconds += use.gpus * max(0.0, (at - use.since).total_seconds())
             use.since = None
-        if outcome is None:  # re-queued or paused: the run is alive (not ended), only its GPU time stopped
+        if isinstance(msg, events_pb2.RunPaused):  # held: alive, but its GPU time stopped
+            return [] if search.searcher is None else search.number(search.searcher.on_run_paused(run_id))
+        if outcome is None:  # re-queued: the run is alive (not ended), only its GPU time stopped
             return []
         use.ended = True
         if search.searcher is None:

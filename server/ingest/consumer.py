@@ -196,9 +196,7 @@ class Ingest:
                     try:
                         await self._handle_many(taken)
                     except Exception:
-                        log.exception(
-                            "handling reports failed; they will be redelivered", subject=taken[0].msg.subject
-                        )
+                        log.exception("handling reports failed; they will be redelivered", subject=taken[0].msg.subject)
                         for one in taken:
                             with contextlib.suppress(Exception):
                                 await one.msg.nak(delay=1.0)

@@ -76,9 +76,7 @@ class InMemoryEventTransaction:
         if found:
             in_stream = all(r.stream_id == stream_id for r in found)
             if len(found) == len(events) and in_stream:
-                return AppendResult(
-                    max(r.position for r in found), max(r.version for r in found), appended=False
-                )
+                return AppendResult(max(r.position for r in found), max(r.version for r in found), appended=False)
             where = "" if in_stream else " (some in another stream)"
             raise DuplicateEventError(
                 stream_id, f"{len(found)} of the {len(events)} event ids are stored already{where}"

@@ -476,10 +476,15 @@ class AshaPlan(_message.Message):
     REDUCTION_FACTOR_FIELD_NUMBER: _builtins.int
     MAX_RESOURCE_FIELD_NUMBER: _builtins.int
     TIME_UNIT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     min_resource: _builtins.int
     reduction_factor: _builtins.int
     max_resource: _builtins.int
     time_unit: _builtins.str
+    mode: _builtins.str
+    """"stop" or "pause" (ASHA with promotions: runs pause at rungs, the promoted ones resume).
+    Empty in facts recorded before the field existed: read as "stop".
+    """
     def __init__(
         self,
         *,
@@ -487,10 +492,11 @@ class AshaPlan(_message.Message):
         reduction_factor: _builtins.int = ...,
         max_resource: _builtins.int | None = ...,
         time_unit: _builtins.str = ...,
+        mode: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_resource", b"_max_resource", "max_resource", b"max_resource"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_resource", b"_max_resource", "max_resource", b"max_resource", "min_resource", b"min_resource", "reduction_factor", b"reduction_factor", "time_unit", b"time_unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_resource", b"_max_resource", "max_resource", b"max_resource", "min_resource", b"min_resource", "mode", b"mode", "reduction_factor", b"reduction_factor", "time_unit", b"time_unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_resource: _TypeAlias = _typing.Literal["max_resource"]  # noqa: Y015
     _WhichOneofArgType__max_resource: _TypeAlias = _typing.Literal["_max_resource", b"_max_resource"]  # noqa: Y015

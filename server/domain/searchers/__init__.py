@@ -1,25 +1,29 @@
 """Searchers: which runs an experiment starts, and which it stops early, decided from events alone.
 
-The interface (`Searcher` in `base`) is four inputs and four decisions; a new
-strategy (Bayesian, Optuna-backed, population based) implements those five
+The interface (`Searcher` in `base`) is six inputs and six decisions; a new
+strategy (Bayesian, Optuna-backed, population based) implements those seven
 methods and nothing in the scheduler or the store changes. Every searcher is
 pure: same inputs in the same order, same state and same decisions, which is
 how an experiment outlives a control-plane restart. See `base` for the
-contract, `sequence` for grid and random search, `asha` for early stopping,
+contract, `sequence` for grid and random search, `asha` for early stopping (stop-only, or pause and promote),
 `tpe` for Bayesian search (Optuna's TPE sampler behind the same interface).
 """
 
 from __future__ import annotations
 
 from runyard.server.domain.manifest_model import Manifest
-from runyard.server.domain.searchers.asha import AshaConfig, AshaSearcher, TimeUnit
+from runyard.server.domain.searchers.asha import AshaConfig, AshaMode, AshaPauseSearcher, AshaSearcher, TimeUnit
 from runyard.server.domain.searchers.base import (
     Closed,
     Complete,
     CreateTrial,
     Decision,
     MetricReported,
+    Paused,
+    PauseRun,
     Promote,
+    Resumed,
+    ResumeRun,
     RunEnded,
     RunOutcome,
     Searcher,
@@ -34,13 +38,18 @@ from runyard.server.domain.searchers.sequence import SequenceSearcher
 
 __all__ = [
     "AshaConfig",
+    "AshaPauseSearcher",
     "AshaSearcher",
     "Closed",
     "Complete",
     "CreateTrial",
     "Decision",
     "MetricReported",
+    "PauseRun",
+    "Paused",
     "Promote",
+    "ResumeRun",
+    "Resumed",
     "RunEnded",
     "RunOutcome",
     "Searcher",
@@ -69,7 +78,8 @@ def searcher_for(manifest: Manifest, experiment_id: str, asha: AshaConfig | None
     """The searcher a manifest asks for: TPE, ASHA over its trials when early_stopping is asha, else the sequence.
 
     The rung ladder comes from the manifest's `search.asha` (defaults: rungs at
-    1, 3, 9, ... epochs, no upper bound) unless `asha` overrides it.
+    1, 3, 9, ... epochs, no upper bound) unless `asha` overrides it; its `mode`
+    picks stop-only ASHA (the default) or the pause-and-promote variant.
     """
     if manifest.search.method == "tpe":
         from runyard.server.domain.searchers.tpe import TpeSearcher
@@ -79,6 +89,9 @@ def searcher_for(manifest: Manifest, experiment_id: str, asha: AshaConfig | None
         if asha is None:
             a = manifest.search.asha
             unit: TimeUnit = "steps" if a.time_unit == "steps" else "epochs"
-            asha = AshaConfig(a.min_resource, a.reduction_factor, a.max_resource, unit)
+            mode: AshaMode = "pause" if a.mode == "pause" else "stop"
+            asha = AshaConfig(a.min_resource, a.reduction_factor, a.max_resource, unit, mode)
+        if asha.mode == "pause":
+            return AshaPauseSearcher.from_manifest(manifest, experiment_id, asha)
         return AshaSearcher.from_manifest(manifest, experiment_id, asha)
     return SequenceSearcher.from_manifest(manifest, experiment_id)

@@ -17,16 +17,22 @@ Inputs (each maps onto one kind of logged event):
   manifest's `search.metric`; everything else is no concern of a searcher.
 * `on_run_ended(run_id, outcome)`: a run reached a terminal state.
 * `on_close(reason)`: no more runs may start (cancel, budget spent).
+* `on_run_paused(run_id)`: the run is PAUSED (RunPaused): it holds no GPU and
+  can be resumed from its checkpoint.
+* `on_run_resumed(run_id, rung)`: a paused run went back to the queue
+  (RunResumed; `rung` 0 when nobody promoted it, e.g. a user's resume).
 
-Decisions: `CreateTrial`, `StopRun`, `Promote`, `Complete`. A searcher counts a
-run it stopped as gone at once, so the trial that replaces it is created in the
-same breath and the freed GPU is not left idle while the stopped run winds down.
+Decisions: `CreateTrial`, `StopRun`, `Promote`, `PauseRun`, `ResumeRun`,
+`Complete`. A searcher counts a run it stopped or paused as gone at once, so
+the trial that replaces it is created in the same breath and the freed GPU is
+not left idle while the stopped run winds down. Only ASHA's pause variant
+pauses and resumes; the other searchers ignore the pause inputs (a run paused
+by its experiment's owner keeps its slot: it is still alive).
 """
 
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
@@ -80,13 +86,41 @@ class Promote:
 
 
 @dataclass(frozen=True)
+class PauseRun:
+    """Hold a run that reached rung `rung` (after `level` time units, with `value`) with its checkpoint.
+
+    It waits PAUSED, holding no GPU, until a promotion resumes it (`ResumeRun`)
+    or the search ends and stops it.
+    """
+
+    run_id: str
+    rung: int
+    level: int
+    value: float
+
+
+@dataclass(frozen=True)
+class ResumeRun:
+    """Promote a paused run: it resumes from its checkpoint and trains on to rung `rung` (from 1).
+
+    `level` is the time units it trains to (that rung's level, or max_resource
+    past the last rung); `value` is its result at rung `rung - 1` that made the cut.
+    """
+
+    run_id: str
+    rung: int
+    level: int
+    value: float
+
+
+@dataclass(frozen=True)
 class Complete:
     """The searcher has nothing left to start and every run it started has ended."""
 
     reason: str
 
 
-Decision: TypeAlias = CreateTrial | StopRun | Promote | Complete
+Decision: TypeAlias = CreateTrial | StopRun | Promote | PauseRun | ResumeRun | Complete
 
 
 # -- inputs, as values (for logs, tests and replay) ---------------------------
@@ -115,7 +149,18 @@ class Closed:
     reason: str
 
 
-SearcherInput: TypeAlias = Started | MetricReported | RunEnded | Closed
+@dataclass(frozen=True)
+class Paused:
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Resumed:
+    run_id: str
+    rung: int = 0
+
+
+SearcherInput: TypeAlias = Started | MetricReported | RunEnded | Closed | Paused | Resumed
 
 
 class Searcher(Protocol):
@@ -128,6 +173,10 @@ class Searcher(Protocol):
     def on_run_ended(self, run_id: str, outcome: RunOutcome) -> list[Decision]: ...
 
     def on_close(self, reason: str) -> list[Decision]: ...
+
+    def on_run_paused(self, run_id: str) -> list[Decision]: ...
+
+    def on_run_resumed(self, run_id: str, rung: int) -> list[Decision]: ...
 
     def snapshot(self) -> object:
         """A comparable value of the whole state: equal snapshots make equal future decisions."""
@@ -142,6 +191,10 @@ def feed(searcher: Searcher, item: SearcherInput) -> list[Decision]:
         return searcher.on_metric(item.run_id, item.step, item.value)
     if isinstance(item, RunEnded):
         return searcher.on_run_ended(item.run_id, item.outcome)
+    if isinstance(item, Paused):
+        return searcher.on_run_paused(item.run_id)
+    if isinstance(item, Resumed):
+        return searcher.on_run_resumed(item.run_id, item.rung)
     return searcher.on_close(item.reason)
 
 
@@ -191,19 +244,31 @@ class TrialPool:
         self.started = True
         return self.refill()
 
+    @property
+    def has_free_slot(self) -> bool:
+        return self.max_parallel is None or len(self.active) < self.max_parallel
+
+    @property
+    def can_create(self) -> bool:
+        """A trial is left to create and the pool is open."""
+        return self.closed is None and self.created < len(self.trials)
+
+    def create_one(self) -> CreateTrial:
+        """Create the next trial into a slot (the caller checked `can_create` and `has_free_slot`)."""
+        index = self.created
+        run_id = self.run_id_of(index)
+        self.created += 1
+        self.active[run_id] = index
+        self.index_of[run_id] = index
+        return CreateTrial(index=index, run_id=run_id, hyperparameters=dict(self.trials[index]))
+
     def refill(self) -> list[Decision]:
         """Create trials into free slots; complete once nothing is left to create or run."""
         if self.completed:
             return []
         decisions: list[Decision] = []
-        limit = math.inf if self.max_parallel is None else self.max_parallel
-        while self.closed is None and self.created < len(self.trials) and len(self.active) < limit:
-            index = self.created
-            run_id = self.run_id_of(index)
-            self.created += 1
-            self.active[run_id] = index
-            self.index_of[run_id] = index
-            decisions.append(CreateTrial(index=index, run_id=run_id, hyperparameters=dict(self.trials[index])))
+        while self.can_create and self.has_free_slot:
+            decisions.append(self.create_one())
         if not self.active and (self.closed is not None or self.created == len(self.trials)):
             self.completed = True
             decisions.append(Complete(reason=self.closed or "every trial ended"))

@@ -55,5 +55,11 @@ class SequenceSearcher:
     def on_close(self, reason: str) -> list[Decision]:
         return self._pool.close(reason)
 
+    def on_run_paused(self, run_id: str) -> list[Decision]:
+        return []  # paused by its owner: the run keeps its slot
+
+    def on_run_resumed(self, run_id: str, rung: int) -> list[Decision]:
+        return []
+
     def snapshot(self) -> SequenceSnapshot:
         return SequenceSnapshot(pool=self._pool.snapshot())

@@ -171,6 +171,12 @@ class TpeSearcher:
         self._closed = reason
         return self._refill() if self._started else []
 
+    def on_run_paused(self, run_id: str) -> list[Decision]:
+        return []  # paused by its owner: the run keeps its slot
+
+    def on_run_resumed(self, run_id: str, rung: int) -> list[Decision]:
+        return []
+
     def snapshot(self) -> TpeSnapshot:
         return TpeSnapshot(
             created=len(self._params),

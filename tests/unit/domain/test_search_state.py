@@ -194,7 +194,7 @@ class Cluster:
         elif isinstance(action, NewBest):
             best = events_pb2.ExperimentBestFound(run_id=action.run_id, step=action.step, value=action.value)
             self.append(experiment_stream, best)
-        else:
+        elif isinstance(action, Complete):
             self.append(experiment_stream, events_pb2.ExperimentCompleted(reason=action.reason))
 
     def command(self, run_id: str, decide: Callable[[Run], list[Message]]) -> None:
