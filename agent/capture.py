@@ -595,26 +595,32 @@ class Capture:
             await self._on_lines(rest, stream)
 
     async def _next_chunk(self, reader: asyncio.StreamReader) -> bytes:
-        """The pipe's next bytes; b"" at its end, or once `drain` gave up waiting for its end.
+        """The pipe's next bytes; b"" at its end, or once `drain` gave up waiting for its end and none came.
 
         Only the wait for bytes is cancelled then, never a read that returned:
-        StreamReader.read takes nothing from its buffer until it returns.
+        StreamReader.read takes nothing from its buffer until it returns. A
+        cancelled read is not the pipe's end, though: on a loaded loop drain's
+        timeout can fire after the read was scheduled and before it ran, with
+        megabytes still buffered. It is followed by the read of a given-up
+        pipe, which takes what is buffered at once (its first step runs before
+        its timer can fire) and waits only briefly for more.
         """
-        if self._pipes_given_up:  # what is still buffered comes at once; more may never come
+        if not self._pipes_given_up:
+            read = asyncio.ensure_future(reader.read(_READ_CHUNK))
+            self._pipe_reads.add(read)
             try:
-                return await asyncio.wait_for(reader.read(_READ_CHUNK), timeout=_GIVEN_UP_READ_S)
-            except TimeoutError:
-                return b""
-        read = asyncio.ensure_future(reader.read(_READ_CHUNK))
-        self._pipe_reads.add(read)
-        try:
-            return await read
-        except asyncio.CancelledError:
-            if read.cancelled() and self._pipes_given_up:
-                return b""
-            raise
-        finally:
-            self._pipe_reads.discard(read)
+                return await read
+            except asyncio.CancelledError:
+                this = asyncio.current_task()
+                # Re-raised unless drain cancelled the read alone (this reader cancelled cancels its read too).
+                if not (read.cancelled() and self._pipes_given_up) or (this is not None and this.cancelling()):
+                    raise
+            finally:
+                self._pipe_reads.discard(read)
+        try:  # what is still buffered comes at once; more may never come
+            return await asyncio.wait_for(reader.read(_READ_CHUNK), timeout=_GIVEN_UP_READ_S)
+        except TimeoutError:
+            return b""
 
     async def _wait_for_room(self) -> None:
         """While a whole message waits to be sent, read no further (at most `BatchLimits.stall_s`).

@@ -216,3 +216,51 @@ def test_drains_timeout_gives_up_a_pipe_held_open_but_not_the_lines_already_ther
     sink = asyncio.run(scenario())
     assert sink.lines == [f"step {i} loss=0.5" for i in range(total)]
     assert sink.points == list(range(total))
+
+
+class SecondReadNotRun(asyncio.StreamReader):
+    """A reader whose second read has not run yet when drain gives up (a loaded loop: the read was scheduled, the
+    timeout came first). That read waits until it is cancelled, taking nothing from the buffer; the reads after it
+    run as a StreamReader's do."""
+
+    def __init__(self) -> None:
+        super().__init__(limit=1 << 24)
+        self.reads = 0
+        self.cancelled_reads = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads == 2:  # the first 64 KiB were read and cut: their last line is still incomplete
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled_reads += 1
+                raise
+        return await super().read(n)
+
+
+def test_a_read_drain_cancels_before_it_ran_does_not_end_the_pipe() -> None:
+    """Drain's timeout cancels the wait for a held-open pipe; a read cancelled before it took any bytes is not the
+    pipe's end: what is buffered is still read and sent, whole lines only (none cut at a 64 KiB read's edge)."""
+    limits = BatchLimits(interval_s=0.001, busy_interval_s=0.001, stall_s=60.0)
+    total = 10_000
+
+    async def scenario() -> tuple[GatedSink, SecondReadNotRun]:
+        sink = GatedSink()
+        for _ in range(10_000):
+            sink.gate.release()
+        parser = StdoutMetricParser(compile_patterns([r"step (?P<step>\d+) loss=(?P<loss>[0-9.]+)"])[0])
+        capture = Capture(sink, parser, None, limits)
+        capture.start()
+        reader = SecondReadNotRun()
+        reader.feed_data(flood(total))  # never EOF: a grandchild holds the write end
+        capture.attach(reader, None)
+        await until(lambda: reader.reads == 2)  # the first read is cut, the second is waiting to run
+        await asyncio.wait_for(capture.drain(timeout_s=0.01), 30)
+        await asyncio.wait_for(capture.close(), 30)
+        return sink, reader
+
+    sink, reader = asyncio.run(scenario())
+    assert reader.cancelled_reads == 1  # drain gave up on the pipe while that read was pending
+    assert sink.lines == [f"step {i} loss=0.5" for i in range(total)]
+    assert sink.points == list(range(total))
