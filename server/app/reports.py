@@ -32,6 +32,7 @@ REPORTED_EVENTS: dict[str, type[Message]] = {
     "completed": events_pb2.RunCompleted,
     "failed": events_pb2.RunFailed,
     "canceled": events_pb2.RunCanceled,
+    "checkpointed": events_pb2.RunCheckpointed,
 }
 
 
@@ -149,6 +150,9 @@ def _decision(report: agent_pb2.AgentReport) -> Callable[[Run], list[Message]] |
     if body == "canceled":
         c_ = report.canceled
         return lambda run: run.report_canceled(c_.attempt, c_.reason)
+    if body == "checkpointed":
+        ck = report.checkpointed
+        return lambda run: run.report_checkpointed(ck.attempt, ck.checkpoint)
     return None
 
 

@@ -125,6 +125,31 @@ metric_points = Table(
     Column("source", String(32), nullable=False),
 )
 
+# A run's complete checkpoints (RunCheckpointed), one row each; the newest by position is its latest.
+run_checkpoints = Table(
+    "run_checkpoints",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("checkpoint_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("checkpoint", LargeBinary, nullable=False),  # the Checkpoint message, as reported
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+
+# Each attempt of a run (RunAssigned): where it ran and the checkpoint it resumed from.
+run_attempts = Table(
+    "run_attempts",
+    metadata,
+    Column("id", String(80), primary_key=True),  # "<run id>/<attempt>"
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("agent_id", String(64), nullable=False),
+    Column("resumed_from", LargeBinary, nullable=False),  # Checkpoint, b"" when it started afresh
+    Column("assigned_at", DateTime(timezone=True), nullable=False),
+)
+
 accounts = Table(
     "accounts",
     metadata,
@@ -171,4 +196,4 @@ def agent_frameworks(column: str) -> list[tuple[str, str, str]]:
     return [(str(f[0]), str(f[1]) if len(f) > 1 else "", str(f[2]) if len(f) > 2 else "") for f in json.loads(column)]
 
 
-PROJECTION_TABLES = (experiments, runs, agents, metric_points)
+PROJECTION_TABLES = (experiments, runs, agents, metric_points, run_checkpoints, run_attempts)
