@@ -139,3 +139,5 @@ class Manifest:
     #: The user's own image reference; "" runs the framework's image. Needs a container agent.
     image: str = ""
     network: Network = "none"
+    #: Fork: each run starts from this run's latest checkpoint (same account); "" starts afresh.
+    from_run: str = ""

@@ -261,6 +261,13 @@ FIELDS: tuple[FieldDoc, ...] = (
         "that download. Never the control plane, NATS or the database.",
         "network: egress",
     ),
+    FieldDoc(
+        "from_run", "run id", "none",
+        "Fork: every run of the experiment starts from this run's latest checkpoint (staged into "
+        "`$CHECKPOINT_DIR`). The run must be your account's and have a checkpoint. "
+        "`runyard submit --from RUN` overrides it.",
+        "from_run: run-abcdefghij",
+    ),
 )
 
 

@@ -288,6 +288,7 @@ def _top_level() -> dict[str, Schema]:
             {"type": "string", "maxLength": limits.MAX_IMAGE_CHARS, "pattern": _whole(mp._IMAGE)}
         ),
         "network": {"enum": list(NETWORKS)},
+        "from_run": _nullable({"type": "string", "pattern": _whole(mp.RUN_ID)}),
     }
 
 

@@ -125,7 +125,7 @@ def test_watch_run_streams_each_step_once_from_the_start_and_from_a_cursor(store
     events = store.read_all(0, 1000, stream_ids=streams)
 
     def streamed(builder: UpdateBuilder, after: int) -> list[tuple[str, int, float]]:
-        out = []
+        out: list[tuple[str, int, float]] = []
         for e in events:
             if e.position <= after:
                 continue

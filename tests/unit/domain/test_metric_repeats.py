@@ -4,7 +4,7 @@ what it resumes from."""
 from __future__ import annotations
 
 from runyard.server.domain.metric_repeats import RepeatFilter, RunSteps
-from runyard.v1 import common_pb2
+from runyard.v1 import common_pb2, events_pb2
 
 from .runs import AGENT, OTHER_AGENT, new_run, step
 
@@ -43,4 +43,4 @@ def test_each_assignment_records_the_checkpoint_its_attempt_resumes_from() -> No
     step(run, log, lambda r: r.report_checkpointed(1, ck))
     step(run, log, lambda r: r.agent_lost(AGENT))
     (second,) = step(run, log, lambda r: r.assign(OTHER_AGENT, ["0"]))
-    assert second.resume_from == ck
+    assert isinstance(second, events_pb2.RunAssigned) and second.resume_from == ck
