@@ -32,7 +32,6 @@ REPORTED_EVENTS: dict[str, type[Message]] = {
     "completed": events_pb2.RunCompleted,
     "failed": events_pb2.RunFailed,
     "canceled": events_pb2.RunCanceled,
-    "checkpointed": events_pb2.RunCheckpointed,
 }
 
 
