@@ -59,7 +59,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import structlog
 
@@ -353,6 +353,61 @@ def _capture_thread() -> ThreadPoolExecutor:
     return _CAPTURE_THREAD
 
 
+_TRANSCRIPT_PREFIX = {LogStream.LOG_STREAM_STDERR: "[stderr] ", LogStream.LOG_STREAM_AGENT: "[runyard] "}
+
+
+class _Transcript:
+    """The attempt's output as one text file: stdout lines as they are, stderr and agent lines marked.
+
+    Lines before `open` (the attempt's folder is made while staging) wait in
+    memory, a few at most. Best effort: a write error stops the transcript
+    (logged once), never the capture.
+    """
+
+    _EARLY_LINES = 1000
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self._file: IO[str] | None = None
+        self._early: list[str] | None = []
+
+    def open(self, path: Path) -> None:
+        if self._early is None:
+            return
+        early, self._early = self._early, None
+        self.path = path
+        try:
+            self._file = path.open("a", encoding="utf-8", errors="replace")
+        except OSError as e:
+            log.warning("output log not written", path=str(path), error=str(e))
+            return
+        self._put(early)
+
+    def write(self, lines: Sequence[LogLine]) -> None:
+        if not lines:
+            return
+        texts = [f"{_TRANSCRIPT_PREFIX.get(x.stream, '')}{x.text}\n" for x in lines]
+        if self._early is not None:
+            self._early.extend(texts[: max(0, self._EARLY_LINES - len(self._early))])
+        elif self._file is not None:
+            self._put(texts)
+
+    def _put(self, texts: list[str]) -> None:
+        assert self._file is not None
+        try:
+            self._file.write("".join(texts))
+        except (OSError, ValueError) as e:
+            log.warning("output log not written", path=str(self.path), error=str(e))
+            self.close()
+
+    def close(self) -> None:
+        self._early = None
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+
 class Capture:
     """Collects one attempt's lines and metrics and ships them through a ReportSink."""
 
@@ -369,6 +424,10 @@ class Capture:
         ledger: OffsetLedger | None = None,
     ) -> None:
         self._sink = sink
+        #: Every line this capture saw, appended as plain text (uploaded as the attempt's output.log).
+        self._transcript = _Transcript()
+        #: The highest metric step seen (a checkpoint's step); None before the first point.
+        self.max_step: int | None = None
         self._stdout_parser = stdout_parser
         self._jsonl_parser = JsonlMetricParser()
         self._splitter = JsonlSplitter()
@@ -412,15 +471,31 @@ class Capture:
         self._add_line(LogLine(stream=LogStream.LOG_STREAM_AGENT, text=storable(text), time_us=now_us()))
 
     def _add_line(self, line: LogLine) -> None:
+        self._transcript.write((line,))
         self.lines_seen += 1
         self._batch.add_line(line, self._clock())
         self._signal()
 
     def _add_points(self, points: Sequence[MetricPoint]) -> None:
         if points:
+            self._saw_steps(points)
             self.points_seen += len(points)
             self._batch.add_points(points, self._clock())
             self._signal()
+
+    def _saw_steps(self, points: Sequence[MetricPoint]) -> None:
+        if points:
+            top = max(p.step for p in points)
+            if self.max_step is None or top > self.max_step:
+                self.max_step = top
+
+    def write_transcript(self, path: Path) -> None:
+        """From now on append every line to `path` (the lines seen so far first)."""
+        self._transcript.open(path)
+
+    def close_transcript(self) -> None:
+        """Stop writing the output log (before it is uploaded)."""
+        self._transcript.close()
 
     def _signal(self) -> None:
         self._wake.set()
@@ -480,6 +555,8 @@ class Capture:
         self._batch.add_points(cut.points, now, cut.point_sizes)
         if cut.last_stderr:
             self.last_stderr = cut.last_stderr
+        self._transcript.write(cut.lines)
+        self._saw_steps(cut.points)
         self.lines_seen += len(cut.lines)
         self.points_seen += len(cut.points)
         self._signal()

@@ -27,6 +27,8 @@ class AgentConfig:
     heartbeat_s: float = 2.0
     # Seconds between SIGTERM and SIGKILL on cancel.
     cancel_grace_s: float = 10.0
+    # Seconds between checkpoints of $CHECKPOINT_DIR while a command runs (runyard.agent.checkpoints).
+    checkpoint_interval_s: float = 30.0
     # Work folders of failed attempts kept for a look (newest first); ended-well ones are removed at once.
     keep_failed_workdirs: int = 3
     # What one code archive may expand to on disk (runyard.agent.archive_limits): bytes, and files and folders.

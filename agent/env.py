@@ -4,7 +4,7 @@ The agent's environment holds its API key, its NATS credentials and whatever
 cloud credentials its host gave it (AWS_*, under ``runyard up`` the agent's
 key); a run is user code, so it starts from an empty environment and gets
 only: LANG/LC_ALL (C.UTF-8), the run's ``env`` from the manifest, then the
-variables Runyard owns (DATA_DIR, RESULT_DIR, RUNYARD_*, CUDA_VISIBLE_DEVICES,
+variables Runyard owns (DATA_DIR, RESULT_DIR, CHECKPOINT_DIR, RUNYARD_*, CUDA_VISIBLE_DEVICES,
 PYTHONUNBUFFERED, HOME and TMPDIR, folders of the attempt's own), which the
 manifest cannot override, so it cannot point a run at another run's folders
 or GPUs. PATH is the one merged variable: the framework interpreter's folder
@@ -15,6 +15,11 @@ standard folders.
 Hyperparameters arrive as protobuf Values, where every number is a double; a
 whole number is written without ``.0`` (``--hidden ${hidden}`` gets ``64``, not
 ``64.0``), both in RUNYARD_HP_<NAME> and in the RUNYARD_HPARAMS JSON.
+
+A run resumes from what it finds in $CHECKPOINT_DIR; RUNYARD_RESUMED ("1"/"0")
+and RUNYARD_CHECKPOINT_STEP (the staged checkpoint's step, only when resumed)
+say whether the agent staged one there (runyard.agent.checkpoints restores it
+before the command starts, or the attempt fails).
 """
 
 from __future__ import annotations
@@ -82,6 +87,8 @@ def build_run_env(work: WorkAssignment, dirs: RunDirs, python: str) -> dict[str,
         {
             "DATA_DIR": str(dirs.data),
             "RESULT_DIR": str(dirs.result),
+            "CHECKPOINT_DIR": str(dirs.checkpoint),
+            "RUNYARD_RESUMED": "1" if resumed(work) else "0",
             "RUNYARD_RUN_ID": work.run_id,
             "RUNYARD_ATTEMPT": str(work.attempt),
             "RUNYARD_EXPERIMENT_ID": work.experiment_id,
@@ -94,6 +101,13 @@ def build_run_env(work: WorkAssignment, dirs: RunDirs, python: str) -> dict[str,
             "PATH": run_path(python, spec.env.get("PATH")),
         }
     )
+    if resumed(work):
+        env["RUNYARD_CHECKPOINT_STEP"] = str(work.resume_from.step)
     for name, value in hparams.items():
         env[hp_env_name(name)] = hp_env_value(value)
     return env
+
+
+def resumed(work: WorkAssignment) -> bool:
+    """The attempt starts from a checkpoint (staged into $CHECKPOINT_DIR before the command)."""
+    return work.HasField("resume_from") and bool(work.resume_from.checkpoint_id)

@@ -243,6 +243,7 @@ class Agent:
                 work_root=self.work_root,
                 frameworks=self.frameworks,
                 cancel_grace_s=self.config.cancel_grace_s,
+                checkpoint_interval_s=self.config.checkpoint_interval_s,
                 sandbox=self.sandbox,
                 code_limits=(self.config.max_code_extract_bytes, self.config.max_code_files),
                 holdings=self.holdings,

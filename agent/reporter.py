@@ -30,10 +30,11 @@ import structlog
 from runyard import bus
 from runyard.storable import storable
 from runyard.v1.agent_pb2 import AgentReport, AttemptFailed
-from runyard.v1.common_pb2 import FailureReason, LogLine, MetricPoint
+from runyard.v1.common_pb2 import Checkpoint, FailureReason, LogLine, MetricPoint
 from runyard.v1.events_pb2 import (
     AgentRegistered,
     RunCanceled,
+    RunCheckpointed,
     RunCompleted,
     RunStaging,
     RunStarted,
@@ -141,6 +142,10 @@ class AttemptReports:
 
     async def uploading(self, exit_code: int) -> None:
         await self._send(AgentReport(uploading=RunUploading(attempt=self.attempt, exit_code=exit_code)))
+
+    async def checkpointed(self, checkpoint: Checkpoint) -> None:
+        """A checkpoint is stored whole (its manifest last): the next attempt may start from it."""
+        await self._send(AgentReport(checkpointed=RunCheckpointed(attempt=self.attempt, checkpoint=checkpoint)))
 
     async def completed(self, results_uri: str) -> None:
         await self._send(AgentReport(completed=RunCompleted(attempt=self.attempt, results_uri=results_uri)))

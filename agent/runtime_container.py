@@ -69,6 +69,7 @@ CONTAINER_ROOT = PurePosixPath("/runyard")
 CODE = CONTAINER_ROOT / "code"
 DATA = CONTAINER_ROOT / "data"
 RESULT = CONTAINER_ROOT / "result"
+CHECKPOINT = CONTAINER_ROOT / "checkpoint"
 OUTPUT = CONTAINER_ROOT / "output"
 INIT = CONTAINER_ROOT / "bin" / "init"
 #: Names of the shim's files in the output folder (host: <attempt root>/output/...).
@@ -150,6 +151,8 @@ class ContainerPlan:
     result: Path
     output: Path
     init: Path
+    #: $CHECKPOINT_DIR on the host; None: not mounted (a plan made before checkpoints).
+    checkpoint: Path | None = None
     memory_bytes: int = 0
     cpus: float = 0.0
     egress: bool = False
@@ -168,9 +171,11 @@ def container_dirs(host: RunDirs) -> RunDirs:
         code=Path(CODE),
         data=Path(DATA),
         result=Path(RESULT),
+        checkpoint=Path(CHECKPOINT),
         output=Path(OUTPUT),
         metrics_file=Path(OUTPUT / host.metrics_file.name),
         code_archive=Path(CONTAINER_ROOT / host.code_archive.name),
+        transcript=Path(CONTAINER_ROOT / host.transcript.name),
         # The tmpfs: the one writable place of the container besides the run's folders.
         home=Path("/tmp"),
         tmp=Path("/tmp"),
@@ -228,6 +233,11 @@ def create_options(plan: ContainerPlan, engine: str) -> dict[str, Any]:
         docker.types.Mount(str(DATA), str(plan.data), type="bind", read_only=True),
         docker.types.Mount(str(RESULT), str(plan.result), type="bind", read_only=False),
         docker.types.Mount(str(OUTPUT), str(plan.output), type="bind", read_only=False),
+        *(
+            [docker.types.Mount(str(CHECKPOINT), str(plan.checkpoint), type="bind", read_only=False)]
+            if plan.checkpoint is not None
+            else []
+        ),
         docker.types.Mount(str(INIT), str(plan.init), type="bind", read_only=True),
     ]
     options: dict[str, Any] = {
@@ -499,6 +509,7 @@ class ContainerRuntime:
             result=dirs.result,
             output=dirs.output,
             init=self.init_path,
+            checkpoint=dirs.checkpoint,
             memory_bytes=int(spec.resources.memory_bytes),
             cpus=float(spec.resources.cpus),
             egress=spec.network == RunNetwork.RUN_NETWORK_EGRESS,
@@ -509,12 +520,13 @@ class ContainerRuntime:
     def prepare_dirs(self, plan: ContainerPlan) -> None:
         """The run's uid gets its writable folders (and can read its code, whatever the archive's modes)."""
         box = plan.sandbox
-        for folder in (plan.result, plan.output):
+        writable = (plan.result, plan.output, *([plan.checkpoint] if plan.checkpoint is not None else []))
+        for folder in writable:
             folder.mkdir(parents=True, exist_ok=True)
         for name in (STDOUT_NAME, STDERR_NAME, "metrics.jsonl"):
             (plan.output / name).touch()
         (plan.output / EXIT_NAME).unlink(missing_ok=True)
-        for top in (plan.code, plan.result, plan.output):
+        for top in (plan.code, *writable):
             _chown_tree(top, box.uid, box.gid)
 
     def _create(self, options: dict[str, Any]) -> str:

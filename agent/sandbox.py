@@ -83,9 +83,11 @@ INSIDE = RunDirs(
     code=Path("/runyard/code"),
     data=Path("/runyard/data"),
     result=Path("/runyard/result"),
+    checkpoint=Path("/runyard/checkpoint"),
     output=Path("/runyard/output"),
     metrics_file=Path("/runyard/output/metrics.jsonl"),
     code_archive=Path("/runyard/code.tar.gz"),
+    transcript=Path("/runyard/output.log"),
     home=Path("/runyard/home"),
     tmp=Path("/runyard/tmp"),
 )
@@ -173,6 +175,7 @@ def bwrap_argv(
     args += ["--ro-bind", str(dirs.code), str(INSIDE.code), "--ro-bind", str(dirs.data), str(INSIDE.data)]
     for host, inside in (
         (dirs.result, INSIDE.result),
+        (dirs.checkpoint, INSIDE.checkpoint),
         (dirs.home, INSIDE.home),
         (dirs.tmp, INSIDE.tmp),
         (dirs.metrics_file, INSIDE.metrics_file),

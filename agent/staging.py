@@ -49,10 +49,15 @@ class RunDirs:
     code: Path
     data: Path
     result: Path
+    #: $CHECKPOINT_DIR: what the run saves to resume from; the agent uploads it (runyard.agent.checkpoints).
+    checkpoint: Path
     # Files the run writes beside its results (metrics, and in a container its stdout/stderr): output/.
     output: Path
     metrics_file: Path
     code_archive: Path
+    #: Everything the attempt's capture saw, uploaded as <results_uri>/attempts/<attempt>/output.log;
+    #: outside every folder the run can write.
+    transcript: Path
     #: The run's HOME and TMPDIR: its own, gone with the attempt's folder.
     home: Path
     tmp: Path
@@ -67,9 +72,11 @@ class RunDirs:
             code=root / "code",
             data=root / "data",
             result=root / "result",
+            checkpoint=root / "checkpoint",
             output=root / "output",
             metrics_file=root / "output" / "metrics.jsonl",
             code_archive=root / "code.tar.gz",
+            transcript=root / "output.log",
             home=root / "home",
             tmp=root / "tmp",
         )
@@ -78,7 +85,7 @@ class RunDirs:
         """Fresh folders; a leftover from an earlier try of the same attempt is removed first."""
         if self.root.exists():
             remove_tree(self.root)
-        for d in (self.code, self.data, self.result, self.output, self.home, self.tmp):
+        for d in (self.code, self.data, self.result, self.checkpoint, self.output, self.home, self.tmp):
             d.mkdir(parents=True)
         self.metrics_file.touch()
 
@@ -209,6 +216,22 @@ def upload_results(store: ObjectStore, result_dir: Path, results_uri: str) -> Up
     else:
         _walk_links(result_dir, skipped)
     return Uploaded(files, size, tuple(links))
+
+
+def upload_attempt_output(store: ObjectStore, dirs: RunDirs, results_uri: str, attempt: int, with_results: bool) -> int:
+    """<results_uri>/attempts/<attempt>/: result/ (`with_results`: the attempt did not complete, its
+    results would be lost with its folder) and output.log; returns the result files. Raises ObjectStoreError.
+
+    Links in result/ are never followed (as in upload_results).
+    """
+    check_uri("results", results_uri)
+    prefix = f"{results_uri.rstrip('/')}/attempts/{attempt}"
+    files = 0
+    if with_results and dirs.result.is_dir() and not dirs.result.is_symlink():
+        files = store.upload_dir(dirs.result, prefix, follow_symlinks=False)
+    if dirs.transcript.is_file():
+        store.upload_file(dirs.transcript, f"{prefix}/output.log")
+    return files
 
 
 def _walk_links(path: Path, found: Callable[[Path], None]) -> None:

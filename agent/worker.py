@@ -26,7 +26,8 @@ import structlog
 
 from runyard.agent.archive_limits import MAX_EXTRACTED_BYTES, MAX_EXTRACTED_FILES, ExtractionBudget
 from runyard.agent.capture import Capture
-from runyard.agent.env import build_run_env
+from runyard.agent.checkpoints import DEFAULT_INTERVAL_S, CheckpointUploader, restore_checkpoint
+from runyard.agent.env import build_run_env, resumed
 from runyard.agent.holdings import HeldAttempt, Holdings, start_ticks
 from runyard.agent.metrics import StdoutMetricParser, compile_patterns
 from runyard.agent.output_ledger import OutputLedger
@@ -38,7 +39,15 @@ from runyard.agent.runtime_container import (
 )
 from runyard.agent.runtime_local import LocalProcess, describe_exit, spawn
 from runyard.agent.sandbox import INSIDE, Bwrap
-from runyard.agent.staging import RunDirs, StagingError, remove_tree, stage_code, stage_data, upload_results
+from runyard.agent.staging import (
+    RunDirs,
+    StagingError,
+    remove_tree,
+    stage_code,
+    stage_data,
+    upload_attempt_output,
+    upload_results,
+)
 from runyard.objectstore import ObjectStore, ObjectStoreError
 from runyard.server.domain.units import format_bytes
 from runyard.v1.agent_pb2 import WorkAssignment
@@ -86,6 +95,8 @@ class WorkerContext:
     containers: ContainerRuntime | None = None
     # The sandbox every command runs in (runyard.agent.sandbox); None: none.
     sandbox: Bwrap | None = None
+    # Seconds between checkpoints of $CHECKPOINT_DIR while the command runs (runyard.agent.checkpoints).
+    checkpoint_interval_s: float = DEFAULT_INTERVAL_S
 
 
 class AttemptWorker:
@@ -113,6 +124,10 @@ class AttemptWorker:
         self._detaching = asyncio.Event()
         #: A container a previous agent process started for this attempt, followed again (`adopt`).
         self.adopted: ContainerProcess | None = None
+        #: The attempt's checkpoints, from the command's start on.
+        self.checkpoints: CheckpointUploader | None = None
+        #: The restored checkpoint: (files, bytes, seconds), set by `_stage`.
+        self._restored: tuple[int, int, float] | None = None
 
     def adopt(self, proc: ContainerProcess) -> None:
         """Take over a running (or ended, not yet reported) container of a previous agent process.
@@ -196,6 +211,7 @@ class AttemptWorker:
         )
         capture.start()
         if staging is None and self.adopted is not None:
+            capture.write_transcript(self.dirs.transcript)
             return await self._guarded(capture, self._resume(capture, self.adopted, ledger))
         for text in pattern_errors:
             capture.agent_line(text)
@@ -224,9 +240,12 @@ class AttemptWorker:
         message: str = "",
         exit_code: int = 0,
     ) -> Outcome:
-        """Flush everything the run said, then send the one terminal report."""
+        """The last checkpoint and the attempt's files, flush everything the run said, then the one terminal report."""
         if message:
             capture.agent_line(message)
+        if self.checkpoints is not None:
+            await self.checkpoints.finish()
+        await self._upload_attempt(capture, outcome)
         try:
             await capture.close()
         except Exception as e:
@@ -239,6 +258,39 @@ class AttemptWorker:
             await self.reports.completed(self.work.spec.results_uri)
         self._log.info("attempt ended", outcome=outcome.value, reason=FailureReason.Name(reason), exit_code=exit_code)
         return outcome
+
+    async def _upload_attempt(self, capture: Capture, outcome: Outcome) -> None:
+        """<results_uri>/attempts/<n>/: the result folder of an attempt that did not complete, and every
+        attempt's output.log. Best effort: an error is a line in the log, never another outcome."""
+        results_uri = self.work.spec.results_uri
+        capture.close_transcript()
+        if not results_uri or not self.dirs.root.is_dir():
+            return
+        with_results = outcome is not Outcome.COMPLETED
+        try:
+            files = await asyncio.to_thread(
+                upload_attempt_output, self.ctx.store, self.dirs, results_uri, self.work.attempt, with_results
+            )
+        except (ObjectStoreError, StagingError, OSError) as e:
+            capture.agent_line(f"attempt {self.work.attempt}'s files not uploaded: {e}")
+            return
+        if with_results and files:
+            where = f"{results_uri.rstrip('/')}/attempts/{self.work.attempt}/"
+            capture.agent_line(f"uploaded {files} result files of attempt {self.work.attempt} to {where}")
+
+    def _checkpoint_uploader(self, capture: Capture) -> CheckpointUploader:
+        return CheckpointUploader(
+            self.ctx.store,
+            self.reports,
+            run_id=self.work.run_id,
+            attempt=self.work.attempt,
+            results_uri=self.work.spec.results_uri,
+            folder=self.dirs.checkpoint,
+            scratch=self.dirs.root / "checkpoint-upload",
+            step=lambda: capture.max_step,
+            agent_line=capture.agent_line,
+            resumed_step=self.work.resume_from.step if resumed(self.work) else 0,
+        )
 
     def _python(self) -> str | None:
         return self.ctx.frameworks.get(self.work.spec.framework.name or "python")
@@ -256,12 +308,23 @@ class AttemptWorker:
         try:
             code_files, data_files, data_bytes = await asyncio.to_thread(self._stage)
         except StagingError as e:
+            if self.dirs.root.is_dir():
+                capture.write_transcript(self.dirs.transcript)
             return await self._end(capture, Outcome.FAILED, STAGING_ERROR, str(e))
         took = time.monotonic() - started
+        capture.write_transcript(self.dirs.transcript)
         capture.agent_line(
             f"staged {code_files} code files from {spec.code_uri or '(none)'} and {data_files} data files "
             f"({format_bytes(data_bytes)}) from {spec.data_uri or '(none)'} in {took:.2f}s"
         )
+        if self._restored is not None:
+            files, size, restore_s = self._restored
+            capture.agent_line(
+                f"resumed from checkpoint {self.work.resume_from.checkpoint_id} "
+                f"(step {self.work.resume_from.step}, {files} files, {format_bytes(size)}) in {restore_s:.2f}s"
+            )
+        checkpoints = self._checkpoint_uploader(capture)
+        await checkpoints.prime()
         if self._cancel.is_set():
             return await self._end(capture, Outcome.CANCELED, message="canceled before the command started")
         if self._stopping.is_set():
@@ -271,7 +334,7 @@ class AttemptWorker:
         if self._stopping.is_set():
             return await self._end(capture, Outcome.FAILED, self._stop_reason, self._stop_message)
         if self.ctx.containers is not None:
-            return await self._run_container(capture, self.ctx.containers)
+            return await self._run_container(capture, self.ctx.containers, checkpoints)
         assert python is not None
         sandbox = self.ctx.sandbox
         # Under bwrap the run sees its folders at the container runtime's paths: its variables name those.
@@ -286,13 +349,21 @@ class AttemptWorker:
             await asyncio.to_thread(self.ctx.holdings.record, held)
         await self.reports.started()
         capture.attach(proc.stdout, proc.stderr)
+        self._start_checkpoints(checkpoints)
         self._log.info("command started", pid=proc.pid)
 
         returncode, stopped_by = await self._wait(proc)
         await capture.drain()
         return await self._finish(capture, returncode, stopped_by)
 
-    async def _run_container(self, capture: Capture, runtime: ContainerRuntime) -> Outcome:
+    def _start_checkpoints(self, checkpoints: CheckpointUploader) -> None:
+        """The command runs: periodic checkpoints from now on, and a last one in `_end`."""
+        self.checkpoints = checkpoints
+        checkpoints.start(self.ctx.checkpoint_interval_s)
+
+    async def _run_container(
+        self, capture: Capture, runtime: ContainerRuntime, checkpoints: CheckpointUploader
+    ) -> Outcome:
         """The command in a fresh container (runyard.agent.runtime_container); its output through files."""
         started = time.monotonic()
         try:
@@ -309,6 +380,7 @@ class AttemptWorker:
             await asyncio.to_thread(proc.remove)
             raise
         capture.attach_files(proc.stdout_path, proc.stderr_path)
+        self._start_checkpoints(checkpoints)
         self._log.info("container started", container=proc.name, start_s=round(took, 3))
         return await self._follow_container(capture, proc)
 
@@ -317,6 +389,7 @@ class AttemptWorker:
         self.process = proc
         saved = await asyncio.to_thread(ledger.load) if ledger is not None else None
         capture.attach_files(proc.stdout_path, proc.stderr_path, saved)
+        self._start_checkpoints(self._checkpoint_uploader(capture))
         self._log.info("container adopted", container=proc.name, resumed_from=saved is not None)
         return await self._follow_container(capture, proc)
 
@@ -329,6 +402,8 @@ class AttemptWorker:
         """
         returncode, stopped_by = await self._wait(proc)
         if stopped_by == "detach":
+            if self.checkpoints is not None:  # the next agent process takes them on
+                await self.checkpoints.stop()
             await capture.detach()
             self._log.info("left running for the next agent process", container=proc.name)
             return Outcome.DETACHED
@@ -395,6 +470,10 @@ class AttemptWorker:
         self.dirs.create()
         code_files = stage_code(self.ctx.store, spec.code_uri, self.dirs, ExtractionBudget(*self.ctx.code_limits))
         data_files, data_bytes = stage_data(self.ctx.store, spec.data_uri, self.dirs.data)
+        if resumed(self.work):
+            started = time.monotonic()
+            files, size = restore_checkpoint(self.ctx.store, self.work.resume_from, self.dirs.checkpoint)
+            self._restored = (files, size, time.monotonic() - started)
         return code_files, data_files, data_bytes
 
     async def _wait(self, proc: LocalProcess | ContainerProcess) -> tuple[int, str]:

@@ -10,6 +10,17 @@ step is the epoch, from 0). The script prints Keras' usual progress lines for
 people, but the manifest has no stdout pattern, so nothing is counted twice and
 no Runyard package is needed in the training image.
 
+Checkpoints: with $CHECKPOINT_DIR set (the agent gives every attempt one) the
+script saves its whole training state there after each epoch as `state.npz`
+(every model variable, dropout's seed state included, the optimizer's
+variables, the epoch and the history), written to `.state.npz` and renamed, so
+the agent never uploads half a file. At start it loads $CHECKPOINT_DIR/state.npz
+when there is one (RUNYARD_RESUMED=1 says the agent staged one) and goes on from
+the next epoch (`initial_epoch`, so the TensorBoard steps go on too), printing
+"resumed from epoch k". Each epoch's order is a permutation seeded by (seed,
+epoch), so an interrupted and resumed run ends with exactly the model of an
+uninterrupted one. Without $CHECKPOINT_DIR (a laptop) nothing is saved.
+
 The validation split is `train_test_split(X, y, test_size=0.25, random_state=0)`
 on X scaled to [0, 1] (pixels / 16), the same split as examples/digits-pytorch:
 `load_split()` gives it to any code that wants to check a saved model.keras.
@@ -73,6 +84,82 @@ def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(predicted == y))
 
 
+CHECKPOINT = "state.npz"
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    """The order of one epoch depends on (seed, epoch) only, so a resumed run sees what an uninterrupted one sees."""
+    return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+def training_batches(x: np.ndarray, y: np.ndarray, seed: int, epochs: range, batch_size: int) -> Any:
+    """One tf.data stream of the given epochs' batches, each epoch in its own (seed, epoch) order.
+
+    fit() keeps one iterator across epochs when steps_per_epoch is set, so epoch e reads its own batches.
+    """
+    import tensorflow as tf
+
+    streams = [
+        tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(batch_size)
+        for order in (epoch_order(seed, epoch, len(x)) for epoch in epochs)
+    ]
+    dataset = streams[0]
+    for stream in streams[1:]:
+        dataset = dataset.concatenate(stream)
+    return dataset
+
+
+def save_checkpoint(folder: Path, model: Any, epoch: int, history: dict[str, list[float]]) -> None:
+    """Write atomically: the agent ignores dot-names, and a kill before the rename leaves the previous state."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {f"model_{i}": np.asarray(v) for i, v in enumerate(model.variables)}
+    arrays.update({f"optimizer_{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)})
+    meta = {"epoch": epoch, "variables": len(model.variables), "history": history}
+    tmp = folder / ("." + CHECKPOINT)
+    with tmp.open("wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, folder / CHECKPOINT)
+
+
+def load_checkpoint(folder: Path | None, model: Any, lr: float) -> tuple[int, dict[str, list[float]]]:
+    """Restore the saved state into `model`: (epochs done, history so far); (0, {}) when there is none."""
+    path = folder / CHECKPOINT if folder is not None else None
+    if path is None or not path.exists():
+        if os.environ.get("RUNYARD_RESUMED") == "1":
+            print(f"RUNYARD_RESUMED=1 but no {CHECKPOINT} in $CHECKPOINT_DIR: starting from epoch 1", flush=True)
+        return 0, {}
+    with np.load(path) as saved:
+        meta = json.loads(str(saved["meta"]))
+        shapes = [tuple(saved[f"model_{i}"].shape) for i in range(meta["variables"])]
+        if shapes != [tuple(v.shape) for v in model.variables]:
+            # A fork (`runyard submit --from RUN`) may change the width: the weights cannot carry over.
+            print("checkpoint is for another architecture: starting from epoch 1", flush=True)
+            return 0, {}
+        for i, variable in enumerate(model.variables):
+            variable.assign(saved[f"model_{i}"])
+        model.optimizer.build(model.trainable_variables)
+        for i, variable in enumerate(model.optimizer.variables):
+            variable.assign(saved[f"optimizer_{i}"])
+    model.optimizer.learning_rate.assign(lr)  # a fork may change the learning rate
+    print(f"resumed from epoch {meta['epoch']}", flush=True)
+    return int(meta["epoch"]), {name: list(values) for name, values in meta["history"].items()}
+
+
+def checkpointer(folder: Path, model: Any, board: Any, history: dict[str, list[float]]) -> Any:
+    """A callback saving the state after each epoch, once that epoch's TensorBoard points are on disk."""
+    import keras
+
+    class Checkpointer(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            for writer in getattr(board, "_writers", {}).values():
+                writer.flush()  # a kill after the checkpoint must not lose points the resumed run won't repeat
+            for name, value in (logs or {}).items():
+                history.setdefault(name, []).append(float(value))
+            save_checkpoint(folder, model, epoch + 1, history)
+
+    return Checkpointer()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lr", type=float, default=0.003)
@@ -100,19 +187,30 @@ def main() -> None:
     result_dir.mkdir(parents=True, exist_ok=True)
 
     model = build_model(args.width, args.dropout, args.lr)
+    checkpoint_dir = Path(os.environ["CHECKPOINT_DIR"]) if os.environ.get("CHECKPOINT_DIR") else None
+    done, history = load_checkpoint(checkpoint_dir, model, args.lr)
+    # The run's only metrics source: event files the agent reads under RESULT_DIR (step = epoch, from 0).
+    board = keras.callbacks.TensorBoard(log_dir=str(result_dir / "logs"), write_graph=False)
+    callbacks = [board]
+    if checkpoint_dir is not None:
+        callbacks.append(checkpointer(checkpoint_dir, model, board, history))
     started = time.time()
-    history = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        # The run's only metrics source: event files the agent reads under RESULT_DIR.
-        callbacks=[keras.callbacks.TensorBoard(log_dir=str(result_dir / "logs"), write_graph=False)],
-        verbose=2,
-    )
+    if done < args.epochs:
+        fitted = model.fit(
+            training_batches(x_train, y_train, args.seed, range(done + 1, args.epochs + 1), args.batch_size),
+            steps_per_epoch=-(-len(x_train) // args.batch_size),
+            validation_data=(x_val, y_val),
+            shuffle=False,  # the batches come in their (seed, epoch) order
+            initial_epoch=done,
+            epochs=args.epochs,
+            callbacks=callbacks,
+            verbose=2,
+        )
+        if checkpoint_dir is None:  # else the checkpointer has kept the history
+            for name, values in fitted.history.items():
+                history.setdefault(name, []).extend(float(v) for v in values)
     model.save(result_dir / "model.keras")
-    val_accuracy = float(history.history["val_accuracy"][-1])
+    val_accuracy = float(history["val_accuracy"][-1]) if history.get("val_accuracy") else 0.0
     summary = {
         "hyperparameters": {
             "lr": args.lr,
@@ -122,8 +220,9 @@ def main() -> None:
             "seed": args.seed,
         },
         "val_accuracy": val_accuracy,
+        "resumed_from_epoch": done,
         "train_seconds": round(time.time() - started, 3),
-        "history": {name: [float(v) for v in values] for name, values in history.history.items()},
+        "history": history,
     }
     (result_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"saved model.keras and metrics.json to {result_dir} (val_accuracy={val_accuracy:.4f})", flush=True)

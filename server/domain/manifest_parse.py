@@ -98,7 +98,7 @@ TIME_UNITS = ("epochs", "steps")
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 #: Set by the agent for every run; a manifest overriding them would break staging or GPU pinning.
-RESERVED_ENV = ("DATA_DIR", "RESULT_DIR", "CUDA_VISIBLE_DEVICES")
+RESERVED_ENV = ("DATA_DIR", "RESULT_DIR", "CHECKPOINT_DIR", "CUDA_VISIBLE_DEVICES")
 MAX_RESTARTS = 100
 MAX_GPUS = 1024
 MAX_CPUS = 4096

@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="declare the GPUs instead of detecting them through NVML: 4xH100, 2xH100,2xA100 or none",
     )
     p.add_argument("--cancel-grace", type=float, help="seconds between SIGTERM and SIGKILL when a run is canceled")
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        help="seconds between checkpoints of a run's $CHECKPOINT_DIR while it runs, when it changed (default 30)",
+    )
     p.add_argument("--max-code-extract-bytes", type=int, help="bytes one code archive may expand to (default 512 MiB)")
     p.add_argument("--max-code-files", type=int, help="files and folders one code archive may hold (default 50000)")
     p.add_argument("--api-key", help="agent API key sent with every report (env RUNYARD_API_KEY)")

@@ -89,6 +89,7 @@ def agent_config_kwargs(settings: Settings, args: argparse.Namespace) -> dict[st
         "frameworks": settings.frameworks,
         "labels": settings.labels,
         "cancel_grace_s": getattr(args, "cancel_grace", None),
+        "checkpoint_interval_s": getattr(args, "checkpoint_interval", None),
         "runtime": getattr(args, "runtime", None),
         "engine_url": getattr(args, "engine_url", None),
         "max_code_extract_bytes": getattr(args, "max_code_extract_bytes", None),

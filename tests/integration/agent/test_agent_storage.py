@@ -57,7 +57,12 @@ def linking_run(tmp_path: Path, results_uri: str) -> WorkAssignment:
 
 def check_links_not_uploaded(reports: list[AgentReport], store: ObjectStore, results_uri: str) -> None:
     assert transitions(reports) == ["staging", "started", "uploading", "completed"]
-    uploaded = {info.uri.rsplit("/", 1)[1]: store.get_bytes(info.uri) for info in store.list(results_uri)}
+    listed = store.list(results_uri)
+    attempt_files = [info.uri for info in listed if info.uri.startswith(f"{results_uri}/attempts/")]
+    assert attempt_files == [f"{results_uri}/attempts/1/output.log"], "a completed attempt stores its output log there"
+    uploaded = {
+        info.uri.rsplit("/", 1)[1]: store.get_bytes(info.uri) for info in listed if info.uri not in attempt_files
+    }
     assert uploaded == {"model.txt": b"weights"}, "only the regular file goes up; no link's target"
     agent_lines = " | ".join(texts(reports, LogStream.LOG_STREAM_AGENT))
     for name in ("stolen.txt", "stolen-dir", "passwd"):
@@ -75,7 +80,7 @@ def test_links_in_result_dir_are_skipped_not_followed_with_file_storage(
     reports = asyncio.run(one_run(config, assignment))
     check_links_not_uploaded(reports, store, "s3://results/links/run-a")
     stored = tmp_path / "objects" / "results" / "links" / "run-a"
-    assert sorted(p.name for p in stored.iterdir()) == ["model.txt"]
+    assert sorted(p.name for p in stored.iterdir()) == ["attempts", "model.txt"]
     assert not any(p.is_symlink() for p in stored.rglob("*"))
 
 

@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 from runyard.agent.env import SYSTEM_PATH, build_run_env
 from runyard.agent.staging import RunDirs
 from runyard.v1.agent_pb2 import WorkAssignment
-from runyard.v1.common_pb2 import RunSpec
+from runyard.v1.common_pb2 import Checkpoint, RunSpec
 
 ALLOWED = {
     "DATA_DIR",
     "RESULT_DIR",
+    "CHECKPOINT_DIR",
     "CUDA_VISIBLE_DEVICES",
     "PYTHONUNBUFFERED",
     "PATH",
@@ -93,3 +94,18 @@ def test_no_variable_of_the_agent_leaks(agent: dict[str, str]) -> None:
         os.environ.clear()
         os.environ.update(before)
     assert env == _env()
+
+
+def test_checkpoint_variables_say_whether_the_attempt_resumes() -> None:
+    env = _env({"CHECKPOINT_DIR": "/elsewhere", "RUNYARD_RESUMED": "1"})
+    assert env["CHECKPOINT_DIR"] == "/w/r1/1/checkpoint", "the manifest cannot point a run at another folder"
+    assert env["RUNYARD_ATTEMPT"] == "1" and env["RUNYARD_RESUMED"] == "0"
+    assert "RUNYARD_CHECKPOINT_STEP" not in env
+    work = WorkAssignment(run_id="r1", attempt=3, spec=RunSpec(command="true"))
+    work.resume_from.CopyFrom(Checkpoint(checkpoint_id="2-4", run_id="r1", attempt=2, step=1200))
+    resumed = build_run_env(work, DIRS, "/opt/py/bin/python")
+    assert (resumed["RUNYARD_ATTEMPT"], resumed["RUNYARD_RESUMED"], resumed["RUNYARD_CHECKPOINT_STEP"]) == (
+        "3",
+        "1",
+        "1200",
+    )

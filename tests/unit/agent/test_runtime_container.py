@@ -42,6 +42,7 @@ def plan(**changes: object) -> ContainerPlan:
         "result": Path("/w/r1/1/result"),
         "output": Path("/w/r1/1/output"),
         "init": Path("/w/.runtime/init.sh"),
+        "checkpoint": Path("/w/r1/1/checkpoint"),
     }
     values.update(changes)
     return ContainerPlan(**values)  # type: ignore[arg-type]
@@ -67,6 +68,7 @@ def test_the_sandbox_in_the_create_request() -> None:
         "/runyard/data": ("/w/r1/1/data", True),
         "/runyard/result": ("/w/r1/1/result", False),
         "/runyard/output": ("/w/r1/1/output", False),
+        "/runyard/checkpoint": ("/w/r1/1/checkpoint", False),
         "/runyard/bin/init": ("/w/.runtime/init.sh", True),
     }
     assert "privileged" not in opts and "devices" not in opts
@@ -112,6 +114,7 @@ def test_names_and_container_side_paths() -> None:
         "/runyard/result",
         "/runyard/output/metrics.jsonl",
     )
+    assert str(inside.checkpoint) == "/runyard/checkpoint"
 
 
 def test_exit_file() -> None:

@@ -31,6 +31,7 @@ def test_only_the_attempts_folders_are_bound_and_only_its_outputs_are_writable()
     writable = _pairs(argv, "--bind")
     assert writable == [
         ("/srv/work/run-1/2/result", "/runyard/result"),
+        ("/srv/work/run-1/2/checkpoint", "/runyard/checkpoint"),
         ("/srv/work/run-1/2/home", "/runyard/home"),
         ("/srv/work/run-1/2/tmp", "/runyard/tmp"),
         ("/srv/work/run-1/2/output/metrics.jsonl", "/runyard/output/metrics.jsonl"),
