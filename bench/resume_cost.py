@@ -7,8 +7,10 @@ its RunCheckpointed is listed, the agent holding it is killed with SIGKILL
 while the second agent idles. Times, from the run's own updates (WatchRun,
 server clock, same machine):
 
-* `detect_s`: the kill to the run re-queued (the agent's heartbeats stop;
-  `--agent-timeout` decides this, it is a setting, not a cost of resuming);
+* `detect_s`: the kill to the run re-queued. A setting, not a cost of
+  resuming: a silent agent's attempt is re-queued when its lease
+  (`--attempt-lease`, RUNYARD_ATTEMPT_LEASE) ends, so that its orphan, which
+  stops itself at the lease, never runs beside the next attempt (issue 9);
 * `resume_s`: re-queued to RUNNING again on the other agent: assignment,
   dispatch, staging (code, then the checkpoint: manifest, each file, sha256
   checked) and the command's start;
@@ -18,7 +20,7 @@ server clock, same machine):
 
 Goal (issue 11): resume_s < 2 s + transfer_s. Prints JSON.
 
-    .venv/bin/python bench/resume_cost.py [--size-mb 100] [--repeat 3] [--agent-timeout 3]
+    .venv/bin/python bench/resume_cost.py [--size-mb 100] [--repeat 3] [--agent-timeout 3] [--attempt-lease 8]
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runyard.v1 import common_pb2, run_service_pb2
+from runyard.v1 import admin_service_pb2, common_pb2, run_service_pb2
 from tests.support.services import AWS_TEST_ENV, MotoS3, NatsServer, postgres_database
 from tests.support.stack import Stack, Stubs, cli
 
@@ -88,9 +90,7 @@ def _wait(what: str, check: Any, timeout: float, stack: Stack) -> Any:
         time.sleep(0.02)
 
 
-def one_loss(
-    stack: Stack, stubs: Stubs, env: dict[str, str], code: Path, n: int, agent_timeout: float
-) -> dict[str, float]:
+def one_loss(stack: Stack, stubs: Stubs, env: dict[str, str], code: Path, n: int) -> dict[str, float]:
     """One run: checkpoint on agent a{n}, kill -9 a{n}, resumed on the idle agent b{n}."""
     holder = stack.start_agent(f"a{n}", 1, "--checkpoint-interval", "0.5")
     out = subprocess.run(
@@ -104,7 +104,7 @@ def one_loss(
         return stubs.runs.GetRun(run_service_pb2.GetRunRequest(run_id=run_id), timeout=10)
 
     _wait("the checkpoint", lambda: reply().checkpoints, 300, stack)
-    spare = stack.start_agent(f"b{n}", 1, "--checkpoint-interval", "0.5")
+    stack.start_agent(f"b{n}", 1, "--checkpoint-interval", "0.5")
     _wait("the second agent", lambda: any(a.id == f"b{n}" and a.alive for a in _agents(stubs)), 60, stack)
     killed_at = time.time()
     holder.stop(signal.SIGKILL)
@@ -115,8 +115,9 @@ def one_loss(
     staging = next(u for u in updates if u.status.state == common_pb2.RUN_STATE_STAGING and u.status.attempt == 2)
     running = next(u for u in updates if u.status.state == common_pb2.RUN_STATE_RUNNING and u.status.attempt == 2)
     final = reply()
-    spare.stop()
-    _wait("the spare agent gone", lambda: not any(a.id == f"b{n}" and a.alive for a in _agents(stubs)), 60, stack)
+    # Drained, the spare takes no more runs: the next round's run goes to its own first agent.
+    stubs.admin.DrainAgent(admin_service_pb2.DrainAgentRequest(agent_id=f"b{n}"), timeout=10)
+    _wait("the spare drained", lambda: any(a.id == f"b{n}" and a.draining for a in _agents(stubs)), 60, stack)
     if final.run.state != common_pb2.RUN_STATE_COMPLETED or final.attempts[-1].agent_id != f"b{n}":
         raise RuntimeError(f"run {run_id} did not resume on b{n}: {final}")
     return {
@@ -124,13 +125,10 @@ def one_loss(
         "resume_s": _seconds(running) - _seconds(requeued),
         "assign_to_staging_s": _seconds(staging) - _seconds(requeued),
         "staging_s": _seconds(running) - _seconds(staging),
-        "agent_timeout_s": agent_timeout,
     }
 
 
 def _agents(stubs: Stubs) -> list[Any]:
-    from runyard.v1 import admin_service_pb2
-
     return list(stubs.admin.ListAgents(admin_service_pb2.ListAgentsRequest(), timeout=10).agents)
 
 
@@ -151,6 +149,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--agent-timeout", type=float, default=3.0)
+    parser.add_argument("--attempt-lease", type=float, default=8.0)
     args = parser.parse_args()
     os.environ.update(AWS_TEST_ENV)
     with tempfile.TemporaryDirectory() as tmp, postgres_database() as url:
@@ -165,7 +164,7 @@ def main() -> None:
             database_url=url,
             nats_url=nats.url,
             s3_endpoint_url=moto.endpoint_url,
-            extra_env={**AWS_TEST_ENV, "RUNYARD_ATTEMPT_LEASE": "8"},
+            extra_env={**AWS_TEST_ENV, "RUNYARD_ATTEMPT_LEASE": f"{args.attempt_lease:g}"},
         )
         code = root / "code"
         code.mkdir()
@@ -176,7 +175,7 @@ def main() -> None:
             env = {**stack.env(), "RUNYARD_ENDPOINT": stack.endpoint, "RUNYARD_API_KEY": stack.admin_key}
             with stack.channel() as channel:
                 stubs = Stubs(channel)
-                losses = [one_loss(stack, stubs, env, code, n, args.agent_timeout) for n in range(args.repeat)]
+                losses = [one_loss(stack, stubs, env, code, n) for n in range(args.repeat)]
             transfer = raw_transfer(moto, args.size_mb)
         finally:
             stack.stop()
@@ -194,6 +193,8 @@ def main() -> None:
         "kill_to_training_s_median": round(statistics.median(x["detect_s"] + x["resume_s"] for x in losses), 3),
         "staging_s_median": round(statistics.median(x["staging_s"] for x in losses), 3),
         "each": [{k: round(v, 3) for k, v in x.items()} for x in losses],
+        "agent_timeout_s": args.agent_timeout,
+        "attempt_lease_s": args.attempt_lease,
         "goal": "resume_s < 2 s + transfer_s",
         "goal_met": resume < 2.0 + transfer,
         "load_average": os.getloadavg(),
