@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import train
+import train  # type: ignore[import-not-found]
 
 _save = train.save_checkpoint
 
