@@ -20,6 +20,7 @@ from runyard.server.domain import events as ev
 from runyard.server.projections import schema
 from runyard.server.projections.runner import ProjectionRunner
 from runyard.server.queries.resources import Queries
+from runyard.server.queries.scheduling import SchedulingReads
 from runyard.server.store import EventStore, NewEvent
 from runyard.v1 import common_pb2, events_pb2
 
@@ -112,6 +113,11 @@ def test_a_resumed_attempts_repeats_are_recorded_once_and_checkpoints_listed(
         (2, "agent-b", "1-1"),
     ]
     assert not attempts[0].HasField("resumed_from") and attempts[1].resumed_from.step == 3
+
+    # What a re-sent assignment (a new scheduler leader, a lost dispatch) resumes from: the attempt's own record.
+    reads = SchedulingReads(store.read_engine)
+    assert reads.resume_points([(RUN, 1)]) == {}
+    assert reads.resume_points([(RUN, 2)])[RUN].checkpoint_id == "1-1"
 
     live = _dump(store)
     runner.rebuild()
