@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("agent_id", sa.String(64), nullable=False),
         sa.Column("resumed_from", sa.LargeBinary, nullable=False),
         sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ended", sa.Text, nullable=False, server_default=""),
     )
     op.create_index("ix_run_attempts_run_id", "run_attempts", ["run_id"])
 

@@ -494,6 +494,7 @@ class RunsProjector:
         self._priority_updates: list[tuple[str, int]] = []
         self._checkpoints: list[Row] = []
         self._attempts: list[Row] = []
+        self._attempt_ends: list[dict[str, str]] = []
         self._steps: dict[str, RunSteps] = {}
         self._seeded: set[str] = set()
         self._conn: Connection | None = None
@@ -501,6 +502,7 @@ class RunsProjector:
     def apply(self, conn: Connection, decoded: Decoded) -> None:
         self._priority_updates = []
         self._checkpoints, self._attempts, self._steps, self._seeded, self._conn = [], [], {}, set(), conn
+        self._attempt_ends = []
         experiments = _Rows(schema.experiments)
         runs = _Rows(schema.runs)
         agents = _Rows(schema.agents)
@@ -544,6 +546,9 @@ class RunsProjector:
         insert_metric_points(conn, points)
         insert_many(conn, schema.run_checkpoints, self._checkpoints)
         insert_many(conn, schema.run_attempts, self._attempts)
+        if self._attempt_ends:
+            t = schema.run_attempts
+            conn.execute(update(t).where(t.c.id == _bind("b_id")).values(ended=_bind("b_ended")), self._attempt_ends)
         self._conn = None
 
     # -- experiments -------------------------------------------------------
@@ -627,6 +632,11 @@ class RunsProjector:
             return
         if type(msg) is events_pb2.RunAssigned:
             self._attempts.append(_attempt_row(key, event, msg))
+        else:
+            ended = _attempt_end(msg)
+            attempt = min(int(getattr(msg, "attempt", 0)), INT32_MAX)
+            if ended is not None and attempt:
+                self._attempt_ends.append({"b_id": storable_id(f"{key}/{attempt}", 80), "b_ended": storable(ended)})
         transition = _RUN_TRANSITIONS.get(type(msg))
         if transition is None:
             return
@@ -724,6 +734,28 @@ def _attempt_row(run_id: str, event: RecordedEvent, msg: events_pb2.RunAssigned)
         "resumed_from": msg.resume_from.SerializeToString(deterministic=True) if msg.HasField("resume_from") else b"",
         "assigned_at": event.recorded_at,
     }
+
+
+def _attempt_end(msg: Message) -> str | None:
+    """How an attempt ended, for `runyard show RUN` (None: the event ends no attempt)."""
+    kind = type(msg)
+    if kind is events_pb2.RunCompleted:
+        return "completed"
+    if kind is events_pb2.RunCanceled:
+        return "canceled"
+    if kind is events_pb2.RunStoppedEarly:
+        return "stopped early"
+    if kind is events_pb2.RunFailed or kind is events_pb2.RunRequeued:
+        reason = _reason_name(getattr(msg, "reason", 0))
+        return f"{'failed' if kind is events_pb2.RunFailed else 're-queued'}: {reason}"
+    return None
+
+
+def _reason_name(reason: int) -> str:
+    try:
+        return common_pb2.FailureReason.Name(reason).removeprefix("FAILURE_REASON_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return str(reason)
 
 
 def _stop_message(msg: events_pb2.RunStopRequested) -> str:

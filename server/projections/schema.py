@@ -148,6 +148,7 @@ run_attempts = Table(
     Column("agent_id", String(64), nullable=False),
     Column("resumed_from", LargeBinary, nullable=False),  # Checkpoint, b"" when it started afresh
     Column("assigned_at", DateTime(timezone=True), nullable=False),
+    Column("ended", Text, nullable=False, server_default=""),  # how it ended; "" while it runs
 )
 
 accounts = Table(

@@ -292,7 +292,7 @@ class Queries:
             rows = conn.execute(select(t).where(t.c.run_id == run_id).order_by(t.c.attempt)).mappings().all()
         out = []
         for r in rows:
-            a = run_service_pb2.RunAttempt(attempt=r["attempt"], agent_id=r["agent_id"])
+            a = run_service_pb2.RunAttempt(attempt=r["attempt"], agent_id=r["agent_id"], ended=r["ended"])
             if r["resumed_from"]:
                 a.resumed_from.ParseFromString(r["resumed_from"])
             a.assigned_at.FromDatetime(utc(r["assigned_at"]))

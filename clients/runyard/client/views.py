@@ -316,6 +316,7 @@ def run_json(reply: run_service_pb2.GetRunResponse) -> dict[str, Any]:
             {
                 "attempt": a.attempt,
                 "agent_id": a.agent_id,
+                "ended": a.ended,
                 "resumed_from": _checkpoint_json(a.resumed_from) if a.HasField("resumed_from") else None,
             }
             for a in reply.attempts
@@ -354,10 +355,10 @@ def attempts_table(reply: run_service_pb2.GetRunResponse) -> Table | None:
     if not reply.attempts:
         return None
     table = Table(title="attempts", title_justify="left", box=None, pad_edge=False)
-    for column in ("ATTEMPT", "AGENT", "ASSIGNED", "RESUMED FROM"):
+    for column in ("ATTEMPT", "AGENT", "ASSIGNED", "RESUMED FROM", "ENDED"):
         table.add_column(column)
     run_id = reply.run.id
     for a in reply.attempts:
         resumed = _resumed_text(a.resumed_from, run_id) if a.HasField("resumed_from") else "afresh"
-        table.add_row(str(a.attempt), a.agent_id, render.fmt_time(a.assigned_at), resumed)
+        table.add_row(str(a.attempt), a.agent_id, render.fmt_time(a.assigned_at), resumed, a.ended or "running")
     return table

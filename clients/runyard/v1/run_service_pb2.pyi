@@ -83,8 +83,11 @@ class RunAttempt(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     RESUMED_FROM_FIELD_NUMBER: _builtins.int
     ASSIGNED_AT_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     agent_id: _builtins.str
+    ended: _builtins.str
+    """How it ended ("completed", "re-queued: agent_lost", "failed: user_code", ...); empty while it runs."""
     @_builtins.property
     def resumed_from(self) -> _common_pb2.Checkpoint:
         """Unset: the attempt started afresh."""
@@ -98,10 +101,11 @@ class RunAttempt(_message.Message):
         agent_id: _builtins.str = ...,
         resumed_from: _common_pb2.Checkpoint | None = ...,
         assigned_at: _timestamp_pb2.Timestamp | None = ...,
+        ended: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "resumed_from", b"resumed_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assigned_at", b"assigned_at", "attempt", b"attempt", "resumed_from", b"resumed_from"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assigned_at", b"assigned_at", "attempt", b"attempt", "ended", b"ended", "resumed_from", b"resumed_from"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -130,7 +130,10 @@ def test_a_run_whose_agent_is_killed_resumes_on_another_from_its_checkpoint(
 
             done = wait_for("the run to end", ended, 180, stack)
         assert done.run.state == common_pb2.RUN_STATE_COMPLETED, done.run
-        assert [(a.attempt, a.agent_id) for a in done.attempts] == [(1, "agent-1"), (2, "agent-2")]
+        assert [(a.attempt, a.agent_id, a.ended) for a in done.attempts] == [
+            (1, "agent-1", "re-queued: agent_lost"),
+            (2, "agent-2", "completed"),
+        ]
         assert done.attempts[1].resumed_from.checkpoint_id == stored.checkpoint_id
 
         # N epochs in all: 1..K on agent-1, K+1..N on agent-2 (resumed from K, not from scratch).

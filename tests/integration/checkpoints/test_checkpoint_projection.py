@@ -108,9 +108,9 @@ def test_a_resumed_attempts_repeats_are_recorded_once_and_checkpoints_listed(
     latest = queries.latest_checkpoint(RUN)
     assert latest is not None and latest.checkpoint_id == "2-1"
     attempts = queries.attempts(RUN)
-    assert [(a.attempt, a.agent_id, a.resumed_from.checkpoint_id) for a in attempts] == [
-        (1, "agent-a", ""),
-        (2, "agent-b", "1-1"),
+    assert [(a.attempt, a.agent_id, a.resumed_from.checkpoint_id, a.ended) for a in attempts] == [
+        (1, "agent-a", "", "re-queued: agent_lost"),
+        (2, "agent-b", "1-1", ""),
     ]
     assert not attempts[0].HasField("resumed_from") and attempts[1].resumed_from.step == 3
 
