@@ -1,7 +1,7 @@
 """Fork through the API: `from_run` in a manifest or `runyard submit --from RUN`, against a live stack.
 
-A run of account beta records a checkpoint (its agent's `checkpointed`
-report); beta forks from it (each new run's first attempt resumes from that
+A run of account beta writes a checkpoint file that its agent stores and
+reports; beta forks from it (each new run's first attempt stages that
 checkpoint, and `runyard show` says so), alpha may not (NOT_FOUND, as for an
 unknown run), and a run without a checkpoint cannot be forked
 (FAILED_PRECONDITION naming it).
@@ -9,18 +9,14 @@ unknown run), and a run without a checkpoint cannot be forked
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import uuid
 from pathlib import Path
 
 import grpc
-import nats
 import pytest
 
-from runyard import bus
-from runyard.v1 import admin_service_pb2, agent_pb2, common_pb2, events_pb2, experiment_service_pb2, run_service_pb2
+from runyard.v1 import admin_service_pb2, common_pb2, experiment_service_pb2, run_service_pb2
 from tests.integration.api.helpers import RS, code_of, create, details, manifest, wait_state
 from tests.support.services import wait_until
 from tests.support.stack import Stack, Stubs, cli
@@ -28,15 +24,11 @@ from tests.support.stack import Stack, Stubs, cli
 pytestmark = pytest.mark.integration
 
 LONG = 'python -c "import time; time.sleep(120)"'
-
-
-async def _publish(url: str, key: str, report: agent_pb2.AgentReport) -> None:
-    nc = await nats.connect(url)
-    try:
-        headers = {"Authorization": f"Bearer {key}"}
-        await nc.jetstream().publish(bus.reports_subject(report.agent_id), report.SerializeToString(), headers=headers)
-    finally:
-        await nc.close()
+WRITE_AND_WAIT = (
+    'echo v1 > "$CHECKPOINT_DIR/state.txt.tmp" && mv "$CHECKPOINT_DIR/state.txt.tmp" "$CHECKPOINT_DIR/state.txt"'
+    " && sleep 120"
+)
+READ_STATE = 'echo "staged $(cat "$CHECKPOINT_DIR/state.txt")"'
 
 
 def _accounts(stack: Stack, admin: Stubs) -> dict[str, str]:
@@ -60,38 +52,22 @@ def _submit(stubs: Stubs, text: str, from_run: str = "") -> experiment_service_p
 
 def test_fork_from_a_checkpoint_of_ones_own_run_only(stack: Stack, tmp_path: Path) -> None:
     stack.start_server()
-    stack.start_agent("agent-1", 4)
+    stack.start_agent("agent-1", 4, "--checkpoint-interval", "0.5")
     with stack.channel() as admin_channel:
         keys = _accounts(stack, Stubs(admin_channel))
     with stack.channel(keys["beta"]) as beta_channel, stack.channel(keys["alpha"]) as alpha_channel:
         beta, alpha = Stubs(beta_channel), Stubs(alpha_channel)
-        source = create(beta, manifest(LONG, name="source")).experiment.runs[0].id
+        # The source writes one checkpoint file; its agent stores it (every 0.5 s when it changed) and reports it.
+        source = create(beta, manifest(WRITE_AND_WAIT, name="source")).experiment.runs[0].id
         wait_state(beta, source, {RS.RUN_STATE_RUNNING})
         bare = create(beta, manifest(LONG, name="bare")).experiment.runs[0].id
-
-        checkpoint = common_pb2.Checkpoint(
-            checkpoint_id="1-1",
-            run_id=source,
-            attempt=1,
-            step=7,
-            size_bytes=123,
-            files=1,
-            time_us=1_700_000_000_000_000,
-        )
-        report = agent_pb2.AgentReport(
-            event_id=str(uuid.uuid4()),
-            agent_id="agent-1",
-            run_id=source,
-            checkpointed=events_pb2.RunCheckpointed(attempt=1, checkpoint=checkpoint),
-        )
-        asyncio.run(_publish(stack.nats_url, stack.agent_key, report))
 
         def listed() -> run_service_pb2.GetRunResponse | None:
             reply = beta.runs.GetRun(run_service_pb2.GetRunRequest(run_id=source), timeout=10)
             return reply if reply.checkpoints else None
 
         shown = wait_until(listed, 30, "the checkpoint is listed")
-        assert [(c.checkpoint_id, c.step) for c in shown.checkpoints] == [("1-1", 7)]
+        assert [c.checkpoint_id for c in shown.checkpoints] == ["1-1"]
 
         # Another account's run is no more visible than an unknown one; a run without a checkpoint says so.
         for stubs, run_id in ((alpha, source), (beta, "run-nosuchrun0")):
@@ -104,7 +80,7 @@ def test_fork_from_a_checkpoint_of_ones_own_run_only(stack: Stack, tmp_path: Pat
 
         # The manifest names the checkpoint-less run; --from overrides it, through the CLI.
         path = tmp_path / "fork.yaml"
-        path.write_text(manifest("true", name="fork", extra=f"from_run: {bare}\n"), encoding="utf-8")
+        path.write_text(manifest(READ_STATE, name="fork", extra=f"from_run: {bare}\n"), encoding="utf-8")
         env = {**stack.env(), "RUNYARD_ENDPOINT": stack.endpoint, "RUNYARD_API_KEY": keys["beta"]}
         done = subprocess.run(
             cli("submit", str(path), "--from", source, "--no-code", "-o", "json"),
@@ -126,7 +102,9 @@ def test_fork_from_a_checkpoint_of_ones_own_run_only(stack: Stack, tmp_path: Pat
         assert doc["attempts"][0]["resumed_from"]["checkpoint_id"] == "1-1"
         assert doc["checkpoints"] == []
         text = subprocess.run(cli("show", forked), env=env, capture_output=True, text=True, timeout=60).stdout
-        assert f"checkpoint 1-1 of run {source} (step 7)" in text
+        assert f"checkpoint 1-1 of run {source} (step 0)" in text
+        logs = subprocess.run(cli("logs", forked), env=env, capture_output=True, text=True, timeout=60).stdout
+        assert "staged v1" in logs, logs
         source_text = subprocess.run(cli("show", source), env=env, capture_output=True, text=True, timeout=60).stdout
         assert "1-1 (latest)" in source_text and "afresh" in source_text
         beta.runs.CancelRun(run_service_pb2.CancelRunRequest(run_id=source), timeout=10)
