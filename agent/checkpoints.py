@@ -225,7 +225,7 @@ def restore_checkpoint(store: ObjectStore, checkpoint: Checkpoint, dest: Path) -
         partial = target.with_name(target.name + ".partial")
         try:
             store.download_file(f"{prefix}/{rel}", partial)
-        except ObjectStoreError as e:
+        except (ObjectStoreError, OSError) as e:  # OSError: a path through one of its own files
             raise CheckpointError(f"cannot restore checkpoint {cid}: file {rel}: {e}") from e
         got_size, got_sha = _digest(partial)
         if got_size != size or got_sha != sha:

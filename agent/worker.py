@@ -271,7 +271,7 @@ class AttemptWorker:
             files = await asyncio.to_thread(
                 upload_attempt_output, self.ctx.store, self.dirs, results_uri, self.work.attempt, with_results
             )
-        except (ObjectStoreError, StagingError, OSError) as e:
+        except Exception as e:  # best effort, whatever went wrong
             capture.agent_line(f"attempt {self.work.attempt}'s files not uploaded: {e}")
             return
         if with_results and files:

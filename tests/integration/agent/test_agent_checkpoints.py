@@ -355,3 +355,27 @@ async def wait_for_line(agent: AgentHarness, run_id: str, text: str, timeout: fl
         assert left > 0, f"no agent line {text!r} within {timeout}s; got {kinds(got)}"
         got += await agent.wait_for(run_id, "logged", timeout=left)
     return got
+
+
+def test_an_agent_shutting_down_takes_the_last_checkpoint_before_it_reports_the_end(
+    tmp_path: Path, nats_server: NatsServer, moto_s3: MotoS3
+) -> None:
+    store = s3_store(moto_s3)
+    results = "s3://results/ck/shutdown"
+    config = s3_config(tmp_path, nats_server, moto_s3)
+    assignment = ckpt_work(store, "term", results)
+
+    async def scenario() -> list[AgentReport]:
+        async with running_agent(config) as agent:
+            await agent.send_work(assignment)
+            got = await agent.wait_for(assignment.run_id, "metrics")
+            agent.stop.set()  # the agent stops: SIGTERM, grace, the last checkpoint, then AGENT_SHUTDOWN
+            got += await agent.until_terminal(assignment.run_id)
+            await asyncio.wait_for(agent.task, timeout=30)
+            return got
+
+    reports = asyncio.run(scenario())
+    assert transitions(reports)[-2:] == ["checkpointed", "failed"], kinds(reports)
+    assert reports[-1].failed.reason == FailureReason.FAILURE_REASON_AGENT_SHUTDOWN
+    [ck] = checkpoints(reports)
+    assert stored_file(store, results, ck, "state.json") == b"saved on SIGTERM"

@@ -199,3 +199,41 @@ def test_declared_gpus_reach_the_run_by_uuid_without_a_device(config: AgentConfi
     reports = asyncio.run(scenario())
     assert transitions(reports)[-1] == "completed", reports[-1]
     assert texts(reports, LogStream.LOG_STREAM_STDOUT) == [f"gpus={gpus[0].uuid}"]
+
+
+def test_a_container_run_checkpoints_and_its_next_attempt_resumes_from_it(
+    config: AgentConfig, framework: tuple[str, str]
+) -> None:
+    from tests.integration.agent.test_agent_checkpoints import CKPT_PY, checkpoints
+
+    store = open_store(config.storage_root, None)
+    tag = uuid.uuid4().hex[:8]
+    store.put_bytes(f"s3://code/{tag}.tar.gz", code_tar({"ckpt.py": CKPT_PY}))
+    first = work("python3 ckpt.py once", framework)
+    first.spec.code_uri = f"s3://code/{tag}.tar.gz"
+    first.spec.results_uri = f"s3://results/{tag}"
+    second = WorkAssignment()
+    second.CopyFrom(first)
+    second.attempt = 2
+    second.spec.command = "python3 ckpt.py resume"
+
+    async def scenario() -> tuple[list[AgentReport], list[AgentReport]]:
+        async with running_agent(config) as agent:
+            await agent.send_work(first)
+            ended = await agent.until_terminal(first.run_id, timeout=60)
+            [ck] = checkpoints(ended)
+            second.resume_from.CopyFrom(ck)
+            await agent.send_work(second)
+            return ended, await agent.until_terminal(second.run_id, timeout=60)
+
+    ended, resumed = asyncio.run(scenario())
+    assert transitions(ended)[-2:] == ["checkpointed", "completed"], kinds(ended)
+    [ck] = checkpoints(ended)
+    assert (ck.checkpoint_id, ck.files, ck.step) == ("1-1", 2, 3)
+    assert transitions(resumed) == ["staging", "started", "uploading", "completed"], kinds(resumed)
+    stdout = texts(resumed, LogStream.LOG_STREAM_STDOUT)
+    assert stdout == [
+        "env 2 1 3 /runyard/checkpoint",
+        'restored state.json {"step": 3}',
+        "restored sub/model.bin weights-3",
+    ], stdout

@@ -130,7 +130,9 @@ def test_pytorch_killed_mid_run_resumes_from_its_last_checkpoint(
     match = re.search(r"^resumed from epoch (\d+)$", second, re.M)
     assert match, second
     saved = int(match.group(1))
-    assert 1 <= saved < EPOCHS  # epoch 2's line comes before its checkpoint: the kill may beat it
+    # Epoch 2's line comes before its checkpoint, so the kill may beat that; on a loaded machine the
+    # script may also get further (even to the end) before the kill lands: then there is less to resume.
+    assert 1 <= saved <= EPOCHS
     assert epochs_in(TORCH_EPOCH, second) == list(range(saved + 1, EPOCHS + 1))
     # Every epoch was printed by one process or the other; a line printed before a kill that beat its
     # checkpoint is printed again, with the same values (the control plane keeps the first).
