@@ -65,7 +65,11 @@ class ExperimentService(pb_grpc.ExperimentServiceServicer):
         if not request.manifest_yaml.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "manifest_yaml: is empty")
         submit = SubmitExperiment(
-            auth.current_principal().account_id, request.manifest_yaml, request.code_uri, request.client_request_id
+            auth.current_principal().account_id,
+            request.manifest_yaml,
+            request.code_uri,
+            request.client_request_id,
+            request.from_run,
         )
         try:
             submitted: Submitted = await self._bus.handle(submit)

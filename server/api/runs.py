@@ -44,9 +44,13 @@ class RunService(pb_grpc.RunServiceServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         run = await asyncio.to_thread(self._ctx.queries.get_run, request.run_id, True)
         await auth.require_owner(context, run and run.account_id, "run", request.run_id)
-        if run is not None:
-            await self._ctx.explain_queue([run])
-        return pb.GetRunResponse(run=run)
+        if run is None:
+            return pb.GetRunResponse(run=run)
+        await self._ctx.explain_queue([run])
+        queries = self._ctx.queries
+        checkpoints = await asyncio.to_thread(queries.checkpoints, request.run_id)
+        attempts = await asyncio.to_thread(queries.attempts, request.run_id)
+        return pb.GetRunResponse(run=run, checkpoints=checkpoints, attempts=attempts)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         try:

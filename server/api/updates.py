@@ -6,6 +6,7 @@ from google.protobuf.message import Message
 
 from runyard.server.api.errors import decode_position
 from runyard.server.domain.events import decode
+from runyard.server.domain.metric_repeats import RepeatFilter
 from runyard.server.store import RecordedEvent
 from runyard.v1 import common_pb2, events_pb2, watch_pb2
 
@@ -25,10 +26,15 @@ def decode_cursor(cursor: str) -> int:
 
 
 class UpdateBuilder:
-    """Builds updates for one watch; remembers each run's last state for cancel requests."""
+    """Builds updates for one watch; remembers each run's last state for cancel requests.
+
+    `repeats` drops the points of a resumed attempt that an earlier attempt
+    already reported (metric_repeats): a watch shows each step once, as history does.
+    """
 
     def __init__(self) -> None:
         self.states: dict[str, int] = {}
+        self.repeats = RepeatFilter()
 
     def build(self, event: RecordedEvent) -> watch_pb2.RunUpdate | None:
         kind, _, run_id = event.stream_id.partition(":")
@@ -56,8 +62,11 @@ class UpdateBuilder:
             update.logs.lines.extend(msg.lines)
             return update
         if isinstance(msg, events_pb2.RunMetricsReported):
+            points = self.repeats.kept(run_id, msg.attempt, msg.points, ((p.name, p.step) for p in msg.points))
+            if not points:
+                return None
             update.metrics.attempt = msg.attempt
-            update.metrics.points.extend(msg.points)
+            update.metrics.points.extend(points)
             return update
         status = self._status(run_id, msg)
         if status is None:

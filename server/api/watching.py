@@ -46,6 +46,9 @@ class Watcher:
         after = decode_cursor(cursor)
         streams = [ev.run_stream(run_id), ev.run_logs_stream(run_id), ev.run_metrics_stream(run_id)]
         builder = UpdateBuilder()
+        if after:
+            # Resumed: the points before the cursor decide which later ones repeat an earlier attempt's.
+            builder.repeats.seed(run_id, await asyncio.to_thread(self._queries.metric_steps, run_id, after))
         told: QueueStatus | None = None
         looked_for_end = False
         while True:

@@ -29,6 +29,8 @@ class SubmitExperiment:
     manifest_yaml: str
     code_uri: str = ""
     client_request_id: str = ""
+    #: Fork: overrides the manifest's `from_run` ("" keeps it).
+    from_run: str = ""
 
 
 @dataclass(frozen=True)

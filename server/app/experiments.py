@@ -16,19 +16,20 @@ from google.protobuf.message import Message
 from runyard.server.app import commands as c
 from runyard.server.app.aggregates import EXPERIMENT, RUN, load
 from runyard.server.app.aggregates import change as change_aggregate
-from runyard.server.app.errors import FailedPrecondition, InvalidArgument, LimitExceeded
+from runyard.server.app.errors import FailedPrecondition, InvalidArgument, LimitExceeded, NotFound
 from runyard.server.app.storage_access import SubmitStorageCheck
 from runyard.server.app.unit_of_work import Outcome, UnitOfWork
 from runyard.server.domain import events as ev
 from runyard.server.domain.errors import ManifestError
 from runyard.server.domain.experiment import EXPERIMENT_PAUSE, EXPERIMENT_RESUME, Experiment, runs_at_submit
 from runyard.server.domain.manifest import Manifest, parse_manifest
+from runyard.server.domain.manifest_parse import RUN_ID
 from runyard.server.domain.run import Run
 from runyard.server.domain.run_states import PAUSED
 from runyard.server.queries.scheduling import SchedulingReads
 from runyard.server.scheduler.admission import RefusalKind, submit_refusal
 from runyard.server.store import NO_STREAM, ConcurrencyError
-from runyard.v1 import events_pb2
+from runyard.v1 import common_pb2, events_pb2
 
 #: The status a caller gets for each admission refusal (see runyard.server.scheduler.admission).
 _ADMISSION = {
@@ -110,8 +111,9 @@ def _create(cmd: c.SubmitExperiment, manifest: Manifest, uow: UnitOfWork) -> Sub
     existing = uow.first_position(stream)
     if existing:
         return Submitted(experiment_id, existing)
+    start_from = _fork_checkpoint(uow, cmd.account_id, cmd.from_run or manifest.from_run)
     created, runs = Experiment.create(
-        experiment_id, cmd.account_id, manifest, cmd.manifest_yaml, cmd.code_uri, cmd.client_request_id
+        experiment_id, cmd.account_id, manifest, cmd.manifest_yaml, cmd.code_uri, cmd.client_request_id, start_from
     )
     try:
         with uow.transaction() as tx:
@@ -125,6 +127,27 @@ def _create(cmd: c.SubmitExperiment, manifest: Manifest, uow: UnitOfWork) -> Sub
             raise
         return Submitted(experiment_id, first)
     return Submitted(experiment_id, tx.last_position)
+
+
+def _fork_checkpoint(uow: UnitOfWork, account_id: str, run_id: str) -> common_pb2.Checkpoint | None:
+    """The latest checkpoint of the run a fork starts from (None: no fork).
+
+    Another account's run is NOT_FOUND, as an unknown one: whether it exists is none of the caller's business.
+    """
+    if not run_id:
+        return None
+    if not RUN_ID.fullmatch(run_id):
+        raise NotFound("run", run_id[:80])
+    try:
+        run = load(uow, RUN, run_id)
+    except NotFound:
+        raise NotFound("run", run_id) from None
+    if run.account_id != account_id:
+        raise NotFound("run", run_id)
+    checkpoint = run.latest_checkpoint
+    if checkpoint is None:
+        raise FailedPrecondition(f"from_run: run {run_id} has no checkpoint to start from")
+    return checkpoint
 
 
 def cancel_experiment(cmd: c.CancelExperiment, uow: UnitOfWork) -> int:

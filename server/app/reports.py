@@ -149,6 +149,9 @@ def _decision(report: agent_pb2.AgentReport) -> Callable[[Run], list[Message]] |
     if body == "canceled":
         c_ = report.canceled
         return lambda run: run.report_canceled(c_.attempt, c_.reason)
+    if body == "checkpointed":
+        ck = report.checkpointed
+        return lambda run: run.report_checkpointed(ck.attempt, ck.checkpoint)
     return None
 
 

@@ -75,11 +75,22 @@ def run_spec(manifest: Manifest, values: Mapping[str, Scalar], code_uri: str, ru
 
 
 def new_run(
-    experiment_id: str, account_id: str, manifest: Manifest, code_uri: str, index: int, values: Mapping[str, Scalar]
+    experiment_id: str,
+    account_id: str,
+    manifest: Manifest,
+    code_uri: str,
+    index: int,
+    values: Mapping[str, Scalar],
+    start_from: common_pb2.Checkpoint | None = None,
 ) -> events_pb2.RunCreated:
-    """The RunCreated of run `index` with these hyperparameter values (at submit, or when a searcher adds it)."""
+    """The RunCreated of run `index` with these hyperparameter values (at submit, or when a searcher adds it).
+
+    `start_from`: a fork's checkpoint, what the run's first attempt stages into $CHECKPOINT_DIR.
+    """
     run_id = run_id_for(experiment_id, index)
     spec = run_spec(manifest, values, code_uri, run_id)
+    if start_from is not None:
+        spec.start_from.CopyFrom(start_from)
     return events_pb2.RunCreated(
         run_id=run_id, experiment_id=experiment_id, account_id=account_id, index=index, spec=spec
     )
@@ -129,18 +140,22 @@ class Experiment:
         manifest_yaml: str,
         code_uri: str,
         client_request_id: str,
+        start_from: common_pb2.Checkpoint | None = None,
     ) -> tuple[events_pb2.ExperimentCreated, list[tuple[str, events_pb2.RunCreated]]]:
         """The experiment's opening event and, per run in index order, its id and RunCreated.
 
         The opening event records the facts the manifest decides (`experiment_facts`),
-        so nothing after the submit parses `manifest_yaml` again.
+        so nothing after the submit parses `manifest_yaml` again; a fork's checkpoint
+        (`start_from`, resolved by the caller) is one of them, for trials added later.
         """
         runs: list[tuple[str, events_pb2.RunCreated]] = []
         facts = facts_of(manifest)
+        if start_from is not None:
+            facts.start_from.CopyFrom(start_from)
         trials = [] if facts.searched else expand_trials(manifest)
         for index, values in enumerate(trials):
             run_id = run_id_for(experiment_id, index)
-            created = new_run(experiment_id, account_id, manifest, code_uri, index, values)
+            created = new_run(experiment_id, account_id, manifest, code_uri, index, values, start_from)
             runs.append((run_id, created))
         opened = events_pb2.ExperimentCreated(
             experiment_id=experiment_id,
@@ -220,7 +235,8 @@ class Experiment:
 
         Built from the recorded facts; the caller appends both in one transaction.
         """
-        created = new_run(self.experiment_id, self.account_id, self.manifest, self.code_uri, index, values)
+        start_from = self.facts.start_from if self.facts.HasField("start_from") else None
+        created = new_run(self.experiment_id, self.account_id, self.manifest, self.code_uri, index, values, start_from)
         shown = {name: format_value(value) for name, value in values.items()}
         added = events_pb2.ExperimentRunAdded(run_id=created.run_id, index=index, hyperparameters=shown)
         return added, created

@@ -146,3 +146,5 @@ class Manifest:
     preemptible: bool = True
     #: Seconds between SIGTERM and SIGKILL when a run is preempted; None: the control plane's default (60 s).
     preemption_grace_s: int | None = None
+    #: Fork: each run starts from this run's latest checkpoint (same account); "" starts afresh.
+    from_run: str = ""

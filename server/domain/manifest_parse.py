@@ -70,6 +70,7 @@ TOP_LEVEL_FIELDS = (
     "network",
     "preemptible",
     "preemption",
+    "from_run",
 )
 HYPERPARAMETER_FIELDS: dict[str, tuple[str, ...]] = {
     "const": ("type", "value"),
@@ -112,6 +113,8 @@ MAX_PRIORITY = 1000
 _LABEL = re.compile(r"[A-Za-z0-9._/-]{1,63}")
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+#: A run id as Runyard makes them ("run-" and base32), for `from_run`.
+RUN_ID = re.compile(r"run-[a-z0-9]{1,60}")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 #: An OCI image reference: [host[:port]/]path[:tag][@algorithm:hex], the grammar of distribution/reference.
 _IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -352,10 +355,17 @@ class _Parser:
             else "none",
             preemptible=self.boolean("preemptible", top["preemptible"]) if top.get("preemptible") is not None else True,
             preemption_grace_s=self.preemption_grace(top.get("preemption")),
+            from_run=self.run_id("from_run", top["from_run"]) if top.get("from_run") is not None else "",
         )
         if self.errors:
             raise ManifestError(self.errors)
         return manifest
+
+    def run_id(self, path: str, value: object) -> str:
+        text = self.string(path, value)
+        if isinstance(value, str) and not RUN_ID.fullmatch(text):
+            self.error(path, "must be a run id (run-...)")
+        return text
 
     def required(self, fields: Mapping[str, object], key: str, parse: _FieldParser) -> str:
         if fields.get(key) is None:

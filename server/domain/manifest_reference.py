@@ -379,6 +379,13 @@ FIELDS: tuple[FieldDoc, ...] = (
         "Time between SIGTERM and SIGKILL when the run is preempted: write a checkpoint to `$CHECKPOINT_DIR` in it.",
         "preemption:\n  grace: 2m",
     ),
+    FieldDoc(
+        "from_run", "run id", "none",
+        "Fork: every run of the experiment starts from this run's latest checkpoint (staged into "
+        "`$CHECKPOINT_DIR`). The run must be your account's and have a checkpoint. "
+        "`runyard submit --from RUN` overrides it.",
+        "from_run: run-abcdefghij",
+    ),
 )
 
 

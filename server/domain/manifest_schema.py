@@ -305,6 +305,7 @@ def _top_level() -> dict[str, Schema]:
                 mp.PREEMPTION_FIELDS,
             )
         ),
+        "from_run": _nullable({"type": "string", "pattern": _whole(mp.RUN_ID)}),
     }
 
 

@@ -220,11 +220,13 @@ class Run:
             raise IllegalTransition(self.run_id, self.state_name, "assign")
         if self.cancel_requested:
             raise IllegalTransition(self.run_id, "QUEUED with a cancel requested", "assign")
-        return [
-            events_pb2.RunAssigned(
-                attempt=self.attempt + 1, agent_id=agent_id, gpu_ids=list(gpu_ids), gpu_model=gpu_model
-            )
-        ]
+        assigned = events_pb2.RunAssigned(
+            attempt=self.attempt + 1, agent_id=agent_id, gpu_ids=list(gpu_ids), gpu_model=gpu_model
+        )
+        resume = self.resume_from
+        if resume is not None:
+            assigned.resume_from.CopyFrom(resume)  # what the attempt stages, recorded: `runyard show` says it
+        return [assigned]
 
     def report_staging(self, attempt: int) -> list[Message]:
         return self._advance(

@@ -37,6 +37,7 @@ from google.protobuf.message import Message
 
 from runyard.server.domain.experiment_facts import manifest_of
 from runyard.server.domain.manifest_model import Manifest
+from runyard.server.domain.metric_repeats import RepeatFilter
 from runyard.server.domain.searchers import (
     Complete,
     CreateTrial,
@@ -169,6 +170,8 @@ class Searches:
 
     def __init__(self) -> None:
         self._experiments: dict[str, ExperimentSearch] = {}
+        #: A resumed attempt's points that an earlier attempt reported are no new input (metric_repeats).
+        self._repeats = RepeatFilter()
 
     def __contains__(self, experiment_id: object) -> bool:
         return experiment_id in self._experiments
@@ -214,7 +217,14 @@ class Searches:
         if kind == "experiment":
             return self._experiment_event(search, msg)
         if kind == "run-metrics" and isinstance(msg, events_pb2.RunMetricsReported):
-            return self._metrics(search, msg)
+            points = self._repeats.kept(ident, msg.attempt, msg.points, ((p.name, p.step) for p in msg.points))
+            if len(points) == len(msg.points):
+                return self._metrics(search, msg)
+            kept = events_pb2.RunMetricsReported()
+            kept.CopyFrom(msg)
+            del kept.points[:]
+            kept.points.extend(points)
+            return self._metrics(search, kept)
         if kind == "run":
             return self._run_event(search, ident, msg, recorded_at)
         return []

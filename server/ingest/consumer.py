@@ -329,7 +329,7 @@ class Taken:
 #: Longest id a report may name: the read models' id columns (read_models.ID_WIDTH).
 MAX_REPORT_ID = 64
 #: Bodies whose text is made storable here (rare ones: a run's end, a registration); see the module docstring.
-_STORABLE_BODIES = ("failed", "canceled", "completed", "registered")
+_STORABLE_BODIES = ("failed", "canceled", "completed", "registered", "checkpointed")
 
 
 def _unstorable(report: agent_pb2.AgentReport) -> str:

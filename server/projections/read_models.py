@@ -19,10 +19,11 @@ from typing import Any, Protocol
 
 from google.protobuf import json_format, text_format
 from google.protobuf.message import Message
-from sqlalchemy import BigInteger, Connection, Integer, String, Table, Text, select, update
+from sqlalchemy import BigInteger, Connection, Integer, String, Table, Text, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from runyard.server.domain.events import decode
+from runyard.server.domain.metric_repeats import RunSteps
 from runyard.server.domain.run_states import TERMINAL
 from runyard.server.store import RecordedEvent, dialects
 from runyard.storable import fit, storable
@@ -515,6 +516,7 @@ class RunsProjector:
     reads = type_names(
         events_pb2.RunCreated,
         *_RUN_TRANSITIONS,
+        events_pb2.RunCheckpointed,
         events_pb2.RunMetricsReported,
         events_pb2.ExperimentCreated,
         events_pb2.ExperimentRunAdded,
@@ -532,9 +534,17 @@ class RunsProjector:
 
     def __init__(self) -> None:
         self._priority_updates: list[tuple[str, int]] = []
+        self._checkpoints: list[Row] = []
+        self._attempts: list[Row] = []
+        self._attempt_ends: list[dict[str, str]] = []
+        self._steps: dict[str, RunSteps] = {}
+        self._seeded: set[str] = set()
+        self._conn: Connection | None = None
 
     def apply(self, conn: Connection, decoded: Decoded) -> None:
         self._priority_updates = []
+        self._checkpoints, self._attempts, self._steps, self._seeded, self._conn = [], [], {}, set(), conn
+        self._attempt_ends = []
         experiments = _Rows(schema.experiments)
         runs = _Rows(schema.runs)
         agents = _Rows(schema.agents)
@@ -578,6 +588,12 @@ class RunsProjector:
             )
         insert_metric_points(conn, points)
         insert_many(conn, schema.metric_batches, batches)
+        insert_many(conn, schema.run_checkpoints, self._checkpoints)
+        insert_many(conn, schema.run_attempts, self._attempts)
+        if self._attempt_ends:
+            t = schema.run_attempts
+            conn.execute(update(t).where(t.c.id == _bind("b_id")).values(ended=_bind("b_ended")), self._attempt_ends)
+        self._conn = None
 
     # -- experiments -------------------------------------------------------
 
@@ -658,6 +674,16 @@ class RunsProjector:
         if type(msg) is events_pb2.RunCreated:
             rows.add(_created_row(event, msg))
             return
+        if type(msg) is events_pb2.RunCheckpointed:
+            self._checkpoints.append(_checkpoint_row(key, event, msg))
+            return
+        if type(msg) is events_pb2.RunAssigned:
+            self._attempts.append(_attempt_row(key, event, msg))
+        else:
+            ended = _attempt_end(msg)
+            attempt = min(int(getattr(msg, "attempt", 0)), INT32_MAX)
+            if ended is not None and attempt:
+                self._attempt_ends.append({"b_id": storable_id(f"{key}/{attempt}", 80), "b_ended": storable(ended)})
         transition = _RUN_TRANSITIONS.get(type(msg))
         if transition is None:
             return
@@ -700,6 +726,7 @@ class RunsProjector:
         first = len(points)
         changed = False
         counts: dict[str, int] = {}
+        steps = self._run_steps(run_id, attempt)
         for idx, p in enumerate(msg.points):
             name, step, value = p.name, p.step, p.value
             if not math.isfinite(value):
@@ -708,6 +735,9 @@ class RunsProjector:
             if not (name.isascii() and "\x00" not in name and len(name) <= _POINT_NAME_WIDTH):
                 changed = True
                 name = storable_id(name, _POINT_NAME_WIDTH)  # the point and the latest values under one name
+            if not steps.keep(attempt, name, step):
+                changed = True
+                continue  # an earlier attempt recorded this step: the first value stands (metric_repeats)
             points.append((position, idx, run_id, attempt, name, step, value, p.time_us, p.source))
             counts[name] = counts.get(name, 0) + 1
             prev = current.get(name)
@@ -728,6 +758,79 @@ class RunsProjector:
         batches.append(
             {"position": position, "run_id": run_id, "points": batch.SerializeToString(), "counts": json.dumps(counts)}
         )
+
+    def _run_steps(self, run_id: str, attempt: int) -> RunSteps:
+        """The run's highest steps per attempt, as far as this batch and the stored points tell.
+
+        The first attempt needs nothing; a later one reads, once per run and
+        batch, what earlier batches stored (highest step per attempt and name,
+        on the (run_id, name, step) index).
+        """
+        steps = self._steps.get(run_id)
+        if steps is None:
+            steps = self._steps[run_id] = RunSteps()
+        if attempt > 1 and attempt > steps.attempt and run_id not in self._seeded and self._conn is not None:
+            self._seeded.add(run_id)
+            steps.move_to(attempt)  # this batch's points of earlier attempts become the bar
+            t = schema.metric_points
+            stored = self._conn.execute(
+                select(t.c.attempt, t.c.name, func.max(t.c.step))
+                .where(t.c.run_id == run_id)
+                .group_by(t.c.attempt, t.c.name)
+            ).all()
+            for stored_attempt, name, step in stored:
+                target = steps.earlier if stored_attempt < attempt else steps.current
+                if step > target.get(name, step - 1):
+                    target[name] = int(step)
+        return steps
+
+
+def _checkpoint_row(run_id: str, event: RecordedEvent, msg: events_pb2.RunCheckpointed) -> Row:
+    ck = msg.checkpoint
+    return {
+        "position": event.position,
+        "run_id": run_id,
+        "checkpoint_id": ck.checkpoint_id,
+        "attempt": msg.attempt,
+        "step": ck.step,
+        "checkpoint": ck.SerializeToString(deterministic=True),
+        "recorded_at": event.recorded_at,
+    }
+
+
+def _attempt_row(run_id: str, event: RecordedEvent, msg: events_pb2.RunAssigned) -> Row:
+    return {
+        "id": f"{run_id}/{msg.attempt}",
+        "run_id": run_id,
+        "attempt": msg.attempt,
+        "agent_id": msg.agent_id,
+        "resumed_from": msg.resume_from.SerializeToString(deterministic=True) if msg.HasField("resume_from") else b"",
+        "assigned_at": event.recorded_at,
+    }
+
+
+def _attempt_end(msg: Message) -> str | None:
+    """How an attempt ended, for `runyard show RUN` (None: the event ends no attempt)."""
+    kind = type(msg)
+    if kind is events_pb2.RunCompleted:
+        return "completed"
+    if kind is events_pb2.RunCanceled:
+        return "canceled"
+    if kind is events_pb2.RunStoppedEarly:
+        return "stopped early"
+    if kind is events_pb2.RunPaused:
+        return f"paused: {getattr(msg, 'reason', '') or 'asked'}"
+    if kind is events_pb2.RunFailed or kind is events_pb2.RunRequeued:
+        reason = _reason_name(getattr(msg, "reason", 0))
+        return f"{'failed' if kind is events_pb2.RunFailed else 're-queued'}: {reason}"
+    return None
+
+
+def _reason_name(reason: int) -> str:
+    try:
+        return common_pb2.FailureReason.Name(reason).removeprefix("FAILURE_REASON_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return str(reason)
 
 
 def _stop_message(msg: events_pb2.RunStopRequested) -> str:

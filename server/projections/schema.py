@@ -92,7 +92,7 @@ runs = Table(
     # Position of the event that (re)queued the run: FIFO order of the queue.
     Column("queued_position", BigInteger, nullable=False),
     Column("position", BigInteger, nullable=False, unique=True),
-    # Preemption (revision 0008_preempt): the spec's `preemptible: false`, the log position of the current
+    # Preemption (revision 0010): the spec's `preemptible: false`, the log position of the current
     # attempt's RunAssigned (youngest first), whether the current attempt is being preempted, and by
     # which run for which rule (the latest preemption, kept for `show`).
     Column("not_preemptible", Boolean, nullable=False, server_default=sql_false()),
@@ -149,6 +149,32 @@ metric_batches = Table(
     Column("counts", Text, nullable=False),
 )
 
+# A run's complete checkpoints (RunCheckpointed), one row each; the newest by position is its latest.
+run_checkpoints = Table(
+    "run_checkpoints",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("checkpoint_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("checkpoint", LargeBinary, nullable=False),  # the Checkpoint message, as reported
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+
+# Each attempt of a run (RunAssigned): where it ran and the checkpoint it resumed from.
+run_attempts = Table(
+    "run_attempts",
+    metadata,
+    Column("id", String(80), primary_key=True),  # "<run id>/<attempt>"
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("agent_id", String(64), nullable=False),
+    Column("resumed_from", LargeBinary, nullable=False),  # Checkpoint, b"" when it started afresh
+    Column("assigned_at", DateTime(timezone=True), nullable=False),
+    Column("ended", Text, nullable=False, server_default=""),  # how it ended; "" while it runs
+)
+
 accounts = Table(
     "accounts",
     metadata,
@@ -158,7 +184,7 @@ accounts = Table(
     Column("max_queued_runs", Integer, nullable=False),
     Column("run_quota", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    # False: the scheduler never preempts the account's runs (AccountPreemptionSet; revision 0008_preempt).
+    # False: the scheduler never preempts the account's runs (AccountPreemptionSet; revision 0010).
     Column("preemptible", Boolean, nullable=False, server_default=sql_true()),
 )
 
@@ -197,4 +223,4 @@ def agent_frameworks(column: str) -> list[tuple[str, str, str]]:
     return [(str(f[0]), str(f[1]) if len(f) > 1 else "", str(f[2]) if len(f) > 2 else "") for f in json.loads(column)]
 
 
-PROJECTION_TABLES = (experiments, runs, agents, metric_points, metric_batches)
+PROJECTION_TABLES = (experiments, runs, agents, metric_points, metric_batches, run_checkpoints, run_attempts)

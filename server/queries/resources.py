@@ -290,6 +290,52 @@ class Queries:
         spec.ParseFromString(raw)
         return spec
 
+    def checkpoints(self, run_id: str) -> list[common_pb2.Checkpoint]:
+        """The run's complete checkpoints, oldest first (the last is the one its next attempt resumes from)."""
+        t = schema.run_checkpoints
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(t.c.checkpoint).where(t.c.run_id == run_id).order_by(t.c.position)).all()
+        return [common_pb2.Checkpoint.FromString(r.checkpoint) for r in rows]
+
+    def latest_checkpoint(self, run_id: str) -> common_pb2.Checkpoint | None:
+        t = schema.run_checkpoints
+        with self._engine.connect() as conn:
+            raw = conn.execute(
+                select(t.c.checkpoint).where(t.c.run_id == run_id).order_by(t.c.position.desc()).limit(1)
+            ).scalar_one_or_none()
+        return None if raw is None else common_pb2.Checkpoint.FromString(raw)
+
+    def attempts(self, run_id: str) -> list[run_service_pb2.RunAttempt]:
+        """Each attempt of the run, in order, with the checkpoint it resumed from."""
+        t = schema.run_attempts
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(t).where(t.c.run_id == run_id).order_by(t.c.attempt)).mappings().all()
+        out = []
+        for r in rows:
+            a = run_service_pb2.RunAttempt(attempt=r["attempt"], agent_id=r["agent_id"], ended=r["ended"])
+            if r["resumed_from"]:
+                a.resumed_from.ParseFromString(r["resumed_from"])
+            a.assigned_at.FromDatetime(utc(r["assigned_at"]))
+            out.append(a)
+        return out
+
+    def metric_steps(self, run_id: str, through_position: int) -> dict[int, dict[str, int]]:
+        """{attempt: {name: highest step}} of the run's points logged at or before `through_position`.
+
+        What a WatchRun resumed from a cursor needs to drop a later attempt's repeats (metric_repeats).
+        """
+        t = schema.metric_points
+        query = (
+            select(t.c.attempt, t.c.name, func.max(t.c.step))
+            .where(t.c.run_id == run_id, t.c.position <= through_position)
+            .group_by(t.c.attempt, t.c.name)
+        )
+        out: dict[int, dict[str, int]] = {}
+        with self._engine.connect() as conn:
+            for attempt, name, step in conn.execute(query).all():
+                out.setdefault(int(attempt), {})[name] = int(step)
+        return out
+
     def metric_points(self, run_id: str, names: Sequence[str] = ()) -> list[common_pb2.MetricPoint]:
         return self.metric_history(run_id, names)[0]
 

@@ -220,6 +220,22 @@ class SchedulingReads:
                     out[row.id] = (row.experiment_id, spec)
         return out
 
+    def resume_points(self, runs: Sequence[tuple[str, int]]) -> dict[str, common_pb2.Checkpoint]:
+        """Run id -> the checkpoint its (run id, attempt) resumes from, as its RunAssigned recorded; none: afresh.
+
+        What a re-sent WorkAssignment carries (the first send takes it from the RunAssigned itself).
+        """
+        t = schema.run_attempts
+        ids = [f"{run_id}/{attempt}" for run_id, attempt in runs]
+        out: dict[str, common_pb2.Checkpoint] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                for row in conn.execute(select(t.c.run_id, t.c.resumed_from).where(t.c.id.in_(chunk))):
+                    if row.resumed_from:
+                        out[row.run_id] = common_pb2.Checkpoint.FromString(row.resumed_from)
+        return out
+
     def account(self, account_id: str) -> AccountState | None:
         """The account's plan (no use), or None when it has none."""
         a = schema.accounts

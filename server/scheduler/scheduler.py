@@ -463,7 +463,12 @@ class Scheduler:
             for msg in outcome.events:
                 if isinstance(msg, events_pb2.RunAssigned) and p.run_id in specs:
                     experiment_id, spec = specs[p.run_id]
-                    sends.append(self._send_work(p.run_id, msg.attempt, p.agent_id, p.gpu_ids, experiment_id, spec))
+                    resume = msg.resume_from if msg.HasField("resume_from") else None
+                    sends.append(
+                        self._send_work(
+                            p.run_id, msg.attempt, p.agent_id, p.gpu_ids, experiment_id, spec, resume_from=resume
+                        )
+                    )
         await asyncio.gather(*sends)
         self.assigned += len(sends)
 
@@ -527,10 +532,13 @@ class Scheduler:
         experiment_id: str,
         spec: common_pb2.RunSpec,
         resend: int = 0,
+        resume_from: common_pb2.Checkpoint | None = None,
     ) -> None:
         work = agent_pb2.WorkAssignment(
             run_id=run_id, attempt=attempt, experiment_id=experiment_id, spec=spec, gpu_ids=list(gpu_ids)
         )
+        if resume_from is not None:
+            work.resume_from.CopyFrom(resume_from)  # Run.resume_from when the attempt was assigned
         # The first send of an attempt has a fixed id, so a new leader's re-send of work that did
         # arrive is dropped by JetStream; a re-send after a lost dispatch must get through.
         msg_id = f"{run_id}:{attempt}" if resend == 0 else f"{run_id}:{attempt}:resend-{resend}"
@@ -613,12 +621,15 @@ class Scheduler:
         if not runs:
             return
         specs = await asyncio.to_thread(self.reads.specs, [h.run_id for h in runs])
+        resumes = await asyncio.to_thread(self.reads.resume_points, [(h.run_id, h.attempt) for h in runs])
         for h in runs:
             if h.run_id not in specs:
                 continue
             experiment_id, spec = specs[h.run_id]
             resend = 0 if fresh else self._dispatched.get((h.run_id, h.attempt), (0.0, 1))[1]
-            await self._send_work(h.run_id, h.attempt, h.agent_id, h.gpu_ids, experiment_id, spec, resend)
+            await self._send_work(
+                h.run_id, h.attempt, h.agent_id, h.gpu_ids, experiment_id, spec, resend, resumes.get(h.run_id)
+            )
 
     async def _check_dispatches(self, holding: Sequence[Holding]) -> None:
         """Re-send work whose agent is alive but has not taken it (its heartbeats do not list it)."""

@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-logs", action="store_true", help="with --watch: status and metrics only")
     p.add_argument("--table", action="store_true", help="with --watch: a live table of the runs instead of lines")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the experiment id, for scripts")
+    p.add_argument(
+        "--from", dest="from_run", metavar="RUN",
+        help="fork: every run starts from RUN's latest checkpoint (overrides the manifest's from_run)",
+    )  # fmt: skip
 
     p = add("list", commands.cmd_list, "list experiments (or runs)", client)
     p.add_argument("what", nargs="?", choices=("experiments", "runs"), help="what to list (default experiments)")

@@ -135,7 +135,8 @@ def cmd_submit(args: argparse.Namespace, ctx: Context) -> int:
         code_uri = _upload_code(client, ctx, code_dir)
     # Retries inside create_experiment reuse this id, so the experiment is created once.
     request_id = args.request_id or str(uuid.uuid4())
-    created = client.create_experiment(manifest_yaml, code_uri, request_id)
+    from_run = getattr(args, "from_run", None) or ""
+    created = client.create_experiment(manifest_yaml, code_uri, request_id, from_run=from_run)
     experiment = client.get_experiment(created.id)
     if getattr(args, "quiet", False):
         ctx.line(experiment.id)  # EXP=$(runyard submit -q MANIFEST)
@@ -269,9 +270,10 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
             return 0
         _print_experiment(ctx, experiment)
         return 0
-    run = client.get_run(args.id)
+    reply = client.get_run_reply(args.id)
+    run = reply.run
     if ctx.json:
-        render.print_json(render.to_dict(run))
+        render.print_json(views.run_json(reply))
         return 0
     ctx.out.print(render.run_details(run))
     if run.latest_metrics:
@@ -279,6 +281,10 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
         ctx.out.print(
             render.key_values([(f"  {k}", render.fmt_value(v)) for k, v in sorted(run.latest_metrics.items())]),
         )
+    for table in (views.attempts_table(reply), views.checkpoints_table(reply)):
+        if table is not None:
+            ctx.out.print()
+            ctx.out.print(table)
     return 0
 
 

@@ -166,6 +166,13 @@ def fmt_time_us(time_us: int) -> str:
     return datetime.fromtimestamp(time_us / 1e6).astimezone().strftime("%H:%M:%S")
 
 
+def fmt_time_iso_us(time_us: int) -> str:
+    """A time in microseconds with its date, local ("" for none)."""
+    if time_us <= 0:
+        return ""
+    return datetime.fromtimestamp(time_us / 1e6).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
 def fmt_value(value: Any) -> str:
     """A hyperparameter or metric value, short: floats to 4 significant digits."""
     if isinstance(value, bool):

@@ -201,13 +201,17 @@ class Client:
             packed.unlink(missing_ok=True)
 
     def create_experiment(
-        self, manifest_yaml: str, code_uri: str = "", client_request_id: str | None = None
+        self, manifest_yaml: str, code_uri: str = "", client_request_id: str | None = None, from_run: str = ""
     ) -> resources_pb2.Experiment:
-        """Create an experiment; every retry of this call reuses one client request id."""
+        """Create an experiment; every retry of this call reuses one client request id.
+
+        `from_run`: fork, every run starts from that run's latest checkpoint (overrides the manifest's from_run).
+        """
         request = experiment_service_pb2.CreateExperimentRequest(
             manifest_yaml=manifest_yaml,
             code_uri=code_uri,
             client_request_id=client_request_id or str(uuid.uuid4()),
+            from_run=from_run,
         )
         return self._unary(self._experiments.CreateExperiment, request).experiment
 
@@ -273,6 +277,10 @@ class Client:
 
     def get_run(self, run_id: str) -> resources_pb2.Run:
         return self._unary(self._runs.GetRun, run_service_pb2.GetRunRequest(run_id=run_id)).run
+
+    def get_run_reply(self, run_id: str) -> run_service_pb2.GetRunResponse:
+        """The run with its checkpoints and attempts (what `runyard show RUN` prints)."""
+        return self._unary(self._runs.GetRun, run_service_pb2.GetRunRequest(run_id=run_id))  # type: ignore[no-any-return]
 
     def list_runs(
         self,

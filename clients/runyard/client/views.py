@@ -23,7 +23,7 @@ from rich.text import Text
 from runyard.client import render
 from runyard.client.errors import ClientError
 from runyard.server.domain.units import format_bytes
-from runyard.v1 import common_pb2, resources_pb2
+from runyard.v1 import common_pb2, resources_pb2, run_service_pb2
 
 if TYPE_CHECKING:  # commands imports this module
     from runyard.client.commands import Context
@@ -290,3 +290,75 @@ def cmd_best(args: argparse.Namespace, ctx: Context) -> int:
         f"none of the {len(candidates)} scored runs of {experiment.id} has results stored yet; "
         "results are stored when a run completes"
     )
+
+
+# -- a run's checkpoints and attempts (runyard show RUN) -----------------------------
+
+
+def _checkpoint_json(ck: common_pb2.Checkpoint) -> dict[str, Any]:
+    return {
+        "checkpoint_id": ck.checkpoint_id,
+        "run_id": ck.run_id,
+        "attempt": ck.attempt,
+        "step": ck.step,
+        "size_bytes": ck.size_bytes,
+        "files": ck.files,
+        "time": render.fmt_time_iso_us(ck.time_us),
+    }
+
+
+def run_json(reply: run_service_pb2.GetRunResponse) -> dict[str, Any]:
+    """`runyard show RUN -o json`: the run, its checkpoints, and what each attempt resumed from."""
+    return {
+        **render.to_dict(reply.run),
+        "checkpoints": [_checkpoint_json(c) for c in reply.checkpoints],
+        "attempts": [
+            {
+                "attempt": a.attempt,
+                "agent_id": a.agent_id,
+                "ended": a.ended,
+                "resumed_from": _checkpoint_json(a.resumed_from) if a.HasField("resumed_from") else None,
+            }
+            for a in reply.attempts
+        ],
+    }
+
+
+def _resumed_text(ck: common_pb2.Checkpoint, run_id: str) -> str:
+    of = "" if ck.run_id == run_id else f" of run {ck.run_id}"
+    return f"checkpoint {ck.checkpoint_id}{of} (step {ck.step})"
+
+
+def checkpoints_table(reply: run_service_pb2.GetRunResponse) -> Table | None:
+    """The run's checkpoints, oldest first; None when it has none."""
+    if not reply.checkpoints:
+        return None
+    table = Table(title="checkpoints", title_justify="left", box=None, pad_edge=False)
+    for column in ("ID", "ATTEMPT", "STEP", "SIZE", "FILES", "WHEN"):
+        table.add_column(column, justify="right" if column in ("ATTEMPT", "STEP", "SIZE", "FILES") else "left")
+    latest = reply.checkpoints[-1].checkpoint_id
+    for ck in reply.checkpoints:
+        label = f"{ck.checkpoint_id} (latest)" if ck.checkpoint_id == latest else ck.checkpoint_id
+        table.add_row(
+            label,
+            str(ck.attempt),
+            str(ck.step),
+            format_bytes(ck.size_bytes),
+            str(ck.files),
+            render.fmt_time_iso_us(ck.time_us),
+        )
+    return table
+
+
+def attempts_table(reply: run_service_pb2.GetRunResponse) -> Table | None:
+    """Each attempt with the checkpoint it resumed from ("afresh" for none); None before the first assignment."""
+    if not reply.attempts:
+        return None
+    table = Table(title="attempts", title_justify="left", box=None, pad_edge=False)
+    for column in ("ATTEMPT", "AGENT", "ASSIGNED", "RESUMED FROM", "ENDED"):
+        table.add_column(column)
+    run_id = reply.run.id
+    for a in reply.attempts:
+        resumed = _resumed_text(a.resumed_from, run_id) if a.HasField("resumed_from") else "afresh"
+        table.add_row(str(a.attempt), a.agent_id, render.fmt_time(a.assigned_at), resumed, a.ended or "running")
+    return table

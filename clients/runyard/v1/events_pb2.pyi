@@ -350,6 +350,7 @@ class RunAssigned(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     GPU_IDS_FIELD_NUMBER: _builtins.int
     GPU_MODEL_FIELD_NUMBER: _builtins.int
+    RESUME_FROM_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     agent_id: _builtins.str
     gpu_model: _builtins.str
@@ -358,6 +359,12 @@ class RunAssigned(_message.Message):
     def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """GPU ids (index or UUID) on the agent, empty for a CPU-only run."""
 
+    @_builtins.property
+    def resume_from(self) -> _common_pb2.Checkpoint:
+        """The checkpoint this attempt starts from (Run.resume_from when it was assigned: the run's
+        latest checkpoint, else its fork's start_from); unset: it starts afresh.
+        """
+
     def __init__(
         self,
         *,
@@ -365,10 +372,11 @@ class RunAssigned(_message.Message):
         agent_id: _builtins.str = ...,
         gpu_ids: _abc.Iterable[_builtins.str] | None = ...,
         gpu_model: _builtins.str = ...,
+        resume_from: _common_pb2.Checkpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resume_from", b"resume_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "attempt", b"attempt", "gpu_ids", b"gpu_ids", "gpu_model", b"gpu_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "attempt", b"attempt", "gpu_ids", b"gpu_ids", "gpu_model", b"gpu_model", "resume_from", b"resume_from"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from runyard.v1 import resources_pb2 as runyard_dot_v1_dot_resources__pb2
 from runyard.v1 import watch_pb2 as runyard_dot_v1_dot_watch__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#runyard/v1/experiment_service.proto\x12\nrunyard.v1\x1a\x1arunyard/v1/resources.proto\x1a\x16runyard/v1/watch.proto\"7\n\x11UploadCodeRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"J\n\x12UploadCodeResponse\x12\x10\n\x08\x63ode_uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\"]\n\x17\x43reateExperimentRequest\x12\x15\n\rmanifest_yaml\x18\x01 \x01(\t\x12\x10\n\x08\x63ode_uri\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_request_id\x18\x03 \x01(\t\"F\n\x18\x43reateExperimentResponse\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.runyard.v1.Experiment\"-\n\x14GetExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"C\n\x15GetExperimentResponse\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.runyard.v1.Experiment\"?\n\x16ListExperimentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x17ListExperimentsResponse\x12+\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x16.runyard.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x17\x43\x61ncelExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"F\n\x18\x43\x61ncelExperimentResponse\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.runyard.v1.Experiment\"?\n\x16PauseExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"E\n\x17PauseExperimentResponse\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.runyard.v1.Experiment\"@\n\x17ResumeExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"F\n\x18ResumeExperimentResponse\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.runyard.v1.Experiment\"?\n\x16WatchExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"@\n\x17WatchExperimentResponse\x12%\n\x06update\x18\x01 \x01(\x0b\x32\x15.runyard.v1.RunUpdate2\xeb\x05\n\x11\x45xperimentService\x12M\n\nUploadCode\x12\x1d.runyard.v1.UploadCodeRequest\x1a\x1e.runyard.v1.UploadCodeResponse(\x01\x12]\n\x10\x43reateExperiment\x12#.runyard.v1.CreateExperimentRequest\x1a$.runyard.v1.CreateExperimentResponse\x12T\n\rGetExperiment\x12 .runyard.v1.GetExperimentRequest\x1a!.runyard.v1.GetExperimentResponse\x12Z\n\x0fListExperiments\x12\".runyard.v1.ListExperimentsRequest\x1a#.runyard.v1.ListExperimentsResponse\x12]\n\x10\x43\x61ncelExperiment\x12#.runyard.v1.CancelExperimentRequest\x1a$.runyard.v1.CancelExperimentResponse\x12Z\n\x0fPauseExperiment\x12\".runyard.v1.PauseExperimentRequest\x1a#.runyard.v1.PauseExperimentResponse\x12]\n\x10ResumeExperiment\x12#.runyard.v1.ResumeExperimentRequest\x1a$.runyard.v1.ResumeExperimentResponse\x12\\\n\x0fWatchExperiment\x12\".runyard.v1.WatchExperimentRequest\x1a#.runyard.v1.WatchExperimentResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#runyard/v1/experiment_service.proto\x12\nrunyard.v1\x1a\x1arunyard/v1/resources.proto\x1a\x16runyard/v1/watch.proto\"7\n\x11UploadCodeRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"J\n\x12UploadCodeResponse\x12\x10\n\x08\x63ode_uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\"o\n\x17\x43reateExperimentRequest\x12\x15\n\rmanifest_yaml\x18\x01 \x01(\t\x12\x10\n\x08\x63ode_uri\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_request_id\x18\x03 \x01(\t\x12\x10\n\x08\x66rom_run\x18\x04 \x01(\t\"F\n\x18\x43reateExperimentResponse\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.runyard.v1.Experiment\"-\n\x14GetExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"C\n\x15GetExperimentResponse\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.runyard.v1.Experiment\"?\n\x16ListExperimentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x17ListExperimentsResponse\x12+\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x16.runyard.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x17\x43\x61ncelExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"F\n\x18\x43\x61ncelExperimentResponse\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.runyard.v1.Experiment\"?\n\x16PauseExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"E\n\x17PauseExperimentResponse\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.runyard.v1.Experiment\"@\n\x17ResumeExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"F\n\x18ResumeExperimentResponse\x12*\n\nexperiment\x18\x01 \x01(\x0b\x32\x16.runyard.v1.Experiment\"?\n\x16WatchExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"@\n\x17WatchExperimentResponse\x12%\n\x06update\x18\x01 \x01(\x0b\x32\x15.runyard.v1.RunUpdate2\xeb\x05\n\x11\x45xperimentService\x12M\n\nUploadCode\x12\x1d.runyard.v1.UploadCodeRequest\x1a\x1e.runyard.v1.UploadCodeResponse(\x01\x12]\n\x10\x43reateExperiment\x12#.runyard.v1.CreateExperimentRequest\x1a$.runyard.v1.CreateExperimentResponse\x12T\n\rGetExperiment\x12 .runyard.v1.GetExperimentRequest\x1a!.runyard.v1.GetExperimentResponse\x12Z\n\x0fListExperiments\x12\".runyard.v1.ListExperimentsRequest\x1a#.runyard.v1.ListExperimentsResponse\x12]\n\x10\x43\x61ncelExperiment\x12#.runyard.v1.CancelExperimentRequest\x1a$.runyard.v1.CancelExperimentResponse\x12Z\n\x0fPauseExperiment\x12\".runyard.v1.PauseExperimentRequest\x1a#.runyard.v1.PauseExperimentResponse\x12]\n\x10ResumeExperiment\x12#.runyard.v1.ResumeExperimentRequest\x1a$.runyard.v1.ResumeExperimentResponse\x12\\\n\x0fWatchExperiment\x12\".runyard.v1.WatchExperimentRequest\x1a#.runyard.v1.WatchExperimentResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,33 +38,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPLOADCODERESPONSE']._serialized_start=160
   _globals['_UPLOADCODERESPONSE']._serialized_end=234
   _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=236
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=329
-  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_start=331
-  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_end=401
-  _globals['_GETEXPERIMENTREQUEST']._serialized_start=403
-  _globals['_GETEXPERIMENTREQUEST']._serialized_end=448
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=450
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=517
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=519
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=582
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=584
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=679
-  _globals['_CANCELEXPERIMENTREQUEST']._serialized_start=681
-  _globals['_CANCELEXPERIMENTREQUEST']._serialized_end=729
-  _globals['_CANCELEXPERIMENTRESPONSE']._serialized_start=731
-  _globals['_CANCELEXPERIMENTRESPONSE']._serialized_end=801
-  _globals['_PAUSEEXPERIMENTREQUEST']._serialized_start=803
-  _globals['_PAUSEEXPERIMENTREQUEST']._serialized_end=866
-  _globals['_PAUSEEXPERIMENTRESPONSE']._serialized_start=868
-  _globals['_PAUSEEXPERIMENTRESPONSE']._serialized_end=937
-  _globals['_RESUMEEXPERIMENTREQUEST']._serialized_start=939
-  _globals['_RESUMEEXPERIMENTREQUEST']._serialized_end=1003
-  _globals['_RESUMEEXPERIMENTRESPONSE']._serialized_start=1005
-  _globals['_RESUMEEXPERIMENTRESPONSE']._serialized_end=1075
-  _globals['_WATCHEXPERIMENTREQUEST']._serialized_start=1077
-  _globals['_WATCHEXPERIMENTREQUEST']._serialized_end=1140
-  _globals['_WATCHEXPERIMENTRESPONSE']._serialized_start=1142
-  _globals['_WATCHEXPERIMENTRESPONSE']._serialized_end=1206
-  _globals['_EXPERIMENTSERVICE']._serialized_start=1209
-  _globals['_EXPERIMENTSERVICE']._serialized_end=1956
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=347
+  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_start=349
+  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_end=419
+  _globals['_GETEXPERIMENTREQUEST']._serialized_start=421
+  _globals['_GETEXPERIMENTREQUEST']._serialized_end=466
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=468
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=535
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=537
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=600
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=602
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=697
+  _globals['_CANCELEXPERIMENTREQUEST']._serialized_start=699
+  _globals['_CANCELEXPERIMENTREQUEST']._serialized_end=747
+  _globals['_CANCELEXPERIMENTRESPONSE']._serialized_start=749
+  _globals['_CANCELEXPERIMENTRESPONSE']._serialized_end=819
+  _globals['_PAUSEEXPERIMENTREQUEST']._serialized_start=821
+  _globals['_PAUSEEXPERIMENTREQUEST']._serialized_end=884
+  _globals['_PAUSEEXPERIMENTRESPONSE']._serialized_start=886
+  _globals['_PAUSEEXPERIMENTRESPONSE']._serialized_end=955
+  _globals['_RESUMEEXPERIMENTREQUEST']._serialized_start=957
+  _globals['_RESUMEEXPERIMENTREQUEST']._serialized_end=1021
+  _globals['_RESUMEEXPERIMENTRESPONSE']._serialized_start=1023
+  _globals['_RESUMEEXPERIMENTRESPONSE']._serialized_end=1093
+  _globals['_WATCHEXPERIMENTREQUEST']._serialized_start=1095
+  _globals['_WATCHEXPERIMENTREQUEST']._serialized_end=1158
+  _globals['_WATCHEXPERIMENTRESPONSE']._serialized_start=1160
+  _globals['_WATCHEXPERIMENTRESPONSE']._serialized_end=1224
+  _globals['_EXPERIMENTSERVICE']._serialized_start=1227
+  _globals['_EXPERIMENTSERVICE']._serialized_end=1974
 # @@protoc_insertion_point(module_scope)

@@ -76,22 +76,26 @@ class CreateExperimentRequest(_message.Message):
     MANIFEST_YAML_FIELD_NUMBER: _builtins.int
     CODE_URI_FIELD_NUMBER: _builtins.int
     CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FROM_RUN_FIELD_NUMBER: _builtins.int
     manifest_yaml: _builtins.str
     """The manifest YAML text."""
     code_uri: _builtins.str
     """From UploadCode; empty when the command needs no code."""
     client_request_id: _builtins.str
     """A retried call with the same id returns the same experiment."""
+    from_run: _builtins.str
+    """Fork: every run starts from this run's latest checkpoint; overrides the manifest's `from_run`."""
     def __init__(
         self,
         *,
         manifest_yaml: _builtins.str = ...,
         code_uri: _builtins.str = ...,
         client_request_id: _builtins.str = ...,
+        from_run: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "code_uri", b"code_uri", "manifest_yaml", b"manifest_yaml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "code_uri", b"code_uri", "from_run", b"from_run", "manifest_yaml", b"manifest_yaml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

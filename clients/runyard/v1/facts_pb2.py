@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from runyard.v1 import common_pb2 as runyard_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16runyard/v1/facts.proto\x12\nrunyard.v1\x1a\x17runyard/v1/common.proto\"\xd7\x01\n\x0f\x45xperimentFacts\x12\x10\n\x08priority\x18\x01 \x01(\x05\x12\x10\n\x08searched\x18\x02 \x01(\x08\x12\x18\n\x10objective_metric\x18\x03 \x01(\t\x12\x1a\n\x12objective_maximize\x18\x04 \x01(\x08\x12(\n\tresources\x18\x05 \x01(\x0b\x32\x15.runyard.v1.Resources\x12\x16\n\x0eruns_at_submit\x18\x06 \x01(\r\x12(\n\x04plan\x18\x07 \x01(\x0b\x32\x1a.runyard.v1.ExperimentPlan\"\xad\x03\n\x0e\x45xperimentPlan\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12(\n\tframework\x18\x02 \x01(\x0b\x32\x15.runyard.v1.Framework\x12\x10\n\x08\x64\x61ta_uri\x18\x03 \x01(\t\x12\x13\n\x0bresults_uri\x18\x04 \x01(\t\x12\x17\n\x0fmetric_patterns\x18\x05 \x03(\t\x12\x30\n\x03\x65nv\x18\x06 \x03(\x0b\x32#.runyard.v1.ExperimentPlan.EnvEntry\x12\x14\n\x0cmax_restarts\x18\x07 \x01(\r\x12\r\n\x05image\x18\x08 \x01(\t\x12\'\n\x07network\x18\t \x01(\x0e\x32\x16.runyard.v1.RunNetwork\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\x37\n\x0fhyperparameters\x18\x0b \x03(\x0b\x32\x1e.runyard.v1.HyperparameterSpec\x12&\n\x06search\x18\x0c \x01(\x0b\x32\x16.runyard.v1.SearchPlan\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xdf\x04\n\x12HyperparameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x08\x63onstant\x18\x02 \x01(\x0b\x32\x17.runyard.v1.ScalarValueH\x00\x12<\n\tint_range\x18\x03 \x01(\x0b\x32\'.runyard.v1.HyperparameterSpec.IntRangeH\x00\x12\x42\n\x0c\x64ouble_range\x18\x04 \x01(\x0b\x32*.runyard.v1.HyperparameterSpec.DoubleRangeH\x00\x12<\n\tlog_range\x18\x05 \x01(\x0b\x32\'.runyard.v1.HyperparameterSpec.LogRangeH\x00\x12\x41\n\x0b\x63\x61tegorical\x18\x06 \x01(\x0b\x32*.runyard.v1.HyperparameterSpec.CategoricalH\x00\x1a\x32\n\x08IntRange\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0b\n\x03max\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x03\x1a\x45\n\x0b\x44oubleRange\x12\x0b\n\x03min\x18\x01 \x01(\x01\x12\x0b\n\x03max\x18\x02 \x01(\x01\x12\x12\n\x05\x63ount\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x08\n\x06_count\x1aP\n\x08LogRange\x12\x0b\n\x03min\x18\x01 \x01(\x01\x12\x0b\n\x03max\x18\x02 \x01(\x01\x12\x0c\n\x04\x62\x61se\x18\x03 \x01(\x01\x12\x12\n\x05\x63ount\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x08\n\x06_count\x1a\x36\n\x0b\x43\x61tegorical\x12\'\n\x06values\x18\x01 \x03(\x0b\x32\x17.runyard.v1.ScalarValueB\x06\n\x04kind\"Z\n\x0bScalarValue\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x11\n\x07integer\x18\x02 \x01(\x12H\x00\x12\x10\n\x06number\x18\x03 \x01(\x01H\x00\x12\x0e\n\x04\x66lag\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"/\n\x05Trial\x12&\n\x06values\x18\x01 \x03(\x0b\x32\x16.runyard.v1.NamedValue\"B\n\nNamedValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.runyard.v1.ScalarValue\"\xe9\x02\n\nSearchPlan\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x15\n\x08max_runs\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x19\n\x0cmax_parallel\x18\x03 \x01(\x04H\x01\x88\x01\x01\x12\x1f\n\x04runs\x18\x04 \x03(\x0b\x32\x11.runyard.v1.Trial\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x13\n\x06metric\x18\x06 \x01(\tH\x02\x88\x01\x01\x12\x11\n\x04goal\x18\x07 \x01(\tH\x03\x88\x01\x01\x12\x16\n\x0e\x65\x61rly_stopping\x18\x08 \x01(\t\x12\"\n\x04\x61sha\x18\t \x01(\x0b\x32\x14.runyard.v1.AshaPlan\x12\x17\n\nmax_time_s\x18\n \x01(\x01H\x04\x88\x01\x01\x12\x1a\n\rmax_gpu_hours\x18\x0b \x01(\x01H\x05\x88\x01\x01\x42\x0b\n\t_max_runsB\x0f\n\r_max_parallelB\t\n\x07_metricB\x07\n\x05_goalB\r\n\x0b_max_time_sB\x10\n\x0e_max_gpu_hours\"\x87\x01\n\x08\x41shaPlan\x12\x14\n\x0cmin_resource\x18\x01 \x01(\x04\x12\x18\n\x10reduction_factor\x18\x02 \x01(\x04\x12\x19\n\x0cmax_resource\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\ttime_unit\x18\x04 \x01(\t\x12\x0c\n\x04mode\x18\x05 \x01(\tB\x0f\n\r_max_resourceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16runyard/v1/facts.proto\x12\nrunyard.v1\x1a\x17runyard/v1/common.proto\"\x83\x02\n\x0f\x45xperimentFacts\x12\x10\n\x08priority\x18\x01 \x01(\x05\x12\x10\n\x08searched\x18\x02 \x01(\x08\x12\x18\n\x10objective_metric\x18\x03 \x01(\t\x12\x1a\n\x12objective_maximize\x18\x04 \x01(\x08\x12(\n\tresources\x18\x05 \x01(\x0b\x32\x15.runyard.v1.Resources\x12\x16\n\x0eruns_at_submit\x18\x06 \x01(\r\x12(\n\x04plan\x18\x07 \x01(\x0b\x32\x1a.runyard.v1.ExperimentPlan\x12*\n\nstart_from\x18\x08 \x01(\x0b\x32\x16.runyard.v1.Checkpoint\"\xad\x03\n\x0e\x45xperimentPlan\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12(\n\tframework\x18\x02 \x01(\x0b\x32\x15.runyard.v1.Framework\x12\x10\n\x08\x64\x61ta_uri\x18\x03 \x01(\t\x12\x13\n\x0bresults_uri\x18\x04 \x01(\t\x12\x17\n\x0fmetric_patterns\x18\x05 \x03(\t\x12\x30\n\x03\x65nv\x18\x06 \x03(\x0b\x32#.runyard.v1.ExperimentPlan.EnvEntry\x12\x14\n\x0cmax_restarts\x18\x07 \x01(\r\x12\r\n\x05image\x18\x08 \x01(\t\x12\'\n\x07network\x18\t \x01(\x0e\x32\x16.runyard.v1.RunNetwork\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\x37\n\x0fhyperparameters\x18\x0b \x03(\x0b\x32\x1e.runyard.v1.HyperparameterSpec\x12&\n\x06search\x18\x0c \x01(\x0b\x32\x16.runyard.v1.SearchPlan\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xdf\x04\n\x12HyperparameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x08\x63onstant\x18\x02 \x01(\x0b\x32\x17.runyard.v1.ScalarValueH\x00\x12<\n\tint_range\x18\x03 \x01(\x0b\x32\'.runyard.v1.HyperparameterSpec.IntRangeH\x00\x12\x42\n\x0c\x64ouble_range\x18\x04 \x01(\x0b\x32*.runyard.v1.HyperparameterSpec.DoubleRangeH\x00\x12<\n\tlog_range\x18\x05 \x01(\x0b\x32\'.runyard.v1.HyperparameterSpec.LogRangeH\x00\x12\x41\n\x0b\x63\x61tegorical\x18\x06 \x01(\x0b\x32*.runyard.v1.HyperparameterSpec.CategoricalH\x00\x1a\x32\n\x08IntRange\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0b\n\x03max\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x03\x1a\x45\n\x0b\x44oubleRange\x12\x0b\n\x03min\x18\x01 \x01(\x01\x12\x0b\n\x03max\x18\x02 \x01(\x01\x12\x12\n\x05\x63ount\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x08\n\x06_count\x1aP\n\x08LogRange\x12\x0b\n\x03min\x18\x01 \x01(\x01\x12\x0b\n\x03max\x18\x02 \x01(\x01\x12\x0c\n\x04\x62\x61se\x18\x03 \x01(\x01\x12\x12\n\x05\x63ount\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x08\n\x06_count\x1a\x36\n\x0b\x43\x61tegorical\x12\'\n\x06values\x18\x01 \x03(\x0b\x32\x17.runyard.v1.ScalarValueB\x06\n\x04kind\"Z\n\x0bScalarValue\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x11\n\x07integer\x18\x02 \x01(\x12H\x00\x12\x10\n\x06number\x18\x03 \x01(\x01H\x00\x12\x0e\n\x04\x66lag\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"/\n\x05Trial\x12&\n\x06values\x18\x01 \x03(\x0b\x32\x16.runyard.v1.NamedValue\"B\n\nNamedValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.runyard.v1.ScalarValue\"\xe9\x02\n\nSearchPlan\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x15\n\x08max_runs\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x19\n\x0cmax_parallel\x18\x03 \x01(\x04H\x01\x88\x01\x01\x12\x1f\n\x04runs\x18\x04 \x03(\x0b\x32\x11.runyard.v1.Trial\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x13\n\x06metric\x18\x06 \x01(\tH\x02\x88\x01\x01\x12\x11\n\x04goal\x18\x07 \x01(\tH\x03\x88\x01\x01\x12\x16\n\x0e\x65\x61rly_stopping\x18\x08 \x01(\t\x12\"\n\x04\x61sha\x18\t \x01(\x0b\x32\x14.runyard.v1.AshaPlan\x12\x17\n\nmax_time_s\x18\n \x01(\x01H\x04\x88\x01\x01\x12\x1a\n\rmax_gpu_hours\x18\x0b \x01(\x01H\x05\x88\x01\x01\x42\x0b\n\t_max_runsB\x0f\n\r_max_parallelB\t\n\x07_metricB\x07\n\x05_goalB\r\n\x0b_max_time_sB\x10\n\x0e_max_gpu_hours\"\x87\x01\n\x08\x41shaPlan\x12\x14\n\x0cmin_resource\x18\x01 \x01(\x04\x12\x18\n\x10reduction_factor\x18\x02 \x01(\x04\x12\x19\n\x0cmax_resource\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\ttime_unit\x18\x04 \x01(\t\x12\x0c\n\x04mode\x18\x05 \x01(\tB\x0f\n\r_max_resourceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPERIMENTPLAN_ENVENTRY']._loaded_options = None
   _globals['_EXPERIMENTPLAN_ENVENTRY']._serialized_options = b'8\001'
   _globals['_EXPERIMENTFACTS']._serialized_start=64
-  _globals['_EXPERIMENTFACTS']._serialized_end=279
-  _globals['_EXPERIMENTPLAN']._serialized_start=282
-  _globals['_EXPERIMENTPLAN']._serialized_end=711
-  _globals['_EXPERIMENTPLAN_ENVENTRY']._serialized_start=669
-  _globals['_EXPERIMENTPLAN_ENVENTRY']._serialized_end=711
-  _globals['_HYPERPARAMETERSPEC']._serialized_start=714
-  _globals['_HYPERPARAMETERSPEC']._serialized_end=1321
-  _globals['_HYPERPARAMETERSPEC_INTRANGE']._serialized_start=1054
-  _globals['_HYPERPARAMETERSPEC_INTRANGE']._serialized_end=1104
-  _globals['_HYPERPARAMETERSPEC_DOUBLERANGE']._serialized_start=1106
-  _globals['_HYPERPARAMETERSPEC_DOUBLERANGE']._serialized_end=1175
-  _globals['_HYPERPARAMETERSPEC_LOGRANGE']._serialized_start=1177
-  _globals['_HYPERPARAMETERSPEC_LOGRANGE']._serialized_end=1257
-  _globals['_HYPERPARAMETERSPEC_CATEGORICAL']._serialized_start=1259
-  _globals['_HYPERPARAMETERSPEC_CATEGORICAL']._serialized_end=1313
-  _globals['_SCALARVALUE']._serialized_start=1323
-  _globals['_SCALARVALUE']._serialized_end=1413
-  _globals['_TRIAL']._serialized_start=1415
-  _globals['_TRIAL']._serialized_end=1462
-  _globals['_NAMEDVALUE']._serialized_start=1464
-  _globals['_NAMEDVALUE']._serialized_end=1530
-  _globals['_SEARCHPLAN']._serialized_start=1533
-  _globals['_SEARCHPLAN']._serialized_end=1894
-  _globals['_ASHAPLAN']._serialized_start=1897
-  _globals['_ASHAPLAN']._serialized_end=2032
+  _globals['_EXPERIMENTFACTS']._serialized_end=323
+  _globals['_EXPERIMENTPLAN']._serialized_start=326
+  _globals['_EXPERIMENTPLAN']._serialized_end=755
+  _globals['_EXPERIMENTPLAN_ENVENTRY']._serialized_start=713
+  _globals['_EXPERIMENTPLAN_ENVENTRY']._serialized_end=755
+  _globals['_HYPERPARAMETERSPEC']._serialized_start=758
+  _globals['_HYPERPARAMETERSPEC']._serialized_end=1365
+  _globals['_HYPERPARAMETERSPEC_INTRANGE']._serialized_start=1098
+  _globals['_HYPERPARAMETERSPEC_INTRANGE']._serialized_end=1148
+  _globals['_HYPERPARAMETERSPEC_DOUBLERANGE']._serialized_start=1150
+  _globals['_HYPERPARAMETERSPEC_DOUBLERANGE']._serialized_end=1219
+  _globals['_HYPERPARAMETERSPEC_LOGRANGE']._serialized_start=1221
+  _globals['_HYPERPARAMETERSPEC_LOGRANGE']._serialized_end=1301
+  _globals['_HYPERPARAMETERSPEC_CATEGORICAL']._serialized_start=1303
+  _globals['_HYPERPARAMETERSPEC_CATEGORICAL']._serialized_end=1357
+  _globals['_SCALARVALUE']._serialized_start=1367
+  _globals['_SCALARVALUE']._serialized_end=1457
+  _globals['_TRIAL']._serialized_start=1459
+  _globals['_TRIAL']._serialized_end=1506
+  _globals['_NAMEDVALUE']._serialized_start=1508
+  _globals['_NAMEDVALUE']._serialized_end=1574
+  _globals['_SEARCHPLAN']._serialized_start=1577
+  _globals['_SEARCHPLAN']._serialized_end=1938
+  _globals['_ASHAPLAN']._serialized_start=1941
+  _globals['_ASHAPLAN']._serialized_end=2076
 # @@protoc_insertion_point(module_scope)

@@ -36,6 +36,7 @@ class ExperimentFacts(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     RUNS_AT_SUBMIT_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
+    START_FROM_FIELD_NUMBER: _builtins.int
     priority: _builtins.int
     """Queue priority the manifest asked for (ExperimentPrioritySet may change it later)."""
     searched: _builtins.bool
@@ -61,6 +62,12 @@ class ExperimentFacts(_message.Message):
         a 1000-run grid of long values listed would make one event of megabytes.
         """
 
+    @_builtins.property
+    def start_from(self) -> _common_pb2.Checkpoint:
+        """A fork (manifest `from_run`, `runyard submit --from`): the checkpoint every run of the
+        experiment starts from, resolved at submit (the other run's latest then).
+        """
+
     def __init__(
         self,
         *,
@@ -71,10 +78,11 @@ class ExperimentFacts(_message.Message):
         resources: _common_pb2.Resources | None = ...,
         runs_at_submit: _builtins.int = ...,
         plan: Global___ExperimentPlan | None = ...,
+        start_from: _common_pb2.Checkpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "resources", b"resources", "start_from", b"start_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["objective_maximize", b"objective_maximize", "objective_metric", b"objective_metric", "plan", b"plan", "priority", b"priority", "resources", b"resources", "runs_at_submit", b"runs_at_submit", "searched", b"searched"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["objective_maximize", b"objective_maximize", "objective_metric", b"objective_metric", "plan", b"plan", "priority", b"priority", "resources", b"resources", "runs_at_submit", b"runs_at_submit", "searched", b"searched", "start_from", b"start_from"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

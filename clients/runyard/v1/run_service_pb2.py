@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from runyard.v1 import common_pb2 as runyard_dot_v1_dot_common__pb2
 from runyard.v1 import resources_pb2 as runyard_dot_v1_dot_resources__pb2
 from runyard.v1 import watch_pb2 as runyard_dot_v1_dot_watch__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crunyard/v1/run_service.proto\x12\nrunyard.v1\x1a\x17runyard/v1/common.proto\x1a\x1arunyard/v1/resources.proto\x1a\x16runyard/v1/watch.proto\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\".\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.runyard.v1.Run\"u\n\x0fListRunsRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12$\n\x06states\x18\x02 \x03(\x0e\x32\x14.runyard.v1.RunState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"J\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.runyard.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"1\n\x11\x43\x61ncelRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.runyard.v1.Run\"1\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"9\n\x10WatchRunResponse\x12%\n\x06update\x18\x01 \x01(\x0b\x32\x15.runyard.v1.RunUpdate\"J\n\x11GetRunLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"Q\n\x12GetRunLogsResponse\x12\"\n\x05lines\x18\x01 \x03(\x0b\x32\x13.runyard.v1.LogLine\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\x14GetRunMetricsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x12\n\nmax_points\x18\x03 \x01(\r\"\xbe\x01\n\x15GetRunMetricsResponse\x12\'\n\x06points\x18\x01 \x03(\x0b\x32\x17.runyard.v1.MetricPoint\x12H\n\x0cpoint_counts\x18\x02 \x03(\x0b\x32\x32.runyard.v1.GetRunMetricsResponse.PointCountsEntry\x1a\x32\n\x10PointCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xca\x03\n\nRunService\x12?\n\x06GetRun\x12\x19.runyard.v1.GetRunRequest\x1a\x1a.runyard.v1.GetRunResponse\x12\x45\n\x08ListRuns\x12\x1b.runyard.v1.ListRunsRequest\x1a\x1c.runyard.v1.ListRunsResponse\x12H\n\tCancelRun\x12\x1c.runyard.v1.CancelRunRequest\x1a\x1d.runyard.v1.CancelRunResponse\x12G\n\x08WatchRun\x12\x1b.runyard.v1.WatchRunRequest\x1a\x1c.runyard.v1.WatchRunResponse0\x01\x12K\n\nGetRunLogs\x12\x1d.runyard.v1.GetRunLogsRequest\x1a\x1e.runyard.v1.GetRunLogsResponse\x12T\n\rGetRunMetrics\x12 .runyard.v1.GetRunMetricsRequest\x1a!.runyard.v1.GetRunMetricsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crunyard/v1/run_service.proto\x12\nrunyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17runyard/v1/common.proto\x1a\x1arunyard/v1/resources.proto\x1a\x16runyard/v1/watch.proto\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x85\x01\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.runyard.v1.Run\x12+\n\x0b\x63heckpoints\x18\x02 \x03(\x0b\x32\x16.runyard.v1.Checkpoint\x12(\n\x08\x61ttempts\x18\x03 \x03(\x0b\x32\x16.runyard.v1.RunAttempt\"\x9d\x01\n\nRunAttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12,\n\x0cresumed_from\x18\x03 \x01(\x0b\x32\x16.runyard.v1.Checkpoint\x12/\n\x0b\x61ssigned_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65nded\x18\x05 \x01(\t\"u\n\x0fListRunsRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12$\n\x06states\x18\x02 \x03(\x0e\x32\x14.runyard.v1.RunState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"J\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.runyard.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"1\n\x11\x43\x61ncelRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.runyard.v1.Run\"1\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"9\n\x10WatchRunResponse\x12%\n\x06update\x18\x01 \x01(\x0b\x32\x15.runyard.v1.RunUpdate\"J\n\x11GetRunLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"Q\n\x12GetRunLogsResponse\x12\"\n\x05lines\x18\x01 \x03(\x0b\x32\x13.runyard.v1.LogLine\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\x14GetRunMetricsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x12\n\nmax_points\x18\x03 \x01(\r\"\xbe\x01\n\x15GetRunMetricsResponse\x12\'\n\x06points\x18\x01 \x03(\x0b\x32\x17.runyard.v1.MetricPoint\x12H\n\x0cpoint_counts\x18\x02 \x03(\x0b\x32\x32.runyard.v1.GetRunMetricsResponse.PointCountsEntry\x1a\x32\n\x10PointCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xca\x03\n\nRunService\x12?\n\x06GetRun\x12\x19.runyard.v1.GetRunRequest\x1a\x1a.runyard.v1.GetRunResponse\x12\x45\n\x08ListRuns\x12\x1b.runyard.v1.ListRunsRequest\x1a\x1c.runyard.v1.ListRunsResponse\x12H\n\tCancelRun\x12\x1c.runyard.v1.CancelRunRequest\x1a\x1d.runyard.v1.CancelRunResponse\x12G\n\x08WatchRun\x12\x1b.runyard.v1.WatchRunRequest\x1a\x1c.runyard.v1.WatchRunResponse0\x01\x12K\n\nGetRunLogs\x12\x1d.runyard.v1.GetRunLogsRequest\x1a\x1e.runyard.v1.GetRunLogsResponse\x12T\n\rGetRunMetrics\x12 .runyard.v1.GetRunMetricsRequest\x1a!.runyard.v1.GetRunMetricsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,32 +37,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETRUNMETRICSRESPONSE_POINTCOUNTSENTRY']._loaded_options = None
   _globals['_GETRUNMETRICSRESPONSE_POINTCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_GETRUNREQUEST']._serialized_start=121
-  _globals['_GETRUNREQUEST']._serialized_end=152
-  _globals['_GETRUNRESPONSE']._serialized_start=154
-  _globals['_GETRUNRESPONSE']._serialized_end=200
-  _globals['_LISTRUNSREQUEST']._serialized_start=202
-  _globals['_LISTRUNSREQUEST']._serialized_end=319
-  _globals['_LISTRUNSRESPONSE']._serialized_start=321
-  _globals['_LISTRUNSRESPONSE']._serialized_end=395
-  _globals['_CANCELRUNREQUEST']._serialized_start=397
-  _globals['_CANCELRUNREQUEST']._serialized_end=431
-  _globals['_CANCELRUNRESPONSE']._serialized_start=433
-  _globals['_CANCELRUNRESPONSE']._serialized_end=482
-  _globals['_WATCHRUNREQUEST']._serialized_start=484
-  _globals['_WATCHRUNREQUEST']._serialized_end=533
-  _globals['_WATCHRUNRESPONSE']._serialized_start=535
-  _globals['_WATCHRUNRESPONSE']._serialized_end=592
-  _globals['_GETRUNLOGSREQUEST']._serialized_start=594
-  _globals['_GETRUNLOGSREQUEST']._serialized_end=668
-  _globals['_GETRUNLOGSRESPONSE']._serialized_start=670
-  _globals['_GETRUNLOGSRESPONSE']._serialized_end=751
-  _globals['_GETRUNMETRICSREQUEST']._serialized_start=753
-  _globals['_GETRUNMETRICSREQUEST']._serialized_end=826
-  _globals['_GETRUNMETRICSRESPONSE']._serialized_start=829
-  _globals['_GETRUNMETRICSRESPONSE']._serialized_end=1019
-  _globals['_GETRUNMETRICSRESPONSE_POINTCOUNTSENTRY']._serialized_start=969
-  _globals['_GETRUNMETRICSRESPONSE_POINTCOUNTSENTRY']._serialized_end=1019
-  _globals['_RUNSERVICE']._serialized_start=1022
-  _globals['_RUNSERVICE']._serialized_end=1480
+  _globals['_GETRUNREQUEST']._serialized_start=154
+  _globals['_GETRUNREQUEST']._serialized_end=185
+  _globals['_GETRUNRESPONSE']._serialized_start=188
+  _globals['_GETRUNRESPONSE']._serialized_end=321
+  _globals['_RUNATTEMPT']._serialized_start=324
+  _globals['_RUNATTEMPT']._serialized_end=481
+  _globals['_LISTRUNSREQUEST']._serialized_start=483
+  _globals['_LISTRUNSREQUEST']._serialized_end=600
+  _globals['_LISTRUNSRESPONSE']._serialized_start=602
+  _globals['_LISTRUNSRESPONSE']._serialized_end=676
+  _globals['_CANCELRUNREQUEST']._serialized_start=678
+  _globals['_CANCELRUNREQUEST']._serialized_end=712
+  _globals['_CANCELRUNRESPONSE']._serialized_start=714
+  _globals['_CANCELRUNRESPONSE']._serialized_end=763
+  _globals['_WATCHRUNREQUEST']._serialized_start=765
+  _globals['_WATCHRUNREQUEST']._serialized_end=814
+  _globals['_WATCHRUNRESPONSE']._serialized_start=816
+  _globals['_WATCHRUNRESPONSE']._serialized_end=873
+  _globals['_GETRUNLOGSREQUEST']._serialized_start=875
+  _globals['_GETRUNLOGSREQUEST']._serialized_end=949
+  _globals['_GETRUNLOGSRESPONSE']._serialized_start=951
+  _globals['_GETRUNLOGSRESPONSE']._serialized_end=1032
+  _globals['_GETRUNMETRICSREQUEST']._serialized_start=1034
+  _globals['_GETRUNMETRICSREQUEST']._serialized_end=1107
+  _globals['_GETRUNMETRICSRESPONSE']._serialized_start=1110
+  _globals['_GETRUNMETRICSRESPONSE']._serialized_end=1300
+  _globals['_GETRUNMETRICSRESPONSE_POINTCOUNTSENTRY']._serialized_start=1250
+  _globals['_GETRUNMETRICSRESPONSE_POINTCOUNTSENTRY']._serialized_end=1300
+  _globals['_RUNSERVICE']._serialized_start=1303
+  _globals['_RUNSERVICE']._serialized_end=1761
 # @@protoc_insertion_point(module_scope)

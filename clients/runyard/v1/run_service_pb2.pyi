@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from runyard.v1 import common_pb2 as _common_pb2
 from runyard.v1 import resources_pb2 as _resources_pb2
@@ -45,20 +46,70 @@ class GetRunResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run(self) -> _resources_pb2.Run: ...
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Checkpoint]:
+        """The run's complete checkpoints, oldest first."""
+
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunAttempt]:
+        """Each attempt, in order, with the checkpoint it resumed from."""
+
     def __init__(
         self,
         *,
         run: _resources_pb2.Run | None = ...,
+        checkpoints: _abc.Iterable[_common_pb2.Checkpoint] | None = ...,
+        attempts: _abc.Iterable[Global___RunAttempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "checkpoints", b"checkpoints", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
+
+@_typing.final
+class RunAttempt(_message.Message):
+    """RunAttempt is one attempt of a run: where it ran and what it started from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    RESUMED_FROM_FIELD_NUMBER: _builtins.int
+    ASSIGNED_AT_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    agent_id: _builtins.str
+    ended: _builtins.str
+    """How it ended ("completed", "re-queued: agent_lost", "failed: user_code", ...); empty while it runs."""
+    @_builtins.property
+    def resumed_from(self) -> _common_pb2.Checkpoint:
+        """Unset: the attempt started afresh."""
+
+    @_builtins.property
+    def assigned_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        agent_id: _builtins.str = ...,
+        resumed_from: _common_pb2.Checkpoint | None = ...,
+        assigned_at: _timestamp_pb2.Timestamp | None = ...,
+        ended: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "resumed_from", b"resumed_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assigned_at", b"assigned_at", "attempt", b"attempt", "ended", b"ended", "resumed_from", b"resumed_from"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunAttempt: _TypeAlias = RunAttempt  # noqa: Y015
 
 @_typing.final
 class ListRunsRequest(_message.Message):

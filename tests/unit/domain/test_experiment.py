@@ -187,3 +187,20 @@ def test_the_searcher_records_replay_onto_the_experiment() -> None:
     assert experiment.cancel_requested
     with pytest.raises(DomainError, match="RunCreated is not an experiment event"):
         experiment.apply(events_pb2.RunCreated(run_id=r0))
+
+
+def test_a_fork_starts_every_run_and_every_later_trial_from_the_checkpoint() -> None:
+    ck = common_pb2.Checkpoint(checkpoint_id="2-5", run_id="run-source0000", attempt=2, step=40)
+    text = MANIFEST + "from_run: run-source0000\n"
+    manifest = parse_manifest(text)
+    assert manifest.from_run == "run-source0000"
+    _, runs = Experiment.create("exp-abc", "acct-1", manifest, text, "s3://code/c.tgz", "req-1", ck)
+    assert runs and all(created.spec.start_from == ck for _, created in runs)
+    assert Run.replay([runs[0][1]]).resume_from == ck  # its first attempt stages the fork's checkpoint
+    opened, _ = Experiment.create("exp-s", "acct-1", parse_manifest(SEARCHED), SEARCHED, "s3://code/c.tgz", "r", ck)
+    _, trial = Experiment.replay([opened]).add_trial(0, {"lr": 0.01, "act": "relu", "deep": True})
+    assert trial.spec.start_from == ck
+    _, plain = create()
+    assert not plain[0][1].spec.HasField("start_from")
+    with pytest.raises(Exception, match="from_run"):
+        parse_manifest(MANIFEST + "from_run: exp-notarun\n")

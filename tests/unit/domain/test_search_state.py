@@ -679,3 +679,20 @@ def test_events_of_unknown_experiments_are_ignored() -> None:
     r0 = run_id_for(EXP, 0)
     assert searches.feed(ev.run_stream(r0), None, events_pb2.RunCompleted(attempt=1), T0) == []
     assert searches.feed(ev.run_stream(r0), EXP, events_pb2.RunCompleted(attempt=1), T0) == []
+
+
+def test_a_resumed_attempts_repeated_points_are_no_new_input() -> None:
+    """Attempt 2 resumed from step 1 reports steps 2 and 3 again: the first values stand (no new best at
+    step 2 from the replayed 0.9); its step 4 is new."""
+    opened, (r0, _) = created_entry(EXP, PLAIN_YAML.replace("goal: maximize", "goal: maximize, max_time: 1h"))
+
+    def batch(attempt: int, *steps_values: tuple[int, float]) -> Entry:
+        points = [common_pb2.MetricPoint(name="val_accuracy", step=s, value=v) for s, v in steps_values]
+        msg = events_pb2.RunMetricsReported(run_id=r0, attempt=attempt, points=points)
+        return Entry(ev.run_metrics_stream(r0), EXP, msg, at(1))
+
+    decided = feed_all(
+        Searches(),
+        [opened, batch(1, (1, 0.5), (2, 0.7), (3, 0.6)), batch(2, (2, 0.9), (3, 0.95)), batch(2, (4, 0.8))],
+    )
+    assert [n.action for n in decided] == [NewBest(r0, 2, 0.7), NewBest(r0, 4, 0.8)]
