@@ -44,9 +44,8 @@ from tests.support.stack import Stack, Stubs, cli
 pytestmark = pytest.mark.integration
 
 RS = common_pb2.RunState
-# LEAD: set True once the ckagent helper's agent work (CHECKPOINT_DIR, RUNYARD_RESUMED, checkpoint upload and
-# restore) is merged: a preempted run then resumes from its checkpoint instead of from step 0.
-AGENT_CHECKPOINTS = False
+#: The agent stages the latest checkpoint into a preempted run's next attempt: it resumes, never from step 0.
+AGENT_CHECKPOINTS = True
 GRACE_S = 5
 #: Seconds a blocked run waits before it may preempt (the server's default is 30).
 PREEMPTION_WAIT = "1"
@@ -147,7 +146,7 @@ def test_a_run_below_its_fair_share_preempts_the_youngest_runs_on_one_agent(stac
             assert taker_assigned[0] < min(restarts)
             # Nobody preempted b's run back (no thrash), and only a's runs were ever preempted.
             assert not asked[taker_run]
-            if AGENT_CHECKPOINTS:  # LEAD: enabled once the agent stages checkpoints (see AGENT_CHECKPOINTS)
+            if AGENT_CHECKPOINTS:
                 for r in victims:
                     lines = "".join(
                         line.text
