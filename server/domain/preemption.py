@@ -166,6 +166,14 @@ def choose_victims(
         key=lambda q: (in_use.get(q.account_id, 0) / max(fair.get(q.account_id, 0.0), 1e-9), *queue_order(q)),
     )
     for run in order:
+        home = _fits_free(run, free, slots, by_id)
+        if home is not None:
+            # It fits on capacity nobody has claimed: the scheduler places it there, so it takes nothing
+            # from anyone, and those GPUs are no longer free for the next taker.
+            _claim(run, free, home)
+            slots[home] -= 1
+            in_use[run.account_id] = in_use.get(run.account_id, 0) + run.gpus
+            continue
         picked = _pick(run, candidates, free, slots, by_id, in_use, fair, accounts, protected)
         if picked is None:
             continue
@@ -178,10 +186,34 @@ def choose_victims(
         in_use[run.account_id] = in_use.get(run.account_id, 0) + run.gpus
         slots[agent_id] += len(chosen) - 1
         # What the taker will hold on that agent is no longer free for the next taker.
-        usable = [g for g in free[agent_id] if model_matches(run.gpu_model, g)]
-        taken = {g.gpu_id for g in usable[: run.gpus]}
-        free[agent_id] = [g for g in free[agent_id] if g.gpu_id not in taken]
+        _claim(run, free, agent_id)
     return victims
+
+
+def _usable(run: QueuedRun, agent: AgentState) -> bool:
+    """Could `run` ever start on `agent` (framework, labels, enough GPUs of its model)?"""
+    if not runs_framework(run, agent) or not all(agent.labels.get(k) == v for k, v in run.labels.items()):
+        return False
+    return sum(1 for g in agent.gpus if model_matches(run.gpu_model, g)) >= run.gpus
+
+
+def _fits_free(
+    run: QueuedRun, free: Mapping[str, list[Gpu]], slots: Mapping[str, int], agents: Mapping[str, AgentState]
+) -> str | None:
+    """An agent whose unclaimed free GPUs and slots hold `run` now, or None."""
+    for agent_id, free_gpus in free.items():
+        if slots[agent_id] < 1 or not _usable(run, agents[agent_id]):
+            continue
+        if sum(1 for g in free_gpus if model_matches(run.gpu_model, g)) >= run.gpus:
+            return agent_id
+    return None
+
+
+def _claim(run: QueuedRun, free: dict[str, list[Gpu]], agent_id: str) -> None:
+    """Take `run`'s GPUs on `agent_id` out of the free ones."""
+    usable = [g for g in free[agent_id] if model_matches(run.gpu_model, g)]
+    taken = {g.gpu_id for g in usable[: run.gpus]}
+    free[agent_id] = [g for g in free[agent_id] if g.gpu_id not in taken]
 
 
 def _pick(
@@ -203,9 +235,7 @@ def _pick(
     best: tuple[tuple[int, int, int, int, str], str, list[RunningRun], str] | None = None
     for agent_id, free_gpus in free.items():
         agent = agents[agent_id]
-        if not runs_framework(run, agent) or not all(agent.labels.get(k) == v for k, v in run.labels.items()):
-            continue
-        if sum(1 for g in agent.gpus if model_matches(run.gpu_model, g)) < run.gpus:
+        if not _usable(run, agent):
             continue
         have = sum(1 for g in free_gpus if model_matches(run.gpu_model, g))
         if have >= run.gpus and slots[agent_id] >= 1:
@@ -248,7 +278,8 @@ def _fewest(
 ) -> list[RunningRun] | None:
     """Victims on one agent whose GPUs (with the `have` free ones) hold `run`: lowest priority and youngest first.
 
-    Under fair-share no victim's account may fall below its fair share.
+    Under fair-share no victim's account may fall below its fair share; under priority
+    the account (victims and taker alike) may not either, unless it already was.
     GPUs of another model than the run asks for do not help, so such runs are
     never chosen. The run needs a slot too: `free_slots` and one per victim.
     """
@@ -270,6 +301,12 @@ def _fewest(
             break
         if rule == FAIR_SHARE and left.get(c.account_id, 0) - c.gpus < fair.get(c.account_id, 0.0) - 1e-9:
             continue
+        if rule == PRIORITY:
+            # A swap inside one account must not leave it below its fair share (a big victim for a small
+            # run frees GPUs the account then lacks, and its victim would take them back by fair share).
+            after = left.get(c.account_id, 0) - c.gpus + run.gpus
+            if after < min(in_use.get(c.account_id, 0), fair.get(c.account_id, 0.0)) - 1e-9:
+                continue
         chosen.append(c)
         left[c.account_id] = left.get(c.account_id, 0) - c.gpus
         got += helps(c)

@@ -29,6 +29,7 @@ def scheduler() -> tuple[Scheduler, FakeJetStream]:
     js = FakeJetStream()
     s = Scheduler(ctx, js, None, lease=None, bus=None)  # type: ignore[arg-type]
     s.reads.specs = lambda ids: {i: ("exp-1", common_pb2.RunSpec(command="true")) for i in ids}  # type: ignore[method-assign,assignment]
+    s.reads.resume_points = lambda runs: {}  # type: ignore[method-assign,assignment]
     return s, js
 
 
