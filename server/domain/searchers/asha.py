@@ -137,12 +137,7 @@ class AshaSearcher:
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, experiment_id: str, config: AshaConfig) -> AshaSearcher:
-        goal = manifest.search.goal
-        if goal is None:
-            raise ValueError("ASHA needs search.goal (maximize or minimize)")
-        return cls(
-            expand_trials(manifest), goal, config, manifest.search.max_parallel, experiment_run_ids(experiment_id)
-        )
+        return cls(*_manifest_args(manifest, experiment_id, config))
 
     @property
     def trials(self) -> Sequence[Trial]:
@@ -256,12 +251,7 @@ class AshaPauseSearcher:
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, experiment_id: str, config: AshaConfig) -> AshaPauseSearcher:
-        goal = manifest.search.goal
-        if goal is None:
-            raise ValueError("ASHA needs search.goal (maximize or minimize)")
-        return cls(
-            expand_trials(manifest), goal, config, manifest.search.max_parallel, experiment_run_ids(experiment_id)
-        )
+        return cls(*_manifest_args(manifest, experiment_id, config))
 
     @property
     def trials(self) -> Sequence[Trial]:
@@ -408,6 +398,16 @@ class AshaPauseSearcher:
             promoted=tuple(tuple(p) for p in self._promoted),
             stopped=tuple(self._stopped),
         )
+
+
+def _manifest_args(
+    manifest: Manifest, experiment_id: str, config: AshaConfig
+) -> tuple[Sequence[Trial], Goal, AshaConfig, int | None, Callable[[int], str]]:
+    """What either ASHA searcher is built from: the manifest's trials, goal and parallelism."""
+    goal = manifest.search.goal
+    if goal is None:
+        raise ValueError("ASHA needs search.goal (maximize or minimize)")
+    return expand_trials(manifest), goal, config, manifest.search.max_parallel, experiment_run_ids(experiment_id)
 
 
 def _rung_reached(levels: Sequence[int], step: int) -> int | None:
