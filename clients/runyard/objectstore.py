@@ -250,8 +250,17 @@ class ObjectStore:
         self, uri_prefix: str, local_dir: str | os.PathLike[str], progress: Progress | None = None
     ) -> int:
         """Download every object below uri_prefix into local_dir, keeping sub-folders; returns the count."""
+        return self.download_objects(uri_prefix, self.list(uri_prefix), local_dir, progress)
+
+    def download_objects(
+        self,
+        uri_prefix: str,
+        infos: builtins.list[ObjectInfo],
+        local_dir: str | os.PathLike[str],
+        progress: Progress | None = None,
+    ) -> int:
+        """Download these objects (listed below uri_prefix) into local_dir, keeping sub-folders; the count."""
         base = Path(local_dir)
-        infos = self.list(uri_prefix)
         prefix_len = len(self._prefix_uri(uri_prefix))
         jobs: list[tuple[str, Path]] = []
         for info in infos:

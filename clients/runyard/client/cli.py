@@ -294,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("download", commands.cmd_download, "download a run's results", client)
     completion.complete_ids(p.add_argument("run", metavar="RUN", help="run-..."), "run")
     p.add_argument("dest", metavar="DEST", nargs="?", help="local folder (default ./RUN)")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also the run's checkpoints/ and the files of its attempts that did not complete (attempts/)",
+    )
     _storage_flags(p)
 
     # -- object storage -------------------------------------------------------------------

@@ -585,7 +585,7 @@ def cmd_download(args: argparse.Namespace, ctx: Context) -> int:
     if not run.results_uri:
         raise ClientError(f"run {run.id} has no results location")
     dest = Path(args.dest) if args.dest else Path(run.id)
-    objects = results_objects(ctx, run)
+    objects = results_objects(ctx, run, everything=getattr(args, "all", False))
     if not objects:
         state = render.run_state_name(run.state)
         hint = "" if run.state == common_pb2.RUN_STATE_COMPLETED else "; results are stored when the run completes"
@@ -604,17 +604,27 @@ def cmd_download(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def results_objects(ctx: Context, run: resources_pb2.Run) -> list[ObjectInfo]:
-    """The objects stored under the run's results prefix (none before it completes)."""
+#: Runyard's own folders under a run's results prefix: its checkpoints and the files of attempts that did not
+#: complete (docs/checkpoints.md). Not the run's results: `download --all` brings them too.
+RUNYARD_FOLDERS = ("checkpoints/", "attempts/")
+
+
+def results_objects(ctx: Context, run: resources_pb2.Run, everything: bool = False) -> list[ObjectInfo]:
+    """The run's results under its prefix (none before it completes); `everything`: its checkpoints and
+    earlier attempts' files too."""
     with _storage_errors():
-        return list(_store(ctx).list(run.results_uri))
+        objects = list(_store(ctx).list(run.results_uri))
+    if everything:
+        return objects
+    prefix = run.results_uri.rstrip("/") + "/"
+    return [o for o in objects if not o.uri.removeprefix(prefix).startswith(RUNYARD_FOLDERS)]
 
 
 def download_results(ctx: Context, run: resources_pb2.Run, dest: Path, objects: list[ObjectInfo]) -> tuple[int, int]:
     """Download the run's results into `dest` with a progress bar; (files, bytes)."""
     total = sum(o.size for o in objects)
     with _storage_errors(), transfer_bar(ctx.err, f"downloading {run.id}", total) as advance:
-        count = _store(ctx).download_prefix(run.results_uri, dest, advance)
+        count = _store(ctx).download_objects(run.results_uri, objects, dest, advance)
     return count, total
 
 

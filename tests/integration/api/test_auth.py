@@ -221,6 +221,12 @@ CASES: dict[str, Case] = {
     "/runyard.v1.ExperimentService/CancelExperiment": Case(
         lambda w: E.CancelExperimentRequest(experiment_id=w.beta_experiment)
     ),
+    "/runyard.v1.ExperimentService/PauseExperiment": Case(
+        lambda w: E.PauseExperimentRequest(experiment_id=w.beta_experiment)
+    ),
+    "/runyard.v1.ExperimentService/ResumeExperiment": Case(
+        lambda w: E.ResumeExperimentRequest(experiment_id=w.beta_experiment)
+    ),
     "/runyard.v1.ExperimentService/WatchExperiment": Case(
         lambda w: E.WatchExperimentRequest(experiment_id=w.beta_experiment)
     ),

@@ -123,6 +123,13 @@ def test_leaderboard_compare_best_plot_and_export(stack: Stack, tmp_path: Path) 
     assert (doc["run_id"], doc["value"], doc["skipped"]) == (second, 0.95, [by_peak[0.99]["id"]])
     assert (dest / "model.txt").read_text() == "peak=0.95 at=2\n"
     assert "no results stored" in best.stderr
+    # The failed run's attempt files (its output, what it left in $RESULT_DIR) are kept under attempts/, apart
+    # from results: `download` finds none, `download --all` brings them.
+    failed = by_peak[0.99]["id"]
+    refused = runyard(stack, "download", failed, str(tmp_path / "failed"), ok=False)
+    assert refused.returncode != 0 and "no results" in refused.stderr
+    runyard(stack, "download", failed, str(tmp_path / "failed"), "--all")
+    assert (tmp_path / "failed" / "attempts" / "1" / "output.log").is_file()
 
     plot = runyard(stack, "metrics", second, "--plot").stdout
     assert "acc" in plot and "loss" in plot
