@@ -49,6 +49,7 @@ import structlog
 from runyard.agent.reporter import AttemptReports
 from runyard.agent.staging import StagingError, check_uri
 from runyard.objectstore import ObjectStore, ObjectStoreError
+from runyard.server.domain.checkpoint_layout import checkpoint_prefix
 from runyard.server.domain.units import format_bytes
 from runyard.v1.common_pb2 import Checkpoint
 
@@ -101,10 +102,6 @@ class ManifestFile:
     path: str
     size: int
     sha256: str
-
-
-def checkpoint_prefix(results_uri: str, checkpoint_id: str) -> str:
-    return f"{results_uri.rstrip('/')}/checkpoints/{checkpoint_id}"
 
 
 def snapshot(src: Path, dest: Path, paths: list[str]) -> list[ManifestFile]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
+from runyard.server.domain.checkpoint_layout import layout_error
 from runyard.server.domain.errors import DomainError, IllegalTransition, StaleAttempt
 from runyard.server.domain.run_states import (
     ASSIGNED,
@@ -369,6 +370,9 @@ class Run:
                 f"run {self.run_id}: checkpoint {checkpoint.checkpoint_id!r} names run "
                 f"{checkpoint.run_id!r} attempt {checkpoint.attempt}, not attempt {attempt} of this run"
             )
+        misplaced = layout_error(self.spec.results_uri, attempt, checkpoint.checkpoint_id, checkpoint.manifest_uri)
+        if misplaced is not None:
+            raise DomainError(f"run {self.run_id}: {misplaced}")
         return [events_pb2.RunCheckpointed(attempt=attempt, checkpoint=checkpoint)]
 
     @property

@@ -7,6 +7,7 @@ import pytest
 from runyard.server.app.aggregates import EXPERIMENT, RUN
 from runyard.server.app.bus import MessageBus
 from runyard.server.app.commands import ApplyAgentReport, ApplyAgentReports, AssignRun, ExpireAttempt, SubmitExperiment
+from runyard.server.domain.checkpoint_layout import manifest_uri
 from runyard.server.domain.errors import DomainError, StaleAttempt
 from runyard.server.store import EventStore
 from runyard.v1 import common_pb2, events_pb2
@@ -24,8 +25,15 @@ def assigned_run(bus: MessageBus) -> str:
 
 
 def checkpointed(run_id: str, attempt: int, seq: int, step: int) -> events_pb2.RunCheckpointed:
+    cid = f"{attempt}-{seq}"
     ck = common_pb2.Checkpoint(
-        checkpoint_id=f"{attempt}-{seq}", run_id=run_id, attempt=attempt, step=step, size_bytes=10, files=1
+        checkpoint_id=cid,
+        run_id=run_id,
+        attempt=attempt,
+        step=step,
+        size_bytes=10,
+        files=1,
+        manifest_uri=manifest_uri(f"s3://results/ck/{run_id}", cid),  # the run's results: manifest("ck") + run id
     )
     return events_pb2.RunCheckpointed(attempt=attempt, checkpoint=ck)
 

@@ -3,6 +3,7 @@ what it resumes from."""
 
 from __future__ import annotations
 
+from runyard.server.domain.checkpoint_layout import manifest_uri
 from runyard.server.domain.metric_repeats import RepeatFilter, RunSteps
 from runyard.v1 import common_pb2, events_pb2
 
@@ -39,7 +40,13 @@ def test_each_assignment_records_the_checkpoint_its_attempt_resumes_from() -> No
     assert not first.HasField("resume_from")
     step(run, log, lambda r: r.report_staging(1))
     step(run, log, lambda r: r.report_started(1))
-    ck = common_pb2.Checkpoint(checkpoint_id="1-1", run_id=run.run_id, attempt=1, step=30)
+    ck = common_pb2.Checkpoint(
+        checkpoint_id="1-1",
+        run_id=run.run_id,
+        attempt=1,
+        step=30,
+        manifest_uri=manifest_uri(run.spec.results_uri, "1-1"),
+    )
     step(run, log, lambda r: r.report_checkpointed(1, ck))
     step(run, log, lambda r: r.agent_lost(AGENT))
     (second,) = step(run, log, lambda r: r.assign(OTHER_AGENT, ["0"]))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from runyard.server.domain.checkpoint_layout import manifest_uri
 from runyard.server.domain.errors import DomainError, StaleAttempt
 from runyard.server.domain.run import Run
 from runyard.v1 import common_pb2, events_pb2
@@ -18,8 +21,13 @@ def _running(run: Run, log: list) -> None:  # type: ignore[type-arg]
 
 
 def _checkpoint(run: Run, seq: int, step_: int) -> common_pb2.Checkpoint:
+    cid = f"{run.attempt}-{seq}"
     return common_pb2.Checkpoint(
-        checkpoint_id=f"{run.attempt}-{seq}", run_id=run.run_id, attempt=run.attempt, step=step_
+        checkpoint_id=cid,
+        run_id=run.run_id,
+        attempt=run.attempt,
+        step=step_,
+        manifest_uri=manifest_uri(run.spec.results_uri, cid),
     )
 
 
@@ -103,3 +111,23 @@ def test_pause_then_resume_goes_back_to_the_queue_with_the_checkpoint() -> None:
     assert run.state == common_pb2.RUN_STATE_QUEUED and run.paused_rung == 0
     assert run.resume_from is not None and run.resume_from.step == 7
     assert Run.replay(log) == run
+
+
+@pytest.mark.parametrize(
+    ("cid", "uri", "why"),
+    [
+        ("1-1", "s3://other-account/secrets/checkpoints/1-1.json", "names manifest"),
+        ("1-1", "s3://results/exp/run-test/checkpoints/../../run-other/checkpoints/1-1.json", "names manifest"),
+        ("1-1", "", "names manifest"),
+        ("2-1", "s3://results/exp/run-test/checkpoints/2-1.json", "not <attempt>-<seq> of attempt 1"),
+        ("1-x", "s3://results/exp/run-test/checkpoints/1-x.json", "not <attempt>-<seq>"),
+    ],
+)
+def test_an_agent_cannot_point_the_next_attempt_outside_the_runs_results(cid: str, uri: str, why: str) -> None:
+    """The next attempt is staged by whichever agent gets it: a checkpoint must lie under the run's own results."""
+    run, log = new_run()
+    _running(run, log)
+    forged = common_pb2.Checkpoint(checkpoint_id=cid, run_id=run.run_id, attempt=run.attempt, step=1, manifest_uri=uri)
+    with pytest.raises(DomainError, match=re.escape(why)):
+        run.report_checkpointed(run.attempt, forged)
+    assert run.resume_from is None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 from google.protobuf.message import Message
 
+from runyard.server.domain.checkpoint_layout import manifest_uri
 from runyard.server.domain.errors import IllegalTransition
 from runyard.server.domain.run import Run
 from runyard.server.domain.run_states import RunStateValue, state_name
@@ -65,7 +66,14 @@ COMMANDS: dict[str, Callable[[Run], list[Message]]] = {
     "resume": lambda r: r.resume("user"),
     "preempt": lambda r: r.request_preempt("account b is below its fair share", "run-b", "fair-share", 60),
     "report checkpointed": lambda r: r.report_checkpointed(
-        r.attempt, common_pb2.Checkpoint(checkpoint_id=f"{r.attempt}-9", run_id=r.run_id, attempt=r.attempt, step=5)
+        r.attempt,
+        common_pb2.Checkpoint(
+            checkpoint_id=f"{r.attempt}-9",
+            run_id=r.run_id,
+            attempt=r.attempt,
+            step=5,
+            manifest_uri=manifest_uri(r.spec.results_uri, f"{r.attempt}-9"),
+        ),
     ),
 }
 
